@@ -1,0 +1,107 @@
+"""Decoding and encoding API objects (JSON and YAML), with one error shape."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from ignitevm.api.types import GROUP, KINDS, Size
+from ignitevm.errors import IgniteError, InvalidInput
+
+T = TypeVar("T")
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, Size):
+        from ignitevm.util.sizes import format_size
+
+        return format_size(obj.bytes)
+    raise NotImplementedError(type(obj))
+
+
+def _dec_hook(typ: type, obj: Any) -> Any:
+    if typ is Size:
+        try:
+            return Size.parse(obj)
+        except IgniteError as exc:
+            raise ValueError(str(exc)) from None
+    raise NotImplementedError(typ)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+
+
+def to_json(obj: Any, *, indent: int = 2) -> str:
+    raw = _encoder.encode(obj)
+    return msgspec.json.format(raw, indent=indent).decode() if indent else raw.decode()
+
+
+def to_yaml(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_builtins(obj), sort_keys=True, default_flow_style=False)
+
+
+def from_builtins(data: Any, typ: type[T], source: str = "object") -> T:
+    try:
+        return msgspec.convert(data, typ, dec_hook=_dec_hook, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"invalid {source}: {exc}") from None
+
+
+def decode_json(raw: bytes, typ: type[T], source: str = "object") -> T:
+    try:
+        return msgspec.json.decode(raw, type=typ, dec_hook=_dec_hook, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"invalid {source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"{source} is not valid JSON: {exc}") from None
+
+
+def load_manifest(text: str, source: str) -> dict[str, Any]:
+    """Parse a YAML or JSON manifest into a dict and check its apiVersion/kind."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{source} is not valid YAML or JSON: {exc}") from None
+    if not isinstance(data, dict) or not data.get("kind") or not data.get("apiVersion"):
+        raise InvalidInput(
+            f"invalid file {source}: kind and apiVersion must be set",
+            hint="start the file with 'apiVersion: ignite.weave.works/v1alpha4' and a kind",
+        )
+    api_version = str(data["apiVersion"])
+    group, _, version = api_version.partition("/")
+    if group != GROUP:
+        raise InvalidInput(f"{source}: unknown apiVersion {api_version!r}",
+                           hint=f"use {GROUP}/v1alpha4")
+    if version == "v1alpha1":
+        raise InvalidInput(
+            f"{source}: apiVersion {api_version} is no longer supported",
+            hint="convert it to v1alpha4: replace 'ociClaim: {ref: X}' with 'oci: X' and "
+            "'status.state' with 'status.running'",
+        )
+    if version not in ("v1alpha2", "v1alpha3", "v1alpha4"):
+        raise InvalidInput(f"{source}: unknown apiVersion {api_version!r}",
+                           hint=f"use {GROUP}/v1alpha4")
+    if version == "v1alpha2":
+        status = data.get("status")
+        if isinstance(status, dict) and "ipAddresses" in status:
+            ips = status.pop("ipAddresses")
+            status.setdefault("network", {})["ipAddresses"] = ips
+    data["apiVersion"] = f"{GROUP}/v1alpha4"
+    return data
+
+
+def decode_object(data: dict[str, Any], source: str) -> Any:
+    kind = data.get("kind")
+    typ = KINDS.get(str(kind))
+    if typ is None:
+        raise InvalidInput(f"{source}: unknown kind {kind!r}", hint="use VM, Image or Kernel")
+    return from_builtins(data, typ, source)

@@ -1,0 +1,100 @@
+"""Defaulting and validation: one place that every interface goes through."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from ignitevm.api import refs
+from ignitevm.api.types import VM, Size
+from ignitevm.errors import InvalidInput
+
+DEFAULT_CPUS = 1
+DEFAULT_MEMORY = 512 << 20
+DEFAULT_DISK_SIZE = 4 << 30
+DEFAULT_KERNEL = "debian-cloud:latest"
+DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1"
+MIN_MEMORY = 64 << 20
+MAX_CPUS = 64
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def default_vm(vm: VM) -> VM:
+    """Fill every field a user may leave out; returns the same object."""
+    spec = vm.spec
+    if spec.cpus == 0:
+        spec.cpus = DEFAULT_CPUS
+    if spec.memory.bytes == 0:
+        spec.memory = Size(DEFAULT_MEMORY)
+    if spec.disk_size.bytes == 0:
+        spec.disk_size = Size(DEFAULT_DISK_SIZE)
+    if not spec.kernel.oci:
+        spec.kernel.oci = DEFAULT_KERNEL
+    if not spec.kernel.cmd_line:
+        spec.kernel.cmd_line = DEFAULT_CMDLINE
+    if spec.image.oci:
+        spec.image.oci = refs.normalize(spec.image.oci)
+    spec.kernel.oci = refs.normalize(spec.kernel.oci)
+    for port in spec.network.ports:
+        port.protocol = port.protocol or "tcp"
+    if not vm.status.id_prefix:
+        vm.status.id_prefix = "ignite"
+    if not vm.metadata.created:
+        vm.metadata.created = now()
+    return vm
+
+
+def validate_name(name: str, what: str = "VM") -> None:
+    if len(name) > 253 or not _DNS1123.match(name):
+        raise InvalidInput(
+            f"invalid {what} name {name!r}",
+            hint="use lower-case letters, digits, '-' and '.', starting and ending "
+            "with a letter or digit (at most 253 characters)",
+        )
+
+
+def validate_vm(vm: VM) -> None:
+    """Check a defaulted VM; raise InvalidInput naming the first problem."""
+    spec = vm.spec
+    if vm.metadata.name:
+        validate_name(vm.metadata.name)
+    if not spec.image.oci:
+        raise InvalidInput("no image given: the OCI reference is mandatory",
+                           hint="name an image: ignite run <image>")
+    if not 1 <= spec.cpus <= MAX_CPUS:
+        raise InvalidInput(f"invalid --cpus {spec.cpus}: must be between 1 and {MAX_CPUS}")
+    if spec.memory.bytes < MIN_MEMORY:
+        raise InvalidInput(f"invalid --memory {spec.memory}: a VM needs at least 64MB")
+    if spec.memory.bytes % (1 << 20):
+        raise InvalidInput(f"invalid --memory {spec.memory}: must be a whole number of MB")
+    seen_ports: set[tuple[str, int]] = set()
+    for p in spec.network.ports:
+        if p.protocol not in ("tcp", "udp"):
+            raise InvalidInput(f"invalid protocol: {p.protocol!r}", hint="use tcp or udp")
+        if not (0 < p.host_port < 65536 and 0 < p.vm_port < 65536):
+            raise InvalidInput(f"invalid port mapping {p.host_port}:{p.vm_port}")
+        key = (p.protocol, p.host_port)
+        if key in seen_ports:
+            raise InvalidInput(f"host port {p.host_port}/{p.protocol} is mapped twice")
+        seen_ports.add(key)
+    for f in spec.copy_files:
+        if not f.host_path.startswith("/") or not f.vm_path.startswith("/"):
+            raise InvalidInput("--copy-files path arguments must be absolute",
+                               hint="write /host/path:/vm/path")
+    names = set()
+    for vol in spec.storage.volumes:
+        if not vol.name or vol.name in names:
+            raise InvalidInput(f"volume names must be unique and not empty: {vol.name!r}")
+        names.add(vol.name)
+    for mount in spec.storage.volume_mounts:
+        if mount.name not in names:
+            raise InvalidInput(f"volume mount {mount.name!r} names no volume")
+        if not mount.mount_path.startswith("/"):
+            raise InvalidInput(f"volume mount path {mount.mount_path!r} must be absolute")
+    if vm.metadata.uid and not re.match(r"^[a-z0-9]{16}$", vm.metadata.uid):
+        raise InvalidInput(f"invalid uid {vm.metadata.uid!r}: must be 16 hex characters")

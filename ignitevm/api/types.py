@@ -1,0 +1,186 @@
+"""Typed records for the API objects, in the v1alpha4 JSON shape.
+
+Field names are snake_case here and camelCase on the wire (``disk_size`` ->
+``diskSize``). Sizes are :class:`Size` values serialised as ``512MB``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ignitevm.util.sizes import format_size, human_size, parse_size
+
+GROUP = "ignite.weave.works"
+VERSION = "v1alpha4"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class Size:
+    """A byte count that serialises in Ignite's ``512MB`` form."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self, n: int = 0):
+        self.bytes = int(n)
+
+    @classmethod
+    def parse(cls, text: str | int, what: str = "size") -> Size:
+        return cls(parse_size(text, what))
+
+    def __str__(self) -> str:  # the template/display form
+        return human_size(self.bytes)
+
+    def __repr__(self) -> str:
+        return f"Size({format_size(self.bytes)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Size) and other.bytes == self.bytes
+
+    def __hash__(self) -> int:
+        return hash(self.bytes)
+
+    @property
+    def mib(self) -> int:
+        return self.bytes >> 20
+
+
+class _Base(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+    pass
+
+
+class ObjectMeta(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+    name: str = ""
+    uid: str = ""
+    created: str = ""
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class OCIRef(_Base):
+    oci: str = ""
+
+
+class KernelRef(_Base):
+    oci: str = ""
+    cmd_line: str = ""
+
+
+class PortMapping(_Base):
+    bind_address: str = ""
+    host_port: int = 0
+    vm_port: int = 0
+    protocol: str = ""
+
+
+class NetworkSpec(_Base):
+    ports: list[PortMapping] = []
+
+
+class BlockDevice(_Base):
+    path: str = ""
+
+
+class Volume(_Base):
+    name: str = ""
+    block_device: BlockDevice | None = None
+
+
+class VolumeMount(_Base):
+    name: str = ""
+    mount_path: str = ""
+
+
+class StorageSpec(_Base):
+    volumes: list[Volume] = []
+    volume_mounts: list[VolumeMount] = []
+
+
+class FileMapping(_Base):
+    host_path: str = ""
+    vm_path: str = ""
+
+
+class VMSpec(_Base):
+    image: OCIRef = msgspec.field(default_factory=OCIRef)
+    sandbox: OCIRef = msgspec.field(default_factory=OCIRef)
+    kernel: KernelRef = msgspec.field(default_factory=KernelRef)
+    cpus: int = 0
+    memory: Size = msgspec.field(default_factory=Size)
+    disk_size: Size = msgspec.field(default_factory=Size)
+    network: NetworkSpec = msgspec.field(default_factory=NetworkSpec)
+    storage: StorageSpec = msgspec.field(default_factory=StorageSpec)
+    copy_files: list[FileMapping] = []
+    # True = generate a key pair; a string = path of a public key to install.
+    ssh: bool | str | None = None
+
+
+class Runtime(_Base):
+    id: str = ""
+    name: str = ""
+    # Which accelerator the VMM used on its last start (kvm or tcg); ours, not Ignite's.
+    accel: str = ""
+
+
+class NetworkStatus(_Base):
+    plugin: str = ""
+    ip_addresses: list[str] | None = None
+
+
+class OCISource(msgspec.Struct, rename="camel", kw_only=True):
+    id: str | None = None
+    size: Size = msgspec.field(default_factory=Size)
+
+
+class VMStatus(msgspec.Struct, rename="camel", kw_only=True):
+    running: bool = False
+    runtime: Runtime = msgspec.field(default_factory=Runtime)
+    start_time: str | None = None
+    network: NetworkStatus = msgspec.field(default_factory=NetworkStatus)
+    image: OCISource = msgspec.field(default_factory=OCISource)
+    kernel: OCISource = msgspec.field(default_factory=OCISource)
+    id_prefix: str = ""
+
+
+class VM(msgspec.Struct, rename="camel", kw_only=True):
+    kind: str = "VM"
+    api_version: str = API_VERSION
+    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    spec: VMSpec = msgspec.field(default_factory=VMSpec)
+    status: VMStatus = msgspec.field(default_factory=VMStatus)
+
+
+class ImageSpec(_Base):
+    oci: str = ""
+
+
+class ImageStatus(msgspec.Struct, rename="camel", kw_only=True):
+    oci_source: OCISource = msgspec.field(default_factory=OCISource)
+
+
+class Image(msgspec.Struct, rename="camel", kw_only=True):
+    kind: str = "Image"
+    api_version: str = API_VERSION
+    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    spec: ImageSpec = msgspec.field(default_factory=ImageSpec)
+    status: ImageStatus = msgspec.field(default_factory=ImageStatus)
+
+
+class KernelSpec(_Base):
+    oci: str = ""
+
+
+class KernelStatus(msgspec.Struct, rename="camel", kw_only=True):
+    version: str = ""
+    oci_source: OCISource = msgspec.field(default_factory=OCISource)
+
+
+class Kernel(msgspec.Struct, rename="camel", kw_only=True):
+    kind: str = "Kernel"
+    api_version: str = API_VERSION
+    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    spec: KernelSpec = msgspec.field(default_factory=KernelSpec)
+    status: KernelStatus = msgspec.field(default_factory=KernelStatus)
+
+
+Object = VM | Image | Kernel
+KINDS: dict[str, type[VM] | type[Image] | type[Kernel]] = {"VM": VM, "Image": Image, "Kernel": Kernel}

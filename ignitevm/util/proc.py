@@ -1,0 +1,147 @@
+"""The one door for running host programs.
+
+Every child process goes through :func:`run` or :func:`spawn`: argv lists
+only (never a shell), the command line logged at debug level, stdin closed by
+default, and a failure raised as one :class:`CommandError` that carries the
+command, its exit code and the end of its stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ignitevm.errors import CommandError, MissingTool
+from ignitevm.log import log
+
+# Which Debian package installs a host program, for error hints.
+PACKAGES = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "mkfs.ext4": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "resize2fs": "e2fsprogs",
+    "depmod": "kmod",
+    "busybox": "busybox-static",
+    "mmdebstrap": "mmdebstrap",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
+    "gcc": "gcc",
+    "ssh-keygen": "openssh-client",
+    "ssh": "openssh-client",
+    "skopeo": "skopeo",
+    "umoci": "umoci",
+}
+
+
+def which(prog: str) -> str:
+    """Return the path of ``prog`` or raise an error that names its package."""
+    path = shutil.which(prog, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if path is None:
+        pkg = PACKAGES.get(prog)
+        hint = f"install it with: apt-get install {pkg}" if pkg else None
+        raise MissingTool(f"{prog} is not installed on this host", hint=hint)
+    return path
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    out = [os.fspath(a) for a in argv]
+    if out and "/" not in out[0]:
+        out[0] = which(out[0])
+    return out
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    input: str | bytes | None = None,
+    stdout: int | IO[Any] | None = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+    hint: str | None = None,
+    text: bool = True,
+) -> Result:
+    """Run a program to completion; raise CommandError if it fails and ``check``."""
+    cmd = _argv(argv)
+    log.debug("+ %s", shlex.join(cmd))
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    try:
+        proc = subprocess.run(
+            cmd,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd,
+            timeout=timeout,
+            text=text,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(cmd, -9, f"timed out after {timeout}s", hint=hint) from exc
+    err = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode(errors="replace")
+    out = proc.stdout if isinstance(proc.stdout, str) else (proc.stdout or b"").decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise CommandError(cmd, proc.returncode, err or out, hint=hint)
+    return Result(cmd, proc.returncode, out, err)
+
+
+@contextmanager
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+    pass_fds: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
+    start_new_session: bool = False,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a program; on an exception in the body, terminate it and always wait."""
+    cmd = _argv(argv)
+    log.debug("+ %s", shlex.join(cmd))
+    full_env = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=pass_fds,
+        env=full_env,
+        start_new_session=start_new_session,
+    )
+    try:
+        yield proc
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        raise
+    finally:
+        proc.wait()
