@@ -183,4 +183,6 @@ class Kernel(msgspec.Struct, rename="camel", kw_only=True):
 
 
 Object = VM | Image | Kernel
-KINDS: dict[str, type[VM] | type[Image] | type[Kernel]] = {"VM": VM, "Image": Image, "Kernel": Kernel}
+KINDS: dict[str, type[VM] | type[Image] | type[Kernel]] = {
+    "VM": VM, "Image": Image, "Kernel": Kernel,
+}

@@ -58,6 +58,12 @@ class Result:
     stderr: str
 
 
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, str):
+        return data
+    return (data or b"").decode(errors="replace")
+
+
 def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
     out = [os.fspath(a) for a in argv]
     if out and "/" not in out[0]:
@@ -99,8 +105,7 @@ def run(
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandError(cmd, -9, f"timed out after {timeout}s", hint=hint) from exc
-    err = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode(errors="replace")
-    out = proc.stdout if isinstance(proc.stdout, str) else (proc.stdout or b"").decode(errors="replace")
+    err, out = _text(proc.stderr), _text(proc.stdout)
     if check and proc.returncode != 0:
         raise CommandError(cmd, proc.returncode, err or out, hint=hint)
     return Result(cmd, proc.returncode, out, err)

@@ -1,0 +1,1 @@
+"""The ``ignite`` command line."""

@@ -1,0 +1,68 @@
+"""``ignite image ...``: import, build, ls, rm."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+
+from ignitevm.api.types import Image
+from ignitevm.cli.common import context, dump, emit, table
+from ignitevm.util.human import duration
+
+
+def age(created: str) -> str:
+    try:
+        then = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "?"
+    return duration(time.time() - then.timestamp())
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ignitevm.operations.images import import_image
+
+    ctx = context(args)
+    image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())
+    if args.quiet:
+        emit(image.metadata.uid)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from ignitevm.images.build import build_base
+    from ignitevm.operations.images import import_image
+
+    ctx = context(args)
+    archive = build_base(ctx.cache)
+    image = import_image(ctx, str(archive), args.name, progress=sys.stderr.isatty())
+    if args.quiet:
+        emit(image.metadata.uid)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    ctx = context(args)
+    objs = ctx.store.list(Image)
+    if args.quiet:
+        for o in objs:
+            emit(o.metadata.uid)
+    elif getattr(args, "output", "table") in ("json", "yaml"):
+        emit(dump(objs, args.output))
+    else:
+        emit(table(["IMAGE ID", "NAME", "CREATED", "SIZE"],
+                   [[o.metadata.uid, o.metadata.name, age(o.metadata.created),
+                     str(o.status.oci_source.size)] for o in objs]))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from ignitevm.operations.images import remove_image
+
+    ctx = context(args)
+    targets = [ctx.store.resolve(Image, q) for q in args.images]
+    for image in targets:
+        remove_image(ctx, image, force=args.force)
+        emit(image.metadata.uid)
+    return 0

@@ -1,0 +1,38 @@
+"""Entry point: parse, dispatch, and turn errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ignitevm import log as logmod
+    from ignitevm.cli.parser import build_parser
+    from ignitevm.errors import IgniteError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug_trace", False)) or os.environ.get("IGNITE_DEBUG") == "1"
+    logmod.setup("debug" if debug else getattr(args, "log_level", "info") or "info")
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        (getattr(args, "group_parser", None) or parser).print_help()
+        return 0
+    try:
+        return int(handler(args) or 0)
+    except IgniteError as exc:
+        if debug:
+            raise
+        print(f"error: {exc.brief}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1

@@ -1,0 +1,176 @@
+"""The command tree, declared once. Handlers are imported only when chosen."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from ignitevm.log import LEVEL_NAMES
+
+
+def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    module, _, func = target.partition(":")
+
+    def call(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(f"ignitevm.cli.{module}"), func)(args) or 0)
+
+    return call
+
+
+def _globals(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # Given before or after the command; below the top level they must not
+    # overwrite a value given at the top, hence SUPPRESS.
+    d: Any = None if top else argparse.SUPPRESS
+    p.add_argument("--root", default=d if not top else None, metavar="DIR",
+                   help="state folder (default: $IGNITE_ROOT or /var/lib/ignite)")
+    p.add_argument("--log-level", choices=LEVEL_NAMES, default="info" if top else d,
+                   help="how much to log on stderr (default: info)")
+    p.add_argument("-q", "--quiet", action="store_true", default=False if top else d,
+                   help="print only IDs")
+    p.add_argument("--ignite-config", default=d, metavar="FILE",
+                   help="a kind: Configuration file (default: /etc/ignite/config.yaml)")
+    p.add_argument("--debug-trace", action="store_true", default=False if top else d,
+                   help="show tracebacks and debug logs")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d,
+                   help="virtualisation: probe KVM and fall back to TCG (auto), or force one")
+
+
+class _Tree:
+    def __init__(self) -> None:
+        self.top = argparse.ArgumentParser(
+            prog="ignite",
+            description="Run OCI images as lightweight virtual machines.",
+            epilog="Run 'ignite COMMAND --help' for more on a command.",
+        )
+        _globals(self.top, top=True)
+        self.subs = self.top.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(self, subs: Any, name: str, handler: str, help: str,
+                aliases: tuple[str, ...] = (), **defaults: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = subs.add_parser(name, aliases=list(aliases), help=help,
+                                                      description=help)
+        _globals(p, top=False)
+        p.set_defaults(handler=_lazy(handler), **defaults)
+        return p
+
+
+def _vm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", nargs="?", help="image name, ID or archive path (or from --config)")
+    p.add_argument("-n", "--name", help="VM name (default: a generated adjective-noun)")
+    p.add_argument("--config", metavar="FILE", help="a kind: VM manifest (YAML or JSON)")
+    p.add_argument("--cpus", type=int, help="virtual CPUs (default 1)")
+    p.add_argument("--memory", help="memory, e.g. 512MB or 2GB (default 512MB)")
+    p.add_argument("-s", "--size", help="disk size, e.g. 4GB (default 4GB)")
+    p.add_argument("-k", "--kernel-image", help="kernel name or ID (default: debian-cloud)")
+    p.add_argument("--kernel-args", help="kernel command line "
+                   "(default: console=ttyS0 reboot=k panic=1)")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label for the VM (repeatable)")
+    p.add_argument("-f", "--copy-files", action="append", default=[], metavar="HOST:VM",
+                   help="copy a host file or folder into the VM at boot (absolute paths)")
+    p.add_argument("-p", "--ports", action="append", default=[], metavar="[IP:]HOST:VM[/PROTO]",
+                   help="forward a host port to the VM (needs networking)")
+    p.add_argument("--ssh", nargs="?", const=True, default=None, metavar="PUBKEY",
+                   help="enable SSH: generate a key pair, or --ssh=PATH to install a public key")
+    p.add_argument("-v", "--volumes", help="host block devices to mount: /dev/x:/mnt[,...]")
+    p.add_argument("--require-name", action="store_true", help="refuse to run without --name")
+    p.add_argument("--sandbox-image", help="accepted for Ignite compatibility; unused")
+    p.add_argument("--runtime", help="accepted for Ignite compatibility (this host: qemu)")
+    p.add_argument("--network-plugin", help="accepted for Ignite compatibility")
+    p.add_argument("--id-prefix", help="prefix for runtime IDs (default ignite)")
+    p.add_argument("--registry-config-dir", help="accepted for Ignite compatibility")
+
+
+def _start_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="attach to the serial console after starting")
+    p.add_argument("-d", "--debug", action="store_true",
+                   help="accepted for Ignite compatibility (VMs always run detached)")
+    p.add_argument("--ignore-preflight-checks", default="", help="accepted for compatibility")
+
+
+def _vm_commands(t: _Tree, subs: Any) -> None:
+    p = t.command(subs, "run", "vm:cmd_run", "Create a VM from an image and start it")
+    _vm_flags(p)
+    _start_flags(p)
+    p = t.command(subs, "create", "vm:cmd_create", "Create a VM without starting it")
+    _vm_flags(p)
+    p = t.command(subs, "start", "vm:cmd_start", "Start a created or stopped VM")
+    p.add_argument("vm")
+    _start_flags(p)
+    p.add_argument("--runtime", help="accepted for Ignite compatibility")
+    p.add_argument("--network-plugin", help="accepted for Ignite compatibility")
+    p = t.command(subs, "stop", "vm:cmd_stop", "Stop VMs: power off, kill after a timeout")
+    p.add_argument("vms", nargs="+", metavar="vm")
+    p.add_argument("-f", "--force-kill", action="store_true", help="kill at once")
+    p.add_argument("--timeout", type=float, default=20.0,
+                   help="seconds to wait for the guest to power off (default 20)")
+    p = t.command(subs, "kill", "vm:cmd_kill", "Kill VMs at once (no guest shutdown)")
+    p.add_argument("vms", nargs="+", metavar="vm")
+    p = t.command(subs, "rm", "vm:cmd_rm", "Remove VMs")
+    p.add_argument("vms", nargs="*", metavar="vm")
+    p.add_argument("-f", "--force", action="store_true", help="kill running VMs first")
+    p.add_argument("--config", metavar="FILE", help="remove the VM a manifest names")
+    p = t.command(subs, "ps", "vm:cmd_ps", "List running VMs (all with -a)",
+                  aliases=("ls", "list") if subs is not t.subs else ())
+    p.add_argument("-a", "--all", action="store_true", help="also show stopped VMs")
+    p.add_argument("-f", "--filter", default="", help="filter rows (Ignite syntax)")
+    p.add_argument("-t", "--template", default="", help="format each VM with a template")
+    p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+    p = t.command(subs, "logs", "vm:cmd_logs", "Print a VM's serial console output")
+    p.add_argument("vm")
+    p.add_argument("--follow", action="store_true", help="keep printing new output")
+    p = t.command(subs, "attach", "vm:cmd_attach",
+                  "Attach to a VM's serial console (detach: Ctrl+P Ctrl+Q)")
+    p.add_argument("vm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    t = _Tree()
+    _vm_commands(t, t.subs)
+
+    p = t.command(t.subs, "inspect", "inspect:cmd_inspect", "Show an object (vm, image, kernel)")
+    p.add_argument("kind")
+    p.add_argument("object")
+    p.add_argument("-o", "--output", default="json", help="json or yaml (default json)")
+    p.add_argument("-t", "--template", default="", help="format with a template")
+
+    p = t.command(t.subs, "version", "misc:cmd_version", "Print the version")
+    p.add_argument("-o", "--output", default="", help="short, json or yaml")
+
+    p = t.command(t.subs, "rmi", "image:cmd_rm", "Remove images")
+    p.add_argument("images", nargs="+", metavar="image")
+    p.add_argument("-f", "--force", action="store_true", help="also remove VMs that use them")
+    p = t.command(t.subs, "rmk", "kernel:cmd_rm", "Remove kernels")
+    p.add_argument("kernels", nargs="+", metavar="kernel")
+    p.add_argument("-f", "--force", action="store_true", help="also remove VMs that use them")
+
+    # Groups: `ignite image`, `ignite kernel`, `ignite vm`; bare = list.
+    for group, alias, helptext in (("image", "images", "Manage base images"),
+                                   ("kernel", "kernels", "Manage kernels")):
+        g = t.command(t.subs, group, f"{group}:cmd_ls", helptext, aliases=(alias,))
+        gs = g.add_subparsers(title="commands", metavar="COMMAND")
+        p = t.command(gs, "import", f"{group}:cmd_import", f"Import a {group}")
+        p.add_argument("source")
+        p.add_argument("--name", help="name to give it (default: from the source)")
+        if group == "image":
+            p.add_argument("--runtime", help="accepted for Ignite compatibility")
+            p.add_argument("--registry-config-dir", help="accepted for Ignite compatibility")
+        p = t.command(gs, "ls", f"{group}:cmd_ls", f"List {group}s", aliases=("list",))
+        p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+        p = t.command(gs, "rm", f"{group}:cmd_rm", f"Remove {group}s")
+        p.add_argument(f"{group}s", nargs="+", metavar=group)
+        p.add_argument("-f", "--force", action="store_true", help="also remove VMs that use it")
+        if group == "image":
+            p = t.command(gs, "build", "image:cmd_build",
+                          "Build the project's base image (Debian + systemd + openssh)")
+            p.add_argument("recipe", choices=("base",), help="the recipe to build")
+            p.add_argument("--name", default="base", help="image name (default base)")
+        g.set_defaults(output="table")
+
+    g = t.command(t.subs, "vm", "vm:cmd_ps", "Manage VMs", aliases=("vms",), all=True,
+                  filter="", template="", output="table")
+    _vm_commands(t, g.add_subparsers(title="commands", metavar="COMMAND"))
+    return t.top

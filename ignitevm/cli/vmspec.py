@@ -1,0 +1,174 @@
+"""Build a VM object from flags, a --config manifest and the Configuration defaults.
+
+Precedence: built-in defaults < Configuration ``vmDefaults`` < ``--config``
+file < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+from ignitevm.api import codec
+from ignitevm.api.types import VM, BlockDevice, FileMapping, PortMapping, Size, Volume, VolumeMount
+from ignitevm.errors import InvalidInput
+
+_PORT_RE = re.compile(
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?P<host>\d+):(?P<vm>\d+)(?:/(?P<proto>\w+))?$")
+
+
+def load_vm_manifest(path: str) -> VM:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    data = codec.load_manifest(text, path)
+    if data.get("kind") != "VM":
+        raise InvalidInput(f"{path} is a {data.get('kind')}, not a VM")
+    vm: VM = codec.decode_object(data, path)
+    return vm
+
+
+def parse_ports(values: list[str]) -> list[PortMapping]:
+    out = []
+    for value in values:
+        for item in filter(None, value.split(",")):
+            m = _PORT_RE.match(item.strip())
+            if not m:
+                raise InvalidInput(f"invalid port mapping {item!r}",
+                                   hint="write [hostIP:]hostPort:vmPort[/tcp|udp]")
+            out.append(PortMapping(bind_address=m["ip"] or "", host_port=int(m["host"]),
+                                   vm_port=int(m["vm"]), protocol=(m["proto"] or "tcp").lower()))
+    return out
+
+
+def parse_copy_files(values: list[str]) -> list[FileMapping]:
+    out = []
+    for value in values:
+        for item in filter(None, value.split(",")):
+            parts = item.split(":")
+            if len(parts) != 2 or not all(parts):
+                raise InvalidInput(f"invalid --copy-files value {item!r}",
+                                   hint="write /host/path:/vm/path")
+            if not parts[0].startswith("/") or not parts[1].startswith("/"):
+                raise InvalidInput("--copy-files path arguments must be absolute",
+                                   hint=f"write absolute paths, not {item!r}")
+            out.append(FileMapping(host_path=parts[0], vm_path=parts[1]))
+    return out
+
+
+def parse_labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"invalid label value {value!r}",
+                               hint="supported syntax: --label <key>=<value>")
+        labels[key] = val
+    return labels
+
+
+def parse_volumes(value: str) -> tuple[list[Volume], list[VolumeMount]]:
+    import stat
+
+    volumes, mounts = [], []
+    for i, item in enumerate(filter(None, value.split(","))):
+        host, sep, mount = item.partition(":")
+        if not sep or not host.startswith("/") or not mount.startswith("/"):
+            raise InvalidInput(f"invalid --volumes value {item!r}",
+                               hint="write /dev/hostblockdevice:/vm/mountpoint")
+        try:
+            is_block = stat.S_ISBLK(Path(host).stat().st_mode)
+        except OSError:
+            is_block = False
+        if not is_block:
+            raise InvalidInput(f"--volumes: {host} is not a block device on this host")
+        name = f"volume{i}"
+        volumes.append(Volume(name=name, block_device=BlockDevice(path=host)))
+        mounts.append(VolumeMount(name=name, mount_path=mount))
+    return volumes, mounts
+
+
+def _ignite_config_defaults(args: argparse.Namespace) -> dict[str, Any] | None:
+    from ignitevm.cli.config import load_configuration
+
+    cfg = load_configuration(getattr(args, "ignite_config", None))
+    return cfg.get("spec", {}).get("vmDefaults") if cfg else None
+
+
+def vm_from_args(args: argparse.Namespace) -> VM:
+    from ignitevm.api.types import VMSpec
+
+    vm = VM()
+    defaults = _ignite_config_defaults(args)
+    if defaults:
+        vm.spec = codec.from_builtins(defaults, VMSpec, "Configuration vmDefaults")
+    if args.config:
+        manifest = load_vm_manifest(args.config)
+        base = codec.to_builtins(vm)
+        patch = codec.to_builtins(manifest)
+        vm = codec.from_builtins(_merge(base, _strip_empty(patch)), VM, args.config)
+    s = vm.spec
+    if args.image:
+        s.image.oci = args.image
+    if args.name:
+        vm.metadata.name = args.name
+    if args.require_name and not vm.metadata.name:
+        raise InvalidInput("must set VM name, flag --require-name set",
+                           hint="give one with --name")
+    if args.cpus is not None:
+        s.cpus = args.cpus
+        if args.cpus < 1:
+            raise InvalidInput(f"invalid --cpus {args.cpus}: must be at least 1")
+    if args.memory is not None:
+        s.memory = Size.parse(args.memory, "--memory")
+    if args.size is not None:
+        s.disk_size = Size.parse(args.size, "--size")
+    if args.kernel_image:
+        s.kernel.oci = args.kernel_image
+    if args.kernel_args:
+        s.kernel.cmd_line = args.kernel_args
+    if args.ports:
+        s.network.ports = parse_ports(args.ports)
+    if args.copy_files:
+        s.copy_files = parse_copy_files(args.copy_files)
+    if args.volumes:
+        s.storage.volumes, s.storage.volume_mounts = parse_volumes(args.volumes)
+    if args.ssh is not None:
+        s.ssh = args.ssh
+    if args.label:
+        vm.metadata.labels = {**(vm.metadata.labels or {}), **parse_labels(args.label)}
+    if args.id_prefix:
+        vm.status.id_prefix = args.id_prefix
+    if args.runtime and args.runtime != "qemu":
+        raise InvalidInput(f"runtime {args.runtime!r} is not available here",
+                           hint="VMs run under QEMU directly; leave out --runtime")
+    if args.network_plugin and args.network_plugin not in ("none",):
+        raise InvalidInput(f"network plugin {args.network_plugin!r} is not available yet",
+                           hint="leave out --network-plugin")
+    if not s.image.oci:
+        raise InvalidInput("no image given", hint="ignite run <image> (see: ignite image ls)")
+    return vm
+
+
+def _strip_empty(d: Any) -> Any:
+    """Drop zero values from a decoded manifest so that they do not override defaults."""
+    if isinstance(d, dict):
+        return {k: _strip_empty(v) for k, v in d.items()
+                if v not in (None, "", 0, "0B", [], {}) and k != "status"}
+    return d
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """JSON merge patch (RFC 7386) of ``patch`` onto ``base``."""
+    if not isinstance(patch, dict) or not isinstance(base, dict):
+        return patch
+    out = dict(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(base.get(k), v)
+    return out

@@ -1,0 +1,1 @@
+"""``ignited``: the daemon that keeps a host's VMs in line with manifests."""

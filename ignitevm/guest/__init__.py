@@ -1,0 +1,1 @@
+"""Guest-side programs: the initramfs init and the small static helpers."""

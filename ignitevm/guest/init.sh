@@ -1,0 +1,75 @@
+#!/bin/sh
+# ignitevm initramfs init: load the virtio drivers, mount the VM disk, apply
+# the per-VM config the host handed in, then hand over to the image's init.
+# Runs under busybox; every step that fails says so on the console and powers
+# the VM off (the host then reports the VM as stopped).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+say() { echo "ignitevm-init: $*"; }
+die() {
+    say "error: $*"
+    sync
+    poweroff -f
+    sleep 5
+}
+
+mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
+mount -t proc -o nosuid,noexec,nodev proc /proc
+mount -t sysfs -o nosuid,noexec,nodev sysfs /sys
+
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        ignite.probe=1) say "probe ok"; poweroff -f; sleep 5 ;;
+        ignite.debug=1) set -x ;;
+    esac
+done
+
+while read -r mod; do
+    insmod "/lib/modules/$mod" 2>/dev/null
+done < /lib/modules/load.order
+
+ROOT= CFG= n=0
+while [ -z "$ROOT" ] || [ -z "$CFG" ]; do
+    for d in /sys/block/vd*; do
+        [ -e "$d/serial" ] || continue
+        read -r serial < "$d/serial"
+        case "$serial" in
+            ignite-root) ROOT=/dev/${d##*/} ;;
+            ignite-cfg) CFG=/dev/${d##*/} ;;
+        esac
+    done
+    n=$((n + 1))
+    [ $n -gt 500 ] && die "the VM disks did not appear (root=${ROOT:-none} config=${CFG:-none})"
+    [ -z "$ROOT" ] || [ -z "$CFG" ] && usleep 10000
+done
+
+mkdir -p /cfg /newroot
+tar -xf "$CFG" -C /cfg || die "cannot read the VM config disk $CFG"
+. /cfg/vm.env
+
+mount -t ext4 -o rw "$ROOT" /newroot || die "cannot mount the VM disk $ROOT"
+/bin/ignite-resize /newroot "$ROOT" || say "warning: could not grow the root filesystem"
+
+# Per-VM files: hostname, copied files, keys. The shared image is never written:
+# these land in the VM's own copy-on-write layer.
+if [ -d /cfg/files ]; then
+    cp -a /cfg/files/. /newroot/ || die "cannot copy the VM files into place"
+fi
+if [ -f /cfg/hosts ] && [ ! -s /newroot/etc/hosts ]; then
+    cp /cfg/hosts /newroot/etc/hosts
+fi
+[ -n "$IGNITE_HOSTNAME" ] && hostname "$IGNITE_HOSTNAME"
+
+[ -d /newroot/dev ] && mount --move /dev /newroot/dev
+umount /sys /proc 2>/dev/null
+
+if [ -n "$IGNITE_INIT" ] && { [ -x "/newroot$IGNITE_INIT" ] || [ -L "/newroot$IGNITE_INIT" ]; }; then
+    say "starting $IGNITE_INIT"
+    exec switch_root /newroot "$IGNITE_INIT"
+fi
+if [ -n "$IGNITE_ENTRYPOINT_SET" ]; then
+    eval "$IGNITE_ENTRYPOINT_SET"
+    say "no init in the image, starting its command: $*"
+    exec switch_root /newroot "$@"
+fi
+die "the image has no ${IGNITE_INIT:-init} and no command to run"

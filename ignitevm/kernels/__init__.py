@@ -1,0 +1,1 @@
+"""Kernels: import from Debian's packages or files, and the generated initramfs."""

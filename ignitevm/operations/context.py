@@ -1,0 +1,38 @@
+"""What every operation needs: the store, the root folder and the chosen providers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ignitevm.providers.vmm.base import VMM
+from ignitevm.store import Store
+
+DEFAULT_ROOT = "/var/lib/ignite"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("IGNITE_ROOT") or DEFAULT_ROOT)
+
+
+@dataclass
+class Context:
+    root: Path = field(default_factory=default_root)
+    vmm_name: str = "qemu"
+    accel: str | None = None  # None/"auto": probe
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.root)
+
+    @cached_property
+    def vmm(self) -> VMM:
+        from ignitevm.providers import vmm
+
+        return vmm.get(self.vmm_name)
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"

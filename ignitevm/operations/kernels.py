@@ -1,0 +1,99 @@
+"""Import and remove kernels."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from ignitevm.api import refs
+from ignitevm.api.defaults import DEFAULT_KERNEL, now
+from ignitevm.api.types import VM, Kernel, KernelSpec, ObjectMeta, Size
+from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.kernels import debian
+from ignitevm.kernels.initramfs import build_initramfs
+from ignitevm.kernels.version import is_kernel, kernel_version
+from ignitevm.log import log
+from ignitevm.operations.context import Context
+from ignitevm.util.ids import new_uid
+
+KERNEL_FILE = "vmlinuz"
+INITRAMFS_FILE = "initramfs.img"
+DEBIAN_ALIASES = ("debian", "debian-cloud", DEFAULT_KERNEL)
+
+
+def kernel_files(ctx: Context, kernel: Kernel) -> tuple[Path, Path]:
+    d = ctx.store.dir(kernel)
+    return d / KERNEL_FILE, d / INITRAMFS_FILE
+
+
+def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
+    """Import Debian's cloud kernel (``debian``) or a kernel file; reuse one already there."""
+    is_debian = source in DEBIAN_ALIASES
+    path = Path(source)
+    if not is_debian and not path.exists():
+        raise InvalidInput(
+            f"unknown kernel {source!r}: not an imported kernel, nor a file",
+            hint="import Debian's cloud kernel with 'ignite kernel import debian', "
+            "or give the path of a bzImage/vmlinux file",
+        )
+    ref = refs.normalize(name or (DEFAULT_KERNEL if is_debian else _name_from_path(path)))
+    existing = ctx.store.find(Kernel, ref)
+    if existing is not None:
+        return existing
+    if not is_debian and path.is_file() and not is_kernel(path):
+        raise InvalidInput(f"{path} is not a Linux kernel (bzImage or ELF vmlinux)",
+                           hint="give the path of a bzImage or vmlinux file")
+    kernel = Kernel(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
+                    spec=KernelSpec(oci=ref))
+    ctx.store.ensure()
+    with ctx.store.creating(kernel) as stage, tempfile.TemporaryDirectory(
+        dir=ctx.root / "tmp", prefix="kernel-") as work:
+        if is_debian:
+            unpacked = debian.fetch(ctx.cache, Path(work))
+            shutil.copyfile(unpacked.kernel, stage / KERNEL_FILE)
+            modules: Path | None = unpacked.modules
+            kernel.status.version = unpacked.version
+            kernel.status.oci_source.id = (
+                f"deb://{unpacked.package}@{unpacked.package_version}")
+        else:
+            shutil.copyfile(path, stage / KERNEL_FILE)
+            modules = None
+            kernel.status.version = kernel_version(path)
+        build_initramfs(stage / INITRAMFS_FILE, modules, ctx.cache)
+        size = sum(f.stat().st_size for f in stage.iterdir() if f.is_file())
+        kernel.status.oci_source.size = Size(size)
+    log.info("Imported kernel %r (version %s) with ID %r", ref, kernel.status.version,
+             kernel.metadata.uid)
+    return kernel
+
+
+def _name_from_path(path: Path) -> str:
+    stem = path.name.split(".")[0].lower() or "kernel"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+
+
+def remove_kernel(ctx: Context, kernel: Kernel, force: bool = False) -> None:
+    from ignitevm.operations import vms
+
+    users = [vm for vm in ctx.store.list(VM) if vm.spec.kernel.oci == kernel.metadata.name]
+    if users and not force:
+        raise Conflict(
+            f"unable to remove, kernel {kernel.metadata.name!r} is in use by VM "
+            f"{users[0].metadata.name!r}",
+            hint="remove those VMs first, or use -f to remove them too",
+        )
+    for vm in users:
+        vms.remove(ctx, vm, force=True)
+    ctx.store.delete(kernel)
+
+
+def ensure_kernel(ctx: Context, ref: str) -> Kernel:
+    """The kernel a VM names; Debian's default kernel is imported on first use."""
+    kernel = ctx.store.find(Kernel, ref)
+    if kernel is not None:
+        return kernel
+    if ref in DEBIAN_ALIASES:
+        return import_kernel(ctx, "debian")
+    return ctx.store.resolve(Kernel, ref)
+

@@ -1,0 +1,148 @@
+"""The VM lifecycle: create, start, stop, kill, remove, and live state."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+from ignitevm.api.defaults import default_vm, now, validate_vm
+from ignitevm.api.types import VM, Image, Kernel, Size
+from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.log import log
+from ignitevm.operations import images, kernels
+from ignitevm.operations.context import Context
+from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
+from ignitevm.providers.vmm.base import Disk, LaunchSpec
+from ignitevm.util.fs import flock
+from ignitevm.util.ids import new_uid, random_name
+
+STOP_TIMEOUT = 20.0
+
+
+def workdir(ctx: Context, vm: VM) -> Path:
+    return ctx.store.dir(vm)
+
+
+@contextlib.contextmanager
+def vm_lock(ctx: Context, vm: VM) -> Iterator[None]:
+    """Serialise lifecycle operations on one VM across processes."""
+    d = workdir(ctx, vm)
+    if not d.is_dir():
+        yield
+        return
+    with flock(d / ".lock"):
+        yield
+
+
+def is_running(ctx: Context, vm: VM) -> bool:
+    return ctx.vmm.pid(workdir(ctx, vm)) is not None
+
+
+def create(ctx: Context, vm: VM) -> VM:
+    """Make a VM object and its disk; nothing is left behind if any step fails."""
+    default_vm(vm)
+    validate_vm(vm)
+    image = images.ensure_image(ctx, vm.spec.image.oci)
+    vm.spec.image.oci = image.metadata.name
+    kernel = kernels.ensure_kernel(ctx, vm.spec.kernel.oci)
+    vm.spec.kernel.oci = kernel.metadata.name
+    image_size = images.image_file(ctx, image).stat().st_size
+    if vm.spec.disk_size.bytes < image_size:
+        raise InvalidInput(
+            f"invalid --size {vm.spec.disk_size}: smaller than the image "
+            f"{image.metadata.name!r} ({Size(image_size)})",
+            hint=f"use --size of at least {Size(image_size)}",
+        )
+    generated = not vm.metadata.name
+    if not vm.metadata.uid:
+        vm.metadata.uid = new_uid()
+    if generated:
+        vm.metadata.name = random_name({v.metadata.name for v in ctx.store.list(VM)})
+    vm.status.image = image.status.oci_source
+    vm.status.kernel = kernel.status.oci_source
+    vm.status.runtime.name = ctx.vmm.name
+    with ctx.store.creating(vm, rename=generated) as stage:
+        ctx.vmm.create_disk(images.image_file(ctx, image), stage, vm.spec.disk_size.bytes)
+    log.info("Created VM with ID %r and name %r", vm.metadata.uid, vm.metadata.name)
+    return vm
+
+
+def start(ctx: Context, vm: VM) -> VM:
+    with vm_lock(ctx, vm):
+        vm = ctx.store.get(VM, vm.metadata.uid)
+        d = workdir(ctx, vm)
+        if ctx.vmm.pid(d) is not None:
+            raise Conflict(f"VM {vm.metadata.uid!r} is already running")
+        image = ctx.store.find(Image, vm.spec.image.oci)
+        kernel = ctx.store.find(Kernel, vm.spec.kernel.oci)
+        if image is None or kernel is None:
+            missing = vm.spec.image.oci if image is None else vm.spec.kernel.oci
+            raise InvalidInput(f"VM {vm.metadata.name!r} needs {missing!r}, which is gone",
+                               hint="import it again, or remove the VM")
+        kernel_path, initrd = kernels.kernel_files(ctx, kernel)
+        accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel)
+        cfg = write_config_disk(vm, images.image_config(ctx, image), d / CONFIG_DISK)
+        cmdline = " ".join([vm.spec.kernel.cmd_line, *ctx.vmm.kernel_args(accel)])
+        spec = LaunchSpec(
+            uid=vm.metadata.uid,
+            workdir=d,
+            kernel=kernel_path,
+            initrd=initrd,
+            cmdline=cmdline,
+            cpus=vm.spec.cpus,
+            memory_mib=vm.spec.memory.mib,
+            disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2"),
+                   Disk(cfg, "ignite-cfg", "raw", readonly=True)),
+            accel=accel,
+        )
+        log.debug("kernel command line: %s", shlex.quote(cmdline))
+        ctx.vmm.launch(spec)
+        vm.status.running = True
+        vm.status.start_time = now()
+        vm.status.runtime.id = f"{vm.status.id_prefix or 'ignite'}-{vm.metadata.uid}"
+        vm.status.runtime.name = ctx.vmm.name
+        vm.status.runtime.accel = accel
+        ctx.store.save(vm)
+    log.info("Started VM %r (%s) with QEMU/%s", vm.metadata.name, vm.metadata.uid, accel.upper())
+    return vm
+
+
+def _mark_stopped(ctx: Context, vm: VM) -> None:
+    ctx.vmm.cleanup(workdir(ctx, vm))
+    vm.status.running = False
+    vm.status.start_time = None
+    vm.status.network.ip_addresses = None
+    ctx.store.save(vm)
+
+
+def stop(ctx: Context, vm: VM, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> None:
+    """Power the guest off (ACPI), then kill it if it is still there after ``timeout``."""
+    from ignitevm.providers.vmm.qemu.machine import wait_pid
+
+    with vm_lock(ctx, vm):
+        d = workdir(ctx, vm)
+        pid = ctx.vmm.pid(d)
+        if pid is None:
+            log.warning("VM %r is not running", vm.metadata.name)
+        elif force:
+            ctx.vmm.kill(d)
+        elif not (ctx.vmm.powerdown(d) and wait_pid(pid, timeout)):
+            log.warning("VM %r did not power off within %.0fs, killing it",
+                        vm.metadata.name, timeout)
+            ctx.vmm.kill(d)
+        _mark_stopped(ctx, vm)
+    log.info("Stopped VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
+
+
+def remove(ctx: Context, vm: VM, *, force: bool = False) -> None:
+    with vm_lock(ctx, vm):
+        d = workdir(ctx, vm)
+        if ctx.vmm.pid(d) is not None:
+            if not force:
+                raise Conflict(f"VM {vm.metadata.name!r} ({vm.metadata.uid}) is running",
+                               hint="stop it first, or use rm -f")
+            ctx.vmm.kill(d)
+        ctx.store.delete(vm)
+    log.info("Removed VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)

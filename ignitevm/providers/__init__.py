@@ -1,0 +1,1 @@
+"""Providers: each a small interface with one or more implementations."""

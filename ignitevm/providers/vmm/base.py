@@ -1,0 +1,77 @@
+"""The interface every VMM provider fills (QEMU now, Firecracker later).
+
+A provider knows how to make a VM's writable disk over the shared image
+file, launch a VM detached from the CLI, tell whether it still runs, ask it
+to power off, and kill it. Everything it keeps for a VM lives in the VM's
+folder, so any later CLI process (or the daemon) can act on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: Path
+    serial: str
+    format: str = "raw"  # "raw" | "qcow2"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    uid: str
+    workdir: Path
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+    cpus: int
+    memory_mib: int
+    disks: tuple[Disk, ...]
+    accel: str  # "kvm" | "tcg"
+
+
+class VMM(Protocol):
+    name: str
+
+    def create_disk(self, image: Path, workdir: Path, size: int) -> Disk:
+        """A writable copy-on-write disk of ``size`` bytes over the read-only ``image``."""
+        ...
+
+    def choose_accel(self, kernel: Path, initrd: Path | None, cache: Path,
+                     force: str | None = None) -> str:
+        """The accelerator to use for this kernel on this host (probed and cached)."""
+        ...
+
+    def kernel_args(self, accel: str) -> list[str]:
+        """Kernel command-line words this VMM needs the guest to have."""
+        ...
+
+    def launch(self, spec: LaunchSpec) -> int:
+        """Start the VM detached; return its VMM process id."""
+        ...
+
+    def pid(self, workdir: Path) -> int | None:
+        """The VMM's process id if the VM runs, else None."""
+        ...
+
+    def powerdown(self, workdir: Path) -> bool:
+        """Ask the guest to power off; False if the VMM could not be reached."""
+        ...
+
+    def kill(self, workdir: Path) -> None:
+        """End the VMM process now (no guest shutdown)."""
+        ...
+
+    def cleanup(self, workdir: Path) -> None:
+        """Remove runtime files (sockets, pid file) of a VM that is not running."""
+        ...
+
+    def console_socket(self, workdir: Path) -> Path:
+        ...
+
+    def console_log(self, workdir: Path) -> Path:
+        ...

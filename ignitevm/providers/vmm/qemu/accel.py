@@ -1,0 +1,137 @@
+"""Choose KVM or TCG by booting a real guest, never by assumption.
+
+``/dev/kvm`` can exist and still be useless: a nested hypervisor may accept
+the VM and then never run a stock kernel to its init. So the probe boots the
+kernel and initramfs the VM will use, with KVM and a deadline, and takes KVM
+only if our init reported in. The answer is cached per kernel and host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import selectors
+import subprocess
+import time
+from pathlib import Path
+
+from ignitevm.errors import IgniteError, InvalidInput
+from ignitevm.log import log
+from ignitevm.util.fs import atomic_write
+from ignitevm.util.proc import spawn
+
+PROBE_DEADLINE = 20.0
+PROBE_MARKER = b"ignitevm-init: probe ok"
+
+
+def kvm_usable() -> tuple[bool, str]:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False, "/dev/kvm does not exist (no hardware virtualisation, or kvm not loaded)"
+    except PermissionError:
+        return False, "no permission to open /dev/kvm"
+    except OSError as exc:
+        return False, f"cannot open /dev/kvm: {exc.strerror}"
+    os.close(fd)
+    return True, ""
+
+
+def host_tsc_khz() -> int | None:
+    """The host TSC frequency; a TCG microvm guest cannot calibrate its own."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":", 1)[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def kernel_args(accel: str) -> list[str]:
+    if accel != "tcg":
+        return []
+    out = ["tsc=reliable"]
+    khz = host_tsc_khz()
+    if khz:
+        out.insert(0, f"tsc_early_khz={khz}")
+    return out
+
+
+def _cache_key(kernel: Path, initrd: Path | None) -> str:
+    h = hashlib.sha256()
+    for path in (kernel, initrd):
+        if path is not None:
+            st = path.stat()
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(platform.release().encode())
+    try:
+        with open("/proc/cpuinfo") as f:
+            h.update(next((line for line in f if line.startswith("model name")), "").encode())
+    except OSError:
+        pass
+    return h.hexdigest()[:24]
+
+
+def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = None) -> str:
+    if force not in (None, "", "auto", "kvm", "tcg"):
+        raise InvalidInput(f"invalid accelerator {force!r}", hint="use kvm, tcg or auto")
+    if force == "tcg":
+        return "tcg"
+    ok, why = kvm_usable()
+    if force == "kvm":
+        if not ok:
+            raise IgniteError(f"KVM was asked for but {why}", hint="use --accel tcg")
+        return "kvm"
+    if not ok:
+        log.debug("using TCG: %s", why)
+        return "tcg"
+    cache_file = cache / "accel" / f"{_cache_key(kernel, initrd)}.json"
+    try:
+        return str(json.loads(cache_file.read_text())["accel"])
+    except (FileNotFoundError, ValueError, KeyError):
+        pass
+    works, detail = probe_kvm(kernel, initrd)
+    accel = "kvm" if works else "tcg"
+    log.info("KVM %s on this host (%s); using %s", "works" if works else "is not usable",
+             detail, accel.upper())
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cache_file, json.dumps({"accel": accel, "detail": detail}))
+    return accel
+
+
+def probe_kvm(kernel: Path, initrd: Path | None, deadline: float = PROBE_DEADLINE
+              ) -> tuple[bool, str]:
+    """Boot the kernel under KVM until our init reports in, or the deadline passes."""
+    cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on", "-nodefaults",
+           "-no-user-config", "-display", "none", "-no-reboot", "-accel", "kvm", "-cpu", "host",
+           "-m", "128M", "-kernel", str(kernel), "-serial", "stdio",
+           "-append", "console=ttyS0 panic=-1 reboot=k ignite.probe=1 quiet"]
+    if initrd is not None:
+        cmd += ["-initrd", str(initrd)]
+    start = time.monotonic()
+    output = b""
+    with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        try:
+            while (left := start + deadline - time.monotonic()) > 0:
+                if not sel.select(left):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                output += chunk
+                if PROBE_MARKER in output:
+                    return True, f"a guest booted in {time.monotonic() - start:.1f}s"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    tail = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    if time.monotonic() - start >= deadline:
+        return False, f"a guest did not reach its init within {deadline:.0f}s"
+    return False, f"QEMU said: {tail[0][:160]}"

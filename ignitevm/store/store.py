@@ -1,0 +1,197 @@
+"""Objects on disk: ``<root>/<kind>/<uid>/metadata.json`` plus each object's files.
+
+Safe when several CLIs and the daemon act at once, and after a ``kill -9`` at
+any point:
+
+- a new object is built in ``<root>/tmp/<uid>`` while its creator holds a lock
+  there, and appears by one ``rename`` under the store lock, after the name
+  was checked to be free; staging folders whose creator died are swept;
+- metadata is replaced atomically (write + rename);
+- removal renames the folder away first, so an object is there or gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from ignitevm.api import codec
+from ignitevm.api.types import VM, Image, Kernel
+from ignitevm.errors import Conflict, IgniteError, NotFound
+from ignitevm.util.fs import atomic_write, flock, is_locked
+
+T = TypeVar("T", VM, Image, Kernel)
+
+_DIRS = {VM: "vm", Image: "image", Kernel: "kernel"}
+_WHAT = {VM: "vm", Image: "image", Kernel: "kernel"}
+METADATA = "metadata.json"
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # --- layout -----------------------------------------------------------
+    def kind_dir(self, typ: type[T]) -> Path:
+        return self.root / _DIRS[typ]
+
+    def dir(self, obj: VM | Image | Kernel) -> Path:
+        return self.kind_dir(type(obj)) / obj.metadata.uid
+
+    def ensure(self) -> None:
+        for d in ("vm", "image", "kernel", "tmp", "cache"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The store-wide lock, held briefly while names are checked and taken."""
+        self.ensure()
+        with flock(self.root / ".lock"):
+            yield
+
+    # --- reading ----------------------------------------------------------
+    def list(self, typ: type[T]) -> list[T]:
+        base = self.kind_dir(typ)
+        try:
+            names = sorted(os.listdir(base))
+        except FileNotFoundError:
+            return []
+        out = []
+        for uid in names:
+            obj = self._read(typ, base / uid / METADATA)
+            if obj is not None:
+                out.append(obj)
+        return out
+
+    def _read(self, typ: type[T], path: Path) -> T | None:
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            return codec.decode_json(raw, typ, str(path))
+        except IgniteError:
+            # A damaged metadata file must not break every listing; it is
+            # reported by commands that address the object directly.
+            return None
+
+    def get(self, typ: type[T], uid: str) -> T:
+        obj = self._read(typ, self.kind_dir(typ) / uid / METADATA)
+        if obj is None:
+            raise NotFound(f"can't find {_WHAT[typ]}: no ID matches {uid!r}")
+        return obj
+
+    def find(self, typ: type[T], query: str) -> T | None:
+        """An exact name or UID match, or None."""
+        for obj in self.list(typ):
+            if query in (obj.metadata.name, obj.metadata.uid):
+                return obj
+        return None
+
+    def resolve(self, typ: type[T], query: str) -> T:
+        """Find by exact name or UID first, then by a unique name or UID prefix."""
+        objs = self.list(typ)
+        exact = [o for o in objs if query in (o.metadata.name, o.metadata.uid)]
+        if len(exact) == 1:
+            return exact[0]
+        matches = exact or [
+            o for o in objs
+            if query and (o.metadata.uid.startswith(query) or o.metadata.name.startswith(query))
+        ]
+        what = _WHAT[typ]
+        if not matches:
+            raise NotFound(f"can't find {what}: no ID/name matches for {query!r}",
+                           hint=f"list them with: ignite {what} ls" if what != "vm"
+                           else "list them with: ignite ps -a")
+        if len(matches) > 1:
+            ids = ", ".join(f"{o.metadata.name} ({o.metadata.uid})" for o in matches[:5])
+            raise Conflict(f"ambiguous {what} query {query!r}: matched {ids}",
+                           hint="give more characters of the ID, or the full name")
+        return matches[0]
+
+    # --- writing ----------------------------------------------------------
+    def save(self, obj: VM | Image | Kernel) -> None:
+        atomic_write(self.dir(obj) / METADATA, codec.to_json(obj) + "\n")
+
+    @contextlib.contextmanager
+    def creating(self, obj: T, *, unique_name: bool = True,
+                 rename: bool = False) -> Iterator[Path]:
+        """Build a new object's folder; it appears in the store only if the block succeeds.
+
+        With ``rename``, a name taken meanwhile is replaced by a fresh generated one
+        (for generated names); otherwise a taken name is an error.
+        """
+        self.ensure()
+        self.sweep()
+        typ = type(obj)
+        if unique_name:
+            self._check_name(obj)
+        tmp = self.root / "tmp"
+        stage = tmp / obj.metadata.uid
+        lock = tmp / f"{obj.metadata.uid}.lock"
+        # The lock is taken before the folder exists, so a sweeper never sees
+        # the folder unlocked while its creator lives.
+        with flock(lock):
+            stage.mkdir()
+            try:
+                yield stage
+                with self.locked():
+                    if unique_name:
+                        try:
+                            self._check_name(obj)
+                        except Conflict:
+                            if not rename:
+                                raise
+                            from ignitevm.util.ids import random_name
+
+                            taken = {o.metadata.name for o in self.list(typ)}
+                            obj.metadata.name = random_name(taken)
+                    atomic_write(stage / METADATA, codec.to_json(obj) + "\n")
+                    os.rename(stage, self.kind_dir(typ) / obj.metadata.uid)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock)
+
+    def _check_name(self, obj: VM | Image | Kernel) -> None:
+        name = obj.metadata.name
+        if not name:
+            return
+        for other in self.list(type(obj)):
+            if other.metadata.name == name:
+                raise Conflict(
+                    f"invalid {_WHAT[type(obj)]} name {name!r}: already exists "
+                    f"(ID {other.metadata.uid})",
+                    hint="choose another name, or remove the old one first",
+                )
+
+    def delete(self, obj: VM | Image | Kernel) -> None:
+        src = self.dir(obj)
+        trash = self.root / "tmp" / f"deleting-{obj.metadata.uid}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(src, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Remove staging folders whose creator is gone (killed mid-create)."""
+        tmp = self.root / "tmp"
+        try:
+            entries = os.listdir(tmp)
+        except FileNotFoundError:
+            return
+        for name in entries:
+            path = tmp / name
+            orphan = not name.endswith(".lock") and not is_locked(tmp / f"{name}.lock")
+            if name.startswith("deleting-") or orphan:
+                shutil.rmtree(path, ignore_errors=True)
+            elif name.endswith(".lock") and not (tmp / name[:-5]).exists():
+                with contextlib.suppress(OSError):
+                    if time.time() - os.stat(path).st_mtime > 60 and not is_locked(path):
+                        os.unlink(path)
