@@ -127,11 +127,15 @@ def open_source(path: Path, *, ref: str | None = None) -> Iterator[ImageSource]:
 # --- tar helpers (shared with layers.py) ---------------------------------------------------------
 
 
-def next_member(tf: tarfile.TarFile, label: str) -> tarfile.TarInfo | None:
+def next_member(
+    tf: tarfile.TarFile, label: str, *, lenient_end: bool = False
+) -> tarfile.TarInfo | None:
     """Read the header after the current member: None at the end-of-archive marker.
 
     Unlike :meth:`tarfile.TarFile.next`, a truncated or damaged header is an
-    error here, not a silent end of the archive.
+    error here, not a silent end of the archive. With ``lenient_end``, data
+    that stops cleanly between two members without the end marker is accepted
+    (some tools omit it; layer digests and compressed trailers catch real cuts).
     """
     fileobj: Any = tf.fileobj
     offset: int = tf.offset  # type: ignore[attr-defined]
@@ -141,7 +145,15 @@ def next_member(tf: tarfile.TarFile, label: str) -> tarfile.TarInfo | None:
         return tf.tarinfo.fromtarfile(tf)
     except tarfile.EOFHeaderError:
         return None
-    except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+    except tarfile.EmptyHeaderError:
+        if lenient_end:
+            log.debug("%s has no end-of-archive marker", label)
+            return None
+        raise InvalidInput(
+            f"{label} is truncated (it ends at byte {offset} in the middle of the archive)",
+            hint="copy or download it again",
+        ) from None
+    except tarfile.TruncatedHeaderError:
         raise InvalidInput(
             f"{label} is truncated (it ends at byte {offset} in the middle of the archive)",
             hint="copy or download it again",
@@ -244,7 +256,9 @@ class _DirStore:
         try:
             return (self.path / name).stat().st_size
         except FileNotFoundError:
-            raise InvalidInput(f"{self.path} has no {name}", hint="the layout is incomplete") from None
+            raise InvalidInput(
+                f"{self.path} has no {name}", hint="the layout is incomplete"
+            ) from None
 
     def opener(self, name: str) -> Opener:
         self.size(name)
@@ -258,11 +272,11 @@ class _DirStore:
 
     @contextmanager
     def _open(self, file: Path) -> Iterator[BinaryIO]:
-        try:
-            f = open(file, "rb", buffering=1 << 20)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
-        with f:
+        with ExitStack() as stack:
+            try:
+                f = stack.enter_context(open(file, "rb", buffering=1 << 20))
+            except OSError as exc:
+                raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
             yield f
 
 
@@ -273,16 +287,18 @@ def _scan(path: Path, *, compressed: bool) -> tuple[str, _TarIndex]:
     """List the members of the tarball at ``path`` far enough to tell its kind."""
     members: dict[str, tarfile.TarInfo] = {}
     complete = True
-    try:
-        tf = tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape")
-    except (tarfile.TarError, OSError, EOFError):
-        raise InvalidInput(
-            f"{path} is neither a tar archive nor an OCI layout directory",
-            hint="give a docker-archive (docker save), an oci-archive, an OCI layout directory"
-            " or a rootfs tarball",
-        ) from None
-    try:
-        with tf:
+    with ExitStack() as stack:
+        try:
+            tf = stack.enter_context(
+                tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape")
+            )
+        except (tarfile.TarError, OSError, EOFError):
+            raise InvalidInput(
+                f"{path} is neither a tar archive nor an OCI layout directory",
+                hint="give a docker-archive (docker save), an oci-archive, an OCI layout"
+                " directory or a rootfs tarball",
+            ) from None
+        try:
             info = tf.firstmember
             tf.firstmember = None
             while info is not None:
@@ -292,8 +308,8 @@ def _scan(path: Path, *, compressed: bool) -> tuple[str, _TarIndex]:
                     break
                 members[name] = info
                 info = next_member(tf, str(path))
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise InvalidInput(f"{path} is corrupt or truncated: {exc}") from None
+        except (OSError, EOFError, tarfile.TarError) as exc:
+            raise InvalidInput(f"{path} is corrupt or truncated: {exc}") from None
     index = _TarIndex(path, members, compressed)
     if not complete:
         return "rootfs-tar", index
@@ -354,10 +370,10 @@ def _choose(store: Store, descs: Any, ref: str | None) -> dict[str, Any]:
         if not descs:
             have = ", ".join(sorted(n for n in names if n)) or "none"
             raise InvalidInput(f"{store.path} holds no image named {ref} (it has: {have})")
-    if len(descs) == 1:
-        return descs[0]
     wanted = f"linux/{_ARCH}"
     platforms = [_platform(d) for d in descs]
+    if len(descs) == 1 and platforms[0] is None:
+        return descs[0]
     for d, p in zip(descs, platforms, strict=True):
         if p is not None and (p == wanted or p.startswith(wanted + "/")):
             return d
@@ -387,7 +403,9 @@ def _oci(store: Store, kind: str, path: Path, ref: str | None) -> ImageSource:
         digest, blob, _size = _blob(store, desc, "manifest")
         if media in INDEX_TYPES:
             nested = _json(store, blob, "index", digest)
-            desc = _choose(store, nested.get("manifests") if isinstance(nested, dict) else None, None)
+            desc = _choose(
+                store, nested.get("manifests") if isinstance(nested, dict) else None, None
+            )
         elif media in MANIFEST_TYPES:
             manifest = _json(store, blob, "manifest", digest)
             break
@@ -412,7 +430,9 @@ def _oci(store: Store, kind: str, path: Path, ref: str | None) -> ImageSource:
             raise InvalidInput(f"{path}: layer has unsupported media type {media!r}")
         ldigest, lblob, lsize = _blob(store, ldesc, "layer")
         layers.append(Layer(ldigest, lsize, store.opener(lblob)))
-    return _image(kind, name if isinstance(name, str) else None, config_digest, config, layers, path)
+    return _image(
+        kind, name if isinstance(name, str) else None, config_digest, config, layers, path
+    )
 
 
 def _image(
@@ -422,14 +442,18 @@ def _image(
         raise InvalidInput(f"{path}: the image config is not an object")
     inner = config.get("config") or {}
     if not isinstance(inner, dict):
-        raise InvalidInput(f"{path}: the image config's \"config\" is not an object")
+        raise InvalidInput(f'{path}: the image config\'s "config" is not an object')
     total = sum(layer.size for layer in layers)
     return ImageSource(kind, ref, digest, inner, layers, total, path)
 
 
 def _docker(store: _TarIndex, path: Path, ref: str | None) -> ImageSource:
     entries = _json(store, "manifest.json", "manifest")
-    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, dict) for e in entries)
+    ):
         raise InvalidInput(f"{path}: manifest.json lists no images")
     if ref is not None:
         entries = [e for e in entries if any(_ref_matches(ref, t) for t in e.get("RepoTags") or [])]
@@ -449,7 +473,7 @@ def _docker(store: _TarIndex, path: Path, ref: str | None) -> ImageSource:
         config = json.loads(data)
     except ValueError:
         raise InvalidInput(f"{path}: config {config_name} is not valid JSON") from None
-    diff_ids = ((config.get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else [])
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else []
     layer_names = entry.get("Layers") or []
     layers = []
     for i, lname in enumerate(layer_names):

@@ -105,9 +105,13 @@ class Store:
         ]
         what = _WHAT[typ]
         if not matches:
+            hints = {"vm": "list VMs with: ignite ps -a",
+                     "image": "list images with 'ignite image ls'; import one with "
+                     "'ignite image import ./app.tar'",
+                     "kernel": "list kernels with 'ignite kernel ls'; import Debian's with "
+                     "'ignite kernel import debian'"}
             raise NotFound(f"can't find {what}: no ID/name matches for {query!r}",
-                           hint=f"list them with: ignite {what} ls" if what != "vm"
-                           else "list them with: ignite ps -a")
+                           hint=hints[what])
         if len(matches) > 1:
             ids = ", ".join(f"{o.metadata.name} ({o.metadata.uid})" for o in matches[:5])
             raise Conflict(f"ambiguous {what} query {query!r}: matched {ids}",
@@ -129,8 +133,8 @@ class Store:
         self.ensure()
         self.sweep()
         typ = type(obj)
-        if unique_name:
-            self._check_name(obj)
+        if unique_name and not rename:
+            self._check_name(obj)  # fail early; checked again under the lock
         tmp = self.root / "tmp"
         stage = tmp / obj.metadata.uid
         lock = tmp / f"{obj.metadata.uid}.lock"

@@ -48,7 +48,7 @@ class QemuVMM:
             why = msg[-1] if msg else f"exit code {result.returncode}"
             why = why.removeprefix(f"{args.QEMU}: ")
             raise IgniteError(f"QEMU failed to start: {why}", details=result.stderr,
-                              hint=f"the full command line is in {spec.workdir}/qemu.cmdline")
+                              hint="--log-level debug shows QEMU's full command line")
         pid = self.pid(spec.workdir)
         if pid is None:
             raise IgniteError("QEMU started but exited at once",

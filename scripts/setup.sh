@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install everything ignitevm needs on Debian 12: the host packages and a
+# Python virtual environment (.venv) with the project and its dependencies.
+# Idempotent, and quiet when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  qemu-system-x86 qemu-utils      # the VMM and qemu-img (qcow2 overlays)
+  busybox-static kmod             # the generated initramfs; depmod for kernel modules
+  e2fsprogs                       # mkfs.ext4 -d: image rootfs without mounting
+  mmdebstrap                      # `ignite image build base`
+  gcc libc6-dev                   # static guest helpers, built from source
+  openssh-client                  # ssh-keygen, ignite ssh
+  python3 python3-venv python3-pip
+  git file cpio ca-certificates
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  [[ $pkg == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$pkg")
+done
+
+# Kernel import uses `apt-get download`, which needs package lists.
+lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -n 1)
+if (( ${#missing[@]} )) || [[ -z $lists ]]; then
+  if (( EUID != 0 )); then
+    echo "setup: need root to install: ${missing[*]:-apt package lists}" >&2
+    exit 1
+  fi
+  echo "setup: apt-get update"
+  apt-get update -qq
+fi
+if (( ${#missing[@]} )); then
+  echo "setup: installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.ignitevm-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  echo "setup: installing Python dependencies into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,44 @@
+"""Shared test set-up: every test uses a temporary state root, never the default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Ignite:
+    """Runs the real `ignite` CLI (python -m ignitevm) against one state root."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 300,
+                 input: str | None = None) -> Result:
+        env = dict(os.environ, IGNITE_ROOT=str(self.root), PYTHONPATH=str(REPO))
+        proc = subprocess.run([sys.executable, "-m", "ignitevm", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout, input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        res = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ignite {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return res
+
+
+@pytest.fixture
+def ignite(tmp_path: Path) -> Ignite:
+    return Ignite(tmp_path / "root")

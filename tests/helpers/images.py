@@ -1,0 +1,82 @@
+"""Small, real OCI images made by the tests themselves (no registry needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+TEST_INIT = """#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+echo "TEST-READY host=$(/bin/busybox hostname) cpus=$(/bin/busybox nproc)"
+[ -f /etc/ignite-test ] && echo "COPIED=$(/bin/busybox cat /etc/ignite-test)"
+echo "DISK=$(/bin/busybox df -k / | /bin/busybox tail -n 1)"
+while true; do /bin/busybox sleep 3600; done
+"""
+
+
+def _tar_bytes(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return info, None
+
+
+def _file(name: str, data: bytes, mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    return info, data
+
+
+def _link(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info, None
+
+
+def busybox_layers(init: str = TEST_INIT) -> list[bytes]:
+    base = [_dir(d) for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root")]
+    base.append(_file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755))
+    base.append(_link("bin/sh", "busybox"))
+    base.append(_file("etc/junk", b"removed by the next layer\n"))
+    top = [_dir("sbin"), _file("sbin/init", init.encode(), 0o755),
+           _file("etc/.wh.junk", b""), _file("etc/os-release", b"ID=ignitevm-test\n")]
+    return [_tar_bytes(base), _tar_bytes(top)]
+
+
+def write_docker_archive(out: Path, ref: str, layers: list[bytes],
+                         config: dict[str, object] | None = None) -> Path:
+    """A `docker save` style archive."""
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": config or {},
+                      "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
+    layer_names = [f"{d[7:]}/layer.tar" for d in diff_ids]
+    manifest = json.dumps([{"Config": cfg_name, "RepoTags": [ref],
+                            "Layers": layer_names}]).encode()
+    entries = [_file(cfg_name, cfg), _file("manifest.json", manifest)]
+    for name, layer in zip(layer_names, layers, strict=True):
+        entries.append(_dir(name.split("/")[0]))
+        entries.append(_file(name, layer))
+    out.write_bytes(_tar_bytes(entries))
+    return out
+
+
+def busybox_image(out: Path, ref: str = "testbox:latest", init: str = TEST_INIT) -> Path:
+    return write_docker_archive(out, ref, busybox_layers(init),
+                                {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"]})

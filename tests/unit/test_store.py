@@ -1,0 +1,95 @@
+"""The store: names, prefixes, atomic creation, and many writers at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from ignitevm.api.types import VM, ObjectMeta
+from ignitevm.errors import Conflict, NotFound
+from ignitevm.store import Store
+
+
+def _vm(name: str, uid: str) -> VM:
+    return VM(metadata=ObjectMeta(name=name, uid=uid, created="2000-01-01T00:00:00Z"))
+
+
+def test_resolve_by_name_uid_and_prefix(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for name, uid in (("web", "aaaa000000000001"), ("db", "aaab000000000002"),
+                      ("web2", "bbbb000000000003")):
+        with store.creating(_vm(name, uid)):
+            pass
+    assert store.resolve(VM, "web").metadata.uid == "aaaa000000000001"  # exact beats prefix
+    assert store.resolve(VM, "aaab").metadata.name == "db"
+    assert store.resolve(VM, "bbbb000000000003").metadata.name == "web2"
+    with pytest.raises(Conflict, match="ambiguous"):
+        store.resolve(VM, "aaa")
+    with pytest.raises(NotFound):
+        store.resolve(VM, "zzz")
+
+
+def test_failed_create_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(RuntimeError), store.creating(_vm("x", "c" * 16)) as stage:
+        (stage / "disk").write_text("half")
+        raise RuntimeError("boom")
+    assert store.list(VM) == []
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_duplicate_name_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with store.creating(_vm("same", "d" * 16)):
+        pass
+    with pytest.raises(Conflict, match="already exists"), store.creating(_vm("same", "e" * 16)):
+        pass
+
+
+def _create(root: str, i: int, name: str) -> None:
+    store = Store(Path(root))
+    vm = _vm(name, f"{i:016x}")
+    try:
+        with store.creating(vm, rename=name.startswith("gen")):
+            pass
+    except Conflict:
+        pass
+
+
+def test_twenty_creators_at_once(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_create, args=(str(tmp_path), i, "same" if i % 2 else "gen"))
+             for i in range(20)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    vms = Store(tmp_path).list(VM)
+    names = [vm.metadata.name for vm in vms]
+    assert names.count("same") == 1
+    assert len(names) == len(set(names)) == 11  # 10 generated names made unique + one "same"
+
+
+def _stuck(root: str) -> None:
+    store = Store(Path(root))
+    with store.creating(_vm("stuck", "f" * 16)) as stage:
+        (stage / "disk").write_text("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_kill_9_mid_create_is_swept(tmp_path: Path) -> None:
+    p = multiprocessing.get_context("fork").Process(target=_stuck, args=(str(tmp_path),))
+    p.start()
+    p.join()
+    assert (tmp_path / "tmp" / ("f" * 16)).exists()
+    store = Store(tmp_path)
+    assert store.list(VM) == []
+    store.sweep()
+    assert not (tmp_path / "tmp" / ("f" * 16)).exists()
+    with store.creating(_vm("stuck", "f" * 16)):
+        pass
+    assert [vm.metadata.name for vm in store.list(VM)] == ["stuck"]

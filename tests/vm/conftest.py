@@ -1,0 +1,90 @@
+"""VM tests: real QEMU guests, one state root and one kernel for the session.
+
+Booted VMs are shared across tests where they can be (TCG boots cost
+seconds); every VM is removed at the end, and a leaked QEMU fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Ignite
+from tests.helpers.images import busybox_image
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/vm/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
+
+
+def _qemu_pids(root: Path) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and str(root).encode() in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def vm_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    for tool in ("qemu-system-x86_64", "qemu-img", "busybox", "mkfs.ext4"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (run scripts/setup.sh)")
+    root = tmp_path_factory.mktemp("ignite") / "root"
+    yield root
+    cli = Ignite(root)
+    ids = cli("ps", "-a", "-q", check=False).stdout.split()
+    if ids:
+        cli("rm", "-f", *ids, check=False)
+    leaked = _qemu_pids(root)
+    for pid in leaked:
+        os.kill(pid, 9)
+    assert not leaked, f"QEMU processes outlived their VMs: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def cli(vm_root: Path) -> Ignite:
+    return Ignite(vm_root)
+
+
+@pytest.fixture(scope="session")
+def kernel(cli: Ignite) -> str:
+    cli("kernel", "import", "debian")
+    return "debian-cloud:latest"
+
+
+@pytest.fixture(scope="session")
+def testbox(cli: Ignite, kernel: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    archive = busybox_image(tmp_path_factory.mktemp("img") / "testbox.tar")
+    cli("image", "import", str(archive))
+    return "testbox:latest"
+
+
+def wait_console(cli: Ignite, vm: str, marker: str, timeout: float = 120) -> str:
+    """Wait until the VM's console shows ``marker``; fail early if the guest died."""
+    log_path = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log_path is None:
+            uid = cli("inspect", "vm", vm, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+            log_path = cli.root / "vm" / uid / "console.log"
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if marker in text:
+            return text
+        if "Kernel panic" in text or "ignitevm-init: error" in text:
+            raise AssertionError(f"guest failed before {marker!r}:\n{text[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"no {marker!r} on the console of {vm} within {timeout}s")

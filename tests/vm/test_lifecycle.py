@@ -1,0 +1,118 @@
+"""The core lifecycle on real QEMU guests: run, logs, ps, inspect, stop/kill, start, rm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import Ignite
+from tests.vm.conftest import _qemu_pids, wait_console
+
+
+@pytest.fixture(scope="module")
+def box(cli: Ignite, testbox: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One running busybox VM shared by the tests of this module."""
+    copied = tmp_path_factory.mktemp("copy") / "motd"
+    copied.write_text("hello-from-host\n")
+    cli("run", testbox, "--name", "box", "--cpus", "2", "--memory", "256MB", "--size", "1GB",
+        "--copy-files", f"{copied}:/etc/ignite-test", "-l", "team=a")
+    wait_console(cli, "box", "TEST-READY")
+    return "box"
+
+
+def _uid(cli: Ignite, vm: str) -> str:
+    return cli("inspect", "vm", vm, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+
+
+def test_run_boots_the_image_init(cli: Ignite, box: str) -> None:
+    uid = _uid(cli, box)
+    text = cli("logs", box).stdout
+    # Our init handed over to the image's init, which saw its per-VM settings:
+    # hostname = VM ID (as Ignite), 2 CPUs, the copied file, the grown disk.
+    assert "ignitevm-init: starting /sbin/init" in text
+    assert f"TEST-READY host={uid} cpus=2" in text
+    assert "COPIED=hello-from-host" in text
+    disk_kb = int(text.split("DISK=")[1].split()[1])
+    assert disk_kb > 900_000  # --size 1GB, while the image file is a few MB
+
+
+def test_ps_and_inspect_show_the_running_vm(cli: Ignite, box: str) -> None:
+    out = cli("ps").stdout.splitlines()
+    assert out[0].split()[:3] == ["VM", "ID", "IMAGE"]
+    row = next(line for line in out if line.endswith(" box"))
+    assert "testbox:latest" in row and "debian-cloud:latest" in row
+    assert "256.0 MB" in row and "1024.0 MB" in row and " Up " in row
+    obj = json.loads(cli("inspect", "vm", box).stdout)
+    assert obj["kind"] == "VM" and obj["apiVersion"] == "ignite.weave.works/v1alpha4"
+    assert obj["status"]["running"] is True
+    assert obj["spec"]["memory"] == "256MB" and obj["spec"]["diskSize"] == "1GB"
+    assert obj["metadata"]["labels"] == {"team": "a"}
+    assert cli("ps", "-q").stdout.split() == [obj["metadata"]["uid"]]
+
+
+def test_vm_survives_the_cli_and_the_image_file_is_shared(cli: Ignite, box: str) -> None:
+    # Every CLI call above was its own process, now gone; the VM still runs.
+    uid = _uid(cli, box)
+    assert _qemu_pids(cli.root)
+    vm_dir = cli.root / "vm" / uid
+    disk = vm_dir / "disk.qcow2"
+    assert disk.stat().st_blocks * 512 < 64 << 20  # an overlay, not a copy
+
+
+def test_rm_of_a_running_vm_needs_force(cli: Ignite, box: str) -> None:
+    res = cli("rm", box, check=False)
+    assert res.returncode == 1
+    assert "is running" in res.stderr and "Traceback" not in res.stderr
+    assert cli("ps", "-q").stdout.strip()
+
+
+def test_ps_notices_when_qemu_dies_by_itself(cli: Ignite, testbox: str) -> None:
+    cli("run", testbox, "--name", "victim", "--memory", "128MB", "--size", "256MB")
+    wait_console(cli, "victim", "TEST-READY")
+    uid = _uid(cli, "victim")
+    pid = int((cli.root / "vm" / uid / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.05)
+    assert "victim" not in cli("ps").stdout
+    row = next(line for line in cli("ps", "-a").stdout.splitlines() if line.endswith("victim"))
+    assert "Stopped" in row
+    # ... and it can be started again, then killed, then removed without -f.
+    cli("start", "victim")
+    wait_console(cli, "victim", "TEST-READY")
+    assert "victim" in cli("ps").stdout
+    cli("kill", "victim")
+    assert "victim" not in cli("ps").stdout
+    cli("rm", "victim")
+    assert not (cli.root / "vm" / uid).exists()
+    assert "victim" not in cli("ps", "-a").stdout
+
+
+def test_rm_force_cleans_every_file_and_process(cli: Ignite, testbox: str) -> None:
+    cli("run", testbox, "--name", "doomed", "--memory", "128MB", "--size", "256MB")
+    uid = _uid(cli, "doomed")
+    vm_dir = cli.root / "vm" / uid
+    assert vm_dir.is_dir()
+    cli("rm", "-f", "doomed")
+    assert not vm_dir.exists()
+    assert not any(str(vm_dir).encode() in open(f"/proc/{p}/cmdline", "rb").read()
+                   for p in _qemu_pids(cli.root))
+    assert not list((cli.root / "tmp").iterdir())
+
+
+def test_create_then_start_and_stop_timeout_kills(cli: Ignite, testbox: str) -> None:
+    # The busybox image ignores the ACPI power button, so stop falls back to a kill.
+    cli("create", testbox, "--name", "later", "--memory", "128MB", "--size", "256MB")
+    row = next(line for line in cli("ps", "-a").stdout.splitlines() if line.endswith("later"))
+    assert "Stopped" in row
+    cli("start", "later")
+    wait_console(cli, "later", "TEST-READY")
+    res = cli("stop", "later", "--timeout", "2")
+    assert "did not power off" in res.stderr
+    assert "later" not in cli("ps").stdout
+    cli("rm", "later")
