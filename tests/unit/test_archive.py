@@ -65,10 +65,7 @@ def docker_archive(path: Path, layers: list[bytes], *, new_style: bool = False) 
     links: dict[str, str] = {}
     names = []
     for i, data in enumerate(layers):
-        if new_style:
-            name = f"blobs/sha256/{sha(data)}"
-        else:
-            name = f"{sha(b'%d' % i)}/layer.tar"
+        name = f"blobs/sha256/{sha(data)}" if new_style else f"{sha(b'%d' % i)}/layer.tar"
         if new_style and name in files:
             pass
         elif not new_style and data in layers[:i]:
@@ -167,13 +164,18 @@ def test_oci_layout_and_archive(tmp_path: Path) -> None:
     layers = [layer(1), layer(2)]
     built = oci_layout(tmp_path / "layout", layers, ref="1.2")
     tar_dir(tmp_path / "layout", tmp_path / "image.tar")
-    for path, kind in ((tmp_path / "layout", "oci-layout"), (tmp_path / "image.tar", "oci-archive")):
+    for path, kind in (
+        (tmp_path / "layout", "oci-layout"),
+        (tmp_path / "image.tar", "oci-archive"),
+    ):
         with open_source(path) as src:
             assert src.kind == kind
             assert src.ref == "1.2"
             assert src.digest == "sha256:" + sha(image_config(layers))
             assert src.config == CONFIG
-            assert [lay.digest for lay in src.layers] == ["sha256:" + sha(b) for b in built["layers"]]
+            assert [lay.digest for lay in src.layers] == [
+                "sha256:" + sha(b) for b in built["layers"]
+            ]
             assert read_layers(src) == built["layers"]
 
 
@@ -241,7 +243,7 @@ def test_truncated_docker_archive(tmp_path: Path) -> None:
     data = path.read_bytes()
     for cut in (len(data) // 2, data.index(b'"RepoTags"'), 700):
         path.write_bytes(data[:cut])
-        with pytest.raises(InvalidInput, match="truncated|corrupt") as err, open_source(path):
+        with pytest.raises(InvalidInput, match=r"truncated|corrupt") as err, open_source(path):
             pass
         assert str(path) in str(err.value)
 

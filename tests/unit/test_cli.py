@@ -34,7 +34,7 @@ def test_empty_store_lists(ignite: Ignite) -> None:
 def test_errors_are_one_line(ignite: Ignite, args: list[str], message: str) -> None:
     res = ignite(*args, check=False)
     assert res.returncode == 1
-    assert res.stderr.startswith(f"error: ") and message in res.stderr
+    assert res.stderr.startswith("error: ") and message in res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,7 +101,7 @@ def test_rm_force_cleans_every_file_and_process(cli: Ignite, testbox: str) -> No
     assert vm_dir.is_dir()
     cli("rm", "-f", "doomed")
     assert not vm_dir.exists()
-    assert not any(str(vm_dir).encode() in open(f"/proc/{p}/cmdline", "rb").read()
+    assert not any(str(vm_dir).encode() in Path(f"/proc/{p}/cmdline").read_bytes()
                    for p in _qemu_pids(cli.root))
     assert not list((cli.root / "tmp").iterdir())
 
