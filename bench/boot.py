@@ -1,0 +1,85 @@
+"""Boot time: `ignite run -d` until the guest's init reports ready, against a raw
+qemu-system-x86_64 command line booting the same kernel, initramfs and disk.
+
+Target: ignitevm adds <= 10 % (or <= 150 ms). Usage: python -m bench.boot [rounds]
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import ignite, report, temp_root, wait_file
+from tests.helpers.images import busybox_image
+
+MARKER = b"TEST-READY"
+
+
+def raw_boot(root: Path, kernel_dir: Path, image: Path, work: Path, cmdline: str) -> float:
+    """The baseline: QEMU started by hand on the same kernel/initramfs/image."""
+    work.mkdir(parents=True, exist_ok=True)
+    disk = work / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image),
+                    str(disk), "256M"], check=True)
+    cfg = next((root / "vm").glob("*/config.tar"))
+    shutil.copy(cfg, work / "config.tar")
+    log = work / "console.log"
+    log.unlink(missing_ok=True)
+    cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+           "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+           "-accel", "tcg,tb-size=64", "-cpu", "max", "-smp", "1", "-m", "256M",
+           "-kernel", str(kernel_dir / "vmlinuz"), "-initrd", str(kernel_dir / "initramfs.img"),
+           "-append", cmdline,
+           "-drive", f"id=d0,file={disk},format=qcow2,if=none",
+           "-device", "virtio-blk-device,drive=d0,serial=ignite-root",
+           "-drive", f"id=d1,file={work / 'config.tar'},format=raw,if=none,readonly=on",
+           "-device", "virtio-blk-device,drive=d1,serial=ignite-cfg",
+           "-serial", f"file:{log}"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    try:
+        return wait_file(log, MARKER) - start
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def ours(root: Path, i: int) -> float:
+    start = time.monotonic()
+    ignite(root, "run", "-d", "testbox:latest", "--name", f"b{i}", "--memory", "256MB",
+           "--size", "256MB")
+    uid = ignite(root, "inspect", "vm", f"b{i}", "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+    t = wait_file(root / "vm" / uid / "console.log", MARKER) - start
+    ignite(root, "rm", "-f", f"b{i}")
+    return t
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    root = temp_root()
+    ignite(root, "kernel", "import", "debian")
+    archive = busybox_image(root.parent / "testbox.tar")
+    ignite(root, "image", "import", str(archive))
+    kernel_dir = next((root / "kernel").iterdir())
+    image = next((root / "image").glob("*/image.ext4"))
+    # One warm-up run of each (page cache, accel probe cache), then alternate.
+    ignite(root, "run", "testbox:latest", "--name", "warm", "--memory", "256MB", "--size", "256MB")
+    uid = ignite(root, "inspect", "vm", "warm", "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+    wait_file(root / "vm" / uid / "console.log", MARKER)
+    cmdline = (root / "vm" / uid / "qemu.cmdline").read_text().split("\n-append\n")[1]
+    cmdline = cmdline.split("\n", 1)[0]
+    raw_boot(root, kernel_dir, image, root.parent / "raw", cmdline)
+    base, mine = [], []
+    for i in range(rounds):
+        base.append(raw_boot(root, kernel_dir, image, root.parent / "raw", cmdline))
+        mine.append(ours(root, i))
+    ignite(root, "rm", "-f", "warm")
+    report("boot to guest init ready (busybox image, TCG)", mine, base)
+    shutil.rmtree(root.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared bench helpers: a throwaway state root, the real CLI, medians and ratios."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ignite(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, IGNITE_ROOT=str(root), PYTHONPATH=str(REPO))
+    exe = REPO / ".venv" / "bin" / "ignite"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ignitevm"]
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, check=check,
+                          stdin=subprocess.DEVNULL)
+
+
+def temp_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ignite-bench-")) / "root"
+
+
+def wait_file(path: Path, marker: bytes, timeout: float = 120.0, poll: float = 0.005) -> float:
+    """Time (monotonic) at which ``marker`` appeared in ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if marker in path.read_bytes():
+                return time.monotonic()
+        except FileNotFoundError:
+            pass
+        time.sleep(poll)
+    raise TimeoutError(f"{marker!r} did not appear in {path}")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def report(name: str, ours: list[float], base: list[float], unit: str = "s") -> None:
+    mo, mb = median(ours), median(base)
+    print(f"{name}: ignitevm median {mo:.3f}{unit}, baseline median {mb:.3f}{unit}, "
+          f"ratio {mo / mb:.3f} (+{(mo - mb) * 1000:.0f} ms), n={len(ours)}")
