@@ -1,9 +1,10 @@
-"""Build the guest-side helpers from source with the host's gcc (static binaries)."""
+"""Build the guest-side programs from source with the host's gcc (static binaries)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -11,32 +12,47 @@ from ignitevm.errors import IgniteError
 from ignitevm.log import log
 from ignitevm.util.proc import run, which
 
-PROGRAMS = {"ignite-resize": "resize.c"}
+# program -> its C sources in ignitevm/guest/ (headers beside them are included).
+PROGRAMS: dict[str, tuple[str, ...]] = {
+    "ignite-resize": ("resize.c",),
+    "ignite-agent": ("agent.c", "agent_tar.c"),
+}
+HEADERS: tuple[str, ...] = ("agent.h",)
 
 
 def source(name: str) -> bytes:
     return resources.files("ignitevm.guest").joinpath(name).read_bytes()
 
 
+def sources_digest(program: str) -> str:
+    h = hashlib.sha256()
+    for name in (*PROGRAMS[program], *HEADERS):
+        try:
+            h.update(name.encode() + b"\0" + source(name))
+        except FileNotFoundError:
+            continue
+    return h.hexdigest()[:16]
+
+
 def build(program: str, cache: Path) -> Path:
     """Return the path of ``program`` built statically, compiling it once per source."""
-    src = source(PROGRAMS[program])
-    digest = hashlib.sha256(src).hexdigest()[:16]
-    out = cache / "guest" / f"{program}-{digest}"
+    out = cache / "guest" / f"{program}-{sources_digest(program)}"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     which("gcc")
-    c_file = out.with_suffix(".c")
-    c_file.write_bytes(src)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
     log.debug("building %s", program)
-    run(
-        ["gcc", "-static", "-Os", "-s", "-Wall", "-o", tmp, c_file],
-        hint="the static build needs gcc and libc6-dev: apt-get install gcc libc6-dev",
-    )
-    os.replace(tmp, out)
-    c_file.unlink()
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
+        for name in (*PROGRAMS[program], *HEADERS):
+            try:
+                (Path(work) / name).write_bytes(source(name))
+            except FileNotFoundError:
+                continue
+        tmp = Path(work) / program
+        run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", tmp,
+             *[Path(work) / s for s in PROGRAMS[program]]],
+            hint="the static build needs gcc and libc6-dev: apt-get install gcc libc6-dev")
+        os.replace(tmp, out)
     if not out.exists():
         raise IgniteError(f"building {program} produced no binary")
     return out

@@ -47,15 +47,13 @@ CONFIG_TYPES = {
     "application/vnd.docker.container.image.v1+json",
 }
 LAYER_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    f"application/vnd.oci.image.layer.{kind}v1.tar{suffix}"
+    for kind in ("", "nondistributable.")
+    for suffix in ("", "+gzip", "+zstd")
+} | {
+    f"application/vnd.docker.image.rootfs.{t}.tar{z}"
+    for t in ("diff", "foreign.diff")
+    for z in ("", ".gzip")
 }
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # Names found at the top of image archives; any other name means a plain rootfs tarball.
@@ -145,15 +143,10 @@ def next_member(
         return tf.tarinfo.fromtarfile(tf)
     except tarfile.EOFHeaderError:
         return None
-    except tarfile.EmptyHeaderError:
-        if lenient_end:
+    except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as exc:
+        if lenient_end and isinstance(exc, tarfile.EmptyHeaderError):
             log.debug("%s has no end-of-archive marker", label)
             return None
-        raise InvalidInput(
-            f"{label} is truncated (it ends at byte {offset} in the middle of the archive)",
-            hint="copy or download it again",
-        ) from None
-    except tarfile.TruncatedHeaderError:
         raise InvalidInput(
             f"{label} is truncated (it ends at byte {offset} in the middle of the archive)",
             hint="copy or download it again",
@@ -192,7 +185,25 @@ def _norm(name: str) -> str:
     return "" if name == "." else name
 
 
-class _TarIndex:
+class _Store:
+    """Where an image's files live: an outer tarball or a layout directory."""
+
+    path: Path
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def opener(self, name: str) -> Opener:
+        raise NotImplementedError
+
+    def read(self, name: str) -> bytes:
+        if self.size(name) > _MAX_JSON:
+            raise InvalidInput(f"{self.path}: {name} is too large to be image metadata")
+        with self.opener(name)() as f:
+            return f.read()
+
+
+class _TarIndex(_Store):
     """Members of an outer tarball, read in place."""
 
     def __init__(self, path: Path, members: dict[str, tarfile.TarInfo], compressed: bool):
@@ -226,12 +237,6 @@ class _TarIndex:
         info = self.resolve(name)[1]
         return functools.partial(self._open, info, f"{name} in {self.path}")
 
-    def read(self, name: str) -> bytes:
-        if self.size(name) > _MAX_JSON:
-            raise InvalidInput(f"{self.path}: {name} is too large to be image metadata")
-        with self.opener(name)() as f:
-            return f.read()
-
     @contextmanager
     def _open(self, info: tarfile.TarInfo, label: str) -> Iterator[BinaryIO]:
         with ExitStack() as stack:
@@ -246,8 +251,8 @@ class _TarIndex:
             yield io.BufferedReader(_Window(f, info.size, label), 1 << 20)
 
 
-class _DirStore:
-    """Files of an OCI layout directory, with the same interface as _TarIndex."""
+class _DirStore(_Store):
+    """Files of an OCI layout directory (or the directory of a rootfs tarball)."""
 
     def __init__(self, root: Path):
         self.path = root
@@ -264,12 +269,6 @@ class _DirStore:
         self.size(name)
         return functools.partial(self._open, self.path / name)
 
-    def read(self, name: str) -> bytes:
-        if self.size(name) > _MAX_JSON:
-            raise InvalidInput(f"{self.path}: {name} is too large to be image metadata")
-        with self.opener(name)() as f:
-            return f.read()
-
     @contextmanager
     def _open(self, file: Path) -> Iterator[BinaryIO]:
         with ExitStack() as stack:
@@ -278,9 +277,6 @@ class _DirStore:
             except OSError as exc:
                 raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
             yield f
-
-
-Store = _TarIndex | _DirStore
 
 
 def _scan(path: Path, *, compressed: bool) -> tuple[str, _TarIndex]:
@@ -325,7 +321,7 @@ def _scan(path: Path, *, compressed: bool) -> tuple[str, _TarIndex]:
     raise InvalidInput(f"{path} is an empty tar archive")
 
 
-def _json(store: Store, name: str, what: str, digest: str | None = None) -> Any:
+def _json(store: _Store, name: str, what: str, digest: str | None = None) -> Any:
     data = store.read(name)
     if digest is not None and hashlib.sha256(data).hexdigest() != digest.split(":", 1)[1]:
         raise InvalidInput(f"{store.path}: {what} {name} does not match its digest {digest}")
@@ -335,7 +331,7 @@ def _json(store: Store, name: str, what: str, digest: str | None = None) -> Any:
         raise InvalidInput(f"{store.path}: {what} {name} is not valid JSON") from None
 
 
-def _blob(store: Store, desc: Any, what: str) -> tuple[str, str, int]:
+def _blob(store: _Store, desc: Any, what: str) -> tuple[str, str, int]:
     """Check an OCI descriptor; return (digest, blob path, size)."""
     if not isinstance(desc, dict):
         raise InvalidInput(f"{store.path}: the {what} descriptor is malformed")
@@ -359,7 +355,7 @@ def _platform(desc: dict[str, Any]) -> str | None:
     return f"{p.get('os')}/{p.get('architecture')}" + (f"/{p['variant']}" if "variant" in p else "")
 
 
-def _choose(store: Store, descs: Any, ref: str | None) -> dict[str, Any]:
+def _choose(store: _Store, descs: Any, ref: str | None) -> dict[str, Any]:
     """Pick one descriptor from an index: by ref name, then by platform."""
     if not isinstance(descs, list) or not descs:
         raise InvalidInput(f"{store.path}: the image index lists no manifests")
@@ -391,7 +387,7 @@ def _ref_matches(wanted: str, name: str) -> bool:
     return wanted == name or wanted.rsplit(":", 1)[-1] == name or name.endswith("/" + wanted)
 
 
-def _oci(store: Store, kind: str, path: Path, ref: str | None) -> ImageSource:
+def _oci(store: _Store, kind: str, path: Path, ref: str | None) -> ImageSource:
     index = _json(store, "index.json", "index")
     if not isinstance(index, dict):
         raise InvalidInput(f"{path}: index.json is not an image index")

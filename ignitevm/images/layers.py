@@ -15,6 +15,9 @@ refused, and files are created with O_EXCL|O_NOFOLLOW.
 from __future__ import annotations
 
 import bz2
+import contextlib
+import functools
+import gzip
 import hashlib
 import io
 import lzma
@@ -104,78 +107,45 @@ def _decompress(head: bytes, raw: _Hashing, what: str) -> Iterator[tuple[Fill, b
     kind = compression(head)
     if kind is None:
         yield raw.read, head
-    elif kind == "gzip":
-        yield _Gunzip(head, raw.read, what).read, b""
-    elif kind == "xz":
-        yield _Decoder(head, raw.read, what, lzma.LZMADecompressor, b"\xfd7zXZ\x00").read, b""
-    elif kind == "bzip2":
-        yield _Decoder(head, raw.read, what, bz2.BZ2Decompressor, b"BZh").read, b""
-    else:
+        return
+    if kind == "zstd":
         with _unzstd(head, raw, what) as fill:
             yield fill, b""
+        return
+    blob: Any = _Prefixed(head, raw)
+    # These handle concatenated members or streams and check CRCs.
+    opener: Any = {
+        "gzip": functools.partial(gzip.GzipFile, fileobj=blob, mode="rb"),
+        "xz": functools.partial(lzma.LZMAFile, blob),
+        "bzip2": functools.partial(bz2.BZ2File, blob),
+    }[kind]
+    with opener() as f:
+
+        def fill(n: int) -> bytes:
+            try:
+                return bytes(f.read(n))
+            except EOFError:
+                raise InvalidInput(f"{what} is truncated (its {kind} data ends early)") from None
+            except (OSError, zlib.error, lzma.LZMAError) as exc:
+                raise InvalidInput(f"{what} is not valid {kind} data ({exc})") from None
+
+        yield fill, b""
 
 
-class _Gunzip:
-    """Inflate one or more concatenated gzip members."""
+class _Prefixed:
+    """The blob again, with the bytes read to sniff its compression put back in front."""
 
-    def __init__(self, head: bytes, raw: Fill, what: str):
-        self._pending = head
+    def __init__(self, head: bytes, raw: _Hashing):
+        self._head = head
         self._raw = raw
-        self._what = what
-        self._d = zlib.decompressobj(31)
 
-    def read(self, n: int) -> bytes:
-        try:
-            while True:
-                if self._d.eof:
-                    data = self._d.unused_data or self._raw(CHUNK)
-                    if data[:2] != b"\x1f\x8b":
-                        return b""  # end of data; trailing bytes are still hashed
-                    self._d = zlib.decompressobj(31)
-                else:
-                    data = self._d.unconsumed_tail or self._pending or self._raw(CHUNK)
-                    self._pending = b""
-                    if not data:
-                        raise InvalidInput(f"{self._what} is truncated (its gzip data ends early)")
-                out = self._d.decompress(data, n)
-                if out:
-                    return out
-        except zlib.error as exc:
-            raise InvalidInput(f"{self._what} is not valid gzip data: {exc}") from None
-
-
-class _Decoder:
-    """Decompress xz or bzip2 (one or more streams) with the lzma/bz2 modules."""
-
-    def __init__(self, head: bytes, raw: Fill, what: str, factory: Any, magic: bytes):
-        self._pending = head
-        self._raw = raw
-        self._what = what
-        self._factory = factory
-        self._magic = magic
-        self._d = factory()
-
-    def read(self, n: int) -> bytes:
-        try:
-            while True:
-                data = b""
-                if self._d.eof:
-                    data = self._d.unused_data or self._raw(CHUNK)
-                    if not data.startswith(self._magic):
-                        return b""
-                    self._d = self._factory()
-                elif self._d.needs_input:
-                    data = self._pending or self._raw(CHUNK)
-                    self._pending = b""
-                    if not data:
-                        raise InvalidInput(
-                            f"{self._what} is truncated (compressed data ends early)"
-                        )
-                out = self._d.decompress(data, n)
-                if out:
-                    return bytes(out)
-        except (lzma.LZMAError, OSError, EOFError) as exc:
-            raise InvalidInput(f"{self._what} is not valid compressed data: {exc}") from None
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = CHUNK  # nobody asks for "all"; a chunk is enough
+        if self._head:
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._raw.read(n)
 
 
 @contextmanager
@@ -214,15 +184,24 @@ def _unzstd(head: bytes, raw: _Hashing, what: str) -> Iterator[Fill]:
 
             feeder = threading.Thread(target=feed, name="zstd-feeder", daemon=True)
             feeder.start()
-            yield stdout.read
-            feeder.join()
-            child.wait()
-            if errors:
-                raise errors[0]
-            if child.returncode != 0:
-                why = stderr.read().decode(errors="replace").strip().splitlines()
-                detail = why[-1] if why else f"zstd exit code {child.returncode}"
-                raise InvalidInput(f"{what} is not valid zstd data: {detail}")
+
+            def fill(n: int) -> bytes:
+                data = stdout.read(n)
+                if not data:  # zstd is done: say why if it failed
+                    assert feeder is not None
+                    feeder.join()
+                    child.wait()
+                    if errors:
+                        raise errors[0]
+                    if child.returncode != 0:
+                        why = stderr.read().decode(errors="replace").strip().splitlines()
+                        detail = why[-1] if why else f"exit code {child.returncode}"
+                        raise InvalidInput(f"{what} is not valid zstd data ({detail})")
+                return data
+
+            yield fill
+            while fill(CHUNK):
+                pass
     finally:
         if feeder is not None:
             feeder.join()
@@ -326,10 +305,12 @@ class _Unpacker:
             except OSError as exc:
                 raise IgniteError(f"cannot unpack {info.name!r} from {what}: {exc}") from exc
             info = next_member(tf, what, lenient_end=True)
+        # Directory modes and times last: writing their children changed them.
         for path, mode, ns in reversed(self.deferred):
-            if stat.S_ISDIR(os.lstat(path).st_mode):
-                os.chmod(path, mode)
-                os.utime(path, ns=(ns, ns), follow_symlinks=False)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.chmod(path, mode)
+                    os.utime(path, ns=(ns, ns), follow_symlinks=False)
 
     def refuse(self, entry: str, why: str) -> InvalidInput:
         return InvalidInput(
@@ -342,9 +323,7 @@ class _Unpacker:
         if name.startswith("/"):
             raise self.refuse(entry, f"has an absolute path ({name!r})")
         norm = posixpath.normpath(name)
-        if norm == "..":
-            raise self.refuse(entry, "points outside the image root")
-        if norm.startswith("../"):
+        if norm == ".." or norm.startswith("../"):
             raise self.refuse(entry, "points outside the image root")
         return "" if norm == "." else norm
 

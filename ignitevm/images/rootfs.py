@@ -96,12 +96,15 @@ def build_ext4(
         raise IgniteError(f"cannot build a root file system from {tree}: not a directory")
     with step(f"measuring {tree}"):
         usage = measure(tree)
+    st = tree.stat()
+    owner = f"{st.st_uid}:{st.st_gid}"  # mkfs -d does not copy the root's owner by itself
     for attempt, growth in enumerate(GROWTH):
         size, inodes, journal = plan(usage, extra_bytes, growth)
         argv = [
             "mkfs.ext4", "-q", "-F", "-T", "default", "-b", str(BLOCK), "-I", str(INODE_SIZE),
             "-m", "0", "-N", str(inodes), "-J", f"size={journal * BLOCK // MiB}", "-L", label,
-            "-E", "lazy_itable_init=0,lazy_journal_init=1", "-d", os.fspath(tree),
+            "-E", f"lazy_itable_init=0,lazy_journal_init=1,root_owner={owner}",
+            "-d", os.fspath(tree),
         ]  # fmt: skip
         if uuid is not None:
             argv += ["-U", uuid]

@@ -147,6 +147,12 @@ def test_docker_archive(tmp_path: Path) -> None:
         assert [lay.digest for lay in src.layers] == ["sha256:" + sha(x) for x in layers]
         assert src.size == sum(len(x) for x in layers)
         assert read_layers(src) == layers
+    # `docker save | gzip` works too: blobs are read from the compressed stream.
+    gz = tmp_path / "app.tar.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    with open_source(gz) as src:
+        assert (src.kind, src.digest) == ("docker-archive", "sha256:" + sha(config))
+        assert read_layers(src) == layers
 
 
 def test_docker_archive_new_style_and_shared_layers(tmp_path: Path) -> None:
