@@ -122,6 +122,28 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p = t.command(subs, "logs", "vm:cmd_logs", "Print a VM's serial console output")
     p.add_argument("vm")
     p.add_argument("--follow", action="store_true", help="keep printing new output")
+    p = t.command(subs, "exec", "guest:cmd_exec", "Run a command in a running VM")
+    p.add_argument("vm")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("--interactive", action="store_true",
+                   help="forward stdin even from a terminal (piped stdin always is)")
+    p.add_argument("-i", "--identity", help="Ignite's SSH key flag; with no such file, "
+                   "-i means --interactive")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment variable (repeatable)")
+    p.add_argument("-w", "--workdir", help="working directory in the guest")
+    p.add_argument("-u", "--user", help="user name or uid[:gid] (default root)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the guest agent (default 30)")
+    p.add_argument("--ssh", action="store_true", help="go through SSH (needs networking)")
+    p = t.command(subs, "cp", "guest:cmd_cp",
+                  "Copy files or folders between the host and a VM (VM side: vm:/path)")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.add_argument("-i", "--identity", help="accepted for Ignite compatibility")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the guest agent (default 30)")
     p = t.command(subs, "attach", "vm:cmd_attach",
                   "Attach to a VM's serial console (detach: Ctrl+P Ctrl+Q)")
     p.add_argument("vm")

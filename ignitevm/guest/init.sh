@@ -60,16 +60,20 @@ if [ -f /cfg/hosts ] && [ ! -s /newroot/etc/hosts ]; then
 fi
 [ -n "$IGNITE_HOSTNAME" ] && hostname "$IGNITE_HOSTNAME"
 
-[ -d /newroot/dev ] && mount --move /dev /newroot/dev
-umount /sys /proc 2>/dev/null
+# A second devtmpfs instance in the new root; the initramfs keeps its own /dev
+# (the agent holds its virtio ports open there).
+[ -d /newroot/dev ] && mount -t devtmpfs -o mode=0755,nosuid devtmpfs /newroot/dev
 
 if [ -n "$IGNITE_INIT" ] && { [ -x "/newroot$IGNITE_INIT" ] || [ -L "/newroot$IGNITE_INIT" ]; }; then
+    # The agent serves exec/cp/shutdown from the image's root, beside its init.
+    /bin/ignite-agent --chroot /newroot || say "warning: the guest agent did not start"
+    umount -l /sys /proc /dev 2>/dev/null
     say "starting $IGNITE_INIT"
     exec switch_root /newroot "$IGNITE_INIT"
 fi
-if [ -n "$IGNITE_ENTRYPOINT_SET" ]; then
-    eval "$IGNITE_ENTRYPOINT_SET"
-    say "no init in the image, starting its command: $*"
-    exec switch_root /newroot "$@"
+if [ -f /cfg/entrypoint ]; then
+    # No init in the image: the agent is PID 1 and runs its Entrypoint/Cmd.
+    say "no init in the image, the agent runs its command"
+    exec /bin/ignite-agent --init /newroot /cfg/entrypoint
 fi
 die "the image has no ${IGNITE_INIT:-init} and no command to run"

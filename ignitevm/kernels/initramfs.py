@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -88,19 +90,60 @@ def _has_file() -> bool:
     return True
 
 
-def build_initramfs(out: Path, modules_dir: Path | None, cache: Path) -> None:
-    """Write the initramfs to ``out``; ``modules_dir`` is ``lib/modules/<version>``."""
-    busybox = find_busybox()
-    applets = run([busybox, "--list"]).stdout.split()
-    resize = guest_build.build("ignite-resize", cache)
-    order: list[str] = []
-    if modules_dir is not None:
-        dep_file = modules_dir / "modules.dep"
-        if not dep_file.exists():
-            raise IgniteError(f"{modules_dir} has no modules.dep",
-                              hint="run depmod for this kernel (apt-get install kmod)")
-        order = load_order(parse_modules_dep(dep_file.read_text()), WANTED_MODULES)
+def collect_modules(modules_dir: Path, dest: Path) -> list[str]:
+    """Copy the modules the guest needs (with their dependencies) into ``dest``.
 
+    ``modules_dir`` is ``lib/modules/<version>`` with a ``modules.dep``;
+    ``dest/load.order`` lists the files in the order to load them.
+    """
+    dep_file = modules_dir / "modules.dep"
+    if not dep_file.exists():
+        raise IgniteError(f"{modules_dir} has no modules.dep",
+                          hint="run depmod for this kernel (apt-get install kmod)")
+    order = load_order(parse_modules_dep(dep_file.read_text()), WANTED_MODULES)
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    for rel in order:
+        name = os.path.basename(rel)
+        shutil.copyfile(modules_dir / rel, dest / name)
+        names.append(name)
+    (dest / "load.order").write_text("".join(f"{n}\n" for n in names))
+    return names
+
+
+GUEST_PROGRAMS = ("ignite-resize", "ignite-agent")
+
+
+def _init_script() -> bytes:
+    return resources.files("ignitevm.guest").joinpath("init.sh").read_bytes()
+
+
+def initramfs_for(kernel_dir: Path, cache: Path) -> Path:
+    """The initramfs for a kernel, assembled once per kernel and guest-program version.
+
+    Built at start time (not at kernel import), so a newer ignitevm brings its
+    newer init and agent to VMs of kernels imported before.
+    """
+    h = hashlib.sha256(kernel_dir.name.encode())
+    h.update(_init_script())
+    for program in GUEST_PROGRAMS:
+        h.update(guest_build.sources_digest(program).encode())
+    busybox = find_busybox()
+    st = busybox.stat()
+    h.update(f"{busybox}:{st.st_size}:{st.st_mtime_ns}".encode())
+    out = cache / "initramfs" / f"{kernel_dir.name}-{h.hexdigest()[:16]}.img"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        modules = kernel_dir / "modules"
+        build_initramfs(out, modules if modules.is_dir() else None, cache, busybox)
+    return out
+
+
+def build_initramfs(out: Path, modules: Path | None, cache: Path,
+                    busybox: Path | None = None) -> None:
+    """Write the initramfs to ``out``; ``modules`` is a folder from :func:`collect_modules`."""
+    busybox = busybox or find_busybox()
+    applets = run([busybox, "--list"]).stdout.split()
     buf = io.BytesIO()
     w = CpioWriter(buf)
     for d in ("dev", "proc", "sys", "run", "tmp", "cfg", "newroot", "bin", "sbin", "lib/modules"):
@@ -111,16 +154,14 @@ def build_initramfs(out: Path, modules_dir: Path | None, cache: Path) -> None:
     for applet in applets:
         if applet != "busybox":
             w.symlink(f"bin/{applet}", "busybox")
-    w.file("bin/ignite-resize", resize.read_bytes(), 0o755)
-    init = resources.files("ignitevm.guest").joinpath("init.sh").read_bytes()
-    w.file("init", init, 0o755)
-    names = []
-    for rel in order:
-        name = os.path.basename(rel)
-        w.file(f"lib/modules/{name}", (modules_dir / rel).read_bytes() if modules_dir else b"")
-        names.append(name)
+    for program in GUEST_PROGRAMS:
+        w.file(f"bin/{program}", guest_build.build(program, cache).read_bytes(), 0o755)
+    w.file("init", _init_script(), 0o755)
+    names = (modules / "load.order").read_text().split() if modules else []
+    for name in names:
+        w.file(f"lib/modules/{name}", (modules / name).read_bytes())  # type: ignore[operator]
     w.file("lib/modules/load.order", "".join(f"{n}\n" for n in names).encode())
     w.close()
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, out)

@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from ignitevm.agent.protocol import request
 from ignitevm.api.types import VM
 from ignitevm.errors import InvalidInput
 
@@ -45,7 +46,7 @@ def entrypoint_words(config: dict[str, Any]) -> list[str]:
     return [str(w) for w in [*entry, *cmd]]
 
 
-def env_script(vm: VM, image_config: dict[str, Any]) -> str:
+def env_script(vm: VM) -> str:
     uid = vm.metadata.uid
     lines = [
         f"IGNITE_UID={shlex.quote(uid)}",
@@ -53,15 +54,16 @@ def env_script(vm: VM, image_config: dict[str, Any]) -> str:
         f"IGNITE_HOSTNAME={shlex.quote(uid)}",
         "IGNITE_INIT=/sbin/init",
     ]
-    words = entrypoint_words(image_config)
-    if words:
-        setter = "set -- " + " ".join(shlex.quote(w) for w in words)
-        for item in image_config.get("Env") or []:
-            key, sep, value = str(item).partition("=")
-            if sep and key.replace("_", "a").isalnum():
-                setter += f"; export {key}={shlex.quote(value)}"
-        lines.append(f"IGNITE_ENTRYPOINT_SET={shlex.quote(setter)}")
     return "\n".join(lines) + "\n"
+
+
+def entrypoint_request(config: dict[str, Any]) -> bytes | None:
+    """The image's Entrypoint+Cmd as an agent request, for images without an init."""
+    words = entrypoint_words(config)
+    if not words:
+        return None
+    env = [str(e) for e in config.get("Env") or [] if "=" in str(e)]
+    return request(words, env, str(config.get("WorkingDir") or ""), str(config.get("User") or ""))
 
 
 def hosts_file(uid: str) -> str:
@@ -79,7 +81,10 @@ def write_config_disk(vm: VM, image_config: dict[str, Any], out: Path) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     seen: set[str] = set()
     with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        _add_bytes(tar, "vm.env", env_script(vm, image_config).encode())
+        _add_bytes(tar, "vm.env", env_script(vm).encode())
+        entry = entrypoint_request(image_config)
+        if entry is not None:
+            _add_bytes(tar, "entrypoint", entry)
         _add_bytes(tar, "hosts", hosts_file(vm.metadata.uid).encode())
         _add_dirs(tar, "files/etc/hostname", seen)
         _add_bytes(tar, "files/etc/hostname", f"{vm.metadata.uid}\n".encode())

@@ -11,20 +11,21 @@ from ignitevm.api.defaults import DEFAULT_KERNEL, now
 from ignitevm.api.types import VM, Kernel, KernelSpec, ObjectMeta, Size
 from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.kernels import debian
-from ignitevm.kernels.initramfs import build_initramfs
+from ignitevm.kernels.initramfs import collect_modules, initramfs_for
 from ignitevm.kernels.version import is_kernel, kernel_version
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
 
 KERNEL_FILE = "vmlinuz"
-INITRAMFS_FILE = "initramfs.img"
+MODULES_DIR = "modules"
 DEBIAN_ALIASES = ("debian", "debian-cloud", DEFAULT_KERNEL)
 
 
 def kernel_files(ctx: Context, kernel: Kernel) -> tuple[Path, Path]:
+    """The kernel file and the initramfs (assembled on first use) for a VM start."""
     d = ctx.store.dir(kernel)
-    return d / KERNEL_FILE, d / INITRAMFS_FILE
+    return d / KERNEL_FILE, initramfs_for(d, ctx.cache)
 
 
 def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
@@ -60,8 +61,9 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
             shutil.copyfile(path, stage / KERNEL_FILE)
             modules = None
             kernel.status.version = kernel_version(path)
-        build_initramfs(stage / INITRAMFS_FILE, modules, ctx.cache)
-        size = sum(f.stat().st_size for f in stage.iterdir() if f.is_file())
+        if modules is not None:
+            collect_modules(modules, stage / MODULES_DIR)
+        size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
         kernel.status.oci_source.size = Size(size)
     log.info("Imported kernel %r (version %s) with ID %r", ref, kernel.status.version,
              kernel.metadata.uid)

@@ -19,6 +19,7 @@ from ignitevm.util.fs import flock
 from ignitevm.util.ids import new_uid, random_name
 
 STOP_TIMEOUT = 20.0
+AGENT_STOP_TIMEOUT = 2.0
 
 
 def workdir(ctx: Context, vm: VM) -> Path:
@@ -117,8 +118,23 @@ def _mark_stopped(ctx: Context, vm: VM) -> None:
     ctx.store.save(vm)
 
 
+def request_poweroff(ctx: Context, vm: VM) -> str:
+    """Ask the guest to power off: through its agent if it answers, else ACPI."""
+    from ignitevm.agent.client import Channel
+    from ignitevm.agent.session import shutdown
+
+    d = workdir(ctx, vm)
+    try:
+        with Channel.connect(ctx.vmm.agent_sockets(d), AGENT_STOP_TIMEOUT) as ch:
+            shutdown(ch)
+        return "agent"
+    except Exception as exc:  # any failure: fall back to the power button
+        log.debug("agent shutdown failed (%s), pressing the ACPI power button", exc)
+    return "acpi" if ctx.vmm.powerdown(d) else ""
+
+
 def stop(ctx: Context, vm: VM, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> None:
-    """Power the guest off (ACPI), then kill it if it is still there after ``timeout``."""
+    """Power the guest off (agent, else ACPI), then kill it if still there after ``timeout``."""
     from ignitevm.providers.vmm.qemu.machine import wait_pid
 
     with vm_lock(ctx, vm):
@@ -128,7 +144,7 @@ def stop(ctx: Context, vm: VM, *, force: bool = False, timeout: float = STOP_TIM
             log.warning("VM %r is not running", vm.metadata.name)
         elif force:
             ctx.vmm.kill(d)
-        elif not (ctx.vmm.powerdown(d) and wait_pid(pid, timeout)):
+        elif not (request_poweroff(ctx, vm) and wait_pid(pid, timeout)):
             log.warning("VM %r did not power off within %.0fs, killing it",
                         vm.metadata.name, timeout)
             ctx.vmm.kill(d)

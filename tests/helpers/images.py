@@ -13,6 +13,8 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 TEST_INIT = """#!/bin/sh
 /bin/busybox mount -t proc proc /proc
+/bin/busybox mkdir -p /dev/pts
+/bin/busybox mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 echo "TEST-READY host=$(/bin/busybox hostname) cpus=$(/bin/busybox nproc)"
 [ -f /etc/ignite-test ] && echo "COPIED=$(/bin/busybox cat /etc/ignite-test)"
 echo "DISK=$(/bin/busybox df -k / | /bin/busybox tail -n 1)"
@@ -54,6 +56,12 @@ def busybox_layers(init: str = TEST_INIT) -> list[bytes]:
     base.append(_file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755))
     base.append(_link("bin/sh", "busybox"))
     base.append(_file("etc/junk", b"removed by the next layer\n"))
+    base.append(_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"
+                      b"nobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n"))
+    base.append(_file("etc/group", b"root:x:0:\nnogroup:x:65534:\n"))
+    for applet in ("cat", "echo", "env", "id", "pwd", "sleep", "tee", "tty", "stty", "kill",
+                   "true", "false", "sha256sum", "ls", "mkdir", "stat", "head", "wc"):
+        base.append(_link(f"bin/{applet}", "busybox"))
     top = [_dir("sbin"), _file("sbin/init", init.encode(), 0o755),
            _file("etc/.wh.junk", b""), _file("etc/os-release", b"ID=ignitevm-test\n")]
     return [_tar_bytes(base), _tar_bytes(top)]
@@ -80,3 +88,12 @@ def write_docker_archive(out: Path, ref: str, layers: list[bytes],
 def busybox_image(out: Path, ref: str = "testbox:latest", init: str = TEST_INIT) -> Path:
     return write_docker_archive(out, ref, busybox_layers(init),
                                 {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"]})
+
+
+def app_image(out: Path, ref: str = "app:latest") -> Path:
+    """An image with no init: the agent runs its Entrypoint + Cmd as PID 1."""
+    base, _top = busybox_layers()
+    config = {"Entrypoint": ["/bin/sh", "-c"],
+              "Cmd": ['echo "APP-RUNNING foo=$FOO pwd=$(pwd) pid=$$"; exec sleep 100000'],
+              "Env": ["PATH=/bin", "FOO=bar"], "WorkingDir": "/tmp"}
+    return write_docker_archive(out, ref, [base], config)

@@ -70,6 +70,10 @@ class VMM(Protocol):
         """Remove runtime files (sockets, pid file) of a VM that is not running."""
         ...
 
+    def agent_sockets(self, workdir: Path) -> list[Path]:
+        """The host ends of the guest agent's channels, one client each at a time."""
+        ...
+
     def console_socket(self, workdir: Path) -> Path:
         ...
 

@@ -14,6 +14,12 @@ QMP = "qmp.sock"
 CONSOLE_SOCK = "console.sock"
 CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
+AGENT_CHANNELS = 8
+AGENT_PORT_NAME = "org.ignitevm.agent"
+
+
+def agent_socket(workdir: Path, k: int) -> Path:
+    return workdir / f"agent-{k}.sock"
 
 
 def machine(accel: str) -> list[str]:
@@ -62,6 +68,16 @@ def console(workdir: Path) -> list[str]:
             "-serial", "chardev:console"]
 
 
+def agent(workdir: Path, channels: int = AGENT_CHANNELS) -> list[str]:
+    # One virtio-serial port per concurrent host client of the guest agent.
+    args = ["-device", f"virtio-serial-device,max_ports={channels + 1}"]
+    for k in range(1, channels + 1):
+        sock = _escape(agent_socket(workdir, k))
+        args += ["-chardev", f"socket,id=agent{k},path={sock},server=on,wait=off",
+                 "-device", f"virtserialport,chardev=agent{k},name={AGENT_PORT_NAME}.{k},nr={k}"]
+    return args
+
+
 def control(workdir: Path) -> list[str]:
     return ["-qmp", f"unix:{_escape(workdir / QMP)},server=on,wait=off"]
 
@@ -79,6 +95,7 @@ def argv(spec: LaunchSpec, qemu: str = QEMU) -> list[str]:
         *kernel(spec.kernel, spec.initrd, spec.cmdline),
         *disks(spec.disks),
         *console(spec.workdir),
+        *agent(spec.workdir),
         *control(spec.workdir),
         *process(spec),
     ]

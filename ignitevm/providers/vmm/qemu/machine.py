@@ -15,7 +15,8 @@ from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
 from ignitevm.util.proc import run
 
-RUNTIME_FILES = (args.PIDFILE, args.QMP, args.CONSOLE_SOCK)
+RUNTIME_FILES = (args.PIDFILE, args.QMP, args.CONSOLE_SOCK,
+                 *(f"agent-{k}.sock" for k in range(1, args.AGENT_CHANNELS + 1)))
 
 
 class QemuVMM:
@@ -105,6 +106,9 @@ class QemuVMM:
         for name in RUNTIME_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
+
+    def agent_sockets(self, workdir: Path) -> list[Path]:
+        return [args.agent_socket(workdir, k) for k in range(1, args.AGENT_CHANNELS + 1)]
 
     def console_socket(self, workdir: Path) -> Path:
         return workdir / args.CONSOLE_SOCK

@@ -1,0 +1,152 @@
+"""A host client of the guest agent: take a free channel, say HELLO, run sessions.
+
+One channel per host process. Frames for sessions this client did not open
+(left over from an earlier client) are ignored; the READY reply is found by
+scanning, so a previous client that died mid-frame cannot desynchronise us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from ignitevm.agent import protocol as p
+from ignitevm.errors import IgniteError
+
+
+class AgentError(IgniteError):
+    """The agent could not be reached or broke the protocol."""
+
+
+class Channel:
+    def __init__(self, sock: socket.socket, lock_fd: int):
+        self.sock = sock
+        self.lock_fd = lock_fd
+        self.buf = bytearray()
+        self.info: dict[str, str] = {}
+        self._next = 1
+
+    # --- connecting ---------------------------------------------------------
+    @classmethod
+    def connect(cls, sockets: list[Path], timeout: float, what: str = "the VM") -> Channel:
+        deadline = time.monotonic() + timeout
+        lock_fd, path = _take_channel(sockets, deadline, what)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            sock.close()
+            os.close(lock_fd)
+            raise AgentError(f"cannot reach the agent of {what}: {exc.strerror}",
+                             hint="is the VM running? see: ignite ps -a") from None
+        ch = cls(sock, lock_fd)
+        try:
+            ch._handshake(deadline, what, timeout)
+        except BaseException:
+            ch.close()
+            raise
+        return ch
+
+    def _handshake(self, deadline: float, what: str, timeout: float) -> None:
+        self.send(p.Frame(p.HELLO, 0))
+        while True:
+            idx = self.buf.find(p.READY_PREFIX)
+            if idx >= 0:
+                del self.buf[:idx]
+                frame = p.parse(self.buf) if len(self.buf) >= p.HEADER.size else None
+                if frame is not None and frame.payload.startswith(b"version="):
+                    text = frame.payload.decode(errors="replace")
+                    self.info = dict(line.split("=", 1) for line in text.splitlines()
+                                     if "=" in line)
+                    return
+                if frame is not None:
+                    continue  # a READY-looking prefix inside other data; keep scanning
+            else:
+                # Keep only a tail that might start a READY header.
+                del self.buf[: max(0, len(self.buf) - len(p.READY_PREFIX))]
+            if not self._fill(deadline):
+                raise AgentError(
+                    f"the guest agent of {what} did not answer within {timeout:.0f}s",
+                    hint="check that the VM has booted (ignite logs); the agent starts "
+                    "before the image's init")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- frames ---------------------------------------------------------------
+    def new_session(self) -> int:
+        sid = self._next
+        self._next += 1
+        return sid
+
+    def send(self, frame: p.Frame) -> None:
+        try:
+            self.sock.sendall(frame.encode())
+        except OSError as exc:
+            raise AgentError(f"lost the connection to the guest agent: {exc.strerror}") from None
+
+    def _fill(self, deadline: float | None) -> bool:
+        """Read more bytes; False on timeout."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 18)
+        except TimeoutError:
+            return False
+        except OSError as exc:
+            raise AgentError(f"lost the connection to the guest agent: {exc.strerror}") from None
+        if not data:
+            raise AgentError("the guest agent closed the connection (did the VM stop?)")
+        self.buf += data
+        return True
+
+    def recv(self, deadline: float | None = None) -> p.Frame | None:
+        """The next frame, or None when ``deadline`` passes."""
+        while True:
+            try:
+                frame = p.parse(self.buf)
+            except ValueError as exc:
+                raise AgentError(f"the guest agent broke the protocol: {exc}") from None
+            if frame is not None:
+                return frame
+            if not self._fill(deadline):
+                return None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def _take_channel(sockets: list[Path], deadline: float, what: str) -> tuple[int, Path]:
+    """Lock a free channel; wait while all are busy."""
+    if not sockets or not sockets[0].parent.is_dir():
+        raise AgentError(f"{what} is not running", hint="start it with: ignite start")
+    while True:
+        for path in sockets:
+            lock = path.with_suffix(".lock")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                continue
+            return fd, path
+        if time.monotonic() > deadline:
+            raise AgentError(f"all {len(sockets)} agent channels of {what} are busy",
+                             hint="wait for other exec/cp commands to finish")
+        time.sleep(0.05)

@@ -1,0 +1,277 @@
+"""Sessions over a channel: exec (with stdin, signals, TTY), copy in and out, shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ignitevm.agent import protocol as p
+from ignitevm.agent.client import AgentError, Channel
+from ignitevm.errors import IgniteError
+
+
+class GuestError(IgniteError):
+    """The agent refused a request (no such command, path, user...)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.exit_code = code if 0 < code < 256 else 1
+
+
+@dataclass
+class _Flow:
+    """Windows of one session: what we may send, and what we owe back."""
+
+    send_window: int = p.INITIAL_WINDOW
+    consumed: int = 0
+
+    def consume(self, ch: Channel, sid: int, n: int) -> None:
+        self.consumed += n
+        if self.consumed >= p.INITIAL_WINDOW // 2:
+            ch.send(p.Frame(p.WINDOW, sid, p.u32(self.consumed)))
+            self.consumed = 0
+
+
+def _status(payload: bytes) -> int:
+    st = p.read_i32(payload)
+    return 128 - st if st < 0 else st
+
+
+def _error(frame: p.Frame) -> GuestError:
+    code = p.read_u32(frame.payload) if len(frame.payload) >= 4 else 1
+    return GuestError(code, frame.payload[4:].decode(errors="replace") or "the agent refused")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[n:]
+
+
+@dataclass
+class ExecRequest:
+    argv: list[str]
+    env: list[str] = field(default_factory=list)
+    cwd: str = ""
+    user: str = ""
+    tty: tuple[int, int] | None = None
+    stdin: bool = False
+
+
+@contextlib.contextmanager
+def _signal_pipe(signals: tuple[int, ...]) -> Iterator[socket.socket]:
+    """Deliver the given signals as bytes on a socket the event loop can watch."""
+    rsock, wsock = socket.socketpair()
+    rsock.setblocking(False)
+    wsock.setblocking(False)
+    old_fd = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+    old = {s: signal.signal(s, lambda *_: None) for s in signals}
+    try:
+        yield rsock
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for s, h in old.items():
+            signal.signal(s, h)
+        rsock.close()
+        wsock.close()
+
+
+def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
+             stdout_fd: int = 1, stderr_fd: int = 2) -> int:
+    """Run a command in the guest, pumping local fds; return its exit status."""
+    sid = ch.new_session()
+    ch.send(p.Frame(p.EXEC, sid, p.request(req.argv, req.env, req.cwd, req.user, req.tty,
+                                            req.stdin and stdin_fd is not None)))
+    flow = _Flow()
+    sel = selectors.DefaultSelector()
+    sel.register(ch.sock, selectors.EVENT_READ, "agent")
+    stdin_open = req.stdin and stdin_fd is not None
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
+    with _signal_pipe(forwarded) as sigsock:
+        sel.register(sigsock, selectors.EVENT_READ, "signal")
+        stdin_registered = False
+        while True:
+            want_stdin = stdin_open and flow.send_window > 0
+            if want_stdin and not stdin_registered:
+                sel.register(stdin_fd, selectors.EVENT_READ, "stdin")  # type: ignore[arg-type]
+                stdin_registered = True
+            elif not want_stdin and stdin_registered:
+                sel.unregister(stdin_fd)  # type: ignore[arg-type]
+                stdin_registered = False
+            # Frames already buffered come first; else wait for any source.
+            events = ["agent"] if ch.buf else [key.data for key, _ in sel.select()]
+            for what in events:
+                if what == "signal":
+                    for num in sigsock.recv(64):
+                        if num == signal.SIGWINCH and req.tty:
+                            rows, cols = _terminal_size(stdout_fd)
+                            ch.send(p.Frame(p.RESIZE, sid, struct.pack("<HH", rows, cols)))
+                        elif num != signal.SIGWINCH:
+                            ch.send(p.Frame(p.SIGNAL, sid, p.u32(num)))
+                elif what == "stdin":
+                    data = os.read(stdin_fd, min(flow.send_window, p.MAX_PAYLOAD))  # type: ignore[arg-type]
+                    if not data:
+                        ch.send(p.Frame(p.EOF, sid, flags=p.STDIN))
+                        stdin_open = False
+                    else:
+                        flow.send_window -= len(data)
+                        ch.send(p.Frame(p.DATA, sid, data, flags=p.STDIN))
+                else:
+                    frame = ch.recv()
+                    if frame is None or frame.session != sid:
+                        continue
+                    if frame.type == p.DATA:
+                        _write_all(stderr_fd if frame.flags == p.STDERR else stdout_fd,
+                                   frame.payload)
+                        flow.consume(ch, sid, len(frame.payload))
+                    elif frame.type == p.WINDOW:
+                        flow.send_window += p.read_u32(frame.payload)
+                    elif frame.type == p.EXIT:
+                        return _status(frame.payload)
+                    elif frame.type == p.ERROR:
+                        raise _error(frame)
+
+
+def _terminal_size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return 24, 80
+    return size.lines, size.columns
+
+
+def terminal_size() -> tuple[int, int]:
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(fd)
+            return size.lines, size.columns
+    return 24, 80
+
+
+class _Sender:
+    """A file-like writer that sends DATA frames within the session's window."""
+
+    def __init__(self, ch: Channel, sid: int, progress: object = None):
+        self.ch, self.sid, self.flow = ch, sid, _Flow()
+        self.progress = progress
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while view:
+            while self.flow.send_window <= 0:
+                frame = self.ch.recv()
+                if frame is None or frame.session != self.sid:
+                    continue
+                if frame.type == p.WINDOW:
+                    self.flow.send_window += p.read_u32(frame.payload)
+                elif frame.type == p.ERROR:
+                    raise _error(frame)
+            n = min(len(view), self.flow.send_window, p.MAX_PAYLOAD)
+            self.ch.send(p.Frame(p.DATA, self.sid, bytes(view[:n]), flags=p.STDIN))
+            self.flow.send_window -= n
+            if callable(self.progress):
+                self.progress(n)
+            view = view[n:]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Receiver:
+    """A file-like reader over the DATA frames of a session (for tarfile streaming)."""
+
+    def __init__(self, ch: Channel, sid: int, progress: object = None):
+        self.ch, self.sid, self.flow = ch, sid, _Flow()
+        self.pending = bytearray()
+        self.eof = False
+        self.status: int | None = None
+        self.progress = progress
+
+    def _pump(self) -> None:
+        frame = self.ch.recv()
+        if frame is None or frame.session != self.sid:
+            return
+        if frame.type == p.DATA:
+            self.pending += frame.payload
+            self.flow.consume(self.ch, self.sid, len(frame.payload))
+            if callable(self.progress):
+                self.progress(len(frame.payload))
+        elif frame.type == p.EOF:
+            self.eof = True
+        elif frame.type == p.EXIT:
+            self.eof = True
+            self.status = _status(frame.payload)
+        elif frame.type == p.ERROR:
+            raise _error(frame)
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.eof and (n < 0 or len(self.pending) < n):
+            self._pump()
+        if n < 0:
+            n = len(self.pending)
+        out = bytes(self.pending[:n])
+        del self.pending[:n]
+        return out
+
+    def finish(self) -> int:
+        while self.status is None:
+            self.eof = False
+            self._pump()
+        return self.status
+
+
+def put(ch: Channel, guest_dir: str, write_tar: object, progress: object = None) -> None:
+    """Copy in: ``write_tar(fileobj)`` writes a tar stream, unpacked into ``guest_dir``."""
+    sid = ch.new_session()
+    ch.send(p.Frame(p.PUT, sid, p.request(path=guest_dir)))
+    sender = _Sender(ch, sid, progress)
+    write_tar(sender)  # type: ignore[operator]
+    ch.send(p.Frame(p.EOF, sid, flags=p.STDIN))
+    while True:
+        frame = ch.recv()
+        if frame is None or frame.session != sid:
+            continue
+        if frame.type == p.EXIT:
+            return
+        if frame.type == p.ERROR:
+            raise _error(frame)
+
+
+def get(ch: Channel, guest_path: str, progress: object = None) -> _Receiver:
+    """Copy out: returns a reader of the tar stream of ``guest_path``."""
+    sid = ch.new_session()
+    ch.send(p.Frame(p.GET, sid, p.request(path=guest_path)))
+    return _Receiver(ch, sid, progress)
+
+
+def shutdown(ch: Channel, reboot: bool = False, timeout: float = 5.0) -> None:
+    sid = ch.new_session()
+    ch.send(p.Frame(p.SHUTDOWN, sid, p.u32(1 if reboot else 0)))
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = ch.recv(deadline)
+        if frame is None:
+            raise AgentError("the guest agent did not confirm the shutdown")
+        if frame.session == sid and frame.type in (p.EXIT, p.ERROR):
+            if frame.type == p.ERROR:
+                raise _error(frame)
+            return
+
+
+def stdin_is_tty() -> bool:
+    return sys.stdin.isatty()

@@ -1,0 +1,113 @@
+"""``ignite exec`` and ``ignite cp``: into a running VM through its guest agent."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ignitevm.api.types import VM
+from ignitevm.cli.common import context
+from ignitevm.errors import InvalidInput
+
+
+def _fix_identity_clash(args: argparse.Namespace) -> None:
+    """``-i`` is Ignite's --identity FILE, and Docker's interactive flag.
+
+    ``ignite exec -i web -- cmd`` means interactive when ``web`` is no file:
+    then the words shift back into place.
+    """
+    ident = args.identity
+    if ident and not os.path.isfile(ident):
+        args.command = [args.vm, *args.command]
+        args.vm = ident
+        args.identity = None
+        args.interactive = True
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from ignitevm.agent import session
+    from ignitevm.operations import guest
+
+    _fix_identity_clash(args)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidInput("no command given", hint="ignite exec <vm> -- <command> [args...]")
+    if args.ssh:
+        raise InvalidInput("exec --ssh needs VM networking, which is not available yet",
+                           hint="leave out --ssh: exec goes through the guest agent")
+    ctx = context(args)
+    vm = ctx.store.resolve(VM, args.vm)
+    stdin_fd = sys.stdin.fileno() if not sys.stdin.closed else None
+    # Piped stdin is forwarded (as Ignite did); a terminal only with -i or -t.
+    forward = stdin_fd is not None and (args.interactive or args.tty
+                                        or not os.isatty(stdin_fd))
+    tty = session.terminal_size() if args.tty else None
+    req = session.ExecRequest(command, list(args.env), args.workdir or "", args.user or "",
+                              tty, forward)
+    with guest.channel(ctx, vm, args.timeout) as ch:
+        if args.tty and stdin_fd is not None and os.isatty(stdin_fd):
+            from ignitevm.cli.attach import raw_terminal
+
+            with raw_terminal(stdin_fd):
+                return session.run_exec(ch, req, stdin_fd)
+        return session.run_exec(ch, req, stdin_fd if forward else None)
+
+
+def _split(spec: str) -> tuple[str | None, str]:
+    head, sep, tail = spec.partition(":")
+    if sep and "/" not in head and head:
+        return head, tail
+    return None, spec
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from ignitevm.operations import guest
+
+    src_vm, src = _split(args.source)
+    dst_vm, dst = _split(args.dest)
+    if src_vm and dst_vm:
+        raise InvalidInput("both source and destination name a VM",
+                           hint="copy between the host and one VM: ignite cp ./f vm:/path")
+    if not src_vm and not dst_vm:
+        raise InvalidInput("neither source nor destination names a VM",
+                           hint="write the VM side as <vm>:<path>, e.g. ignite cp ./f web:/tmp/")
+    ctx = context(args)
+    vm = ctx.store.resolve(VM, (src_vm or dst_vm))  # type: ignore[arg-type]
+    size = 0
+    if dst_vm:
+        path = Path(src)
+        size = path.stat().st_size if path.is_file() else 0
+    with _progress(size) as progress:
+        if dst_vm:
+            guest.copy_in(ctx, vm, Path(src), dst, args.timeout, progress)
+        else:
+            guest.copy_out(ctx, vm, src, Path(dst), args.timeout, progress)
+    return 0
+
+
+class _progress:
+    """A progress bar on a terminal for copies over 32 MB; nothing otherwise."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if not sys.stderr.isatty() or self.total < (32 << 20):
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        self.bar = Progress("copying", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            transient=True)
+        task = self.bar.add_task("copy", total=self.total)
+        self.bar.start()
+        bar = self.bar
+        return lambda n: bar.update(task, advance=n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,200 @@
+"""Reading the files of an image source in place: tar members and layout files.
+
+An image's blobs live either in an outer tarball (read as windows on the file,
+never extracted) or in an OCI layout directory. Both are a :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import posixpath
+import re
+import tarfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ignitevm.errors import InvalidInput
+from ignitevm.images.source import Opener
+from ignitevm.log import log
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_MAX_JSON = 64 << 20
+
+
+def compression(head: bytes) -> str | None:
+    """Name the compression of a stream from its first bytes; None if uncompressed."""
+    for magic, name in _MAGIC.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def next_member(
+    tf: tarfile.TarFile, label: str, *, lenient_end: bool = False
+) -> tarfile.TarInfo | None:
+    """Read the header after the current member: None at the end-of-archive marker.
+
+    Unlike :meth:`tarfile.TarFile.next`, a truncated or damaged header is an
+    error here, not a silent end of the archive. With ``lenient_end``, data
+    that stops cleanly between two members without the end marker is accepted
+    (some tools omit it; layer digests and compressed trailers catch real cuts).
+    """
+    fileobj: Any = tf.fileobj
+    offset: int = tf.offset  # type: ignore[attr-defined]
+    if fileobj.tell() != offset:
+        fileobj.seek(offset)
+    try:
+        return tf.tarinfo.fromtarfile(tf)
+    except tarfile.EOFHeaderError:
+        return None
+    except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as exc:
+        if lenient_end and isinstance(exc, tarfile.EmptyHeaderError):
+            log.debug("%s has no end-of-archive marker", label)
+            return None
+        raise InvalidInput(
+            f"{label} is truncated (it ends at byte {offset} in the middle of the archive)",
+            hint="copy or download it again",
+        ) from None
+    except tarfile.HeaderError as exc:
+        raise InvalidInput(f"{label} is corrupt at byte {offset}: {exc}") from None
+
+
+def norm(name: str) -> str:
+    """A member name made relative and normal ("" for the root)."""
+    name = posixpath.normpath(name.lstrip("/"))
+    return "" if name == "." else name
+
+
+class _Window(io.RawIOBase):
+    """Read ``size`` bytes of ``f`` from its current position; short data is an error."""
+
+    def __init__(self, f: Any, size: int, label: str):
+        self._f = f
+        self._left = size
+        self._label = label
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._left)
+        if n == 0:
+            return 0
+        try:
+            got = self._f.readinto(memoryview(b)[:n])
+        except (OSError, EOFError) as exc:
+            raise InvalidInput(f"cannot read {self._label}: {exc}") from None
+        if not got:
+            raise InvalidInput(f"{self._label} is truncated", hint="copy it again")
+        self._left -= got
+        return int(got)
+
+
+class Store:
+    """Where an image's files live: an outer tarball or a layout directory."""
+
+    path: Path
+
+    def size(self, name: str) -> int:
+        raise NotImplementedError
+
+    def opener(self, name: str) -> Opener:
+        raise NotImplementedError
+
+    def read(self, name: str) -> bytes:
+        if self.size(name) > _MAX_JSON:
+            raise InvalidInput(f"{self.path}: {name} is too large to be image metadata")
+        with self.opener(name)() as f:
+            return f.read()
+
+    def json(self, name: str, what: str, digest: str | None = None) -> Any:
+        """Parse the JSON file ``name``, checking it against ``digest`` if given."""
+        data = self.read(name)
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest.split(":", 1)[1]:
+            raise InvalidInput(f"{self.path}: {what} {name} does not match its digest {digest}")
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise InvalidInput(f"{self.path}: {what} {name} is not valid JSON") from None
+
+
+class TarIndex(Store):
+    """Members of an outer tarball, read in place."""
+
+    def __init__(self, path: Path, members: dict[str, tarfile.TarInfo], compressed: bool):
+        self.path = path
+        self.members = members
+        self.compressed = compressed
+        self.file_size = path.stat().st_size
+
+    def resolve(self, name: str) -> tuple[str, tarfile.TarInfo]:
+        for _ in range(16):
+            info = self.members.get(name)
+            if info is None:
+                raise InvalidInput(f"{self.path} has no {name}", hint="the archive is incomplete")
+            if info.issym():
+                name = norm(posixpath.join(posixpath.dirname(name), info.linkname))
+            elif info.islnk():
+                name = norm(info.linkname)
+            elif info.isreg():
+                end = info.offset_data + info.size
+                if not self.compressed and end > self.file_size:
+                    raise InvalidInput(f"{self.path} is truncated ({name} is cut short)")
+                return name, info
+            else:
+                raise InvalidInput(f"{self.path}: {name} is not a regular file")
+        raise InvalidInput(f"{self.path}: {name} is a loop of links")
+
+    def size(self, name: str) -> int:
+        return self.resolve(name)[1].size
+
+    def opener(self, name: str) -> Opener:
+        info = self.resolve(name)[1]
+        return functools.partial(self._open, info, f"{name} in {self.path}")
+
+    @contextmanager
+    def _open(self, info: tarfile.TarInfo, label: str) -> Iterator[BinaryIO]:
+        with ExitStack() as stack:
+            try:
+                if self.compressed:
+                    f: Any = stack.enter_context(tarfile.open(self.path, "r:*")).fileobj
+                else:
+                    f = stack.enter_context(open(self.path, "rb", buffering=0))
+                f.seek(info.offset_data)
+            except (OSError, EOFError, tarfile.TarError) as exc:
+                raise InvalidInput(f"cannot read {label}: {exc}") from None
+            yield io.BufferedReader(_Window(f, info.size, label), 1 << 20)
+
+
+class DirStore(Store):
+    """Files of an OCI layout directory (or the directory of a rootfs tarball)."""
+
+    def __init__(self, root: Path):
+        self.path = root
+
+    def size(self, name: str) -> int:
+        try:
+            return (self.path / name).stat().st_size
+        except FileNotFoundError:
+            raise InvalidInput(
+                f"{self.path} has no {name}", hint="the layout is incomplete"
+            ) from None
+
+    def opener(self, name: str) -> Opener:
+        self.size(name)
+        return functools.partial(self._open, self.path / name)
+
+    @contextmanager
+    def _open(self, file: Path) -> Iterator[BinaryIO]:
+        with ExitStack() as stack:
+            try:
+                f = stack.enter_context(open(file, "rb", buffering=1 << 20))
+            except OSError as exc:
+                raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+            yield f

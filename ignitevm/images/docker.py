@@ -1,0 +1,74 @@
+"""``docker save`` archives: manifest.json, a config named by its digest, layer tarballs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ignitevm.errors import InvalidInput
+from ignitevm.images.blobs import DIGEST, TarIndex, compression, norm
+from ignitevm.images.source import ImageSource, Layer, Opener, make_image, ref_matches
+from ignitevm.log import log
+
+
+def open_docker(store: TarIndex, path: Path, ref: str | None) -> ImageSource:
+    """Describe the image of the docker-archive ``store`` (the first one, or ``ref``)."""
+    entries = store.json("manifest.json", "manifest")
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, dict) for e in entries)
+    ):
+        raise InvalidInput(f"{path}: manifest.json lists no images")
+    if ref is not None:
+        entries = [e for e in entries if any(ref_matches(ref, t) for t in e.get("RepoTags") or [])]
+        if not entries:
+            raise InvalidInput(f"{path} holds no image named {ref}")
+    elif len(entries) > 1:
+        log.debug("%s holds %d images; using the first one", path, len(entries))
+    entry = entries[0]
+    tags = entry.get("RepoTags") or []
+    config_name = norm(str(entry.get("Config", "")))
+    data = store.read(config_name)
+    config_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    named = re.search(r"([0-9a-f]{64})(\.json)?$", config_name)
+    if named and named.group(1) != config_digest[7:]:
+        raise InvalidInput(f"{path}: config {config_name} does not match its digest")
+    try:
+        config = json.loads(data)
+    except ValueError:
+        raise InvalidInput(f"{path}: config {config_name} is not valid JSON") from None
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else []
+    layer_names = entry.get("Layers") or []
+    layers = []
+    for i, lname in enumerate(layer_names):
+        name, info = store.resolve(norm(str(lname)))
+        opener = store.opener(name)
+        layers.append(Layer(_layer_digest(name, i, diff_ids, opener), info.size, opener))
+    return make_image(
+        "docker-archive", tags[0] if tags else None, config_digest, config, layers, path
+    )
+
+
+def _layer_digest(name: str, i: int, diff_ids: Any, opener: Opener) -> str:
+    """The sha256 of a docker-archive layer blob, computed only when no name gives it."""
+    named = re.fullmatch(r"blobs/sha256/([0-9a-f]{64})", name)
+    if named:
+        return "sha256:" + named.group(1)
+    with opener() as f:
+        head = f.read(8)
+        if (
+            isinstance(diff_ids, list)
+            and len(diff_ids) > i
+            and isinstance(diff_ids[i], str)
+            and DIGEST.fullmatch(diff_ids[i])
+            and compression(head) is None
+        ):
+            return diff_ids[i]  # an uncompressed layer's blob digest is its diff id
+        h = hashlib.sha256(head)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+        return "sha256:" + h.hexdigest()

@@ -1,0 +1,131 @@
+"""The guest agent on real VMs: exec, stdin, TTYs, concurrency, cp, init-less images."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import select
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Ignite
+from tests.helpers.images import app_image
+from tests.vm.conftest import wait_console
+
+
+@pytest.fixture(scope="module")
+def agentbox(cli: Ignite, testbox: str) -> str:
+    cli("run", testbox, "--name", "agentbox", "--cpus", "2", "--memory", "256MB",
+        "--size", "1GB")
+    # No sleep and no console watching: exec itself waits for the agent.
+    return "agentbox"
+
+
+def test_exec_exit_codes(cli: Ignite, agentbox: str) -> None:
+    assert cli("exec", agentbox, "--", "true").returncode == 0
+    assert cli("exec", agentbox, "--", "false", check=False).returncode == 1
+    res = cli("exec", agentbox, "--", "no-such-command", check=False)
+    assert res.returncode == 127 and "not found" in res.stderr
+    res = cli("exec", agentbox, "--", "sh", "-c", "kill -9 $$", check=False)
+    assert res.returncode == 137
+
+
+def test_stdout_stderr_apart(cli: Ignite, agentbox: str) -> None:
+    res = cli("exec", agentbox, "--", "sh", "-c", "echo out; echo err >&2; exit 3",
+              check=False)
+    assert (res.returncode, res.stdout, res.stderr) == (3, "out\n", "err\n")
+
+
+def test_piped_stdin_reaches_the_command(cli: Ignite, agentbox: str) -> None:
+    res = cli("exec", agentbox, "--", "tee", "/tmp/piped", input="hello\nworld\n")
+    assert res.stdout == "hello\nworld\n"
+    assert cli("exec", agentbox, "--", "cat", "/tmp/piped").stdout == "hello\nworld\n"
+
+
+def test_env_workdir_user(cli: Ignite, agentbox: str) -> None:
+    out = cli("exec", "-e", "FOO=1", "-w", "/tmp", "-u", "nobody", agentbox, "--",
+              "sh", "-c", "echo $FOO; pwd; id -u").stdout.split()
+    assert out == ["1", "/tmp", "65534"]
+
+
+def test_twenty_concurrent_execs(cli: Ignite, agentbox: str) -> None:
+    def one(i: int) -> str:
+        return cli("exec", agentbox, "--", "sh", "-c", f"sleep 0.5; echo {i}").stdout.strip()
+
+    with ThreadPoolExecutor(20) as pool:
+        assert sorted(pool.map(one, range(20)), key=int) == [str(i) for i in range(20)]
+
+
+def test_tty_session(cli: Ignite, agentbox: str) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+        os.execvp("python3", ["python3", "-m", "ignitevm", "exec", "-t", agentbox, "--", "sh"])
+    out = b""
+    os.write(fd, b"tty; stty size; exit 7\n")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert b"/dev/pts/" in out, out
+    assert os.waitstatus_to_exitcode(status) == 7
+
+
+def test_cp_round_trip(cli: Ignite, agentbox: str, tmp_path: Path) -> None:
+    src = tmp_path / "dir"
+    (src / "sub").mkdir(parents=True)
+    data = os.urandom(8 << 20)
+    (src / "sub" / "big.bin").write_bytes(data)
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o750)
+    cli("cp", str(src), f"{agentbox}:/srv/")
+    out = cli("exec", agentbox, "--", "sha256sum", "/srv/dir/sub/big.bin").stdout
+    assert out.split()[0] == hashlib.sha256(data).hexdigest()
+    back = tmp_path / "back"
+    cli("cp", f"{agentbox}:/srv/dir", str(back))
+    assert (back / "sub" / "big.bin").read_bytes() == data
+    assert (back / "run.sh").stat().st_mode & 0o777 == 0o750
+    single = tmp_path / "one.txt"
+    cli("cp", f"{agentbox}:/etc/os-release", str(single))
+    assert single.read_text() == "ID=ignitevm-test\n"
+
+
+def test_cp_errors(cli: Ignite, agentbox: str, tmp_path: Path) -> None:
+    res = cli("cp", f"{agentbox}:/no/such/file", str(tmp_path / "x"), check=False)
+    assert res.returncode != 0 and "No such file" in res.stderr
+    assert not list(tmp_path.iterdir())
+    res = cli("cp", "a", "b", check=False)
+    assert res.returncode == 1 and "neither" in res.stderr
+
+
+def test_exec_in_a_stopped_vm(cli: Ignite, testbox: str) -> None:
+    cli("create", testbox, "--name", "cold", "--size", "256MB")
+    res = cli("exec", "cold", "--", "true", check=False)
+    assert res.returncode == 1 and "is not running" in res.stderr
+    cli("rm", "cold")
+
+
+def test_image_without_init_runs_its_entrypoint(cli: Ignite, kernel: str,
+                                                 tmp_path_factory: pytest.TempPathFactory
+                                                 ) -> None:
+    archive = app_image(tmp_path_factory.mktemp("app") / "app.tar")
+    cli("run", str(archive), "--name", "app", "--memory", "128MB", "--size", "256MB")
+    text = wait_console(cli, "app", "APP-RUNNING")
+    assert "APP-RUNNING foo=bar pwd=/tmp pid=" in text
+    assert cli("exec", "app", "--", "cat", "/proc/1/comm").stdout.strip() == "ignite-agent"
+    res = cli("stop", "app")
+    assert "did not power off" not in res.stderr
+    assert "app" not in cli("ps").stdout
+    cli("rm", "app")
