@@ -5,9 +5,36 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ignitevm.log import LEVEL_NAMES
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, exit code 1, and a suggestion for typos."""
+
+    def error(self, message: str) -> NoReturn:
+        import difflib
+        import re
+        import sys
+
+        hint = ""
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=1)
+            message = f"unknown command {m.group(1)!r} for {self.prog!r}"
+            hint = f"did you mean {close[0]!r}?" if close else f"see: {self.prog} --help"
+        m = re.search(r"unrecognized arguments: (\S+)", message)
+        if m:
+            flags = [s for a in self._actions for s in a.option_strings]
+            close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1)
+            message = f"unknown flag {m.group(1)!r} for {self.prog!r}"
+            hint = f"did you mean {close[0]!r}?" if close else f"see: {self.prog} --help"
+        sys.stderr.write(f"error: {message}\n")
+        if hint:
+            sys.stderr.write(f"  hint: {hint}\n")
+        raise SystemExit(1)
 
 
 def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
@@ -39,7 +66,7 @@ def _globals(p: argparse.ArgumentParser, *, top: bool) -> None:
 
 class _Tree:
     def __init__(self) -> None:
-        self.top = argparse.ArgumentParser(
+        self.top = Parser(
             prog="ignite",
             description="Run OCI images as lightweight virtual machines.",
             epilog="Run 'ignite COMMAND --help' for more on a command.",
@@ -113,12 +140,16 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("vms", nargs="*", metavar="vm")
     p.add_argument("-f", "--force", action="store_true", help="kill running VMs first")
     p.add_argument("--config", metavar="FILE", help="remove the VM a manifest names")
-    p = t.command(subs, "ps", "vm:cmd_ps", "List running VMs (all with -a)",
-                  aliases=("ls", "list") if subs is not t.subs else ())
-    p.add_argument("-a", "--all", action="store_true", help="also show stopped VMs")
-    p.add_argument("-f", "--filter", default="", help="filter rows (Ignite syntax)")
-    p.add_argument("-t", "--template", default="", help="format each VM with a template")
-    p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"), default="table")
+    # As in Ignite, `vm ls`/`vm list` list all VMs, `ps` only running ones.
+    listings = [("ps", (), False)] + ([("ls", ("list",), True)] if subs is not t.subs else [])
+    for name, aliases, force_all in listings:
+        p = t.command(subs, name, "vm:cmd_ps", "List VMs: running ones (all with -a)",
+                      aliases=aliases, force_all=force_all)
+        p.add_argument("-a", "--all", action="store_true", help="also show stopped VMs")
+        p.add_argument("-f", "--filter", default="", help="filter rows (Ignite syntax)")
+        p.add_argument("-t", "--template", default="", help="format each VM with a template")
+        p.add_argument("-o", "--output", choices=("table", "wide", "json", "yaml"),
+                       default="table")
     p = t.command(subs, "logs", "vm:cmd_logs", "Print a VM's serial console output")
     p.add_argument("vm")
     p.add_argument("--follow", action="store_true", help="keep printing new output")
@@ -158,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("object")
     p.add_argument("-o", "--output", default="json", help="json or yaml (default json)")
     p.add_argument("-t", "--template", default="", help="format with a template")
+
+    p = t.command(t.subs, "completion", "completion:cmd_completion",
+                  "Print a shell completion script (bash, zsh or fish)")
+    p.add_argument("shell", nargs="?", default="bash", help="bash (default), zsh or fish")
 
     p = t.command(t.subs, "version", "misc:cmd_version", "Print the version")
     p.add_argument("-o", "--output", default="", help="short, json or yaml")

@@ -11,13 +11,13 @@ from ignitevm.api.types import VM
 from ignitevm.cli.common import context, dump, emit, table
 from ignitevm.errors import InvalidInput
 from ignitevm.log import log
-from ignitevm.operations import vms
 from ignitevm.operations.context import Context
 from ignitevm.util.human import duration
 
 
 def cmd_create(args: argparse.Namespace) -> int:
     from ignitevm.cli.vmspec import vm_from_args
+    from ignitevm.operations import vms
 
     ctx = context(args)
     vm = vms.create(ctx, vm_from_args(args))
@@ -28,6 +28,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ignitevm.cli.vmspec import vm_from_args
+    from ignitevm.operations import vms
 
     ctx = context(args)
     vm = vms.create(ctx, vm_from_args(args))
@@ -47,6 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from ignitevm.operations import vms
+
     ctx = context(args)
     vm = ctx.store.resolve(VM, args.vm)
     vms.start(ctx, vm)
@@ -65,6 +68,8 @@ def _resolve_all(ctx: Context, names: list[str]) -> list[VM]:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    from ignitevm.operations import vms
+
     ctx = context(args)
     for vm in _resolve_all(ctx, args.vms):
         vms.stop(ctx, vm, force=args.force_kill, timeout=args.timeout)
@@ -74,6 +79,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
+    from ignitevm.operations import vms
+
     ctx = context(args)
     for vm in _resolve_all(ctx, args.vms):
         vms.stop(ctx, vm, force=True)
@@ -83,6 +90,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from ignitevm.operations import vms
+
     ctx = context(args)
     if args.config and args.vms:
         raise InvalidInput("give either VM names or --config, not both")
@@ -117,7 +126,7 @@ def _since(stamp: str | None) -> float:
 
 def live(ctx: Context, vm: VM) -> VM:
     """The VM with its status corrected from the process table (not written back)."""
-    running = vms.is_running(ctx, vm)
+    running = ctx.vmm.pid(ctx.store.dir(vm)) is not None
     if running != vm.status.running:
         vm.status.running = running
         if not running:
@@ -129,7 +138,7 @@ def live(ctx: Context, vm: VM) -> VM:
 def cmd_ps(args: argparse.Namespace) -> int:
     ctx = context(args)
     objs = [live(ctx, vm) for vm in ctx.store.list(VM)]
-    if not args.all:
+    if not (args.all or getattr(args, "force_all", False)):
         objs = [vm for vm in objs if vm.status.running]
     if args.filter or args.template:
         from ignitevm.cli.templates import apply_filter, render
@@ -166,6 +175,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     import sys
+
+    from ignitevm.operations import vms
 
     ctx = context(args)
     vm = ctx.store.resolve(VM, args.vm)

@@ -11,10 +11,7 @@ from ignitevm.api.defaults import default_vm, now, validate_vm
 from ignitevm.api.types import VM, Image, Kernel, Size
 from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
-from ignitevm.operations import images, kernels
 from ignitevm.operations.context import Context
-from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
-from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.util.fs import flock
 from ignitevm.util.ids import new_uid, random_name
 
@@ -43,6 +40,8 @@ def is_running(ctx: Context, vm: VM) -> bool:
 
 def create(ctx: Context, vm: VM) -> VM:
     """Make a VM object and its disk; nothing is left behind if any step fails."""
+    from ignitevm.operations import images, kernels
+
     default_vm(vm)
     validate_vm(vm)
     image = images.ensure_image(ctx, vm.spec.image.oci)
@@ -71,6 +70,10 @@ def create(ctx: Context, vm: VM) -> VM:
 
 
 def start(ctx: Context, vm: VM) -> VM:
+    from ignitevm.operations import images, kernels
+    from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
+    from ignitevm.providers.vmm.base import Disk, LaunchSpec
+
     with vm_lock(ctx, vm):
         vm = ctx.store.get(VM, vm.metadata.uid)
         d = workdir(ctx, vm)
