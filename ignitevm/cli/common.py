@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ignitevm.operations.context import Context, default_root
+if TYPE_CHECKING:
+    from ignitevm.operations.context import Context
 
 
 def context(args: argparse.Namespace) -> Context:
+    from ignitevm.operations.context import Context, default_root
+
     root = Path(args.root) if getattr(args, "root", None) else default_root()
     return Context(root=root, accel=getattr(args, "accel", None))
 

@@ -7,7 +7,7 @@ and every manifest and config is checked against its descriptor's digest.
 
 from __future__ import annotations
 
-import platform
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ LAYER_TYPES = {
     for t in ("diff", "foreign.diff")
     for z in ("", ".gzip")
 }
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+_MACHINE = os.uname().machine
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(_MACHINE, _MACHINE)
 
 
 def open_oci(store: Store, kind: str, path: Path, ref: str | None) -> ImageSource:

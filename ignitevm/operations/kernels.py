@@ -13,11 +13,13 @@ from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.kernels import debian
 from ignitevm.kernels.initramfs import collect_modules, initramfs_for
 from ignitevm.kernels.version import is_kernel, kernel_version
+from ignitevm.kernels.vmlinux import extract_vmlinux
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
 
-KERNEL_FILE = "vmlinuz"
+KERNEL_FILE = "vmlinuz"  # a bzImage, when no ELF vmlinux could be had
+VMLINUX_FILE = "vmlinux"
 MODULES_DIR = "modules"
 DEBIAN_ALIASES = ("debian", "debian-cloud", DEFAULT_KERNEL)
 
@@ -25,7 +27,8 @@ DEBIAN_ALIASES = ("debian", "debian-cloud", DEFAULT_KERNEL)
 def kernel_files(ctx: Context, kernel: Kernel) -> tuple[Path, Path]:
     """The kernel file and the initramfs (assembled on first use) for a VM start."""
     d = ctx.store.dir(kernel)
-    return d / KERNEL_FILE, initramfs_for(d, ctx.cache)
+    elf = d / VMLINUX_FILE
+    return (elf if elf.exists() else d / KERNEL_FILE), initramfs_for(d, ctx.cache)
 
 
 def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
@@ -52,13 +55,13 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
         dir=ctx.root / "tmp", prefix="kernel-") as work:
         if is_debian:
             unpacked = debian.fetch(ctx.cache, Path(work))
-            shutil.copyfile(unpacked.kernel, stage / KERNEL_FILE)
+            _store_kernel(unpacked.kernel, stage)
             modules: Path | None = unpacked.modules
             kernel.status.version = unpacked.version
             kernel.status.oci_source.id = (
                 f"deb://{unpacked.package}@{unpacked.package_version}")
         else:
-            shutil.copyfile(path, stage / KERNEL_FILE)
+            _store_kernel(path, stage)
             modules = None
             kernel.status.version = kernel_version(path)
         if modules is not None:
@@ -68,6 +71,16 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
     log.info("Imported kernel %r (version %s) with ID %r", ref, kernel.status.version,
              kernel.metadata.uid)
     return kernel
+
+
+def _store_kernel(src: Path, stage: Path) -> None:
+    """Keep an ELF vmlinux (PVH boot, no in-guest decompression), else the bzImage."""
+    with src.open("rb") as f:
+        is_elf = f.read(4) == b"\x7fELF"
+    if is_elf:
+        shutil.copyfile(src, stage / VMLINUX_FILE)
+    elif not extract_vmlinux(src, stage / VMLINUX_FILE):
+        shutil.copyfile(src, stage / KERNEL_FILE)
 
 
 def _name_from_path(path: Path) -> str:

@@ -1,0 +1,606 @@
+/*
+ * ignite-agent, EXEC sessions: request parsing, users from /etc/passwd and
+ * /etc/group, spawning a command (pty or pipes, credentials, cwd, env, PATH
+ * search, exec failures reported through a CLOEXEC status pipe), and moving
+ * its stdio with flow control.
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define MAX_GROUPS 256
+#define TTY_GRACE_MS 200
+
+int request_parse(struct request *r, const char *p, size_t n, char *err)
+{
+    memset(r, 0, sizeof *r);
+    if (n && p[n - 1] != '\0') {
+        snprintf(err, ERRLEN, "malformed request: strings must end with NUL");
+        return -1;
+    }
+    int count = 0;
+    for (size_t i = 0; i < n; i++)
+        count += p[i] == '\0';
+    r->mem = malloc(n + 1);
+    r->argv = calloc(count + 1, sizeof(char *));
+    r->env = calloc(count + 1, sizeof(char *));
+    if (!r->mem || !r->argv || !r->env) {
+        snprintf(err, ERRLEN, "out of memory");
+        return -1;
+    }
+    memcpy(r->mem, p, n);
+    r->mem[n] = '\0';
+    for (char *s = r->mem; s < r->mem + n; s += strlen(s) + 1) {
+        if (strlen(s) < 2 || s[1] != ':') {
+            snprintf(err, ERRLEN, "malformed request entry \"%.40s\"", s);
+            return -1;
+        }
+        char *v = s + 2;
+        switch (s[0]) {
+        case 'A': r->argv[r->argc++] = v; break;
+        case 'E': r->env[r->envc++] = v; break;
+        case 'W': r->cwd = v; break;
+        case 'U': r->user = v; break;
+        case 'P': r->path = v; break;
+        case 'I': r->want_stdin = strcmp(v, "1") == 0; break;
+        case 'T':
+            if (sscanf(v, "%dx%d", &r->rows, &r->cols) != 2 || r->rows < 0 || r->cols < 0 ||
+                r->rows > 65535 || r->cols > 65535) {
+                snprintf(err, ERRLEN, "bad terminal size \"%.40s\" (want ROWSxCOLS)", v);
+                return -1;
+            }
+            r->tty = 1;
+            break;
+        default: break; /* unknown tags are ignored: newer hosts may add some */
+        }
+    }
+    return 0;
+}
+
+void request_free(struct request *r)
+{
+    free(r->mem);
+    free(r->argv);
+    free(r->env);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- users ---- */
+
+struct ident {
+    uid_t uid;
+    gid_t gid;
+    int known;                  /* found in /etc/passwd */
+    char name[256], home[1024];
+    gid_t groups[MAX_GROUPS];
+    int ngroups;
+};
+
+static int number(const char *s, unsigned long *v)
+{
+    if (!*s)
+        return 0;
+    char *end;
+    errno = 0;
+    *v = strtoul(s, &end, 10);
+    return *end == '\0' && errno == 0 && *s != '-' && *v < 0xffffffffUL;
+}
+
+/* Split a colon-separated database line in place; returns the field count. */
+static int fields(char *line, char **f, int max)
+{
+    int n = 0;
+    line[strcspn(line, "\n")] = '\0';
+    f[n++] = line;
+    for (char *c = line; *c && n < max; c++)
+        if (*c == ':') {
+            *c = '\0';
+            f[n++] = c + 1;
+        }
+    return n;
+}
+
+/* Find a passwd/group entry by name (key) or by id; fills f[], returns 1 if found. */
+static int db_find(const char *file, const char *key, unsigned long id, int idfield,
+                   char **line, size_t *cap, char **f, int nf)
+{
+    FILE *fp = fopen(file, "re");
+    if (!fp)
+        return 0;
+    unsigned long v;
+    while (getline(line, cap, fp) > 0) {
+        if (fields(*line, f, nf) < nf)
+            continue;
+        if (key ? strcmp(f[0], key) == 0 : (number(f[idfield], &v) && v == id)) {
+            fclose(fp);
+            return 1;
+        }
+    }
+    fclose(fp);
+    return 0;
+}
+
+static int user_lookup(const char *spec, struct ident *id, char *err)
+{
+    char user[256], *group = NULL, *line = NULL, *f[7];
+    size_t cap = 0;
+    unsigned long v;
+    memset(id, 0, sizeof *id);
+    snprintf(user, sizeof user, "%s", spec);
+    if ((group = strchr(user, ':')))
+        *group++ = '\0';
+    int numeric = number(user, &v);
+    if (db_find("/etc/passwd", numeric ? NULL : user, v, 2, &line, &cap, f, 7)) {
+        unsigned long uid = 0, gid = 0;
+        number(f[2], &uid);
+        number(f[3], &gid);
+        id->uid = uid;
+        id->gid = gid;
+        id->known = 1;
+        snprintf(id->name, sizeof id->name, "%s", f[0]);
+        snprintf(id->home, sizeof id->home, "%s", f[5]);
+    } else if (numeric) {
+        id->uid = v;    /* a uid without an entry: group root, home / (as Docker does) */
+        snprintf(id->home, sizeof id->home, "/");
+    } else {
+        snprintf(err, ERRLEN, "unable to find user %s: no matching entries in /etc/passwd", user);
+        free(line);
+        return -1;
+    }
+    if (group && *group) {
+        if (number(group, &v)) {
+            id->gid = v;
+        } else if (db_find("/etc/group", group, 0, 2, &line, &cap, f, 4) && number(f[2], &v)) {
+            id->gid = v;
+        } else {
+            snprintf(err, ERRLEN, "unable to find group %s: no matching entries in /etc/group",
+                     group);
+            free(line);
+            return -1;
+        }
+    }
+    id->groups[id->ngroups++] = id->gid;
+    FILE *fp = id->known ? fopen("/etc/group", "re") : NULL;
+    while (fp && getline(&line, &cap, fp) > 0 && id->ngroups < MAX_GROUPS) {
+        if (fields(line, f, 4) < 4 || !number(f[2], &v) || v == id->gid)
+            continue;
+        for (char *m = strtok(f[3], ","); m; m = strtok(NULL, ","))
+            if (strcmp(m, id->name) == 0) {
+                id->groups[id->ngroups++] = v;
+                break;
+            }
+    }
+    if (fp)
+        fclose(fp);
+    free(line);
+    return 0;
+}
+
+/* ---- the child side of spawn ---- */
+
+static void __attribute__((noreturn, format(printf, 3, 4)))
+child_fail(int st, uint32_t code, const char *fmt, ...)
+{
+    char msg[4 + ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg + 4, ERRLEN, fmt, ap);
+    va_end(ap);
+    if (n >= ERRLEN)
+        n = ERRLEN - 1;
+    memcpy(msg, &code, 4);
+    if (write(st, msg, 4 + n) < 0)
+        _exit(code);
+    _exit(code);
+}
+
+static void __attribute__((noreturn)) exec_failed(int st, const char *cmd, int e)
+{
+    struct stat sb;
+    if (e == ENOENT || e == ENOTDIR)
+        child_fail(st, 127, "%s: command not found", cmd);
+    if (e == EACCES && strchr(cmd, '/') && stat(cmd, &sb) == 0 && S_ISDIR(sb.st_mode))
+        child_fail(st, 126, "%s: is a directory", cmd);
+    if (e == ENOEXEC)
+        child_fail(st, 126, "%s: exec format error", cmd);
+    if (e == EACCES)
+        child_fail(st, 126, "%s: permission denied", cmd);
+    child_fail(st, 126, "%s: %s", cmd, strerror(e));
+}
+
+/* execvp with an explicit PATH and environment. */
+static void __attribute__((noreturn)) search_exec(char **argv, char **envp, const char *path,
+                                                  int st)
+{
+    const char *cmd = argv[0];
+    if (!*cmd)
+        child_fail(st, 127, "empty command name: command not found");
+    if (strchr(cmd, '/')) {
+        execve(cmd, argv, envp);
+        exec_failed(st, cmd, errno);
+    }
+    int err = ENOENT, eacces = 0;
+    size_t clen = strlen(cmd);
+    for (const char *p = path; p; p = strchr(p, ':') ? strchr(p, ':') + 1 : NULL) {
+        size_t dlen = strcspn(p, ":");
+        char full[4096];
+        if (dlen + clen + 2 > sizeof full)
+            continue;
+        memcpy(full, dlen ? p : ".", dlen ? dlen : 1);
+        size_t o = dlen ? dlen : 1;
+        full[o++] = '/';
+        memcpy(full + o, cmd, clen + 1);
+        execve(full, argv, envp);
+        if (errno == EACCES)
+            eacces = 1;
+        else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ELOOP) {
+            err = errno;
+            break;
+        }
+    }
+    exec_failed(st, cmd, eacces && err == ENOENT ? EACCES : err);
+}
+
+static const char *env_get(char **env, int n, const char *name)
+{
+    size_t l = strlen(name);
+    for (int i = 0; i < n; i++)
+        if (strncmp(env[i], name, l) == 0 && env[i][l] == '=')
+            return env[i] + l + 1;
+    return NULL;
+}
+
+static void __attribute__((noreturn))
+child(const struct request *r, int console, int st, int m, const char *pts, int in, int out,
+      int er)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int sig = 1; sig < 32; sig++)
+        signal(sig, SIG_DFL);
+    setsid();
+    if (m >= 0) {
+        int s = open(pts, O_RDWR);
+        if (s < 0)
+            s = ioctl(m, TIOCGPTPEER, O_RDWR);
+        if (s < 0)
+            child_fail(st, 1, "cannot open the terminal %s: %s", pts, strerror(errno));
+        ioctl(s, TIOCSCTTY, 0);
+        in = out = er = s;
+    } else if (console >= 0) {
+        out = er = console;
+    }
+    if (in < 0 && (in = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+        int p[2];   /* no /dev/null in the guest: an empty pipe also reads as EOF */
+        if (pipe2(p, O_CLOEXEC) == 0) {
+            close(p[1]);
+            in = p[0];
+        }
+    }
+    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(er, 2) < 0)
+        child_fail(st, 1, "cannot set up the command's stdio: %s", strerror(errno));
+    if (m >= 0 && in > 2)
+        close(in);
+
+    struct ident id;
+    char err[ERRLEN];
+    if (r->user) {
+        if (user_lookup(r->user, &id, err) < 0)
+            child_fail(st, 1, "%s", err);
+        if (setgroups(id.ngroups, id.groups) < 0 || setgid(id.gid) < 0 || setuid(id.uid) < 0)
+            child_fail(st, 1, "cannot switch to user %s: %s", r->user, strerror(errno));
+    } else {
+        char self[32];
+        snprintf(self, sizeof self, "%u", (unsigned)getuid());
+        if (user_lookup(self, &id, err) < 0 || !id.known)
+            snprintf(id.home, sizeof id.home, getuid() == 0 ? "/root" : "/");
+    }
+    if (r->cwd && *r->cwd) {
+        if (chdir(r->cwd) < 0)
+            child_fail(st, 1, "cannot change to the directory %s: %s", r->cwd, strerror(errno));
+    } else if (chdir(id.home) < 0 && chdir("/") < 0) {
+        child_fail(st, 1, "cannot change to the directory /: %s", strerror(errno));
+    }
+
+    /* The request's environment, plus PATH/HOME (and TERM on a TTY) when it lacks them. */
+    char **env = calloc(r->envc + 4, sizeof(char *));
+    char home[1100];
+    if (!env)
+        child_fail(st, 1, "out of memory");
+    int n = 0;
+    for (int i = 0; i < r->envc; i++)
+        env[n++] = r->env[i];
+    if (!env_get(env, n, "PATH"))
+        env[n++] = "PATH=" DEFAULT_PATH;
+    if (!env_get(env, n, "HOME")) {
+        snprintf(home, sizeof home, "HOME=%s", id.home);
+        env[n++] = home;
+    }
+    if (r->tty && !env_get(env, n, "TERM"))
+        env[n++] = "TERM=xterm";
+    search_exec(r->argv, env, env_get(env, n, "PATH"), st);
+}
+
+static void nonblock(int fd)
+{
+    if (fd >= 0)
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+static void close_all(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+}
+
+/*
+ * Start r's command. console >= 0: stdin /dev/null, stdout/stderr on it (the
+ * image's main command). Otherwise a pty (*master) when r->tty, else pipes
+ * (*in_w when r->want_stdin, out_r[0..1]). Returns the pid once the exec
+ * succeeded; -1 with *code and err set when it did not.
+ */
+pid_t spawn(const struct request *r, int console, int *master, int *in_w, int out_r[2],
+            uint32_t *code, char *err)
+{
+    int st[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1}, er[2] = {-1, -1}, m = -1;
+    char pts[128] = "";
+    *code = 1;
+    if (pipe2(st, O_CLOEXEC) < 0)
+        goto syserr;
+    if (console < 0 && r->tty) {
+        m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (m < 0 || grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, pts, sizeof pts) != 0) {
+            snprintf(err, ERRLEN, "no pseudo-terminals in the guest (is /dev/pts mounted?)");
+            goto fail;
+        }
+        struct winsize ws = {.ws_row = r->rows, .ws_col = r->cols};
+        ioctl(m, TIOCSWINSZ, &ws);
+    } else if (console < 0) {
+        if ((r->want_stdin && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+            pipe2(er, O_CLOEXEC) < 0)
+            goto syserr;
+    }
+    pid_t pid = fork();
+    if (pid < 0)
+        goto syserr;
+    if (pid == 0)
+        child(r, console, st[1], m, pts, in[0], out[1], er[1]);
+    close(st[1]);
+    close(in[0]);
+    close(out[1]);
+    close(er[1]);
+    char msg[4 + ERRLEN];
+    size_t got = 0;
+    for (;;) {
+        ssize_t k = read(st[0], msg + got, sizeof msg - 1 - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        got += k;
+    }
+    close(st[0]);
+    if (got >= 4) {
+        memcpy(code, msg, 4);
+        msg[got] = '\0';
+        snprintf(err, ERRLEN, "%s", msg + 4);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        int fds[] = {m, in[1], out[0], er[0]};
+        close_all(fds, 4);
+        return -1;
+    }
+    if (master)
+        *master = m;
+    if (in_w)
+        *in_w = in[1];
+    if (out_r) {
+        out_r[0] = out[0];
+        out_r[1] = er[0];
+    }
+    nonblock(m);
+    nonblock(in[1]);
+    nonblock(out[0]);
+    nonblock(er[0]);
+    return pid;
+syserr:
+    snprintf(err, ERRLEN, "cannot start the command: %s", strerror(errno));
+fail:;
+    int fds[] = {st[0], st[1], m, in[0], in[1], out[0], out[1], er[0], er[1]};
+    close_all(fds, 9);
+    return -1;
+}
+
+/* ---- the session side ---- */
+
+int exec_start(struct session *s, const char *p, size_t n)
+{
+    struct request r;
+    char err[ERRLEN];
+    uint32_t code = 1;
+    if (request_parse(&r, p, n, err) < 0 ||
+        (r.argc == 0 && snprintf(err, ERRLEN, "no command given (A:)") > 0)) {
+        request_free(&r);
+        send_error(s->ch, s->id, 1, err);
+        return -1;
+    }
+    int m = -1, in_w = -1, out[2] = {-1, -1}, want_stdin = r.want_stdin;
+    pid_t pid = spawn(&r, -1, &m, &in_w, out, &code, err);
+    request_free(&r);
+    if (pid < 0) {
+        send_error(s->ch, s->id, code, err);
+        return -1;
+    }
+    s->pid = pid;
+    if (m >= 0) {
+        s->tty = 1;
+        s->out_fd[0] = m;
+        s->in_fd = want_stdin ? fcntl(m, F_DUPFD_CLOEXEC, 3) : -1;
+    } else {
+        s->in_fd = in_w;
+        s->out_fd[0] = out[0];
+        s->out_fd[1] = out[1];
+    }
+    send_u32(s->ch, F_STARTED, s->id, (uint32_t)pid);
+    return 0;
+}
+
+/* The command no longer reads stdin: drop what is queued, but credit it. */
+static void stdin_gone(struct session *s)
+{
+    credit(s, s->inq.len - s->inq.off);
+    buf_free(&s->inq);
+    if (s->in_fd >= 0)
+        close(s->in_fd);
+    s->in_fd = -1;
+}
+
+static void stdin_finish(struct session *s)
+{
+    if (s->tty && s->in_fd >= 0) {
+        struct termios t;   /* a terminal has no EOF of its own: type its EOF character */
+        char eof = tcgetattr(s->in_fd, &t) == 0 ? (char)t.c_cc[VEOF] : 4;
+        if (write(s->in_fd, &eof, 1) < 0)
+            eof = 0;
+    }
+    stdin_gone(s);
+}
+
+void exec_write_stdin(struct session *s)
+{
+    while (s->in_fd >= 0 && s->inq.len > s->inq.off) {
+        ssize_t w = write(s->in_fd, s->inq.p + s->inq.off, s->inq.len - s->inq.off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return;
+        if (w <= 0) {
+            stdin_gone(s);
+            return;
+        }
+        s->inq.off += w;
+        credit(s, w);
+    }
+    if (s->inq.len == s->inq.off && s->inq.cap > MAX_PAYLOAD)
+        buf_free(&s->inq);
+    if (s->in_eof && s->in_fd >= 0 && s->inq.len == s->inq.off)
+        stdin_finish(s);
+}
+
+void exec_stdin(struct session *s, const char *p, size_t n)
+{
+    if (s->in_fd < 0 || s->in_eof) {
+        credit(s, n);
+        return;
+    }
+    buf_append(&s->inq, p, n);
+    exec_write_stdin(s);
+}
+
+void exec_stdin_eof(struct session *s)
+{
+    s->in_eof = 1;
+    exec_write_stdin(s);
+}
+
+static void maybe_finish(struct session *s)
+{
+    if (!s->exited || s->out_fd[0] >= 0 || s->out_fd[1] >= 0)
+        return;
+    send_u32(s->ch, F_EXIT, s->id, (uint32_t)s->status);
+    session_end(s);
+}
+
+static void out_eof(struct session *s, int i)
+{
+    close(s->out_fd[i]);
+    s->out_fd[i] = -1;
+    send_frame(s->ch, F_EOF, i + 1, s->id, NULL, 0);
+    maybe_finish(s);
+}
+
+/* Move one read of output into a DATA frame: 1 moved, 0 ended, -1 nothing now. */
+int exec_read(struct session *s, int i)
+{
+    if (s->out_fd[i] < 0)
+        return 0;
+    size_t max = s->window < MAX_PAYLOAD ? (size_t)s->window : MAX_PAYLOAD;
+    if (max == 0)
+        return -1;
+    char *p = frame_begin(s->ch, max);
+    ssize_t n = read(s->out_fd[i], p, max);
+    if (n > 0) {
+        frame_end(s->ch, F_DATA, i + 1, s->id, n);
+        s->window -= n;
+        return 1;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return -1;
+    out_eof(s, i);      /* EOF, or EIO: the pty's last holder closed it */
+    return 0;
+}
+
+/*
+ * After the command exited, its output is what is left in the pipes: read it
+ * while the window allows and end the stream when it is empty, even if a
+ * background process still holds it. A pty hands its data over
+ * asynchronously, so a TTY stream gets TTY_GRACE_MS more.
+ */
+void exec_drain(struct session *s, int64_t now)
+{
+    for (int i = 0; i < 2 && !s->dead; i++) {
+        int r;
+        while ((r = exec_read(s, i)) == 1 && !s->dead && out_pending(s->ch) < OUT_HIGH)
+            ;
+        if (r == -1 && s->window > 0 && !s->dead && (!s->tty || now >= s->grace))
+            out_eof(s, i);
+    }
+}
+
+void exec_exited(struct session *s, int status)
+{
+    s->exited = 1;
+    s->status = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+    s->grace = now_ms() + TTY_GRACE_MS;
+    if (s->in_fd >= 0)
+        stdin_gone(s);
+    maybe_finish(s);
+}
+
+void exec_signal(struct session *s, int sig)
+{
+    if (s->pid > 0 && sig > 0 && sig < 65)
+        kill(-s->pid, sig);
+}
+
+void exec_resize(struct session *s, const char *p, size_t n)
+{
+    if (!s->tty || n < 4 || s->out_fd[0] < 0)
+        return;
+    const unsigned char *u = (const unsigned char *)p;
+    struct winsize ws = {.ws_row = u[0] | u[1] << 8, .ws_col = u[2] | u[3] << 8};
+    ioctl(s->out_fd[0], TIOCSWINSZ, &ws);
+}
+
+void exec_kill(struct session *s)
+{
+    if (s->pid > 0)
+        kill(-s->pid, SIGKILL);
+}
