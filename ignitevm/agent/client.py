@@ -18,6 +18,8 @@ from pathlib import Path
 from ignitevm.agent import protocol as p
 from ignitevm.errors import IgniteError
 
+HELLO_RETRY = 0.5
+
 
 class AgentError(IgniteError):
     """The agent could not be reached or broke the protocol."""
@@ -53,7 +55,11 @@ class Channel:
         return ch
 
     def _handshake(self, deadline: float, what: str, timeout: float) -> None:
+        # HELLO is idempotent before any session: say it again while no READY
+        # comes (a channel just released by another client can lose the first).
         self.send(p.Frame(p.HELLO, 0))
+        self.hellos = 1
+        resend = time.monotonic() + HELLO_RETRY
         while True:
             idx = self.buf.find(p.READY_PREFIX)
             if idx >= 0:
@@ -69,7 +75,11 @@ class Channel:
             else:
                 # Keep only a tail that might start a READY header.
                 del self.buf[: max(0, len(self.buf) - len(p.READY_PREFIX))]
-            if not self._fill(deadline):
+            if time.monotonic() >= resend:
+                self.send(p.Frame(p.HELLO, 0))
+                self.hellos += 1
+                resend = time.monotonic() + HELLO_RETRY
+            if not self._fill(min(deadline, resend)) and time.monotonic() >= deadline:
                 raise AgentError(
                     f"the guest agent of {what} did not answer within {timeout:.0f}s",
                     hint="check that the VM has booted (ignite logs); the agent starts "

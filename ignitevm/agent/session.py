@@ -97,9 +97,11 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
     ch.send(p.Frame(p.EXEC, sid, p.request(req.argv, req.env, req.cwd, req.user, req.tty,
                                             req.stdin and stdin_fd is not None)))
     flow = _Flow()
-    sel = selectors.DefaultSelector()
+    # poll, not epoll: stdin may be a regular file or /dev/null, which epoll refuses.
+    sel = selectors.PollSelector()
     sel.register(ch.sock, selectors.EVENT_READ, "agent")
     stdin_open = req.stdin and stdin_fd is not None
+    interrupts = 0
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
     with _signal_pipe(forwarded) as sigsock:
         sel.register(sigsock, selectors.EVENT_READ, "signal")
@@ -121,6 +123,11 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
                             rows, cols = _terminal_size(stdout_fd)
                             ch.send(p.Frame(p.RESIZE, sid, struct.pack("<HH", rows, cols)))
                         elif num != signal.SIGWINCH:
+                            # The first interrupt goes to the command; a second one
+                            # gives up here (closing the channel ends the command).
+                            interrupts += 1
+                            if interrupts > 1:
+                                raise KeyboardInterrupt
                             ch.send(p.Frame(p.SIGNAL, sid, p.u32(num)))
                 elif what == "stdin":
                     data = os.read(stdin_fd, min(flow.send_window, p.MAX_PAYLOAD))  # type: ignore[arg-type]

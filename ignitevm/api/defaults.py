@@ -37,7 +37,8 @@ def default_vm(vm: VM) -> VM:
         spec.kernel.oci = DEFAULT_KERNEL
     if not spec.kernel.cmd_line:
         spec.kernel.cmd_line = DEFAULT_CMDLINE
-    if spec.image.oci:
+    if spec.image.oci and not spec.image.oci.startswith((".", "/")):
+        # (a local archive path is resolved to an image name when it is imported)
         spec.image.oci = refs.normalize(spec.image.oci)
     spec.kernel.oci = refs.normalize(spec.kernel.oci)
     for port in spec.network.ports:

@@ -30,10 +30,20 @@ def cmd_exec(args: argparse.Namespace) -> int:
     from ignitevm.agent import session
     from ignitevm.operations import guest
 
-    _fix_identity_clash(args)
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
+    if "--" in command:
+        # Flags between the VM and `--` are ours, as with Ignite's interspersed flags.
+        cut = command.index("--")
+        if cut:
+            from ignitevm.cli.parser import Parser, exec_flags
+
+            flags = Parser(prog="ignite exec", add_help=False)
+            exec_flags(flags)
+            for action in flags._actions:
+                action.default = argparse.SUPPRESS
+            flags.parse_args(command[:cut], namespace=args)
+        command = command[cut + 1:]
+    _fix_identity_clash(args)
     if not command:
         raise InvalidInput("no command given", hint="ignite exec <vm> -- <command> [args...]")
     if args.ssh:

@@ -118,6 +118,21 @@ def _start_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-preflight-checks", default="", help="accepted for compatibility")
 
 
+def exec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("--interactive", action="store_true",
+                   help="forward stdin even from a terminal (piped stdin always is)")
+    p.add_argument("-i", "--identity", help="Ignite's SSH key flag; with no such file, "
+                   "-i means --interactive")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment variable (repeatable)")
+    p.add_argument("-w", "--workdir", help="working directory in the guest")
+    p.add_argument("-u", "--user", help="user name or uid[:gid] (default root)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the guest agent (default 30)")
+    p.add_argument("--ssh", action="store_true", help="go through SSH (needs networking)")
+
+
 def _vm_commands(t: _Tree, subs: Any) -> None:
     p = t.command(subs, "run", "vm:cmd_run", "Create a VM from an image and start it")
     _vm_flags(p)
@@ -156,18 +171,7 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p = t.command(subs, "exec", "guest:cmd_exec", "Run a command in a running VM")
     p.add_argument("vm")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
-    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
-    p.add_argument("--interactive", action="store_true",
-                   help="forward stdin even from a terminal (piped stdin always is)")
-    p.add_argument("-i", "--identity", help="Ignite's SSH key flag; with no such file, "
-                   "-i means --interactive")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="environment variable (repeatable)")
-    p.add_argument("-w", "--workdir", help="working directory in the guest")
-    p.add_argument("-u", "--user", help="user name or uid[:gid] (default root)")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the guest agent (default 30)")
-    p.add_argument("--ssh", action="store_true", help="go through SSH (needs networking)")
+    exec_flags(p)
     p = t.command(subs, "cp", "guest:cmd_cp",
                   "Copy files or folders between the host and a VM (VM side: vm:/path)")
     p.add_argument("source")

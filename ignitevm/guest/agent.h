@@ -1,7 +1,9 @@
 /*
  * ignite-agent: the guest agent of ignitevm. Shared declarations of its parts:
- * agent.c (start modes, transport, frames, event loop), agent_exec.c (EXEC
- * sessions: requests, users, spawning, stdio), agent_tar.c (PUT/GET archives).
+ * agent.c (start modes, ports, signals, shutdown), agent_loop.c (frames,
+ * channels, sessions, the poll loop), agent_exec.c (EXEC sessions: requests,
+ * users, spawning, stdio), agent_untar.c (PUT: unpacking), agent_tar.c (GET:
+ * archiving, and the tar helpers both use).
  * The wire protocol is docs/agent-protocol.md.
  */
 #ifndef IGNITE_AGENT_H
@@ -52,7 +54,10 @@ struct session {
     int exited, status, tty;
     int in_fd;          /* command's stdin (pipe or a dup of the pty master), -1 once closed */
     int out_fd[2];      /* stdout, stderr (TTY: master in [0], [1] unused); -1 after EOF */
+    int master;         /* TTY: the pty master, kept open until the session ends (closing
+                         * it hangs the terminal up: SIGHUP) */
     int in_eof;         /* the host sent EOF on stdin */
+    char tty_last;      /* TTY: the last byte typed (to end a partial line on EOF) */
     int64_t grace;      /* TTY: when to stop waiting for output after the exit */
     struct buf inq;     /* stdin bytes received, not yet written */
     /* flow control */
@@ -69,6 +74,7 @@ struct channel {
     int port;           /* a virtio-serial port (1) or an accepted socket (0) */
     int hup;            /* port: the host side is closed, fd not polled */
     int dead;
+    int resync;         /* framing lost: skipping input up to the next HELLO */
     char name[64];
     struct buf in, out;
     struct session *sessions;
@@ -83,10 +89,24 @@ struct request {
     int tty, rows, cols, want_stdin;
 };
 
-/* agent.c */
+/* agent.c: start modes, signals, shutdown */
 extern int agent_mode;
 int64_t now_ms(void);
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+void on_signals(void);
+int64_t system_timers(int64_t now);
+void send_ready(struct channel *ch, uint32_t sid);
+void shutdown_request(struct channel *ch, uint32_t sid, uint32_t mode);
+
+/* agent_loop.c: frames, channels, the loop */
+extern int sig_fd, listen_fd;
+extern int64_t recheck_at;
+void loop(void) __attribute__((noreturn));
+void add_channel(int fd, int port, const char *name);
+void ports_async(void);
+void reset_all(void);
+struct session *session_of(pid_t pid);
 void buf_reserve(struct buf *b, size_t n);
 void buf_append(struct buf *b, const void *p, size_t n);
 void buf_free(struct buf *b);
@@ -115,11 +135,16 @@ void exec_resize(struct session *s, const char *p, size_t n);
 void exec_kill(struct session *s);
 void exec_exited(struct session *s, int status);
 
-/* agent_tar.c */
+/* agent_untar.c */
 struct tar_in *tar_in_open(const char *path, char *err);
 int tar_in_feed(struct tar_in *t, const char *p, size_t n, char *err);
 int tar_in_finish(struct tar_in *t, char *err);
 void tar_in_close(struct tar_in *t);
+
+/* agent_tar.c */
+#define BLOCK 512
+uint64_t tar_padding(uint64_t size);
+unsigned tar_checksum(const char *h, long *sig);
 struct tar_out *tar_out_open(const char *path, uint32_t *code, char *err);
 ssize_t tar_out_read(struct tar_out *t, char *p, size_t max, char *err);
 void tar_out_close(struct tar_out *t);

@@ -451,7 +451,7 @@ int exec_start(struct session *s, const char *p, size_t n)
     s->pid = pid;
     if (m >= 0) {
         s->tty = 1;
-        s->out_fd[0] = m;
+        s->master = s->out_fd[0] = m;
         s->in_fd = want_stdin ? fcntl(m, F_DUPFD_CLOEXEC, 3) : -1;
     } else {
         s->in_fd = in_w;
@@ -475,10 +475,14 @@ static void stdin_gone(struct session *s)
 static void stdin_finish(struct session *s)
 {
     if (s->tty && s->in_fd >= 0) {
-        struct termios t;   /* a terminal has no EOF of its own: type its EOF character */
-        char eof = tcgetattr(s->in_fd, &t) == 0 ? (char)t.c_cc[VEOF] : 4;
-        if (write(s->in_fd, &eof, 1) < 0)
-            eof = 0;
+        /* A terminal has no EOF of its own: type its EOF character, twice after
+         * a partial line (the first only ends the line). */
+        struct termios t;
+        int ok = tcgetattr(s->in_fd, &t) == 0;
+        char eof[2] = {ok ? (char)t.c_cc[VEOF] : 4, ok ? (char)t.c_cc[VEOF] : 4};
+        int partial = ok && (t.c_lflag & ICANON) && s->tty_last && s->tty_last != '\n';
+        if (write(s->in_fd, eof, partial ? 2 : 1) < 0)
+            ok = 0;
     }
     stdin_gone(s);
 }
@@ -495,6 +499,7 @@ void exec_write_stdin(struct session *s)
             stdin_gone(s);
             return;
         }
+        s->tty_last = s->inq.p[s->inq.off + w - 1];
         s->inq.off += w;
         credit(s, w);
     }
@@ -530,7 +535,8 @@ static void maybe_finish(struct session *s)
 
 static void out_eof(struct session *s, int i)
 {
-    close(s->out_fd[i]);
+    if (s->out_fd[i] != s->master)
+        close(s->out_fd[i]);
     s->out_fd[i] = -1;
     send_frame(s->ch, F_EOF, i + 1, s->id, NULL, 0);
     maybe_finish(s);
@@ -592,11 +598,11 @@ void exec_signal(struct session *s, int sig)
 
 void exec_resize(struct session *s, const char *p, size_t n)
 {
-    if (!s->tty || n < 4 || s->out_fd[0] < 0)
+    if (s->master < 0 || n < 4)
         return;
     const unsigned char *u = (const unsigned char *)p;
     struct winsize ws = {.ws_row = u[0] | u[1] << 8, .ws_col = u[2] | u[3] << 8};
-    ioctl(s->out_fd[0], TIOCSWINSZ, &ws);
+    ioctl(s->master, TIOCSWINSZ, &ws);
 }
 
 void exec_kill(struct session *s)

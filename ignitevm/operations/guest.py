@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ignitevm.agent import session
-from ignitevm.agent.client import Channel
+from ignitevm.agent.client import AgentError, Channel
 from ignitevm.api.types import VM
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.operations import vms
@@ -25,7 +25,16 @@ def channel(ctx: Context, vm: VM, timeout: float = DEFAULT_TIMEOUT) -> Channel:
     if ctx.vmm.pid(d) is None:
         raise IgniteError(f"VM {vm.metadata.name!r} is not running",
                           hint=f"start it with: ignite start {vm.metadata.name}")
-    return Channel.connect(ctx.vmm.agent_sockets(d), timeout, f"VM {vm.metadata.name!r}")
+    try:
+        return Channel.connect(ctx.vmm.agent_sockets(d), timeout, f"VM {vm.metadata.name!r}")
+    except AgentError as exc:
+        # Say what the guest last said about its agent, or the console's last line.
+        console = ctx.vmm.console_log(d)
+        lines = console.read_text(errors="replace").splitlines() if console.exists() else []
+        said = [ln for ln in lines if "ignitevm-" in ln] or lines
+        if said:
+            exc.hint = f"the console's last word: {said[-1].strip()[:200]!r} (ignite logs)"
+        raise
 
 
 def copy_in(ctx: Context, vm: VM, src: Path, dest: str, timeout: float = DEFAULT_TIMEOUT,

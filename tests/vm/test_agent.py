@@ -60,15 +60,10 @@ def test_twenty_concurrent_execs(cli: Ignite, agentbox: str) -> None:
         assert sorted(pool.map(one, range(20)), key=int) == [str(i) for i in range(20)]
 
 
-def test_tty_session(cli: Ignite, agentbox: str) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
-        os.execvp("python3", ["python3", "-m", "ignitevm", "exec", "-t", agentbox, "--", "sh"])
+def _read_until(fd: int, marker: bytes, timeout: float = 60) -> bytes:
     out = b""
-    os.write(fd, b"tty; stty size; exit 7\n")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    while marker not in out and time.monotonic() < deadline:
         if not select.select([fd], [], [], 1)[0]:
             continue
         try:
@@ -78,8 +73,35 @@ def test_tty_session(cli: Ignite, agentbox: str) -> None:
         if not chunk:
             break
         out += chunk
-    _, status = os.waitpid(pid, 0)
+    return out
+
+
+def test_tty_session(cli: Ignite, agentbox: str) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+        script = "tty; stty size; read x; echo got=$x; exit 7"
+        os.execvp("python3", ["python3", "-m", "ignitevm", "exec", "-t", agentbox, "--",
+                              "sh", "-c", script])
+    try:
+        out = _read_until(fd, b"\n", 60)
+        out += _read_until(fd, b"\n", 10)  # stty size
+        os.write(fd, b"hello\r")
+        out += _read_until(fd, b"got=hello", 30)
+        out += _read_until(fd, b"\xff", 5)  # until the command's end closes the pty
+    finally:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"exec -t did not end: {out!r}")
     assert b"/dev/pts/" in out, out
+    assert b"got=hello" in out, out
     assert os.waitstatus_to_exitcode(status) == 7
 
 

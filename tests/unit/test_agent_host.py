@@ -1,0 +1,449 @@
+"""The guest agent, run on the host in its --socket test mode (no VM needed).
+
+The agent is built with the host's gcc exactly as for the guest; commands run
+on the host as the current user, so these tests need root (users, ownership).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ignitevm.guest.build import build
+from tests.helpers.agentclient import (
+    EOF,
+    EXIT,
+    HEADER,
+    PUT,
+    RESIZE,
+    SHUTDOWN,
+    SIGNAL,
+    WINDOW_SIZE,
+    AgentClient,
+    request,
+)
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the agent tests switch users: run as root"),
+    pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed to build the agent"),
+]
+
+
+@dataclass
+class Agent:
+    proc: subprocess.Popen[bytes]
+    sock: Path
+
+    def client(self) -> AgentClient:
+        c = AgentClient(self.sock)
+        c.hello()
+        return c
+
+    def status(self, key: str) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise KeyError(key)
+
+
+def start_agent(binary: Path, sock: Path) -> Agent:
+    proc = subprocess.Popen([binary, "--socket", sock], stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], 5)
+    assert ready, "the agent did not start"
+    assert b"ignitevm-agent: ready" in proc.stderr.readline()
+    return Agent(proc, sock)
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build("ignite-agent", tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def agent(binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    a = start_agent(binary, tmp_path_factory.mktemp("agent") / "agent.sock")
+    yield a
+    a.proc.terminate()
+    a.proc.wait(5)
+
+
+@pytest.fixture
+def client(agent: Agent) -> Iterator[AgentClient]:
+    with agent.client() as c:
+        yield c
+
+
+def gone(pid: int, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_hello_ready_ping_and_unknown_frames(client: AgentClient) -> None:
+    info = client.hello()
+    assert info["version"] == "1"
+    assert info["pid1"]
+    assert int(info["uptime_ms"]) > 0
+    assert client.ping(b"x" * 1000) == b"x" * 1000
+    s = client.open(99, b"")
+    client.wait(s)
+    assert s.error == (1, "unknown frame type")
+
+
+def test_exit_codes_and_exec_errors(client: AgentClient, tmp_path: Path) -> None:
+    assert client.run(["true"]).exit == 0
+    assert client.run(["sh", "-c", "exit 1"]).exit == 1
+    assert client.run(["sh", "-c", "kill -9 $$"]).exit == -9
+    missing = client.run(["no-such-command"])
+    assert missing.error == (127, "no-such-command: command not found")
+    assert missing.pid is None
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    assert client.run([str(script)]).error == (126, f"{script}: permission denied")
+    assert client.run(["true"], cwd="/no/such/dir").error[0] == 1
+    assert client.run(["true"], user="no-such-user").error[0] == 1
+
+
+def test_stdout_and_stderr_are_kept_apart(client: AgentClient) -> None:
+    s = client.run(["sh", "-c", "echo out; echo err >&2; echo out2"])
+    assert (s.exit, bytes(s.stdout), bytes(s.stderr)) == (0, b"out\nout2\n", b"err\n")
+    # both EOFs come before EXIT, EXIT is last
+    assert s.events[-1] == (EXIT, 0)
+    assert {(EOF, 1), (EOF, 2)} <= set(s.events[:-1])
+
+
+def test_stdin_is_streamed_with_flow_control(client: AgentClient) -> None:
+    data = os.urandom(3 * WINDOW_SIZE + 123)
+    s = client.run(["cat"], input=data)
+    assert s.exit == 0
+    assert bytes(s.stdout) == data
+    # without I:1 stdin is /dev/null
+    assert client.run(["cat"]).stdout == b""
+
+
+def test_session_ends_with_its_command_not_its_background_jobs(client: AgentClient) -> None:
+    start = time.monotonic()
+    for tty in (None, (24, 80)):
+        s = client.run(["sh", "-c", "sleep 30 & echo hi"], tty=tty)
+        assert (s.exit, bytes(s.stdout).strip()) == (0, b"hi")
+    assert time.monotonic() - start < 2
+
+
+def test_signal_frame(client: AgentClient) -> None:
+    s = client.started(client.exec(["sleep", "1000"]))
+    client.send(SIGNAL, s.id, struct.pack("<I", 15))
+    client.wait(s)
+    assert s.exit == -15
+
+
+def test_user_cwd_and_env(client: AgentClient) -> None:
+    s = client.run(["sh", "-c", 'id -u; id -g; pwd; echo "$FOO"; echo "$HOME"'],
+                   user="nobody", cwd="/tmp", env={"FOO": "bar", "PATH": "/usr/bin:/bin"})
+    uid, gid, cwd, foo, home = s.stdout.decode().split("\n")[:5]
+    assert s.exit == 0
+    assert (int(uid), cwd, foo) == (65534, "/tmp", "bar")
+    assert int(gid) != 0
+    assert home  # filled in from /etc/passwd
+    env = dict(line.split("=", 1) for line in client.run(["env"]).stdout.decode().splitlines())
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["HOME"] == "/root"
+    assert client.run(["id", "-u"], user="65534:65534").stdout == b"65534\n"
+
+
+def test_tty_session_and_resize(client: AgentClient) -> None:
+    s = client.run(["sh", "-c", "tty; stty size"], tty=(24, 80))
+    lines = s.stdout.decode().split()
+    assert s.exit == 0
+    assert lines[0].startswith("/dev/pts/")
+    assert lines[1:3] == ["24", "80"]
+    assert all(flags == 1 for type, flags in s.events if type in (EOF,))
+
+    s = client.exec(["sh", "-c", "read x; stty size; echo got $x"], tty=(24, 80), stdin=True)
+    client.started(s)
+    client.send(RESIZE, s.id, struct.pack("<HH", 50, 132))
+    client.write(s, b"hello\n", eof=False)
+    client.wait(s)
+    assert s.exit == 0
+    assert "50 132" in s.stdout.decode()
+    assert "got hello" in s.stdout.decode()
+
+    # EOF on a terminal: its EOF character, also after a partial line
+    for data in (b"abc\n", b"abc"):
+        s = client.exec(["cat"], tty=(24, 80), stdin=True)
+        client.write(s, data)
+        client.wait(s)
+        assert s.exit == 0
+        assert s.stdout.replace(b"\r\n", b"\n").count(b"abc") == 2
+
+
+def test_many_concurrent_sessions_and_channels(agent: Agent) -> None:
+    clients = [agent.client() for _ in range(4)]
+    try:
+        sessions = []
+        start = time.monotonic()
+        for n, c in enumerate(clients):
+            for i in range(20 if n == 0 else 5):
+                s = c.exec(["sh", "-c", f"sleep 0.3; echo {n}-{i}; echo e{i} >&2"])
+                sessions.append((c, s, n, i))
+        for c in clients:
+            c.wait(*[s for cc, s, _, _ in sessions if cc is c])
+        elapsed = time.monotonic() - start
+        for _, s, n, i in sessions:
+            assert (s.exit, bytes(s.stdout), bytes(s.stderr)) == (0, f"{n}-{i}\n".encode(),
+                                                                   f"e{i}\n".encode())
+        assert elapsed < 2.0, f"35 sessions of 0.3 s took {elapsed:.1f} s: not concurrent"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_slow_reader_keeps_agent_memory_small(binary: Path, tmp_path: Path) -> None:
+    agent = start_agent(binary, tmp_path / "mem.sock")
+    try:
+        with agent.client() as c:
+            s = c.exec(["head", "-c", str(64 << 20), "/dev/zero"])
+            s.auto_credit = False
+            deadline = time.monotonic() + 2
+            while s.received < WINDOW_SIZE and time.monotonic() < deadline:
+                c.pump()
+            time.sleep(0.3)          # no credit: the agent must stop at the window
+            with pytest.raises(TimeoutError):
+                c.pump(timeout=0.2)
+            assert s.received == WINDOW_SIZE
+            rss = [agent.status("VmRSS")]
+            while not s.done:
+                if s.unacked >= 64 << 10:
+                    c.credit(s)       # a reader that is slow but keeps going
+                f = c.pump()
+                if f.type == EOF or s.received % (8 << 20) < 65536:
+                    rss.append(agent.status("VmRSS"))
+            assert s.exit == 0
+            assert s.received == 64 << 20
+        peak = agent.status("VmHWM")
+        assert max(rss) < 8 << 10, f"agent RSS grew to {max(rss)} kB"
+        assert peak < 8 << 10, f"agent peak RSS {peak} kB"
+    finally:
+        agent.proc.terminate()
+        agent.proc.wait(5)
+
+
+def make_tree(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "empty").mkdir()
+    big = root / "sub" / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(32):
+            f.write(os.urandom(1 << 20))
+    (root / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (root / "run.sh").chmod(0o750)
+    (root / "secret").write_text("s")
+    (root / "secret").chmod(0o600)
+    os.chown(root / "secret", 65534, 65534)
+    (root / "link").symlink_to("sub/big.bin")
+    (root / "dangling").symlink_to("/no/where")
+    (root / "longlink").symlink_to("x" * 150)
+    os.link(root / "run.sh", root / "sub" / "hard.sh")
+    long_dir = root / ("d" * 90) / ("e" * 90)
+    long_dir.mkdir(parents=True)
+    (long_dir / ("f" * 120)).write_text("long")
+    os.utime(root / "secret", (1_000_000_000, 1_000_000_000))
+    os.utime(root / "sub", (1_100_000_000, 1_100_000_000))
+
+
+def digest(p: Path) -> str:
+    with p.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def assert_same_tree(a: Path, b: Path) -> None:
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*"))
+    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*"))
+    for name in names:
+        pa, pb = a / name, b / name
+        sa, sb = pa.lstat(), pb.lstat()
+        assert (sa.st_mode, sa.st_uid, sa.st_gid) == (sb.st_mode, sb.st_uid, sb.st_gid), name
+        if pa.is_symlink():
+            assert os.readlink(pa) == os.readlink(pb)
+        elif pa.is_file():
+            assert digest(pa) == digest(pb), name
+            assert int(sa.st_mtime) == int(sb.st_mtime), name
+    assert (b / "sub" / "hard.sh").stat().st_ino == (b / "run.sh").stat().st_ino
+    assert int((b / "sub").stat().st_mtime) == 1_100_000_000
+
+
+def test_put_then_get_round_trip(agent: Agent, client: AgentClient, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    archive = tmp_path / "in.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
+        tar.add(src, arcname="src")
+    dest = tmp_path / "not" / "yet" / "there"
+    with archive.open("rb") as f:
+        s = client.put(str(dest), f)
+    assert (s.exit, s.error) == (0, None)
+    assert_same_tree(src, dest / "src")
+    assert not [p for p in dest.rglob(".ignite-put*")]
+
+    out = tmp_path / "out.tar"
+    with out.open("wb") as f:
+        s = client.get(str(dest / "src"), f.write)
+    assert (s.exit, s.error) == (0, None)
+    assert s.events[-2:] == [(EOF, 1), (EXIT, 0)]
+    back = tmp_path / "back"
+    with tarfile.open(out) as tar:
+        tar.extractall(back, filter="fully_trusted")
+    assert_same_tree(src, back / "src")
+    listing = subprocess.run(["tar", "-tvf", out], capture_output=True, text=True, check=True)
+    assert "src/sub/hard.sh link to src/run.sh" in listing.stdout
+
+    # an archive made by GNU tar (pax format, "./" names)
+    gnu = subprocess.run(["tar", "--format=posix", "-C", src, "-cf", "-", "."],
+                         capture_output=True, check=True).stdout
+    assert client.put(str(tmp_path / "gnu"), gnu).exit == 0
+    assert_same_tree(src, tmp_path / "gnu")
+
+    # a single file, and pax long names
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("p" * 150 + "/" + "q" * 150)
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    assert client.put(str(dest), buf.getvalue()).exit == 0
+    assert (dest / ("p" * 150) / ("q" * 150)).read_bytes() == b"hello"
+    assert agent.status("VmHWM") < 16 << 10
+
+
+def tar_of(*entries: tuple[str, str, bytes | str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for kind, name, data in entries:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                assert isinstance(data, bytes)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = str(data)
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("entries", [
+    [("file", "../evil", b"x")],
+    [("file", "ok/../../evil", b"x")],
+    [("file", "/tmp/evil-abs", b"x")],
+    [("symlink", "link", "{outside}"), ("file", "link/evil", b"x")],
+    [("symlink", "link", ".."), ("file", "link/evil", b"x")],
+    [("hardlink", "hl", "../outside/victim")],
+], ids=["dotdot", "nested-dotdot", "absolute", "symlink-out", "symlink-up", "hardlink-out"])
+def test_put_refuses_escapes(client: AgentClient, tmp_path: Path,
+                             entries: list[tuple[str, str, bytes | str]]) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("v")
+    target = tmp_path / "target"
+    entries = [(k, n, d.replace("{outside}", str(outside)) if isinstance(d, str) else d)
+               for k, n, d in entries]
+    s = client.put(str(target), tar_of(*entries))
+    assert s.error is not None and s.error[0] == 1, s
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert not (tmp_path / "evil").exists()
+    assert not Path("/tmp/evil-abs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "target"]
+
+
+def test_put_through_an_existing_symlink_is_refused(client: AgentClient, tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "etc").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    s = client.put(str(tmp_path / "target"), tar_of(("file", "etc/passwd", b"x")))
+    assert s.error and "symbolic link" in s.error[1]
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_get_of_a_missing_path(client: AgentClient) -> None:
+    s = client.get("/no/such/path")
+    assert s.error == (2, "/no/such/path: No such file or directory")
+
+
+def test_dropped_put_leaves_no_partial_file(agent: Agent, tmp_path: Path) -> None:
+    archive = tar_of(("file", "big", os.urandom(1 << 20)))
+    with agent.client() as c:
+        s = c.open(PUT, request(path=str(tmp_path)))
+        c.write(s, archive[:600_000], eof=False)
+        c.ping(b"sync")         # the agent has read everything before the PING
+    deadline = time.monotonic() + 3
+    while list(tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closing_the_channel_kills_its_commands(agent: Agent) -> None:
+    with agent.client() as c:
+        s1 = c.started(c.exec(["sleep", "1000"]))
+        s2 = c.started(c.exec(["sh", "-c", "sleep 1000 & wait"]))
+    assert s1.pid and gone(s1.pid)
+    assert s2.pid and gone(s2.pid)
+
+
+def test_shutdown_in_socket_mode_stops_the_agent(binary: Path, tmp_path: Path) -> None:
+    agent = start_agent(binary, tmp_path / "shut.sock")
+    with agent.client() as c:
+        s = c.open(SHUTDOWN, struct.pack("<I", 0))
+        c.wait(s)
+        assert s.exit == 0
+    assert agent.proc.wait(5) == 0
+
+
+def test_hello_resets_the_channel(client: AgentClient) -> None:
+    s = client.started(client.exec(["sleep", "1000"]))
+    client.hello()
+    assert s.pid and gone(s.pid)
+    assert client.run(["echo", "again"]).stdout == b"again\n"
+
+
+def test_raw_framing_survives_byte_by_byte_writes(agent: Agent) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(agent.sock))
+        payload = request(["echo", "slow"])
+        data = HEADER.pack(1, 0, 0, 0, 0) + HEADER.pack(3, 0, 0, 7, len(payload)) + payload
+        for i in range(len(data)):
+            sock.send(data[i:i + 1])
+        sock.settimeout(5)
+        got = b""
+        while b"slow\n" not in got or not got.endswith(HEADER.pack(EXIT, 0, 0, 7, 4) + b"\0" * 4):
+            chunk = sock.recv(4096)
+            assert chunk
+            got += chunk
+
+
+def test_lost_framing_is_recovered_at_the_next_hello(agent: Agent) -> None:
+    with agent.client() as c:
+        s = c.started(c.exec(["sleep", "1000"]))
+        # a frame too long to be one, then junk that even holds a partial HELLO header
+        c.sock.sendall(HEADER.pack(5, 0, 0, 1, 1 << 30) + os.urandom(5000) + b"\x01\0\0")
+        info = c.hello()
+        assert info["version"] == "1"
+        assert s.pid and gone(s.pid)
+        assert c.run(["echo", "back"]).stdout == b"back\n"
