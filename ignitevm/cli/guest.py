@@ -43,12 +43,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
                 action.default = argparse.SUPPRESS
             flags.parse_args(command[:cut], namespace=args)
         command = command[cut + 1:]
+    if args.ssh:
+        if not command:
+            raise InvalidInput("no command given", hint="ignite exec --ssh <vm> -- <command>")
+        from ignitevm.cli.ssh import exec_over_ssh
+
+        return exec_over_ssh(args, command)
     _fix_identity_clash(args)
     if not command:
         raise InvalidInput("no command given", hint="ignite exec <vm> -- <command> [args...]")
-    if args.ssh:
-        raise InvalidInput("exec --ssh needs VM networking, which is not available yet",
-                           hint="leave out --ssh: exec goes through the guest agent")
     ctx = context(args)
     vm = ctx.store.resolve(VM, args.vm)
     stdin_fd = sys.stdin.fileno() if not sys.stdin.closed else None

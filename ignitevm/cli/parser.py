@@ -172,6 +172,13 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("vm")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     exec_flags(p)
+    p = t.command(subs, "ssh", "ssh:cmd_ssh", "Open an SSH session to a VM created with --ssh")
+    p.add_argument("vm")
+    p.add_argument("-i", "--identity", help="private key (default: the VM's own id_<uid>)")
+    p.add_argument("-t", "--tty", action=argparse.BooleanOptionalAction, default=True,
+                   help="allocate a pseudo-terminal (default true)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the SSH server (default 30)")
     p = t.command(subs, "cp", "guest:cmd_cp",
                   "Copy files or folders between the host and a VM (VM side: vm:/path)")
     p.add_argument("source")

@@ -145,9 +145,15 @@ def vm_from_args(args: argparse.Namespace) -> VM:
     if args.runtime and args.runtime != "qemu":
         raise InvalidInput(f"runtime {args.runtime!r} is not available here",
                            hint="VMs run under QEMU directly; leave out --runtime")
-    if args.network_plugin and args.network_plugin not in ("none",):
-        raise InvalidInput(f"network plugin {args.network_plugin!r} is not available yet",
-                           hint="leave out --network-plugin")
+    if args.network_plugin:
+        from ignitevm.providers.network import PLUGINS
+
+        if args.network_plugin not in PLUGINS:
+            raise InvalidInput(
+                f"network plugin {args.network_plugin!r} is not available on this host yet",
+                hint="use --network-plugin user (the default: QEMU user-mode networking) "
+                "or none")
+        vm.status.network.plugin = args.network_plugin
     if not s.image.oci:
         raise InvalidInput("no image given", hint="ignite run <image> (see: ignite image ls)")
     return vm

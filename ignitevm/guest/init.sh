@@ -60,6 +60,27 @@ if [ -f /cfg/hosts ] && [ ! -s /newroot/etc/hosts ]; then
 fi
 [ -n "$IGNITE_HOSTNAME" ] && hostname "$IGNITE_HOSTNAME"
 
+# SSH: the VM's own host key (made on the host), and root's authorized key.
+if [ -d /cfg/ssh ] && [ -d /newroot/etc/ssh ]; then
+    cp /cfg/ssh/ssh_host_ed25519_key /cfg/ssh/ssh_host_ed25519_key.pub /newroot/etc/ssh/
+    chmod 600 /newroot/etc/ssh/ssh_host_ed25519_key
+fi
+if [ -f /cfg/ssh/authorized_keys ]; then
+    mkdir -p /newroot/root/.ssh && chmod 700 /newroot/root/.ssh
+    cp /cfg/ssh/authorized_keys /newroot/root/.ssh/authorized_keys
+    chmod 600 /newroot/root/.ssh/authorized_keys
+fi
+
+# Network: a static address from the host (user-mode networking).
+if [ -n "$IGNITE_IP" ]; then
+    ip link set lo up
+    { ip link set eth0 up && ip addr add "$IGNITE_IP" dev eth0 &&
+      ip route add default via "$IGNITE_GW"; } || say "warning: could not configure eth0"
+    if [ ! -L /newroot/etc/resolv.conf ] && [ ! -s /newroot/etc/resolv.conf ]; then
+        echo "nameserver $IGNITE_DNS" > /newroot/etc/resolv.conf
+    fi
+fi
+
 # A second devtmpfs instance in the new root; the initramfs keeps its own /dev
 # (the agent holds its virtio ports open there).
 [ -d /newroot/dev ] && mount -t devtmpfs -o mode=0755,nosuid devtmpfs /newroot/dev

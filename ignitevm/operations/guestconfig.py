@@ -17,6 +17,7 @@ from typing import Any
 from ignitevm.agent.protocol import request
 from ignitevm.api.types import VM
 from ignitevm.errors import InvalidInput
+from ignitevm.providers.network.base import NetPlan
 
 CONFIG_DISK = "config.tar"
 
@@ -46,7 +47,7 @@ def entrypoint_words(config: dict[str, Any]) -> list[str]:
     return [str(w) for w in [*entry, *cmd]]
 
 
-def env_script(vm: VM) -> str:
+def env_script(vm: VM, net: NetPlan | None = None) -> str:
     uid = vm.metadata.uid
     lines = [
         f"IGNITE_UID={shlex.quote(uid)}",
@@ -54,6 +55,9 @@ def env_script(vm: VM) -> str:
         f"IGNITE_HOSTNAME={shlex.quote(uid)}",
         "IGNITE_INIT=/sbin/init",
     ]
+    if net is not None:
+        lines += [f"IGNITE_IP={net.guest_ip}", f"IGNITE_GW={net.gateway}",
+                  f"IGNITE_DNS={net.dns}"]
     return "\n".join(lines) + "\n"
 
 
@@ -76,12 +80,24 @@ def hosts_file(uid: str) -> str:
     )
 
 
-def write_config_disk(vm: VM, image_config: dict[str, Any], out: Path) -> Path:
+def write_config_disk(vm: VM, image_config: dict[str, Any], out: Path,
+                      net: NetPlan | None = None) -> Path:
     """Write the config tar for ``vm``; a missing --copy-files source is an error."""
+    from ignitevm.operations import sshkeys
+
+    vm_dir = out.parent
     tmp = out.with_name(f".{out.name}.tmp")
     seen: set[str] = set()
     with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        _add_bytes(tar, "vm.env", env_script(vm).encode())
+        _add_bytes(tar, "vm.env", env_script(vm, net).encode())
+        host_key = vm_dir / sshkeys.HOST_KEY
+        if host_key.exists():
+            _add_bytes(tar, "ssh/ssh_host_ed25519_key", host_key.read_bytes(), 0o600)
+            _add_bytes(tar, "ssh/ssh_host_ed25519_key.pub",
+                       host_key.with_suffix(".pub").read_bytes())
+        keys = sshkeys.authorized_keys(vm, vm_dir)
+        if keys:
+            _add_bytes(tar, "ssh/authorized_keys", keys.encode(), 0o600)
         entry = entrypoint_request(image_config)
         if entry is not None:
             _add_bytes(tar, "entrypoint", entry)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ignitevm.api.defaults import default_vm, now, validate_vm
 from ignitevm.api.types import VM, Image, Kernel, Size
-from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.errors import Conflict, InvalidInput, MissingTool
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.fs import flock
@@ -17,6 +17,7 @@ from ignitevm.util.ids import new_uid, random_name
 
 STOP_TIMEOUT = 20.0
 AGENT_STOP_TIMEOUT = 2.0
+SSH_PORT_FILE = "ssh-port"
 
 
 def workdir(ctx: Context, vm: VM) -> Path:
@@ -40,7 +41,7 @@ def is_running(ctx: Context, vm: VM) -> bool:
 
 def create(ctx: Context, vm: VM) -> VM:
     """Make a VM object and its disk; nothing is left behind if any step fails."""
-    from ignitevm.operations import images, kernels
+    from ignitevm.operations import images, kernels, sshkeys
 
     default_vm(vm)
     validate_vm(vm)
@@ -63,15 +64,23 @@ def create(ctx: Context, vm: VM) -> VM:
     vm.status.image = image.status.oci_source
     vm.status.kernel = kernel.status.oci_source
     vm.status.runtime.name = ctx.vmm.name
+    vm.status.network.plugin = vm.status.network.plugin or "user"
+    sshkeys.user_public_key(vm.spec.ssh)  # a bad --ssh=PATH fails before anything is made
     with ctx.store.creating(vm, rename=generated) as stage:
         ctx.vmm.create_disk(images.image_file(ctx, image), stage, vm.spec.disk_size.bytes)
+        try:
+            sshkeys.make_keys(vm, stage)
+        except MissingTool:
+            if vm.spec.ssh:
+                raise
     log.info("Created VM with ID %r and name %r", vm.metadata.uid, vm.metadata.name)
     return vm
 
 
 def start(ctx: Context, vm: VM) -> VM:
-    from ignitevm.operations import images, kernels
+    from ignitevm.operations import images, kernels, sshkeys
     from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
+    from ignitevm.providers import network
     from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
     with vm_lock(ctx, vm):
@@ -87,8 +96,17 @@ def start(ctx: Context, vm: VM) -> VM:
                                hint="import it again, or remove the VM")
         kernel_path, initrd = kernels.kernel_files(ctx, kernel)
         accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel)
-        cfg = write_config_disk(vm, images.image_config(ctx, image), d / CONFIG_DISK)
-        cmdline = " ".join([vm.spec.kernel.cmd_line, *ctx.vmm.kernel_args(accel)])
+        ports = [(pm.protocol or "tcp", pm.bind_address, pm.host_port, pm.vm_port)
+                 for pm in vm.spec.network.ports]
+        net = network.plan(vm.status.network.plugin, ports, ssh=bool(vm.spec.ssh))
+        if net is not None and net.ssh_port:
+            sshkeys.pin_host_key(d, net.ssh_port)
+            (d / SSH_PORT_FILE).write_text(f"{net.ssh_port}\n")
+        cfg = write_config_disk(vm, images.image_config(ctx, image), d / CONFIG_DISK, net)
+        words = [vm.spec.kernel.cmd_line, *ctx.vmm.kernel_args(accel)]
+        if net is not None:
+            words.append("net.ifnames=0")
+        cmdline = " ".join(words)
         spec = LaunchSpec(
             uid=vm.metadata.uid,
             workdir=d,
@@ -100,6 +118,7 @@ def start(ctx: Context, vm: VM) -> VM:
             disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2"),
                    Disk(cfg, "ignite-cfg", "raw", readonly=True)),
             accel=accel,
+            net=net,
         )
         log.debug("kernel command line: %s", shlex.quote(cmdline))
         ctx.vmm.launch(spec)
@@ -108,6 +127,7 @@ def start(ctx: Context, vm: VM) -> VM:
         vm.status.runtime.id = f"{vm.status.id_prefix or 'ignite'}-{vm.metadata.uid}"
         vm.status.runtime.name = ctx.vmm.name
         vm.status.runtime.accel = accel
+        vm.status.network.ip_addresses = [net.address] if net is not None else None
         ctx.store.save(vm)
     log.info("Started VM %r (%s) with QEMU/%s", vm.metadata.name, vm.metadata.uid, accel.upper())
     return vm

@@ -7,6 +7,7 @@ import os
 import pty
 import select
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from tests.vm.conftest import wait_console
 
 
 @pytest.fixture(scope="module")
-def agentbox(cli: Ignite, testbox: str) -> str:
+def agentbox(cli: Ignite, testbox: str) -> Iterator[str]:
     cli("run", testbox, "--name", "agentbox", "--cpus", "2", "--memory", "256MB",
         "--size", "1GB")
     # No sleep and no console watching: exec itself waits for the agent.
-    return "agentbox"
+    yield "agentbox"
+    cli("rm", "-f", "agentbox")
 
 
 def test_exec_exit_codes(cli: Ignite, agentbox: str) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ignitevm.providers.network.base import NetPlan
+
 
 @dataclass(frozen=True)
 class Disk:
@@ -32,6 +34,7 @@ class LaunchSpec:
     memory_mib: int
     disks: tuple[Disk, ...]
     accel: str  # "kvm" | "tcg"
+    net: NetPlan | None = None
 
 
 class VMM(Protocol):

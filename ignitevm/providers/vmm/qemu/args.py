@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ignitevm.providers.network.base import NetPlan
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
 QEMU = "qemu-system-x86_64"
@@ -58,6 +59,19 @@ def disks(items: tuple[Disk, ...]) -> list[str]:
     return args
 
 
+def network(net: NetPlan | None) -> list[str]:
+    if net is None:
+        return []
+    if net.plugin != "user":
+        raise ValueError(f"QEMU cannot set up network plugin {net.plugin!r} by itself")
+    netdev = "user,id=net0"
+    if net.ssh_port:
+        netdev += f",hostfwd=tcp:127.0.0.1:{net.ssh_port}-:22"
+    for f in net.forwards:
+        netdev += f",hostfwd={f.proto}:{f.host_ip}:{f.host_port}-:{f.guest_port}"
+    return ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net0,mac={net.mac}"]
+
+
 def console(workdir: Path) -> list[str]:
     # A socket for `attach`, with everything the guest prints also logged to a
     # file for `logs`, whether or not anyone is attached.
@@ -94,6 +108,7 @@ def argv(spec: LaunchSpec, qemu: str = QEMU) -> list[str]:
         *resources(spec.cpus, spec.memory_mib),
         *kernel(spec.kernel, spec.initrd, spec.cmdline),
         *disks(spec.disks),
+        *network(spec.net),
         *console(spec.workdir),
         *agent(spec.workdir),
         *control(spec.workdir),

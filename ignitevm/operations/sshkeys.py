@@ -1,0 +1,68 @@
+"""SSH keys of a VM, all made on the host and kept in the VM's folder.
+
+Every VM gets its own ed25519 host key (an image built once must not give
+all its VMs the same one); with ``--ssh`` it also gets a client key pair
+(``id_<uid>``), or the public key the user named is installed. The host key
+is pinned in the VM's ``known_hosts`` before the first connection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ignitevm.api.types import VM
+from ignitevm.errors import InvalidInput
+from ignitevm.util.proc import run
+
+HOST_KEY = "ssh_host_ed25519_key"
+KNOWN_HOSTS = "known_hosts"
+
+
+def _keygen(path: Path, comment: str) -> None:
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
+        hint="apt-get install openssh-client")
+
+
+def client_key(vm_dir: Path, uid: str) -> Path:
+    return vm_dir / f"id_{uid}"
+
+
+def user_public_key(spec_ssh: bool | str | None) -> str | None:
+    """The public key a user named with --ssh=PATH (``.pub`` added when missing)."""
+    if not isinstance(spec_ssh, str) or spec_ssh in ("", "true"):
+        return None
+    path = Path(spec_ssh).expanduser()
+    if path.suffix != ".pub":
+        path = path.with_name(path.name + ".pub")
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise InvalidInput(f"invalid SSH key: {path}: {exc.strerror}",
+                           hint="give the path of a public key: --ssh=~/.ssh/id_ed25519.pub"
+                           ) from None
+    if not text.startswith(("ssh-", "ecdsa-", "sk-")):
+        raise InvalidInput(f"invalid SSH key: {path} is not an OpenSSH public key")
+    return text
+
+
+def make_keys(vm: VM, vm_dir: Path) -> None:
+    """Create the VM's host key, and its client key pair when --ssh asks for one."""
+    _keygen(vm_dir / HOST_KEY, f"ignite-{vm.metadata.uid}")
+    if vm.spec.ssh is True or vm.spec.ssh == "true":
+        _keygen(client_key(vm_dir, vm.metadata.uid), f"ignite-{vm.metadata.uid}")
+
+
+def authorized_keys(vm: VM, vm_dir: Path) -> str | None:
+    named = user_public_key(vm.spec.ssh)
+    if named:
+        return named + "\n"
+    pub = client_key(vm_dir, vm.metadata.uid).with_suffix(".pub")
+    if vm.spec.ssh and pub.exists():
+        return pub.read_text()
+    return None
+
+
+def pin_host_key(vm_dir: Path, port: int) -> None:
+    """known_hosts for the forwarded port: the key we made, so no trust on first use."""
+    pub = (vm_dir / f"{HOST_KEY}.pub").read_text().split()
+    (vm_dir / KNOWN_HOSTS).write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")

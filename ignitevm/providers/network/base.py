@@ -1,0 +1,28 @@
+"""What a network provider hands to the VMM and to the guest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Forward:
+    proto: str  # tcp | udp
+    host_ip: str
+    host_port: int
+    guest_port: int
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    plugin: str
+    mac: str
+    guest_ip: str  # with prefix, e.g. 10.0.2.15/24
+    gateway: str
+    dns: str
+    forwards: tuple[Forward, ...] = field(default=())
+    ssh_port: int = 0  # host port forwarded to the guest's port 22 (loopback), 0 = none
+
+    @property
+    def address(self) -> str:
+        return self.guest_ip.split("/")[0]
