@@ -55,28 +55,31 @@ class Channel:
         return ch
 
     def _handshake(self, deadline: float, what: str, timeout: float) -> None:
-        # HELLO is idempotent before any session: say it again while no READY
-        # comes (a channel just released by another client can lose the first).
-        self.send(p.Frame(p.HELLO, 0))
+        """HELLO, then a PING with a fresh nonce: its PONG proves that every frame
+        after it belongs to this client (bytes left in flight by an earlier client
+        are skipped). HELLO is idempotent before any session, so it is said again
+        while no answer comes (a channel just released can lose the first)."""
+        nonce = os.urandom(16)
+        hello = p.Frame(p.HELLO, 0).encode() + p.Frame(p.PING, 0, nonce).encode()
+        pong = p.Frame(p.PONG, 0, nonce).encode()
+        self.sock.sendall(hello)
         self.hellos = 1
         resend = time.monotonic() + HELLO_RETRY
         while True:
-            idx = self.buf.find(p.READY_PREFIX)
-            if idx >= 0:
-                del self.buf[:idx]
-                frame = p.parse(self.buf) if len(self.buf) >= p.HEADER.size else None
+            ready = self.buf.find(p.READY_PREFIX)
+            if ready >= 0 and not self.info:
+                frame = p.parse(self.buf[ready:]) if len(self.buf) - ready >= 12 else None
                 if frame is not None and frame.payload.startswith(b"version="):
                     text = frame.payload.decode(errors="replace")
                     self.info = dict(line.split("=", 1) for line in text.splitlines()
                                      if "=" in line)
-                    return
-                if frame is not None:
-                    continue  # a READY-looking prefix inside other data; keep scanning
-            else:
-                # Keep only a tail that might start a READY header.
-                del self.buf[: max(0, len(self.buf) - len(p.READY_PREFIX))]
+            idx = self.buf.find(pong)
+            if idx >= 0:
+                del self.buf[: idx + len(pong)]
+                return
             if time.monotonic() >= resend:
                 self.send(p.Frame(p.HELLO, 0))
+                self.send(p.Frame(p.PING, 0, nonce))
                 self.hellos += 1
                 resend = time.monotonic() + HELLO_RETRY
             if not self._fill(min(deadline, resend)) and time.monotonic() >= deadline:

@@ -175,8 +175,12 @@ class _Sender:
     def __init__(self, ch: Channel, sid: int, progress: object = None):
         self.ch, self.sid, self.flow = ch, sid, _Flow()
         self.progress = progress
+        self.failed: GuestError | None = None
 
     def write(self, data: bytes) -> int:
+        if self.failed is not None:
+            # The session is over (the guest refused): no window will come.
+            raise self.failed
         view = memoryview(data)
         while view:
             while self.flow.send_window <= 0:
@@ -186,7 +190,8 @@ class _Sender:
                 if frame.type == p.WINDOW:
                     self.flow.send_window += p.read_u32(frame.payload)
                 elif frame.type == p.ERROR:
-                    raise _error(frame)
+                    self.failed = _error(frame)
+                    raise self.failed
             n = min(len(view), self.flow.send_window, p.MAX_PAYLOAD)
             self.ch.send(p.Frame(p.DATA, self.sid, bytes(view[:n]), flags=p.STDIN))
             self.flow.send_window -= n

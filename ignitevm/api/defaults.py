@@ -95,7 +95,11 @@ def validate_vm(vm: VM) -> None:
     for mount in spec.storage.volume_mounts:
         if mount.name not in names:
             raise InvalidInput(f"volume mount {mount.name!r} names no volume")
-        if not mount.mount_path.startswith("/"):
-            raise InvalidInput(f"volume mount path {mount.mount_path!r} must be absolute")
+        if not mount.mount_path.startswith("/") or any(c.isspace() for c in mount.mount_path):
+            raise InvalidInput(f"volume mount path {mount.mount_path!r} must be absolute, "
+                               "without spaces")
+    for vol in spec.storage.volumes:
+        if len(vol.name) > 9 or not vol.name.replace("-", "").isalnum():
+            raise InvalidInput(f"volume name {vol.name!r}: use at most 9 letters or digits")
     if vm.metadata.uid and not re.match(r"^[a-z0-9]{16}$", vm.metadata.uid):
         raise InvalidInput(f"invalid uid {vm.metadata.uid!r}: must be 16 hex characters")

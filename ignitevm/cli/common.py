@@ -43,3 +43,30 @@ def dump(objs: Any, fmt: str) -> str:
 
         return yaml.safe_dump(codec.to_builtins(objs), sort_keys=True)
     return codec.to_json(objs)
+
+
+def list_objects(args: argparse.Namespace, typ: type, headers: list[str],
+                 row: Any) -> int:
+    """`image ls` / `kernel ls`: a table, IDs only (-q), or -o json|yaml."""
+    ctx = context(args)
+    objs = ctx.store.list(typ)
+    if args.quiet:
+        for o in objs:
+            emit(o.metadata.uid)
+    elif getattr(args, "output", "table") in ("json", "yaml"):
+        emit(dump(objs, args.output))
+    else:
+        emit(table(headers, [row(o) for o in objs]))
+    return 0
+
+
+def remove_objects(args: argparse.Namespace, typ: type, queries: list[str]) -> int:
+    """`rmi` / `rmk`: resolve every name first, then remove; print each ID."""
+    from ignitevm.operations.vms import remove_base
+
+    ctx = context(args)
+    targets = [ctx.store.resolve(typ, q) for q in queries]
+    for obj in targets:
+        remove_base(ctx, obj, force=args.force)
+        emit(obj.metadata.uid)
+    return 0

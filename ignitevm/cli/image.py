@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 
 from ignitevm.api.types import Image
-from ignitevm.cli.common import context, dump, emit, table
+from ignitevm.cli.common import context, emit, list_objects, remove_objects
 from ignitevm.util.human import duration
 
 
@@ -43,26 +43,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    ctx = context(args)
-    objs = ctx.store.list(Image)
-    if args.quiet:
-        for o in objs:
-            emit(o.metadata.uid)
-    elif getattr(args, "output", "table") in ("json", "yaml"):
-        emit(dump(objs, args.output))
-    else:
-        emit(table(["IMAGE ID", "NAME", "CREATED", "SIZE"],
-                   [[o.metadata.uid, o.metadata.name, age(o.metadata.created),
-                     str(o.status.oci_source.size)] for o in objs]))
-    return 0
+    return list_objects(args, Image, ["IMAGE ID", "NAME", "CREATED", "SIZE"],
+                        lambda o: [o.metadata.uid, o.metadata.name, age(o.metadata.created),
+                                   str(o.status.oci_source.size)])
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from ignitevm.operations.images import remove_image
-
-    ctx = context(args)
-    targets = [ctx.store.resolve(Image, q) for q in args.images]
-    for image in targets:
-        remove_image(ctx, image, force=args.force)
-        emit(image.metadata.uid)
-    return 0
+    return remove_objects(args, Image, args.images)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ignitevm.api.types import Kernel
-from ignitevm.cli.common import context, dump, emit, table
+from ignitevm.cli.common import context, emit, list_objects, remove_objects
 from ignitevm.cli.image import age
 
 
@@ -20,26 +20,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    ctx = context(args)
-    objs = ctx.store.list(Kernel)
-    if args.quiet:
-        for o in objs:
-            emit(o.metadata.uid)
-    elif getattr(args, "output", "table") in ("json", "yaml"):
-        emit(dump(objs, args.output))
-    else:
-        emit(table(["KERNEL ID", "NAME", "CREATED", "SIZE", "VERSION"],
-                   [[o.metadata.uid, o.metadata.name, age(o.metadata.created),
-                     str(o.status.oci_source.size), o.status.version] for o in objs]))
-    return 0
+    return list_objects(args, Kernel, ["KERNEL ID", "NAME", "CREATED", "SIZE", "VERSION"],
+                        lambda o: [o.metadata.uid, o.metadata.name, age(o.metadata.created),
+                                   str(o.status.oci_source.size), o.status.version])
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from ignitevm.operations.kernels import remove_kernel
-
-    ctx = context(args)
-    targets = [ctx.store.resolve(Kernel, q) for q in args.kernels]
-    for kernel in targets:
-        remove_kernel(ctx, kernel, force=args.force)
-        emit(kernel.metadata.uid)
-    return 0
+    return remove_objects(args, Kernel, args.kernels)

@@ -192,6 +192,9 @@ static void channel_gone(struct channel *ch)
     ch->out.off = ch->out.len = 0;
     ch->resync = 0;
     if (ch->port) {
+        /* Bytes a gone client left in flight are not for the next one:
+           discard everything up to its HELLO. */
+        ch->resync = 1;
         ch->hup = 1;
         recheck_at = now_ms() + RECHECK_MS;
     } else {

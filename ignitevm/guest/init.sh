@@ -71,6 +71,25 @@ if [ -f /cfg/ssh/authorized_keys ]; then
     chmod 600 /newroot/root/.ssh/authorized_keys
 fi
 
+# Volumes: host block devices, mounted where the VM spec says.
+for vol in $IGNITE_VOLUMES; do
+    name=${vol%%:*} path=${vol#*:} dev= n=0
+    while [ -z "$dev" ] && [ $n -lt 300 ]; do
+        for d in /sys/block/vd*; do
+            # (the serial file has no trailing newline: read fails but still sets s)
+            s=; [ -e "$d/serial" ] && read -r s < "$d/serial"
+            [ "$s" = "ignite-vol-$name" ] && dev=/dev/${d##*/}
+        done
+        [ -z "$dev" ] && usleep 10000
+        n=$((n + 1))
+    done
+    if [ -z "$dev" ]; then
+        say "warning: volume $name did not appear"
+    elif ! { mkdir -p "/newroot$path" && mount "$dev" "/newroot$path"; }; then
+        say "warning: could not mount volume $name on $path"
+    fi
+done
+
 # Network: a static address from the host (user-mode networking).
 if [ -n "$IGNITE_IP" ]; then
     ip link set lo up

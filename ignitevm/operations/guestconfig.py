@@ -55,6 +55,9 @@ def env_script(vm: VM, net: NetPlan | None = None) -> str:
         f"IGNITE_HOSTNAME={shlex.quote(uid)}",
         "IGNITE_INIT=/sbin/init",
     ]
+    mounts = [f"{m.name}:{m.mount_path}" for m in vm.spec.storage.volume_mounts]
+    if mounts:
+        lines.append(f"IGNITE_VOLUMES={shlex.quote(' '.join(mounts))}")
     if net is not None:
         lines += [f"IGNITE_IP={net.guest_ip}", f"IGNITE_GW={net.gateway}",
                   f"IGNITE_DNS={net.dns}"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
-from ignitevm.api.types import VM, Image, ImageSpec, ObjectMeta, Size
+from ignitevm.api.types import Image, ImageSpec, ObjectMeta, Size
 from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
 from ignitevm.operations.context import Context
@@ -135,18 +135,3 @@ def ensure_image(ctx: Context, ref: str) -> Image:
     if found is not None:
         return found
     return ctx.store.resolve(Image, ref)
-
-
-def remove_image(ctx: Context, image: Image, force: bool = False) -> None:
-    from ignitevm.operations import vms
-
-    users = [vm for vm in ctx.store.list(VM) if vm.spec.image.oci == image.metadata.name]
-    if users and not force:
-        raise Conflict(
-            f"unable to remove, image {image.metadata.name!r} is in use by VM "
-            f"{users[0].metadata.name!r}",
-            hint="remove those VMs first, or use -f to remove them too",
-        )
-    for vm in users:
-        vms.remove(ctx, vm, force=True)
-    ctx.store.delete(image)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ignitevm.api import refs
 from ignitevm.api.defaults import DEFAULT_KERNEL, now
-from ignitevm.api.types import VM, Kernel, KernelSpec, ObjectMeta, Size
-from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.api.types import Kernel, KernelSpec, ObjectMeta, Size
+from ignitevm.errors import InvalidInput
 from ignitevm.kernels import debian
 from ignitevm.kernels.initramfs import collect_modules, initramfs_for
 from ignitevm.kernels.version import is_kernel, kernel_version
@@ -88,19 +88,6 @@ def _name_from_path(path: Path) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
 
 
-def remove_kernel(ctx: Context, kernel: Kernel, force: bool = False) -> None:
-    from ignitevm.operations import vms
-
-    users = [vm for vm in ctx.store.list(VM) if vm.spec.kernel.oci == kernel.metadata.name]
-    if users and not force:
-        raise Conflict(
-            f"unable to remove, kernel {kernel.metadata.name!r} is in use by VM "
-            f"{users[0].metadata.name!r}",
-            hint="remove those VMs first, or use -f to remove them too",
-        )
-    for vm in users:
-        vms.remove(ctx, vm, force=True)
-    ctx.store.delete(kernel)
 
 
 def ensure_kernel(ctx: Context, ref: str) -> Kernel:
@@ -111,4 +98,3 @@ def ensure_kernel(ctx: Context, ref: str) -> Kernel:
     if ref in DEBIAN_ALIASES:
         return import_kernel(ctx, "debian")
     return ctx.store.resolve(Kernel, ref)
-

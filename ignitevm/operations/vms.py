@@ -6,6 +6,7 @@ import contextlib
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ignitevm.api.defaults import default_vm, now, validate_vm
 from ignitevm.api.types import VM, Image, Kernel, Size
@@ -14,6 +15,9 @@ from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.fs import flock
 from ignitevm.util.ids import new_uid, random_name
+
+if TYPE_CHECKING:
+    from ignitevm.providers.vmm.base import Disk
 
 STOP_TIMEOUT = 20.0
 AGENT_STOP_TIMEOUT = 2.0
@@ -116,7 +120,8 @@ def start(ctx: Context, vm: VM) -> VM:
             cpus=vm.spec.cpus,
             memory_mib=vm.spec.memory.mib,
             disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2"),
-                   Disk(cfg, "ignite-cfg", "raw", readonly=True)),
+                   Disk(cfg, "ignite-cfg", "raw", readonly=True),
+                   *volume_disks(vm)),
             accel=accel,
             net=net,
         )
@@ -131,6 +136,26 @@ def start(ctx: Context, vm: VM) -> VM:
         ctx.store.save(vm)
     log.info("Started VM %r (%s) with QEMU/%s", vm.metadata.name, vm.metadata.uid, accel.upper())
     return vm
+
+
+def volume_disks(vm: VM) -> list[Disk]:
+    """Host block devices given with --volumes, checked again at each start."""
+    import stat
+
+    from ignitevm.providers.vmm.base import Disk
+
+    out = []
+    for vol in vm.spec.storage.volumes:
+        path = vol.block_device.path if vol.block_device else ""
+        try:
+            ok = stat.S_ISBLK(Path(path).stat().st_mode)
+        except OSError:
+            ok = False
+        if not ok:
+            raise InvalidInput(f"volume {vol.name!r}: {path} is not a block device on this host",
+                               hint="attach the device, or remove the VM and create it again")
+        out.append(Disk(Path(path), f"ignite-vol-{vol.name}", "raw"))
+    return out
 
 
 def _mark_stopped(ctx: Context, vm: VM) -> None:
@@ -185,3 +210,20 @@ def remove(ctx: Context, vm: VM, *, force: bool = False) -> None:
             ctx.vmm.kill(d)
         ctx.store.delete(vm)
     log.info("Removed VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
+
+
+def remove_base(ctx: Context, obj: Image | Kernel, force: bool = False) -> None:
+    """Remove an image or kernel; refused while a VM uses it, unless ``force``
+    (then those VMs are removed too)."""
+    what = "image" if isinstance(obj, Image) else "kernel"
+    name = obj.metadata.name
+    users = [vm for vm in ctx.store.list(VM)
+             if (vm.spec.image.oci if what == "image" else vm.spec.kernel.oci) == name]
+    if users and not force:
+        raise Conflict(
+            f"unable to remove, {what} {name!r} is in use by VM {users[0].metadata.name!r}",
+            hint="remove those VMs first, or use -f to remove them too",
+        )
+    for vm in users:
+        remove(ctx, vm, force=True)
+    ctx.store.delete(obj)

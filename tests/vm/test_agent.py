@@ -153,3 +153,31 @@ def test_image_without_init_runs_its_entrypoint(cli: Ignite, kernel: str,
     assert "did not power off" not in res.stderr
     assert "app" not in cli("ps").stdout
     cli("rm", "app")
+
+
+def test_volumes_mount_host_block_devices(cli: Ignite, testbox: str, tmp_path: Path) -> None:
+    import subprocess
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "marker").write_text("from-the-host\n")
+    img = tmp_path / "vol.img"
+    img.write_bytes(b"")
+    os.truncate(img, 32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(img)], check=True)
+    dev = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True,
+                         text=True)
+    if dev.returncode:
+        pytest.skip(f"no loop devices on this host: {dev.stderr.strip()}")
+    loop = dev.stdout.strip()
+    try:
+        for name, write in (("vol1", True), ("vol2", False)):
+            cli("run", testbox, "--name", name, "--size", "256MB", "--volumes", f"{loop}:/data")
+            assert cli("exec", name, "--", "cat", "/data/marker").stdout == "from-the-host\n"
+            if write:
+                cli("exec", name, "--", "sh", "-c", "echo kept > /data/new; sync")
+            else:  # data written by the first VM is still there for the next
+                assert cli("exec", name, "--", "cat", "/data/new").stdout == "kept\n"
+            cli("rm", "-f", name)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)

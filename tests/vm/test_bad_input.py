@@ -27,6 +27,9 @@ def _state(root: Path) -> set[str]:
         (["--name", "Bad_Name"], "invalid VM name"),
         (["--kernel-image", "nosuchkernel"], "can't find kernel"),
         (["--memory", "4000000GB"], "QEMU failed to start"),
+        (["--volumes", "/etc/passwd:/data"], "is not a block device"),
+        (["--ssh=/nonexistent/key"], "invalid SSH key"),
+        (["--network-plugin", "cni"], "not available on this host"),
     ],
 )
 def test_bad_run_flags(cli: Ignite, testbox: str, args: list[str], message: str) -> None:
