@@ -91,20 +91,33 @@ def parse_volumes(value: str) -> tuple[list[Volume], list[VolumeMount]]:
     return volumes, mounts
 
 
-def _ignite_config_defaults(args: argparse.Namespace) -> dict[str, Any] | None:
+def _apply_configuration(args: argparse.Namespace, vm: VM) -> None:
+    """The host Configuration: vmDefaults, networkPlugin, idPrefix (runtime is ours)."""
+    from ignitevm.api.types import VMSpec
     from ignitevm.cli.config import load_configuration
+    from ignitevm.log import log
+    from ignitevm.providers.network import PLUGINS
 
     cfg = load_configuration(getattr(args, "ignite_config", None))
-    return cfg.get("spec", {}).get("vmDefaults") if cfg else None
+    spec = (cfg or {}).get("spec") or {}
+    if spec.get("vmDefaults"):
+        vm.spec = codec.from_builtins(spec["vmDefaults"], VMSpec, "Configuration vmDefaults")
+    plugin = spec.get("networkPlugin")
+    if plugin in PLUGINS:
+        vm.status.network.plugin = plugin
+    elif plugin:
+        log.warning("Configuration networkPlugin %r is not available here; using 'user'",
+                    plugin)
+    if spec.get("idPrefix"):
+        vm.status.id_prefix = str(spec["idPrefix"])
+    if spec.get("runtime") not in (None, "", "qemu"):
+        log.warning("Configuration runtime %r is ignored: VMs run under QEMU directly",
+                    spec["runtime"])
 
 
 def vm_from_args(args: argparse.Namespace) -> VM:
-    from ignitevm.api.types import VMSpec
-
     vm = VM()
-    defaults = _ignite_config_defaults(args)
-    if defaults:
-        vm.spec = codec.from_builtins(defaults, VMSpec, "Configuration vmDefaults")
+    _apply_configuration(args, vm)
     if args.config:
         manifest = load_vm_manifest(args.config)
         base = codec.to_builtins(vm)

@@ -121,3 +121,41 @@ def test_create_then_start_and_stop_timeout_kills(cli: Ignite, testbox: str) -> 
     assert "did not power off" in res.stderr
     assert "later" not in cli("ps").stdout
     cli("rm", "later")
+
+
+def test_attach_and_detach_keep_the_vm_running(cli: Ignite, box: str) -> None:
+    import pty
+    import select
+
+    from tests.conftest import REPO
+
+    uid = _uid(cli, box)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+        os.execvp("python3", ["python3", "-m", "ignitevm", "attach", box])
+    out = b""
+    deadline = time.monotonic() + 30
+    while uid.encode() not in out and time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            out += os.read(fd, 4096)
+    os.write(fd, b"\x10\x11")  # Ctrl+P Ctrl+Q
+    deadline = time.monotonic() + 30
+    status = None
+    while time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                os.read(fd, 4096)
+            except OSError:
+                pass
+    if status is None:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"attach did not detach: {out!r}")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert uid.encode() in out
+    assert box in cli("ps").stdout
