@@ -18,7 +18,8 @@ from tests.helpers.images import busybox_image
 MARKER = b"TEST-READY"
 
 
-def raw_boot(root: Path, kernel_dir: Path, image: Path, work: Path, cmdline: str) -> float:
+def raw_boot(root: Path, kernel: str, initrd: str, image: Path, work: Path,
+             cmdline: str) -> float:
     """The baseline: QEMU started by hand on the same kernel/initramfs/image."""
     work.mkdir(parents=True, exist_ok=True)
     disk = work / "disk.qcow2"
@@ -31,7 +32,7 @@ def raw_boot(root: Path, kernel_dir: Path, image: Path, work: Path, cmdline: str
     cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
            "-accel", "tcg,tb-size=64", "-cpu", "max", "-smp", "1", "-m", "256M",
-           "-kernel", str(kernel_dir / "vmlinuz"), "-initrd", str(kernel_dir / "initramfs.img"),
+           "-kernel", kernel, "-initrd", initrd,
            "-append", cmdline,
            "-drive", f"id=d0,file={disk},format=qcow2,if=none",
            "-device", "virtio-blk-device,drive=d0,serial=ignite-root",
@@ -63,18 +64,20 @@ def main() -> None:
     ignite(root, "kernel", "import", "debian")
     archive = busybox_image(root.parent / "testbox.tar")
     ignite(root, "image", "import", str(archive))
-    kernel_dir = next((root / "kernel").iterdir())
     image = next((root / "image").glob("*/image.ext4"))
     # One warm-up run of each (page cache, accel probe cache), then alternate.
     ignite(root, "run", "testbox:latest", "--name", "warm", "--memory", "256MB", "--size", "256MB")
     uid = ignite(root, "inspect", "vm", "warm", "-t", "{{.ObjectMeta.UID}}").stdout.strip()
     wait_file(root / "vm" / uid / "console.log", MARKER)
-    cmdline = (root / "vm" / uid / "qemu.cmdline").read_text().split("\n-append\n")[1]
-    cmdline = cmdline.split("\n", 1)[0]
-    raw_boot(root, kernel_dir, image, root.parent / "raw", cmdline)
+    # The same kernel, initramfs and kernel command line as ignitevm's own VM.
+    words = (root / "vm" / uid / "qemu.cmdline").read_text().split("\n")
+    kernel, initrd, cmdline = (words[words.index(flag) + 1]
+                               for flag in ("-kernel", "-initrd", "-append"))
+    raw = root.parent / "raw"
+    raw_boot(root, kernel, initrd, image, raw, cmdline)
     base, mine = [], []
     for i in range(rounds):
-        base.append(raw_boot(root, kernel_dir, image, root.parent / "raw", cmdline))
+        base.append(raw_boot(root, kernel, initrd, image, raw, cmdline))
         mine.append(ours(root, i))
     ignite(root, "rm", "-f", "warm")
     report("boot to guest init ready (busybox image, TCG)", mine, base)

@@ -12,7 +12,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ignitevm.cli.parser import build_parser
     from ignitevm.errors import IgniteError
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug_trace", False)) or os.environ.get("IGNITE_DEBUG") == "1"
     logmod.setup("debug" if debug else getattr(args, "log_level", "info") or "info")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from ignitevm.log import LEVEL_NAMES
@@ -64,8 +64,26 @@ def _globals(p: argparse.ArgumentParser, *, top: bool) -> None:
                    help="virtualisation: probe KVM and fall back to TCG (auto), or force one")
 
 
+class _Sink:
+    """Stands in for the parser of a command that was not asked for: start-up
+    builds only the commands named on the command line (all with ``full``)."""
+
+    def add_argument(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def set_defaults(self, **k: Any) -> None:
+        pass
+
+    def add_subparsers(self, **k: Any) -> _Sink:
+        return self
+
+
+_SINK = _Sink()
+
+
 class _Tree:
-    def __init__(self) -> None:
+    def __init__(self, wanted: set[str] | None = None) -> None:
+        self.wanted = wanted
         self.top = Parser(
             prog="ignite",
             description="Run OCI images as lightweight virtual machines.",
@@ -75,7 +93,12 @@ class _Tree:
         self.subs = self.top.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(self, subs: Any, name: str, handler: str, help: str,
-                aliases: tuple[str, ...] = (), **defaults: Any) -> argparse.ArgumentParser:
+                aliases: tuple[str, ...] = (), **defaults: Any) -> Any:
+        if subs is _SINK:
+            return _SINK
+        if self.wanted is not None and not ({name, *aliases} & self.wanted):
+            subs.add_parser(name, aliases=list(aliases), help=help)
+            return _SINK
         p: argparse.ArgumentParser = subs.add_parser(name, aliases=list(aliases), help=help,
                                                       description=help)
         _globals(p, top=False)
@@ -191,8 +214,9 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("vm")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    t = _Tree()
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command tree; with ``argv``, only the commands it names are filled in."""
+    t = _Tree(None if argv is None else {w for w in argv if not w.startswith("-")})
     _vm_commands(t, t.subs)
 
     p = t.command(t.subs, "inspect", "inspect:cmd_inspect", "Show an object (vm, image, kernel)")
@@ -220,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    ("kernel", "kernels", "Manage kernels")):
         g = t.command(t.subs, group, f"{group}:cmd_ls", helptext, aliases=(alias,))
         gs = g.add_subparsers(title="commands", metavar="COMMAND")
-        p = t.command(gs, "import", f"{group}:cmd_import", f"Import a {group}")
+        article = "an" if group == "image" else "a"
+        p = t.command(gs, "import", f"{group}:cmd_import", f"Import {article} {group}")
         p.add_argument("source")
         p.add_argument("--name", help="name to give it (default: from the source)")
         if group == "image":

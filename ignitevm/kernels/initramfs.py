@@ -128,14 +128,14 @@ def initramfs_for(kernel_dir: Path, cache: Path) -> Path:
     h.update(_init_script())
     for program in GUEST_PROGRAMS:
         h.update(guest_build.sources_digest(program).encode())
-    busybox = find_busybox()
+    busybox = Path(which("busybox"))  # checked only when an initramfs is built
     st = busybox.stat()
     h.update(f"{busybox}:{st.st_size}:{st.st_mtime_ns}".encode())
     out = cache / "initramfs" / f"{kernel_dir.name}-{h.hexdigest()[:16]}.img"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         modules = kernel_dir / "modules"
-        build_initramfs(out, modules if modules.is_dir() else None, cache, busybox)
+        build_initramfs(out, modules if modules.is_dir() else None, cache, find_busybox())
     return out
 
 

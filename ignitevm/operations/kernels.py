@@ -41,13 +41,20 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
             hint="import Debian's cloud kernel with 'ignite kernel import debian', "
             "or give the path of a bzImage/vmlinux file",
         )
-    ref = refs.normalize(name or (DEFAULT_KERNEL if is_debian else _name_from_path(path)))
+    # A bare kernel file, or else an Ignite-style kernel OCI image (archive or layout).
+    bare = not is_debian and path.is_file() and is_kernel(path)
+    embedded = None
+    if not name and not is_debian and not bare:
+        from ignitevm.images.archive import open_source
+
+        with open_source(path) as src:
+            embedded = src.ref
+    ref = refs.normalize(name or embedded or
+                         (DEFAULT_KERNEL if is_debian else _name_from_path(path)))
     existing = ctx.store.find(Kernel, ref)
     if existing is not None:
+        log.info("Kernel %r is already imported (ID %r)", ref, existing.metadata.uid)
         return existing
-    if not is_debian and path.is_file() and not is_kernel(path):
-        raise InvalidInput(f"{path} is not a Linux kernel (bzImage or ELF vmlinux)",
-                           hint="give the path of a bzImage or vmlinux file")
     kernel = Kernel(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
                     spec=KernelSpec(oci=ref))
     ctx.store.ensure()
@@ -60,10 +67,18 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
             kernel.status.version = unpacked.version
             kernel.status.oci_source.id = (
                 f"deb://{unpacked.package}@{unpacked.package_version}")
-        else:
+        elif bare:
             _store_kernel(path, stage)
             modules = None
             kernel.status.version = kernel_version(path)
+        else:
+            from ignitevm.images.archive import open_source
+            from ignitevm.kernels.oci import extract_kernel_image
+
+            file, modules, kernel.status.version = extract_kernel_image(path, Path(work))
+            _store_kernel(file, stage)
+            with open_source(path) as src:
+                kernel.status.oci_source.id = src.digest
         if modules is not None:
             collect_modules(modules, stage / MODULES_DIR)
         size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())

@@ -159,3 +159,31 @@ def test_attach_and_detach_keep_the_vm_running(cli: Ignite, box: str) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert uid.encode() in out
     assert box in cli("ps").stdout
+
+
+def test_boot_with_an_ignite_style_kernel_image(cli: Ignite, testbox: str, kernel: str,
+                                               tmp_path: Path) -> None:
+    """A kernel OCI image (/boot/vmlinux link + /lib/modules), as Ignite shipped them."""
+    import io
+    import tarfile
+
+    from tests.helpers.images import write_docker_archive
+
+    kdir = next((cli.root / "kernel").iterdir())
+    version = cli("inspect", "kernel", kernel, "-t", "{{.Status.Version}}").stdout.strip()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(kdir / "vmlinux", arcname=f"boot/vmlinux-{version}")
+        link = tarfile.TarInfo("boot/vmlinux")
+        link.type, link.linkname = tarfile.SYMTYPE, f"/boot/vmlinux-{version}"
+        tar.addfile(link)
+        for ko in (kdir / "modules").glob("*.ko"):
+            tar.add(ko, arcname=f"lib/modules/{version}/kernel/{ko.name}")
+    archive = write_docker_archive(tmp_path / "kernel.tar", "myorg/kernel:6.1",
+                                   [buf.getvalue()])
+    cli("kernel", "import", str(archive))
+    assert "myorg/kernel:6.1" in cli("kernel", "ls").stdout
+    cli("run", testbox, "--name", "kimg", "-k", "myorg/kernel:6.1", "--size", "256MB")
+    wait_console(cli, "kimg", "TEST-READY")
+    cli("rm", "-f", "kimg")
+    cli("rmk", "myorg/kernel:6.1")
