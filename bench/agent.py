@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import REPO, ignite, median, report, temp_root, wait_file
+from bench.common import REPO, cli_env, ignite, median, report, temp_root, wait_file
 
 
 def timed(argv: list[str], env: dict[str, str], **kw: object) -> float:
@@ -28,7 +28,7 @@ def timed(argv: list[str], env: dict[str, str], **kw: object) -> float:
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     root = temp_root()
-    env = dict(os.environ, IGNITE_ROOT=str(root), PYTHONPATH=str(REPO))
+    env = cli_env(root)
     exe = [str(REPO / ".venv/bin/ignite")] if (REPO / ".venv/bin/ignite").exists() \
         else [sys.executable, "-m", "ignitevm"]
     ignite(root, "kernel", "import", "debian")

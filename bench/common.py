@@ -14,11 +14,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def ignite(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, IGNITE_ROOT=str(root), PYTHONPATH=str(REPO))
+    env = cli_env(root)
     exe = REPO / ".venv" / "bin" / "ignite"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ignitevm"]
     return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, check=check,
                           stdin=subprocess.DEVNULL)
+
+
+def cli_env(root: Path) -> dict[str, str]:
+    """The CLI's environment, as a user's shell has it: bytecode caching on."""
+    env = dict(os.environ, IGNITE_ROOT=str(root), PYTHONPATH=str(REPO))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def temp_root() -> Path:

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterator
 
 from ignitevm.api.types import VM
-from ignitevm.cli.common import emit
 from ignitevm.errors import IgniteError
 from ignitevm.operations import vms
 from ignitevm.operations.context import Context
@@ -42,8 +41,6 @@ def attach(ctx: Context, vm: VM) -> int:
     if ctx.vmm.pid(d) is None:
         raise IgniteError(f"VM {vm.metadata.name!r} is not running",
                           hint=f"start it with: ignite start {vm.metadata.name}")
-    emit(vm.metadata.uid)
-    sys.stdout.flush()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(ctx.vmm.console_socket(d)))
@@ -55,6 +52,9 @@ def attach(ctx: Context, vm: VM) -> int:
     sel.register(stdin, selectors.EVENT_READ)
     pending = b""
     with sock, raw_terminal(stdin):
+        # The ID is printed once the terminal is raw: from then on the detach
+        # keys reach us (in cooked mode Ctrl+Q is eaten as XON).
+        os.write(stdout, f"{vm.metadata.uid}\r\n".encode())
         while True:
             for key, _ in sel.select():
                 if key.fileobj is sock:

@@ -22,7 +22,8 @@ kernel/drivers/char/hw_random/rng-core.ko:
 
 
 def test_load_order_puts_dependencies_first() -> None:
-    order = load_order(parse_modules_dep(DEP), ("virtio_mmio", "virtio_blk", "virtio-rng", "nope"))
+    wanted = ("virtio_mmio", "virtio_blk", "virtio-rng", "nope")
+    order = load_order(parse_modules_dep(DEP), wanted)
     names = [p.rsplit("/", 1)[1] for p in order]
     assert names == ["virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "virtio_blk.ko",
                      "rng-core.ko", "virtio-rng.ko"]
