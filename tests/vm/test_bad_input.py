@@ -64,3 +64,12 @@ def test_unknown_vm(cli: Ignite, vm_root: Path) -> None:
     for cmd in (["stop", "nope"], ["rm", "nope"], ["logs", "nope"], ["start", "nope"]):
         res = cli(*cmd, check=False)
         assert res.returncode == 1 and "can't find vm" in res.stderr
+
+
+def test_image_and_kernel_in_use_are_kept(cli: Ignite, testbox: str, kernel: str) -> None:
+    cli("create", testbox, "--name", "user", "--size", "256MB")
+    for cmd in (["image", "rm", testbox], ["rmi", testbox], ["rmk", kernel]):
+        res = cli(*cmd, check=False)
+        assert res.returncode == 1 and "is in use by VM 'user'" in res.stderr
+    assert testbox in cli("image", "ls").stdout
+    cli("rm", "user")
