@@ -7,7 +7,6 @@ bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 ignite kernel import debian
-if ! ignite image ls -q | grep -q .; then :; fi
 if ! ignite inspect image base:latest >/dev/null 2>&1; then
   ignite image build base
 fi
@@ -27,9 +26,13 @@ done
 ignite ps
 echo "--- last lines of 'ignite logs $name' ---"
 ignite logs "$name" | tail -n 8
+echo "--- ignite exec $name -- uname -a; systemctl is-system-running ---"
+ignite exec "$name" -- uname -a
+ignite exec "$name" -- systemctl is-system-running --wait || true
 cat <<MSG
 
 The VM '$name' is running. Try:
+  .venv/bin/ignite exec -t $name -- bash   # a shell through the guest agent
   .venv/bin/ignite attach $name     # serial console (detach: Ctrl+P Ctrl+Q)
   .venv/bin/ignite stop $name       # graceful power-off
   .venv/bin/ignite rm -f $name
