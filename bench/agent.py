@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from bench.common import REPO, cli_env, ignite, median, report, temp_root, wait_file
+from bench.common import REPO, cleanup, cli_env, ignite, median, report, temp_root, wait_file
 
 
 def timed(argv: list[str], env: dict[str, str], **kw: object) -> float:
@@ -25,9 +26,8 @@ def timed(argv: list[str], env: dict[str, str], **kw: object) -> float:
     return time.monotonic() - start
 
 
-def main() -> None:
+def main(root: Path) -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-    root = temp_root()
     env = cli_env(root)
     exe = [str(REPO / ".venv/bin/ignite")] if (REPO / ".venv/bin/ignite").exists() \
         else [sys.executable, "-m", "ignitevm"]
@@ -76,8 +76,11 @@ def main() -> None:
         print(f"cp 256 MB {name}: ignitevm cp {mc:.0f} MB/s, raw channel (exec cat) "
               f"{mr:.0f} MB/s, ratio {mc / mr:.2f} (target >= 0.70)")
     ignite(root, "rm", "-f", "b")
-    subprocess.run(["rm", "-rf", str(root.parent)], check=False)
 
 
 if __name__ == "__main__":
-    main()
+    bench_root = temp_root()
+    try:
+        main(bench_root)
+    finally:
+        cleanup(bench_root)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import ignite, report, temp_root, wait_file
+from bench.common import cleanup, ignite, report, temp_root, wait_file
 from tests.helpers.images import busybox_image
 
 MARKER = b"TEST-READY"
@@ -58,9 +58,8 @@ def ours(root: Path, i: int) -> float:
     return t
 
 
-def main() -> None:
+def main(root: Path) -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
-    root = temp_root()
     ignite(root, "kernel", "import", "debian")
     archive = busybox_image(root.parent / "testbox.tar")
     ignite(root, "image", "import", str(archive))
@@ -81,8 +80,11 @@ def main() -> None:
         mine.append(ours(root, i))
     ignite(root, "rm", "-f", "warm")
     report("boot to guest init ready (busybox image, TCG)", mine, base)
-    shutil.rmtree(root.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    bench_root = temp_root()
+    try:
+        main(bench_root)
+    finally:
+        cleanup(bench_root)

@@ -53,3 +53,11 @@ def report(name: str, ours: list[float], base: list[float], unit: str = "s") -> 
     mo, mb = median(ours), median(base)
     print(f"{name}: ignitevm median {mo:.3f}{unit}, baseline median {mb:.3f}{unit}, "
           f"ratio {mo / mb:.3f} (+{(mo - mb) * 1000:.0f} ms), n={len(ours)}")
+
+
+def cleanup(root: Path) -> None:
+    """Remove every VM of a bench root (also when the bench failed half-way)."""
+    ids = ignite(root, "ps", "-a", "-q", check=False).stdout.split()
+    if ids:
+        ignite(root, "rm", "-f", *ids, check=False)
+    subprocess.run(["rm", "-rf", str(root.parent)], check=False)
