@@ -164,12 +164,20 @@ def cmd_ps(args: argparse.Namespace) -> int:
         ports = ", ".join(
             f"{p.bind_address or '0.0.0.0'}:{p.host_port}->{p.vm_port}/{p.protocol or 'tcp'}"
             for p in s.network.ports)
-        rows.append([vm.metadata.uid, s.image.oci, s.kernel.oci, str(s.disk_size),
-                     str(s.cpus), str(s.memory), f"{duration(_since(vm.metadata.created))} ago",
-                     status, ", ".join(vm.status.network.ip_addresses or []), ports,
-                     vm.metadata.name])
-    emit(table(["VM ID", "IMAGE", "KERNEL", "SIZE", "CPUS", "MEMORY", "CREATED", "STATUS",
-                "IPS", "PORTS", "NAME"], rows))
+        row = [vm.metadata.uid, s.image.oci, s.kernel.oci, str(s.disk_size),
+               str(s.cpus), str(s.memory), f"{duration(_since(vm.metadata.created))} ago",
+               status, ", ".join(vm.status.network.ip_addresses or []), ports,
+               vm.metadata.name]
+        if args.output == "wide":
+            labels = ",".join(f"{k}={v}" for k, v in sorted((vm.metadata.labels or {}).items()))
+            row += [vm.status.network.plugin or "-", vm.status.runtime.accel or "-",
+                    "yes" if s.ssh else "no", labels]
+        rows.append(row)
+    headers = ["VM ID", "IMAGE", "KERNEL", "SIZE", "CPUS", "MEMORY", "CREATED", "STATUS",
+               "IPS", "PORTS", "NAME"]
+    if args.output == "wide":
+        headers += ["NETWORK", "ACCEL", "SSH", "LABELS"]
+    emit(table(headers, rows))
     return 0
 
 

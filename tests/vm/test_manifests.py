@@ -50,6 +50,9 @@ spec:
   diskSize: 512MB
 """)
     cli("create", "--config", str(manifest))
+    wide = cli("ps", "-a", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-4:] == ["NETWORK", "ACCEL", "SSH", "LABELS"]
+    assert any(line.endswith("team=blue") for line in wide)
     out = cli("ps", "-a", "-f", "{{.ObjectMeta.Name}}=~manifest,{{.Spec.CPUs}}=2",
               "-t", "{{.ObjectMeta.Name}} {{.Spec.Memory}} {{.ObjectMeta.Labels}}").stdout
     assert out == "from-manifest 300.0 MB map[team:blue]\n"
