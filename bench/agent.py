@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, cleanup, cli_env, ignite, median, report, temp_root, wait_file
+from bench.common import REPO, cli_env, ignite, median, report, run_bench, wait_file
 
 
 def timed(argv: list[str], env: dict[str, str], **kw: object) -> float:
@@ -79,8 +79,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    bench_root = temp_root()
-    try:
-        main(bench_root)
-    finally:
-        cleanup(bench_root)
+    run_bench(main)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import cleanup, ignite, report, temp_root, wait_file
+from bench.common import ignite, report, run_bench, wait_file
 from tests.helpers.images import busybox_image
 
 MARKER = b"TEST-READY"
@@ -83,8 +83,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    bench_root = temp_root()
-    try:
-        main(bench_root)
-    finally:
-        cleanup(bench_root)
+    run_bench(main)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,3 +62,12 @@ def cleanup(root: Path) -> None:
     if ids:
         ignite(root, "rm", "-f", *ids, check=False)
     subprocess.run(["rm", "-rf", str(root.parent)], check=False)
+
+
+def run_bench(main: Callable[[Path], None]) -> None:
+    """Run a bench in a fresh state root, and remove its VMs whatever happens."""
+    root = temp_root()
+    try:
+        main(root)
+    finally:
+        cleanup(root)

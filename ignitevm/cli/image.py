@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from datetime import UTC, datetime
 
 from ignitevm.api.types import Image
 from ignitevm.cli.common import context, emit, list_objects, remove_objects
-from ignitevm.util.human import duration
-
-
-def age(created: str) -> str:
-    try:
-        then = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return "?"
-    return duration(time.time() - then.timestamp())
+from ignitevm.util.human import age
 
 
 def cmd_import(args: argparse.Namespace) -> int:

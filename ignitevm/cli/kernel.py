@@ -6,7 +6,7 @@ import argparse
 
 from ignitevm.api.types import Kernel
 from ignitevm.cli.common import context, emit, list_objects, remove_objects
-from ignitevm.cli.image import age
+from ignitevm.util.human import age
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ignitevm.api.types import VM
@@ -12,7 +11,7 @@ from ignitevm.cli.common import context, dump, emit, table
 from ignitevm.errors import InvalidInput
 from ignitevm.log import log
 from ignitevm.operations.context import Context
-from ignitevm.util.human import duration
+from ignitevm.util.human import age
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -114,16 +113,6 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _since(stamp: str | None) -> float:
-    if not stamp:
-        return 0.0
-    try:
-        then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return 0.0
-    return time.time() - then.timestamp()
-
-
 def live(ctx: Context, vm: VM) -> VM:
     """The VM with its status corrected from the process table (not written back)."""
     running = ctx.vmm.pid(ctx.store.dir(vm)) is not None
@@ -159,13 +148,12 @@ def cmd_ps(args: argparse.Namespace) -> int:
     rows = []
     for vm in objs:
         s = vm.spec
-        status = f"Up {duration(_since(vm.status.start_time))}" if vm.status.running \
-            else "Stopped"
+        status = f"Up {age(vm.status.start_time)}" if vm.status.running else "Stopped"
         ports = ", ".join(
             f"{p.bind_address or '0.0.0.0'}:{p.host_port}->{p.vm_port}/{p.protocol or 'tcp'}"
             for p in s.network.ports)
         row = [vm.metadata.uid, s.image.oci, s.kernel.oci, str(s.disk_size),
-               str(s.cpus), str(s.memory), f"{duration(_since(vm.metadata.created))} ago",
+               str(s.cpus), str(s.memory), f"{age(vm.metadata.created)} ago",
                status, ", ".join(vm.status.network.ip_addresses or []), ports,
                vm.metadata.name]
         if args.output == "wide":
