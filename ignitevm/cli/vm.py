@@ -126,7 +126,14 @@ def live(ctx: Context, vm: VM) -> VM:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     ctx = context(args)
-    objs = [live(ctx, vm) for vm in ctx.store.list(VM)]
+    # VMs whose stored state was stale (e.g. QEMU died by itself): marked `*`, as Ignite did.
+    stale: set[str] = set()
+    objs = []
+    for vm in ctx.store.list(VM):
+        stored = vm.status.running
+        objs.append(live(ctx, vm))
+        if vm.status.running != stored:
+            stale.add(vm.metadata.uid)
     if not (args.all or getattr(args, "force_all", False)):
         objs = [vm for vm in objs if vm.status.running]
     if args.filter or args.template:
@@ -149,6 +156,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for vm in objs:
         s = vm.spec
         status = f"Up {age(vm.status.start_time)}" if vm.status.running else "Stopped"
+        if vm.metadata.uid in stale:
+            status = "*" + status
         ports = ", ".join(
             f"{p.bind_address or '0.0.0.0'}:{p.host_port}->{p.vm_port}/{p.protocol or 'tcp'}"
             for p in s.network.ports)
@@ -166,6 +175,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.output == "wide":
         headers += ["NETWORK", "ACCEL", "SSH", "LABELS"]
     emit(table(headers, rows))
+    if stale & {vm.metadata.uid for vm in objs}:
+        log.warning("The symbol * on the VM status means the stored VM state was out of "
+                    "date: the status shown is the live one")
     return 0
 
 

@@ -85,8 +85,10 @@ def test_ps_notices_when_qemu_dies_by_itself(cli: Ignite, testbox: str) -> None:
     while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
         time.sleep(0.05)
     assert "victim" not in cli("ps").stdout
-    row = next(line for line in cli("ps", "-a").stdout.splitlines() if line.endswith("victim"))
-    assert "Stopped" in row
+    res = cli("ps", "-a")
+    row = next(line for line in res.stdout.splitlines() if line.endswith("victim"))
+    assert "*Stopped" in row  # the stored state said running: marked, as Ignite did
+    assert "symbol *" in res.stderr
     # ... and it can be started again, then killed, then removed without -f.
     cli("start", "victim")
     wait_console(cli, "victim", "TEST-READY")
