@@ -19,6 +19,10 @@ def _fix_identity_clash(args: argparse.Namespace) -> None:
     then the words shift back into place.
     """
     ident = args.identity
+    if ident == "t" and not os.path.isfile(ident):
+        # Docker's `-it`: argparse read it as `-i t`.
+        args.identity, args.interactive, args.tty = None, True, True
+        return
     if ident and not os.path.isfile(ident):
         args.command = [args.vm, *args.command]
         args.vm = ident

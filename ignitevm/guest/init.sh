@@ -103,6 +103,10 @@ fi
 # A second devtmpfs instance in the new root; the initramfs keeps its own /dev
 # (the agent holds its virtio ports open there).
 [ -d /newroot/dev ] && mount -t devtmpfs -o mode=0755,nosuid devtmpfs /newroot/dev
+# Pseudo-terminals from the first moment: `exec -t` may come before the
+# image's init mounts its own (systemd then keeps this one).
+mkdir -p /newroot/dev/pts &&
+    mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=0666 devpts /newroot/dev/pts
 
 if [ -n "$IGNITE_INIT" ] && { [ -x "/newroot$IGNITE_INIT" ] || [ -L "/newroot$IGNITE_INIT" ]; }; then
     # The agent serves exec/cp/shutdown from the image's root, beside its init.

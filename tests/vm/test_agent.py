@@ -83,7 +83,8 @@ def test_tty_session(cli: Ignite, agentbox: str) -> None:
     if pid == 0:
         os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
         script = "tty; stty size; read x; echo got=$x; exit 7"
-        os.execvp("python3", ["python3", "-m", "ignitevm", "exec", "-t", agentbox, "--",
+        # `-it` as Docker users type it
+        os.execvp("python3", ["python3", "-m", "ignitevm", "exec", "-it", agentbox, "--",
                               "sh", "-c", script])
     try:
         out = _read_until(fd, b"\n", 60)
