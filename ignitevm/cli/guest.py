@@ -83,6 +83,7 @@ def _split(spec: str) -> tuple[str | None, str]:
 
 def cmd_cp(args: argparse.Namespace) -> int:
     from ignitevm.operations import guest
+    from ignitevm.util.progress import progress
 
     src_vm, src = _split(args.source)
     dst_vm, dst = _split(args.dest)
@@ -98,33 +99,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
     if dst_vm:
         path = Path(src)
         size = path.stat().st_size if path.is_file() else 0
-    with _progress(size) as progress:
+    with progress("copying", size, min_total=32 << 20) as callback:
         if dst_vm:
-            guest.copy_in(ctx, vm, Path(src), dst, args.timeout, progress)
+            guest.copy_in(ctx, vm, Path(src), dst, args.timeout, callback)
         else:
-            guest.copy_out(ctx, vm, src, Path(dst), args.timeout, progress)
+            guest.copy_out(ctx, vm, src, Path(dst), args.timeout, callback)
     return 0
 
-
-class _progress:
-    """A progress bar on a terminal for copies over 32 MB; nothing otherwise."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.bar = None
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        if not sys.stderr.isatty() or self.total < (32 << 20):
-            return None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-        self.bar = Progress("copying", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            transient=True)
-        task = self.bar.add_task("copy", total=self.total)
-        self.bar.start()
-        bar = self.bar
-        return lambda n: bar.update(task, advance=n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logmod.setup("debug" if debug else getattr(args, "log_level", "info") or "info")
     handler = getattr(args, "handler", None)
     if handler is None:
-        (getattr(args, "group_parser", None) or parser).print_help()
+        parser.print_help()
         return 0
     try:
         return int(handler(args) or 0)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
@@ -19,6 +20,9 @@ from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
+
+if TYPE_CHECKING:
+    from ignitevm.images.source import ImageSource
 
 IMAGE_FILE = "image.ext4"
 CONFIG_FILE = "config.json"
@@ -79,37 +83,20 @@ def import_image(ctx: Context, source: str, name: str | None = None,
     return image
 
 
-def _build(src: object, stage: Path, progress: bool) -> int:
+def _build(src: ImageSource, stage: Path, show_progress: bool) -> int:
     from ignitevm.images.layers import apply_layers
     from ignitevm.images.rootfs import build_ext4, prepare_tree
+    from ignitevm.util.progress import progress
 
     tree = stage / "rootfs"
     tree.mkdir()
-    callback = None
-    bar = None
-    if progress:
-        bar = _progress_bar(getattr(src, "size", 0))
-        callback = bar[1]
-    try:
-        apply_layers(src, tree, progress=callback)  # type: ignore[arg-type]
-    finally:
-        if bar is not None:
-            bar[0].stop()
+    with progress("Unpacking layers", src.size, enabled=show_progress) as callback:
+        apply_layers(src, tree, progress=callback)
     prepare_tree(tree)
     size = build_ext4(tree, stage / IMAGE_FILE)
     shutil.rmtree(tree)
-    (stage / CONFIG_FILE).write_text(json.dumps(getattr(src, "config", {}) or {}, indent=2))
+    (stage / CONFIG_FILE).write_text(json.dumps(src.config or {}, indent=2))
     return size
-
-
-def _progress_bar(total: int):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    prog = Progress("[progress.description]{task.description}", BarColumn(),
-                    DownloadColumn(), TransferSpeedColumn(), transient=True)
-    task = prog.add_task("Unpacking layers", total=total or None)
-    prog.start()
-    return prog, lambda n: prog.update(task, advance=n)
 
 
 def _name_from_path(path: Path) -> str:
