@@ -13,10 +13,13 @@ import fcntl
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from ignitevm.agent import protocol as p
 from ignitevm.errors import IgniteError
+from ignitevm.log import log
 
 HELLO_RETRY = 0.5
 
@@ -35,9 +38,9 @@ class Channel:
 
     # --- connecting ---------------------------------------------------------
     @classmethod
-    def connect(cls, sockets: list[Path], timeout: float, what: str = "the VM") -> Channel:
+    def connect(cls, ports: Ports, timeout: float, what: str = "the VM") -> Channel:
         deadline = time.monotonic() + timeout
-        lock_fd, path = _take_channel(sockets, deadline, what)
+        lock_fd, path = _take_channel(ports, deadline, what)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.connect(str(path))
@@ -143,23 +146,67 @@ class Channel:
         return self.sock.fileno()
 
 
-def _take_channel(sockets: list[Path], deadline: float, what: str) -> tuple[int, Path]:
-    """Lock a free channel; wait while all are busy."""
-    if not sockets or not sockets[0].parent.is_dir():
-        raise AgentError(f"{what} is not running", hint="start it with: ignite start")
+class Ports(Protocol):
+    """Where a VM's agent channels are, and how to ask for one more."""
+
+    def sockets(self) -> list[Path]:
+        """The channels' host-side sockets, in order."""
+        ...
+
+    def grow(self) -> Path | None:
+        """Add a channel to the running VM; None if it can have no more."""
+        ...
+
+
+def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
+    """Lock a free channel; when all are busy, add one (one client at a time
+    grows a VM), else wait for one to be free."""
     while True:
-        for path in sockets:
-            lock = path.with_suffix(".lock")
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        sockets = ports.sockets()
+        if not sockets:
+            raise AgentError(f"{what} is not running", hint="start it with: ignite start")
+        taken = _lock_free(sockets)
+        if taken is not None:
+            return taken
+        with _locked(sockets[0].parent / "agent-grow.lock"):
+            taken = _lock_free(ports.sockets())
+            if taken is not None:
+                return taken
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-                continue
-            return fd, path
+                path = ports.grow()
+            except Exception as exc:  # a VM that cannot grow still has its channels
+                log.debug("could not add an agent channel: %s", exc)
+                path = None
+            if path is not None:
+                taken = _lock_free([path])
+                if taken is not None:
+                    return taken
         if time.monotonic() > deadline:
             raise AgentError(f"all {len(sockets)} agent channels of {what} are busy",
                              hint="wait for other exec/cp commands to finish")
         time.sleep(0.05)
+
+
+def _lock_free(sockets: list[Path]) -> tuple[int, Path] | None:
+    for path in sockets:
+        lock = path.with_suffix(".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            continue
+        return fd, path
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

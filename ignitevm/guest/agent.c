@@ -27,6 +27,7 @@
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
@@ -319,41 +320,97 @@ static int by_name(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Open every virtio-serial port named org.ignitevm.agent.* (mounting sysfs for
- * the look-up if it is not mounted). */
-static void open_ports(const char *alt)
+/* The agent's ports: virtio-serial ports named org.ignitevm.agent.*. The host
+ * may hot-plug more while the VM runs (one per concurrent client), so the
+ * sysfs class directory stays open (it outlives the chroot and the unmount of
+ * /sys) and a kernel uevent socket says when to look again. */
+static int ports_dir = -1;
+int uevent_fd = -1;
+
+static int read_at(int dir, const char *path, char *out, size_t len)
 {
-    int mounted = access("/sys/class", F_OK) < 0 &&
-                  mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0;
-    DIR *d = opendir("/sys/class/virtio-ports");
+    int fd = openat(dir, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, out, len - 1);
+    close(fd);
+    if (n < 0)
+        return -1;
+    out[n] = '\0';
+    out[strcspn(out, "\n")] = '\0';
+    return 0;
+}
+
+/* Open the agent ports not yet open; returns how many were added. */
+int open_ports(const char *alt)
+{
+    if (ports_dir < 0) {
+        int mounted = access("/sys/class", F_OK) < 0 &&
+                      mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0;
+        ports_dir = open("/sys/class/virtio-ports", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (mounted)
+            umount2("/sys", MNT_DETACH);
+        uevent_fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                           NETLINK_KOBJECT_UEVENT);
+        struct sockaddr_nl sa = {.nl_family = AF_NETLINK, .nl_groups = 1};
+        if (uevent_fd >= 0 && bind(uevent_fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+            close(uevent_fd);
+            uevent_fd = -1;
+        }
+        if (ports_dir < 0)
+            return 0;
+    }
+    int dup_fd = dup(ports_dir);
+    DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+    if (!d)
+        return 0;
+    rewinddir(d);
     struct dirent *e;
     char *names[64];
-    int n = 0;
-    while (d && (e = readdir(d)) && n < 64)
+    int n = 0, added = 0;
+    while ((e = readdir(d)) && n < 64)
         if (strncmp(e->d_name, "vport", 5) == 0)
             names[n++] = strdup(e->d_name);
-    if (d)
-        closedir(d);
+    closedir(d);
     qsort(names, n, sizeof *names, by_name);
     for (int i = 0; i < n; i++) {
         char path[PATH_MAX], name[128] = "", devno[32] = "";
         unsigned maj = 0, min = 0;
-        snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", names[i]);
-        if (read_small(path, name, sizeof name) == 0 &&
-            strncmp(name, PORT_PREFIX, strlen(PORT_PREFIX)) == 0) {
-            snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/dev", names[i]);
-            if (read_small(path, devno, sizeof devno) == 0)
+        snprintf(path, sizeof path, "%s/name", names[i]);
+        /* (a port just plugged in has no name until the host's next message) */
+        if (read_at(ports_dir, path, name, sizeof name) == 0 &&
+            strncmp(name, PORT_PREFIX, strlen(PORT_PREFIX)) == 0 && !have_port(name)) {
+            snprintf(path, sizeof path, "%s/dev", names[i]);
+            if (read_at(ports_dir, path, devno, sizeof devno) == 0)
                 sscanf(devno, "%u:%u", &maj, &min);
             int fd = open_dev(names[i], alt, maj ? makedev(maj, min) : 0, O_RDWR | O_NONBLOCK);
-            if (fd < 0)
+            if (fd < 0) {
                 logmsg("cannot open the agent port %s (%s): %s", names[i], name, strerror(errno));
-            else
-                add_channel(fd, 1, name), nports++;
+            } else {
+                add_channel(fd, 1, name);
+                nports++, added++;
+            }
         }
         free(names[i]);
     }
-    if (mounted)
-        umount2("/sys", MNT_DETACH);
+    return added;
+}
+
+/* The kernel said something happened to a device: new agent ports? */
+void on_uevent(void)
+{
+    char msg[4096];
+    int ours = 0;
+    ssize_t n;
+    while ((n = recv(uevent_fd, msg, sizeof msg - 1, 0)) > 0) {
+        msg[n] = '\0';
+        /* NUL-separated KEY=value lines after an "action@devpath" header */
+        for (char *p = msg; p < msg + n; p += strlen(p) + 1)
+            if (strcmp(p, "SUBSYSTEM=virtio-ports") == 0)
+                ours = 1;
+    }
+    if (ours && open_ports(NULL) > 0)
+        ports_async();
 }
 
 static void start_socket(const char *path)

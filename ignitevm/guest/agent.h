@@ -75,6 +75,7 @@ struct channel {
     int hup;            /* port: the host side is closed, fd not polled */
     int dead;
     int resync;         /* framing lost: skipping input up to the next HELLO */
+    int greeted;        /* port: a HELLO came, and no session since */
     char name[64];
     struct buf in, out;
     struct session *sessions;
@@ -98,6 +99,9 @@ void on_signals(void);
 int64_t system_timers(int64_t now);
 void send_ready(struct channel *ch, uint32_t sid);
 void shutdown_request(struct channel *ch, uint32_t sid, uint32_t mode);
+extern int uevent_fd;
+int open_ports(const char *alt);
+void on_uevent(void);
 
 /* agent_loop.c: frames, channels, the loop */
 extern int sig_fd, listen_fd;
@@ -105,6 +109,7 @@ extern int64_t recheck_at;
 void loop(void) __attribute__((noreturn));
 void add_channel(int fd, int port, const char *name);
 void ports_async(void);
+int have_port(const char *name);
 void reset_all(void);
 struct session *session_of(pid_t pid);
 void buf_reserve(struct buf *b, size_t n);

@@ -187,6 +187,15 @@ static void channel_reset(struct channel *ch)
 /* The host side went away: a port waits for the next one, a connection is closed. */
 static void channel_gone(struct channel *ch)
 {
+    if (ch->port && ch->greeted) {
+        /* A new client's bytes can reach the guest before the kernel has
+           heard that the host side is open again, so its HELLO is read and
+           answered while the port still says "hung up". The answer waits for
+           the open; later bytes are this client's too. */
+        ch->hup = 1;
+        recheck_at = now_ms() + RECHECK_MS;
+        return;
+    }
     channel_reset(ch);
     ch->in.off = ch->in.len = 0;
     ch->out.off = ch->out.len = 0;
@@ -224,6 +233,14 @@ void ports_async(void)
         }
 }
 
+int have_port(const char *name)
+{
+    for (struct channel *ch = channels; ch; ch = ch->next)
+        if (ch->port && strcmp(ch->name, name) == 0)
+            return 1;
+    return 0;
+}
+
 struct session *session_of(pid_t pid)
 {
     for (struct channel *ch = channels; ch; ch = ch->next)
@@ -259,6 +276,7 @@ static void flush(struct channel *ch)
 
 static void start_session(struct channel *ch, int type, uint32_t sid, const char *p, uint32_t n)
 {
+    ch->greeted = 0;
     struct session *s = new_session(ch, sid, type == F_EXEC ? S_EXEC : type == F_PUT ? S_PUT : S_GET);
     if (type == F_EXEC) {
         if (exec_start(s, p, n) < 0)
@@ -303,6 +321,7 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
     case F_HELLO:
         channel_reset(ch);
         send_ready(ch, sid);
+        ch->greeted = 1;
         break;
     case F_EXEC: case F_PUT: case F_GET:
         if (!sid || s)
@@ -391,7 +410,7 @@ static struct pollfd *pfd;
 static struct { struct channel *ch; struct session *s; int what; } *pref;
 static size_t npfd, cappfd;
 
-enum { W_SIG, W_LISTEN, W_CHAN, W_IN, W_OUT0, W_OUT1 };
+enum { W_SIG, W_LISTEN, W_UEVENT, W_CHAN, W_IN, W_OUT0, W_OUT1 };
 
 static void watch(int fd, short events, int what, struct channel *ch, struct session *s)
 {
@@ -467,6 +486,8 @@ static int prepare(void)
     watch(sig_fd, POLLIN, W_SIG, NULL, NULL);
     if (listen_fd >= 0)
         watch(listen_fd, POLLIN, W_LISTEN, NULL, NULL);
+    if (uevent_fd >= 0)
+        watch(uevent_fd, POLLIN, W_UEVENT, NULL, NULL);
     for (struct channel **pp = &channels, *ch; (ch = *pp);) {
         for (struct session **sp = &ch->sessions, *s; (s = *sp);) {
             if (s->kind == S_GET || (s->kind == S_EXEC && runnable(s)))
@@ -536,6 +557,9 @@ void loop(void)
             switch (pref[i].what) {
             case W_SIG:
                 on_signals();
+                break;
+            case W_UEVENT:
+                on_uevent();
                 break;
             case W_LISTEN: {
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -26,7 +26,7 @@ def channel(ctx: Context, vm: VM, timeout: float = DEFAULT_TIMEOUT) -> Channel:
         raise IgniteError(f"VM {vm.metadata.name!r} is not running",
                           hint=f"start it with: ignite start {vm.metadata.name}")
     try:
-        return Channel.connect(ctx.vmm.agent_sockets(d), timeout, f"VM {vm.metadata.name!r}")
+        return Channel.connect(vms.AgentPorts(ctx, d), timeout, f"VM {vm.metadata.name!r}")
     except AgentError as exc:
         # Say what the guest last said about its agent, or the console's last line.
         console = ctx.vmm.console_log(d)

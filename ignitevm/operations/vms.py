@@ -166,6 +166,19 @@ def _mark_stopped(ctx: Context, vm: VM) -> None:
     ctx.store.save(vm)
 
 
+class AgentPorts:
+    """The agent channels of a VM, as its VMM provides them."""
+
+    def __init__(self, ctx: Context, workdir: Path):
+        self.ctx, self.workdir = ctx, workdir
+
+    def sockets(self) -> list[Path]:
+        return self.ctx.vmm.agent_sockets(self.workdir)
+
+    def grow(self) -> Path | None:
+        return self.ctx.vmm.add_agent_channel(self.workdir)
+
+
 def request_poweroff(ctx: Context, vm: VM) -> str:
     """Ask the guest to power off: through its agent if it answers, else ACPI."""
     from ignitevm.agent.client import Channel
@@ -173,7 +186,7 @@ def request_poweroff(ctx: Context, vm: VM) -> str:
 
     d = workdir(ctx, vm)
     try:
-        with Channel.connect(ctx.vmm.agent_sockets(d), AGENT_STOP_TIMEOUT) as ch:
+        with Channel.connect(AgentPorts(ctx, d), AGENT_STOP_TIMEOUT) as ch:
             shutdown(ch)
         return "agent"
     except Exception as exc:  # any failure: fall back to the power button

@@ -77,6 +77,10 @@ class VMM(Protocol):
         """The host ends of the guest agent's channels, one client each at a time."""
         ...
 
+    def add_agent_channel(self, workdir: Path) -> Path | None:
+        """Give the running VM one more agent channel; None if it cannot have more."""
+        ...
+
     def console_socket(self, workdir: Path) -> Path:
         ...
 

@@ -6,7 +6,9 @@ import contextlib
 import os
 import select
 import signal
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
@@ -15,8 +17,12 @@ from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
 from ignitevm.util.proc import run
 
+if TYPE_CHECKING:
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
 RUNTIME_FILES = (args.PIDFILE, args.QMP, args.CONSOLE_SOCK,
-                 *(f"agent-{k}.sock" for k in range(1, args.AGENT_CHANNELS + 1)))
+                 *(args.agent_socket(Path(), k).name
+                   for k in range(1, args.AGENT_MAX_CHANNELS + 1)))
 
 
 class QemuVMM:
@@ -73,15 +79,21 @@ class QemuVMM:
                 return None
         return pid
 
-    def qmp(self, workdir: Path, command: str, **arguments: object) -> object:
+    @contextlib.contextmanager
+    def monitor(self, workdir: Path) -> Iterator[QEMUMonitorProtocol]:
+        """A QMP connection to the VM's QEMU (one client at a time: QEMU queues others)."""
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         mon = QEMUMonitorProtocol(str(workdir / args.QMP))
         try:
             mon.connect(negotiate=True)
-            return mon.cmd(command, **arguments) if arguments else mon.cmd(command)
+            yield mon
         finally:
             mon.close()
+
+    def qmp(self, workdir: Path, command: str, **arguments: object) -> object:
+        with self.monitor(workdir) as mon:
+            return mon.cmd(command, **arguments)
 
     def powerdown(self, workdir: Path) -> bool:
         try:
@@ -108,7 +120,38 @@ class QemuVMM:
                 (workdir / name).unlink()
 
     def agent_sockets(self, workdir: Path) -> list[Path]:
-        return [args.agent_socket(workdir, k) for k in range(1, args.AGENT_CHANNELS + 1)]
+        # Channels are numbered from 1 and added in order.
+        found = []
+        for k in range(1, args.AGENT_MAX_CHANNELS + 1):
+            path = args.agent_socket(workdir, k)
+            if not path.exists():
+                break
+            found.append(path)
+        return found
+
+    def add_agent_channel(self, workdir: Path) -> Path | None:
+        """Hot-plug one more agent port (chardev + virtserialport) into the running
+        VM; the guest agent opens it when the kernel announces it. The caller
+        holds the channel-growing lock."""
+        k = len(self.agent_sockets(workdir)) + 1
+        if k > args.AGENT_MAX_CHANNELS or self.pid(workdir) is None:
+            return None
+        path = args.agent_socket(workdir, k)
+        backend = {"type": "socket", "data": {
+            "addr": {"type": "unix", "data": {"path": str(path)}},
+            "server": True, "wait": False}}
+        port = dict(item.split("=", 1) for item in args.agent_port(k).split(","))
+        with self.monitor(workdir) as mon:
+            mon.cmd("chardev-add", id=f"agent{k}", backend=backend)
+            try:
+                mon.cmd("device_add", driver="virtserialport", bus=f"{args.AGENT_BUS}.0",
+                        **{**port, "nr": k})
+            except Exception:
+                with contextlib.suppress(Exception):
+                    mon.cmd("chardev-remove", id=f"agent{k}")
+                path.unlink(missing_ok=True)
+                raise
+        return path
 
     def console_socket(self, workdir: Path) -> Path:
         return workdir / args.CONSOLE_SOCK
