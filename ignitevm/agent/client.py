@@ -81,6 +81,12 @@ class Channel:
                 del self.buf[: idx + len(pong)]
                 return
             if time.monotonic() >= resend:
+                if self.hellos == 1:
+                    # A client killed mid-frame may have left the agent waiting
+                    # for the rest of it: complete any such frame with padding
+                    # (empty type-0 frames, ignored) so that HELLO is read.
+                    self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+                    self.sock.sendall(bytes(p.HEADER.size + p.MAX_PAYLOAD))
                 self.send(p.Frame(p.HELLO, 0))
                 self.send(p.Frame(p.PING, 0, nonce))
                 self.hellos += 1
@@ -92,6 +98,10 @@ class Channel:
                     "before the image's init")
 
     def close(self) -> None:
+        """Say BYE (the agent ends this client's sessions at once), then let go."""
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(1.0)
+            self.sock.sendall(p.Frame(p.BYE, 0).encode())
         with contextlib.suppress(OSError):
             self.sock.close()
         with contextlib.suppress(OSError):
@@ -111,6 +121,7 @@ class Channel:
 
     def send(self, frame: p.Frame) -> None:
         try:
+            self.sock.settimeout(None)  # (reads set their own deadlines)
             self.sock.sendall(frame.encode())
         except OSError as exc:
             raise AgentError(f"lost the connection to the guest agent: {exc.strerror}") from None

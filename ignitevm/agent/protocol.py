@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 HELLO, READY, EXEC, STARTED, DATA, EOF, EXIT, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
-WINDOW, SIGNAL, RESIZE, SHUTDOWN, PUT, GET, PING, PONG = 9, 10, 11, 12, 13, 14, 15, 16
+WINDOW, SIGNAL, RESIZE, SHUTDOWN, PUT, GET, PING, PONG, BYE = 9, 10, 11, 12, 13, 14, 15, 16, 17
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 HEADER = struct.Struct("<BBHII")

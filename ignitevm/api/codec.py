@@ -63,6 +63,18 @@ def decode_json(raw: bytes, typ: type[T], source: str = "object") -> T:
         raise InvalidInput(f"{source} is not valid JSON: {exc}") from None
 
 
+def _keep_strings(meta: dict[str, Any], text: str) -> None:
+    """YAML reads an unquoted all-digit UID (``uid: 0123456789012345``) or name
+    as a number (even as octal); take them as the file spells them."""
+    import re
+
+    for key in ("uid", "name"):
+        value = meta.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            m = re.search(rf"^\s+{key}:\s*([^\s#]+)\s*(?:#.*)?$", text, re.M)
+            meta[key] = m.group(1).strip("'\"") if m else str(value)
+
+
 def load_manifest(text: str, source: str) -> dict[str, Any]:
     """Parse a YAML or JSON manifest into a dict and check its apiVersion/kind."""
     import yaml
@@ -71,6 +83,9 @@ def load_manifest(text: str, source: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{source} is not valid YAML or JSON: {exc}") from None
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    if isinstance(meta, dict):
+        _keep_strings(meta, text)
     if not isinstance(data, dict) or not data.get("kind") or not data.get("apiVersion"):
         raise InvalidInput(
             f"invalid file {source}: kind and apiVersion must be set",

@@ -9,14 +9,17 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ignitevm import log as logmod
-    from ignitevm.cli.parser import build_parser
+    from ignitevm.cli.parser import build_parser, normalize
     from ignitevm.errors import IgniteError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = normalize(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug_trace", False)) or os.environ.get("IGNITE_DEBUG") == "1"
-    logmod.setup("debug" if debug else getattr(args, "log_level", "info") or "info")
+    level = getattr(args, "log_level", "info") or "info"
+    if getattr(args, "quiet", False) and level == "info":
+        level = "warning"  # -q: IDs on stdout instead of the progress lines
+    logmod.setup("debug" if debug else level)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

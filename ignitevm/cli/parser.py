@@ -126,7 +126,8 @@ def _vm_flags(p: argparse.ArgumentParser) -> None:
                    help="enable SSH: generate a key pair, or --ssh=PATH to install a public key")
     p.add_argument("-v", "--volumes", help="host block devices to mount: /dev/x:/mnt[,...]")
     p.add_argument("--require-name", action="store_true", help="refuse to run without --name")
-    p.add_argument("--sandbox-image", help="accepted for Ignite compatibility; unused")
+    p.add_argument("--sandbox-image", help="recorded as spec.sandbox.oci for Ignite "
+                   "compatibility (VMs run under QEMU directly, without a sandbox)")
     p.add_argument("--runtime", help="accepted for Ignite compatibility (this host: qemu)")
     p.add_argument("--network-plugin", help="accepted for Ignite compatibility")
     p.add_argument("--id-prefix", help="prefix for runtime IDs (default ignite)")
@@ -212,6 +213,52 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p = t.command(subs, "attach", "vm:cmd_attach",
                   "Attach to a VM's serial console (detach: Ctrl+P Ctrl+Q)")
     p.add_argument("vm")
+
+
+# The command words, for reading a command line before the tree is built
+# (tests/unit check them against the tree).
+GROUPS = {
+    "image": {"import", "ls", "list", "rm", "build"},
+    "kernel": {"import", "ls", "list", "rm"},
+    "vm": {"run", "create", "start", "stop", "kill", "rm", "ps", "ls", "list", "logs",
+           "exec", "ssh", "cp", "attach"},
+}
+GROUPS |= {"images": GROUPS["image"], "kernels": GROUPS["kernel"], "vms": GROUPS["vm"]}
+COMMANDS = {"run", "create", "start", "stop", "kill", "rm", "ps", "logs", "exec", "ssh", "cp",
+            "attach", "inspect", "completion", "version", "rmi", "rmk", *GROUPS}
+_GLOBAL_VALUE = {"--root", "--log-level", "--ignite-config", "--accel"}
+_GLOBAL_BOOL = {"-q", "--quiet", "--debug-trace", "-h", "--help"}
+
+
+def normalize(argv: Sequence[str]) -> list[str]:
+    """Read a command line as Ignite's did: a command's flags may come before the
+    command's name (``ignite --runtime=qemu run img``), and ``--ssh`` takes a
+    value only as ``--ssh=PATH`` (``run --ssh img``: img is the image)."""
+    argv = list(argv)
+    i, hoisted = 0, []
+    lead: list[str] = []
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-", "--"):
+        word = argv[i]
+        name = word.split("=", 1)[0]
+        group = lead if name in _GLOBAL_VALUE | _GLOBAL_BOOL else hoisted
+        group.append(word)
+        takes_next = name in _GLOBAL_VALUE or (
+            name not in _GLOBAL_BOOL and i + 1 < len(argv)
+            and not argv[i + 1].startswith("-") and argv[i + 1] not in COMMANDS)
+        if "=" not in word and takes_next and i + 1 < len(argv):
+            group.append(argv[i + 1])
+            i += 1
+        i += 1
+    rest = argv[i:]
+    path = rest[:1] if rest and rest[0] in COMMANDS else []
+    if path and path[0] in GROUPS and len(rest) > 1 and rest[1] in GROUPS[path[0]]:
+        path.append(rest[1])
+    tail = rest[len(path):]
+    if path and path[-1] in ("run", "create"):
+        end = tail.index("--") if "--" in tail else len(tail)
+        tail = [("--ssh=true" if w == "--ssh" else w) if n < end else w
+                for n, w in enumerate(tail)]
+    return [*lead, *path, *hoisted, *tail]
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

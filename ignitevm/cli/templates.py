@@ -43,7 +43,14 @@ def lookup(obj: Any, path: str) -> Any:
                                hint="fields look like .ObjectMeta.Name, .Spec.CPUs, "
                                ".Status.Running")
         cur = getattr(cur, attr)
+    if path.endswith(".SSH") and cur is not None:
+        # Go held spec.ssh as a struct {Generate bool; PublicKey string}.
+        return _GoStruct((cur is True, "" if isinstance(cur, bool) else cur))
     return cur
+
+
+class _GoStruct(tuple):  # type: ignore[type-arg]
+    """Field values of a Go struct with no counterpart here, printed as Go would."""
 
 
 def go_str(value: Any) -> str:
@@ -57,6 +64,8 @@ def go_str(value: Any) -> str:
         return "[" + " ".join(go_str(v) for v in value) + "]"
     if isinstance(value, dict):
         return "map[" + " ".join(f"{k}:{go_str(v)}" for k, v in sorted(value.items())) + "]"
+    if isinstance(value, _GoStruct):
+        return "{" + " ".join(go_str(v) for v in value) + "}"
     if hasattr(value, "__struct_fields__"):
         return "{" + " ".join(go_str(getattr(value, f)) for f in value.__struct_fields__) + "}"
     return str(value)

@@ -150,7 +150,10 @@ def vm_from_args(args: argparse.Namespace) -> VM:
     if args.volumes:
         s.storage.volumes, s.storage.volume_mounts = parse_volumes(args.volumes)
     if args.ssh is not None:
-        s.ssh = args.ssh
+        # bare --ssh (made --ssh=true when the command line was read): generate keys
+        s.ssh = True if args.ssh in (True, "true") else args.ssh
+    if args.sandbox_image:
+        s.sandbox.oci = args.sandbox_image
     if args.label:
         vm.metadata.labels = {**(vm.metadata.labels or {}), **parse_labels(args.label)}
     if args.id_prefix:

@@ -18,7 +18,7 @@
 
 enum {
     F_HELLO = 1, F_READY, F_EXEC, F_STARTED, F_DATA, F_EOF, F_EXIT, F_ERROR,
-    F_WINDOW, F_SIGNAL, F_RESIZE, F_SHUTDOWN, F_PUT, F_GET, F_PING, F_PONG,
+    F_WINDOW, F_SIGNAL, F_RESIZE, F_SHUTDOWN, F_PUT, F_GET, F_PING, F_PONG, F_BYE,
 };
 
 #define HDR_SIZE 12
@@ -75,7 +75,7 @@ struct channel {
     int hup;            /* port: the host side is closed, fd not polled */
     int dead;
     int resync;         /* framing lost: skipping input up to the next HELLO */
-    int greeted;        /* port: a HELLO came, and no session since */
+    int64_t reset_at;   /* port hung up with work left: end it then, unless a host is back */
     char name[64];
     struct buf in, out;
     struct session *sessions;

@@ -221,6 +221,18 @@ static void __attribute__((noreturn)) exec_failed(int st, const char *cmd, int e
     child_fail(st, 126, "%s: %s", cmd, strerror(e));
 }
 
+/* A command given as one string of shell words ("mkdir -p /x", as scripts
+ * written for SSH-based exec pass it) that names no program: let the image's
+ * shell run it, as SSH's remote shell did. */
+static void __attribute__((noreturn)) not_found(int st, char **argv, char **envp, int e)
+{
+    if ((e == ENOENT || e == ENOTDIR) && !argv[1] && strpbrk(argv[0], " \t\n;&|<>$`'\"*?(){}")) {
+        char *sh[] = {"sh", "-c", argv[0], NULL};
+        execve("/bin/sh", sh, envp);
+    }
+    exec_failed(st, argv[0], e);
+}
+
 /* execvp with an explicit PATH and environment. */
 static void __attribute__((noreturn)) search_exec(char **argv, char **envp, const char *path,
                                                   int st)
@@ -230,7 +242,7 @@ static void __attribute__((noreturn)) search_exec(char **argv, char **envp, cons
         child_fail(st, 127, "empty command name: command not found");
     if (strchr(cmd, '/')) {
         execve(cmd, argv, envp);
-        exec_failed(st, cmd, errno);
+        not_found(st, argv, envp, errno);
     }
     int err = ENOENT, eacces = 0;
     size_t clen = strlen(cmd);
@@ -251,7 +263,7 @@ static void __attribute__((noreturn)) search_exec(char **argv, char **envp, cons
             break;
         }
     }
-    exec_failed(st, cmd, eacces && err == ENOENT ? EACCES : err);
+    not_found(st, argv, envp, eacces && err == ENOENT ? EACCES : err);
 }
 
 static const char *env_get(char **env, int n, const char *name)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #define RECHECK_MS 1000
+#define HUP_GRACE_MS 3000
 
 int sig_fd = -1, listen_fd = -1;
 int64_t recheck_at = -1;                /* ports with the host side closed: look again then */
@@ -184,31 +185,35 @@ static void channel_reset(struct channel *ch)
     }
 }
 
-/* The host side went away: a port waits for the next one, a connection is closed. */
-static void channel_gone(struct channel *ch)
+/* Forget a channel's host: its sessions end, its bytes in flight are dropped,
+ * and the input is skipped up to the next client's HELLO. */
+static void channel_drop(struct channel *ch)
 {
-    if (ch->port && ch->greeted) {
-        /* A new client's bytes can reach the guest before the kernel has
-           heard that the host side is open again, so its HELLO is read and
-           answered while the port still says "hung up". The answer waits for
-           the open; later bytes are this client's too. */
-        ch->hup = 1;
-        recheck_at = now_ms() + RECHECK_MS;
-        return;
-    }
     channel_reset(ch);
     ch->in.off = ch->in.len = 0;
     ch->out.off = ch->out.len = 0;
-    ch->resync = 0;
-    if (ch->port) {
-        /* Bytes a gone client left in flight are not for the next one:
-           discard everything up to its HELLO. */
-        ch->resync = 1;
-        ch->hup = 1;
-        recheck_at = now_ms() + RECHECK_MS;
-    } else {
+    ch->resync = 1;
+    ch->reset_at = -1;
+}
+
+/* The host side went away: a connection is closed; a port waits for the next
+ * client. A port's news comes late and out of order with its data (the
+ * kernel hears "closed" and "open" on the control queue, bytes on another),
+ * so a hang-up seen now may be the previous client's, with the current one
+ * already talking: nothing is thrown away at once. A client that ends says
+ * BYE (its sessions end then); one that died without it has its sessions
+ * ended after HUP_GRACE_MS if no host came back, or by the next HELLO. */
+static void channel_gone(struct channel *ch)
+{
+    if (!ch->port) {
+        channel_reset(ch);
         ch->dead = 1;
+        return;
     }
+    ch->hup = 1;
+    recheck_at = now_ms() + RECHECK_MS;
+    if (ch->sessions || ch->in.len > ch->in.off)
+        ch->reset_at = now_ms() + HUP_GRACE_MS;
 }
 
 void add_channel(int fd, int port, const char *name)
@@ -218,6 +223,7 @@ void add_channel(int fd, int port, const char *name)
         die("out of memory");
     ch->fd = fd;
     ch->port = port;
+    ch->reset_at = -1;
     snprintf(ch->name, sizeof ch->name, "%s", name);
     ch->next = channels;
     channels = ch;
@@ -276,7 +282,6 @@ static void flush(struct channel *ch)
 
 static void start_session(struct channel *ch, int type, uint32_t sid, const char *p, uint32_t n)
 {
-    ch->greeted = 0;
     struct session *s = new_session(ch, sid, type == F_EXEC ? S_EXEC : type == F_PUT ? S_PUT : S_GET);
     if (type == F_EXEC) {
         if (exec_start(s, p, n) < 0)
@@ -320,8 +325,8 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
     switch (type) {
     case F_HELLO:
         channel_reset(ch);
+        ch->reset_at = -1;
         send_ready(ch, sid);
-        ch->greeted = 1;
         break;
     case F_EXEC: case F_PUT: case F_GET:
         if (!sid || s)
@@ -353,6 +358,15 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
     case F_PING:
         send_frame(ch, F_PONG, flags, sid, p, n);
         break;
+    case F_BYE:
+        /* The client is done: end its sessions, drop what it did not read.
+           What follows is the next client's. */
+        channel_reset(ch);
+        ch->out.off = ch->out.len = 0;
+        ch->reset_at = -1;
+        break;
+    case 0:
+        break;                  /* padding (a client flushing a dead client's partial frame) */
     case F_READY: case F_STARTED: case F_EXIT: case F_ERROR: case F_PONG:
         break;                  /* replies: nothing to do */
     default:
@@ -392,7 +406,7 @@ static void on_input(struct channel *ch)
         const char *h = ch->in.p + ch->in.off;
         uint32_t len = le32(h + 8);
         int type = (unsigned char)h[0];
-        if (len > MAX_PAYLOAD || ((type < F_HELLO || type > F_PONG) && (h[2] || h[3]))) {
+        if (len > MAX_PAYLOAD || ((type < F_HELLO || type > F_BYE) && (h[2] || h[3]))) {
             logmsg("%s: bad frame (type %d, %u bytes): waiting for HELLO", ch->name, type, len);
             ch->resync = 1;
             continue;
@@ -468,7 +482,7 @@ static void recheck_ports(int64_t now)
         if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN))
             recheck_at = now + RECHECK_MS;
         else
-            ch->hup = 0;        /* a host is there again */
+            ch->hup = 0, ch->reset_at = -1;  /* a host is there again */
     }
 }
 
@@ -504,6 +518,14 @@ static int prepare(void)
             } else {
                 sp = &s->next;
             }
+        }
+        if (ch->reset_at >= 0) {
+            if (!ch->hup)
+                ch->reset_at = -1;
+            else if (now >= ch->reset_at)
+                channel_drop(ch);
+            else
+                AT(ch->reset_at);
         }
         flush(ch);
         if (ch->dead) {

@@ -57,6 +57,9 @@ struct hardlink {
     char *name;
 };
 
+/* The most read from a file that says it is empty (a /proc or /sys file). */
+#define PSEUDO_MAX (64u << 20)
+
 struct tar_out {
     char *path, *top;
     struct stat top_st;
@@ -188,6 +191,28 @@ static int add_entry(struct tar_out *t, int dirfd, const char *name, const char 
                 abort();
         }
         t->links[t->nlinks++] = (struct hardlink){st->st_dev, st->st_ino, strdup(arch)};
+    }
+    if (st->st_size == 0) {
+        /* Pseudo-files (/proc, /sys) say 0 bytes yet have content: read it
+           first, the header needs the size. */
+        struct buf data = {0};
+        char chunk[16384];
+        ssize_t k;
+        while (data.len < PSEUDO_MAX && (k = read(fd, chunk, sizeof chunk)) != 0) {
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k < 0) {
+                note_error(t, "read", arch);
+                break;
+            }
+            buf_append(&data, chunk, k);
+        }
+        close(fd);
+        header(t, arch, '0', st, data.len, NULL);
+        buf_append(&t->pend, data.p + data.off, data.len - data.off);
+        zeros(t, tar_padding(data.len));
+        buf_free(&data);
+        return 0;
     }
     header(t, arch, '0', st, st->st_size, NULL);
     t->fd = fd;

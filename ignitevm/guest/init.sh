@@ -107,6 +107,10 @@ fi
 # image's init mounts its own (systemd then keeps this one).
 mkdir -p /newroot/dev/pts &&
     mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=0666 devpts /newroot/dev/pts
+# /proc and /sys too, for the same reason (an image's init that mounts its own
+# mounts over them; systemd keeps these).
+[ -d /newroot/proc ] && mount -t proc -o nosuid,noexec,nodev proc /newroot/proc
+[ -d /newroot/sys ] && mount -t sysfs -o nosuid,noexec,nodev sysfs /newroot/sys
 
 if [ -n "$IGNITE_INIT" ] && { [ -x "/newroot$IGNITE_INIT" ] || [ -L "/newroot$IGNITE_INIT" ]; }; then
     # The agent serves exec/cp/shutdown from the image's root, beside its init.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ignitevm.api.defaults import default_vm, now, validate_vm
 from ignitevm.api.types import VM, Image, Kernel, Size
-from ignitevm.errors import Conflict, InvalidInput, MissingTool
+from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.fs import flock
@@ -70,13 +70,8 @@ def create(ctx: Context, vm: VM) -> VM:
     vm.status.runtime.name = ctx.vmm.name
     vm.status.network.plugin = vm.status.network.plugin or "user"
     sshkeys.user_public_key(vm.spec.ssh)  # a bad --ssh=PATH fails before anything is made
-    with ctx.store.creating(vm, rename=generated) as stage:
+    with ctx.store.creating(vm, rename=generated) as stage, sshkeys.making_keys(vm, stage):
         ctx.vmm.create_disk(images.image_file(ctx, image), stage, vm.spec.disk_size.bytes)
-        try:
-            sshkeys.make_keys(vm, stage)
-        except MissingTool:
-            if vm.spec.ssh:
-                raise
     log.info("Created VM with ID %r and name %r", vm.metadata.uid, vm.metadata.name)
     return vm
 

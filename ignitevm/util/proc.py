@@ -150,3 +150,15 @@ def spawn(
         raise
     finally:
         proc.wait()
+
+
+@contextmanager
+def alongside(argv: Sequence[str | os.PathLike[str]], *, hint: str | None = None) -> Iterator[None]:
+    """Run a program while the body runs; at the end wait for it and raise
+    CommandError if it failed (if the body fails, the program is stopped)."""
+    with spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        yield
+        err = proc.stderr.read() if proc.stderr else b""
+        if proc.wait() != 0:
+            raise CommandError(list(map(os.fspath, proc.args)), proc.returncode,  # type: ignore[arg-type]
+                               _text(err), hint=hint)

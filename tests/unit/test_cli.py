@@ -118,3 +118,72 @@ def test_completion_scripts(ignite: Ignite) -> None:
     assert "complete -c ignite" in ignite("completion", "fish").stdout
     res = ignite("pss", check=False)
     assert res.returncode == 1 and "did you mean 'ps'" in res.stderr
+
+
+def test_spec_ssh_renders_as_ignites_struct() -> None:
+    vm = _vm()
+    vm.spec.ssh = True
+    assert render("{{.Spec.SSH}}", vm) == "{true }"
+    vm.spec.ssh = "/root/.ssh/id.pub"
+    assert render("{{.Spec.SSH}}", vm) == "{false /root/.ssh/id.pub}"
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    # a command's flags before the command's name, as cobra took them
+    (["--runtime=qemu", "--network-plugin", "user", "run", "img"],
+     ["run", "--runtime=qemu", "--network-plugin", "user", "img"]),
+    (["--root", "/r", "-q", "vm", "create", "img"], ["--root", "/r", "-q", "vm", "create", "img"]),
+    (["--runtime", "qemu", "vm", "start", "x"], ["vm", "start", "--runtime", "qemu", "x"]),
+    # bare --ssh takes no value: the next word stays the image
+    (["run", "--name=n", "--ssh", "img"], ["run", "--name=n", "--ssh=true", "img"]),
+    (["run", "--ssh=/k.pub", "img"], ["run", "--ssh=/k.pub", "img"]),
+    (["exec", "vm", "--", "x", "--ssh"], ["exec", "vm", "--", "x", "--ssh"]),
+    (["exec", "--ssh", "vm", "ls"], ["exec", "--ssh", "vm", "ls"]),
+])
+def test_command_line_read_as_ignite_did(argv: list[str], want: list[str]) -> None:
+    from ignitevm.cli.parser import normalize
+
+    assert normalize(argv) == want
+
+
+def test_command_words_match_the_tree() -> None:
+    from ignitevm.cli.completion import tree
+    from ignitevm.cli.parser import COMMANDS, GROUPS
+
+    paths = [p.split() for p in tree() if p]
+    assert {p[0] for p in paths} == COMMANDS
+    for group in ("image", "kernel", "vm"):
+        assert {p[1] for p in paths if len(p) == 2 and p[0] == group} == GROUPS[group]
+
+
+def test_version_looks_like_ignites(ignite: Ignite) -> None:
+    out = ignite("version").stdout.splitlines()
+    assert out[0].startswith('Ignite version: version.Info{Major:"0", Minor:')
+    assert 'KernelImage:version.Image{Name:"debian-cloud", Tag:"latest", Delimeter:":"}' in out[0]
+    assert out[1].startswith("QEMU version: ")
+    import json
+
+    info = json.loads(ignite("version", "-o", "json").stdout)
+    assert set(info["igniteVersion"]) >= {"major", "minor", "gitVersion", "platform",
+                                          "sandboxImage", "kernelImage"}
+
+
+def test_ignited_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    def ignited(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", "import sys; from ignitevm.daemon.main "
+                               "import main; sys.exit(main())", *args], capture_output=True,
+                              text=True,
+                              env={"IGNITE_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"})
+
+    assert ignited("version", "-o", "short").stdout.startswith("v")
+    assert "complete -F _ignited ignited" in ignited("completion").stdout
+    res = ignited("gitops", "ftp://example/x")
+    assert res.returncode == 1 and "unsupported endpoint scheme 'ftp'" in res.stderr
+    res = ignited("gitops", f"file://{tmp_path}/none")
+    assert res.returncode == 1 and "error: git failed" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = ignited("daemon", "--interval", "1x")
+    assert res.returncode == 1 and "invalid duration" in res.stderr

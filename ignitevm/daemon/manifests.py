@@ -1,0 +1,76 @@
+"""VM manifests in a folder (the daemon's folder, or a Git checkout).
+
+As Ignite's manifest storage read them: every ``.yaml``, ``.yml`` and
+``.json`` file below the folder is one object; only ``kind: VM`` counts, and
+only with a ``metadata.uid`` (the VM's identity across edits and renames).
+Files that cannot be read are skipped with a warning, said once per version
+of the file, so one bad file never stops the others from being reconciled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ignitevm.api import codec
+from ignitevm.api.types import VM
+from ignitevm.errors import IgniteError
+from ignitevm.log import log
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class ManifestReader:
+    folder: Path
+    _warned: dict[Path, float] = field(default_factory=dict)
+
+    def read(self) -> dict[str, VM]:
+        """The VMs the folder describes, by UID."""
+        found: dict[str, VM] = {}
+        if not self.folder.is_dir():
+            return found
+        for path in sorted(self.folder.rglob("*")):
+            if path.suffix not in SUFFIXES or ".git" in path.relative_to(self.folder).parts:
+                continue
+            vm = self._one(path)
+            if vm is None:
+                continue
+            uid = vm.metadata.uid
+            if uid in found:
+                self._warn(path, f"{path}: VM UID {uid} is also in another file; skipped")
+                continue
+            found[uid] = vm
+        return found
+
+    def _one(self, path: Path) -> VM | None:
+        try:
+            text = path.read_text()
+            data = codec.load_manifest(text, str(path))
+        except (OSError, UnicodeDecodeError) as exc:
+            self._warn(path, f"cannot read {path}: {exc}")
+            return None
+        except IgniteError as exc:
+            self._warn(path, f"skipping {path}: {exc.brief}")
+            return None
+        if data.get("kind") != "VM":
+            log.debug("ignoring %s: kind %s", path, data.get("kind"))
+            return None
+        try:
+            vm: VM = codec.decode_object(data, str(path))
+        except IgniteError as exc:
+            self._warn(path, f"skipping {path}: {exc.brief}")
+            return None
+        if not vm.metadata.uid:
+            self._warn(path, f"skipping {path}: .metadata.uid not set")
+            return None
+        return vm
+
+    def _warn(self, path: Path, message: str) -> None:
+        try:
+            version = path.stat().st_mtime
+        except OSError:
+            version = 0.0
+        if self._warned.get(path) != version:
+            self._warned[path] = version
+            log.warning("%s", message)

@@ -1,0 +1,56 @@
+"""ignited's pieces that need no VM: reading a manifest folder, durations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from ignitevm.daemon.main import _duration
+from ignitevm.daemon.manifests import ManifestReader
+
+VM_FILE = """apiVersion: ignite.weave.works/v1alpha4
+kind: VM
+metadata:
+  name: {name}
+  {uid}
+spec:
+  image:
+    oci: base:latest
+status:
+  running: true
+"""
+
+
+def test_manifest_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text(VM_FILE.format(name="a", uid="uid: 0000000000000001"))
+    (tmp_path / "sub" / "b.json").write_text(
+        '{"apiVersion": "ignite.weave.works/v1alpha4", "kind": "VM", "metadata": '
+        '{"name": "b", "uid": "0000000000000002"}, "spec": {"image": {"oci": "x"}}}')
+    (tmp_path / "no-uid.yml").write_text(VM_FILE.format(name="c", uid=""))
+    (tmp_path / "broken.yaml").write_text("kind: [")
+    (tmp_path / "kernel.yaml").write_text(
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: Kernel\nmetadata:\n  name: k\n")
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x.yaml").write_text(VM_FILE.format(name="g", uid="uid: 00000000000000ff"))
+    reader = ManifestReader(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ignitevm"):
+        found = reader.read()
+        assert sorted(found) == ["0000000000000001", "0000000000000002"]
+        assert found["0000000000000001"].status.running is True
+        assert found["0000000000000002"].status.running is False
+        warned = [r.getMessage() for r in caplog.records]
+        assert any("no-uid.yml" in w and "uid not set" in w for w in warned)
+        assert any("broken.yaml" in w for w in warned)
+        caplog.clear()
+        reader.read()  # the same files: no second warning
+        assert not caplog.records
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30), ("1m0s", 60), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200), ("5", 5)])
+def test_durations(text: str, seconds: float) -> None:
+    assert _duration(text) == seconds
