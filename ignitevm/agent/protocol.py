@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 HELLO, READY, EXEC, STARTED, DATA, EOF, EXIT, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
 WINDOW, SIGNAL, RESIZE, SHUTDOWN, PUT, GET, PING, PONG, BYE = 9, 10, 11, 12, 13, 14, 15, 16, 17
@@ -16,8 +16,7 @@ INITIAL_WINDOW = 262144
 READY_PREFIX = bytes([READY, 0, 0, 0, 0, 0, 0, 0])
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     type: int
     session: int
     payload: bytes = b""

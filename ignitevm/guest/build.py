@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 from ignitevm.errors import IgniteError
@@ -21,7 +20,8 @@ HEADERS: tuple[str, ...] = ("agent.h",)
 
 
 def source(name: str) -> bytes:
-    return resources.files("ignitevm.guest").joinpath(name).read_bytes()
+    """A guest source file (they are installed as package data, on disk)."""
+    return (Path(__file__).parent / name).read_bytes()
 
 
 def sources_digest(program: str) -> str:

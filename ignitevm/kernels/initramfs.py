@@ -6,12 +6,10 @@ import hashlib
 import io
 import os
 import shutil
-from importlib import resources
 from pathlib import Path
 
 from ignitevm.errors import IgniteError
 from ignitevm.guest import build as guest_build
-from ignitevm.kernels.cpio import CpioWriter
 from ignitevm.util.proc import run, which
 
 # What the guest needs before it can mount its disk and talk to the host.
@@ -116,7 +114,7 @@ GUEST_PROGRAMS = ("ignite-resize", "ignite-agent")
 
 
 def _init_script() -> bytes:
-    return resources.files("ignitevm.guest").joinpath("init.sh").read_bytes()
+    return guest_build.source("init.sh")
 
 
 def initramfs_for(kernel_dir: Path, cache: Path) -> Path:
@@ -146,6 +144,8 @@ def build_initramfs(out: Path, modules: Path | None, cache: Path,
     busybox = busybox or find_busybox()
     applets = run([busybox, "--list"]).stdout.split()
     buf = io.BytesIO()
+    from ignitevm.kernels.cpio import CpioWriter
+
     w = CpioWriter(buf)
     for d in ("dev", "proc", "sys", "run", "tmp", "cfg", "newroot", "bin", "sbin", "lib/modules"):
         w.mkdir(d)

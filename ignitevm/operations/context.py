@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -17,11 +16,12 @@ def default_root() -> Path:
     return Path(os.environ.get("IGNITE_ROOT") or DEFAULT_ROOT)
 
 
-@dataclass
 class Context:
-    root: Path = field(default_factory=default_root)
-    vmm_name: str = "qemu"
-    accel: str | None = None  # None/"auto": probe
+    def __init__(self, root: Path | None = None, vmm_name: str = "qemu",
+                 accel: str | None = None):
+        self.root = root if root is not None else default_root()
+        self.vmm_name = vmm_name
+        self.accel = accel  # None/"auto": probe
 
     @cached_property
     def store(self) -> Store:

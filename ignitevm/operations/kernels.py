@@ -10,10 +10,7 @@ from ignitevm.api import refs
 from ignitevm.api.defaults import DEFAULT_KERNEL, now
 from ignitevm.api.types import Kernel, KernelSpec, ObjectMeta, Size
 from ignitevm.errors import InvalidInput
-from ignitevm.kernels import debian
 from ignitevm.kernels.initramfs import collect_modules, initramfs_for
-from ignitevm.kernels.version import is_kernel, kernel_version
-from ignitevm.kernels.vmlinux import extract_vmlinux
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
@@ -32,6 +29,9 @@ def kernel_files(ctx: Context, kernel: Kernel) -> tuple[Path, Path]:
 
 
 def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
+    # (imported here: starting a VM needs none of this)
+    from ignitevm.kernels import debian
+    from ignitevm.kernels.version import is_kernel, kernel_version
     """Import Debian's cloud kernel (``debian``) or a kernel file; reuse one already there."""
     is_debian = source in DEBIAN_ALIASES
     path = Path(source)
@@ -89,6 +89,8 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
 
 
 def _store_kernel(src: Path, stage: Path) -> None:
+    from ignitevm.kernels.vmlinux import extract_vmlinux
+
     """Keep an ELF vmlinux (PVH boot, no in-guest decompression), else the bzImage."""
     with src.open("rb") as f:
         is_elf = f.read(4) == b"\x7fELF"

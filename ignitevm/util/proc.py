@@ -14,8 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from ignitevm.errors import CommandError, MissingTool
 from ignitevm.log import log
@@ -50,8 +49,7 @@ def which(prog: str) -> str:
     return path
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     argv: list[str]
     returncode: int
     stdout: str

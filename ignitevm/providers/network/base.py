@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Forward:
+class Forward(NamedTuple):
     proto: str  # tcp | udp
     host_ip: str
     host_port: int
     guest_port: int
 
 
-@dataclass(frozen=True)
-class NetPlan:
+class NetPlan(NamedTuple):
     plugin: str
     mac: str
     guest_ip: str  # with prefix, e.g. 10.0.2.15/24
     gateway: str
     dns: str
-    forwards: tuple[Forward, ...] = field(default=())
+    forwards: tuple[Forward, ...] = ()
     ssh_port: int = 0  # host port forwarded to the guest's port 22 (loopback), 0 = none
 
     @property

@@ -7,12 +7,13 @@ host ports reach it through forwards. SSH gets a loopback port of its own.
 from __future__ import annotations
 
 import os
-import socket
 
 from ignitevm.providers.network.base import Forward, NetPlan
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -8,23 +8,20 @@ folder, so any later CLI process (or the daemon) can act on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ignitevm.providers.network.base import NetPlan
 
 
-@dataclass(frozen=True)
-class Disk:
+class Disk(NamedTuple):
     path: Path
     serial: str
     format: str = "raw"  # "raw" | "qcow2"
     readonly: bool = False
 
 
-@dataclass(frozen=True)
-class LaunchSpec:
+class LaunchSpec(NamedTuple):
     uid: str
     workdir: Path
     kernel: Path
