@@ -232,13 +232,13 @@ def main() -> None:
         floor = []
         for _ in range(max(rounds, 5)):
             start = time.perf_counter()
-            ignite(last, "version")
+            ignite(last, "version", "-o", "short")
             floor.append(time.perf_counter() - start)
         pct = 100 * median(again) / median(mine)
         verdict = "ok" if pct <= 1.0 else "MISSED"
         print(f"second import of the same image: median {median(again) * 1000:.0f} ms, "
               f"{pct:.2f} % of the first ({median(mine):.2f}s); target <= 1 %: {verdict}")
-        print(f"  (CLI floor, `ignite version` in the same store: {median(floor) * 1000:.0f} ms;"
+        print(f"  (CLI floor, `ignite version -o short` in the same store: {median(floor) * 1000:.0f} ms;"
               f" the second import beyond it: {(median(again) - median(floor)) * 1000:.0f} ms)")
         shutil.rmtree(last.parent)
     finally:

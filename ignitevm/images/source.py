@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from ignitevm.errors import InvalidInput
 
 Opener = Callable[[], AbstractContextManager[BinaryIO]]
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     digest: str  # "sha256:<hex>" of the blob as stored (for a rootfs tar: of the file)
     size: int
-    open: Opener = field(repr=False, compare=False)  # yields the (maybe compressed) blob
+    open: Opener  # yields the (maybe compressed) blob
 
 
-@dataclass(frozen=True)
-class ImageSource:
+class ImageSource(NamedTuple):
     kind: str  # "docker-archive" | "oci-archive" | "oci-layout" | "rootfs-tar"
     ref: str | None  # name embedded in the source, if any
     digest: str  # "sha256:<config digest>" (rootfs tar: sha256 of the file)
