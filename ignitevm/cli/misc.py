@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 
 from ignitevm import __version__
@@ -58,17 +57,20 @@ def _go_struct(typename: str, fields: dict[str, object]) -> str:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    info = version_info()
+    if args.output not in ("", "short", "json", "yaml"):
+        raise InvalidInput(f"invalid output format: {args.output}", hint="use short, json or yaml")
     if args.output == "short":
         emit(f"v{__version__}")
-    elif args.output == "json":
+        return 0
+    info = version_info()
+    if args.output == "json":
+        import json
+
         emit(json.dumps(info, indent=2))
     elif args.output == "yaml":
         import yaml
 
         emit(yaml.safe_dump(info, sort_keys=False))
-    elif args.output:
-        raise InvalidInput(f"invalid output format: {args.output}", hint="use short, json or yaml")
     else:
         ignite = info["igniteVersion"]
         qemu = info["qemuVersion"]
