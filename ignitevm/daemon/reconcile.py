@@ -11,6 +11,7 @@ VMs made by hand, or by another source, are never touched.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,8 @@ from ignitevm.operations import vms
 from ignitevm.operations.context import Context
 
 MANAGED_BY = "ignite.weave.works/managed-by"
+# A VM that keeps stopping by itself is started again after a growing pause.
+BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 2.0, 300.0, 60.0
 
 
 class Reconciler:
@@ -28,6 +31,9 @@ class Reconciler:
         self.ctx = ctx
         self.source = source
         self._failed: dict[str, str] = {}  # uid -> last error said (not repeated)
+        self._started: dict[str, float] = {}  # uid -> when this reconciler last started it
+        self._pause: dict[str, float] = {}  # uid -> the last pause before a restart
+        self._wait_until: dict[str, float] = {}  # uid -> no restart before then
 
     def managed(self) -> dict[str, VM]:
         return {vm.metadata.uid: vm for vm in self.ctx.store.list(VM)
@@ -57,9 +63,38 @@ class Reconciler:
             have = vms.create(self.ctx, vm)
         running = vms.is_running(self.ctx, have)
         if want.status.running and not running:
+            if not self._may_restart(uid, have.metadata.name):
+                return
+            self._started[uid] = time.monotonic()
             vms.start(self.ctx, have)
         elif not want.status.running and running:
+            for state in (self._started, self._pause, self._wait_until):
+                state.pop(uid, None)
             vms.stop(self.ctx, have)
+
+    def _may_restart(self, uid: str, name: str) -> bool:
+        """Whether to start a VM that should run and does not: at once the first
+        time or after it ran a while; when it keeps stopping soon after a
+        start, after a pause that doubles each time (up to 5 minutes)."""
+        now = time.monotonic()
+        started = self._started.get(uid)
+        if started is None:
+            return True
+        wait_until = self._wait_until.get(uid)
+        if wait_until is not None:
+            if now < wait_until:
+                return False
+            del self._wait_until[uid]
+            return True
+        if now - started >= STABLE_AFTER:
+            self._pause.pop(uid, None)
+            return True
+        pause = min(max(2 * self._pause.get(uid, 0.0), BACKOFF_FIRST), BACKOFF_MAX)
+        self._pause[uid] = pause
+        self._wait_until[uid] = now + pause
+        log.warning("VM %r (%s) stopped %.0fs after it was started; starting it again "
+                    "in %.0fs", name, uid, now - started, pause)
+        return False
 
     @contextmanager
     def _attempt(self, uid: str, name: str) -> Iterator[None]:

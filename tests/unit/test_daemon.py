@@ -54,3 +54,33 @@ def test_manifest_folder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     ("30s", 30), ("1m0s", 60), ("1m30s", 90), ("500ms", 0.5), ("2h", 7200), ("5", 5)])
 def test_durations(text: str, seconds: float) -> None:
     assert _duration(text) == seconds
+
+
+def test_restart_backoff(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ignitevm.daemon import reconcile
+    from ignitevm.operations.context import Context
+
+    clock = [1000.0]
+    monkeypatch.setattr(reconcile.time, "monotonic", lambda: clock[0])
+    rec = reconcile.Reconciler(Context(root=tmp_path), "dir:/x")
+    uid = "0000000000000001"
+
+    def start_now() -> bool:
+        ok = rec._may_restart(uid, "vm")
+        if ok:
+            rec._started[uid] = clock[0]
+        return ok
+
+    assert start_now()                       # first start: at once
+    clock[0] += 5                            # it stopped 5 s later
+    assert not start_now()                   # -> wait 2 s
+    clock[0] += 1
+    assert not start_now()
+    clock[0] += 1.5
+    assert start_now()
+    clock[0] += 1                            # stopped again soon -> wait 4 s
+    assert not start_now()
+    clock[0] += 4.1
+    assert start_now()
+    clock[0] += 120                          # ran for a while: at once again
+    assert start_now()
