@@ -18,6 +18,31 @@ def context(args: argparse.Namespace) -> Context:
     return Context(root=root, accel=getattr(args, "accel", None))
 
 
+def starting_context(args: argparse.Namespace) -> Context:
+    """The context of a command that starts VMs: the accelerator may also come
+    from $IGNITE_ACCEL or the Configuration's ``spec.accel`` (flag first)."""
+    import os
+
+    ctx = context(args)
+    if not ctx.accel:
+        ctx.accel = os.environ.get("IGNITE_ACCEL") or None
+    if not ctx.accel:
+        from ignitevm.cli.config import load_configuration
+        from ignitevm.errors import InvalidInput
+
+        cfg = load_configuration(getattr(args, "ignite_config", None)) or {}
+        accel = (cfg.get("spec") or {}).get("accel")
+        if accel not in (None, "", "auto", "kvm", "tcg"):
+            raise InvalidInput(f"invalid Configuration spec.accel {accel!r}",
+                               hint="use auto, kvm or tcg")
+        ctx.accel = accel or None
+    if ctx.accel not in (None, "auto", "kvm", "tcg"):
+        from ignitevm.errors import InvalidInput
+
+        raise InvalidInput(f"invalid accelerator {ctx.accel!r}", hint="use auto, kvm or tcg")
+    return ctx
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns padded with spaces, as docker prints them."""
     widths = [len(h) for h in headers]

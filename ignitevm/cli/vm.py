@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ignitevm.api.types import VM
-from ignitevm.cli.common import context, dump, emit, table
+from ignitevm.cli.common import context, dump, emit, starting_context, table
 from ignitevm.errors import InvalidInput
 from ignitevm.log import log
 from ignitevm.operations.context import Context
@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ignitevm.cli.vmspec import vm_from_args
     from ignitevm.operations import vms
 
-    ctx = context(args)
+    ctx = starting_context(args)
     vm = vms.create(ctx, vm_from_args(args))
     try:
         vms.start(ctx, vm)
@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_start(args: argparse.Namespace) -> int:
     from ignitevm.operations import vms
 
-    ctx = context(args)
+    ctx = starting_context(args)
     vm = ctx.store.resolve(VM, args.vm)
     vms.start(ctx, vm)
     if args.quiet:

@@ -127,13 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _context(args: argparse.Namespace) -> Any:
-    from ignitevm.cli.common import context
+    from ignitevm.cli.common import starting_context
     from ignitevm.errors import InvalidInput
 
     if getattr(args, "runtime", None) not in (None, "", "qemu"):
         raise InvalidInput(f"runtime {args.runtime!r} is not available here",
                            hint="VMs run under QEMU directly; leave out --runtime")
-    return context(args)
+    return starting_context(args)
 
 
 def _loop(interval: float, step: Callable[[], None]) -> int:

@@ -187,3 +187,27 @@ def test_ignited_commands(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert "Traceback" not in res.stderr
     res = ignited("daemon", "--interval", "1x")
     assert res.returncode == 1 and "invalid duration" in res.stderr
+
+
+def test_accel_from_flag_env_or_configuration(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from ignitevm.cli.common import starting_context
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
+                   "spec:\n  accel: tcg\n")
+
+    def ctx(**kw: object) -> str | None:
+        ns = argparse.Namespace(root=str(tmp_path), accel=None, ignite_config=str(cfg))
+        vars(ns).update(kw)
+        return starting_context(ns).accel
+
+    monkeypatch.delenv("IGNITE_ACCEL", raising=False)
+    assert ctx() == "tcg"
+    assert ctx(accel="kvm") == "kvm"
+    monkeypatch.setenv("IGNITE_ACCEL", "auto")
+    assert ctx() == "auto"
+    monkeypatch.setenv("IGNITE_ACCEL", "hvf")
+    with pytest.raises(InvalidInput, match="invalid accelerator 'hvf'"):
+        ctx()
