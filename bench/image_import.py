@@ -238,7 +238,8 @@ def main() -> None:
         verdict = "ok" if pct <= 1.0 else "MISSED"
         print(f"second import of the same image: median {median(again) * 1000:.0f} ms, "
               f"{pct:.2f} % of the first ({median(mine):.2f}s); target <= 1 %: {verdict}")
-        print(f"  (CLI floor, `ignite version -o short` in the same store: {median(floor) * 1000:.0f} ms;"
+        print("  (CLI floor, `ignite version -o short` in the same store: "
+              f"{median(floor) * 1000:.0f} ms;"
               f" the second import beyond it: {(median(again) - median(floor)) * 1000:.0f} ms)")
         shutil.rmtree(last.parent)
     finally:
