@@ -65,7 +65,7 @@ class Channel:
         nonce = os.urandom(16)
         hello = p.Frame(p.HELLO, 0).encode() + p.Frame(p.PING, 0, nonce).encode()
         pong = p.Frame(p.PONG, 0, nonce).encode()
-        self.sock.sendall(hello)
+        self._send_raw(hello, deadline)
         self.hellos = 1
         resend = time.monotonic() + HELLO_RETRY
         while True:
@@ -81,14 +81,11 @@ class Channel:
                 del self.buf[: idx + len(pong)]
                 return
             if time.monotonic() >= resend:
-                if self.hellos == 1:
-                    # A client killed mid-frame may have left the agent waiting
-                    # for the rest of it: complete any such frame with padding
-                    # (empty type-0 frames, ignored) so that HELLO is read.
-                    self.sock.settimeout(max(0.1, deadline - time.monotonic()))
-                    self.sock.sendall(bytes(p.HEADER.size + p.MAX_PAYLOAD))
-                self.send(p.Frame(p.HELLO, 0))
-                self.send(p.Frame(p.PING, 0, nonce))
+                # A client killed mid-frame may have left the agent waiting for
+                # the rest of it: zero bytes complete any such frame (and are
+                # skipped as padding where a frame would start), then HELLO.
+                pad = bytes(p.HEADER.size + p.MAX_PAYLOAD) if self.hellos == 1 else b""
+                self._send_raw(pad + hello, deadline)
                 self.hellos += 1
                 resend = time.monotonic() + HELLO_RETRY
             if not self._fill(min(deadline, resend)) and time.monotonic() >= deadline:
@@ -120,9 +117,17 @@ class Channel:
         return sid
 
     def send(self, frame: p.Frame) -> None:
+        self._send_raw(frame.encode(), None)
+
+    def _send_raw(self, data: bytes, deadline: float | None) -> None:
         try:
-            self.sock.settimeout(None)  # (reads set their own deadlines)
-            self.sock.sendall(frame.encode())
+            # (reads set their own timeouts; a send waits as long as it may)
+            self.sock.settimeout(None if deadline is None
+                                 else max(0.1, deadline - time.monotonic()))
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise AgentError("the guest agent does not read what is sent to it",
+                             hint="check that the VM has booted (ignite logs)") from None
         except OSError as exc:
             raise AgentError(f"lost the connection to the guest agent: {exc.strerror}") from None
 
@@ -179,7 +184,7 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
         taken = _lock_free(sockets)
         if taken is not None:
             return taken
-        with _locked(sockets[0].parent / "agent-grow.lock"):
+        with _locked(sockets[0].parent / "agent-grow.lock", deadline):
             taken = _lock_free(ports.sockets())
             if taken is not None:
                 return taken
@@ -214,10 +219,19 @@ def _lock_free(sockets: list[Path]) -> tuple[int, Path] | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, deadline: float) -> Iterator[None]:
+    """Hold an flock on ``path``; AgentError if it is still taken at ``deadline``."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AgentError("another client is adding an agent channel and does "
+                                     "not finish") from None
+                time.sleep(0.02)
         yield
     finally:
         os.close(fd)

@@ -42,7 +42,8 @@
 #define TMPFS_MAGIC 0x01021994
 
 int agent_mode;
-static int log_fd = 2, console_fd = -1, nports;
+static int log_fd = 2, console_fd = -1;
+int nports;
 static const char *socket_path;
 /* --init: the image's command and the way out */
 static pid_t main_pid = -1;
@@ -402,7 +403,14 @@ void on_uevent(void)
     char msg[4096];
     int ours = 0;
     ssize_t n;
-    while ((n = recv(uevent_fd, msg, sizeof msg - 1, 0)) > 0) {
+    while ((n = recv(uevent_fd, msg, sizeof msg - 1, 0)) != 0) {
+        if (n < 0) {
+            if (errno == ENOBUFS) {     /* events were lost: look anyway */
+                ours = 1;
+                continue;
+            }
+            break;
+        }
         msg[n] = '\0';
         /* NUL-separated KEY=value lines after an "action@devpath" header */
         for (char *p = msg; p < msg + n; p += strlen(p) + 1)
@@ -435,8 +443,8 @@ static void start_chroot(const char *dir)
     if (console_fd >= 0)
         log_fd = console_fd;
     open_ports(dir);
-    if (nports == 0)
-        die("no agent ports (virtio-serial %s*) in this guest", PORT_PREFIX);
+    if (ports_dir < 0)
+        die("no virtio-serial ports in this guest (no /sys/class/virtio-ports)");
     if (chdir(dir) < 0 || chroot(".") < 0 || chdir("/") < 0)
         die("cannot enter %s: %s", dir, strerror(errno));
     logmsg("ready (%d channels)", nports);
@@ -588,6 +596,8 @@ int main(int argc, char **argv)
     if (sig_fd < 0)
         die("signalfd: %s", strerror(errno));
     ports_async();
+    if (nports == 0)            /* look for the first port soon (see recheck_ports) */
+        recheck_at = now_ms();
     reap();                     /* a child may have gone before the signalfd existed */
     loop();
 }

@@ -99,7 +99,7 @@ void on_signals(void);
 int64_t system_timers(int64_t now);
 void send_ready(struct channel *ch, uint32_t sid);
 void shutdown_request(struct channel *ch, uint32_t sid, uint32_t mode);
-extern int uevent_fd;
+extern int uevent_fd, nports;
 int open_ports(const char *alt);
 void on_uevent(void);
 

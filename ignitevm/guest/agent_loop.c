@@ -15,6 +15,7 @@
 
 #define RECHECK_MS 1000
 #define HUP_GRACE_MS 3000
+#define FIRST_PORT_MS 100
 
 int sig_fd = -1, listen_fd = -1;
 int64_t recheck_at = -1;                /* ports with the host side closed: look again then */
@@ -92,7 +93,9 @@ char *frame_begin(struct channel *ch, size_t max)
 
 void frame_end(struct channel *ch, int type, int flags, uint32_t sid, size_t n)
 {
-    if (ch->dead || ch->hup)
+    /* (kept while the port is hung up: the hang-up may be the previous
+       client's, seen late; what is queued is bounded by the windows) */
+    if (ch->dead)
         return;
     put_header(ch->out.p + ch->out.len, type, flags, sid, n);
     ch->out.len += HDR_SIZE + n;
@@ -211,8 +214,9 @@ static void channel_gone(struct channel *ch)
         return;
     }
     ch->hup = 1;
-    recheck_at = now_ms() + RECHECK_MS;
-    if (ch->sessions || ch->in.len > ch->in.off)
+    if (recheck_at < 0 || recheck_at > now_ms() + RECHECK_MS)
+        recheck_at = now_ms() + RECHECK_MS;
+    if (ch->reset_at < 0 && (ch->sessions || ch->in.len > ch->in.off))
         ch->reset_at = now_ms() + HUP_GRACE_MS;
 }
 
@@ -365,8 +369,6 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
         ch->out.off = ch->out.len = 0;
         ch->reset_at = -1;
         break;
-    case 0:
-        break;                  /* padding (a client flushing a dead client's partial frame) */
     case F_READY: case F_STARTED: case F_EXIT: case F_ERROR: case F_PONG:
         break;                  /* replies: nothing to do */
     default:
@@ -400,7 +402,13 @@ static void on_input(struct channel *ch)
         return;
     }
     ch->in.len += n;
-    while (!ch->dead && !ch->hup && ch->in.len - ch->in.off >= HDR_SIZE) {
+    for (;;) {
+        /* Zero bytes where a frame would start are padding (no frame type is 0):
+           a client sends a run of them to complete a dead client's partial frame. */
+        while (ch->in.off < ch->in.len && ch->in.p[ch->in.off] == 0)
+            ch->in.off++;
+        if (ch->dead || ch->hup || ch->in.len - ch->in.off < HDR_SIZE)
+            break;
         if (ch->resync && !resync(ch))
             break;
         const char *h = ch->in.p + ch->in.off;
@@ -472,17 +480,25 @@ static void get_pump(struct session *s)
     }
 }
 
-static void recheck_ports(int64_t now)
+static void recheck_ports(void)
 {
     recheck_at = -1;
+    if (open_ports(NULL) > 0)   /* (a port whose uevent was lost) */
+        ports_async();
+    if (nports == 0)            /* none named yet: the host's names can come late */
+        recheck_at = now_ms() + FIRST_PORT_MS;
     for (struct channel *ch = channels; ch; ch = ch->next) {
         if (!ch->hup)
             continue;
+        /* A port with no host polls POLLIN|POLLHUP (read would not block: it
+           returns 0). Read anyway: bytes of the next client can be there
+           before the kernel hears that it connected; a read of 0 hangs the
+           port up again. */
         struct pollfd p = {ch->fd, POLLIN, 0};
-        if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN))
-            recheck_at = now + RECHECK_MS;
-        else
-            ch->hup = 0, ch->reset_at = -1;  /* a host is there again */
+        poll(&p, 1, 0);
+        ch->hup = 0;
+        if (!(p.revents & POLLHUP))
+            ch->reset_at = -1;      /* a host is there again */
     }
 }
 
@@ -492,7 +508,7 @@ static int prepare(void)
     int64_t now = now_ms(), next = -1;
 #define AT(t) do { if ((t) >= 0 && (next < 0 || (t) < next)) next = (t); } while (0)
     if (recheck_at >= 0 && now >= recheck_at)
-        recheck_ports(now);
+        recheck_ports();
     AT(recheck_at);
     AT(system_timers(now));
 
@@ -519,13 +535,14 @@ static int prepare(void)
                 sp = &s->next;
             }
         }
-        if (ch->reset_at >= 0) {
-            if (!ch->hup)
-                ch->reset_at = -1;
-            else if (now >= ch->reset_at)
-                channel_drop(ch);
-            else
-                AT(ch->reset_at);
+        if (ch->reset_at >= 0 && now >= ch->reset_at) {
+            struct pollfd p = {ch->fd, 0, 0};
+            poll(&p, 1, 0);
+            ch->reset_at = -1;
+            if (p.revents & POLLHUP)
+                channel_drop(ch);   /* no host came back: its sessions end */
+        } else if (ch->reset_at >= 0) {
+            AT(ch->reset_at);
         }
         flush(ch);
         if (ch->dead) {

@@ -127,6 +127,43 @@ def test_cp_round_trip(cli: Ignite, agentbox: str, tmp_path: Path) -> None:
     assert single.read_text() == "ID=ignitevm-test\n"
 
 
+@pytest.mark.parametrize("after", [0.3, 0.9])
+def test_clients_killed_mid_transfer_leave_the_agent_usable(cli: Ignite, agentbox: str,
+                                                            tmp_path: Path,
+                                                            after: float) -> None:
+    """kill -9 of a cp mid-frame: the next client on that channel still gets
+    through (padding completes the dead client's frame), and what the dead
+    client ran ends."""
+    import signal
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(96 << 20))
+    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "cp", str(big),
+                             f"{agentbox}:/tmp/killed.bin"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert cli("exec", agentbox, "--", "echo", "still here", timeout=60).stdout == "still here\n"
+    # An exec whose client is killed: its command ends too.
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "exec", agentbox, "--",
+                             "sleep", "300"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while "sleep 300" not in cli("exec", agentbox, "--", "sh", "-c", "ps").stdout:
+        assert time.monotonic() < deadline, "the exec never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while "sleep 300" in cli("exec", agentbox, "--", "sh", "-c", "ps").stdout:
+        assert time.monotonic() < deadline, "the dead client's command still runs"
+        time.sleep(0.5)
+
+
 def test_cp_errors(cli: Ignite, agentbox: str, tmp_path: Path) -> None:
     res = cli("cp", f"{agentbox}:/no/such/file", str(tmp_path / "x"), check=False)
     assert res.returncode != 0 and "No such file" in res.stderr

@@ -25,6 +25,9 @@ RUNTIME_FILES = (args.PIDFILE, args.QMP, args.CONSOLE_SOCK,
                    for k in range(1, args.AGENT_MAX_CHANNELS + 1)))
 
 
+QMP_TIMEOUT = 10.0  # seconds for one QMP exchange (QEMU serves one client at a time)
+
+
 class QemuVMM:
     name = "qemu"
 
@@ -85,6 +88,7 @@ class QemuVMM:
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         mon = QEMUMonitorProtocol(str(workdir / args.QMP))
+        mon.settimeout(QMP_TIMEOUT)
         try:
             mon.connect(negotiate=True)
             yield mon
@@ -146,7 +150,7 @@ class QemuVMM:
             try:
                 mon.cmd("device_add", driver="virtserialport", bus=f"{args.AGENT_BUS}.0",
                         **{**port, "nr": k})
-            except Exception:
+            except BaseException:  # (also Ctrl-C: no socket may stay without a port)
                 with contextlib.suppress(Exception):
                     mon.cmd("chardev-remove", id=f"agent{k}")
                 path.unlink(missing_ok=True)
