@@ -13,13 +13,13 @@ import fcntl
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from ignitevm.agent import protocol as p
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
+from ignitevm.util.fs import flock
 
 HELLO_RETRY = 0.5
 
@@ -184,7 +184,13 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
         taken = _lock_free(sockets)
         if taken is not None:
             return taken
-        with _locked(sockets[0].parent / "agent-grow.lock", deadline):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(flock(sockets[0].parent / "agent-grow.lock",
+                                         deadline=deadline))
+            except BlockingIOError:
+                raise AgentError("another client is adding an agent channel and does not "
+                                 "finish") from None
             taken = _lock_free(ports.sockets())
             if taken is not None:
                 return taken
@@ -216,22 +222,3 @@ def _lock_free(sockets: list[Path]) -> tuple[int, Path] | None:
             continue
         return fd, path
     return None
-
-
-@contextlib.contextmanager
-def _locked(path: Path, deadline: float) -> Iterator[None]:
-    """Hold an flock on ``path``; AgentError if it is still taken at ``deadline``."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise AgentError("another client is adding an agent channel and does "
-                                     "not finish") from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)

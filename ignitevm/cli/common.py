@@ -23,23 +23,21 @@ def starting_context(args: argparse.Namespace) -> Context:
     from $IGNITE_ACCEL or the Configuration's ``spec.accel`` (flag first)."""
     import os
 
+    from ignitevm.errors import InvalidInput
+
     ctx = context(args)
+    source = "--accel"
     if not ctx.accel:
-        ctx.accel = os.environ.get("IGNITE_ACCEL") or None
+        ctx.accel, source = os.environ.get("IGNITE_ACCEL") or None, "IGNITE_ACCEL"
     if not ctx.accel:
         from ignitevm.cli.config import load_configuration
-        from ignitevm.errors import InvalidInput
 
         cfg = load_configuration(getattr(args, "ignite_config", None)) or {}
-        accel = (cfg.get("spec") or {}).get("accel")
-        if accel not in (None, "", "auto", "kvm", "tcg"):
-            raise InvalidInput(f"invalid Configuration spec.accel {accel!r}",
-                               hint="use auto, kvm or tcg")
-        ctx.accel = accel or None
+        ctx.accel = (cfg.get("spec") or {}).get("accel") or None
+        source = "the Configuration's spec.accel"
     if ctx.accel not in (None, "auto", "kvm", "tcg"):
-        from ignitevm.errors import InvalidInput
-
-        raise InvalidInput(f"invalid accelerator {ctx.accel!r}", hint="use auto, kvm or tcg")
+        raise InvalidInput(f"invalid accelerator {ctx.accel!r} (from {source})",
+                           hint="use auto, kvm or tcg")
     return ctx
 
 

@@ -35,24 +35,21 @@ class Reconciler:
         self._pause: dict[str, float] = {}  # uid -> the last pause before a restart
         self._wait_until: dict[str, float] = {}  # uid -> no restart before then
 
-    def managed(self) -> dict[str, VM]:
-        return {vm.metadata.uid: vm for vm in self.ctx.store.list(VM)
-                if (vm.metadata.annotations or {}).get(MANAGED_BY) == self.source}
-
     def sync(self, desired: dict[str, VM]) -> None:
+        existing = {vm.metadata.uid: vm for vm in self.ctx.store.list(VM)}
         for uid, want in desired.items():
             with self._attempt(uid, want.metadata.name):
-                self._one(want)
-        for uid, vm in self.managed().items():
-            if uid not in desired:
+                self._one(want, existing.get(uid))
+        for uid, vm in existing.items():
+            if uid not in desired and \
+                    (vm.metadata.annotations or {}).get(MANAGED_BY) == self.source:
                 with self._attempt(uid, vm.metadata.name):
                     log.info("VM %r (%s) left %s: removing it", vm.metadata.name, uid,
                              self.source)
                     vms.remove(self.ctx, vm, force=True)
 
-    def _one(self, want: VM) -> None:
+    def _one(self, want: VM, have: VM | None) -> None:
         uid = want.metadata.uid
-        have = next((vm for vm in self.ctx.store.list(VM) if vm.metadata.uid == uid), None)
         if have is None:
             if not want.status.running:
                 return  # recorded in the source only; made when it should run

@@ -106,9 +106,10 @@ static void strset(char *d, size_t n, const char *s)
     d[l] = '\0';
 }
 
-static int read_small(const char *path, char *out, size_t len)
+/* A small text file (its first line), relative to ``dir`` (AT_FDCWD: as is). */
+static int read_at(int dir, const char *path, char *out, size_t len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = openat(dir, path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     ssize_t n = read(fd, out, len - 1);
@@ -128,7 +129,7 @@ static void pid1_info(char *comm, size_t clen, char *exe, size_t elen)
     ssize_t n;
     snprintf(comm, clen, "unknown");
     exe[0] = '\0';
-    if (read_small("/proc/1/comm", comm, clen) == 0) {
+    if (read_at(AT_FDCWD, "/proc/1/comm", comm, clen) == 0) {
         if ((n = readlink("/proc/1/exe", path, sizeof path - 1)) > 0) {
             path[n] = '\0';
             strset(exe, elen, strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
@@ -327,20 +328,6 @@ static int by_name(const void *a, const void *b)
  * /sys) and a kernel uevent socket says when to look again. */
 static int ports_dir = -1;
 int uevent_fd = -1;
-
-static int read_at(int dir, const char *path, char *out, size_t len)
-{
-    int fd = openat(dir, path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, out, len - 1);
-    close(fd);
-    if (n < 0)
-        return -1;
-    out[n] = '\0';
-    out[strcspn(out, "\n")] = '\0';
-    return 0;
-}
 
 /* Open the agent ports not yet open; returns how many were added. */
 int open_ports(const char *alt)

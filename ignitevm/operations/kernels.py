@@ -29,10 +29,11 @@ def kernel_files(ctx: Context, kernel: Kernel) -> tuple[Path, Path]:
 
 
 def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
+    """Import Debian's cloud kernel (``debian``) or a kernel file; reuse one already there."""
     # (imported here: starting a VM needs none of this)
     from ignitevm.kernels import debian
     from ignitevm.kernels.version import is_kernel, kernel_version
-    """Import Debian's cloud kernel (``debian``) or a kernel file; reuse one already there."""
+
     is_debian = source in DEBIAN_ALIASES
     path = Path(source)
     if not is_debian and not path.exists():
@@ -89,9 +90,9 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
 
 
 def _store_kernel(src: Path, stage: Path) -> None:
+    """Keep an ELF vmlinux (PVH boot, no in-guest decompression), else the bzImage."""
     from ignitevm.kernels.vmlinux import extract_vmlinux
 
-    """Keep an ELF vmlinux (PVH boot, no in-guest decompression), else the bzImage."""
     with src.open("rb") as f:
         is_elf = f.read(4) == b"\x7fELF"
     if is_elf:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,14 +25,24 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def flock(path: Path, *, shared: bool = False, blocking: bool = True) -> Iterator[int]:
-    """Hold an advisory lock on ``path`` (created if missing) for the block."""
+def flock(path: Path, *, shared: bool = False, blocking: bool = True,
+          deadline: float | None = None) -> Iterator[int]:
+    """Hold an advisory lock on ``path`` (created if missing) for the block.
+    Not ``blocking``: BlockingIOError if it is taken; with a ``deadline``
+    (time.monotonic()): wait for it until then, then BlockingIOError."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        if not blocking:
+        if not blocking or deadline is not None:
             op |= fcntl.LOCK_NB
-        fcntl.flock(fd, op)
+        while True:
+            try:
+                fcntl.flock(fd, op)
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         yield fd
     finally:
         os.close(fd)

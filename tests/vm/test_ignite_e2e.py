@@ -220,14 +220,7 @@ VM_HEAD = "\napiVersion: ignite.weave.works/v1alpha4\nkind: VM\n"
 CONFIG_CASES = {
     "invalid config": ConfigCase(config=""),
     "minimal valid config": ConfigCase(CONFIG_HEAD, want=("512.0 MB", "1", "4.0 GB", "", False)),
-    "custom vm properties": ConfigCase(CONFIG_HEAD + f"""metadata:
-  name: test-config
-spec:
-  vmDefaults:
-    memory: "2GB"
-    diskSize: "3GB"
-    cpus: 2
-    sandbox:
+    "custom vm properties": ConfigCase(DEFAULTS_2GB + f"""    sandbox:
       oci: {SANDBOX}
     kernel:
       oci: {CUSTOM_KERNEL}
