@@ -6,6 +6,7 @@ import hashlib
 import os
 import pty
 import select
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,7 @@ def test_tty_session(cli: Ignite, agentbox: str) -> None:
         os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
         script = "tty; stty size; read x; echo got=$x; exit 7"
         # `-it` as Docker users type it
-        os.execvp("python3", ["python3", "-m", "ignitevm", "exec", "-it", agentbox, "--",
+        os.execv(sys.executable, [sys.executable, "-m", "ignitevm", "exec", "-it", agentbox, "--",
                               "sh", "-c", script])
     try:
         out = _read_until(fd, b"\n", 60)
