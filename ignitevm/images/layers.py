@@ -44,11 +44,11 @@ def apply_layers(
     if not os.path.isdir(root):
         raise IgniteError(f"cannot unpack the image into {dest}: not a directory")
     label = str(source.path or source.ref or source.digest)
-    unpacker = Unpacker(root)
-    for layer in source.layers:
-        with step(f"applying layer {layer.digest} ({layer.size} bytes)"):
-            _apply_layer(layer, unpacker, f"layer {layer.digest} of {label}", progress)
-    unpacker.report()
+    with Unpacker(root) as unpacker:
+        for layer in source.layers:
+            with step(f"applying layer {layer.digest} ({layer.size} bytes)"):
+                _apply_layer(layer, unpacker, f"layer {layer.digest} of {label}", progress)
+        unpacker.report()
 
 
 def _apply_layer(
