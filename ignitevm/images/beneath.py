@@ -84,18 +84,36 @@ class Tree:
         """The fd of directory ``rel``, created (0700) if missing and ``create``, else None.
 
         Raises :class:`Blocked` when a component is a link or not a directory.
+        The fd stays open until :meth:`trim` or :meth:`forget`; intermediate
+        directories are kept open too, unless the cache is already full.
         """
         fd = self.fds.get(rel)
         if fd is not None:
             return fd
-        up, _, base = rel.rpartition("/")
-        parent = self.dir(up, create=create)
-        if parent is None:
-            return None
-        fd = self._open_or_make(base, parent, rel, create)
-        if fd is not None:
-            self.fds[rel] = fd
-        return fd
+        parts = rel.split("/")
+        start = len(parts) - 1
+        while start > 0 and "/".join(parts[:start]) not in self.fds:
+            start -= 1
+        fd = self.fds["/".join(parts[:start])]
+        owned = False  # whether fd is ours to close (not in the cache)
+        try:
+            for i in range(start, len(parts)):
+                sub = "/".join(parts[: i + 1])
+                child = self._open_or_make(parts[i], fd, sub, create)
+                if owned:
+                    os.close(fd)
+                    owned = False
+                if child is None:
+                    return None
+                fd = child
+                if i == len(parts) - 1 or len(self.fds) < CAP:
+                    self.fds[sub] = fd
+                else:
+                    owned = True
+            return fd
+        finally:
+            if owned:
+                os.close(fd)
 
     def _open_or_make(self, base: str, parent: int, rel: str, create: bool) -> int | None:
         try:

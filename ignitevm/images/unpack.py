@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ignitevm.errors import IgniteError, InvalidInput
-from ignitevm.images.beneath import Blocked, Tree
+from ignitevm.images.beneath import Blocked, Tree, open_dir
 from ignitevm.images.blobs import next_member
 from ignitevm.log import log
 
@@ -239,9 +239,13 @@ class Unpacker:
             if crel not in self.in_layer:
                 self.tree.remove(fd, name, crel)
             elif is_dir:
-                sub = self.tree.lookup(crel)
+                # Its own fd, closed after: a wide tree must not fill the fd cache.
+                sub = open_dir(name, fd)
                 if sub is not None:
-                    self.clear(sub, crel)
+                    try:
+                        self.clear(sub, crel)
+                    finally:
+                        os.close(sub)
 
     def entry(self, tf: tarfile.TarFile, info: tarfile.TarInfo, stream: Stream) -> None:
         name = self.clean(info.name, info.name)

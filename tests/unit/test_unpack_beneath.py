@@ -8,7 +8,9 @@ then tries to write, chmod, link or delete through it.
 from __future__ import annotations
 
 import os
+import resource
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +178,31 @@ def test_last_entry_for_a_directory_wins(root: Path) -> None:
     layer = tar_of(d("a", mode=0o700), entry("a/f", data=b"x"), d("a", mode=0o751))
     apply_layers(image(layer), root)
     assert stat.S_IMODE((root / "a").lstat().st_mode) == 0o751
+
+
+@pytest.fixture
+def few_fds() -> Iterator[int]:
+    """A soft limit of 512 open files (restored after): the unpacker must stay under it."""
+    soft, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard_limit))
+    try:
+        yield 512
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard_limit))
+
+
+def test_wide_trees_stay_under_the_fd_limit(root: Path, few_fds: int) -> None:
+    count = few_fds + 100
+    lower = tar_of(d("o"), *[entry(f"o/s{i}/old", data=b"x") for i in range(count)])
+    upper = tar_of(*[entry(f"o/s{i}/new", data=b"y") for i in range(count)],
+                   entry("o/.wh..wh..opq"))
+    apply_layers(image(lower, upper), root)
+    assert sorted(os.listdir(root / "o/s7")) == ["new"]
+    assert len(os.listdir(root / "o")) == count
+
+
+def test_deep_trees_stay_under_the_fd_limit(root: Path, few_fds: int) -> None:
+    deep = "/".join(["d"] * (few_fds + 100))
+    apply_layers(image(tar_of(entry(f"{deep}/f", data=b"deep"), d(deep, mode=0o711))), root)
+    assert (root / deep / "f").read_bytes() == b"deep"
+    assert stat.S_IMODE((root / deep).lstat().st_mode) == 0o711
