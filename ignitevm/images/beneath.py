@@ -81,7 +81,7 @@ class Tree:
                 os.close(self.fds.pop(rel))
 
     def dir(self, rel: str, *, create: bool) -> int | None:
-        """The fd of directory ``rel``, created (0700) if missing and ``create``, else None.
+        """The fd of directory ``rel``, created (0755) if missing and ``create``, else None.
 
         Raises :class:`Blocked` when a component is a link or not a directory.
         The fd stays open until :meth:`trim` or :meth:`forget`; intermediate
@@ -124,7 +124,7 @@ class Tree:
             raise
         if fd is not None or not create:
             return fd
-        os.mkdir(base, 0o700, dir_fd=parent)
+        os.mkdir(base, 0o755, dir_fd=parent)
         return os.open(base, DIR_FLAGS, dir_fd=parent)
 
     def lookup(self, rel: str) -> int | None:

@@ -206,3 +206,15 @@ def test_deep_trees_stay_under_the_fd_limit(root: Path, few_fds: int) -> None:
     apply_layers(image(tar_of(entry(f"{deep}/f", data=b"deep"), d(deep, mode=0o711))), root)
     assert (root / deep / "f").read_bytes() == b"deep"
     assert stat.S_IMODE((root / deep).lstat().st_mode) == 0o711
+
+
+def test_implicit_parents_are_0755(root: Path) -> None:
+    apply_layers(image(tar_of(entry("usr/bin/tool", data=b"x"))), root)
+    for rel in ("usr", "usr/bin"):
+        assert stat.S_IMODE((root / rel).lstat().st_mode) == 0o755 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
