@@ -10,6 +10,7 @@ from typing import Any
 
 from ignitevm.errors import InvalidInput
 from ignitevm.images.blobs import DIGEST, TarIndex, compression, norm
+from ignitevm.images.identity import canonical_manifest, digest_of
 from ignitevm.images.source import ImageSource, Layer, Opener, make_image, ref_matches
 from ignitevm.log import log
 
@@ -48,9 +49,48 @@ def open_docker(store: TarIndex, path: Path, ref: str | None) -> ImageSource:
         name, info = store.resolve(norm(str(lname)))
         opener = store.opener(name)
         layers.append(Layer(_layer_digest(name, i, diff_ids, opener), info.size, opener))
-    return make_image(
-        "docker-archive", tags[0] if tags else None, config_digest, config, layers, path
-    )
+    blobs = [(layer.digest, layer.size) for layer in layers]
+    manifest = _carried_manifest(store, config_digest, [d for d, _ in blobs])
+    if manifest is None:
+        manifest = digest_of(canonical_manifest(config_digest, len(data), blobs))
+    ref_name = tags[0] if tags else None
+    return make_image("docker-archive", ref_name, config_digest, config, layers, path, manifest)
+
+
+def _carried_manifest(store: TarIndex, config_digest: str, layers: list[str]) -> str | None:
+    """The digest of the OCI manifest for this very image, if the archive also holds one.
+
+    Newer Docker writes an OCI layout beside manifest.json; its manifest is
+    used only if it names the same config and the same layer blobs, in order.
+    """
+    if "index.json" not in store.members:
+        return None
+    try:
+        index = store.json("index.json", "index")
+        pending = list(index.get("manifests") or []) if isinstance(index, dict) else []
+        for _ in range(64):
+            if not pending:
+                break
+            desc = pending.pop(0)
+            digest = desc.get("digest") if isinstance(desc, dict) else None
+            name = f"blobs/sha256/{digest[7:]}" if isinstance(digest, str) else ""
+            if not DIGEST.fullmatch(str(digest)) or name not in store.members:
+                continue
+            doc = store.json(name, "manifest", digest)
+            if not isinstance(doc, dict):
+                continue
+            if isinstance(doc.get("manifests"), list):  # a nested index
+                pending += doc["manifests"]
+                continue
+            config = doc.get("config")
+            named = [d.get("digest") if isinstance(d, dict) else None
+                     for d in doc.get("layers") or []]
+            if isinstance(config, dict) and config.get("digest") == config_digest \
+                    and named == layers:
+                return str(digest)
+    except InvalidInput as exc:
+        log.debug("%s: ignoring its OCI index (%s)", store.path, exc)
+    return None
 
 
 def _layer_digest(name: str, i: int, diff_ids: Any, opener: Opener) -> str:

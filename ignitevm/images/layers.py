@@ -44,11 +44,11 @@ def apply_layers(
     if not os.path.isdir(root):
         raise IgniteError(f"cannot unpack the image into {dest}: not a directory")
     label = str(source.path or source.ref or source.digest)
-    unpacker = Unpacker(root)
-    for layer in source.layers:
-        with step(f"applying layer {layer.digest} ({layer.size} bytes)"):
-            _apply_layer(layer, unpacker, f"layer {layer.digest} of {label}", progress)
-    unpacker.report()
+    with Unpacker(root) as unpacker:
+        for layer in source.layers:
+            with step(f"applying layer {layer.digest} ({layer.size} bytes)"):
+                _apply_layer(layer, unpacker, f"layer {layer.digest} of {label}", progress)
+        unpacker.report()
 
 
 def _apply_layer(
@@ -57,7 +57,11 @@ def _apply_layer(
     with layer.open() as blob:
         raw = _Hashing(blob, progress)
         head = raw.read(8)
+        # The diff_id is the sha256 of the uncompressed tar: the blob's own for a plain tar.
+        tar_hash = hashlib.sha256() if compression(head) is not None else None
         with _decompress(head, raw, what) as (fill, initial):
+            if tar_hash is not None:
+                fill = _hashed(fill, tar_hash)
             if head:
                 unpacker.apply_tar(Stream(fill, initial), what)
             while fill(CHUNK):  # the rest of the stream: padding, gzip trailers
@@ -70,6 +74,25 @@ def _apply_layer(
             f"{what} does not match its digest (its content hashes to {digest})",
             hint="the source is corrupt or was modified; fetch or export it again",
         )
+    diff_id = digest if tar_hash is None else "sha256:" + tar_hash.hexdigest()
+    if layer.diff_id is not None and diff_id != layer.diff_id:
+        raise InvalidInput(
+            f"{what} is not the layer its image config names: its tar hashes to {diff_id},"
+            f" the config's diff_id is {layer.diff_id}",
+            hint="the source is corrupt or was assembled from parts of other images;"
+            " fetch or export it again",
+        )
+
+
+def _hashed(fill: Fill, into: Any) -> Fill:
+    """``fill``, hashing what it returns into ``into``."""
+
+    def hashing_fill(n: int) -> bytes:
+        data = fill(n)
+        into.update(data)
+        return data
+
+    return hashing_fill
 
 
 class _Hashing:

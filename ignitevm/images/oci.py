@@ -81,9 +81,8 @@ def open_oci(store: Store, kind: str, path: Path, ref: str | None) -> ImageSourc
             raise InvalidInput(f"{path}: layer has unsupported media type {media!r}")
         ldigest, lblob, lsize = _blob(store, ldesc, "layer")
         layers.append(Layer(ldigest, lsize, store.opener(lblob)))
-    return make_image(
-        kind, name if isinstance(name, str) else None, config_digest, config, layers, path
-    )
+    ref_name = name if isinstance(name, str) else None
+    return make_image(kind, ref_name, config_digest, config, layers, path, digest)
 
 
 def _blob(store: Store, desc: Any, what: str) -> tuple[str, str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -10,12 +11,14 @@ from typing import Any, BinaryIO, NamedTuple
 from ignitevm.errors import InvalidInput
 
 Opener = Callable[[], AbstractContextManager[BinaryIO]]
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class Layer(NamedTuple):
     digest: str  # "sha256:<hex>" of the blob as stored (for a rootfs tar: of the file)
     size: int
     open: Opener  # yields the (maybe compressed) blob
+    diff_id: str | None = None  # sha256 of the uncompressed tar, from the image config
 
 
 class ImageSource(NamedTuple):
@@ -26,19 +29,50 @@ class ImageSource(NamedTuple):
     layers: list[Layer]
     size: int  # total of the layer sizes
     path: Path | None = None  # where the source was opened from, for messages
+    manifest: str | None = None  # digest of its manifest (carried or canonical); see identity
+
+    @property
+    def identity(self) -> str:
+        """What makes two sources the same image (:mod:`ignitevm.images.identity`)."""
+        from ignitevm.images.identity import image_identity
+
+        return image_identity(self.manifest, self.digest)
 
 
 def make_image(
-    kind: str, ref: str | None, digest: str, config: Any, layers: list[Layer], path: Path
+    kind: str,
+    ref: str | None,
+    digest: str,
+    config: Any,
+    layers: list[Layer],
+    path: Path,
+    manifest: str,
 ) -> ImageSource:
-    """An :class:`ImageSource` from a parsed image config (the whole JSON document)."""
+    """An :class:`ImageSource` from a parsed image config (the whole JSON document).
+
+    Each layer gets its diff_id from the config's ``rootfs.diff_ids``, which
+    must name one sha256 per layer.
+    """
     if not isinstance(config, dict):
         raise InvalidInput(f"{path}: the image config is not an object")
     inner = config.get("config") or {}
     if not isinstance(inner, dict):
         raise InvalidInput(f'{path}: the image config\'s "config" is not an object')
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if (
+        not isinstance(diff_ids, list)
+        or len(diff_ids) != len(layers)
+        or not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in diff_ids)
+    ):
+        raise InvalidInput(
+            f"{path}: the image config's rootfs.diff_ids do not list one sha256 digest for each"
+            f" of its {len(layers)} layer(s)",
+            hint="the image is malformed; export or build it again",
+        )
+    layers = [layer._replace(diff_id=d) for layer, d in zip(layers, diff_ids, strict=True)]
     total = sum(layer.size for layer in layers)
-    return ImageSource(kind, ref, digest, inner, layers, total, path)
+    return ImageSource(kind, ref, digest, inner, layers, total, path, manifest)
 
 
 def ref_matches(wanted: str, name: str) -> bool:

@@ -5,25 +5,30 @@ replaces an earlier one of another type; owners, modes, times, xattrs, hard
 links and device nodes are kept (devices and xattrs the host refuses are
 reported, not fatal).
 
-Nothing is ever written through a symbolic link: each parent directory of an
-entry is checked with lstat (and cached as a real directory for the rest of
-the run), entries whose path is absolute or climbs out with ``..`` are
-refused, and files are created with O_EXCL|O_NOFOLLOW.
+Nothing is ever written through a symbolic link, nor anywhere but beneath
+the root: entries whose path is absolute or climbs out with ``..`` are
+refused, and every write goes through a directory fd from
+:class:`~ignitevm.images.beneath.Tree` (reached component by component with
+O_NOFOLLOW) plus one name: files are created with O_EXCL|O_NOFOLLOW, links,
+nodes and directories with the ``*at`` calls, and owners, modes and times are
+set on fds or with AT_SYMLINK_NOFOLLOW. Directory modes and times wait for the
+end of the layer (writing children changes them); each directory is then
+reached again the same way, and only if it is still the directory that was
+made (same inode): one that a later entry replaced is left alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 from collections.abc import Callable
 from typing import Any
 
 from ignitevm.errors import IgniteError, InvalidInput
+from ignitevm.images.beneath import Blocked, Tree, open_dir
 from ignitevm.images.blobs import next_member
 from ignitevm.log import log
 
@@ -89,17 +94,29 @@ def _ns(info: tarfile.TarInfo) -> int:
     return int(info.mtime * 1_000_000_000)
 
 
+def _at(dir_fd: int, name: str) -> str:
+    """A path for the calls with no ``dir_fd`` (xattrs): the held directory through procfs."""
+    return f"/proc/self/fd/{dir_fd}/{name}"
+
+
 class Unpacker:
     """Writes tar entries under ``root`` with layer semantics; one instance per apply."""
 
     def __init__(self, root: str):
-        self.root = root
-        self.dirs: dict[str, str] = {"": root}  # relative path -> path, checked real directories
+        self.tree = Tree(root)
         self.chown = os.geteuid() == 0
         self.skipped: list[str] = []
         self.what = ""
         self.in_layer: set[str] = set()
-        self.deferred: list[tuple[str, int, int]] = []
+        # Directories whose mode and times are set at the end of the layer:
+        # (path, device, inode, mode, mtime in ns).
+        self.deferred: list[tuple[str, int, int, int, int]] = []
+
+    def __enter__(self) -> Unpacker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tree.close()
 
     def report(self) -> None:
         if self.skipped:
@@ -124,17 +141,43 @@ class Unpacker:
         info = tf.firstmember
         tf.firstmember = None
         while info is not None:
+            self.tree.trim()
             try:
                 self.entry(tf, info, stream)
             except OSError as exc:
                 raise IgniteError(f"cannot unpack {info.name!r} from {what}: {exc}") from exc
             info = next_member(tf, what, lenient_end=True)
-        # Directory modes and times last: writing their children changed them.
-        for path, mode, ns in reversed(self.deferred):
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISDIR(os.lstat(path).st_mode):
-                    os.chmod(path, mode)
-                    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+        try:
+            self.finish_dirs()
+        except OSError as exc:
+            raise IgniteError(f"cannot unpack {what}: {exc}") from exc
+
+    def finish_dirs(self) -> None:
+        """Directory modes and times, last (writing their children changed them).
+
+        Each directory is reached again beneath the root without following
+        links, and only the very directory its entry made is changed: one that
+        a later entry replaced (by a link, say) is skipped. The last entry for
+        a path wins.
+        """
+        done: set[str] = set()
+        for rel, dev, ino, mode, ns in reversed(self.deferred):
+            if rel in done:
+                continue
+            done.add(rel)
+            self.tree.trim()
+            fd = self.tree.lookup(rel)
+            if fd is None:
+                continue
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                continue
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(ns, ns))
+
+    def defer(self, rel: str, fd: int, info: tarfile.TarInfo) -> None:
+        st = os.fstat(fd)
+        self.deferred.append((rel, st.st_dev, st.st_ino, info.mode & 0o7777, _ns(info)))
 
     def refuse(self, entry: str, why: str) -> InvalidInput:
         return InvalidInput(
@@ -157,48 +200,22 @@ class Unpacker:
             self.in_layer.add(rel)
             rel = rel.rpartition("/")[0]
 
-    def parent(self, rel: str, entry: str, *, create: bool = True) -> str | None:
-        """Path of directory ``rel``, made of real directories only (created if missing)."""
-        path = self.dirs.get(rel)
-        if path is not None:
-            return path
-        up, _, base = rel.rpartition("/")
-        updir = self.parent(up, entry, create=create)
-        if updir is None:
-            return None
-        path = f"{updir}/{base}"
+    def parent(self, rel: str, entry: str, *, create: bool = True) -> int | None:
+        """The fd of directory ``rel``, made of real directories only (created if missing)."""
         try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            if not create:
-                return None
-            os.mkdir(path, 0o755)
-        else:
-            if stat.S_ISLNK(mode):
-                raise self.refuse(entry, f"would be written through the symbolic link {rel!r}")
-            if not stat.S_ISDIR(mode):
-                raise self.refuse(entry, f"needs {rel!r} to be a directory, and it is not")
-        self.dirs[rel] = path
-        return path
-
-    def remove(self, path: str, rel: str) -> None:
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(mode):
-            shutil.rmtree(path)
-            prefix = rel + "/"
-            for key in [k for k in self.dirs if k == rel or k.startswith(prefix)]:
-                del self.dirs[key]
-        else:
-            os.unlink(path)
+            return self.tree.dir(rel, create=create)
+        except Blocked as exc:
+            if exc.link:
+                why = f"would be written through the symbolic link {exc.rel!r}"
+            else:
+                why = f"needs {exc.rel!r} to be a directory, and it is not"
+            raise self.refuse(entry, why) from None
 
     def whiteout(self, parent: str, base: str, entry: str) -> None:
         if base == ".wh..wh..opq":
-            path = self.parent(parent, entry, create=False)
-            if path is not None:
-                self.clear(path, parent)
+            fd = self.parent(parent, entry, create=False)
+            if fd is not None:
+                self.clear(fd, parent)
             self.mark(parent)
             return
         if base.startswith(".wh..wh."):
@@ -209,20 +226,26 @@ class Unpacker:
         rel = f"{parent}/{victim}" if parent else victim
         if rel in self.in_layer:
             return  # the same layer recreated it
-        path = self.parent(parent, entry, create=False)
-        if path is not None:
-            self.remove(f"{path}/{victim}", rel)
+        fd = self.parent(parent, entry, create=False)
+        if fd is not None:
+            self.tree.remove(fd, victim, rel)
 
-    def clear(self, path: str, rel: str) -> None:
+    def clear(self, fd: int, rel: str) -> None:
         """Opaque directory: delete what lower layers left in it, keep this layer's entries."""
-        with os.scandir(path) as it:
-            children = list(it)
-        for child in children:
-            crel = f"{rel}/{child.name}" if rel else child.name
+        with os.scandir(fd) as it:
+            children = [(child.name, child.is_dir(follow_symlinks=False)) for child in it]
+        for name, is_dir in children:
+            crel = f"{rel}/{name}" if rel else name
             if crel not in self.in_layer:
-                self.remove(child.path, crel)
-            elif child.is_dir(follow_symlinks=False):
-                self.clear(child.path, crel)
+                self.tree.remove(fd, name, crel)
+            elif is_dir:
+                # Its own fd, closed after: a wide tree must not fill the fd cache.
+                sub = open_dir(name, fd)
+                if sub is not None:
+                    try:
+                        self.clear(sub, crel)
+                    finally:
+                        os.close(sub)
 
     def entry(self, tf: tarfile.TarFile, info: tarfile.TarInfo, stream: Stream) -> None:
         name = self.clean(info.name, info.name)
@@ -233,38 +256,42 @@ class Unpacker:
         if not name:
             if not info.isdir():
                 raise self.refuse(info.name, "would replace the image root")
-            self.owner(self.root, info)
-            self.deferred.append((self.root, info.mode & 0o7777, _ns(info)))
+            if self.chown:
+                os.fchown(self.tree.root_fd, info.uid, info.gid)
+            self.defer("", self.tree.root_fd, info)
             return
-        pdir = self.parent(parent, info.name)
-        path = f"{pdir}/{base}"
+        pfd = self.parent(parent, info.name)
+        assert pfd is not None
         self.mark(name)
         if info.isreg():
-            self.file(tf, info, stream, path, name)
+            self.file(tf, info, stream, pfd, base, name)
         elif info.isdir():
-            self.directory(info, path, name)
+            self.directory(info, pfd, base, name)
         elif info.issym():
-            self.create(path, name, lambda: os.symlink(info.linkname, path))
-            self.owner(path, info)
-            self.set_xattrs(path, info)
-            os.utime(path, ns=(_ns(info), _ns(info)), follow_symlinks=False)
+            self.create(pfd, base, name, lambda: os.symlink(info.linkname, base, dir_fd=pfd))
+            self.metadata_at(pfd, base, info, chmod=False)
         elif info.islnk():
-            self.hardlink(info, path, name)
+            self.hardlink(info, pfd, base, name)
         elif info.ischr() or info.isblk() or info.isfifo():
-            self.node(info, path, name)
+            self.node(info, pfd, base, name)
         else:
             log.debug("%s: skipping %r of tar type %r", self.what, info.name, info.type)
 
-    def create(self, path: str, rel: str, make: Callable[[], object]) -> None:
+    def create(self, pfd: int, base: str, rel: str, make: Callable[[], object]) -> None:
         try:
             make()
         except FileExistsError:
-            self.remove(path, rel)
+            self.tree.remove(pfd, base, rel)
             make()
 
-    def owner(self, path: str, info: tarfile.TarInfo) -> None:
+    def metadata_at(self, pfd: int, base: str, info: tarfile.TarInfo, *, chmod: bool) -> None:
+        """Owner, mode, xattrs and times of a link or node, never following it."""
         if self.chown:
-            os.chown(path, info.uid, info.gid, follow_symlinks=False)
+            os.chown(base, info.uid, info.gid, dir_fd=pfd, follow_symlinks=False)
+        if chmod:
+            os.chmod(base, info.mode & 0o7777, dir_fd=pfd, follow_symlinks=False)
+        self.set_xattrs(_at(pfd, base), info)
+        os.utime(base, ns=(_ns(info), _ns(info)), dir_fd=pfd, follow_symlinks=False)
 
     def set_xattrs(self, target: str | int, info: tarfile.TarInfo) -> None:
         if not info.pax_headers:
@@ -281,14 +308,20 @@ class Unpacker:
                     self.skipped.append(f"xattr {key} on {info.name}: {exc.strerror}")
 
     def file(
-        self, tf: tarfile.TarFile, info: tarfile.TarInfo, stream: Stream, path: str, rel: str
+        self,
+        tf: tarfile.TarFile,
+        info: tarfile.TarInfo,
+        stream: Stream,
+        pfd: int,
+        base: str,
+        rel: str,
     ) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(base, flags, 0o600, dir_fd=pfd)
         except FileExistsError:
-            self.remove(path, rel)
-            fd = os.open(path, flags, 0o600)
+            self.tree.remove(pfd, base, rel)
+            fd = os.open(base, flags, 0o600, dir_fd=pfd)
         try:
             if info.sparse is not None:
                 src: Any = tf.extractfile(info)
@@ -313,48 +346,51 @@ class Unpacker:
         finally:
             os.close(fd)
 
-    def directory(self, info: tarfile.TarInfo, path: str, rel: str) -> None:
+    def directory(self, info: tarfile.TarInfo, pfd: int, base: str, rel: str) -> None:
         try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                self.remove(path, rel)
-                os.mkdir(path, 0o700)
-        self.dirs[rel] = path
-        self.owner(path, info)
-        self.set_xattrs(path, info)
-        self.deferred.append((path, info.mode & 0o7777, _ns(info)))
+            fd = self.tree.dir(rel, create=True)
+        except Blocked:  # something else is there: replace it
+            self.tree.remove(pfd, base, rel)
+            fd = self.tree.dir(rel, create=True)
+        assert fd is not None
+        if self.chown:
+            os.fchown(fd, info.uid, info.gid)
+        self.set_xattrs(fd, info)
+        self.defer(rel, fd, info)
 
-    def hardlink(self, info: tarfile.TarInfo, path: str, rel: str) -> None:
+    def link_source(self, info: tarfile.TarInfo) -> tuple[str, int, str, os.stat_result]:
+        """(path, directory fd, name, stat) of a hard link's target, which must be here."""
         target = self.clean(info.linkname, info.name)
         tparent, _, tbase = target.rpartition("/")
-        tdir = self.parent(tparent, info.name, create=False)
-        source = f"{tdir}/{tbase}"
+        tfd = self.parent(tparent, info.name, create=False)
         try:
-            st = os.lstat(source) if tdir is not None and tbase else None
+            st = os.stat(tbase, dir_fd=tfd, follow_symlinks=False) if tfd is not None else None
         except FileNotFoundError:
             st = None
-        if st is None or stat.S_ISDIR(st.st_mode):
+        if tfd is None or st is None or not tbase or stat.S_ISDIR(st.st_mode):
             raise self.refuse(info.name, f"is a hard link to {info.linkname!r}, not a file here")
-        if source == path:
+        return target, tfd, tbase, st
+
+    def hardlink(self, info: tarfile.TarInfo, pfd: int, base: str, rel: str) -> None:
+        target, tfd, tbase, st = self.link_source(info)
+        if target == rel:
             return
         try:
-            os.link(source, path, follow_symlinks=False)
+            os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
         except FileExistsError:
-            if os.path.samestat(os.lstat(path), st):
+            if os.path.samestat(os.stat(base, dir_fd=pfd, follow_symlinks=False), st):
                 return
-            self.remove(path, rel)
-            os.link(source, path, follow_symlinks=False)
+            self.tree.remove(pfd, base, rel)
+            # The removal may have taken the target's directory (and its fd) with it.
+            target, tfd, tbase, st = self.link_source(info)
+            os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
 
-    def node(self, info: tarfile.TarInfo, path: str, rel: str) -> None:
+    def node(self, info: tarfile.TarInfo, pfd: int, base: str, rel: str) -> None:
         kind = stat.S_IFIFO if info.isfifo() else stat.S_IFCHR if info.ischr() else stat.S_IFBLK
         dev = os.makedev(info.devmajor, info.devminor)
         try:
-            self.create(path, rel, lambda: os.mknod(path, kind | 0o600, dev))
+            self.create(pfd, base, rel, lambda: os.mknod(base, kind | 0o600, dev, dir_fd=pfd))
         except PermissionError as exc:
             self.skipped.append(f"device {info.name}: {exc.strerror}")
             return
-        self.owner(path, info)
-        os.chmod(path, info.mode & 0o7777)
-        self.set_xattrs(path, info)
-        os.utime(path, ns=(_ns(info), _ns(info)), follow_symlinks=False)
+        self.metadata_at(pfd, base, info, chmod=True)

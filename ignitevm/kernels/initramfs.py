@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
+import stat
 from pathlib import Path
 
-from ignitevm.errors import IgniteError
+from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.guest import build as guest_build
 from ignitevm.util.proc import run, which
 
@@ -26,6 +26,7 @@ WANTED_MODULES = (
     "button",
     "evdev",
 )
+_MAX_MODULE = 256 << 20  # no module (nor modules.dep) is near this
 
 
 def parse_modules_dep(text: str) -> dict[str, list[str]]:
@@ -93,21 +94,65 @@ def collect_modules(modules_dir: Path, dest: Path) -> list[str]:
     """Copy the modules the guest needs (with their dependencies) into ``dest``.
 
     ``modules_dir`` is ``lib/modules/<version>`` with a ``modules.dep``;
-    ``dest/load.order`` lists the files in the order to load them.
+    ``dest/load.order`` lists the files in the order to load them. The kernel
+    image wrote modules.dep: each path it names must be relative and stay
+    below ``modules_dir`` (no ``..``), and is reached beneath it with the
+    image's links followed as if ``modules_dir`` were ``/``, so no path or
+    link of the image can make a host file part of the initramfs.
     """
-    dep_file = modules_dir / "modules.dep"
-    if not dep_file.exists():
+    root = os.path.realpath(modules_dir)
+    dep = _read_beneath(root, "modules.dep", modules_dir)
+    if dep is None:
         raise IgniteError(f"{modules_dir} has no modules.dep",
                           hint="run depmod for this kernel (apt-get install kmod)")
-    order = load_order(parse_modules_dep(dep_file.read_text()), WANTED_MODULES)
+    order = load_order(parse_modules_dep(dep.decode(errors="surrogateescape")), WANTED_MODULES)
+    files = [(rel, _module_bytes(root, rel, modules_dir)) for rel in order]
     dest.mkdir(parents=True, exist_ok=True)
     names = []
-    for rel in order:
+    for rel, data in files:
         name = os.path.basename(rel)
-        shutil.copyfile(modules_dir / rel, dest / name)
+        (dest / name).write_bytes(data)
         names.append(name)
     (dest / "load.order").write_text("".join(f"{n}\n" for n in names))
     return names
+
+
+def _module_bytes(root: str, rel: str, modules_dir: Path) -> bytes:
+    parts = rel.split("/")
+    if rel.startswith("/") or ".." in parts or parts[-1] in ("", "."):
+        raise InvalidInput(
+            f"{modules_dir}/modules.dep names the module {rel!r}, which is not a path"
+            " below the module folder",
+            hint="the kernel image is malformed or malicious; rebuild it (run depmod in it)",
+        )
+    data = _read_beneath(root, rel, modules_dir)
+    if data is None:
+        raise InvalidInput(
+            f"{modules_dir}/modules.dep names the module {rel!r}, which is not a file in"
+            " the module folder",
+            hint="the kernel image is incomplete or malicious; rebuild it (run depmod in it)",
+        )
+    return data
+
+
+def _read_beneath(root: str, rel: str, modules_dir: Path) -> bytes | None:
+    """The bytes of the regular file ``rel`` beneath ``root``; None if it is not one."""
+    from ignitevm.kernels.inside import resolve_inside
+
+    path = resolve_inside(root, rel)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if st.st_size > _MAX_MODULE:
+            raise InvalidInput(f"{modules_dir}: {rel} is too large ({st.st_size} bytes)")
+        return f.read()
 
 
 GUEST_PROGRAMS = ("ignite-resize", "ignite-agent")

@@ -20,13 +20,13 @@ from pathlib import Path
 from ignitevm.errors import InvalidInput
 from ignitevm.images.archive import open_source
 from ignitevm.images.layers import apply_layers
+from ignitevm.kernels.inside import resolve_inside
 from ignitevm.kernels.version import is_kernel, kernel_version
 from ignitevm.log import log, step
 from ignitevm.util import proc
 
 # Kernel file names in /boot, best first; "-*" takes the names that start so.
 _KERNEL_NAMES = ("vmlinux", "vmlinux-*", "vmlinuz", "vmlinuz-*", "bzImage", "bzImage-*")
-_MAX_LINKS = 40
 _HINT = (
     "a kernel image holds /boot/vmlinux (as Ignite's kernel images do), /boot/vmlinuz*"
     " or /boot/bzImage; a bare kernel file is imported with: ignite kernel import ./vmlinux"
@@ -54,43 +54,6 @@ def extract_kernel_image(path: Path, dest: Path) -> tuple[Path, Path | None, str
     modules = _modules(root, version, path)
     log.debug("kernel image %s: kernel %s, version %s, modules %s", path, kernel, version, modules)
     return Path(kernel), None if modules is None else Path(modules), version
-
-
-def resolve_inside(root: str, rel: str) -> str | None:
-    """Path of ``rel`` under ``root``, following links as if ``root`` were ``/``.
-
-    ``root`` must be a real path (no links in it). Returns None when some part
-    of ``rel`` does not exist (or a part that should be a directory is not).
-    The result is made of real directories under ``root`` only; it may name a
-    file, a directory or anything else but a symbolic link.
-    """
-    parts = [p for p in reversed(rel.split("/")) if p not in ("", ".")]
-    done: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop()
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        path = os.path.join(root, *done, part)
-        try:
-            mode = os.lstat(path).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if stat.S_ISLNK(mode):
-            links += 1
-            if links > _MAX_LINKS:
-                raise InvalidInput(f"{rel} in the kernel image is a loop of symbolic links")
-            target = os.readlink(path)
-            if target.startswith("/"):
-                done = []
-            parts.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
-            continue
-        if parts and not stat.S_ISDIR(mode):
-            return None
-        done.append(part)
-    return os.path.join(root, *done)
 
 
 def _find_kernel(root: str, source: Path) -> tuple[str, str]:

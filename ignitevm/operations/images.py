@@ -2,7 +2,9 @@
 
 An image is an ext4 file built from the OCI layers (``mkfs.ext4 -d``, no
 mount) plus the image config; both are shared read-only by every VM.
-Importing content that is already here (same config digest) costs a lookup.
+Importing content that is already here (same identity: the digest of the
+image's manifest, see :mod:`ignitevm.images.identity`) costs a lookup; each
+layer is checked against its digest and the config's diff_id as it is unpacked.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def import_image(ctx: Context, source: str, name: str | None = None,
         ref = refs.normalize(name or src.ref or _name_from_path(path))
         existing = ctx.store.find(Image, ref)
         if existing is not None:
-            if existing.status.oci_source.id == src.digest:
+            if existing.status.oci_source.id == src.identity:
                 log.info("Image %r is already imported (ID %r)", ref, existing.metadata.uid)
                 return existing
             raise Conflict(
@@ -66,9 +68,9 @@ def import_image(ctx: Context, source: str, name: str | None = None,
             )
         image = Image(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
                       spec=ImageSpec(oci=ref))
-        image.status.oci_source.id = src.digest
+        image.status.oci_source.id = src.identity
         twin = next((i for i in ctx.store.list(Image)
-                     if i.status.oci_source.id == src.digest), None)
+                     if i.status.oci_source.id == src.identity), None)
         with ctx.store.creating(image) as stage:
             if twin is not None:
                 # Same content under another name: share the file, build nothing.
@@ -78,7 +80,7 @@ def import_image(ctx: Context, source: str, name: str | None = None,
             else:
                 size = _build(src, stage, progress)
             image.status.oci_source.size = Size(size)
-    log.info("Imported OCI image %r (%s) to base image with UID %r", ref, src.digest,
+    log.info("Imported OCI image %r (%s) to base image with UID %r", ref, src.identity,
              image.metadata.uid)
     return image
 

@@ -79,7 +79,7 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
             file, modules, kernel.status.version = extract_kernel_image(path, Path(work))
             _store_kernel(file, stage)
             with open_source(path) as src:
-                kernel.status.oci_source.id = src.digest
+                kernel.status.oci_source.id = src.identity
         if modules is not None:
             collect_modules(modules, stage / MODULES_DIR)
         size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())

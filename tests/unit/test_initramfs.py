@@ -1,4 +1,4 @@
-"""Module load order and the cpio writer."""
+"""Module load order, collecting modules from an image, and the cpio writer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.kernels.cpio import CpioWriter
-from ignitevm.kernels.initramfs import load_order, parse_modules_dep
+from ignitevm.kernels.initramfs import collect_modules, load_order, parse_modules_dep
 from ignitevm.kernels.version import kernel_version
 
 DEP = """kernel/drivers/virtio/virtio.ko:
@@ -49,3 +50,63 @@ def test_kernel_version_from_bzimage_header(tmp_path: Path) -> None:
     f = tmp_path / "bz"
     f.write_bytes(bytes(data))
     assert kernel_version(f) == "6.1.0-test"
+
+
+def module_tree(root: Path, dep: str, files: dict[str, bytes]) -> Path:
+    mods = root / "lib/modules/6.1.0"
+    mods.mkdir(parents=True)
+    (mods / "modules.dep").write_text(dep)
+    for rel, data in files.items():
+        (mods / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mods / rel).write_bytes(data)
+    return mods
+
+
+def test_collect_modules_copies_the_wanted_ones_in_order(tmp_path: Path) -> None:
+    mods = module_tree(tmp_path / "img", DEP, {
+        "kernel/drivers/virtio/virtio.ko": b"v", "kernel/drivers/virtio/virtio_ring.ko": b"r",
+        "kernel/drivers/virtio/virtio_mmio.ko": b"m", "kernel/drivers/block/virtio_blk.ko": b"b",
+    })
+    # An in-tree link is followed as if the module folder were /.
+    (mods / "kernel/drivers/block").rename(mods / "blk")
+    (mods / "kernel/drivers/block").symlink_to("/blk")
+    out = tmp_path / "out"
+    assert collect_modules(mods, out) == ["virtio_ring.ko", "virtio.ko", "virtio_mmio.ko",
+                                          "virtio_blk.ko"]
+    assert (out / "virtio_blk.ko").read_bytes() == b"b"
+    assert (out / "load.order").read_text().split() == ["virtio_ring.ko", "virtio.ko",
+                                                        "virtio_mmio.ko", "virtio_blk.ko"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("../../../../secret/virtio_mmio.ko:", "not a path below"),
+    ("kernel/../../../../../secret/virtio_mmio.ko:", "not a path below"),
+    ("SECRET/virtio_mmio.ko:", "not a path below"),  # absolute
+    ("kernel/virtio_blk.ko: SECRET/virtio_mmio.ko", "not a path below"),  # as a dependency
+    ("linkdir/virtio_mmio.ko:", "not a file in"),  # a link (absolute) to the host folder
+    ("updir/secret/virtio_mmio.ko:", "not a file in"),  # a link (relative) climbing out
+    ("kernel/virtio_mmio.ko:", "not a file in"),  # the module is a link to the host file
+])
+def test_modules_dep_cannot_name_host_files(tmp_path: Path, entry: str, message: str) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "virtio_mmio.ko").write_bytes(b"host secret")
+    mods = module_tree(tmp_path / "img", entry.replace("SECRET", str(secret)) + "\n",
+                       {"kernel/virtio_blk.ko": b"b"})
+    (mods / "linkdir").symlink_to(secret)
+    (mods / "updir").symlink_to("../../../..")
+    (mods / "kernel/virtio_mmio.ko").symlink_to(secret / "virtio_mmio.ko")
+    out = tmp_path / "out"
+    with pytest.raises(InvalidInput, match=message):
+        collect_modules(mods, out)
+    assert not out.exists() or all(p.read_bytes() != b"host secret" for p in out.iterdir())
+
+
+def test_modules_dep_that_is_a_link_out_is_not_read(tmp_path: Path) -> None:
+    host = tmp_path / "host.dep"
+    host.write_text("kernel/virtio_mmio.ko:\n")
+    mods = module_tree(tmp_path / "img", "", {"kernel/virtio_mmio.ko": b"m"})
+    (mods / "modules.dep").unlink()
+    (mods / "modules.dep").symlink_to(host)
+    with pytest.raises(IgniteError, match=r"has no modules\.dep"):
+        collect_modules(mods, tmp_path / "out")

@@ -13,6 +13,7 @@ import pytest
 from ignitevm.errors import InvalidInput
 from ignitevm.kernels import oci
 from ignitevm.kernels.oci import extract_kernel_image, resolve_inside
+from tests.conftest import Ignite
 from tests.helpers.images import write_docker_archive
 
 VERSION = "5.10.51"
@@ -218,3 +219,28 @@ def test_resolve_inside(tmp_path: Path) -> None:
     assert resolve_inside(r, "usr/nothing/here") is None
     with pytest.raises(InvalidInput, match="loop"):
         resolve_inside(r, "loop/x")
+
+
+@pytest.mark.parametrize("dep_path", ["SECRET", "../../../../../../SECRET"])
+def test_kernel_import_never_copies_host_files_named_by_modules_dep(
+    tmp_path: Path, ignite: Ignite, dep_path: str
+) -> None:
+    """Before: modules.dep naming a host file put that file into the kernel's modules."""
+    secret = tmp_path / "secret.ko"
+    secret.write_bytes(b"host secret")
+    named = dep_path.replace("SECRET", str(secret).lstrip("/") if dep_path != "SECRET"
+                             else str(secret))
+    layer = tar_of([("lib", None), ("lib/modules", None), (MODULES, None),
+                    (f"{MODULES}/kernel", None),
+                    (f"{MODULES}/kernel/virtio_blk.ko", b"\x7fELF fake module"),
+                    (f"{MODULES}/modules.dep", f"kernel/virtio_blk.ko: {named}\n".encode())])
+    res = ignite("kernel", "import", str(image(tmp_path, kernel_layer(), layer)),
+                 "--name", "evil", check=False)
+    assert res.returncode == 1, res
+    assert res.stderr.startswith("error: ") and "not a path below" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "evil" not in ignite("kernel", "ls").stdout
+    kernels = ignite.root / "kernel"
+    assert not kernels.exists() or not list(kernels.iterdir())
+    copies = [p for p in ignite.root.rglob("*") if p.is_file() and p.read_bytes() == b"host secret"]
+    assert copies == []
