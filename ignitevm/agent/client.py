@@ -22,6 +22,9 @@ from ignitevm.log import log
 from ignitevm.util.fs import flock
 
 HELLO_RETRY = 0.5
+RECV_SIZE = 1 << 18
+# What the handshake keeps while it looks for its PONG: one whole READY frame.
+HANDSHAKE_KEEP = p.HEADER.size + p.MAX_PAYLOAD
 
 
 class AgentError(IgniteError):
@@ -32,7 +35,8 @@ class Channel:
     def __init__(self, sock: socket.socket, lock_fd: int):
         self.sock = sock
         self.lock_fd = lock_fd
-        self.buf = bytearray()
+        self.buf = bytearray()      # at most one read and one partial frame
+        self.last_rx = time.monotonic()
         self.info: dict[str, str] = {}
         self._next = 1
 
@@ -71,7 +75,7 @@ class Channel:
         while True:
             ready = self.buf.find(p.READY_PREFIX)
             if ready >= 0 and not self.info:
-                frame = p.parse(self.buf[ready:]) if len(self.buf) - ready >= 12 else None
+                frame = _peek(self.buf, ready)
                 if frame is not None and frame.payload.startswith(b"version="):
                     text = frame.payload.decode(errors="replace")
                     self.info = dict(line.split("=", 1) for line in text.splitlines()
@@ -80,7 +84,17 @@ class Channel:
             if idx >= 0:
                 del self.buf[: idx + len(pong)]
                 return
-            if time.monotonic() >= resend:
+            # Only the tail can still hold a partial PONG or READY: the buffer
+            # stays bounded however much a guest sends.
+            if len(self.buf) > HANDSHAKE_KEEP:
+                del self.buf[: len(self.buf) - HANDSHAKE_KEEP]
+            now = time.monotonic()
+            if now >= deadline:
+                raise AgentError(
+                    f"the guest agent of {what} did not answer within {timeout:.0f}s",
+                    hint="check that the VM has booted (ignite logs); the agent starts "
+                    "before the image's init")
+            if now >= resend:
                 # A client killed mid-frame may have left the agent waiting for
                 # the rest of it: zero bytes complete any such frame (and are
                 # skipped as padding where a frame would start), then HELLO.
@@ -88,11 +102,7 @@ class Channel:
                 self._send_raw(pad + hello, deadline)
                 self.hellos += 1
                 resend = time.monotonic() + HELLO_RETRY
-            if not self._fill(min(deadline, resend)) and time.monotonic() >= deadline:
-                raise AgentError(
-                    f"the guest agent of {what} did not answer within {timeout:.0f}s",
-                    hint="check that the VM has booted (ignite logs); the agent starts "
-                    "before the image's init")
+            self._fill(min(deadline, resend))
 
     def close(self) -> None:
         """Say BYE (the agent ends this client's sessions at once), then let go."""
@@ -136,30 +146,50 @@ class Channel:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(1 << 18)
-        except TimeoutError:
+            data = self.sock.recv(RECV_SIZE)
+        except (TimeoutError, BlockingIOError):
             return False
         except OSError as exc:
             raise AgentError(f"lost the connection to the guest agent: {exc.strerror}") from None
         if not data:
             raise AgentError("the guest agent closed the connection (did the VM stop?)")
         self.buf += data
+        self.last_rx = time.monotonic()
         return True
+
+    def next_frame(self) -> p.Frame | None:
+        """A frame already buffered, or None (no reading)."""
+        try:
+            return p.parse(self.buf)
+        except ValueError as exc:
+            raise AgentError(f"the guest agent broke the protocol: {exc}") from None
 
     def recv(self, deadline: float | None = None) -> p.Frame | None:
         """The next frame, or None when ``deadline`` passes."""
         while True:
-            try:
-                frame = p.parse(self.buf)
-            except ValueError as exc:
-                raise AgentError(f"the guest agent broke the protocol: {exc}") from None
+            frame = self.next_frame()
             if frame is not None:
                 return frame
             if not self._fill(deadline):
                 return None
 
+    def read_some(self) -> None:
+        """One read (the socket is readable)."""
+        self._fill(time.monotonic())
+
     def fileno(self) -> int:
         return self.sock.fileno()
+
+
+def _peek(buf: bytearray, at: int) -> p.Frame | None:
+    """The whole frame at ``buf[at:]`` without taking it, if it is complete and sane."""
+    if len(buf) - at < p.HEADER.size:
+        return None
+    _typ, _flags, _res, _sid, length = p.HEADER.unpack_from(buf, at)
+    end = at + p.HEADER.size + length
+    if length > p.MAX_PAYLOAD or len(buf) < end:
+        return None
+    return p.Frame(p.READY, 0, bytes(buf[at + p.HEADER.size:end]))
 
 
 class Ports(Protocol):
