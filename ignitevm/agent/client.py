@@ -22,6 +22,7 @@ from ignitevm.log import log
 from ignitevm.util.fs import flock
 
 HELLO_RETRY = 0.5
+GROW_MARK = "agent-grow.pending"
 RECV_SIZE = 1 << 18
 # What the handshake keeps while it looks for its PONG: one whole READY frame.
 HANDSHAKE_KEEP = p.HEADER.size + p.MAX_PAYLOAD
@@ -203,32 +204,44 @@ class Ports(Protocol):
         """Add a channel to the running VM; None if it can have no more."""
         ...
 
+    def repair(self, path: Path) -> None:
+        """Undo the adding of channel ``path`` that a dead client left half-done
+        (nothing if it is whole)."""
+        ...
+
 
 def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
     """Lock a free channel; when all are busy, add one (one client at a time
     grows a VM), else wait for one to be free."""
+    repaired = False
     while True:
         sockets = ports.sockets()
         if not sockets:
             raise AgentError(f"{what} is not running", hint="start it with: ignite start")
+        folder = sockets[0].parent
+        if not repaired and (folder / GROW_MARK).exists():
+            _repair(ports, folder, deadline)
+            repaired = True
+            continue
         taken = _lock_free(sockets)
         if taken is not None:
             return taken
         with contextlib.ExitStack() as held:
-            try:
-                held.enter_context(flock(sockets[0].parent / "agent-grow.lock",
-                                         deadline=deadline))
-            except BlockingIOError:
-                raise AgentError("another client is adding an agent channel and does not "
-                                 "finish") from None
+            _grow_lock(held, folder, deadline)
             taken = _lock_free(ports.sockets())
             if taken is not None:
                 return taken
+            # The mark says "a channel is being added": if this process dies
+            # before it is gone, the next client repairs what is half-made.
+            mark = folder / GROW_MARK
+            mark.write_text(f"{len(ports.sockets())}\n")
             try:
                 path = ports.grow()
             except Exception as exc:  # a VM that cannot grow still has its channels
                 log.debug("could not add an agent channel: %s", exc)
                 path = None
+            finally:
+                mark.unlink(missing_ok=True)
             if path is not None:
                 taken = _lock_free([path])
                 if taken is not None:
@@ -237,6 +250,39 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
             raise AgentError(f"all {len(sockets)} agent channels of {what} are busy",
                              hint="wait for other exec/cp commands to finish")
         time.sleep(0.05)
+
+
+def _grow_lock(held: contextlib.ExitStack, folder: Path, deadline: float) -> None:
+    try:
+        held.enter_context(flock(folder / "agent-grow.lock", deadline=deadline))
+    except BlockingIOError:
+        raise AgentError("another client is adding an agent channel and does not "
+                         "finish") from None
+
+
+def _repair(ports: Ports, folder: Path, deadline: float) -> None:
+    """A client was killed while it added a channel (say between QMP's
+    chardev-add and device_add): its socket may lead to no port, and would be
+    handed out for ever. Once any live grower is done, let the VMM undo it."""
+    with contextlib.ExitStack() as held:
+        _grow_lock(held, folder, deadline)
+        mark = folder / GROW_MARK
+        try:
+            before = int(mark.read_text())
+        except FileNotFoundError:
+            return              # a live client was adding one, and is done
+        except ValueError:
+            before = len(ports.sockets())
+        repair = getattr(ports, "repair", None)
+        for path in ports.sockets()[before:]:
+            log.debug("repairing agent channel %s, half-added by a client that died", path)
+            try:
+                if repair is not None:
+                    repair(path)
+            except Exception as exc:
+                log.warning("could not repair agent channel %s: %s", path, exc)
+                return
+        mark.unlink(missing_ok=True)
 
 
 def _lock_free(sockets: list[Path]) -> tuple[int, Path] | None:

@@ -323,3 +323,64 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from ignitevm.agent.client import _take_channel
+folder = Path(sys.argv[1])
+class Ports:
+    def sockets(self):
+        return sorted(folder.glob("agent-*.sock"))
+    def grow(self):
+        (folder / "agent-2.sock").touch()     # chardev-add done, device_add not yet
+        print("half-added", flush=True)
+        time.sleep(3600)
+_take_channel(Ports(), time.monotonic() + 3600, "the VM")
+"""
+
+
+def test_a_channel_half_added_by_a_killed_client_is_repaired(tmp_path: Path) -> None:
+    """kill -9 of a client between QMP's chardev-add and device_add: the next
+    client has the half-made channel undone instead of being handed it."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+
+    from ignitevm.agent.client import GROW_MARK, _take_channel
+    from tests.conftest import REPO
+
+    (tmp_path / "agent-1.sock").touch()
+    busy = os.open(tmp_path / "agent-1.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(busy, fcntl.LOCK_EX)        # channel 1 is in use: clients must grow
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)],
+                             stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"half-added\n"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (tmp_path / GROW_MARK).exists()
+
+    repaired: list[Path] = []
+
+    class Ports:
+        def sockets(self) -> list[Path]:
+            return sorted(tmp_path.glob("agent-*.sock"))
+
+        def grow(self) -> Path:
+            path = tmp_path / f"agent-{len(self.sockets()) + 1}.sock"
+            path.touch()
+            return path
+
+        def repair(self, path: Path) -> None:
+            repaired.append(path)
+            path.unlink()
+
+    fd, path = _take_channel(Ports(), time.monotonic() + 30, "the VM")
+    os.close(fd)
+    os.close(busy)
+    assert repaired == [tmp_path / "agent-2.sock"]
+    assert path == tmp_path / "agent-2.sock"        # added anew, after the repair
+    assert not (tmp_path / GROW_MARK).exists()
