@@ -57,14 +57,20 @@ def copy_in(ctx: Context, vm: VM, src: Path, dest: str, timeout: float = DEFAULT
         folder, name = dest.rstrip("/") or "/", src.resolve().name
     else:
         folder, name = os.path.dirname(dest) or "/", os.path.basename(dest)
+    with channel(ctx, vm, timeout) as ch:
+        send(ch, src, folder, name, timeout, progress)
+
+
+def send(ch: Channel, src: Path, folder: str, name: str, idle: float | None = DEFAULT_TIMEOUT,
+         progress: Callable[[int], None] | None = None) -> None:
+    """Copy ``src`` (followed if a link) to ``folder/name`` in the guest."""
 
     def write_tar(fileobj: object) -> None:
         with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                           dereference=False) as tar:
             tar.add(src.resolve(), arcname=name)
 
-    with channel(ctx, vm, timeout) as ch:
-        session.put(ch, folder, write_tar, progress, idle=timeout)
+    session.put(ch, folder, write_tar, progress, idle=idle)
 
 
 def copy_out(ctx: Context, vm: VM, src: str, dest: Path | str,

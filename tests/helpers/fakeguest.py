@@ -55,6 +55,7 @@ class FakeGuest:
     path: Path
     on_session: Callable[[int, int, bytes], Iterable[bytes | Raw | Stall | p.Frame]]
     handshake: Callable[[bytes], Iterable[bytes | Raw | Stall | p.Frame]] | None = None
+    windows: bool = True        # False: never grant more than the first window
     received: dict[int, bytearray] = field(default_factory=dict)
     sent: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -160,6 +161,8 @@ class FakeGuest:
                                      True, senders, gone)
                 elif frame.type == p.DATA:
                     self.received.setdefault(frame.session, bytearray()).extend(frame.payload)
+                    if not self.windows:
+                        continue
                     with self._lock:
                         conn.sendall(p.Frame(p.WINDOW, frame.session,
                                              p.u32(len(frame.payload))).encode())

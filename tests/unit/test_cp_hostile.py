@@ -384,3 +384,38 @@ def test_a_channel_half_added_by_a_killed_client_is_repaired(tmp_path: Path) -> 
     assert repaired == [tmp_path / "agent-2.sock"]
     assert path == tmp_path / "agent-2.sock"        # added anew, after the repair
     assert not (tmp_path / GROW_MARK).exists()
+
+
+def test_cp_in_follows_only_the_top_path(guest_socket: Path, tmp_path: Path) -> None:
+    from ignitevm.operations.guest import send
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "sub" / "f").write_text("f")
+    (real / "inside").symlink_to("sub/f")
+    (real / "outside").symlink_to("/etc/passwd")
+    (tmp_path / "top").symlink_to(real)
+    with fake(guest_socket) as g, Channel.connect(g, 10) as ch:
+        send(ch, tmp_path / "top", "/srv", "top")
+        archive = bytes(g.received[1])
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        kinds = {m.name: (m.type, m.linkname) for m in tar.getmembers()}
+    assert kinds["top"][0] == tarfile.DIRTYPE            # the named path: followed
+    assert kinds["top/inside"] == (tarfile.SYMTYPE, "sub/f")
+    assert kinds["top/outside"] == (tarfile.SYMTYPE, "/etc/passwd")   # not read in
+    assert kinds["top/sub/f"][0] == tarfile.REGTYPE
+
+
+def test_cp_in_to_a_guest_that_stops_reading_is_an_error(guest_socket: Path,
+                                                          tmp_path: Path) -> None:
+    from ignitevm.operations.guest import send
+
+    big = tmp_path / "big"
+    big.write_bytes(bytes(2 << 20))
+
+    def on_session(typ: int, sid: int, payload: bytes) -> Iterable[Item]:
+        return [Stall()]
+
+    with FakeGuest(guest_socket, on_session, windows=False) as g, \
+            Channel.connect(g, 10) as ch, pytest.raises(AgentError, match="nothing came"):
+        send(ch, big, "/srv", "big", idle=0.3)
