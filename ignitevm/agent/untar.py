@@ -101,7 +101,8 @@ def _pax(data: bytes) -> dict[str, bytes]:
         except ValueError:
             length = 0
         end = pos + length
-        if length <= sp - pos or end > len(data) or data[end - 1:end] != b"\n":
+        if sp <= pos or length <= sp + 1 - pos or end > len(data) \
+                or data[end - 1:end] != b"\n":
             raise Refused("a malformed pax header")
         key, eq, value = data[sp + 1:end - 1].partition(b"=")
         if not eq:

@@ -124,10 +124,11 @@ def receive(ch: Channel, src: str, dest: str, idle: float | None = DEFAULT_TIMEO
             st = None
         target_dir = st is not None and (stat.S_ISDIR(st.st_mode)
                                           or (contents and dest_is_dir))
-        merge = target_dir and (contents or first.kind == "dir")
+        top_is_dir = first.kind == "dir" or len(first.parts) > 1
+        merge = target_dir and (contents or top_is_dir)
         if target_dir and not merge:
             raise Conflict(f"cannot overwrite folder {str(target)!r} with a non-folder")
-        if st is not None and not target_dir and first.kind == "dir" and not contents:
+        if st is not None and not target_dir and top_is_dir and not contents:
             raise Conflict(f"cannot overwrite non-folder {str(target)!r} with a folder")
         with contextlib.ExitStack() as stack:
             home = str(target) if merge else str(target.parent)

@@ -419,3 +419,28 @@ def test_cp_in_to_a_guest_that_stops_reading_is_an_error(guest_socket: Path,
     with FakeGuest(guest_socket, on_session, windows=False) as g, \
             Channel.connect(g, 10) as ch, pytest.raises(AgentError, match="nothing came"):
         send(ch, big, "/srv", "big", idle=0.3)
+
+
+@pytest.mark.parametrize("records", [
+    b"x", b"5 a=b", b"99 path=x\n", b"11 path=x\n" + b"junk", b"0 path=x\n", b"4 =\n\n",
+    b"3 p\n",
+])
+def test_malformed_pax_records_are_refused(guest_socket: Path, area: Path,
+                                           records: bytes) -> None:
+    archive = raw_header(b"././@PaxHeader", b"x", len(records)) \
+        + records + bytes(-len(records) % 512) + tar_of(("file", "f", b"f"))
+    with pytest.raises(Refused, match="pax"):
+        copy(guest_socket, [archive], "/f", area / "dest")
+    untouched(area)
+
+
+def test_pax_long_names_and_implicit_folders_are_accepted(guest_socket: Path,
+                                                          area: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("top/" + "p" * 150 + "/" + "q" * 150)
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    (area / "dest" / "top").mkdir()
+    copy(guest_socket, [buf.getvalue()], "/top", area / "dest")
+    assert (area / "dest" / "top" / ("p" * 150) / ("q" * 150)).read_bytes() == b"hello"
