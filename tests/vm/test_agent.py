@@ -186,7 +186,7 @@ def test_cp_out_merges_as_cp_r_and_refuses_links_out(cli: Ignite, agentbox: str,
     cli("cp", f"{agentbox}:/srv/m", str(dest))
     assert (dest / "m" / "sub" / "added").read_text() == "a\n"
     # a link out of the copy: refused, nothing left behind
-    cli("exec", agentbox, "--", "ln", "-s", "/etc/shadow", "/srv/m/out")
+    cli("exec", agentbox, "--", "sh", "-c", "ln -s /etc/shadow /srv/m/out")
     res = cli("cp", f"{agentbox}:/srv/m", str(tmp_path / "x"), check=False)
     assert res.returncode == 1 and "refused" in res.stderr and "Traceback" not in res.stderr
     assert sorted(os.listdir(tmp_path)) == ["dest"]
