@@ -40,9 +40,25 @@ if (( ${#missing[@]} )); then
     "${missing[@]}" >/dev/null
 fi
 
-if [[ ! -x .venv/bin/python ]]; then
-  echo "setup: creating .venv"
-  python3 -m venv .venv
+# The virtual environment is built from Debian's own python3, the one users
+# have (a newer python3 earlier on PATH, e.g. pyenv's, would hide what breaks on
+# 3.11.2); one built by another interpreter is rebuilt.
+PYTHON=${IGNITE_PYTHON:-/usr/bin/python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: error: ignitevm needs Python 3.11 or newer; $PYTHON is" \
+    "$("$PYTHON" -V 2>&1 || echo missing)" >&2
+  echo "setup: hint: run on Debian 12 (python3 3.11), or set IGNITE_PYTHON to a python3 >= 3.11" >&2
+  exit 1
+fi
+want_home=$(dirname "$(readlink -f "$PYTHON")")
+have_home=$(sed -n 's/^home = //p' .venv/pyvenv.cfg 2>/dev/null || true)
+have_version=$(.venv/bin/python -c 'import sys; print(sys.version)' 2>/dev/null || true)
+if [[ ! -x .venv/bin/python || $have_home != "$want_home" \
+      || $have_version != "$("$PYTHON" -c 'import sys; print(sys.version)')" ]]; then
+  [[ -e .venv ]] && echo "setup: .venv was built by another Python, rebuilding it"
+  rm -rf .venv
+  echo "setup: creating .venv with $PYTHON ($("$PYTHON" -V 2>&1))"
+  "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.ignitevm-installed
 # (compat: the project folder on sys.path by a .pth line, no import hook to

@@ -22,6 +22,10 @@ from ignitevm.log import log
 from ignitevm.util.fs import flock
 
 HELLO_RETRY = 0.5
+GROW_MARK = "agent-grow.pending"
+RECV_SIZE = 1 << 18
+# What the handshake keeps while it looks for its PONG: one whole READY frame.
+HANDSHAKE_KEEP = p.HEADER.size + p.MAX_PAYLOAD
 
 
 class AgentError(IgniteError):
@@ -32,7 +36,8 @@ class Channel:
     def __init__(self, sock: socket.socket, lock_fd: int):
         self.sock = sock
         self.lock_fd = lock_fd
-        self.buf = bytearray()
+        self.buf = bytearray()      # at most one read and one partial frame
+        self.last_rx = time.monotonic()
         self.info: dict[str, str] = {}
         self._next = 1
 
@@ -71,7 +76,7 @@ class Channel:
         while True:
             ready = self.buf.find(p.READY_PREFIX)
             if ready >= 0 and not self.info:
-                frame = p.parse(self.buf[ready:]) if len(self.buf) - ready >= 12 else None
+                frame = _peek(self.buf, ready)
                 if frame is not None and frame.payload.startswith(b"version="):
                     text = frame.payload.decode(errors="replace")
                     self.info = dict(line.split("=", 1) for line in text.splitlines()
@@ -80,7 +85,17 @@ class Channel:
             if idx >= 0:
                 del self.buf[: idx + len(pong)]
                 return
-            if time.monotonic() >= resend:
+            # Only the tail can still hold a partial PONG or READY: the buffer
+            # stays bounded however much a guest sends.
+            if len(self.buf) > HANDSHAKE_KEEP:
+                del self.buf[: len(self.buf) - HANDSHAKE_KEEP]
+            now = time.monotonic()
+            if now >= deadline:
+                raise AgentError(
+                    f"the guest agent of {what} did not answer within {timeout:.0f}s",
+                    hint="check that the VM has booted (ignite logs); the agent starts "
+                    "before the image's init")
+            if now >= resend:
                 # A client killed mid-frame may have left the agent waiting for
                 # the rest of it: zero bytes complete any such frame (and are
                 # skipped as padding where a frame would start), then HELLO.
@@ -88,11 +103,7 @@ class Channel:
                 self._send_raw(pad + hello, deadline)
                 self.hellos += 1
                 resend = time.monotonic() + HELLO_RETRY
-            if not self._fill(min(deadline, resend)) and time.monotonic() >= deadline:
-                raise AgentError(
-                    f"the guest agent of {what} did not answer within {timeout:.0f}s",
-                    hint="check that the VM has booted (ignite logs); the agent starts "
-                    "before the image's init")
+            self._fill(min(deadline, resend))
 
     def close(self) -> None:
         """Say BYE (the agent ends this client's sessions at once), then let go."""
@@ -136,30 +147,50 @@ class Channel:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(1 << 18)
-        except TimeoutError:
+            data = self.sock.recv(RECV_SIZE)
+        except (TimeoutError, BlockingIOError):
             return False
         except OSError as exc:
             raise AgentError(f"lost the connection to the guest agent: {exc.strerror}") from None
         if not data:
             raise AgentError("the guest agent closed the connection (did the VM stop?)")
         self.buf += data
+        self.last_rx = time.monotonic()
         return True
+
+    def next_frame(self) -> p.Frame | None:
+        """A frame already buffered, or None (no reading)."""
+        try:
+            return p.parse(self.buf)
+        except ValueError as exc:
+            raise AgentError(f"the guest agent broke the protocol: {exc}") from None
 
     def recv(self, deadline: float | None = None) -> p.Frame | None:
         """The next frame, or None when ``deadline`` passes."""
         while True:
-            try:
-                frame = p.parse(self.buf)
-            except ValueError as exc:
-                raise AgentError(f"the guest agent broke the protocol: {exc}") from None
+            frame = self.next_frame()
             if frame is not None:
                 return frame
             if not self._fill(deadline):
                 return None
 
+    def read_some(self) -> None:
+        """One read (the socket is readable)."""
+        self._fill(time.monotonic())
+
     def fileno(self) -> int:
         return self.sock.fileno()
+
+
+def _peek(buf: bytearray, at: int) -> p.Frame | None:
+    """The whole frame at ``buf[at:]`` without taking it, if it is complete and sane."""
+    if len(buf) - at < p.HEADER.size:
+        return None
+    _typ, _flags, _res, _sid, length = p.HEADER.unpack_from(buf, at)
+    end = at + p.HEADER.size + length
+    if length > p.MAX_PAYLOAD or len(buf) < end:
+        return None
+    return p.Frame(p.READY, 0, bytes(buf[at + p.HEADER.size:end]))
 
 
 class Ports(Protocol):
@@ -173,32 +204,44 @@ class Ports(Protocol):
         """Add a channel to the running VM; None if it can have no more."""
         ...
 
+    def repair(self, path: Path) -> None:
+        """Undo the adding of channel ``path`` that a dead client left half-done
+        (nothing if it is whole)."""
+        ...
+
 
 def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
     """Lock a free channel; when all are busy, add one (one client at a time
     grows a VM), else wait for one to be free."""
+    repaired = False
     while True:
         sockets = ports.sockets()
         if not sockets:
             raise AgentError(f"{what} is not running", hint="start it with: ignite start")
+        folder = sockets[0].parent
+        if not repaired and (folder / GROW_MARK).exists():
+            _repair(ports, folder, deadline)
+            repaired = True
+            continue
         taken = _lock_free(sockets)
         if taken is not None:
             return taken
         with contextlib.ExitStack() as held:
-            try:
-                held.enter_context(flock(sockets[0].parent / "agent-grow.lock",
-                                         deadline=deadline))
-            except BlockingIOError:
-                raise AgentError("another client is adding an agent channel and does not "
-                                 "finish") from None
+            _grow_lock(held, folder, deadline)
             taken = _lock_free(ports.sockets())
             if taken is not None:
                 return taken
+            # The mark says "a channel is being added": if this process dies
+            # before it is gone, the next client repairs what is half-made.
+            mark = folder / GROW_MARK
+            mark.write_text(f"{len(ports.sockets())}\n")
             try:
                 path = ports.grow()
             except Exception as exc:  # a VM that cannot grow still has its channels
                 log.debug("could not add an agent channel: %s", exc)
                 path = None
+            finally:
+                mark.unlink(missing_ok=True)
             if path is not None:
                 taken = _lock_free([path])
                 if taken is not None:
@@ -207,6 +250,39 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
             raise AgentError(f"all {len(sockets)} agent channels of {what} are busy",
                              hint="wait for other exec/cp commands to finish")
         time.sleep(0.05)
+
+
+def _grow_lock(held: contextlib.ExitStack, folder: Path, deadline: float) -> None:
+    try:
+        held.enter_context(flock(folder / "agent-grow.lock", deadline=deadline))
+    except BlockingIOError:
+        raise AgentError("another client is adding an agent channel and does not "
+                         "finish") from None
+
+
+def _repair(ports: Ports, folder: Path, deadline: float) -> None:
+    """A client was killed while it added a channel (say between QMP's
+    chardev-add and device_add): its socket may lead to no port, and would be
+    handed out for ever. Once any live grower is done, let the VMM undo it."""
+    with contextlib.ExitStack() as held:
+        _grow_lock(held, folder, deadline)
+        mark = folder / GROW_MARK
+        try:
+            before = int(mark.read_text())
+        except FileNotFoundError:
+            return              # a live client was adding one, and is done
+        except ValueError:
+            before = len(ports.sockets())
+        repair = getattr(ports, "repair", None)
+        for path in ports.sockets()[before:]:
+            log.debug("repairing agent channel %s, half-added by a client that died", path)
+            try:
+                if repair is not None:
+                    repair(path)
+            except Exception as exc:
+                log.warning("could not repair agent channel %s: %s", path, exc)
+                return
+        mark.unlink(missing_ok=True)
 
 
 def _lock_free(sockets: list[Path]) -> tuple[int, Path] | None:

@@ -91,8 +91,11 @@ def _signal_pipe(signals: tuple[int, ...]) -> Iterator[socket.socket]:
 
 
 def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
-             stdout_fd: int = 1, stderr_fd: int = 2) -> int:
-    """Run a command in the guest, pumping local fds; return its exit status."""
+             stdout_fd: int = 1, stderr_fd: int = 2, frame_timeout: float = 30.0) -> int:
+    """Run a command in the guest, pumping local fds; return its exit status.
+
+    A command may stay silent as long as it likes; a frame the agent started
+    to send must be complete within ``frame_timeout`` seconds."""
     sid = ch.new_session()
     ch.send(p.Frame(p.EXEC, sid, p.request(req.argv, req.env, req.cwd, req.user, req.tty,
                                             req.stdin and stdin_fd is not None)))
@@ -114,8 +117,16 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
             elif not want_stdin and stdin_registered:
                 sel.unregister(stdin_fd)  # type: ignore[arg-type]
                 stdin_registered = False
-            # Frames already buffered come first; else wait for any source.
-            events = ["agent"] if ch.buf else [key.data for key, _ in sel.select()]
+            # Frames already buffered come first; else wait for any source (a
+            # partial frame only so long).
+            frame = ch.next_frame()
+            if frame is not None:
+                events: list[str] = ["frame"]
+            else:
+                wait = None if not ch.buf else ch.last_rx + frame_timeout - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise _stalled(frame_timeout, "in the middle of a frame")
+                events = [key.data for key, _ in sel.select(wait)]
             for what in events:
                 if what == "signal":
                     for num in sigsock.recv(64):
@@ -137,10 +148,9 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
                     else:
                         flow.send_window -= len(data)
                         ch.send(p.Frame(p.DATA, sid, data, flags=p.STDIN))
-                else:
-                    frame = ch.recv()
-                    if frame is None or frame.session != sid:
-                        continue
+                elif what == "agent":
+                    ch.read_some()
+                elif frame is not None and frame.session == sid:
                     if frame.type == p.DATA:
                         _write_all(stderr_fd if frame.flags == p.STDERR else stdout_fd,
                                    frame.payload)
@@ -151,6 +161,20 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
                         return _status(frame.payload)
                     elif frame.type == p.ERROR:
                         raise _error(frame)
+
+
+def _stalled(seconds: float, how: str) -> AgentError:
+    return AgentError(f"the guest agent stopped {how}: nothing came for {seconds:.0f}s",
+                      hint="the VM may be overloaded or its agent stuck (ignite logs); "
+                      "--timeout sets how long to wait")
+
+
+def _recv(ch: Channel, sid: int, since: float, idle: float | None) -> p.Frame | None:
+    """The next frame; an error when none of session ``sid`` came for ``idle`` s."""
+    frame = ch.recv(None if idle is None else since + idle)
+    if frame is None:
+        raise _stalled(idle or 0, "answering")
+    return frame
 
 
 def _terminal_size(fd: int) -> tuple[int, int]:
@@ -172,9 +196,11 @@ def terminal_size() -> tuple[int, int]:
 class _Sender:
     """A file-like writer that sends DATA frames within the session's window."""
 
-    def __init__(self, ch: Channel, sid: int, progress: object = None):
+    def __init__(self, ch: Channel, sid: int, progress: object = None,
+                 idle: float | None = None):
         self.ch, self.sid, self.flow = ch, sid, _Flow()
         self.progress = progress
+        self.idle, self.last = idle, time.monotonic()
         self.failed: GuestError | None = None
 
     def write(self, data: bytes) -> int:
@@ -184,9 +210,10 @@ class _Sender:
         view = memoryview(data)
         while view:
             while self.flow.send_window <= 0:
-                frame = self.ch.recv()
+                frame = _recv(self.ch, self.sid, self.last, self.idle)
                 if frame is None or frame.session != self.sid:
                     continue
+                self.last = time.monotonic()
                 if frame.type == p.WINDOW:
                     self.flow.send_window += p.read_u32(frame.payload)
                 elif frame.type == p.ERROR:
@@ -205,19 +232,35 @@ class _Sender:
 
 
 class _Receiver:
-    """A file-like reader over the DATA frames of a session (for tarfile streaming)."""
+    """A file-like reader over the DATA frames of a session (for tar streaming).
 
-    def __init__(self, ch: Channel, sid: int, progress: object = None):
+    Every byte the agent sends meanwhile counts against ``budget`` (frames of
+    other sessions too), and ``idle`` seconds without a frame of this session
+    is an error: a hostile or stuck guest can neither fill the host nor hang it."""
+
+    def __init__(self, ch: Channel, sid: int, progress: object = None,
+                 idle: float | None = None, budget: int | None = None):
         self.ch, self.sid, self.flow = ch, sid, _Flow()
         self.pending = bytearray()
         self.eof = False
         self.status: int | None = None
         self.progress = progress
+        self.idle, self.budget = idle, budget
+        self.last = time.monotonic()
+        self.received = 0
 
     def _pump(self) -> None:
-        frame = self.ch.recv()
-        if frame is None or frame.session != self.sid:
+        frame = _recv(self.ch, self.sid, self.last, self.idle)
+        assert frame is not None
+        self.received += p.HEADER.size + len(frame.payload)
+        if self.budget is not None and self.received > self.budget:
+            from ignitevm.agent.untar import Refused
+
+            raise Refused(f"the guest sent more than {self.budget} bytes",
+                          hint="if that much is wanted, raise the limit with --max-size")
+        if frame.session != self.sid:
             return
+        self.last = time.monotonic()
         if frame.type == p.DATA:
             self.pending += frame.payload
             self.flow.consume(self.ch, self.sid, len(frame.payload))
@@ -231,44 +274,49 @@ class _Receiver:
         elif frame.type == p.ERROR:
             raise _error(frame)
 
-    def read(self, n: int = -1) -> bytes:
-        while not self.eof and (n < 0 or len(self.pending) < n):
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (b"" at the end)."""
+        while not self.eof and not self.pending:
             self._pump()
-        if n < 0:
-            n = len(self.pending)
         out = bytes(self.pending[:n])
         del self.pending[:n]
         return out
 
     def finish(self) -> int:
+        """Wait for the session's end; what comes after the archive is dropped."""
         while self.status is None:
             self.eof = False
+            self.pending.clear()
             self._pump()
         return self.status
 
 
-def put(ch: Channel, guest_dir: str, write_tar: object, progress: object = None) -> None:
+def put(ch: Channel, guest_dir: str, write_tar: object, progress: object = None,
+        idle: float | None = None) -> None:
     """Copy in: ``write_tar(fileobj)`` writes a tar stream, unpacked into ``guest_dir``."""
     sid = ch.new_session()
     ch.send(p.Frame(p.PUT, sid, p.request(path=guest_dir)))
-    sender = _Sender(ch, sid, progress)
+    sender = _Sender(ch, sid, progress, idle)
     write_tar(sender)  # type: ignore[operator]
     ch.send(p.Frame(p.EOF, sid, flags=p.STDIN))
+    since = time.monotonic()
     while True:
-        frame = ch.recv()
+        frame = _recv(ch, sid, since, idle)
         if frame is None or frame.session != sid:
             continue
+        since = time.monotonic()
         if frame.type == p.EXIT:
             return
         if frame.type == p.ERROR:
             raise _error(frame)
 
 
-def get(ch: Channel, guest_path: str, progress: object = None) -> _Receiver:
+def get(ch: Channel, guest_path: str, progress: object = None, idle: float | None = None,
+        budget: int | None = None) -> _Receiver:
     """Copy out: returns a reader of the tar stream of ``guest_path``."""
     sid = ch.new_session()
     ch.send(p.Frame(p.GET, sid, p.request(path=guest_path)))
-    return _Receiver(ch, sid, progress)
+    return _Receiver(ch, sid, progress, idle, budget)
 
 
 def shutdown(ch: Channel, reboot: bool = False, timeout: float = 5.0) -> None:

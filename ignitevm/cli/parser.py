@@ -153,7 +153,8 @@ def exec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workdir", help="working directory in the guest")
     p.add_argument("-u", "--user", help="user name or uid[:gid] (default root)")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the guest agent (default 30)")
+                   help="seconds to wait for the guest agent, and for a message it started "
+                   "to send to complete (default 30; the command itself may run silent)")
     p.add_argument("--ssh", action="store_true", help="go through SSH (needs networking)")
 
 
@@ -193,9 +194,12 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("vm")
     p.add_argument("--follow", action="store_true", help="keep printing new output")
     p = t.command(subs, "exec", "guest:cmd_exec", "Run a command in a running VM")
-    p.add_argument("vm")
+    p.add_argument("vm", nargs="?")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     exec_flags(p)
+    # (the words after `--`, set by normalize())
+    p.add_argument("--exec-dashdash", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--exec-argv", action="append", help=argparse.SUPPRESS)
     p = t.command(subs, "ssh", "ssh:cmd_ssh", "Open an SSH session to a VM created with --ssh")
     p.add_argument("vm")
     p.add_argument("-i", "--identity", help="private key (default: the VM's own id_<uid>)")
@@ -209,7 +213,12 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("dest")
     p.add_argument("-i", "--identity", help="accepted for Ignite compatibility")
     p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds to wait for the guest agent (default 30)")
+                   help="seconds to wait for the guest agent, and the longest the copy may "
+                   "make no progress (default 30)")
+    p.add_argument("--max-size", default="16GB",
+                   help="copying out: the most the guest may send (default 16GB)")
+    p.add_argument("--max-files", type=int, default=1_000_000,
+                   help="copying out: the most entries the guest may send (default 1000000)")
     p = t.command(subs, "attach", "vm:cmd_attach",
                   "Attach to a VM's serial console (detach: Ctrl+P Ctrl+Q)")
     p.add_argument("vm")
@@ -258,6 +267,13 @@ def normalize(argv: Sequence[str]) -> list[str]:
         end = tail.index("--") if "--" in tail else len(tail)
         tail = [("--ssh=true" if w == "--ssh" else w) if n < end else w
                 for n, w in enumerate(tail)]
+    if path and path[-1] == "exec" and "--" in tail:
+        # The command after `--` is taken verbatim, whatever argparse would make
+        # of its words (a `--` of its own, or `-i VM` eating the VM's place);
+        # each word gets a `:` before it, as argparse drops a value `--`.
+        end = tail.index("--")
+        tail = ["--exec-dashdash", *(f"--exec-argv=:{w}" for w in tail[end + 1:]),
+                *tail[:end]]
     return [*lead, *path, *hoisted, *tail]
 
 

@@ -137,13 +137,34 @@ def test_spec_ssh_renders_as_ignites_struct() -> None:
     # bare --ssh takes no value: the next word stays the image
     (["run", "--name=n", "--ssh", "img"], ["run", "--name=n", "--ssh=true", "img"]),
     (["run", "--ssh=/k.pub", "img"], ["run", "--ssh=/k.pub", "img"]),
-    (["exec", "vm", "--", "x", "--ssh"], ["exec", "vm", "--", "x", "--ssh"]),
+    (["exec", "vm", "--", "x", "--ssh"],
+     ["exec", "--exec-dashdash", "--exec-argv=:x", "--exec-argv=:--ssh", "vm"]),
     (["exec", "--ssh", "vm", "ls"], ["exec", "--ssh", "vm", "ls"]),
 ])
 def test_command_line_read_as_ignite_did(argv: list[str], want: list[str]) -> None:
     from ignitevm.cli.parser import normalize
 
     assert normalize(argv) == want
+
+
+@pytest.mark.parametrize(("argv", "vm", "command", "interactive"), [
+    (["-i", "web", "--", "/bin/busybox", "wc", "-l"], "web", ["/bin/busybox", "wc", "-l"], True),
+    (["-i", "web", "/bin/busybox", "wc", "-l"], "web", ["/bin/busybox", "wc", "-l"], True),
+    (["-i", "web", "--", "busybox", "--", "wc"], "web", ["busybox", "--", "wc"], True),
+    (["web", "--", "sh", "-c", "x", "--", "-y"], "web", ["sh", "-c", "x", "--", "-y"], False),
+    (["web", "-t", "--", "sh"], "web", ["sh"], False),
+    (["-it", "web", "--", "sh", "-i"], "web", ["sh", "-i"], True),
+    (["web", "ls", "-l", "--", "x"], "web", ["ls", "-l", "--", "x"], False),
+])
+def test_exec_takes_the_command_verbatim(argv: list[str], vm: str, command: list[str],
+                                         interactive: bool) -> None:
+    from ignitevm.cli.guest import exec_command
+    from ignitevm.cli.parser import build_parser, normalize
+
+    words = normalize(["exec", *argv])
+    args = build_parser(words).parse_args(words)
+    assert exec_command(args) == command
+    assert (args.vm, args.interactive) == (vm, interactive)
 
 
 def test_command_words_match_the_tree() -> None:

@@ -165,6 +165,64 @@ def test_clients_killed_mid_transfer_leave_the_agent_usable(cli: Ignite, agentbo
         time.sleep(0.5)
 
 
+def test_cp_out_merges_as_cp_r_and_refuses_links_out(cli: Ignite, agentbox: str,
+                                                      tmp_path: Path) -> None:
+    cli("exec", agentbox, "--", "sh", "-c",
+        "mkdir -p /srv/m/sub && echo new > /srv/m/new && echo after > /srv/m/sub/replaced"
+        " && echo a > /srv/m/sub/added && ln -s sub/added /srv/m/link"
+        " && chmod 4755 /srv/m/new && chown 123:456 /srv/m/new")
+    dest = tmp_path / "dest"
+    (dest / "sub").mkdir(parents=True)
+    (dest / "mine").write_text("mine")
+    (dest / "sub" / "old").write_text("old")
+    (dest / "sub" / "replaced").write_text("before")
+    cli("cp", f"{agentbox}:/srv/m/.", str(dest))
+    assert (dest / "mine").read_text() == "mine"            # DEST is merged into, not replaced
+    assert (dest / "sub" / "old").read_text() == "old"
+    assert (dest / "sub" / "replaced").read_text() == "after\n"
+    assert (dest / "link").read_text() == "a\n"
+    st = (dest / "new").stat()
+    assert (st.st_uid, st.st_mode & 0o7000) == (os.getuid(), 0)
+    # an existing folder as DEST: the copy lands in DEST/m
+    cli("cp", f"{agentbox}:/srv/m", str(dest))
+    assert (dest / "m" / "sub" / "added").read_text() == "a\n"
+    # a link out of the copy: refused, nothing left behind
+    cli("exec", agentbox, "--", "sh", "-c", "ln -s /etc/shadow /srv/m/out")
+    res = cli("cp", f"{agentbox}:/srv/m", str(tmp_path / "x"), check=False)
+    assert res.returncode == 1 and "refused" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["dest"]
+
+
+def test_a_half_added_channel_is_repaired(cli: Ignite, agentbox: str) -> None:
+    """What a client killed between QMP's chardev-add and device_add leaves (made
+    here by hand): the next client that needs a new channel still gets through."""
+    import fcntl
+    import json
+
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
+
+    uid = json.loads(cli("inspect", "vm", agentbox).stdout)["metadata"]["uid"]
+    folder = next(p.parent for p in cli.root.rglob("agent-1.sock") if uid in str(p))
+    socks = sorted(folder.glob("agent-*.sock"), key=lambda p: int(p.stem.split("-")[1]))
+    k = len(socks) + 1
+    half = folder / f"agent-{k}.sock"
+    (folder / "agent-grow.pending").write_text(f"{len(socks)}\n")
+    QemuVMM().qmp(folder, "chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
+        "addr": {"type": "unix", "data": {"path": str(half)}}, "server": True, "wait": False}})
+    held = []
+    try:
+        for sock in socks:        # every whole channel busy: the half-made one is next
+            fd = os.open(sock.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.append(fd)
+        res = cli("exec", agentbox, "--timeout", "60", "--", "echo", "through", check=False)
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert (res.returncode, res.stdout) == (0, "through\n"), res.stderr
+    assert not (folder / "agent-grow.pending").exists()
+
+
 def test_cp_errors(cli: Ignite, agentbox: str, tmp_path: Path) -> None:
     res = cli("cp", f"{agentbox}:/no/such/file", str(tmp_path / "x"), check=False)
     assert res.returncode != 0 and "No such file" in res.stderr
