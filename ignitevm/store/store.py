@@ -79,7 +79,7 @@ class Store:
     def _read(self, typ: type[T], path: Path) -> T | None:
         try:
             raw = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # gone, or unreadable (then damaged() reports it)
             return None
         try:
             return codec.decode_json(raw, typ, str(path))
