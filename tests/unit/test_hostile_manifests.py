@@ -166,3 +166,34 @@ def test_refused_from_an_ignited_folder(tmp_path: Path,
             continue
         assert any(uid in line and message in line for line in said), (uid, message, said)
     assert ctx.store.list(VM) == []
+
+
+def test_yaml_aliases_are_refused() -> None:
+    """A few lines of aliases would expand to billions of list items when decoded."""
+    bomb = "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\na: &a [x, x, x, x, x, x, x]\n"
+    prev = "a"
+    for i in range(9):
+        bomb += f"l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        prev = f"l{i}"
+    with pytest.raises(InvalidInput, match="aliases"):
+        codec.load_manifest(bomb, "bomb.yaml")
+
+
+def test_ignited_reads_no_link_out_of_its_folder(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A Git repository can hold a symlink: vm.yaml -> /etc/shadow is not read (its
+    content would show in the parse error)."""
+    from ignitevm.daemon.manifests import ManifestReader
+
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("root:$6$hash:19000:0:99999:7:::\n")
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "vm.yaml").symlink_to(secret)
+    (folder / "ok.json").write_text(json.dumps(_manifest({})))
+    (folder / "alias.json").symlink_to(folder / "ok.json")  # in-tree: fine (same UID, once)
+    with caplog.at_level(logging.WARNING, logger="ignitevm"):
+        found = ManifestReader(folder).read()
+    assert list(found) == ["0123456789abcdef"]
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "outside" in said and "$6$hash" not in said
