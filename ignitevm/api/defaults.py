@@ -77,7 +77,7 @@ def validate_vm(vm: VM) -> None:
     if spec.memory.bytes % (1 << 20):
         raise InvalidInput(f"invalid --memory {spec.memory}: must be a whole number of MB")
     if not v.MIN_DISK <= spec.disk_size.bytes <= v.MAX_DISK:
-        raise InvalidInput(f"invalid --size {spec.disk_size}: must be between 16MB and 64TB")
+        raise InvalidInput(f"invalid --size {spec.disk_size}: must be between 1MB and 64TB")
     v.check_cmdline(spec.kernel.cmd_line)
     _validate_ports(vm)
     for f in spec.copy_files:

@@ -27,7 +27,7 @@ from ignitevm.errors import InvalidInput
 
 MIN_MEMORY = 64 << 20
 MAX_MEMORY = 1 << 40  # 1 TiB
-MIN_DISK = 16 << 20
+MIN_DISK = 1 << 20  # (the image decides the real minimum: "smaller than the image")
 MAX_DISK = 64 << 40  # 64 TiB
 MAX_CPUS = 64
 # x86's kernel command line holds 2048 bytes; ignite adds a few words of its own.

@@ -197,3 +197,33 @@ def test_ignited_reads_no_link_out_of_its_folder(tmp_path: Path,
     assert list(found) == ["0123456789abcdef"]
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "outside" in said and "$6$hash" not in said
+
+
+def _ed25519_line() -> str:
+    import base64
+
+    blob = b"\0\0\0\x0bssh-ed25519\0\0\0\x20" + bytes(range(32))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} me@host"
+
+
+@pytest.mark.parametrize(("text", "ok"), [
+    (_ed25519_line(), True),
+    (_ed25519_line() + "\n", True),
+    (_ed25519_line() + "\n" + _ed25519_line(), False),  # a second key
+    ('command="touch /tmp/x" ' + _ed25519_line(), False),  # options
+    ("ssh-rsa " + _ed25519_line().split()[1], False),  # blob of another type
+    ("ssh-ed25519 not*base64", False),
+    ("ssh-ed25519", False),
+    ("root:x:0:0:root:/root:/bin/bash", False),
+    ("", False),
+])
+def test_ssh_public_key_is_one_valid_line(tmp_path: Path, text: str, ok: bool) -> None:
+    from ignitevm.operations.sshkeys import user_public_key
+
+    key = tmp_path / "id.pub"
+    key.write_text(text)
+    if ok:
+        assert user_public_key(str(key)) == _ed25519_line()
+    else:
+        with pytest.raises(InvalidInput, match="not one OpenSSH public key line"):
+            user_public_key(str(key))
