@@ -128,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"  hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # e.g. the state folder cannot be made (a full disk)
+        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              file=sys.stderr)
+        return 1
     parser.print_help(sys.stdout)
     return 0
 
@@ -211,9 +215,9 @@ def _loop(interval: float, step: Callable[[], None]) -> int:
         try:
             step()
         except Exception as exc:  # one bad pass (a full disk...) must not end the daemon
-            from ignitevm.daemon.reconcile import _describe
+            from ignitevm.daemon.reconcile import describe
 
-            log.error("reconciliation pass failed: %s; trying again in %gs", _describe(exc),
+            log.error("reconciliation pass failed: %s; trying again in %gs", describe(exc),
                       interval)
             log.debug("reconciliation pass failed", exc_info=True)
         stop.wait(interval)
@@ -237,8 +241,7 @@ def _daemon(args: argparse.Namespace) -> int:
 def _gitops(args: argparse.Namespace) -> int:
     from ignitevm.daemon.gitops import GitSource
     from ignitevm.daemon.manifests import ManifestReader
-    from ignitevm.daemon.reconcile import Reconciler
-    from ignitevm.errors import IgniteError
+    from ignitevm.daemon.reconcile import Reconciler, describe
     from ignitevm.log import log
 
     _hide_password(args)
@@ -256,10 +259,11 @@ def _gitops(args: argparse.Namespace) -> int:
         try:
             src.update()
             failed[0] = ""
-        except IgniteError as exc:  # keep the last good checkout; say so once
-            if failed[0] != exc.brief:
-                log.error("cannot update from %s: %s", src.display_url, exc.brief)
-            failed[0] = exc.brief
+        except Exception as exc:  # keep the last good checkout; say so once
+            said = describe(exc)
+            if failed[0] != said:
+                log.error("cannot update from %s: %s", src.display_url, said)
+            failed[0] = said
         rec.sync(reader.read())
 
     return _loop(args.interval, step)

@@ -47,7 +47,7 @@ class Reconciler:
             existing = {vm.metadata.uid: vm for vm in self.ctx.store.list(VM)}
             damaged = {d.uid: d for d in self.ctx.store.damaged(VM)}
         except Exception as exc:  # the store itself cannot be read: try next pass
-            self._say("store", "", f"cannot list VMs: {_describe(exc)}")
+            self._say("store", "", f"cannot list VMs: {describe(exc)}")
             return
         self._report_damaged(damaged)
         for uid, want in desired.items():
@@ -137,7 +137,7 @@ class Reconciler:
         except Exception as exc:
             if not isinstance(exc, IgniteError):
                 log.debug("VM %s", uid, exc_info=True)
-            self._say(uid, name, _describe(exc))
+            self._say(uid, name, describe(exc))
         else:
             self._failed.pop(uid, None)
 
@@ -150,7 +150,7 @@ class Reconciler:
         self._failed[uid] = said
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     if isinstance(exc, IgniteError):
         return exc.brief + (f" ({exc.hint})" if exc.hint else "")
     if isinstance(exc, OSError) and exc.strerror:
