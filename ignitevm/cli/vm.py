@@ -151,7 +151,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     # VMs whose stored state was stale (e.g. QEMU died by itself): marked `*`, as Ignite did.
     stale: set[str] = set()
     objs = []
-    for vm in ctx.store.list(VM):
+    listed = ctx.store.list(VM)
+    for vm in listed:
         stored = vm.status.running
         objs.append(live(ctx, vm))
         if vm.status.running != stored:
@@ -159,7 +160,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     show_all = bool(args.all or getattr(args, "force_all", False))
     if not show_all:
         objs = [vm for vm in objs if vm.status.running]
-    broken = _damaged(ctx, show_all)
+    broken = _damaged(ctx, show_all, {vm.metadata.uid for vm in listed})
     if args.filter or args.template:
         from ignitevm.cli.templates import apply_filter, render
 
@@ -211,11 +212,11 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _damaged(ctx: Context, show_all: bool) -> list[tuple[Damaged, bool]]:
+def _damaged(ctx: Context, show_all: bool, known: set[str]) -> list[tuple[Damaged, bool]]:
     """Damaged VMs (running ones, or all with -a), each also said on stderr."""
     from ignitevm.operations import damaged
 
-    out = [(d, up) for d, up in damaged.listing(ctx) if up or show_all]
+    out = [(d, up) for d, up in damaged.listing(ctx, known) if up or show_all]
     for d, up in out:
         damaged.warn(d, up)
     return out

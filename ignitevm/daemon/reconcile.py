@@ -45,7 +45,7 @@ class Reconciler:
         is tried again at the next pass."""
         try:
             existing = {vm.metadata.uid: vm for vm in self.ctx.store.list(VM)}
-            damaged = {d.uid: d for d in self.ctx.store.damaged(VM)}
+            damaged = {d.uid: d for d in self.ctx.store.damaged(VM, existing)}
         except Exception as exc:  # the store itself cannot be read: try next pass
             self._say("store", "", f"cannot list VMs: {describe(exc)}")
             return

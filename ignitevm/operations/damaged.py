@@ -7,6 +7,8 @@ UID) removes them and kills their QEMU, ``ignited`` reports them.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.errors import Conflict
 from ignitevm.log import log
@@ -14,9 +16,9 @@ from ignitevm.operations.context import Context
 from ignitevm.store.store import Damaged
 
 
-def listing(ctx: Context) -> list[tuple[Damaged, bool]]:
-    """Every damaged VM, with whether its QEMU runs."""
-    return [(d, ctx.vmm.pid(d.folder) is not None) for d in ctx.store.damaged(VM)]
+def listing(ctx: Context, known: Collection[str] = ()) -> list[tuple[Damaged, bool]]:
+    """Every damaged VM (``known``: UIDs just listed fine), with whether its QEMU runs."""
+    return [(d, ctx.vmm.pid(d.folder) is not None) for d in ctx.store.damaged(VM, known)]
 
 
 def find(ctx: Context, query: str) -> Damaged | None:

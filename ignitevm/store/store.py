@@ -16,7 +16,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -88,8 +88,9 @@ class Store:
             # reported by commands that address the object directly.
             return None
 
-    def damaged(self, typ: type[T]) -> list[Damaged]:
-        """Folders of ``typ`` whose metadata cannot be read or decoded.
+    def damaged(self, typ: type[T], known: Collection[str] = ()) -> list[Damaged]:
+        """Folders of ``typ`` whose metadata cannot be read or decoded (the UIDs
+        in ``known``, just listed fine, are not read again).
 
         :meth:`list` leaves them out so that one damaged object breaks no
         listing; ``ps``, ``rm`` and ``ignited`` ask here so that none is lost."""
@@ -100,6 +101,8 @@ class Store:
             return []
         out = []
         for uid in names:
+            if uid in known:
+                continue
             folder = base / uid
             try:
                 raw = (folder / METADATA).read_bytes()
