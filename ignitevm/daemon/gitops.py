@@ -71,7 +71,7 @@ class GitSource:
         self.checkout = cache / "gitops" / key
         self.head = ""
         # Only the transports check_url allows, also for submodules and redirects.
-        self.env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh"}
+        self.env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": "file:http:https:ssh"}
         if self.scheme == "ssh":
             self.env["GIT_SSH_COMMAND"] = shlex.join(ssh_command(identity_file, hosts_file))
         if username or password:

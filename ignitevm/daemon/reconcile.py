@@ -49,6 +49,7 @@ class Reconciler:
         except Exception as exc:  # the store itself cannot be read: try next pass
             self._say("store", "", f"cannot list VMs: {describe(exc)}")
             return
+        self._failed.pop("store", None)
         self._report_damaged(damaged)
         for uid, want in desired.items():
             with self._attempt(uid, want.metadata.name):
