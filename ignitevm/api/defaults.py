@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from ignitevm.api import refs
@@ -63,7 +62,7 @@ def validate_vm(vm: VM) -> None:
     meta = vm.metadata
     if meta.name:
         v.check_name(meta.name)
-    if meta.uid and not re.match(r"^[0-9a-f]{16}$", meta.uid):
+    if meta.uid and not v.UID.match(meta.uid):
         raise InvalidInput(f"invalid uid {meta.uid!r}: must be 16 hex characters")
     v.check_text(meta.created, "created time", limit=64)
     v.check_labels(meta.labels)

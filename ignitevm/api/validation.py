@@ -37,6 +37,7 @@ MAX_ANNOTATION = 4096
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+UID = re.compile(r"^[0-9a-f]{16}$")
 _ID_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _KEY_TYPES = (
     "ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -48,6 +49,14 @@ _KEY_TYPES = (
 def has_control(text: str) -> bool:
     """Whether ``text`` holds a NUL, newline, escape or other control character."""
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as escapes, for logs and terminals
+    (a manifest's file name or field must not forge log lines or move the cursor)."""
+    if not has_control(text):
+        return text
+    return "".join(c if not has_control(c) else repr(c)[1:-1] for c in text)
 
 
 def check_text(value: str, what: str, *, limit: int = MAX_PATH) -> None:

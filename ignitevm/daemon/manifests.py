@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ignitevm.api import codec
 from ignitevm.api.types import VM
+from ignitevm.api.validation import UID, printable
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
 
@@ -75,6 +76,10 @@ class ManifestReader:
         if not vm.metadata.uid:
             self._warn(path, f"skipping {path}: .metadata.uid not set")
             return None
+        if not UID.match(vm.metadata.uid):
+            self._warn(path, f"skipping {path}: invalid uid {vm.metadata.uid!r}: must be 16 "
+                       "hex characters")
+            return None
         return vm
 
     def _warn(self, path: Path, message: str) -> None:
@@ -84,4 +89,4 @@ class ManifestReader:
             version = 0.0
         if self._warned.get(path) != version:
             self._warned[path] = version
-            log.warning("%s", message)
+            log.warning("%s", printable(message))

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from ignitevm.api.defaults import default_vm, validate_vm
 from ignitevm.api.types import VM
+from ignitevm.api.validation import printable
 from ignitevm.daemon.policy import ManifestPolicy
 from ignitevm.errors import Conflict, IgniteError
 from ignitevm.log import log
@@ -145,9 +146,9 @@ class Reconciler:
     def _say(self, uid: str, name: str, said: str) -> None:
         if self._failed.get(uid) != said:
             if name:
-                log.error("VM %r (%s): %s", name, uid, said)
+                log.error("VM %r (%s): %s", name, printable(uid), printable(said))
             else:
-                log.error("%s", said)
+                log.error("%s", printable(said))
         self._failed[uid] = said
 
 

@@ -227,3 +227,22 @@ def test_ssh_public_key_is_one_valid_line(tmp_path: Path, text: str, ok: bool) -
     else:
         with pytest.raises(InvalidInput, match="not one OpenSSH public key line"):
             user_public_key(str(key))
+
+
+def test_manifest_names_and_uids_cannot_forge_log_lines(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Git allows newlines and escapes in file names; a uid is any string until
+    checked: neither reaches ignited's log raw."""
+    from ignitevm.daemon.manifests import ManifestReader
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "x\nERROR fake line\x1b[2J.yaml").write_text("kind: [")
+    bad_uid = _manifest({"metadata": {"uid": "0123\n\x1b[31mforged"}})
+    (folder / "uid.json").write_text(json.dumps(bad_uid))
+    with caplog.at_level(logging.WARNING, logger="ignitevm"):
+        assert ManifestReader(folder).read() == {}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2
+    assert all("\n" not in line and "\x1b" not in line for line in said), said
+    assert any("invalid uid" in line for line in said)
