@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ignitevm.api.types import VM
 from ignitevm.cli.common import context, dump, emit, starting_context, table
-from ignitevm.errors import InvalidInput, NotFound
+from ignitevm.errors import Conflict, InvalidInput, NotFound
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.human import age
@@ -76,9 +76,12 @@ def _resolve_all(ctx: Context, names: list[str],
         except NotFound:
             from ignitevm.operations import damaged
 
-            d = damaged.find(ctx, n) if broken is not None else None
+            d = damaged.find(ctx, n)
             if d is None:
                 raise
+            if broken is None:
+                raise Conflict(f"VM {d.uid} is damaged: {d.reason} (folder {d.folder})",
+                               hint=f"remove it with: ignite rm -f {d.uid}") from None
             broken.append(d)
     return out
 

@@ -78,6 +78,9 @@ def test_ps_shows_and_rm_f_removes_a_damaged_vm(tmp_path: Path, ignite: Ignite) 
         assert DAMAGED in res.stdout and "Damaged, Up" in res.stdout
         assert f"VM {DAMAGED} is damaged" in res.stderr and str(folder) in res.stderr
         assert DAMAGED in ignite("ps", "-aq").stdout.split()
+        res = ignite("stop", DAMAGED, check=False)
+        assert res.returncode == 1 and f"VM {DAMAGED} is damaged" in res.stderr
+        assert f"ignite rm -f {DAMAGED}" in res.stderr
         res = ignite("rm", DAMAGED, check=False)
         assert res.returncode == 1 and "is running" in res.stderr
         ignite("rm", "-f", DAMAGED)
