@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeVar
 
 import msgspec
@@ -75,12 +76,30 @@ def _keep_strings(meta: dict[str, Any], text: str) -> None:
             meta[key] = m.group(1).strip("'\"") if m else str(value)
 
 
+@functools.cache
+def _loader() -> type:
+    """PyYAML's SafeLoader without aliases: ``*ref`` lets a small hostile file
+    expand into an exponentially large object ("billion laughs"); manifests
+    never need them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not "
+                                                  "allowed in manifests", mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 def load_manifest(text: str, source: str) -> dict[str, Any]:
     """Parse a YAML or JSON manifest into a dict and check its apiVersion/kind."""
     import yaml
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_loader())  # a SafeLoader
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{source} is not valid YAML or JSON: {exc}") from None
     meta = data.get("metadata") if isinstance(data, dict) else None

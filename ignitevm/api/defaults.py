@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from ignitevm.api import refs
+from ignitevm.api import validation as v
 from ignitevm.api.types import VM, Size
 from ignitevm.errors import InvalidInput
 
@@ -14,10 +14,8 @@ DEFAULT_MEMORY = 512 << 20
 DEFAULT_DISK_SIZE = 4 << 30
 DEFAULT_KERNEL = "debian-cloud:latest"
 DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1"
-MIN_MEMORY = 64 << 20
-MAX_CPUS = 64
-
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MIN_MEMORY = v.MIN_MEMORY
+MAX_CPUS = v.MAX_CPUS
 
 
 def now() -> str:
@@ -42,7 +40,7 @@ def default_vm(vm: VM) -> VM:
         spec.image.oci = refs.normalize(spec.image.oci)
     spec.kernel.oci = refs.normalize(spec.kernel.oci)
     for port in spec.network.ports:
-        port.protocol = port.protocol or "tcp"
+        port.protocol = (port.protocol or "tcp").lower()
     if not vm.status.id_prefix:
         vm.status.id_prefix = "ignite"
     if not vm.metadata.created:
@@ -51,55 +49,89 @@ def default_vm(vm: VM) -> VM:
 
 
 def validate_name(name: str, what: str = "VM") -> None:
-    if len(name) > 253 or not _DNS1123.match(name):
-        raise InvalidInput(
-            f"invalid {what} name {name!r}",
-            hint="use lower-case letters, digits, '-' and '.', starting and ending "
-            "with a letter or digit (at most 253 characters)",
-        )
+    v.check_name(name, what)
 
 
 def validate_vm(vm: VM) -> None:
-    """Check a defaulted VM; raise InvalidInput naming the first problem."""
+    """Check a defaulted VM; raise InvalidInput naming the first problem.
+
+    Every value that reaches QEMU, the kernel command line, the config disk,
+    a host path or a terminal is checked here (see ignitevm/api/validation.py).
+    """
     spec = vm.spec
-    if vm.metadata.name:
-        validate_name(vm.metadata.name)
+    meta = vm.metadata
+    if meta.name:
+        v.check_name(meta.name)
+    if meta.uid and not v.UID.match(meta.uid):
+        raise InvalidInput(f"invalid uid {meta.uid!r}: must be 16 hex characters")
+    v.check_text(meta.created, "created time", limit=64)
+    v.check_labels(meta.labels)
+    v.check_annotations(meta.annotations)
+    v.check_id_prefix(vm.status.id_prefix)
+    _validate_refs(vm)
+    if not 1 <= spec.cpus <= v.MAX_CPUS:
+        raise InvalidInput(f"invalid --cpus {spec.cpus}: must be between 1 and {v.MAX_CPUS}")
+    if not v.MIN_MEMORY <= spec.memory.bytes <= v.MAX_MEMORY:
+        raise InvalidInput(f"invalid --memory {spec.memory}: must be between 64MB and 1TB")
+    if spec.memory.bytes % (1 << 20):
+        raise InvalidInput(f"invalid --memory {spec.memory}: must be a whole number of MB")
+    if not v.MIN_DISK <= spec.disk_size.bytes <= v.MAX_DISK:
+        raise InvalidInput(f"invalid --size {spec.disk_size}: must be between 1MB and 64TB")
+    v.check_cmdline(spec.kernel.cmd_line)
+    _validate_ports(vm)
+    for f in spec.copy_files:
+        v.check_abs_path(f.host_path, "copyFiles hostPath")
+        v.check_abs_path(f.vm_path, "copyFiles vmPath", guest=True)
+    _validate_storage(vm)
+    if isinstance(spec.ssh, str) and spec.ssh not in ("", "true"):
+        v.check_text(spec.ssh, "ssh public key path")
+
+
+def _validate_refs(vm: VM) -> None:
+    spec = vm.spec
     if not spec.image.oci:
         raise InvalidInput("no image given: the OCI reference is mandatory",
                            hint="name an image: ignite run <image>")
-    if not 1 <= spec.cpus <= MAX_CPUS:
-        raise InvalidInput(f"invalid --cpus {spec.cpus}: must be between 1 and {MAX_CPUS}")
-    if spec.memory.bytes < MIN_MEMORY:
-        raise InvalidInput(f"invalid --memory {spec.memory}: a VM needs at least 64MB")
-    if spec.memory.bytes % (1 << 20):
-        raise InvalidInput(f"invalid --memory {spec.memory}: must be a whole number of MB")
+    if spec.image.oci.startswith((".", "/")):
+        v.check_text(spec.image.oci, "image path")
+    else:
+        refs.normalize(spec.image.oci)
+    refs.normalize(spec.kernel.oci)
+    if spec.sandbox.oci:
+        refs.normalize(spec.sandbox.oci)
+
+
+def _validate_ports(vm: VM) -> None:
     seen_ports: set[tuple[str, int]] = set()
-    for p in spec.network.ports:
+    for p in vm.spec.network.ports:
         if p.protocol not in ("tcp", "udp"):
             raise InvalidInput(f"invalid protocol: {p.protocol!r}", hint="use tcp or udp")
-        if not (0 < p.host_port < 65536 and 0 < p.vm_port < 65536):
-            raise InvalidInput(f"invalid port mapping {p.host_port}:{p.vm_port}")
+        v.check_port(p.host_port, "hostPort")
+        v.check_port(p.vm_port, "vmPort")
+        v.check_bind_address(p.bind_address)
         key = (p.protocol, p.host_port)
         if key in seen_ports:
             raise InvalidInput(f"host port {p.host_port}/{p.protocol} is mapped twice")
         seen_ports.add(key)
-    for f in spec.copy_files:
-        if not f.host_path.startswith("/") or not f.vm_path.startswith("/"):
-            raise InvalidInput("--copy-files path arguments must be absolute",
-                               hint="write /host/path:/vm/path")
+
+
+def _validate_storage(vm: VM) -> None:
+    storage = vm.spec.storage
     names = set()
-    for vol in spec.storage.volumes:
+    for vol in storage.volumes:
         if not vol.name or vol.name in names:
             raise InvalidInput(f"volume names must be unique and not empty: {vol.name!r}")
+        if len(vol.name) > 9 or not vol.name.replace("-", "").isalnum() \
+                or not vol.name.isascii():
+            raise InvalidInput(f"volume name {vol.name!r}: use at most 9 letters or digits")
+        if vol.block_device is None or not vol.block_device.path:
+            raise InvalidInput(f"volume {vol.name!r} names no blockDevice.path")
+        v.check_abs_path(vol.block_device.path, f"volume {vol.name!r} device path")
         names.add(vol.name)
-    for mount in spec.storage.volume_mounts:
+    for mount in storage.volume_mounts:
         if mount.name not in names:
             raise InvalidInput(f"volume mount {mount.name!r} names no volume")
-        if not mount.mount_path.startswith("/") or any(c.isspace() for c in mount.mount_path):
+        v.check_abs_path(mount.mount_path, "volume mount path", guest=True)
+        if any(c.isspace() or c == ":" for c in mount.mount_path):
             raise InvalidInput(f"volume mount path {mount.mount_path!r} must be absolute, "
-                               "without spaces")
-    for vol in spec.storage.volumes:
-        if len(vol.name) > 9 or not vol.name.replace("-", "").isalnum():
-            raise InvalidInput(f"volume name {vol.name!r}: use at most 9 letters or digits")
-    if vm.metadata.uid and not re.match(r"^[a-z0-9]{16}$", vm.metadata.uid):
-        raise InvalidInput(f"invalid uid {vm.metadata.uid!r}: must be 16 hex characters")
+                               "without spaces or ':'")

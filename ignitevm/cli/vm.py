@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ignitevm.api.types import VM
 from ignitevm.cli.common import context, dump, emit, starting_context, table
-from ignitevm.errors import InvalidInput
+from ignitevm.errors import Conflict, InvalidInput, NotFound
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.human import age
+
+if TYPE_CHECKING:
+    from ignitevm.store.store import Damaged
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -61,9 +65,25 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_all(ctx: Context, names: list[str]) -> list[VM]:
-    # Resolve every argument first: one unknown name changes nothing.
-    return [ctx.store.resolve(VM, n) for n in names]
+def _resolve_all(ctx: Context, names: list[str],
+                 broken: list[Damaged] | None = None) -> list[VM]:
+    """Resolve every argument first: one unknown name changes nothing. With
+    ``broken``, a damaged VM's UID is collected there instead of refused."""
+    out = []
+    for n in names:
+        try:
+            out.append(ctx.store.resolve(VM, n))
+        except NotFound:
+            from ignitevm.operations import damaged
+
+            d = damaged.find(ctx, n)
+            if d is None:
+                raise
+            if broken is None:
+                raise Conflict(f"VM {d.uid} is damaged: {d.reason} (folder {d.folder})",
+                               hint=f"remove it with: ignite rm -f {d.uid}") from None
+            broken.append(d)
+    return out
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -89,9 +109,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from ignitevm.operations import vms
+    from ignitevm.operations import damaged, vms
 
     ctx = context(args)
+    broken: list[Damaged] = []
     if args.config and args.vms:
         raise InvalidInput("give either VM names or --config, not both")
     if args.config:
@@ -105,11 +126,15 @@ def cmd_rm(args: argparse.Namespace) -> int:
     elif not args.vms:
         raise InvalidInput("no VM given", hint="ignite rm <vm>... or ignite rm --config FILE")
     else:
-        targets = _resolve_all(ctx, args.vms)
+        targets = _resolve_all(ctx, args.vms, broken)
     for vm in targets:
         vms.remove(ctx, vm, force=args.force)
         if args.quiet:
             emit(vm.metadata.uid)
+    for d in broken:
+        damaged.remove(ctx, d, force=args.force)
+        if args.quiet:
+            emit(d.uid)
     return 0
 
 
@@ -129,13 +154,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
     # VMs whose stored state was stale (e.g. QEMU died by itself): marked `*`, as Ignite did.
     stale: set[str] = set()
     objs = []
-    for vm in ctx.store.list(VM):
+    listed = ctx.store.list(VM)
+    for vm in listed:
         stored = vm.status.running
         objs.append(live(ctx, vm))
         if vm.status.running != stored:
             stale.add(vm.metadata.uid)
-    if not (args.all or getattr(args, "force_all", False)):
+    show_all = bool(args.all or getattr(args, "force_all", False))
+    if not show_all:
         objs = [vm for vm in objs if vm.status.running]
+    broken = _damaged(ctx, show_all, {vm.metadata.uid for vm in listed})
     if args.filter or args.template:
         from ignitevm.cli.templates import apply_filter, render
 
@@ -148,6 +176,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.quiet:
         for vm in objs:
             emit(vm.metadata.uid)
+        for d, _ in broken:
+            emit(d.uid)
         return 0
     if args.output in ("json", "yaml"):
         emit(dump(objs, args.output))
@@ -170,6 +200,10 @@ def cmd_ps(args: argparse.Namespace) -> int:
             row += [vm.status.network.plugin or "-", vm.status.runtime.accel or "-",
                     "yes" if s.ssh else "no", labels]
         rows.append(row)
+    for d, running in broken:
+        row = [d.uid, "-", "-", "-", "-", "-", "-", "Damaged, Up" if running else "Damaged",
+               "", "", "-"]
+        rows.append(row + (["-", "-", "-", ""] if args.output == "wide" else []))
     headers = ["VM ID", "IMAGE", "KERNEL", "SIZE", "CPUS", "MEMORY", "CREATED", "STATUS",
                "IPS", "PORTS", "NAME"]
     if args.output == "wide":
@@ -179,6 +213,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
         log.warning("The symbol * on the VM status means the stored VM state was out of "
                     "date: the status shown is the live one")
     return 0
+
+
+def _damaged(ctx: Context, show_all: bool, known: set[str]) -> list[tuple[Damaged, bool]]:
+    """Damaged VMs (running ones, or all with -a), each also said on stderr."""
+    from ignitevm.operations import damaged
+
+    out = [(d, up) for d, up in damaged.listing(ctx, known) if up or show_all]
+    for d, up in out:
+        damaged.warn(d, up)
+    return out
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

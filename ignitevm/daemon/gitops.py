@@ -6,15 +6,29 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
-import stat
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.log import log
 from ignitevm.util.proc import run
+
+
+def ssh_command(identity_file: str, hosts_file: str) -> list[str]:
+    """ssh's argv for GIT_SSH_COMMAND (which git runs through a shell: quote it)."""
+    ssh = ["ssh", "-o", "BatchMode=yes"]
+    if identity_file:
+        ssh += ["-i", str(Path(identity_file).expanduser().absolute())]
+    if hosts_file:
+        hosts = Path(hosts_file).expanduser().absolute()
+        if not hosts.is_file():
+            raise InvalidInput(f"known hosts file {hosts} does not exist",
+                               hint="give one with --hosts-file")
+        ssh += ["-o", f"UserKnownHostsFile={hosts}", "-o", "StrictHostKeyChecking=yes"]
+    return ssh
 
 
 def check_url(url: str) -> str:
@@ -28,39 +42,55 @@ def check_url(url: str) -> str:
     return scheme
 
 
+def split_credentials(url: str) -> tuple[str, str, str]:
+    """``https://user:secret@host/x`` -> (``https://host/x``, user, secret): what
+    sits in a URL is seen by ``ps`` in every git command, so it goes to the
+    askpass helper instead."""
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, "", ""
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return parts._replace(netloc=host).geturl(), unquote(user), unquote(password)
+
+
 class GitSource:
     def __init__(self, url: str, branch: str, cache: Path, timeout: float,
                  identity_file: str = "", hosts_file: str = "",
                  username: str = "", password: str = ""):
-        self.url, self.branch, self.timeout = url, branch, timeout
         self.scheme = check_url(url)
+        if url.startswith("-") or any(ord(c) < 0x20 for c in url):
+            raise InvalidInput(f"invalid repository URL {url!r}")
+        if not branch or branch.startswith("-") or any(ord(c) <= 0x20 for c in branch):
+            raise InvalidInput(f"invalid branch name {branch!r}")
+        url, url_user, url_password = split_credentials(url)
+        username, password = username or url_user, password or url_password
+        self.url, self.branch, self.timeout = url, branch, timeout
+        self.display_url = url
         key = hashlib.sha256(f"{url}#{branch}".encode()).hexdigest()[:16]
         self.checkout = cache / "gitops" / key
         self.head = ""
-        self.env = {"GIT_TERMINAL_PROMPT": "0"}
+        # Only the transports check_url allows, also for submodules and redirects.
+        self.env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": "file:http:https:ssh"}
         if self.scheme == "ssh":
-            ssh = ["ssh", "-o", "BatchMode=yes"]
-            if identity_file:
-                ssh += ["-i", str(Path(identity_file).expanduser())]
-            if hosts_file:
-                hosts = Path(hosts_file).expanduser()
-                if not hosts.is_file():
-                    raise InvalidInput(f"known hosts file {hosts} does not exist",
-                                       hint="give one with --hosts-file")
-                ssh += ["-o", f"UserKnownHostsFile={hosts}", "-o", "StrictHostKeyChecking=yes"]
-            self.env["GIT_SSH_COMMAND"] = " ".join(ssh)
+            self.env["GIT_SSH_COMMAND"] = shlex.join(ssh_command(identity_file, hosts_file))
         if username or password:
+            # git asks the helper for the user name and the password; the answers
+            # travel in its environment, never on a command line.
             self.env.update(IGNITED_GIT_USERNAME=username, IGNITED_GIT_PASSWORD=password,
                             GIT_ASKPASS=str(self._askpass(cache)))
 
     def _askpass(self, cache: Path) -> Path:
-        # git asks "Username for ...:" then "Password for ...:"; the answers
-        # come from the environment, never from the command line.
-        script = cache / "gitops" / "askpass.sh"
-        script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text('#!/bin/sh\ncase "$1" in\n  Username*) echo "$IGNITED_GIT_USERNAME";;\n'
-                          '  *) echo "$IGNITED_GIT_PASSWORD";;\nesac\n')
-        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        folder = cache / "gitops"
+        folder.mkdir(parents=True, exist_ok=True)
+        script = folder / "askpass.sh"
+        text = ('#!/bin/sh\ncase "$1" in\n  Username*) printf \'%s\\n\' "$IGNITED_GIT_USERNAME";;\n'
+                '  *) printf \'%s\\n\' "$IGNITED_GIT_PASSWORD";;\nesac\n')
+        tmp = folder / f".askpass.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, script)
         return script
 
     def _git(self, *args: str, cwd: Path | None = None) -> str:
@@ -73,7 +103,7 @@ class GitSource:
         if not (self.checkout / ".git").is_dir():
             self._clone()
         else:
-            self._git("fetch", "--quiet", "--depth", "1", "origin", self.branch,
+            self._git("fetch", "--quiet", "--depth", "1", "origin", "--", self.branch,
                       cwd=self.checkout)
             self._git("reset", "--quiet", "--hard", "FETCH_HEAD", cwd=self.checkout)
         head = self._git("rev-parse", "HEAD", cwd=self.checkout)
@@ -88,7 +118,7 @@ class GitSource:
         try:
             try:
                 self._git("clone", "--quiet", "--depth", "1", "--branch", self.branch,
-                          "--single-branch", self.url, str(tmp))
+                          "--single-branch", "--", self.url, str(tmp))
             except IgniteError as exc:
                 text = f"{exc.brief} {getattr(exc, 'details', '')}"
                 if "not found in upstream" in text or "empty repository" in text:

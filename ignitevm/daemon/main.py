@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", choices=LEVEL_NAMES, default="info" if top else d,
                        help="how much to log on stderr (default: info)")
         p.add_argument("--ignite-config", default=d, metavar="FILE",
-                       help="a kind: Configuration file (accepted; VMs take their spec "
-                       "from their manifests)")
+                       help="a kind: Configuration file (default /etc/ignite/config.yaml); "
+                       "its spec.manifestPolicy says which host files and devices "
+                       "manifests may use (default: none)")
         p.add_argument("--runtime", default=d, help="accepted for Ignite compatibility "
                        "(this host: qemu)")
         p.add_argument("--network-plugin", default=d, help="accepted for Ignite compatibility")
@@ -84,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts-file", default="", help="known_hosts file for ssh URLs "
                    "(default: ssh's own)")
     p.add_argument("--https-username", default="", help="user name for https URLs")
-    p.add_argument("--https-password", default="", help="password or token for https URLs")
+    p.add_argument("--https-password", default="",
+                   help="password or token for https URLs (seen by `ps`: ignited runs "
+                   "itself again without it; prefer $IGNITED_HTTPS_PASSWORD or "
+                   "--https-password-file)")
+    p.add_argument("--https-password-file", default="", metavar="FILE",
+                   help="read the password or token for https URLs from FILE")
     p.set_defaults(cmd="gitops")
     p = subs.add_parser("version", help="print the version")
     globals_(p, False)
@@ -122,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"  hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # e.g. the state folder cannot be made (a full disk)
+        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              file=sys.stderr)
+        return 1
     parser.print_help(sys.stdout)
     return 0
 
@@ -136,6 +146,64 @@ def _context(args: argparse.Namespace) -> Any:
     return starting_context(args)
 
 
+PASSWORD_ENV = "IGNITED_HTTPS_PASSWORD"
+
+
+def _hide_password(args: argparse.Namespace) -> None:
+    """A password on the command line is readable by every user through ``ps``:
+    run ignited again without it, the password moved into the environment."""
+    import os
+
+    from ignitevm.log import log
+
+    secret = args.https_password
+    if not secret:
+        return
+    argv, out, skip = list(getattr(sys, "orig_argv", [])), [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        flag, eq, _ = tok.partition("=")
+        if flag == "--https-password":  # (no abbreviation: --https-password-file exists)
+            skip = not eq
+            continue
+        out.append(tok)
+    if secret not in argv and not any(t.endswith("=" + secret) for t in argv):
+        return  # not on this process's command line (called from Python)
+    log.warning("--https-password is visible to every user of this host in `ps`; give it "
+                "with $%s or --https-password-file instead", PASSWORD_ENV)
+    sys.stderr.flush()
+    os.execve(sys.executable, out, {**os.environ, PASSWORD_ENV: secret})
+
+
+def _password(args: argparse.Namespace) -> str:
+    """The https password: flag, file or environment (which is then cleared, so
+    that no child of ignited, QEMU included, inherits it)."""
+    import os
+
+    from ignitevm.errors import InvalidInput
+
+    from_env = os.environ.pop(PASSWORD_ENV, "")
+    if args.https_password_file:
+        try:
+            with open(args.https_password_file) as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --https-password-file "
+                               f"{args.https_password_file}: {exc.strerror}") from None
+    return args.https_password or from_env
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from ignitevm.cli.config import DEFAULT_PATH, load_configuration
+    from ignitevm.daemon.policy import ManifestPolicy
+
+    path = getattr(args, "ignite_config", None)
+    return ManifestPolicy.from_configuration(load_configuration(path),
+                                             str(path or DEFAULT_PATH))
+
+
 def _loop(interval: float, step: Callable[[], None]) -> int:
     """Run ``step`` every ``interval`` seconds until SIGINT/SIGTERM."""
     from ignitevm.log import log
@@ -144,7 +212,14 @@ def _loop(interval: float, step: Callable[[], None]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
-        step()
+        try:
+            step()
+        except Exception as exc:  # one bad pass (a full disk...) must not end the daemon
+            from ignitevm.daemon.reconcile import describe
+
+            log.error("reconciliation pass failed: %s; trying again in %gs", describe(exc),
+                      interval)
+            log.debug("reconciliation pass failed", exc_info=True)
         stop.wait(interval)
     log.info("Closing...")
     return 0
@@ -158,7 +233,7 @@ def _daemon(args: argparse.Namespace) -> int:
     folder = Path(args.manifest_dir)
     folder.mkdir(parents=True, exist_ok=True)
     reader = ManifestReader(folder)
-    rec = Reconciler(_context(args), f"dir:{folder.resolve()}")
+    rec = Reconciler(_context(args), f"dir:{folder.resolve()}", _policy(args))
     log.info("Watching %s for VM manifests", folder)
     return _loop(args.interval, lambda: rec.sync(reader.read()))
 
@@ -166,28 +241,29 @@ def _daemon(args: argparse.Namespace) -> int:
 def _gitops(args: argparse.Namespace) -> int:
     from ignitevm.daemon.gitops import GitSource
     from ignitevm.daemon.manifests import ManifestReader
-    from ignitevm.daemon.reconcile import Reconciler
-    from ignitevm.errors import IgniteError
+    from ignitevm.daemon.reconcile import Reconciler, describe
     from ignitevm.log import log
 
+    _hide_password(args)
     ctx = _context(args)
     src = GitSource(args.repo_url, args.branch, ctx.cache, args.timeout,
                     identity_file=args.identity_file, hosts_file=args.hosts_file,
-                    username=args.https_username, password=args.https_password)
-    log.info("Starting GitOps loop for repo at %r", args.repo_url)
+                    username=args.https_username, password=_password(args))
+    log.info("Starting GitOps loop for repo at %r", src.display_url)
     src.update()  # a repository that cannot be cloned at all is an error at start
     reader = ManifestReader(src.checkout)
-    rec = Reconciler(ctx, f"git:{args.repo_url}#{args.branch}")
+    rec = Reconciler(ctx, f"git:{src.display_url}#{args.branch}", _policy(args))
     failed = [""]
 
     def step() -> None:
         try:
             src.update()
             failed[0] = ""
-        except IgniteError as exc:  # keep the last good checkout; say so once
-            if failed[0] != exc.brief:
-                log.error("cannot update from %s: %s", args.repo_url, exc.brief)
-            failed[0] = exc.brief
+        except Exception as exc:  # keep the last good checkout; say so once
+            said = describe(exc)
+            if failed[0] != said:
+                log.error("cannot update from %s: %s", src.display_url, said)
+            failed[0] = said
         rec.sync(reader.read())
 
     return _loop(args.interval, step)

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from ignitevm.api import codec
 from ignitevm.api.types import VM
+from ignitevm.api.validation import UID, printable
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
 
 SUFFIXES = (".yaml", ".yml", ".json")
+MAX_MANIFEST = 1 << 20
 
 
 @dataclass
@@ -44,8 +46,18 @@ class ManifestReader:
         return found
 
     def _one(self, path: Path) -> VM | None:
+        # A Git repository may hold symlinks: one pointing out of the folder
+        # (at /etc/shadow...) is not read, nor is anything but a small file.
+        real = path.resolve()
+        if not real.is_relative_to(self.folder.resolve()):
+            self._warn(path, f"skipping {path}: a link to {real}, outside {self.folder}")
+            return None
         try:
-            text = path.read_text()
+            if not real.is_file() or real.stat().st_size > MAX_MANIFEST:
+                self._warn(path, f"skipping {path}: not a regular file of at most "
+                           f"{MAX_MANIFEST >> 10} KiB")
+                return None
+            text = real.read_text()
             data = codec.load_manifest(text, str(path))
         except (OSError, UnicodeDecodeError) as exc:
             self._warn(path, f"cannot read {path}: {exc}")
@@ -64,6 +76,10 @@ class ManifestReader:
         if not vm.metadata.uid:
             self._warn(path, f"skipping {path}: .metadata.uid not set")
             return None
+        if not UID.match(vm.metadata.uid):
+            self._warn(path, f"skipping {path}: invalid uid {vm.metadata.uid!r}: must be 16 "
+                       "hex characters")
+            return None
         return vm
 
     def _warn(self, path: Path, message: str) -> None:
@@ -73,4 +89,4 @@ class ManifestReader:
             version = 0.0
         if self._warned.get(path) != version:
             self._warned[path] = version
-            log.warning("%s", message)
+            log.warning("%s", printable(message))

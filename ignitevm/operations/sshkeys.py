@@ -37,14 +37,15 @@ def user_public_key(spec_ssh: bool | str | None) -> str | None:
     if path.suffix != ".pub":
         path = path.with_name(path.name + ".pub")
     try:
-        text = path.read_text().strip()
+        with path.open("rb") as f:
+            text = f.read(16 << 10).decode("utf-8", "replace")
     except OSError as exc:
         raise InvalidInput(f"invalid SSH key: {path}: {exc.strerror}",
                            hint="give the path of a public key: --ssh=~/.ssh/id_ed25519.pub"
                            ) from None
-    if not text.startswith(("ssh-", "ecdsa-", "sk-")):
-        raise InvalidInput(f"invalid SSH key: {path} is not an OpenSSH public key")
-    return text
+    from ignitevm.api.validation import check_public_key
+
+    return check_public_key(text, str(path))
 
 
 @contextmanager

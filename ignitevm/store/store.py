@@ -16,9 +16,9 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ignitevm.api import codec
 from ignitevm.api.types import VM, Image, Kernel
@@ -30,6 +30,14 @@ T = TypeVar("T", VM, Image, Kernel)
 _DIRS = {VM: "vm", Image: "image", Kernel: "kernel"}
 _WHAT = {VM: "vm", Image: "image", Kernel: "kernel"}
 METADATA = "metadata.json"
+
+
+class Damaged(NamedTuple):
+    """An object folder whose metadata cannot be read."""
+
+    uid: str
+    folder: Path
+    reason: str
 
 
 class Store:
@@ -71,7 +79,7 @@ class Store:
     def _read(self, typ: type[T], path: Path) -> T | None:
         try:
             raw = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # gone, or unreadable (then damaged() reports it)
             return None
         try:
             return codec.decode_json(raw, typ, str(path))
@@ -79,6 +87,38 @@ class Store:
             # A damaged metadata file must not break every listing; it is
             # reported by commands that address the object directly.
             return None
+
+    def damaged(self, typ: type[T], known: Collection[str] = ()) -> list[Damaged]:
+        """Folders of ``typ`` whose metadata cannot be read or decoded (the UIDs
+        in ``known``, just listed fine, are not read again).
+
+        :meth:`list` leaves them out so that one damaged object breaks no
+        listing; ``ps``, ``rm`` and ``ignited`` ask here so that none is lost."""
+        base = self.kind_dir(typ)
+        try:
+            names = sorted(os.listdir(base))
+        except FileNotFoundError:
+            return []
+        out = []
+        for uid in names:
+            if uid in known:
+                continue
+            folder = base / uid
+            try:
+                raw = (folder / METADATA).read_bytes()
+            except FileNotFoundError:
+                why = f"{METADATA} is missing"
+            except OSError as exc:
+                why = f"cannot read {METADATA}: {exc.strerror}"
+            else:
+                try:
+                    codec.decode_json(raw, typ, METADATA)
+                    continue
+                except IgniteError as exc:
+                    why = exc.brief
+            if folder.is_dir():  # (not removed meanwhile)
+                out.append(Damaged(uid, folder, why))
+        return out
 
     def get(self, typ: type[T], uid: str) -> T:
         obj = self._read(typ, self.kind_dir(typ) / uid / METADATA)

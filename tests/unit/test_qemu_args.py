@@ -46,3 +46,36 @@ def test_tcg_kernel_args_pin_the_tsc() -> None:
     assert "tsc=reliable" in words
     assert any(w.startswith("tsc_early_khz=") for w in words)
     assert accel.kernel_args("kvm") == []
+
+
+def test_a_forward_cannot_add_qemu_options() -> None:
+    """Defence in depth: even if a hostile bindAddress got past the API layer, the
+    argv builder refuses it instead of pasting it into -netdev."""
+    import pytest
+
+    from ignitevm.errors import InvalidInput
+    from ignitevm.providers.network.base import Forward, NetPlan
+
+    evil = "127.0.0.1:1-:1,guestfwd=tcp:10.0.2.100:9-cmd:touch /tmp/x,hostfwd=tcp:127.0.0.1"
+    net = NetPlan("user", "02:00:00:00:00:01", "10.0.2.15/24", "10.0.2.2", "10.0.2.3",
+                  forwards=(Forward("tcp", evil, 8080, 80),))
+    with pytest.raises(InvalidInput, match="not an IPv4 address"):
+        args.network(net)
+    with pytest.raises(InvalidInput, match="protocol"):
+        args.network(net._replace(forwards=(Forward("tcp,guestfwd=x", "127.0.0.1", 1, 1),)))
+    ok = args.network(net._replace(forwards=(Forward("udp", "127.0.0.1", 5353, 53),)))
+    assert ok[1] == "user,id=net0,hostfwd=udp:127.0.0.1:5353-:53"
+
+
+def test_option_values_refuse_control_characters() -> None:
+    import pytest
+
+    from ignitevm.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        args._escape("/a\nb")
+    with pytest.raises(InvalidInput, match="control character"):
+        args.checked(["qemu", "-append", "console=ttyS0\ninit=/bin/sh"])
+    spec = _spec("tcg")
+    with pytest.raises(InvalidInput):
+        args.argv(spec._replace(cmdline="a\x00b"))

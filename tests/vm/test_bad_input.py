@@ -26,7 +26,7 @@ def _state(root: Path) -> set[str]:
         (["--label", "nokey"], "invalid label value"),
         (["--name", "Bad_Name"], "invalid VM name"),
         (["--kernel-image", "nosuchkernel"], "can't find kernel"),
-        (["--memory", "4000000GB"], "QEMU failed to start"),
+        (["--memory", "4000000GB"], "must be between 64MB and 1TB"),
         (["--volumes", "/etc/passwd:/data"], "is not a block device"),
         (["--ssh=/nonexistent/key"], "invalid SSH key"),
         (["--network-plugin", "cni"], "not available on this host"),

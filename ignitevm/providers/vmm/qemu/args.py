@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ignitevm.errors import InvalidInput
 from ignitevm.providers.network.base import NetPlan
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
@@ -59,7 +60,7 @@ def disks(items: tuple[Disk, ...]) -> list[str]:
         if d.readonly:
             drive += ",readonly=on"
         args += ["-drive", drive,
-                 "-device", f"virtio-blk-device,drive=disk{i},serial={d.serial}"]
+                 "-device", f"virtio-blk-device,drive=disk{i},serial={_escape(d.serial)}"]
     return args
 
 
@@ -70,10 +71,24 @@ def network(net: NetPlan | None) -> list[str]:
         raise ValueError(f"QEMU cannot set up network plugin {net.plugin!r} by itself")
     netdev = "user,id=net0"
     if net.ssh_port:
-        netdev += f",hostfwd=tcp:127.0.0.1:{net.ssh_port}-:22"
+        netdev += f",hostfwd=tcp:127.0.0.1:{int(net.ssh_port)}-:22"
     for f in net.forwards:
-        netdev += f",hostfwd={f.proto}:{f.host_ip}:{f.host_port}-:{f.guest_port}"
-    return ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net0,mac={net.mac}"]
+        if f.proto not in ("tcp", "udp"):
+            raise InvalidInput(f"invalid port forward protocol {f.proto!r}")
+        ip = _ipv4(f.host_ip)
+        netdev += f",hostfwd={f.proto}:{ip}:{int(f.host_port)}-:{int(f.guest_port)}"
+    mac = _escape(net.mac)
+    return ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net0,mac={mac}"]
+
+
+def _ipv4(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise InvalidInput(f"invalid port forward address {text!r}: not an IPv4 address"
+                           ) from None
 
 
 def console(workdir: Path) -> list[str]:
@@ -105,12 +120,13 @@ def control(workdir: Path) -> list[str]:
 
 
 def process(spec: LaunchSpec) -> list[str]:
-    return ["-name", f"ignite-{spec.uid},process=ignite-{spec.uid}",
+    uid = _escape(spec.uid)
+    return ["-name", f"ignite-{uid},process=ignite-{uid}",
             "-pidfile", str(spec.workdir / PIDFILE), "-daemonize"]
 
 
 def argv(spec: LaunchSpec, qemu: str = QEMU) -> list[str]:
-    return [
+    return checked([
         qemu,
         *machine(spec.accel),
         *resources(spec.cpus, spec.memory_mib),
@@ -121,9 +137,26 @@ def argv(spec: LaunchSpec, qemu: str = QEMU) -> list[str]:
         *agent(spec.workdir),
         *control(spec.workdir),
         *process(spec),
-    ]
+    ])
 
 
-def _escape(path: Path | str) -> str:
-    """QEMU option values use ',' as a separator; a literal comma is written ',,'."""
-    return str(path).replace(",", ",,")
+def _escape(value: Path | str) -> str:
+    """One value inside a QEMU option string (``key=VALUE,...``).
+
+    QEMU separates options with ',' and reads a literal comma as ',,'; a
+    newline or NUL can never be part of one. Every value that did not come
+    from this module goes through here."""
+    text = str(value)
+    if any(ord(c) < 0x20 for c in text):
+        raise InvalidInput(f"refusing QEMU option value {text!r}: it holds a control character")
+    return text.replace(",", ",,")
+
+
+def checked(words: list[str]) -> list[str]:
+    """The last line of defence before exec: no argument holds a NUL, newline or
+    other control character (the API layer refuses them first)."""
+    for word in words:
+        if any(ord(c) < 0x20 for c in word):
+            raise InvalidInput(f"refusing to start QEMU: argument {word!r} holds a "
+                               "control character")
+    return words
