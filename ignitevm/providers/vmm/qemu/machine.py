@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
+from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
@@ -51,6 +52,9 @@ class QemuVMM:
     # --- lifecycle ----------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> int:
         self.cleanup(spec.workdir)
+        # Made here so that it is private (QEMU would make it group-readable).
+        os.close(os.open(spec.workdir / args.CONSOLE_LOG,
+                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         result = run(cmd, check=False, timeout=60)
@@ -74,7 +78,11 @@ class QemuVMM:
             pid = int((workdir / args.PIDFILE).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if is_our_qemu(pid, workdir) else None
+        if not is_our_qemu(pid, workdir):
+            return None
+        # Every look at a running VM keeps its console log bounded (one stat).
+        consolelog.trim(workdir / args.CONSOLE_LOG)
+        return pid
 
     @contextlib.contextmanager
     def monitor(self, workdir: Path) -> Iterator[QEMUMonitorProtocol]:
