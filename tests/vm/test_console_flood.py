@@ -37,6 +37,10 @@ def _log_bytes(folder: Path) -> int:
 def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
     uid = cli("inspect", "vm", flooder, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
     folder = cli.root / "vm" / uid
+    # Private: the folder, the console log, and the config disk (the VM's host key).
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for name in ("console.log", "config.tar", "ssh_host_ed25519_key"):
+        assert (folder / name).stat().st_mode & 0o077 == 0, name
     env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
     flood = subprocess.Popen(
         [sys.executable, "-m", "ignitevm", "exec", flooder, "--", "/bin/busybox", "sh", "-c",
