@@ -76,8 +76,11 @@ class Store:
             st = os.stat(self.root)
         except FileNotFoundError:
             return
-        if stat.S_IMODE(st.st_mode) == ROOT_MODE or os.geteuid() not in (0, st.st_uid):
+        mode = stat.S_IMODE(st.st_mode)
+        if mode == ROOT_MODE or os.geteuid() not in (0, st.st_uid):
             return
+        if mode & (stat.S_ISVTX | stat.S_IWOTH):
+            return  # a shared folder (/tmp) given as the root: never tighten it
         for d in SUBDIRS:
             sub = self.root / d
             with contextlib.suppress(FileNotFoundError):

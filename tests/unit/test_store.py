@@ -146,3 +146,13 @@ def test_cli_files_are_private(tmp_path: Path) -> None:
     assert _mode(image) == "0o700"
     for f in image.iterdir():
         assert f.stat().st_mode & 0o077 == 0, f"{f} is {_mode(f)}"
+
+
+def test_a_shared_folder_as_root_is_left_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    store = Store(shared)
+    store.ensure()
+    assert _mode(shared) == "0o1777"  # as /tmp would be: other users' files live there
+    assert _mode(shared / "vm") == "0o700"
