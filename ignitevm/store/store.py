@@ -22,9 +22,7 @@ modes is put right when the store is opened.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import secrets
 import shutil
 import stat
 import time
@@ -103,9 +101,18 @@ class Store:
         """A lock per content key (an image digest, a kernel name): an import holds
         it and looks again for the object before it builds anything, so a second
         import of the same content waits for the first and reuses its result."""
+        import hashlib
+
+        from ignitevm.log import log
+
         self.ensure()
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        with flock(self.root / "locks" / f"{name}.lock"):
+        path = self.root / "locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(flock(path, blocking=False))
+            except BlockingIOError:
+                log.info("Waiting for another import of %s to finish", key.split(":", 1)[-1])
+                stack.enter_context(flock(path))
             yield
 
     @contextlib.contextmanager
@@ -131,7 +138,7 @@ class Store:
         (so the sweeper leaves it alone) and removed at the end of the block."""
         self.ensure()
         tmp = self.root / "tmp"
-        name = f"{prefix}{secrets.token_hex(6)}"
+        name = f"{prefix}{os.urandom(6).hex()}"
         lock = tmp / f"{name}.lock"
         with flock(lock):
             path = tmp / name
