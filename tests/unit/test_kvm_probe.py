@@ -87,10 +87,18 @@ def test_a_timed_out_probe_is_tried_again_later(tmp_path: Path,
     assert probes == []
 
 
-def test_a_definite_no_is_kept(tmp_path: Path, probes: list[tuple[bool, str, bool]]) -> None:
+def test_repeated_timeouts_are_tried_again_less_often(
+        tmp_path: Path, probes: list[tuple[bool, str, bool]]) -> None:
     kernel, cache = tmp_path / "vmlinux", tmp_path / "cache"
-    probes += [(False, "QEMU said: failed to set MSR 0x10a", True)]
-    assert accel.choose(kernel, None, cache) == "tcg"
-    (entry,) = (cache / "accel").iterdir()
-    assert "expires" not in json.loads(entry.read_text())
-    assert accel.choose(kernel, None, cache) == "tcg"
+    for k in range(12):
+        probes.append((False, "a guest did not reach its init within 20s", False))
+        before = time.time()
+        assert accel.choose(kernel, None, cache) == "tcg"
+        after = time.time()
+        (entry,) = (cache / "accel").iterdir()
+        data = json.loads(entry.read_text())
+        want = min(accel.RETRY_AFTER * 2 ** k, accel.RETRY_MAX)  # 1 h, 2 h, 4 h ... a week
+        assert data["expires"] - after <= want <= data["expires"] - before
+        data["expires"] = 0  # as if that wait were over
+        entry.write_text(json.dumps(data))
+    assert probes == []

@@ -5,7 +5,9 @@ the VM and then never run a stock kernel to its init. So the probe boots the
 kernel and initramfs the VM will use, with KVM and a deadline, and takes KVM
 only if our init reported in. The answer is cached per kernel and host: for
 good when it is definite (the guest booted, or QEMU refused KVM), for an hour
-when the probe only ran out of time (a busy host may do better later).
+when the probe only ran out of time (a busy host may do better later), then
+for twice as long after each further timeout, up to a week (a host where KVM
+never boots a guest pays the probe's deadline rarely).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from ignitevm.util.fs import atomic_write
 from ignitevm.util.proc import spawn
 
 PROBE_DEADLINE = 20.0
-RETRY_AFTER = 3600.0  # seconds a timed-out probe's "use TCG" is kept
+RETRY_AFTER = 3600.0  # seconds a timed-out probe's "use TCG" is kept, at first
+RETRY_MAX = 7 * 86400.0
 PROBE_MARKER = b"ignitevm-init: probe ok"
 
 
@@ -93,10 +96,12 @@ def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = N
         log.debug("using TCG: %s", why)
         return "tcg"
     cache_file = cache / "accel" / f"{_cache_key(kernel, initrd)}.json"
+    timeouts = 0
     try:
         cached = json.loads(cache_file.read_text())
         if time.time() < float(cached.get("expires", "inf")):
             return str(cached["accel"])
+        timeouts = int(cached.get("timeouts", 0))
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         pass
     works, detail, definite = probe_kvm(kernel, initrd)
@@ -105,7 +110,8 @@ def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = N
              detail, accel.upper())
     entry: dict[str, object] = {"accel": accel, "detail": detail}
     if not definite:
-        entry["expires"] = time.time() + RETRY_AFTER
+        entry["timeouts"] = timeouts + 1
+        entry["expires"] = time.time() + min(RETRY_AFTER * 2 ** min(timeouts, 20), RETRY_MAX)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(cache_file, json.dumps(entry))
     return accel
