@@ -102,3 +102,12 @@ def test_repeated_timeouts_are_tried_again_less_often(
         data["expires"] = 0  # as if that wait were over
         entry.write_text(json.dumps(data))
     assert probes == []
+
+
+def test_a_definite_no_is_kept(tmp_path: Path, probes: list[tuple[bool, str, bool]]) -> None:
+    kernel, cache = tmp_path / "vmlinux", tmp_path / "cache"
+    probes += [(False, "QEMU said: failed to set MSR 0x10a", True)]
+    assert accel.choose(kernel, None, cache) == "tcg"
+    (entry,) = (cache / "accel").iterdir()
+    assert "expires" not in json.loads(entry.read_text())
+    assert accel.choose(kernel, None, cache) == "tcg"
