@@ -16,7 +16,6 @@ from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
-from ignitevm.util.fs import atomic_write
 from ignitevm.util.proc import run
 
 if TYPE_CHECKING:
@@ -69,8 +68,8 @@ class QemuVMM:
             raise IgniteError("QEMU started but exited at once",
                               hint=f"see {spec.workdir / args.CONSOLE_LOG}")
         started = process_start(pid)
-        if started is not None:
-            atomic_write(spec.workdir / args.PIDSTART, f"{pid} {started}\n")
+        if started is not None:  # (no fsync: after a crash the boot id differs anyway)
+            (spec.workdir / args.PIDSTART).write_text(f"{pid} {started}\n")
         return pid
 
     def pid(self, workdir: Path) -> int | None:
