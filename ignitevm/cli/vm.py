@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -236,17 +235,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not path.exists():
         log.warning("VM %r has not been started yet: no console output", vm.metadata.name)
         return 0
-    out = sys.stdout.buffer
-    with path.open("rb") as f:
-        while True:
-            chunk = f.read(1 << 16)
-            if chunk:
-                out.write(chunk)
-                continue
-            out.flush()
-            if not args.follow or not vms.is_running(ctx, vm):
-                break
-            time.sleep(0.2)
+    from ignitevm.providers.vmm import consolelog
+
+    consolelog.copy(path, sys.stdout.buffer, follow=args.follow,
+                    alive=lambda: vms.is_running(ctx, vm))
     return 0
 
 

@@ -25,7 +25,9 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.root)
+        store = Store(self.root)
+        store.secure()  # one stat; puts right a root made with loose modes
+        return store
 
     @cached_property
     def vmm(self) -> VMM:

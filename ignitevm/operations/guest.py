@@ -31,8 +31,9 @@ def channel(ctx: Context, vm: VM, timeout: float = DEFAULT_TIMEOUT) -> Channel:
         return Channel.connect(vms.AgentPorts(ctx, d), timeout, f"VM {vm.metadata.name!r}")
     except AgentError as exc:
         # Say what the guest last said about its agent, or the console's last line.
-        console = ctx.vmm.console_log(d)
-        lines = console.read_text(errors="replace").splitlines() if console.exists() else []
+        from ignitevm.providers.vmm.consolelog import tail
+
+        lines = tail(ctx.vmm.console_log(d)).decode(errors="replace").splitlines()
         said = [ln for ln in lines if "ignitevm-" in ln] or lines
         if said:
             exc.hint = f"the console's last word: {said[-1].strip()[:200]!r} (ignite logs)"

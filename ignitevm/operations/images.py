@@ -56,30 +56,37 @@ def import_image(ctx: Context, source: str, name: str | None = None,
         )
     with open_source(path) as src:
         ref = refs.normalize(name or src.ref or _name_from_path(path))
-        existing = ctx.store.find(Image, ref)
-        if existing is not None:
-            if existing.status.oci_source.id == src.identity:
-                log.info("Image %r is already imported (ID %r)", ref, existing.metadata.uid)
-                return existing
-            raise Conflict(
-                f"image {ref!r} already exists with other content",
-                hint=f"remove it first (ignite image rm {ref}) or import under another "
-                "name with --name",
-            )
-        image = Image(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
-                      spec=ImageSpec(oci=ref))
-        image.status.oci_source.id = src.identity
-        twin = next((i for i in ctx.store.list(Image)
-                     if i.status.oci_source.id == src.identity), None)
-        with ctx.store.creating(image) as stage:
-            if twin is not None:
-                # Same content under another name: share the file, build nothing.
+        # A second import of the same content waits for the first, then reuses it.
+        with ctx.store.key_lock(f"image:{src.identity}"):
+            return _import(ctx, src, ref, progress)
+
+
+def _import(ctx: Context, src: ImageSource, ref: str, progress: bool) -> Image:
+    existing = ctx.store.find(Image, ref)
+    if existing is not None:
+        if existing.status.oci_source.id == src.identity:
+            log.info("Image %r is already imported (ID %r)", ref, existing.metadata.uid)
+            return existing
+        raise Conflict(
+            f"image {ref!r} already exists with other content",
+            hint=f"remove it first (ignite image rm {ref}) or import under another "
+            "name with --name",
+        )
+    image = Image(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
+                  spec=ImageSpec(oci=ref))
+    image.status.oci_source.id = src.identity
+    twin = next((i for i in ctx.store.list(Image)
+                 if i.status.oci_source.id == src.identity), None)
+    with ctx.store.creating(image) as stage:
+        if twin is not None:
+            # Same content under another name: share the file, build nothing.
+            with ctx.store.using(twin):
                 os.link(image_file(ctx, twin), stage / IMAGE_FILE)
                 shutil.copyfile(ctx.store.dir(twin) / CONFIG_FILE, stage / CONFIG_FILE)
-                size = (stage / IMAGE_FILE).stat().st_size
-            else:
-                size = _build(src, stage, progress)
-            image.status.oci_source.size = Size(size)
+            size = (stage / IMAGE_FILE).stat().st_size
+        else:
+            size = _build(src, stage, progress)
+        image.status.oci_source.size = Size(size)
     log.info("Imported OCI image %r (%s) to base image with UID %r", ref, src.identity,
              image.metadata.uid)
     return image

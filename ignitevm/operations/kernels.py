@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from ignitevm.api import refs
@@ -31,8 +30,7 @@ def kernel_files(ctx: Context, kernel: Kernel) -> tuple[Path, Path]:
 def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
     """Import Debian's cloud kernel (``debian``) or a kernel file; reuse one already there."""
     # (imported here: starting a VM needs none of this)
-    from ignitevm.kernels import debian
-    from ignitevm.kernels.version import is_kernel, kernel_version
+    from ignitevm.kernels.version import is_kernel
 
     is_debian = source in DEBIAN_ALIASES
     path = Path(source)
@@ -52,15 +50,22 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
             embedded = src.ref
     ref = refs.normalize(name or embedded or
                          (DEFAULT_KERNEL if is_debian else _name_from_path(path)))
-    existing = ctx.store.find(Kernel, ref)
-    if existing is not None:
-        log.info("Kernel %r is already imported (ID %r)", ref, existing.metadata.uid)
-        return existing
+    # A second import of the same name waits for the first, then reuses it.
+    with ctx.store.key_lock(f"kernel:{ref}"):
+        existing = ctx.store.find(Kernel, ref)
+        if existing is not None:
+            log.info("Kernel %r is already imported (ID %r)", ref, existing.metadata.uid)
+            return existing
+        return _import(ctx, ref, path, is_debian, bare)
+
+
+def _import(ctx: Context, ref: str, path: Path, is_debian: bool, bare: bool) -> Kernel:
+    from ignitevm.kernels import debian
+    from ignitevm.kernels.version import kernel_version
+
     kernel = Kernel(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
                     spec=KernelSpec(oci=ref))
-    ctx.store.ensure()
-    with ctx.store.creating(kernel) as stage, tempfile.TemporaryDirectory(
-        dir=ctx.root / "tmp", prefix="kernel-") as work:
+    with ctx.store.creating(kernel) as stage, ctx.store.workdir("kernel-") as work:
         if is_debian:
             unpacked = debian.fetch(ctx.cache, Path(work))
             _store_kernel(unpacked.kernel, stage)

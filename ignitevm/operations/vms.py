@@ -13,7 +13,7 @@ from ignitevm.api.types import VM, Image, Kernel, Size
 from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
 from ignitevm.operations.context import Context
-from ignitevm.util.fs import flock
+from ignitevm.util.fs import flock, no_space_errors
 from ignitevm.util.ids import new_uid, random_name
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def is_running(ctx: Context, vm: VM) -> bool:
 
 def create(ctx: Context, vm: VM) -> VM:
     """Make a VM object and its disk; nothing is left behind if any step fails."""
-    from ignitevm.operations import images, kernels, sshkeys
+    from ignitevm.operations import images, kernels
 
     default_vm(vm)
     validate_vm(vm)
@@ -53,6 +53,14 @@ def create(ctx: Context, vm: VM) -> VM:
     vm.spec.image.oci = image.metadata.name
     kernel = kernels.ensure_kernel(ctx, vm.spec.kernel.oci)
     vm.spec.kernel.oci = kernel.metadata.name
+    # Held until the VM is in the store: `image rm`/`kernel rm` wait, then see it.
+    with ctx.store.using(image), ctx.store.using(kernel):
+        return _create(ctx, vm, image, kernel)
+
+
+def _create(ctx: Context, vm: VM, image: Image, kernel: Kernel) -> VM:
+    from ignitevm.operations import images, sshkeys
+
     image_size = images.image_file(ctx, image).stat().st_size
     if vm.spec.disk_size.bytes < image_size:
         raise InvalidInput(
@@ -82,7 +90,7 @@ def start(ctx: Context, vm: VM) -> VM:
     from ignitevm.providers import network
     from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
-    with vm_lock(ctx, vm):
+    with vm_lock(ctx, vm), no_space_errors(ctx.root):
         vm = ctx.store.get(VM, vm.metadata.uid)
         d = workdir(ctx, vm)
         if ctx.vmm.pid(d) is not None:
@@ -240,13 +248,14 @@ def remove_base(ctx: Context, obj: Image | Kernel, force: bool = False) -> None:
     (then those VMs are removed too)."""
     what = "image" if isinstance(obj, Image) else "kernel"
     name = obj.metadata.name
-    users = [vm for vm in ctx.store.list(VM)
-             if (vm.spec.image.oci if what == "image" else vm.spec.kernel.oci) == name]
-    if users and not force:
-        raise Conflict(
-            f"unable to remove, {what} {name!r} is in use by VM {users[0].metadata.name!r}",
-            hint="remove those VMs first, or use -f to remove them too",
-        )
-    for vm in users:
-        remove(ctx, vm, force=True)
-    ctx.store.delete(obj)
+    with ctx.store.using(obj, exclusive=True):  # no VM is being made over it meanwhile
+        users = [vm for vm in ctx.store.list(VM)
+                 if (vm.spec.image.oci if what == "image" else vm.spec.kernel.oci) == name]
+        if users and not force:
+            raise Conflict(
+                f"unable to remove, {what} {name!r} is in use by VM {users[0].metadata.name!r}",
+                hint="remove those VMs first, or use -f to remove them too",
+            )
+        for vm in users:
+            remove(ctx, vm, force=True)
+        ctx.store.delete(obj)

@@ -7,7 +7,16 @@ any point:
   there, and appears by one ``rename`` under the store lock, after the name
   was checked to be free; staging folders whose creator died are swept;
 - metadata is replaced atomically (write + rename);
-- removal renames the folder away first, so an object is there or gone.
+- removal renames the folder away first, so an object is there or gone;
+- every temporary work folder under ``<root>/tmp`` is held by a lock beside it
+  (``<name>.lock``), which the sweeper respects;
+- imports take a lock per content key (``<root>/locks``) and look again once
+  they hold it; a VM's creation holds its image and kernel with a shared lock,
+  their removal with an exclusive one.
+
+Permissions are set here and only here: the root is 0711 (others may pass
+through, never list), every folder below it 0700; a root made with other
+modes is put right when the store is opened.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -23,13 +33,16 @@ from typing import NamedTuple, TypeVar
 from ignitevm.api import codec
 from ignitevm.api.types import VM, Image, Kernel
 from ignitevm.errors import Conflict, IgniteError, NotFound
-from ignitevm.util.fs import atomic_write, flock, is_locked
+from ignitevm.util.fs import atomic_write, flock, is_locked, no_space_errors
 
 T = TypeVar("T", VM, Image, Kernel)
 
 _DIRS = {VM: "vm", Image: "image", Kernel: "kernel"}
 _WHAT = {VM: "vm", Image: "image", Kernel: "kernel"}
 METADATA = "metadata.json"
+SUBDIRS = ("vm", "image", "kernel", "tmp", "cache", "locks")
+ROOT_MODE = 0o711  # others may pass through (to reach a shared file later), never list
+DIR_MODE = 0o700   # every folder below the root: objects, tmp, cache, locks
 
 
 class Damaged(NamedTuple):
@@ -52,8 +65,37 @@ class Store:
         return self.kind_dir(type(obj)) / obj.metadata.uid
 
     def ensure(self) -> None:
-        for d in ("vm", "image", "kernel", "tmp", "cache"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        """Make the root and its folders, with the store's modes."""
+        if not self.root.is_dir():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                self.root.mkdir(ROOT_MODE)
+        for d in SUBDIRS:
+            with contextlib.suppress(FileExistsError):
+                (self.root / d).mkdir(DIR_MODE)
+        self.secure()
+
+    def secure(self) -> None:
+        """Put right the modes of a root made loosely (by an older version, or by
+        hand): one stat when all is well, a walk over the object folders when not."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        if mode == ROOT_MODE or os.geteuid() not in (0, st.st_uid):
+            return
+        if mode & (stat.S_ISVTX | stat.S_IWOTH):
+            return  # a shared folder (/tmp) given as the root: never tighten it
+        for d in SUBDIRS:
+            sub = self.root / d
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(sub, DIR_MODE)
+                for name in os.listdir(sub):
+                    with contextlib.suppress(FileNotFoundError):
+                        if (sub / name).is_dir() and not (sub / name).is_symlink():
+                            os.chmod(sub / name, DIR_MODE)
+        os.chmod(self.root, ROOT_MODE)  # last: the marker that all the rest is done
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -61,6 +103,61 @@ class Store:
         self.ensure()
         with flock(self.root / ".lock"):
             yield
+
+    @contextlib.contextmanager
+    def key_lock(self, key: str) -> Iterator[None]:
+        """A lock per content key (an image digest, a kernel name): an import holds
+        it and looks again for the object before it builds anything, so a second
+        import of the same content waits for the first and reuses its result."""
+        import hashlib
+
+        from ignitevm.log import log
+
+        self.ensure()
+        path = self.root / "locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(flock(path, blocking=False))
+            except BlockingIOError:
+                log.info("Waiting for another import of %s to finish", key.split(":", 1)[-1])
+                stack.enter_context(flock(path))
+            yield
+
+    @contextlib.contextmanager
+    def using(self, obj: Image | Kernel, *, exclusive: bool = False) -> Iterator[None]:
+        """Hold an image or kernel: shared while a VM is made over it, exclusive
+        while it is removed. NotFound if it is gone (or goes while we wait)."""
+        what = _WHAT[type(obj)]
+        d = self.dir(obj)
+        gone = NotFound(f"{what} {obj.metadata.name!r} was removed meanwhile",
+                        hint=f"import the {what} again")
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(flock(d / ".lock", shared=not exclusive))
+            except (FileNotFoundError, NotADirectoryError):
+                raise gone from None
+            if not (d / METADATA).exists():  # removed while we waited for the lock
+                raise gone
+            yield
+
+    @contextlib.contextmanager
+    def workdir(self, prefix: str) -> Iterator[Path]:
+        """A private temporary folder under ``<root>/tmp``, held by a lock beside it
+        (so the sweeper leaves it alone) and removed at the end of the block."""
+        self.ensure()
+        tmp = self.root / "tmp"
+        name = f"{prefix}{os.urandom(6).hex()}"
+        lock = tmp / f"{name}.lock"
+        with flock(lock):
+            path = tmp / name
+            path.mkdir(DIR_MODE)
+            try:
+                with no_space_errors(self.root):
+                    yield path
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock)
 
     # --- reading ----------------------------------------------------------
     def list(self, typ: type[T]) -> list[T]:
@@ -160,7 +257,8 @@ class Store:
 
     # --- writing ----------------------------------------------------------
     def save(self, obj: VM | Image | Kernel) -> None:
-        atomic_write(self.dir(obj) / METADATA, codec.to_json(obj) + "\n")
+        with no_space_errors(self.root):
+            atomic_write(self.dir(obj) / METADATA, codec.to_json(obj) + "\n")
 
     @contextlib.contextmanager
     def creating(self, obj: T, *, unique_name: bool = True,
@@ -180,8 +278,8 @@ class Store:
         lock = tmp / f"{obj.metadata.uid}.lock"
         # The lock is taken before the folder exists, so a sweeper never sees
         # the folder unlocked while its creator lives.
-        with flock(lock):
-            stage.mkdir()
+        with flock(lock), no_space_errors(self.root):
+            stage.mkdir(DIR_MODE)
             try:
                 yield stage
                 with self.locked():

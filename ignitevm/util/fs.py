@@ -3,25 +3,53 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    """Write a file so that readers see the old or the new content, never a mix."""
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Write a file so that readers see the old or the new content, never a mix
+    (nor a short file: a failed write removes the temporary and raises)."""
     if isinstance(data, str):
         data = data.encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def no_space_errors(where: Path) -> Iterator[None]:
+    """Turn a full disk or quota (ENOSPC, EDQUOT) in the block into one error a
+    user can act on, instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        from ignitevm.errors import IgniteError
+
+        what = "no space left" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        raise IgniteError(f"{what} on the file system of {where}"
+                          + (f" (writing {exc.filename})" if exc.filename else ""),
+                          hint="free space there (ignite image rm / rm unused VMs), or move "
+                          "the state root with --root / IGNITE_ROOT") from None
 
 
 @contextlib.contextmanager
@@ -30,7 +58,7 @@ def flock(path: Path, *, shared: bool = False, blocking: bool = True,
     """Hold an advisory lock on ``path`` (created if missing) for the block.
     Not ``blocking``: BlockingIOError if it is taken; with a ``deadline``
     (time.monotonic()): wait for it until then, then BlockingIOError."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         if not blocking or deadline is not None:

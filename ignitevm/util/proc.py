@@ -12,7 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any, NamedTuple
 
@@ -119,8 +119,12 @@ def spawn(
     pass_fds: Sequence[int] = (),
     env: Mapping[str, str] | None = None,
     start_new_session: bool = False,
+    die_with_parent: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a program; on an exception in the body, terminate it and always wait."""
+    """Start a program; on an exception in the body, terminate it and always wait.
+
+    ``die_with_parent``: the kernel kills the program if this process dies
+    first, even by SIGKILL (which runs no cleanup here)."""
     cmd = _argv(argv)
     log.debug("+ %s", shlex.join(cmd))
     full_env = None
@@ -135,6 +139,7 @@ def spawn(
         pass_fds=pass_fds,
         env=full_env,
         start_new_session=start_new_session,
+        preexec_fn=_death_signal(os.getpid()) if die_with_parent else None,
     )
     try:
         yield proc
@@ -148,6 +153,23 @@ def spawn(
         raise
     finally:
         proc.wait()
+
+
+def _death_signal(parent: int) -> Callable[[], None]:
+    """A child's first step: ask for SIGKILL when the parent dies (and die now if
+    it already has)."""
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    PR_SET_PDEATHSIG = 1
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 @contextmanager

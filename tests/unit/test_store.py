@@ -93,3 +93,66 @@ def test_kill_9_mid_create_is_swept(tmp_path: Path) -> None:
     with store.creating(_vm("stuck", "f" * 16)):
         pass
     assert [vm.metadata.name for vm in store.list(VM)] == ["stuck"]
+
+
+def _mode(path: Path) -> str:
+    return oct(path.stat().st_mode & 0o7777)
+
+
+def test_store_is_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # a loose umask: the store sets its own modes
+    try:
+        store = Store(tmp_path / "root")
+        with store.creating(_vm("web", "a" * 16)):
+            pass
+    finally:
+        os.umask(old)
+    root = tmp_path / "root"
+    assert _mode(root) == "0o711"
+    for d in ("vm", "image", "kernel", "tmp", "cache", "locks"):
+        assert _mode(root / d) == "0o700", d
+    assert _mode(root / "vm" / ("a" * 16)) == "0o700"
+    assert _mode(root / "vm" / ("a" * 16) / "metadata.json") == "0o600"
+
+
+def test_loose_root_is_put_right_on_open(tmp_path: Path) -> None:
+    from ignitevm.operations.context import Context
+
+    root = tmp_path / "root"
+    for d in ("vm/" + "b" * 16, "image/" + "c" * 16, "tmp/x", "cache"):
+        (root / d).mkdir(parents=True)
+    for path in (root, *root.rglob("*")):
+        path.chmod(0o755)
+    Context(root).store.list(VM)
+    assert _mode(root) == "0o711"
+    for d in ("vm", "image", "tmp", "cache", "vm/" + "b" * 16, "image/" + "c" * 16, "tmp/x"):
+        assert _mode(root / d) == "0o700", d
+
+
+def test_cli_files_are_private(tmp_path: Path) -> None:
+    """umask 077 at the entry point: what the CLI (and the programs it runs) writes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.helpers.images import busybox_image
+
+    archive = busybox_image(tmp_path / "box.tar")
+    env = dict(os.environ, IGNITE_ROOT=str(tmp_path / "root"), PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "ignitevm", "image", "import", str(archive)],
+                   env=env, check=True, capture_output=True,
+                   preexec_fn=lambda: os.umask(0o022))
+    (image,) = (tmp_path / "root" / "image").iterdir()
+    assert _mode(image) == "0o700"
+    for f in image.iterdir():
+        assert f.stat().st_mode & 0o077 == 0, f"{f} is {_mode(f)}"
+
+
+def test_a_shared_folder_as_root_is_left_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    store = Store(shared)
+    store.ensure()
+    assert _mode(shared) == "0o1777"  # as /tmp would be: other users' files live there
+    assert _mode(shared / "vm") == "0o700"

@@ -3,7 +3,11 @@
 ``/dev/kvm`` can exist and still be useless: a nested hypervisor may accept
 the VM and then never run a stock kernel to its init. So the probe boots the
 kernel and initramfs the VM will use, with KVM and a deadline, and takes KVM
-only if our init reported in. The answer is cached per kernel and host.
+only if our init reported in. The answer is cached per kernel and host: for
+good when it is definite (the guest booted, or QEMU refused KVM), for an hour
+when the probe only ran out of time (a busy host may do better later), then
+for twice as long after each further timeout, up to a week (a host where KVM
+never boots a guest pays the probe's deadline rarely).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from ignitevm.util.fs import atomic_write
 from ignitevm.util.proc import spawn
 
 PROBE_DEADLINE = 20.0
+RETRY_AFTER = 3600.0  # seconds a timed-out probe's "use TCG" is kept, at first
+RETRY_MAX = 7 * 86400.0
 PROBE_MARKER = b"ignitevm-init: probe ok"
 
 
@@ -90,22 +96,32 @@ def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = N
         log.debug("using TCG: %s", why)
         return "tcg"
     cache_file = cache / "accel" / f"{_cache_key(kernel, initrd)}.json"
+    timeouts = 0
     try:
-        return str(json.loads(cache_file.read_text())["accel"])
-    except (FileNotFoundError, ValueError, KeyError):
+        cached = json.loads(cache_file.read_text())
+        if time.time() < float(cached.get("expires", "inf")):
+            return str(cached["accel"])
+        timeouts = int(cached.get("timeouts", 0))
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    works, detail = probe_kvm(kernel, initrd)
+    works, detail, definite = probe_kvm(kernel, initrd)
     accel = "kvm" if works else "tcg"
     log.info("KVM %s on this host (%s); using %s", "works" if works else "is not usable",
              detail, accel.upper())
+    entry: dict[str, object] = {"accel": accel, "detail": detail}
+    if not definite:
+        entry["timeouts"] = timeouts + 1
+        entry["expires"] = time.time() + min(RETRY_AFTER * 2 ** min(timeouts, 20), RETRY_MAX)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache_file, json.dumps({"accel": accel, "detail": detail}))
+    atomic_write(cache_file, json.dumps(entry))
     return accel
 
 
 def probe_kvm(kernel: Path, initrd: Path | None, deadline: float = PROBE_DEADLINE
-              ) -> tuple[bool, str]:
-    """Boot the kernel under KVM until our init reports in, or the deadline passes."""
+              ) -> tuple[bool, str, bool]:
+    """Boot the kernel under KVM until our init reports in, or the deadline passes.
+    Returns (KVM works, why, whether the answer is definite). The probe QEMU
+    dies with this process, however it ends."""
     cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on", "-nodefaults",
            "-no-user-config", "-display", "none", "-no-reboot", "-accel", "kvm", "-cpu", "host",
            "-m", "128M", "-kernel", str(kernel), "-serial", "stdio",
@@ -114,7 +130,8 @@ def probe_kvm(kernel: Path, initrd: Path | None, deadline: float = PROBE_DEADLIN
         cmd += ["-initrd", str(initrd)]
     start = time.monotonic()
     output = b""
-    with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+               die_with_parent=True) as proc:
         assert proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
@@ -125,13 +142,13 @@ def probe_kvm(kernel: Path, initrd: Path | None, deadline: float = PROBE_DEADLIN
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
-                output += chunk
+                output = (output + chunk)[-65536:]  # a chatty guest: keep the end
                 if PROBE_MARKER in output:
-                    return True, f"a guest booted in {time.monotonic() - start:.1f}s"
+                    return True, f"a guest booted in {time.monotonic() - start:.1f}s", True
         finally:
             if proc.poll() is None:
                 proc.kill()
     tail = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
     if time.monotonic() - start >= deadline:
-        return False, f"a guest did not reach its init within {deadline:.0f}s"
-    return False, f"QEMU said: {tail[0][:160]}"
+        return False, f"a guest did not reach its init within {deadline:.0f}s", False
+    return False, f"QEMU said: {tail[0][:160]}", True

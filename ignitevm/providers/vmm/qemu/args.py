@@ -12,6 +12,7 @@ QEMU = "qemu-system-x86_64"
 
 # Files kept in the VM's folder while it runs.
 PIDFILE = "qemu.pid"
+PIDSTART = "qemu.pid.start"  # "<pid> <boot id> <start ticks>" recorded at launch
 QMP = "qmp.sock"
 CONSOLE_SOCK = "console.sock"
 CONSOLE_LOG = "console.log"

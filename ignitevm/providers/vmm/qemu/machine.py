@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
+from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
@@ -20,7 +21,7 @@ from ignitevm.util.proc import run
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
-RUNTIME_FILES = (args.PIDFILE, args.QMP, args.CONSOLE_SOCK,
+RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
                  *(args.agent_socket(Path(), k).name
                    for k in range(1, args.AGENT_MAX_CHANNELS + 1)))
 
@@ -50,6 +51,9 @@ class QemuVMM:
     # --- lifecycle ----------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> int:
         self.cleanup(spec.workdir)
+        # Made here so that it is private (QEMU would make it group-readable).
+        os.close(os.open(spec.workdir / args.CONSOLE_LOG,
+                         os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         result = run(cmd, check=False, timeout=60)
@@ -63,6 +67,9 @@ class QemuVMM:
         if pid is None:
             raise IgniteError("QEMU started but exited at once",
                               hint=f"see {spec.workdir / args.CONSOLE_LOG}")
+        started = process_start(pid)
+        if started is not None:  # (no fsync: after a crash the boot id differs anyway)
+            (spec.workdir / args.PIDSTART).write_text(f"{pid} {started}\n")
         return pid
 
     def pid(self, workdir: Path) -> int | None:
@@ -70,16 +77,10 @@ class QemuVMM:
             pid = int((workdir / args.PIDFILE).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+        if not is_our_qemu(pid, workdir):
             return None
-        # Guard against pid reuse: the process must be the QEMU of this VM.
-        if str(workdir).encode() not in cmdline:
-            return None
-        with contextlib.suppress(FileNotFoundError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return None
+        # Every look at a running VM keeps its console log bounded (one stat).
+        consolelog.trim(workdir / args.CONSOLE_LOG)
         return pid
 
     @contextlib.contextmanager
@@ -162,6 +163,47 @@ class QemuVMM:
 
     def console_log(self, workdir: Path) -> Path:
         return workdir / args.CONSOLE_LOG
+
+
+def process_start(pid: int) -> str | None:
+    """When ``pid`` started, as "<boot id> <start time in clock ticks>": unique to
+    one process across reboots (pids and tick counts start again at each boot)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # exited, not yet reaped
+        return None
+    return f"{boot} {fields[19]}"
+
+
+def is_our_qemu(pid: int, workdir: Path) -> bool:
+    """Is ``pid`` the QEMU launched for ``workdir`` (not a reused pid, nor after a
+    reboot another process whose command line happens to name the folder)?"""
+    started = process_start(pid)
+    if started is None:
+        return False
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except PermissionError:  # another user's process: the checks below still hold
+        exe = "qemu-system"
+    except OSError:
+        return False
+    if not exe.startswith("qemu-system"):
+        return False
+    try:
+        recorded = (workdir / args.PIDSTART).read_text().split()
+    except FileNotFoundError:
+        recorded = []  # launched by an older version, or killed before it could record
+    if recorded:
+        return recorded == [str(pid), *started.split()]
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return str(workdir).encode() in cmdline
 
 
 def wait_gone(vmm: QemuVMM, workdir: Path, timeout: float) -> bool:

@@ -1,0 +1,65 @@
+"""A guest that floods its console cannot fill the host's disk: every look at
+the VM trims its console log (see ignitevm/providers/vmm/consolelog.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Ignite
+from tests.vm.conftest import wait_console
+
+LIMIT = 65536  # a small cap, so that a short flood crosses it many times
+FLOOD = 600_000  # bytes the guest writes ("y\n" each; the tty makes them "y\r\n")
+
+
+@pytest.fixture
+def flooder(cli: Ignite, testbox: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("IGNITE_CONSOLE_LOG_MAX", str(LIMIT))
+    cli("run", testbox, "--name", "flooder", "--memory", "256MB")
+    try:
+        wait_console(cli, "flooder", "TEST-READY")
+        yield "flooder"
+    finally:
+        cli("rm", "-f", "flooder", check=False)
+
+
+def _log_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("console.log*")
+               if not p.name.endswith(".lock"))
+
+
+def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
+    uid = cli("inspect", "vm", flooder, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+    folder = cli.root / "vm" / uid
+    # Private: the folder, the console log, and the config disk (the VM's host key).
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for name in ("console.log", "config.tar", "ssh_host_ed25519_key"):
+        assert (folder / name).stat().st_mode & 0o077 == 0, name
+    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    flood = subprocess.Popen(
+        [sys.executable, "-m", "ignitevm", "exec", flooder, "--", "/bin/busybox", "sh", "-c",
+         f"/bin/busybox yes | /bin/busybox head -c {FLOOD} > /dev/console"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    seen = []
+    try:
+        while flood.poll() is None:
+            cli("ps")  # any look at the VM trims its log
+            seen.append(_log_bytes(folder))
+    finally:
+        flood.kill()
+        flood.wait()
+    cli("ps")
+    assert flood.returncode == 0
+    kept = _log_bytes(folder)
+    # console.log.0 (64 KiB boot log) + console.log.1 (<= LIMIT) + console.log
+    assert kept <= 64 * 1024 + 2 * LIMIT, (kept, seen)
+    assert max(seen) < FLOOD, seen  # bounded while it flooded, not only afterwards
+    out = cli("logs", flooder).stdout
+    assert "TEST-READY" in out  # the boot log is kept
+    assert "console output dropped" in out and out.rstrip().endswith("y")
