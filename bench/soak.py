@@ -1,0 +1,393 @@
+"""Soak: many create/start/exec/cp/stop/rm cycles from concurrent workers, with faults.
+
+Faults injected at random: the CLI killed with -9 in the middle of a command,
+the VM's QEMU killed, the guest agent killed inside the guest, and the store's
+filesystem filled up (the state root lives on a small loop-mounted ext4, when
+this runs as root). Afterwards every command must still work, and the report
+counts what leaked (processes, sockets, temp folders, mounts, network
+namespaces, links, iptables rules, leases), what was lost or hidden (objects
+the workers know of that ps does not show, damaged objects), and whether every
+surviving VM answers exec. The run fails (exit 1) on any of these.
+
+    python3 -m bench.soak                # 1,000 cycles, 4 workers
+    python3 -m bench.soak --short        # the CI's cut: 12 cycles, 2 workers
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import REPO, cli_env
+
+CLI = [sys.executable, "-m", "ignitevm"]
+FAULTS = ("none", "none", "kill-cli", "kill-qemu", "kill-agent", "disk-full")
+
+
+@dataclass
+class Report:
+    cycles: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)  # unexpected, after a clean cycle
+    bad_errors: list[str] = field(default_factory=list)  # tracebacks instead of one line
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, what: str) -> None:
+        with self.lock:
+            self.failures.append(what)
+
+
+class Soak:
+    def __init__(self, root: Path, image: str, network: str, report: Report):
+        self.root = root
+        self.image = image
+        self.network = network
+        self.report = report
+        self.env = cli_env(root)
+        # A disk-full episode runs alone (other workers' commands would fail by design).
+        self.gate = Gate()
+
+    # --- the CLI ------------------------------------------------------------
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True,
+                             timeout=timeout, stdin=subprocess.DEVNULL)
+        if "Traceback (most recent call last)" in res.stderr:
+            with self.report.lock:
+                self.report.bad_errors.append(f"ignite {' '.join(args)}: {res.stderr[-600:]}")
+        return res
+
+    def must(self, *args: str) -> str:
+        res = self.cli(*args)
+        if res.returncode != 0:
+            raise RuntimeError(f"ignite {' '.join(args)} failed: {res.stderr.strip()[-300:]}")
+        return res.stdout
+
+    def killed_cli(self, *args: str, rng: random.Random) -> None:
+        """Run a command and kill it with -9 at a random moment."""
+        proc = subprocess.Popen([*CLI, *args], env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=rng.uniform(0.05, 2.5))
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+    def uid(self, name: str) -> str | None:
+        res = self.cli("inspect", "vm", name, "-t", "{{.ObjectMeta.UID}}")
+        return res.stdout.strip() or None if res.returncode == 0 else None
+
+    # --- one cycle -----------------------------------------------------------
+    def cycle(self, worker: int, n: int, rng: random.Random, scratch: Path) -> None:
+        name = f"soak-{worker}-{n}"
+        fault = rng.choice(FAULTS)
+        with self.report.lock:
+            self.report.faults[fault] += 1
+        create = ["create", self.image, "--name", name, "--memory", "192MB", "--size", "64MB",
+                  "--network-plugin", self.network]
+        try:
+            if fault == "disk-full":
+                with self.gate.alone():
+                    self.fault_disk(create, name)
+            else:
+                with self.gate.shared():
+                    self.steps(fault, create, name, rng, scratch)
+        except RuntimeError as exc:
+            self.report.fail(f"{name} ({fault}): {exc}")
+        # Whatever happened, the VM must be removable.
+        with self.gate.shared():
+            res = self.cli("rm", "-f", name)
+        if res.returncode != 0 and "no VM" not in res.stderr and "unknown" not in res.stderr:
+            self.report.fail(f"{name}: rm -f failed: {res.stderr.strip()[-300:]}")
+        with self.report.lock:
+            self.report.cycles += 1
+
+    def steps(self, fault: str, create: list[str], name: str, rng: random.Random,
+              scratch: Path) -> None:
+        if fault == "kill-cli":
+            step = rng.choice(("create", "start", "exec", "cp", "stop", "rm"))
+            self.fault_cli(step, create, name, rng, scratch)
+        else:
+            self.must(*create)
+            self.must("start", name)
+            if fault == "kill-qemu":
+                self.kill_qemu(name)
+                time.sleep(rng.uniform(0, 0.3))
+                line = [ln for ln in self.must("ps", "-a").splitlines()
+                        if ln.rstrip().endswith(f" {name}")]
+                if line and " Up " in line[0]:
+                    self.report.fail(f"{name}: ps says Up after its QEMU was killed")
+                self.must("start", name)  # it starts again
+            self.must("exec", name, "--timeout", "60", "--", "true")
+            src = scratch / "in.txt"
+            src.write_text(f"{name}\n")
+            self.must("cp", str(src), f"{name}:/tmp/in.txt")
+            out = scratch / "out.txt"
+            out.unlink(missing_ok=True)
+            self.must("cp", f"{name}:/tmp/in.txt", str(out))
+            if out.read_text() != f"{name}\n":
+                self.report.fail(f"{name}: cp round trip changed the file")
+            if fault == "kill-agent":
+                # The guest (root in its VM) kills its agent: exec fails with one
+                # line (checked for every command), stop still stops the VM.
+                self.cli("exec", name, "--timeout", "10", "--", "sh", "-c",
+                         "kill -9 $(/bin/busybox pidof ignite-agent)")
+                self.cli("exec", name, "--timeout", "5", "--", "true")
+            self.must("stop", name, "--timeout", "5")
+
+    def fault_cli(self, step: str, create: list[str], name: str, rng: random.Random,
+                  scratch: Path) -> None:
+        if step == "create":
+            self.killed_cli(*create, rng=rng)
+            return
+        self.must(*create)
+        if step == "start":
+            self.killed_cli("start", name, rng=rng)
+            return
+        self.must("start", name)
+        src = scratch / "big.bin"
+        if not src.exists():
+            src.write_bytes(os.urandom(8 << 20))
+        args = {"exec": ("exec", name, "--", "sh", "-c", "sleep 1; true"),
+                "cp": ("cp", str(src), f"{name}:/tmp/big.bin"),
+                "stop": ("stop", name, "--timeout", "5"),
+                "rm": ("rm", "-f", name)}[step]
+        self.killed_cli(*args, rng=rng)
+        if step in ("exec", "cp"):  # the VM must still serve the next client
+            self.must("exec", name, "--timeout", "60", "--", "true")
+
+    def fault_disk(self, create: list[str], name: str) -> None:
+        with filled(self.root):
+            res = self.cli(*create)
+            if res.returncode == 0:
+                self.cli("start", name)
+        # Room again: the VM (if it was made) must work or be removable.
+
+    def kill_qemu(self, name: str) -> None:
+        uid = self.uid(name)
+        if uid:
+            for pid in qemu_pids(self.root, uid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+class Gate:
+    """Many shared holders, or one alone (a readers-writer lock)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.holders = 0
+        self.closed = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.closed)
+            self.holders += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.holders -= 1
+                self.cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self.cond:
+            self.cond.wait_for(lambda: not self.closed)
+            self.closed = True
+            self.cond.wait_for(lambda: self.holders == 0)
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.closed = False
+                self.cond.notify_all()
+
+
+@contextlib.contextmanager
+def filled(root: Path) -> Iterator[None]:
+    """Fill the filesystem holding ``root`` (leaving a few KiB), for as long as the block runs."""
+    filler = root / "tmp-soak-filler"
+    try:
+        free = shutil.disk_usage(root).free
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            os.posix_fallocate(f.fileno(), 0, max(free - (64 << 10), 0))
+        yield
+    finally:
+        filler.unlink(missing_ok=True)
+
+
+def qemu_pids(root: Path, uid: str = "") -> list[int]:
+    pids = []
+    needle = str(root / "vm" / uid).encode() if uid else str(root).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and needle in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+# --- what the host looks like: the same before and after -----------------------
+def host_state(root: Path) -> dict[str, list[str]]:
+    def lines(cmd: list[str]) -> list[str]:
+        if shutil.which(cmd[0]) is None:
+            return []
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return sorted(res.stdout.splitlines())
+
+    iptables = [ln for ln in lines(["iptables-save"])
+                if not ln.startswith("#") and not ln.startswith(":")
+                and not ln.startswith("[")]
+    leases = sorted(str(p) for p in Path("/var/lib/cni/networks").glob("*/*")) \
+        if Path("/var/lib/cni/networks").is_dir() else []
+    return {
+        "links": [ln.split(":")[1].strip().split("@")[0]
+                  for ln in lines(["ip", "-o", "link"]) if ":" in ln],
+        "netns": lines(["ip", "netns", "list"]),
+        "iptables": iptables,
+        "leases": leases,
+        "mounts": [ln for ln in Path("/proc/mounts").read_text().splitlines()
+                   if str(root) in ln and ln.split()[1] != str(root.parent)],
+    }
+
+
+def leftovers(root: Path) -> dict[str, list[str]]:
+    """What a store with no VMs must not hold: processes, sockets, temp folders."""
+    found: dict[str, list[str]] = {
+        "qemu processes": [str(p) for p in qemu_pids(root)],
+        "temp folders": sorted(str(p) for p in (root / "tmp").glob("*"))
+        if (root / "tmp").is_dir() else [],
+        "vm folders": sorted(str(p) for p in (root / "vm").glob("*"))
+        if (root / "vm").is_dir() else [],
+        "sockets": [],
+    }
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            path = Path(dirpath) / f
+            with contextlib.suppress(OSError):
+                if path.is_socket():
+                    found["sockets"].append(str(path))
+    return found
+
+
+@contextlib.contextmanager
+def store_root(small: bool) -> Iterator[Path]:
+    """A state root; as root, on its own loop-mounted ext4 so that it can be filled."""
+    base = Path(tempfile.mkdtemp(prefix="ignite-soak-"))
+    mnt = base / "fs"
+    mounted = False
+    try:
+        if small and os.geteuid() == 0 and shutil.which("mkfs.ext4"):
+            img = base / "fs.img"
+            with open(img, "wb") as f:
+                f.truncate(1536 << 20)
+            subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+            mnt.mkdir()
+            subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+            mounted = True
+        else:
+            mnt.mkdir()
+        yield mnt / "root"
+    finally:
+        for pid in qemu_pids(mnt):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run(cycles: int, workers: int, network: str, seed: int) -> tuple[Report, dict[str, object]]:
+    sys.path.insert(0, str(REPO))
+    from tests.helpers.images import busybox_image
+
+    report = Report()
+    with store_root(small=True) as root, tempfile.TemporaryDirectory() as tmp:
+        soak = Soak(root, "testbox:latest", network, report)
+        soak.must("kernel", "import", "debian")
+        soak.must("image", "import", str(busybox_image(Path(tmp) / "testbox.tar")))
+        before = host_state(root)
+        # A VM that runs through the whole soak: others' faults must not touch it.
+        soak.must("run", "testbox:latest", "--name", "soak-keeper", "--memory", "192MB",
+                  "--network-plugin", network)
+        per_worker = [cycles // workers + (1 if w < cycles % workers else 0)
+                      for w in range(workers)]
+
+        def work(w: int) -> None:
+            rng = random.Random(seed * 1000 + w)
+            scratch = Path(tmp) / f"w{w}"
+            scratch.mkdir()
+            for n in range(per_worker[w]):
+                soak.cycle(w, n, rng, scratch)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+
+        # Every command still works; the survivor is reachable; nothing lost or hidden.
+        listed = json.loads(soak.must("ps", "-a", "-o", "json") or "[]")
+        names = sorted(v["metadata"]["name"] for v in listed)
+        damaged = soak.cli("ps", "-a").stderr.count("is damaged")
+        keeper_ok = soak.cli("exec", "soak-keeper", "--timeout", "60", "--",
+                             "true").returncode == 0
+        soak.must("rm", "-f", "soak-keeper")
+        after = host_state(root)
+        leaks: dict[str, list[str]] = {k: v for k, v in leftovers(root).items() if v}
+        for key in before:
+            new = sorted(set(after[key]) - set(before[key]))
+            if new:
+                leaks[key] = new
+        summary: dict[str, object] = {
+            "cycles": report.cycles, "workers": workers, "seconds": round(elapsed, 1),
+            "faults": dict(report.faults), "failures": report.failures,
+            "tracebacks": report.bad_errors, "leaked": leaks,
+            "objects lost or extra": [n for n in names if n != "soak-keeper"],
+            "damaged objects": damaged, "survivor answers exec": keeper_ok,
+        }
+    return report, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--short", action="store_true", help="12 cycles, 2 workers (CI)")
+    parser.add_argument("--network-plugin", default="user")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    opts = parser.parse_args(argv)
+    if opts.short:
+        opts.cycles, opts.workers = 12, 2
+    report, summary = run(opts.cycles, opts.workers, opts.network_plugin, opts.seed)
+    print(json.dumps({"seed": opts.seed, **summary}, indent=2))
+    ok = (not report.failures and not report.bad_errors and not summary["leaked"]
+          and not summary["objects lost or extra"] and not summary["damaged objects"]
+          and summary["survivor answers exec"])
+    print("soak:", "OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
