@@ -210,3 +210,22 @@ def test_create_after_image_rm_says_it_is_gone(tmp_path: Path) -> None:
         pass
     vms.remove_base(ctx, _kernel)
     assert store.list(Kernel) == []
+
+
+def test_four_clis_import_one_image_at_once(tmp_path: Path) -> None:
+    """The same race with no hook: four real `ignite image import` processes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.helpers.images import busybox_image
+
+    archive = busybox_image(tmp_path / "box.tar")
+    env = dict(os.environ, IGNITE_ROOT=str(tmp_path / "root"), PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-m", "ignitevm", "image", "import", str(archive)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate()[1] for p in procs]
+    results = [(p.returncode, err) for p, err in zip(procs, errors, strict=True)]
+    assert [rc for rc, _ in results] == [0, 0, 0, 0], results
+    assert [i.metadata.name for i in Store(tmp_path / "root").list(Image)] == ["testbox:latest"]

@@ -4,8 +4,8 @@ The VMM appends everything the guest prints to ``console.log`` itself (no
 process of ours sits in between: no Python process per VM), so nothing can
 stop a hostile guest from writing. The bound is kept by whoever looks: every
 liveness check of a running VM (every ``ignite`` command that looks at it,
-each ``ignited`` pass, ``ignite logs -f`` twice a second) trims the log once it
-is over the limit:
+each ``ignited`` pass over the VMs it manages, ``ignite logs -f`` five times a
+second) trims the log once it is over the limit:
 
 - ``console.log.0``: the first 64 KiB, kept once (the boot log);
 - ``console.log.1``: the last ``limit`` bytes before the latest trim;
