@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.umask(0o077)  # nothing this program makes is for other users (the store sets modes)
+    from ignitevm.util.umask import make_private
+
+    make_private()  # nothing this program makes is for other users (the store sets modes)
     from ignitevm import log as logmod
     from ignitevm.cli.parser import build_parser, normalize
     from ignitevm.errors import IgniteError

@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.umask(0o077)  # nothing ignited makes is for other users
+    from ignitevm.util.umask import make_private
+
+    make_private()  # nothing this program makes is for other users (the store sets modes)
     from ignitevm import log as logmod
     from ignitevm.errors import IgniteError
 
@@ -154,7 +156,6 @@ PASSWORD_ENV = "IGNITED_HTTPS_PASSWORD"
 def _hide_password(args: argparse.Namespace) -> None:
     """A password on the command line is readable by every user through ``ps``:
     run ignited again without it, the password moved into the environment."""
-    import os
 
     from ignitevm.log import log
 
@@ -182,7 +183,6 @@ def _hide_password(args: argparse.Namespace) -> None:
 def _password(args: argparse.Namespace) -> str:
     """The https password: flag, file or environment (which is then cleared, so
     that no child of ignited, QEMU included, inherits it)."""
-    import os
 
     from ignitevm.errors import InvalidInput
 

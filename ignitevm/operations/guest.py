@@ -185,6 +185,6 @@ def _remove(dir_fd: int, name: str) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
+    from ignitevm.util.umask import user_umask
+
+    return user_umask()

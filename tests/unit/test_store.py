@@ -156,3 +156,19 @@ def test_a_shared_folder_as_root_is_left_alone(tmp_path: Path) -> None:
     store.ensure()
     assert _mode(shared) == "0o1777"  # as /tmp would be: other users' files live there
     assert _mode(shared / "vm") == "0o700"
+
+
+def test_the_callers_umask_is_remembered_when_the_program_goes_private() -> None:
+    import os
+
+    from ignitevm.util import umask
+
+    old = os.umask(0o027)
+    try:
+        umask._user.clear()
+        umask.make_private()
+        assert os.umask(0o077) == 0o077  # private from now on
+        assert umask.user_umask() == 0o027  # what `cp VM:… DEST` applies
+    finally:
+        umask._user.clear()
+        os.umask(old)
