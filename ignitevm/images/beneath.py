@@ -127,6 +127,24 @@ class Tree:
         os.mkdir(base, 0o755, dir_fd=parent)
         return os.open(base, DIR_FLAGS, dir_fd=parent)
 
+    def make(self, rel: str) -> int:
+        """Like ``dir(rel, create=True)``, trying mkdir first (a directory entry is usually new)."""
+        fd = self.fds.get(rel)
+        if fd is not None:
+            return fd
+        up, _, base = rel.rpartition("/")
+        parent = self.dir(up, create=True)
+        assert parent is not None
+        try:
+            os.mkdir(base, 0o755, dir_fd=parent)
+        except FileExistsError:
+            fd = self.dir(rel, create=True)
+            assert fd is not None
+            return fd
+        fd = os.open(base, DIR_FLAGS, dir_fd=parent)
+        self.fds[rel] = fd
+        return fd
+
     def lookup(self, rel: str) -> int | None:
         """The fd of directory ``rel`` if it is one now, reached without links; else None."""
         try:

@@ -348,11 +348,10 @@ class Unpacker:
 
     def directory(self, info: tarfile.TarInfo, pfd: int, base: str, rel: str) -> None:
         try:
-            fd = self.tree.dir(rel, create=True)
+            fd = self.tree.make(rel)
         except Blocked:  # something else is there: replace it
             self.tree.remove(pfd, base, rel)
-            fd = self.tree.dir(rel, create=True)
-        assert fd is not None
+            fd = self.tree.make(rel)
         if self.chown:
             os.fchown(fd, info.uid, info.gid)
         self.set_xattrs(fd, info)
