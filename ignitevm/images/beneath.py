@@ -70,7 +70,7 @@ class Tree:
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
-        self.fds = {}
+        self.fds.clear()
 
     def trim(self) -> None:
         """Close the oldest fds beyond :data:`CAP`; call it only while no fd is in use."""
