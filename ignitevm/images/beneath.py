@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import stat
@@ -73,12 +74,12 @@ class Tree:
         self.fds.clear()
 
     def trim(self) -> None:
-        """Close the oldest fds beyond :data:`CAP`; call it only while no fd is in use."""
+        """Past :data:`CAP` fds, close the oldest half; call it only while no fd is in use."""
         if len(self.fds) <= CAP:
             return
-        for rel in list(self.fds)[: len(self.fds) - CAP]:
-            if rel:
-                os.close(self.fds.pop(rel))
+        old = [rel for rel in itertools.islice(self.fds, len(self.fds) - CAP // 2) if rel]
+        for rel in old:
+            os.close(self.fds.pop(rel))
 
     def dir(self, rel: str, *, create: bool) -> int | None:
         """The fd of directory ``rel``, created (0755) if missing and ``create``, else None.
