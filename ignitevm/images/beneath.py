@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import stat
@@ -70,15 +71,15 @@ class Tree:
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
-        self.fds = {}
+        self.fds.clear()
 
     def trim(self) -> None:
-        """Close the oldest fds beyond :data:`CAP`; call it only while no fd is in use."""
+        """Past :data:`CAP` fds, close the oldest half; call it only while no fd is in use."""
         if len(self.fds) <= CAP:
             return
-        for rel in list(self.fds)[: len(self.fds) - CAP]:
-            if rel:
-                os.close(self.fds.pop(rel))
+        old = [rel for rel in itertools.islice(self.fds, len(self.fds) - CAP // 2) if rel]
+        for rel in old:
+            os.close(self.fds.pop(rel))
 
     def dir(self, rel: str, *, create: bool) -> int | None:
         """The fd of directory ``rel``, created (0755) if missing and ``create``, else None.
@@ -126,6 +127,24 @@ class Tree:
             return fd
         os.mkdir(base, 0o755, dir_fd=parent)
         return os.open(base, DIR_FLAGS, dir_fd=parent)
+
+    def make(self, rel: str) -> int:
+        """Like ``dir(rel, create=True)``, trying mkdir first (a directory entry is usually new)."""
+        fd = self.fds.get(rel)
+        if fd is not None:
+            return fd
+        up, _, base = rel.rpartition("/")
+        parent = self.dir(up, create=True)
+        assert parent is not None
+        try:
+            os.mkdir(base, 0o755, dir_fd=parent)
+        except FileExistsError:
+            fd = self.dir(rel, create=True)
+            assert fd is not None
+            return fd
+        fd = os.open(base, DIR_FLAGS, dir_fd=parent)
+        self.fds[rel] = fd
+        return fd
 
     def lookup(self, rel: str) -> int | None:
         """The fd of directory ``rel`` if it is one now, reached without links; else None."""

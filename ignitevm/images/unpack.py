@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ignitevm.errors import IgniteError, InvalidInput
-from ignitevm.images.beneath import Blocked, Tree, open_dir
+from ignitevm.images.beneath import CAP, Blocked, Tree, open_dir
 from ignitevm.images.blobs import next_member
 from ignitevm.log import log
 
@@ -140,8 +140,10 @@ class Unpacker:
             raise InvalidInput(f"{what} is not a tar archive ({exc})") from None
         info = tf.firstmember
         tf.firstmember = None
+        fds = self.tree.fds
         while info is not None:
-            self.tree.trim()
+            if len(fds) > CAP:
+                self.tree.trim()
             try:
                 self.entry(tf, info, stream)
             except OSError as exc:
@@ -202,6 +204,9 @@ class Unpacker:
 
     def parent(self, rel: str, entry: str, *, create: bool = True) -> int | None:
         """The fd of directory ``rel``, made of real directories only (created if missing)."""
+        fd = self.tree.fds.get(rel)  # the common case, without the calls below
+        if fd is not None:
+            return fd
         try:
             return self.tree.dir(rel, create=create)
         except Blocked as exc:
@@ -348,11 +353,10 @@ class Unpacker:
 
     def directory(self, info: tarfile.TarInfo, pfd: int, base: str, rel: str) -> None:
         try:
-            fd = self.tree.dir(rel, create=True)
+            fd = self.tree.make(rel)
         except Blocked:  # something else is there: replace it
             self.tree.remove(pfd, base, rel)
-            fd = self.tree.dir(rel, create=True)
-        assert fd is not None
+            fd = self.tree.make(rel)
         if self.chown:
             os.fchown(fd, info.uid, info.gid)
         self.set_xattrs(fd, info)
