@@ -24,6 +24,7 @@ import pytest
 from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.operations.context import Context
 from tests.conftest import REPO, Ignite
+from tests.helpers.daemon import read_until
 
 DAMAGED = "00000000000000da"
 GOOD = "0000000000000001"
@@ -209,22 +210,13 @@ def test_ignited_daemon_keeps_running_with_a_damaged_store(tmp_path: Path) -> No
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-
-    def wait_for(*words: str) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if all(any(w in seen for seen in lines) for w in words):
-                return
-        raise AssertionError(f"ignited ended ({proc.wait()}): {''.join(lines)}")
-
     try:
-        wait_for(f"VM {DAMAGED} is damaged", "missing-image")
+        read_until(proc, f"VM {DAMAGED} is damaged", "missing-image", lines=lines)
         # a later pass still happens: a new manifest is read and reported
         (folder / "vm2.yaml").write_text(
             (folder / "vm.yaml").read_text().replace("aa", "bb").replace("missing-image",
                                                                          "second-missing"))
-        wait_for("second-missing")
+        read_until(proc, "second-missing", lines=lines)
         assert proc.poll() is None
     finally:
         proc.terminate()
