@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.operations.context import Context
 from tests.conftest import REPO, Ignite
-from tests.helpers.daemon import read_until
+from tests.helpers.daemon import GIVE_UP, read_until
 
 DAMAGED = "00000000000000da"
 GOOD = "0000000000000001"
@@ -222,3 +223,25 @@ def test_ignited_daemon_keeps_running_with_a_damaged_store(tmp_path: Path) -> No
         proc.terminate()
         proc.wait()
     assert "Traceback" not in "".join(lines)
+
+
+def test_the_loop_ends_on_sigterm_during_a_long_wait() -> None:
+    """SIGTERM while the loop waits an hour between passes: it ends at once, through
+    the wake-up pipe (the handler touches no lock)."""
+    code = ("import sys\nfrom ignitevm.daemon.main import _loop\n"
+            "sys.exit(_loop(3600, lambda: print('pass', file=sys.stderr, flush=True)))\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(GIVE_UP, proc.kill)  # a failure, never a timing check
+    try:
+        read_until(proc, "pass")
+        proc.send_signal(signal.SIGTERM)
+        watchdog.start()
+        assert proc.stderr is not None
+        proc.stderr.read()
+        assert proc.wait() == 0  # not killed by the watchdog
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
