@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -207,22 +207,48 @@ def _policy(args: argparse.Namespace) -> Any:
 
 
 def _loop(interval: float, step: Callable[[], None]) -> int:
-    """Run ``step`` every ``interval`` seconds until SIGINT/SIGTERM."""
+    """Run ``step`` every ``interval`` seconds until SIGINT/SIGTERM.
+
+    The signal handler only sets a flag; the wait between passes is woken by
+    the byte Python writes to a wake-up pipe for each signal. (A handler that
+    sets a threading.Event can deadlock: it runs in the main thread, which may
+    hold the Event's lock at that moment.)"""
+    import os
+    import select
+
     from ignitevm.log import log
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
-        try:
-            step()
-        except Exception as exc:  # one bad pass (a full disk...) must not end the daemon
-            from ignitevm.daemon.reconcile import describe
+    stopping = False
 
-            log.error("reconciliation pass failed: %s; trying again in %gs", describe(exc),
-                      interval)
-            log.debug("reconciliation pass failed", exc_info=True)
-        stop.wait(interval)
+    def on_signal(_signo: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stopping:
+            try:
+                step()
+            except Exception as exc:  # one bad pass (a full disk...) must not end the daemon
+                from ignitevm.daemon.reconcile import describe
+
+                log.error("reconciliation pass failed: %s; trying again in %gs",
+                          describe(exc), interval)
+                log.debug("reconciliation pass failed", exc_info=True)
+            if not stopping:
+                select.select([r], [], [], interval)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(r, 512)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(old_fd)
+        os.close(r)
+        os.close(w)
     log.info("Closing...")
     return 0
 

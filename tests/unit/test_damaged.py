@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pytest
 from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.operations.context import Context
 from tests.conftest import REPO, Ignite
+from tests.helpers.daemon import GIVE_UP, read_until
 
 DAMAGED = "00000000000000da"
 GOOD = "0000000000000001"
@@ -215,24 +217,37 @@ def test_ignited_daemon_keeps_running_with_a_damaged_store(tmp_path: Path) -> No
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-
-    def wait_for(*words: str) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if all(any(w in seen for seen in lines) for w in words):
-                return
-        raise AssertionError(f"ignited ended ({proc.wait()}): {''.join(lines)}")
-
     try:
-        wait_for(f"VM {DAMAGED} is damaged", "missing-image")
+        read_until(proc, f"VM {DAMAGED} is damaged", "missing-image", lines=lines)
         # a later pass still happens: a new manifest is read and reported
         (folder / "vm2.yaml").write_text(
             (folder / "vm.yaml").read_text().replace("aa", "bb").replace("missing-image",
                                                                          "second-missing"))
-        wait_for("second-missing")
+        read_until(proc, "second-missing", lines=lines)
         assert proc.poll() is None
     finally:
         proc.terminate()
         proc.wait()
     assert "Traceback" not in "".join(lines)
+
+
+def test_the_loop_ends_on_sigterm_during_a_long_wait() -> None:
+    """SIGTERM while the loop waits an hour between passes: it ends at once, through
+    the wake-up pipe (the handler touches no lock)."""
+    code = ("import sys\nfrom ignitevm.daemon.main import _loop\n"
+            "sys.exit(_loop(3600, lambda: print('pass', file=sys.stderr, flush=True)))\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(GIVE_UP, proc.kill)  # a failure, never a timing check
+    try:
+        read_until(proc, "pass")
+        proc.send_signal(signal.SIGTERM)
+        watchdog.start()
+        assert proc.stderr is not None
+        proc.stderr.read()
+        assert proc.wait() == 0  # not killed by the watchdog
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()

@@ -21,6 +21,7 @@ import pytest
 from ignitevm.daemon.gitops import GitSource, split_credentials
 from ignitevm.errors import IgniteError, InvalidInput
 from tests.conftest import REPO
+from tests.helpers.daemon import read_until
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -246,15 +247,8 @@ def test_ignited_gitops_password_is_in_no_command_line(bare: Path, tmp_path: Pat
                                  "--https-username", "robot", *extra, "--interval", "30s"],
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        lines = []
         try:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                lines.append(line)
-                if "not-imported" in line:  # the manifest was read from the clone
-                    break
-            else:
-                raise AssertionError(f"ignited ended ({proc.wait()}): {''.join(lines)}")
+            lines = read_until(proc, "not-imported")  # the manifest was read from the clone
             own = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         finally:
             proc.terminate()
@@ -264,3 +258,33 @@ def test_ignited_gitops_password_is_in_no_command_line(bare: Path, tmp_path: Pat
     assert SECRET.encode() not in own
     if how == "flag":
         assert any("visible to every user" in line for line in lines)
+
+
+def test_ignited_gitops_refuses_a_hostile_manifest(tmp_path: Path) -> None:
+    """The bindAddress injection, pushed to a repository that the real ignited
+    follows: refused with a clear line, nothing created, ignited still running."""
+    repo, work = tmp_path / "repo.git", tmp_path / "work"
+    _git("init", "--quiet", "--bare", "--initial-branch=master", str(repo))
+    _git("init", "--quiet", "--initial-branch=master", str(work))
+    evil = ("127.0.0.1:1-:1,guestfwd=tcp:10.0.2.100:9-cmd:touch /tmp/x,"
+            "hostfwd=tcp:127.0.0.1")
+    (work / "vm.yaml").write_text(MANIFEST.replace(
+        "status:", f"  network:\n    ports:\n    - bindAddress: '{evil}'\n      hostPort: 8080\n"
+        "      vmPort: 80\nstatus:"))
+    _git("add", "vm.yaml", cwd=work)
+    _git("commit", "--quiet", "-m", "hostile", cwd=work)
+    _git("push", "--quiet", str(repo), "master", cwd=work)
+    root = tmp_path / "root"
+    env = dict(os.environ, IGNITE_ROOT=str(root), PYTHONPATH=str(REPO))
+    code = "from ignitevm.daemon.main import main; raise SystemExit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "gitops", f"file://{repo}"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = read_until(proc, "bindAddress")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert "invalid port bindAddress" in lines[-1] and "from-git" in lines[-1]
+    assert not (root / "vm").exists() or not any((root / "vm").iterdir())
