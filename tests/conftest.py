@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,19 @@ class Ignite:
             raise AssertionError(f"ignite {' '.join(args)} failed ({proc.returncode}):\n"
                                  f"{proc.stdout}\n{proc.stderr}")
         return res
+
+
+@pytest.fixture(autouse=True)
+def _keep_umask() -> Iterator[None]:
+    """Tests that run the CLI in-process must not leave its private umask (077) to the
+    tests after them (the CLIs they start would inherit it)."""
+    from ignitevm.util import umask
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+    umask._user.clear()
 
 
 @pytest.fixture
