@@ -82,11 +82,11 @@ def _carried_manifest(store: TarIndex, config_digest: str, layers: list[str]) ->
             if isinstance(doc.get("manifests"), list):  # a nested index
                 pending += doc["manifests"]
                 continue
-            config = doc.get("config")
-            named = [d.get("digest") if isinstance(d, dict) else None
-                     for d in doc.get("layers") or []]
-            if isinstance(config, dict) and config.get("digest") == config_digest \
-                    and named == layers:
+            config, descs = doc.get("config"), doc.get("layers")
+            if not isinstance(config, dict) or not isinstance(descs, list):
+                continue
+            named = [d.get("digest") if isinstance(d, dict) else None for d in descs]
+            if config.get("digest") == config_digest and named == layers:
                 return str(digest)
     except InvalidInput as exc:
         log.debug("%s: ignoring its OCI index (%s)", store.path, exc)

@@ -139,3 +139,21 @@ def test_import_refuses_layers_the_config_does_not_name(
         # The config pins the uncompressed layers (diff_ids, verified when "good" was
         # imported): the identity designates good's content, which is what is there.
         assert res.returncode == 0 and "already imported" in res.stderr
+
+
+@pytest.mark.parametrize("junk", [{"layers": 5}, {"manifests": "x"}, [], {"config": 1}])
+def test_a_docker_archive_with_a_junk_oci_index_gets_the_canonical_manifest(
+    tmp_path: Path, junk: object
+) -> None:
+    config = image_config([layer(1)])
+    manifest = json.dumps(junk).encode()
+    files = {f"{sha(config)[7:]}.json": config, "0" * 64 + "/layer.tar": layer(1),
+             f"blobs/sha256/{sha(manifest)[7:]}": manifest,
+             "index.json": json.dumps({"manifests": [{"digest": sha(manifest)}, 7]}).encode(),
+             "manifest.json": json.dumps([{"Config": f"{sha(config)[7:]}.json",
+                                           "Layers": ["0" * 64 + "/layer.tar"]}]).encode()}
+    (tmp_path / "a.tar").write_bytes(tar_of(files))
+    with open_source(tmp_path / "a.tar") as src:
+        blobs = [(sha(layer(1)), len(layer(1)))]
+        assert src.kind == "docker-archive"
+        assert src.identity == digest_of(canonical_manifest(sha(config), len(config), blobs))
