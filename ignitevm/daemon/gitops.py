@@ -54,6 +54,50 @@ def split_credentials(url: str) -> tuple[str, str, str]:
     return parts._replace(netloc=host).geturl(), unquote(user), unquote(password)
 
 
+PASSWORD_ENV = "IGNITED_HTTPS_PASSWORD"
+
+
+def rerun_without_password(secret: str) -> None:
+    """A password on the command line (``--https-password``) is readable by every
+    user through ``ps``: run this program again without it, the password moved
+    into the environment. Nothing happens when it is not on this process's
+    command line (e.g. when called from Python)."""
+    import sys
+
+    if not secret:
+        return
+    argv, out, skip = list(getattr(sys, "orig_argv", [])), [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        flag, eq, _ = tok.partition("=")
+        if flag == "--https-password":  # (no abbreviation: --https-password-file exists)
+            skip = not eq
+            continue
+        out.append(tok)
+    if secret not in argv and not any(t.endswith("=" + secret) for t in argv):
+        return
+    log.warning("--https-password is visible to every user of this host in `ps`; give it "
+                "with $%s or --https-password-file instead", PASSWORD_ENV)
+    sys.stderr.flush()
+    os.execve(sys.executable, out, {**os.environ, PASSWORD_ENV: secret})
+
+
+def https_password(flag: str, path: str) -> str:
+    """The https password: from the file, the flag or the environment (which is
+    cleared, so that no child of ignited, QEMU included, inherits it)."""
+    from_env = os.environ.pop(PASSWORD_ENV, "")
+    if path:
+        try:
+            with open(path) as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --https-password-file {path}: {exc.strerror}"
+                               ) from None
+    return flag or from_env
+
+
 class GitSource:
     def __init__(self, url: str, branch: str, cache: Path, timeout: float,
                  identity_file: str = "", hosts_file: str = "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -150,53 +149,6 @@ def _context(args: argparse.Namespace) -> Any:
     return starting_context(args)
 
 
-PASSWORD_ENV = "IGNITED_HTTPS_PASSWORD"
-
-
-def _hide_password(args: argparse.Namespace) -> None:
-    """A password on the command line is readable by every user through ``ps``:
-    run ignited again without it, the password moved into the environment."""
-
-    from ignitevm.log import log
-
-    secret = args.https_password
-    if not secret:
-        return
-    argv, out, skip = list(getattr(sys, "orig_argv", [])), [], False
-    for tok in argv:
-        if skip:
-            skip = False
-            continue
-        flag, eq, _ = tok.partition("=")
-        if flag == "--https-password":  # (no abbreviation: --https-password-file exists)
-            skip = not eq
-            continue
-        out.append(tok)
-    if secret not in argv and not any(t.endswith("=" + secret) for t in argv):
-        return  # not on this process's command line (called from Python)
-    log.warning("--https-password is visible to every user of this host in `ps`; give it "
-                "with $%s or --https-password-file instead", PASSWORD_ENV)
-    sys.stderr.flush()
-    os.execve(sys.executable, out, {**os.environ, PASSWORD_ENV: secret})
-
-
-def _password(args: argparse.Namespace) -> str:
-    """The https password: flag, file or environment (which is then cleared, so
-    that no child of ignited, QEMU included, inherits it)."""
-
-    from ignitevm.errors import InvalidInput
-
-    from_env = os.environ.pop(PASSWORD_ENV, "")
-    if args.https_password_file:
-        try:
-            with open(args.https_password_file) as f:
-                return f.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise InvalidInput(f"cannot read --https-password-file "
-                               f"{args.https_password_file}: {exc.strerror}") from None
-    return args.https_password or from_env
-
-
 def _policy(args: argparse.Namespace) -> Any:
     from ignitevm.cli.config import DEFAULT_PATH, load_configuration
     from ignitevm.daemon.policy import ManifestPolicy
@@ -267,16 +219,17 @@ def _daemon(args: argparse.Namespace) -> int:
 
 
 def _gitops(args: argparse.Namespace) -> int:
-    from ignitevm.daemon.gitops import GitSource
+    from ignitevm.daemon.gitops import GitSource, https_password, rerun_without_password
     from ignitevm.daemon.manifests import ManifestReader
     from ignitevm.daemon.reconcile import Reconciler, describe
     from ignitevm.log import log
 
-    _hide_password(args)
+    rerun_without_password(args.https_password)
     ctx = _context(args)
     src = GitSource(args.repo_url, args.branch, ctx.cache, args.timeout,
                     identity_file=args.identity_file, hosts_file=args.hosts_file,
-                    username=args.https_username, password=_password(args))
+                    username=args.https_username,
+                    password=https_password(args.https_password, args.https_password_file))
     log.info("Starting GitOps loop for repo at %r", src.display_url)
     src.update()  # a repository that cannot be cloned at all is an error at start
     reader = ManifestReader(src.checkout)
