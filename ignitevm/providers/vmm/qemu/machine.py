@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
 RUNTIME_FILES = (args.PIDFILE, args.QMP, args.CONSOLE_SOCK,
-                 *(args.agent_socket(Path(), k).name
+                 *(str(args.agent_socket(Path(), k))
                    for k in range(1, args.AGENT_MAX_CHANNELS + 1)))
 
 
@@ -50,6 +50,20 @@ class QemuVMM:
     # --- lifecycle ----------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> int:
         self.cleanup(spec.workdir)
+        if spec.sandbox != "none":
+            from ignitevm.providers.vmm.qemu import jailed
+
+            jailed.launch(spec)
+        else:
+            self._launch_unconfined(spec)
+        pid = self.pid(spec.workdir)
+        if pid is None:
+            raise IgniteError("QEMU started but exited at once",
+                              hint=f"see {spec.workdir / args.CONSOLE_LOG}")
+        return pid
+
+    def _launch_unconfined(self, spec: LaunchSpec) -> None:
+        (spec.workdir / args.RUN_DIR).mkdir(exist_ok=True)
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         result = run(cmd, check=False, timeout=60)
@@ -59,11 +73,6 @@ class QemuVMM:
             why = why.removeprefix(f"{args.QEMU}: ")
             raise IgniteError(f"QEMU failed to start: {why}", details=result.stderr,
                               hint="--log-level debug shows QEMU's full command line")
-        pid = self.pid(spec.workdir)
-        if pid is None:
-            raise IgniteError("QEMU started but exited at once",
-                              hint=f"see {spec.workdir / args.CONSOLE_LOG}")
-        return pid
 
     def pid(self, workdir: Path) -> int | None:
         try:
@@ -122,6 +131,11 @@ class QemuVMM:
         for name in RUNTIME_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
+        # The VM's cgroups (the kernel keeps them while a process is in them).
+        from ignitevm.providers.sandbox import cgroups
+
+        with contextlib.suppress(OSError):
+            cgroups.release(workdir.name)
 
     def agent_sockets(self, workdir: Path) -> list[Path]:
         # Channels are numbered from 1 and added in order.
