@@ -271,3 +271,22 @@ def test_helper_builds_once_and_refuses_bad_usage(tmp_path: Path) -> None:
     res = subprocess.run([str(helper), "-u", "5", "-g", "5", "--", "relative"],
                          capture_output=True, text=True)
     assert res.returncode == 125 and "absolute" in res.stderr
+
+
+def test_host_file_replaces_links_folders_and_foreign_files(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    link = tmp_path / "agent-1.lock"
+    link.symlink_to(target)  # dangling: following it would create `target`
+    jail.host_file(link)
+    assert not target.exists() and link.is_file() and not link.is_symlink()
+    folder = tmp_path / "agent-2.lock"
+    (folder / "sub").mkdir(parents=True)
+    jail.host_file(folder)
+    assert folder.is_file()
+    if os.geteuid() == 0:
+        foreign = tmp_path / "agent-3.lock"
+        foreign.write_text("x")
+        os.chown(foreign, 12345, 12345)
+        jail.host_file(foreign)
+        st = foreign.stat()
+        assert st.st_uid == 0 and st.st_size == 0 and st.st_mode & 0o777 == 0o600

@@ -126,6 +126,38 @@ def test_qemu_itself_cannot_open_a_host_file(cli: Ignite, jailed: str) -> None:
         sentinel.unlink()
 
 
+def test_the_vms_uid_cannot_replace_the_hosts_files(cli: Ignite, jailed: str) -> None:
+    """run/ is the one folder QEMU writes, but the host's files there (the QMP
+    socket, the agent clients' locks) and the VM's folder are not its to
+    replace: as the VM's uid, a link planted there is refused."""
+    import shutil
+
+    uid = _uid(cli, jailed)
+    vm_dir = cli.root / "vm" / uid
+    ident = int((vm_dir / ids.ID_FILE).read_text())
+    run_dir = vm_dir / "run"
+    st = run_dir.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, ident, 0o1770)
+    for name in ("qmp.sock", "agent-1.lock", "agent-2.lock", "agent-grow.lock"):
+        assert (run_dir / name).stat().st_uid == 0, name
+    assert (vm_dir.stat().st_uid, (vm_dir / "metadata.json").stat().st_uid) == (0, 0)
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    as_vm = ["setpriv", f"--reuid={ident}", f"--regid={ident}", "--clear-groups", "--"]
+    # Run from inside run/ (as QEMU does, it needs no access to the folders above).
+    for victim in ("agent-1.lock", "qmp.sock", "../metadata.json"):
+        res = subprocess.run([*as_vm, "ln", "-sf", "/etc/passwd", victim], cwd=run_dir,
+                             capture_output=True, text=True)
+        # (EPERM: the sticky folder; EACCES: the host's folder)
+        assert res.returncode != 0, (victim, res)
+        assert "not permitted" in res.stderr or "ermission denied" in res.stderr, res.stderr
+        assert not (run_dir / victim).is_symlink(), victim
+    # (it may create its own files there: that is how it makes its sockets)
+    res = subprocess.run([*as_vm, "touch", "probe"], cwd=run_dir, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (run_dir / "probe").unlink()
+
+
 def test_cgroups_limit_memory_cpu_and_pids(cli: Ignite, jailed: str) -> None:
     uid = _uid(cli, jailed)
     pid = _pid(cli, uid)

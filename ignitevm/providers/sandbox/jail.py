@@ -137,3 +137,35 @@ def own(path: Path, uid: int, gid: int, mode: int) -> None:
         os.chmod(f"/proc/self/fd/{fd}", mode)
     finally:
         os.close(fd)
+
+
+def host_file(path: Path) -> None:
+    """Make ``path`` an empty root-owned regular file (0600) unless it is one:
+    a link or a file of another owner found there is replaced."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC, 0o600)
+        except OSError:  # a link (ELOOP), a socket or fifo (ENXIO), a folder…
+            _remove(path)
+            continue
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+                os.fchmod(fd, 0o600)
+                return
+        finally:
+            os.close(fd)
+        _remove(path)
+    raise OSError(f"cannot make {path} a host file")
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except IsADirectoryError:
+        import shutil
+
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass

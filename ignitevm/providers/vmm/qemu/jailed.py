@@ -34,7 +34,12 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     me = jail.identity(ids.allocate(d))
     run_dir = d / args.RUN_DIR
     run_dir.mkdir(exist_ok=True)
-    jail.own(run_dir, me.uid, me.gid, 0o700)
+    # QEMU may create files in run/ (its group may write), but not remove or
+    # replace the host's (sticky, root-owned): the QMP socket and the lock
+    # files the agent's host clients open there are made by the host first.
+    jail.own(run_dir, 0, me.gid, 0o1770)
+    for lock in host_locks(d):
+        jail.host_file(lock)
     console = d / args.CONSOLE_LOG
     os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     jail.own(console, me.uid, me.gid, 0o600)
@@ -66,6 +71,12 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
     private_net = spec.net is None or spec.net.plugin != "user"
     return jail.Plan(me, binds, nodes, links, procs, private_net, d)
+
+
+def host_locks(d: Path) -> list[Path]:
+    """The lock files the agent's host clients take beside the agent sockets."""
+    socks = [args.agent_socket(d, k) for k in range(1, args.AGENT_MAX_CHANNELS + 1)]
+    return [*(s.with_suffix(".lock") for s in socks), socks[0].parent / "agent-grow.lock"]
 
 
 def launch(spec: LaunchSpec) -> None:
