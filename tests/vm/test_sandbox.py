@@ -233,3 +233,23 @@ def test_sandbox_none_runs_qemu_unconfined(cli: Ignite, testbox: str) -> None:
         assert not any(g.exists() for g in cgroups.paths(uid))
     finally:
         cli("rm", "-f", "loose")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="this host has no /dev/kvm")
+def test_kvm_is_reachable_from_the_jail(cli: Ignite, testbox: str) -> None:
+    """QEMU initialises its accelerator before QMP greets, so a started VM
+    with --accel kvm means the jailed QEMU opened /dev/kvm (a node made for
+    it, owned by the VM's uid). Only the start is checked: whether a guest
+    then runs well under this host's KVM is the accelerator probe's question."""
+    cli("run", testbox, "--name", "kvmjail", "--memory", "128MB", "--size", "256MB",
+        "--accel", "kvm")
+    try:
+        uid = _uid(cli, "kvmjail")
+        pid = _pid(cli, uid)
+        ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
+        kvm = Path(f"/proc/{pid}/root/dev/kvm")
+        assert kvm.stat().st_uid == ident and _status(pid)["Uid"].split()[0] == str(ident)
+        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert "/dev/kvm" in links or "anon_inode:kvm-vm" in links, links
+    finally:
+        cli("rm", "-f", "kvmjail")
