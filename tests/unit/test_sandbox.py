@@ -196,6 +196,7 @@ def test_plan_argv() -> None:
     assert "-d /dev/null c 1 3 666 0 0" in joined
     assert f"-d /dev/kvm c 10 232 600 {me.uid} {me.uid}" in joined
     assert "-l usr/lib /lib" in joined and argv[-2:] == ["-N", "--"]
+    assert p._replace(low_ports=True).argv(Path("/h"))[-3:] == ["-N", "-P", "--"]
 
 
 def test_own_refuses_links(tmp_path: Path) -> None:

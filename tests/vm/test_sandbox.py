@@ -253,3 +253,35 @@ def test_kvm_is_reachable_from_the_jail(cli: Ignite, testbox: str) -> None:
         assert "/dev/kvm" in links or "anon_inode:kvm-vm" in links, links
     finally:
         cli("rm", "-f", "kvmjail")
+
+
+def _free_low_port() -> int:
+    import socket
+
+    for port in range(1000, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+def test_a_low_host_port_keeps_only_net_bind_service(cli: Ignite, testbox: str) -> None:
+    """`-p 127.0.0.1:<1024:80` still works jailed: QEMU keeps the one
+    capability that binds it (and only when a forward needs it)."""
+    import socket
+
+    port = _free_low_port()
+    cli("run", testbox, "--name", "lowport", "--memory", "128MB", "--size", "256MB",
+        "-p", f"127.0.0.1:{port}:80")
+    try:
+        st = _status(_pid(cli, _uid(cli, "lowport")))
+        assert st["Uid"].split()[0] != "0" and st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+        for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+            assert int(st[caps], 16) == 1 << 10, caps  # CAP_NET_BIND_SERVICE
+        with socket.create_connection(("127.0.0.1", port), timeout=30):
+            pass  # QEMU listens there
+    finally:
+        cli("rm", "-f", "lowport")

@@ -12,7 +12,9 @@
  *      pivots into it, detaching the host's tree;
  *   5. empties the capability bounding set, takes the VM's groups, gid and
  *      uid (-G, -g, -u; from root this clears every capability), sets
- *      no-new-privs, no core dumps and umask 077;
+ *      no-new-privs, no core dumps and umask 077; with -P the one
+ *      capability CAP_NET_BIND_SERVICE is kept (ambient, so it survives
+ *      exec), for a VM that forwards host ports below 1024;
  *   6. execs the program after "--" with an empty environment.
  * Any failure prints one line "ignite-jail: <step>: <reason>" and exits 125;
  * the caller learns of it when the VMM's control socket (passed as an fd)
@@ -26,6 +28,7 @@
  *   -d PATH c|b MAJOR MINOR MODE UID GID   a device node
  *   -l TARGET PATH                  a symbolic link
  *   -N                              a new, empty network namespace
+ *   -P                              keep CAP_NET_BIND_SERVICE (low ports)
  *   -w DIR                          working folder inside (default /)
  */
 #define _GNU_SOURCE
@@ -45,6 +48,7 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <unistd.h>
+#include <linux/capability.h>
 
 #define MAX_ITEMS 64
 #define MAX_GROUPS 16
@@ -180,7 +184,7 @@ int main(int argc, char **argv)
 {
 	long uid = -1, gid = -1;
 	gid_t groups[MAX_GROUPS];
-	int ngroups = 0, newnet = 0, i;
+	int ngroups = 0, newnet = 0, lowports = 0, i;
 	const char *workdir = "/";
 
 	for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
@@ -220,6 +224,8 @@ int main(int argc, char **argv)
 			i += 2;
 		} else if (!strcmp(o, "-N")) {
 			newnet = 1;
+		} else if (!strcmp(o, "-P")) {
+			lowports = 1;
 		} else if (!strcmp(o, "-w")) {
 			need(argc, i, 1);
 			workdir = argv[++i];
@@ -274,8 +280,11 @@ int main(int argc, char **argv)
 		die("pivot_root", "detach the host's tree");
 
 	for (int cap = 0; cap < 64; cap++)
-		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+		if (!(lowports && cap == CAP_NET_BIND_SERVICE) &&
+		    prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
 			die("prctl", "drop capability %d", cap);
+	if (lowports && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0)
+		die("prctl", "keep capabilities");
 	errno = 0;
 	if (setgroups((size_t)ngroups, groups) != 0)
 		die("setgroups", "%d groups", ngroups);
@@ -285,6 +294,18 @@ int main(int argc, char **argv)
 		die("setresuid", "%ld", uid);
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
 		die("prctl", "clear ambient capabilities");
+	if (lowports) {
+		struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+		struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
+		unsigned bit = 1U << CAP_NET_BIND_SERVICE;
+		data[0].effective = data[0].permitted = data[0].inheritable = bit;
+		if (syscall(SYS_capset, &head, data) != 0)
+			die("capset", "CAP_NET_BIND_SERVICE only");
+		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0) != 0)
+			die("prctl", "ambient CAP_NET_BIND_SERVICE");
+		if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0)
+			die("prctl", "keep capabilities off");
+	}
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
 		die("prctl", "no-new-privs");
 	if (setuid(0) == 0 || getuid() != (uid_t)uid) {

@@ -43,6 +43,7 @@ class Plan(NamedTuple):
     cgroups: list[Path]
     private_net: bool
     workdir: Path
+    low_ports: bool = False  # keep CAP_NET_BIND_SERVICE (and no other capability)
 
     def argv(self, helper: Path) -> list[str]:
         me = self.identity
@@ -59,7 +60,17 @@ class Plan(NamedTuple):
             out += ["-l", target, path]
         if self.private_net:
             out.append("-N")
+        if self.low_ports:
+            out.append("-P")
         return [*out, "--"]
+
+
+def unprivileged_port_start() -> int:
+    """The first port a process without CAP_NET_BIND_SERVICE may bind."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 def identity(ident: int) -> Identity:

@@ -70,7 +70,10 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     binds += [(str(p), "r") for p in shared]
     procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
     private_net = spec.net is None or spec.net.plugin != "user"
-    return jail.Plan(me, binds, nodes, links, procs, private_net, d)
+    # User-mode networking binds the forwarded host ports inside QEMU.
+    low = spec.net is not None and any(
+        f.host_port < jail.unprivileged_port_start() for f in spec.net.forwards)
+    return jail.Plan(me, binds, nodes, links, procs, private_net, d, low_ports=low)
 
 
 def host_locks(d: Path) -> list[Path]:
