@@ -69,8 +69,17 @@ def test_limits() -> None:
     assert lim.pids == cgroups.PIDS_MAX + 2 and lim.cpu_weight == 200
 
 
-def test_v2_create_writes_limits_and_enables_controllers(tmp_path: Path) -> None:
+def test_v2_create_writes_limits_and_enables_controllers(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     root = _v2(tmp_path)
+    writes: list[tuple[Path, str]] = []
+    real = cgroups._write
+
+    def record(path: Path, value: str) -> None:
+        writes.append((path, value))
+        real(path, value)
+
+    monkeypatch.setattr(cgroups, "_write", record)
     found = [cgroups.Hierarchy(root, True, ("memory", "cpu", "pids"))]
     procs = cgroups.create("vm1", cgroups.limits(1, 256), found)
     d = root / "ignite" / "vm1"
@@ -78,8 +87,9 @@ def test_v2_create_writes_limits_and_enables_controllers(tmp_path: Path) -> None
     assert (d / "memory.max").read_text() == str(512 * 2**20)
     assert (d / "cpu.max").read_text() == f"200000 {cgroups.PERIOD_US}"
     assert (d / "pids.max").read_text() == str(cgroups.PIDS_MAX + 1)
-    for parent in (root, root / "ignite"):
-        assert (parent / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    for parent in (root, root / "ignite"):  # one controller per write
+        assert [v for p, v in writes if p == parent / "cgroup.subtree_control"] == [
+            "+memory", "+cpu", "+pids"]
 
 
 def test_v1_create_and_release(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ its cgroups, and a lifecycle that leaves no cgroup behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -285,3 +287,51 @@ def test_a_low_host_port_keeps_only_net_bind_service(cli: Ignite, testbox: str) 
             pass  # QEMU listens there
     finally:
         cli("rm", "-f", "lowport")
+
+
+PROBE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct stat st;
+    char out[8192], cwd[4096];
+    int n = snprintf(out, sizeof(out), "uid=%d nnp=%d passwd=%d self=%d cwd=%s\n",
+                     (int)getuid(), prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+                     stat("/etc/passwd", &st) == 0, stat(argv[0], &st) == 0,
+                     getcwd(cwd, sizeof(cwd)) ? cwd : "?");
+    return write(atoi(argv[1]), out, (size_t)n) == n ? 0 : 1;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_the_helper_passes_fds_through_to_the_confined_program(tmp_path: Path) -> None:
+    """What a provider opens for the VMM (a tap, say) reaches it through the
+    jail: here a pipe, written by a tiny static program run in a jail that
+    holds only that program."""
+    from ignitevm.providers.sandbox import build, jail
+
+    prog = tmp_path / "probe"
+    (tmp_path / "probe.c").write_text(PROBE_C)
+    subprocess.run(["gcc", "-static", "-O1", "-o", prog, tmp_path / "probe.c"], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    me = jail.identity(ids.BASE + 4242)
+    plan = jail.Plan(me, [(str(prog), "rx"), (str(work), "r")], jail.base_nodes(False, me.uid),
+                     [], [], True, work)
+    r, w = os.pipe()
+    try:
+        proc = subprocess.run([*plan.argv(build.helper(tmp_path / "cache")), str(prog), str(w)],
+                              pass_fds=(w,), capture_output=True, text=True)
+        os.close(w)
+        assert proc.returncode == 0, proc.stderr
+        with os.fdopen(r) as f:  # EOF once the detached program has exited
+            got = f.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(w)
+    assert got == f"uid={me.uid} nnp=1 passwd=0 self=1 cwd={work}\n"

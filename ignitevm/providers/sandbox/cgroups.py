@@ -84,13 +84,14 @@ def _write(path: Path, value: str) -> None:
 
 
 def _enable(h: Hierarchy) -> None:
-    """v2: let the groups below the root and ``PARENT`` use our controllers."""
-    want = " ".join(f"+{c}" for c in h.controllers)
+    """v2: let the groups below the root and ``PARENT`` use our controllers
+    (one at a time: the kernel refuses a whole line for one it cannot enable)."""
     for d in (h.path, h.path / PARENT):
-        try:
-            _write(d / "cgroup.subtree_control", want)
-        except OSError as exc:
-            log.debug("cgroup: enabling %s in %s: %s", want, d, exc)
+        for c in h.controllers:
+            try:
+                _write(d / "cgroup.subtree_control", f"+{c}")
+            except OSError as exc:
+                log.debug("cgroup: enabling %s in %s: %s", c, d, exc)
 
 
 def _apply(h: Hierarchy, d: Path, lim: Limits) -> None:

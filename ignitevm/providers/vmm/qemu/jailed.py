@@ -69,6 +69,9 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     jail.shared_readable(shared)
     binds += [(str(p), "r") for p in shared]
     procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
+    if not procs:
+        log.warning("no cgroup controllers on this host: the VM runs without memory, "
+                    "CPU and task limits")
     private_net = spec.net is None or spec.net.plugin != "user"
     # User-mode networking binds the forwarded host ports inside QEMU.
     low = spec.net is not None and any(
@@ -93,7 +96,12 @@ def launch(spec: LaunchSpec) -> None:
     qemu = which(args.QEMU)
     with contextlib.ExitStack() as undo:
         undo.callback(_release, d.name)
-        p = plan(spec, qemu)
+        try:
+            p = plan(spec, qemu)
+        except OSError as exc:
+            raise IgniteError(f"cannot prepare the VM's jail: {exc}",
+                              hint="VMs are confined as root on a host with cgroups; "
+                                   "--sandbox=none runs QEMU unconfined") from None
         helper = build.helper(spec.cache or d.parent.parent / "cache")
         listener = undo.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         qmp = d / args.QMP
