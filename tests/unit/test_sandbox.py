@@ -211,7 +211,7 @@ def test_plan_argv() -> None:
 
 def test_own_refuses_links(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to("/etc/passwd")
-    with pytest.raises(ValueError, match="symbolic link"):
+    with pytest.raises(OSError, match="symbolic link"):
         jail.own(tmp_path / "link", os.getuid(), os.getgid(), 0o600)
 
 

@@ -12,6 +12,7 @@ not /proc, not the other VMs.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -114,7 +115,7 @@ def device(path: str, owner: int, mode: int = 0o600) -> tuple[str, str, int, int
     st = os.stat(path)
     kind = "b" if stat.S_ISBLK(st.st_mode) else "c"
     if not (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
-        raise ValueError(f"{path} is not a device")
+        raise OSError(errno.ENODEV, "not a device node", path)
     return (path, kind, os.major(st.st_rdev), os.minor(st.st_rdev), mode, owner)
 
 
@@ -143,7 +144,7 @@ def own(path: Path, uid: int, gid: int, mode: int) -> None:
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if stat.S_ISLNK(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is a symbolic link")
+            raise OSError(errno.ELOOP, "a symbolic link where a file should be", str(path))
         os.chown(f"/proc/self/fd/{fd}", uid, gid)
         os.chmod(f"/proc/self/fd/{fd}", mode)
     finally:
