@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,32 @@ def test_real_memory_cgroup_keeps_a_running_member() -> None:
         assert cgroups.release(name)
     finally:
         cgroups.release(name)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup/pids").is_dir(),
+                    reason="needs root and a v1 pids hierarchy")
+@pytest.mark.parametrize("exits_by_itself", [True, False])
+def test_clear_waits_for_a_vmm_on_its_way_out_then_kills(exits_by_itself: bool) -> None:
+    """A stopped VM's group may still hold its VMM for a moment (QEMU removes
+    its pid file before it has exited): clear waits for it, and kills what
+    would outlive the VM, then the group goes."""
+    name = f"unit-clear-{os.getpid()}-{exits_by_itself}"
+    found = [h for h in cgroups.hierarchies() if "pids" in h.controllers]
+    procs = cgroups.create(name, cgroups.limits(1, 64), found)
+    child = subprocess.Popen(["sleep", "0.3" if exits_by_itself else "60"])
+    try:
+        for f in procs:
+            f.write_text(str(child.pid))
+        reaper = threading.Thread(target=child.wait)  # as init reaps a real VMM
+        reaper.start()
+        assert cgroups.clear(name, grace=10 if exits_by_itself else 0.2, found=found)
+        reaper.join()
+        assert child.returncode == (0 if exits_by_itself else -9)
+        assert not any(p.exists() for p in cgroups.paths(name, found))
+    finally:
+        child.kill()
+        child.wait()
+        cgroups.release(name, found)
 
 
 def test_pick_starts_at_the_hash_and_skips_taken_ids() -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
+import signal
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -153,6 +156,39 @@ def release(name: str, found: list[Hierarchy] | None = None) -> bool:
                 raise
             ok = False
     return ok
+
+
+def clear(name: str, grace: float = 5.0, found: list[Hierarchy] | None = None) -> bool:
+    """Remove the groups of a VM that is stopped. A process still in them is
+    its VMM on the way out (QEMU removes its pid file before it is gone) or
+    one that must not outlive the VM: wait up to ``grace`` seconds for them
+    to exit, kill what is left, then remove the groups. False if that failed."""
+    found = hierarchies() if found is None else found
+    if release(name, found):
+        return True
+    deadline = time.monotonic() + grace
+    for pid in members(name, found):
+        _wait_exit(pid, deadline - time.monotonic())
+    for pid in members(name, found):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    for pid in members(name, found):
+        _wait_exit(pid, deadline - time.monotonic())
+    return release(name, found)
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(max(timeout, 0) * 1000)
+    finally:
+        os.close(fd)
 
 
 def members(name: str, found: list[Hierarchy] | None = None) -> set[int]:

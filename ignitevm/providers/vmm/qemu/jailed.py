@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import stat
 from pathlib import Path
@@ -151,12 +150,5 @@ def _fail(d: Path) -> None:
 
 def _release(name: str) -> None:
     """Kill whatever a failed launch left in the VM's cgroups, then remove them."""
-    for pid in cgroups.members(name):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in cgroups.members(name):
-        from ignitevm.providers.vmm.qemu.machine import wait_pid
-
-        wait_pid(pid, 5.0)
     with contextlib.suppress(OSError):
-        cgroups.release(name)
+        cgroups.clear(name, grace=0)

@@ -131,11 +131,14 @@ class QemuVMM:
         for name in RUNTIME_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
-        # The VM's cgroups (the kernel keeps them while a process is in them).
+        # The VM's cgroups, and with them any process of the VM still in them.
         from ignitevm.providers.sandbox import cgroups
 
-        with contextlib.suppress(OSError):
-            cgroups.release(workdir.name)
+        try:
+            if not cgroups.clear(workdir.name):
+                log.warning("the cgroups of VM %s could not be removed", workdir.name)
+        except OSError as exc:
+            log.warning("removing the cgroups of VM %s: %s", workdir.name, exc)
 
     def agent_sockets(self, workdir: Path) -> list[Path]:
         # Channels are numbered from 1 and added in order.
