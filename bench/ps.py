@@ -5,7 +5,7 @@ Targets: `ps -a` with 50 VMs <= 150 ms wall time (1000 VMs with --many: <= 300 m
 `ignite version` and `ignite ps` on an empty store <= +80 ms over the baseline.
 
 The VM objects are written straight into the store (no boot, no disk): realistic,
-defaulted VM objects that `ps` shows as Stopped, some with a stale qemu.pid left
+defaulted VM objects that `ps` shows as Stopped, some with a stale run/qemu.pid left
 by a VMM that died.
 
 Usage: python3 -m bench.ps [--many] [rounds]
@@ -51,7 +51,8 @@ def fill_store(root: Path, count: int) -> None:
         with store.creating(vm, unique_name=False) as stage:
             (stage / "console.log").write_bytes(b"")
             if crashed:
-                (stage / "qemu.pid").write_text(f"{os.getpid()}\n")
+                (stage / "run").mkdir()
+                (stage / "run" / "qemu.pid").write_text(f"{os.getpid()}\n")
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:

@@ -38,7 +38,29 @@ def starting_context(args: argparse.Namespace) -> Context:
     if ctx.accel not in (None, "auto", "kvm", "tcg"):
         raise InvalidInput(f"invalid accelerator {ctx.accel!r} (from {source})",
                            hint="use auto, kvm or tcg")
+    ctx.sandbox = sandbox_mode(args)
     return ctx
+
+
+def sandbox_mode(args: argparse.Namespace) -> str:
+    """How VMs are confined: --sandbox, else $IGNITE_SANDBOX, else the
+    Configuration's ``spec.sandbox``, else jail."""
+    import os
+
+    from ignitevm.errors import InvalidInput
+
+    mode, source = getattr(args, "sandbox", None), "--sandbox"
+    if not mode:
+        mode, source = os.environ.get("IGNITE_SANDBOX") or None, "IGNITE_SANDBOX"
+    if not mode:
+        from ignitevm.cli.config import load_configuration
+
+        cfg = load_configuration(getattr(args, "ignite_config", None)) or {}
+        mode, source = (cfg.get("spec") or {}).get("sandbox") or "jail", "spec.sandbox"
+    if mode not in ("jail", "none"):
+        raise InvalidInput(f"invalid sandbox {mode!r} (from {source})",
+                           hint="use jail (the default) or none (unconfined, for debugging)")
+    return str(mode)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -62,6 +62,9 @@ def _globals(p: argparse.ArgumentParser, *, top: bool) -> None:
                    help="show tracebacks and debug logs")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d,
                    help="virtualisation: probe KVM and fall back to TCG (auto), or force one")
+    p.add_argument("--sandbox", choices=("jail", "none"), default=d,
+                   help="confine each VM's QEMU (jail, the default) or not (none, "
+                        "for debugging)")
 
 
 class _Sink:
@@ -235,7 +238,7 @@ GROUPS = {
 GROUPS |= {"images": GROUPS["image"], "kernels": GROUPS["kernel"], "vms": GROUPS["vm"]}
 COMMANDS = {"run", "create", "start", "stop", "kill", "rm", "ps", "logs", "exec", "ssh", "cp",
             "attach", "inspect", "completion", "version", "rmi", "rmk", *GROUPS}
-_GLOBAL_VALUE = {"--root", "--log-level", "--ignite-config", "--accel"}
+_GLOBAL_VALUE = {"--root", "--log-level", "--ignite-config", "--accel", "--sandbox"}
 _GLOBAL_BOOL = {"-q", "--quiet", "--debug-trace", "-h", "--help"}
 
 

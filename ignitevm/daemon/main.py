@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--id-prefix", default=d, help="accepted for Ignite compatibility")
         p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d,
                        help="virtualisation: probe KVM and fall back to TCG (auto), or force one")
+        p.add_argument("--sandbox", choices=("jail", "none"), default=d,
+                       help="confine each VM's QEMU (jail, the default) or not (none)")
 
     globals_(top, True)
     subs = top.add_subparsers(title="commands", metavar="COMMAND")

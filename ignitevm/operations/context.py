@@ -18,10 +18,11 @@ def default_root() -> Path:
 
 class Context:
     def __init__(self, root: Path | None = None, vmm_name: str = "qemu",
-                 accel: str | None = None):
+                 accel: str | None = None, sandbox: str = "jail"):
         self.root = root if root is not None else default_root()
         self.vmm_name = vmm_name
         self.accel = accel  # None/"auto": probe
+        self.sandbox = sandbox  # "jail" | "none": how each VMM is confined
 
     @cached_property
     def store(self) -> Store:

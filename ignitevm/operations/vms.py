@@ -122,11 +122,14 @@ def start(ctx: Context, vm: VM) -> VM:
             cmdline=cmdline,
             cpus=vm.spec.cpus,
             memory_mib=vm.spec.memory.mib,
-            disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2"),
+            disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2",
+                        backing=images.image_file(ctx, image)),
                    Disk(cfg, "ignite-cfg", "raw", readonly=True),
                    *volume_disks(vm)),
             accel=accel,
             net=net,
+            sandbox=ctx.sandbox,
+            cache=ctx.cache,
         )
         log.debug("kernel command line: %s", shlex.quote(cmdline))
         ctx.vmm.launch(spec)
@@ -239,6 +242,7 @@ def remove(ctx: Context, vm: VM, *, force: bool = False) -> None:
                 raise Conflict(f"VM {vm.metadata.name!r} ({vm.metadata.uid}) is running",
                                hint="stop it first, or use rm -f")
             ctx.vmm.kill(d)
+        ctx.vmm.cleanup(d)  # (also its cgroups)
         ctx.store.delete(vm)
     log.info("Removed VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
 

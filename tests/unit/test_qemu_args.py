@@ -8,14 +8,14 @@ from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import accel, args
 
 
-def _spec(accel_name: str) -> LaunchSpec:
+def _spec(accel_name: str, sandbox: str = "none") -> LaunchSpec:
     w = Path("/r/vm/0123456789abcdef")
     return LaunchSpec(uid="0123456789abcdef", workdir=w, kernel=Path("/k/vmlinuz"),
                       initrd=Path("/k/initramfs.img"), cmdline="console=ttyS0", cpus=2,
                       memory_mib=512,
                       disks=(Disk(w / "disk.qcow2", "ignite-root", "qcow2"),
                              Disk(w / "config.tar", "ignite-cfg", "raw", readonly=True)),
-                      accel=accel_name)
+                      accel=accel_name, sandbox=sandbox)
 
 
 def test_tcg_argv() -> None:
@@ -29,7 +29,7 @@ def test_tcg_argv() -> None:
     assert "virtio-blk-device,drive=disk0,serial=ignite-root" in joined
     assert "format=raw,if=none,discard=unmap,readonly=on" in joined
     assert "logfile=/r/vm/0123456789abcdef/console.log" in joined
-    assert "-qmp unix:/r/vm/0123456789abcdef/qmp.sock,server=on,wait=off" in joined
+    assert "-qmp unix:/r/vm/0123456789abcdef/run/qmp.sock,server=on,wait=off" in joined
     assert argv[-1] == "-daemonize" and "-no-reboot" in argv
 
 

@@ -80,7 +80,7 @@ def test_ps_notices_when_qemu_dies_by_itself(cli: Ignite, testbox: str) -> None:
     cli("run", testbox, "--name", "victim", "--memory", "128MB", "--size", "256MB")
     wait_console(cli, "victim", "TEST-READY")
     uid = _uid(cli, "victim")
-    pid = int((cli.root / "vm" / uid / "qemu.pid").read_text())
+    pid = int((cli.root / "vm" / uid / "run" / "qemu.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):

@@ -19,6 +19,9 @@ class Disk(NamedTuple):
     serial: str
     format: str = "raw"  # "raw" | "qcow2"
     readonly: bool = False
+    # The shared image a qcow2 overlay reads through: named to QEMU by the
+    # host (the overlay's own header, written by the VMM, is not trusted).
+    backing: Path | None = None
 
 
 class LaunchSpec(NamedTuple):
@@ -32,6 +35,9 @@ class LaunchSpec(NamedTuple):
     disks: tuple[Disk, ...]
     accel: str  # "kvm" | "tcg"
     net: NetPlan | None = None
+    sandbox: str = "jail"  # "jail" | "none" (see ignitevm.providers.sandbox)
+    pass_fds: tuple[int, ...] = ()  # open fds the VMM inherits (e.g. a tap)
+    cache: Path | None = None  # where the jail helper is built
 
 
 class VMM(Protocol):

@@ -10,13 +10,19 @@ from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
 QEMU = "qemu-system-x86_64"
 
-# Files kept in the VM's folder while it runs.
-PIDFILE = "qemu.pid"
-PIDSTART = "qemu.pid.start"  # "<pid> <boot id> <start ticks>" recorded at launch
-QMP = "qmp.sock"
-CONSOLE_SOCK = "console.sock"
+# Files kept in the VM's folder while it runs. QEMU creates its sockets and
+# pid file in RUN_DIR, the one folder it may write (jailed, it is owned by
+# the VM's uid); everything else in the VM's folder stays the host's.
+RUN_DIR = "run"
+PIDFILE = f"{RUN_DIR}/qemu.pid"
+QMP = f"{RUN_DIR}/qmp.sock"
+CONSOLE_SOCK = f"{RUN_DIR}/console.sock"
+PIDSTART = "qemu.pid.start"  # "<pid> <boot id> <start ticks>", by the host at launch
 CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
+# QEMU's own seccomp filter for a jailed VM: no obsolete syscalls, no
+# set*id/setsid, no fork/exec, no scheduler or rlimit changes.
+SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 # The guest agent's channels: one virtio-serial port per concurrent host
 # client. A VM boots with one (each port costs the guest ~35 ms of boot under
 # TCG); clients hot-plug more while it runs, up to this many.
@@ -26,7 +32,7 @@ AGENT_BUS = "agentbus"
 
 
 def agent_socket(workdir: Path, k: int) -> Path:
-    return workdir / f"agent-{k}.sock"
+    return workdir / RUN_DIR / f"agent-{k}.sock"
 
 
 def machine(accel: str) -> list[str]:
@@ -60,6 +66,8 @@ def disks(items: tuple[Disk, ...]) -> list[str]:
         drive = f"id=disk{i},file={_escape(d.path)},format={d.format},if=none,discard=unmap"
         if d.readonly:
             drive += ",readonly=on"
+        if d.backing is not None:
+            drive += f",backing.driver=raw,backing.file.filename={_escape(d.backing)}"
         args += ["-drive", drive,
                  "-device", f"virtio-blk-device,drive=disk{i},serial={_escape(d.serial)}"]
     return args
@@ -116,17 +124,27 @@ def agent_port(k: int) -> str:
     return f"id=agentport{k},chardev=agent{k},name={AGENT_PORT_NAME}.{k},nr={k}"
 
 
-def control(workdir: Path) -> list[str]:
+def control(workdir: Path, fd: int | None = None) -> list[str]:
+    if fd is not None:  # a listening socket made by the host at workdir / QMP
+        return ["-chardev", f"socket,id=qmp,fd={fd},server=on,wait=off",
+                "-mon", "chardev=qmp,mode=control"]
     return ["-qmp", f"unix:{_escape(workdir / QMP)},server=on,wait=off"]
 
 
 def process(spec: LaunchSpec) -> list[str]:
+    # Jailed, the jail helper detaches QEMU: -daemonize forks and calls
+    # setsid, which the seccomp filter forbids.
+    daemonize = ["-daemonize"] if spec.sandbox == "none" else []
     uid = _escape(spec.uid)
     return ["-name", f"ignite-{uid},process=ignite-{uid}",
-            "-pidfile", str(spec.workdir / PIDFILE), "-daemonize"]
+            "-pidfile", str(spec.workdir / PIDFILE), *daemonize]
 
 
-def argv(spec: LaunchSpec, qemu: str = QEMU) -> list[str]:
+def sandbox(mode: str) -> list[str]:
+    return [] if mode == "none" else ["-sandbox", SECCOMP]
+
+
+def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None) -> list[str]:
     return checked([
         qemu,
         *machine(spec.accel),
@@ -136,7 +154,8 @@ def argv(spec: LaunchSpec, qemu: str = QEMU) -> list[str]:
         *network(spec.net),
         *console(spec.workdir),
         *agent(spec.workdir),
-        *control(spec.workdir),
+        *control(spec.workdir, qmp_fd),
+        *sandbox(spec.sandbox),
         *process(spec),
     ])
 

@@ -16,13 +16,14 @@ from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
+from ignitevm.util.fs import atomic_write
 from ignitevm.util.proc import run
 
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
 RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
-                 *(args.agent_socket(Path(), k).name
+                 *(str(args.agent_socket(Path(), k))
                    for k in range(1, args.AGENT_MAX_CHANNELS + 1)))
 
 
@@ -54,6 +55,23 @@ class QemuVMM:
         # Made here so that it is private (QEMU would make it group-readable).
         os.close(os.open(spec.workdir / args.CONSOLE_LOG,
                          os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+        if spec.sandbox != "none":
+            from ignitevm.providers.vmm.qemu import jailed
+
+            jailed.launch(spec)
+        else:
+            self._launch_unconfined(spec)
+        pid = self.pid(spec.workdir)
+        if pid is None:
+            raise IgniteError("QEMU started but exited at once",
+                              hint=f"see {spec.workdir / args.CONSOLE_LOG}")
+        started = process_start(pid)
+        if started is not None:  # (no fsync: after a crash the boot id differs anyway)
+            atomic_write(spec.workdir / args.PIDSTART, f"{pid} {started}\n".encode())
+        return pid
+
+    def _launch_unconfined(self, spec: LaunchSpec) -> None:
+        (spec.workdir / args.RUN_DIR).mkdir(exist_ok=True)
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         result = run(cmd, check=False, timeout=60)
@@ -63,14 +81,6 @@ class QemuVMM:
             why = why.removeprefix(f"{args.QEMU}: ")
             raise IgniteError(f"QEMU failed to start: {why}", details=result.stderr,
                               hint="--log-level debug shows QEMU's full command line")
-        pid = self.pid(spec.workdir)
-        if pid is None:
-            raise IgniteError("QEMU started but exited at once",
-                              hint=f"see {spec.workdir / args.CONSOLE_LOG}")
-        started = process_start(pid)
-        if started is not None:  # (no fsync: after a crash the boot id differs anyway)
-            (spec.workdir / args.PIDSTART).write_text(f"{pid} {started}\n")
-        return pid
 
     def pid(self, workdir: Path) -> int | None:
         try:
@@ -123,6 +133,14 @@ class QemuVMM:
         for name in RUNTIME_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
+        # The VM's cgroups, and with them any process of the VM still in them.
+        from ignitevm.providers.sandbox import cgroups
+
+        try:
+            if not cgroups.clear(workdir.name):
+                log.warning("the cgroups of VM %s could not be removed", workdir.name)
+        except OSError as exc:
+            log.warning("removing the cgroups of VM %s: %s", workdir.name, exc)
 
     def agent_sockets(self, workdir: Path) -> list[Path]:
         # Channels are numbered from 1 and added in order.

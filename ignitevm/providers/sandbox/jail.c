@@ -1,0 +1,326 @@
+/* ignite-jail: confine one VMM process, then exec it.
+ *
+ * Run as root by the host CLI (so no Python runs between fork and exec). It
+ * forks at once: the parent exits 0, leaving the child detached from the
+ * caller (its stdin/stdout/stderr are the caller's: a log file). The child
+ *   1. starts a new session and joins the VM's cgroups (-C: a cgroup.procs
+ *      file, repeatable);
+ *   2. enters new mount, IPC and UTS namespaces (and network with -N);
+ *   3. opens every bind source while the host's tree is still visible;
+ *   4. builds a read-only tmpfs root that holds only the bind mounts (-b),
+ *      device nodes (-d) and symbolic links (-l) it was given, and
+ *      pivots into it, detaching the host's tree;
+ *   5. empties the capability bounding set, takes the VM's groups, gid and
+ *      uid (-G, -g, -u; from root this clears every capability), sets
+ *      no-new-privs, no core dumps and umask 077; with -P the one
+ *      capability CAP_NET_BIND_SERVICE is kept (ambient, so it survives
+ *      exec), for a VM that forwards host ports below 1024;
+ *   6. execs the program after "--" with an empty environment.
+ * Any failure prints one line "ignite-jail: <step>: <reason>" and exits 125;
+ * the caller learns of it when the VMM's control socket (passed as an fd)
+ * closes before greeting, and reads the line in the log.
+ *
+ * Options (paths are absolute; each bind keeps its host path inside):
+ *   -u UID -g GID -G GID[,GID...]   the identity to run as (uid/gid not 0)
+ *   -C FILE                         write our pid to this cgroup.procs file
+ *   -b SRC DST FLAGS                bind SRC at DST; FLAGS: r = read-only,
+ *                                   w = writable, x = allow exec
+ *   -d PATH c|b MAJOR MINOR MODE UID GID   a device node
+ *   -l TARGET PATH                  a symbolic link
+ *   -N                              a new, empty network namespace
+ *   -P                              keep CAP_NET_BIND_SERVICE (low ports)
+ *   -w DIR                          working folder inside (default /)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include <linux/capability.h>
+
+#define MAX_ITEMS 64
+#define MAX_GROUPS 16
+#define NEWROOT "/tmp"  /* a tmpfs is mounted over it in our own namespace */
+
+struct bind { const char *src, *dst, *flags; int fd; };
+struct node { const char *path; char kind; unsigned maj, min, mode, uid, gid; };
+struct link { const char *target, *path; };
+
+static struct bind binds[MAX_ITEMS];
+static struct node nodes[MAX_ITEMS];
+static struct link links[MAX_ITEMS];
+static const char *cgroups[8];
+static int nbinds, nnodes, nlinks, ncgroups;
+
+static void die(const char *step, const char *fmt, ...)
+{
+	va_list ap;
+	int err = errno;
+	fprintf(stderr, "ignite-jail: %s: ", step);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (err)
+		fprintf(stderr, ": %s", strerror(err));
+	fputc('\n', stderr);
+	exit(125);
+}
+
+static unsigned number(const char *s, int base)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, base);
+	if (errno || *s == '\0' || *end != '\0' || v > 0xffffffffUL) {
+		errno = 0;
+		die("usage", "bad number %s", s);
+	}
+	return (unsigned)v;
+}
+
+static void need(int argc, int i, int n)
+{
+	if (i + n >= argc) {
+		errno = 0;
+		die("usage", "option needs %d values", n);
+	}
+}
+
+/* Make every missing folder of PATH (a path under NEWROOT), mode 0755. */
+static void make_parents(char *path)
+{
+	for (char *p = path + strlen(NEWROOT) + 1; (p = strchr(p, '/')); p++) {
+		*p = '\0';
+		if (mkdir(path, 0755) != 0 && errno != EEXIST)
+			die("mkdir", "%s", path);
+		*p = '/';
+	}
+}
+
+static void inside(char *buf, size_t size, const char *path)
+{
+	if (path[0] != '/' || strstr(path, "/../") || strcmp(path, "/") == 0) {
+		errno = 0;
+		die("usage", "not a plain absolute path: %s", path);
+	}
+	if ((size_t)snprintf(buf, size, "%s%s", NEWROOT, path) >= size) {
+		errno = 0;
+		die("usage", "path too long: %s", path);
+	}
+	make_parents(buf);
+}
+
+static void join_cgroup(const char *procs)
+{
+	char pid[32];
+	int n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+	int fd = open(procs, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, pid, (size_t)n) != n)
+		die("cgroup", "%s", procs);
+	close(fd);
+}
+
+static void do_bind(struct bind *b)
+{
+	char dst[4096], src[64];
+	struct stat st;
+	if (fstat(b->fd, &st) != 0)
+		die("bind", "%s", b->src);
+	inside(dst, sizeof(dst), b->dst);
+	if (S_ISDIR(st.st_mode)) {
+		if (mkdir(dst, 0755) != 0 && errno != EEXIST)
+			die("bind", "mkdir %s", dst);
+	} else {
+		int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (fd < 0)
+			die("bind", "create %s", dst);
+		close(fd);
+	}
+	snprintf(src, sizeof(src), "/proc/self/fd/%d", b->fd);
+	if (mount(src, dst, NULL, MS_BIND, NULL) != 0)
+		die("bind", "%s on %s", b->src, b->dst);
+	unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV;
+	if (!strchr(b->flags, 'w'))
+		flags |= MS_RDONLY;
+	if (!strchr(b->flags, 'x'))
+		flags |= MS_NOEXEC;
+	if (mount(NULL, dst, NULL, flags, NULL) != 0)
+		die("bind", "remount %s", b->dst);
+	close(b->fd);
+}
+
+static void do_node(struct node *n)
+{
+	char dst[4096];
+	inside(dst, sizeof(dst), n->path);
+	mode_t type = n->kind == 'b' ? S_IFBLK : S_IFCHR;
+	if (mknod(dst, type | (n->mode & 07777), makedev(n->maj, n->min)) != 0)
+		die("mknod", "%s", n->path);
+	if (chown(dst, n->uid, n->gid) != 0 || chmod(dst, n->mode & 07777) != 0)
+		die("mknod", "chown %s", n->path);
+}
+
+static void do_link(struct link *l)
+{
+	char dst[4096];
+	inside(dst, sizeof(dst), l->path);
+	if (symlink(l->target, dst) != 0)
+		die("symlink", "%s", l->path);
+}
+
+int main(int argc, char **argv)
+{
+	long uid = -1, gid = -1;
+	gid_t groups[MAX_GROUPS];
+	int ngroups = 0, newnet = 0, lowports = 0, i;
+	const char *workdir = "/";
+
+	for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+		const char *o = argv[i];
+		errno = 0;
+		if (!strcmp(o, "-u")) {
+			need(argc, i, 1);
+			uid = number(argv[++i], 10);
+		} else if (!strcmp(o, "-g")) {
+			need(argc, i, 1);
+			gid = number(argv[++i], 10);
+		} else if (!strcmp(o, "-G")) {
+			need(argc, i, 1);
+			char *list = argv[++i], *tok, *save = NULL;
+			for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+				if (ngroups == MAX_GROUPS)
+					die("usage", "too many groups");
+				groups[ngroups++] = number(tok, 10);
+			}
+		} else if (!strcmp(o, "-C") && ncgroups < 8) {
+			need(argc, i, 1);
+			cgroups[ncgroups++] = argv[++i];
+		} else if (!strcmp(o, "-b") && nbinds < MAX_ITEMS) {
+			need(argc, i, 3);
+			binds[nbinds++] = (struct bind){argv[i + 1], argv[i + 2], argv[i + 3], -1};
+			i += 3;
+		} else if (!strcmp(o, "-d") && nnodes < MAX_ITEMS) {
+			need(argc, i, 7);
+			nodes[nnodes++] = (struct node){
+				argv[i + 1], argv[i + 2][0], number(argv[i + 3], 10),
+				number(argv[i + 4], 10), number(argv[i + 5], 8),
+				number(argv[i + 6], 10), number(argv[i + 7], 10)};
+			i += 7;
+		} else if (!strcmp(o, "-l") && nlinks < MAX_ITEMS) {
+			need(argc, i, 2);
+			links[nlinks++] = (struct link){argv[i + 1], argv[i + 2]};
+			i += 2;
+		} else if (!strcmp(o, "-N")) {
+			newnet = 1;
+		} else if (!strcmp(o, "-P")) {
+			lowports = 1;
+		} else if (!strcmp(o, "-w")) {
+			need(argc, i, 1);
+			workdir = argv[++i];
+		} else {
+			die("usage", "unknown or repeated too often: %s", o);
+		}
+	}
+	errno = 0;
+	if (i + 1 >= argc || argv[i + 1][0] != '/')
+		die("usage", "ignite-jail OPTIONS -- /absolute/program [ARGS...]");
+	if (uid <= 0 || gid <= 0)
+		die("usage", "-u and -g must name an unprivileged uid and gid");
+	char **program = argv + i + 1;
+
+	pid_t child = fork();
+	if (child < 0)
+		die("fork", "detach");
+	if (child > 0)
+		return 0;
+	if (setsid() < 0)
+		die("setsid", "new session");
+	for (int k = 0; k < ncgroups; k++)
+		join_cgroup(cgroups[k]);
+
+	int flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (newnet ? CLONE_NEWNET : 0);
+	if (unshare(flags) != 0)
+		die("unshare", "new namespaces");
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		die("mount", "make / private");
+	/* Opened in the new namespace (a bind source must be one of its mounts),
+	 * before the tmpfs may hide them. */
+	for (int k = 0; k < nbinds; k++) {
+		binds[k].fd = open(binds[k].src, O_PATH | O_CLOEXEC);
+		if (binds[k].fd < 0)
+			die("open", "%s", binds[k].src);
+	}
+	if (mount("ignite-jail", NEWROOT, "tmpfs", MS_NOSUID | MS_NOEXEC,
+		  "mode=0755,size=1m,nr_inodes=4096") != 0)
+		die("mount", "tmpfs root");
+	umask(0);
+	for (int k = 0; k < nbinds; k++)
+		do_bind(&binds[k]);
+	for (int k = 0; k < nnodes; k++)
+		do_node(&nodes[k]);
+	for (int k = 0; k < nlinks; k++)
+		do_link(&links[k]);
+	if (mount(NULL, NEWROOT, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) != 0)
+		die("mount", "read-only root");
+	if (chdir(NEWROOT) != 0 || syscall(SYS_pivot_root, ".", ".") != 0)
+		die("pivot_root", "%s", NEWROOT);
+	if (umount2(".", MNT_DETACH) != 0 || chdir("/") != 0)
+		die("pivot_root", "detach the host's tree");
+
+	for (int cap = 0; cap < 64; cap++)
+		if (!(lowports && cap == CAP_NET_BIND_SERVICE) &&
+		    prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+			die("prctl", "drop capability %d", cap);
+	if (lowports && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0)
+		die("prctl", "keep capabilities");
+	errno = 0;
+	if (setgroups((size_t)ngroups, groups) != 0)
+		die("setgroups", "%d groups", ngroups);
+	if (setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) != 0)
+		die("setresgid", "%ld", gid);
+	if (setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0)
+		die("setresuid", "%ld", uid);
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+		die("prctl", "clear ambient capabilities");
+	if (lowports) {
+		struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+		struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
+		unsigned bit = 1U << CAP_NET_BIND_SERVICE;
+		data[0].effective = data[0].permitted = data[0].inheritable = bit;
+		if (syscall(SYS_capset, &head, data) != 0)
+			die("capset", "CAP_NET_BIND_SERVICE only");
+		if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0) != 0)
+			die("prctl", "ambient CAP_NET_BIND_SERVICE");
+		if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0)
+			die("prctl", "keep capabilities off");
+	}
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		die("prctl", "no-new-privs");
+	if (setuid(0) == 0 || getuid() != (uid_t)uid) {
+		errno = 0;
+		die("setresuid", "root could be regained");
+	}
+	struct rlimit none = {0, 0};
+	if (setrlimit(RLIMIT_CORE, &none) != 0)
+		die("setrlimit", "core");
+	umask(077);
+	if (chdir(workdir) != 0)
+		die("chdir", "%s", workdir);
+
+	char *env[] = {"PATH=/usr/bin:/bin", NULL};
+	execve(program[0], program, env);
+	die("exec", "%s", program[0]);
+	return 125;
+}

@@ -1,0 +1,154 @@
+"""Launch QEMU confined by the jail helper (see ignitevm.providers.sandbox).
+
+The host prepares what QEMU may touch (the VM's ``run/`` folder, disk and
+console log handed to the VM's uid; the shared files made readable to the
+VMs' group), creates the VM's cgroups and QMP's listening socket, then runs
+``ignite-jail … -- qemu …``: the helper detaches, confines and execs QEMU
+and returns at once. QEMU is up when QMP greets on the socket; if QEMU (or
+the helper) dies first, the socket closes, and the reason is the last line
+of ``qemu.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+
+from ignitevm.errors import IgniteError
+from ignitevm.log import log
+from ignitevm.providers.sandbox import build, cgroups, ids, jail
+from ignitevm.providers.vmm.base import LaunchSpec
+from ignitevm.providers.vmm.qemu import args
+from ignitevm.util.proc import spawn, which
+
+READY_TIMEOUT = 60.0  # seconds from exec to QMP's greeting (TCG under load)
+
+
+def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
+    """Hand the VM's files to its uid and list what its jail holds."""
+    d = spec.workdir
+    me = jail.identity(ids.allocate(d))
+    run_dir = d / args.RUN_DIR
+    run_dir.mkdir(exist_ok=True)
+    # QEMU may create files in run/ (its group may write), but not remove or
+    # replace the host's (sticky, root-owned): the QMP socket and the lock
+    # files the agent's host clients open there are made by the host first.
+    jail.own(run_dir, 0, me.gid, 0o1770)
+    for lock in host_locks(d):
+        jail.host_file(lock)
+    console = d / args.CONSOLE_LOG
+    os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    jail.own(console, me.uid, me.gid, 0o600)
+
+    binds, links = jail.system_binds(qemu)
+    binds += [(str(run_dir), "w"), (str(console), "w")]
+    nodes = jail.base_nodes(spec.accel == "kvm", me.uid)
+    shared = [spec.kernel, *([spec.initrd] if spec.initrd else [])]
+    for disk in spec.disks:
+        mode = os.stat(disk.path).st_mode
+        if stat.S_ISBLK(mode):
+            nodes.append(jail.device(str(disk.path), me.uid))
+        elif disk.path.parent == d:
+            if disk.readonly:
+                jail.own(disk.path, 0, me.gid, 0o640)
+            else:
+                jail.own(disk.path, me.uid, me.gid, 0o600)
+            binds.append((str(disk.path), "r" if disk.readonly else "w"))
+        elif disk.readonly:
+            shared.append(disk.path)
+        else:
+            raise IgniteError(f"disk {disk.path} is outside the VM's folder and writable",
+                              hint="only block devices and the VM's own disks can be "
+                                   "given to a jailed VM (or use --sandbox=none)")
+        if disk.backing is not None:
+            shared.append(disk.backing)
+    jail.shared_readable(shared)
+    binds += [(str(p), "r") for p in shared]
+    procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
+    if not procs:
+        log.warning("no cgroup controllers on this host: the VM runs without memory, "
+                    "CPU and task limits")
+    private_net = spec.net is None or spec.net.plugin != "user"
+    # User-mode networking binds the forwarded host ports inside QEMU.
+    low = spec.net is not None and any(
+        f.host_port < jail.unprivileged_port_start() for f in spec.net.forwards)
+    return jail.Plan(me, binds, nodes, links, procs, private_net, d, low_ports=low)
+
+
+def host_locks(d: Path) -> list[Path]:
+    """The lock files the agent's host clients take beside the agent sockets."""
+    socks = [args.agent_socket(d, k) for k in range(1, args.AGENT_MAX_CHANNELS + 1)]
+    return [*(s.with_suffix(".lock") for s in socks), socks[0].parent / "agent-grow.lock"]
+
+
+def launch(spec: LaunchSpec) -> None:
+    if os.geteuid() != 0:
+        raise IgniteError("confining QEMU needs root",
+                          hint="run as root, or run the VM unconfined with --sandbox=none")
+    d = spec.workdir
+    if not d.is_absolute():
+        raise IgniteError(f"the VM folder {d} must be an absolute path",
+                          hint="give --root as an absolute path")
+    qemu = which(args.QEMU)
+    with contextlib.ExitStack() as undo:
+        undo.callback(_release, d.name)
+        try:
+            p = plan(spec, qemu)
+        except OSError as exc:
+            raise IgniteError(f"cannot prepare the VM's jail: {exc}",
+                              hint="VMs are confined as root on a host with cgroups; "
+                                   "--sandbox=none runs QEMU unconfined") from None
+        helper = build.helper(spec.cache or d.parent.parent / "cache")
+        listener = undo.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        qmp = d / args.QMP
+        qmp.unlink(missing_ok=True)
+        listener.bind(str(qmp))
+        os.chmod(qmp, 0o600)
+        listener.listen(8)
+        cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno())]
+        (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
+        log_fd = os.open(d / args.QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        undo.callback(os.close, log_fd)
+        with spawn(cmd, stdout=log_fd, stderr=log_fd,
+                   pass_fds=(listener.fileno(), *spec.pass_fds)) as proc:
+            rc = proc.wait()
+        listener.close()
+        if rc != 0 or not _greeted(qmp):
+            _fail(d)
+        undo.pop_all()
+
+
+def _greeted(qmp: Path) -> bool:
+    """Wait for QMP's greeting: True once QEMU runs, False if it died first."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(READY_TIMEOUT)
+        try:
+            c.connect(str(qmp))
+            return bool(c.recv(16))
+        except (ConnectionError, FileNotFoundError):
+            return False
+        except TimeoutError:
+            log.warning("QEMU did not answer within %.0fs", READY_TIMEOUT)
+            return False
+
+
+def _fail(d: Path) -> None:
+    try:
+        text = (d / args.QEMU_LOG).read_text(errors="replace")
+    except OSError:
+        text = ""
+    lines = text.strip().splitlines()
+    why = lines[-1] if lines else "it exited at once"
+    why = why.removeprefix(f"{which(args.QEMU)}: ").removeprefix(f"{args.QEMU}: ")
+    raise IgniteError(f"QEMU failed to start: {why}", details=text,
+                      hint=f"see {d / args.QEMU_LOG}; --sandbox=none runs it unconfined")
+
+
+def _release(name: str) -> None:
+    """Kill whatever a failed launch left in the VM's cgroups, then remove them."""
+    with contextlib.suppress(OSError):
+        cgroups.clear(name, grace=0)

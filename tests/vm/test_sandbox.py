@@ -1,0 +1,337 @@
+"""Confinement on a real jailed QEMU: who it runs as, what it can see and open,
+its cgroups, and a lifecycle that leaves no cgroup behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ignitevm.providers.sandbox import cgroups, ids
+from tests.conftest import Ignite
+from tests.vm.conftest import wait_console
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the jail needs root")
+
+
+def _uid(cli: Ignite, vm: str) -> str:
+    return cli("inspect", "vm", vm, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+
+
+def _pid(cli: Ignite, uid: str) -> int:
+    return int((cli.root / "vm" / uid / "run" / "qemu.pid").read_text())
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its new parent, init, to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def jailed(cli: Ignite, testbox: str) -> Iterator[str]:
+    """One running jailed VM shared by the tests of this module."""
+    cli("run", testbox, "--name", "jailed", "--memory", "128MB", "--size", "256MB")
+    wait_console(cli, "jailed", "TEST-READY")
+    yield "jailed"
+    cli("rm", "-f", "jailed", check=False)
+
+
+def test_qemu_runs_as_the_vms_own_uid_without_privileges(cli: Ignite, jailed: str) -> None:
+    uid = _uid(cli, jailed)
+    pid = _pid(cli, uid)
+    st = _status(pid)
+    ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
+    assert ids.BASE < ident < ids.BASE + ids.SLOTS
+    assert st["Uid"].split() == [str(ident)] * 4
+    assert st["Gid"].split() == [str(ident)] * 4
+    assert st["Groups"].split() == [str(ids.SHARED_GID)]
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+    for caps in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
+        assert int(st[caps], 16) == 0, caps
+    # Its own mount, IPC and UTS namespaces (the network is the host's:
+    # user-mode networking forwards host ports).
+    for ns in ("mnt", "ipc", "uts"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+
+
+def test_qemu_sees_only_its_own_files(cli: Ignite, jailed: str) -> None:
+    uid = _uid(cli, jailed)
+    pid = _pid(cli, uid)
+    vm_dir = cli.root / "vm" / uid
+    sentinel = cli.root / "sentinel-host-file"
+    sentinel.write_text("host secret\n")
+    root = Path(f"/proc/{pid}/root")
+    try:
+        assert not (root / "etc").exists()
+        assert not (root / "etc/shadow").exists()
+        assert not (root / str(sentinel).lstrip("/")).exists()
+        assert not (root / "proc/1").exists() and not (root / "sys").exists()
+        inside = root / str(vm_dir).lstrip("/")
+        # Of the VM's folder: its disk, config disk, console log and run/ only
+        # (not its metadata, keys, or the other VMs).
+        assert sorted(os.listdir(inside)) == ["config.tar", "console.log", "disk.qcow2", "run"]
+        assert sorted(os.listdir(inside.parent)) == [uid]
+        assert sorted(os.listdir(root / "dev")) in (["null", "random", "urandom", "zero"],
+                                                    ["kvm", "null", "random", "urandom", "zero"])
+        with pytest.raises(OSError):
+            (root / "usr/new-file").write_text("x")  # read-only
+    finally:
+        sentinel.unlink()
+
+
+def test_qemu_itself_cannot_open_a_host_file(cli: Ignite, jailed: str) -> None:
+    """Ask QEMU (over QMP) to open files: outside its jail they do not exist,
+    its root is read-only, and only its own files open."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol, QMPError
+
+    uid = _uid(cli, jailed)
+    vm_dir = cli.root / "vm" / uid
+    sentinel = cli.root / "sentinel-host-file"
+    sentinel.write_text("host secret\n")
+    mon = QEMUMonitorProtocol(str(vm_dir / "run" / "qmp.sock"))
+    mon.settimeout(30)
+    mon.connect(negotiate=True)
+    try:
+        for path in ("/etc/shadow", str(sentinel), str(vm_dir / "metadata.json")):
+            res = mon.cmd_raw("blockdev-add", {"driver": "file", "filename": path,
+                                               "node-name": "probe", "read-only": True})
+            assert "error" in res, (path, res)
+            assert "No such file or directory" in res["error"]["desc"], res
+        res = mon.cmd_raw("chardev-add", {"id": "escape", "backend": {
+            "type": "file", "data": {"out": str(cli.root / "escaped")}}})
+        assert "error" in res and not (cli.root / "escaped").exists()
+        # Its own console log does open (the probe reaches the jail's files).
+        res = mon.cmd_raw("blockdev-add", {"driver": "file",
+                                           "filename": str(vm_dir / "console.log"),
+                                           "node-name": "probe", "read-only": True})
+        assert "return" in res, res
+        mon.cmd("blockdev-del", **{"node-name": "probe"})
+    except QMPError:
+        raise
+    finally:
+        mon.close()
+        sentinel.unlink()
+
+
+def test_the_vms_uid_cannot_replace_the_hosts_files(cli: Ignite, jailed: str) -> None:
+    """run/ is the one folder QEMU writes, but the host's files there (the QMP
+    socket, the agent clients' locks) and the VM's folder are not its to
+    replace: as the VM's uid, a link planted there is refused."""
+    import shutil
+
+    uid = _uid(cli, jailed)
+    vm_dir = cli.root / "vm" / uid
+    ident = int((vm_dir / ids.ID_FILE).read_text())
+    run_dir = vm_dir / "run"
+    st = run_dir.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, ident, 0o1770)
+    for name in ("qmp.sock", "agent-1.lock", "agent-2.lock", "agent-grow.lock"):
+        assert (run_dir / name).stat().st_uid == 0, name
+    assert (vm_dir.stat().st_uid, (vm_dir / "metadata.json").stat().st_uid) == (0, 0)
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    as_vm = ["setpriv", f"--reuid={ident}", f"--regid={ident}", "--clear-groups", "--"]
+    # Run from inside run/ (as QEMU does, it needs no access to the folders above).
+    for victim in ("agent-1.lock", "qmp.sock", "../metadata.json"):
+        res = subprocess.run([*as_vm, "ln", "-sf", "/etc/passwd", victim], cwd=run_dir,
+                             capture_output=True, text=True)
+        # (EPERM: the sticky folder; EACCES: the host's folder)
+        assert res.returncode != 0, (victim, res)
+        assert "not permitted" in res.stderr or "ermission denied" in res.stderr, res.stderr
+        assert not (run_dir / victim).is_symlink(), victim
+    # (it may create its own files there: that is how it makes its sockets)
+    res = subprocess.run([*as_vm, "touch", "probe"], cwd=run_dir, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (run_dir / "probe").unlink()
+
+
+def test_cgroups_limit_memory_cpu_and_pids(cli: Ignite, jailed: str) -> None:
+    uid = _uid(cli, jailed)
+    pid = _pid(cli, uid)
+    found = cgroups.hierarchies()
+    if not found:
+        pytest.skip("no cgroup controllers on this host")
+    assert pid in cgroups.members(uid, found)
+    lim = cgroups.limits(1, 128)
+    for h in found:
+        d = h.path / cgroups.PARENT / uid
+        if "memory" in h.controllers:
+            name = "memory.max" if h.v2 else "memory.limit_in_bytes"
+            assert int((d / name).read_text()) == lim.memory_bytes == (128 + 256) << 20
+        if "pids" in h.controllers:
+            assert int((d / "pids.max").read_text()) == lim.pids
+        if "cpu" in h.controllers and not h.v2:
+            assert int((d / "cpu.cfs_quota_us").read_text()) == lim.cpu_quota_us
+        if "cpu" in h.controllers and h.v2:
+            assert (d / "cpu.max").read_text().split()[0] == str(lim.cpu_quota_us)
+
+
+def test_exec_and_a_hot_plugged_agent_channel_work_jailed(cli: Ignite, jailed: str) -> None:
+    """A second concurrent client makes QEMU (as the VM's uid) create a new
+    socket in its run/ folder."""
+    uid = _uid(cli, jailed)
+    run_dir = cli.root / "vm" / uid / "run"
+    slow = threading.Thread(target=cli, args=("exec", jailed, "--", "/bin/busybox", "sleep", "3"))
+    slow.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "agent-2.sock").exists() and time.monotonic() < deadline:
+            out = cli("exec", jailed, "--", "/bin/busybox", "echo", "hi").stdout
+            assert out == "hi\n"
+    finally:
+        slow.join()
+    assert (run_dir / "agent-2.sock").exists()
+    ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
+    assert (run_dir / "agent-2.sock").stat().st_uid == ident
+
+
+def test_stop_start_rm_leave_no_cgroup_and_the_overlay_header_is_not_trusted(
+        cli: Ignite, jailed: str) -> None:
+    uid = _uid(cli, jailed)
+    vm_dir = cli.root / "vm" / uid
+    cli("stop", jailed)
+    groups = cgroups.paths(uid)
+    assert groups and not any(g.exists() for g in groups)
+    # A QEMU that rewrote its overlay's header to name a host file: the next
+    # start still reads the image the host names (and the jail holds nothing else).
+    subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow",
+                    str(vm_dir / "disk.qcow2")], check=True)
+    boots = (vm_dir / "console.log").read_text(errors="replace").count("TEST-READY")
+    cli("start", jailed)
+    deadline = time.monotonic() + 120
+    while (vm_dir / "console.log").read_text(errors="replace").count("TEST-READY") <= boots:
+        assert time.monotonic() < deadline, "the restarted VM did not boot"
+        time.sleep(0.1)
+    assert cli("exec", jailed, "--", "/bin/busybox", "true").returncode == 0
+    assert all(g.exists() for g in groups)
+    pid = _pid(cli, uid)
+    cli("rm", "-f", jailed)
+    assert not _alive(pid)
+    assert not any(g.exists() for g in groups)
+
+
+def test_sandbox_none_runs_qemu_unconfined(cli: Ignite, testbox: str) -> None:
+    cli("run", testbox, "--name", "loose", "--memory", "128MB", "--size", "256MB",
+        "--sandbox=none")
+    try:
+        uid = _uid(cli, "loose")
+        st = _status(_pid(cli, uid))
+        assert st["Uid"].split()[0] == "0" and st["Seccomp"] == "0"
+        assert not any(g.exists() for g in cgroups.paths(uid))
+    finally:
+        cli("rm", "-f", "loose")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="this host has no /dev/kvm")
+def test_kvm_is_reachable_from_the_jail(cli: Ignite, testbox: str) -> None:
+    """QEMU initialises its accelerator before QMP greets, so a started VM
+    with --accel kvm means the jailed QEMU opened /dev/kvm (a node made for
+    it, owned by the VM's uid). Only the start is checked: whether a guest
+    then runs well under this host's KVM is the accelerator probe's question."""
+    cli("run", testbox, "--name", "kvmjail", "--memory", "128MB", "--size", "256MB",
+        "--accel", "kvm")
+    try:
+        uid = _uid(cli, "kvmjail")
+        pid = _pid(cli, uid)
+        ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
+        kvm = Path(f"/proc/{pid}/root/dev/kvm")
+        assert kvm.stat().st_uid == ident and _status(pid)["Uid"].split()[0] == str(ident)
+        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert "/dev/kvm" in links or "anon_inode:kvm-vm" in links, links
+    finally:
+        cli("rm", "-f", "kvmjail")
+
+
+def _free_low_port() -> int:
+    import socket
+
+    for port in range(1000, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+def test_a_low_host_port_keeps_only_net_bind_service(cli: Ignite, testbox: str) -> None:
+    """`-p 127.0.0.1:<1024:80` still works jailed: QEMU keeps the one
+    capability that binds it (and only when a forward needs it)."""
+    import socket
+
+    port = _free_low_port()
+    cli("run", testbox, "--name", "lowport", "--memory", "128MB", "--size", "256MB",
+        "-p", f"127.0.0.1:{port}:80")
+    try:
+        st = _status(_pid(cli, _uid(cli, "lowport")))
+        assert st["Uid"].split()[0] != "0" and st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+        for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+            assert int(st[caps], 16) == 1 << 10, caps  # CAP_NET_BIND_SERVICE
+        with socket.create_connection(("127.0.0.1", port), timeout=30):
+            pass  # QEMU listens there
+    finally:
+        cli("rm", "-f", "lowport")
+
+
+PROBE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct stat st;
+    char out[8192], cwd[4096];
+    int n = snprintf(out, sizeof(out), "uid=%d nnp=%d passwd=%d self=%d cwd=%s\n",
+                     (int)getuid(), prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
+                     stat("/etc/passwd", &st) == 0, stat(argv[0], &st) == 0,
+                     getcwd(cwd, sizeof(cwd)) ? cwd : "?");
+    return write(atoi(argv[1]), out, (size_t)n) == n ? 0 : 1;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_the_helper_passes_fds_through_to_the_confined_program(tmp_path: Path) -> None:
+    """What a provider opens for the VMM (a tap, say) reaches it through the
+    jail: here a pipe, written by a tiny static program run in a jail that
+    holds only that program."""
+    from ignitevm.providers.sandbox import build, jail
+
+    prog = tmp_path / "probe"
+    (tmp_path / "probe.c").write_text(PROBE_C)
+    subprocess.run(["gcc", "-static", "-O1", "-o", prog, tmp_path / "probe.c"], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    me = jail.identity(ids.BASE + 4242)
+    plan = jail.Plan(me, [(str(prog), "rx"), (str(work), "r")], jail.base_nodes(False, me.uid),
+                     [], [], True, work)
+    r, w = os.pipe()
+    try:
+        proc = subprocess.run([*plan.argv(build.helper(tmp_path / "cache")), str(prog), str(w)],
+                              pass_fds=(w,), capture_output=True, text=True)
+        os.close(w)
+        assert proc.returncode == 0, proc.stderr
+        with os.fdopen(r) as f:  # EOF once the detached program has exited
+            got = f.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(w)
+    assert got == f"uid={me.uid} nnp=1 passwd=0 self=1 cwd={work}\n"
