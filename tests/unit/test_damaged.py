@@ -4,7 +4,7 @@ their QEMU).
 
 No VM can boot in the unit layer, so a VM's "QEMU" here is a sleeping Python
 process that names the VM's folder on its command line and left its pid in
-qemu.pid, which is all the liveness check looks at.
+run/qemu.pid, which is all the liveness check looks at.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def fake_qemu(folder: Path) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen([qemu, "-M", "none", "-display", "none", "-nodefaults", "-S",
                              "-name", str(folder)], stdin=subprocess.DEVNULL)
     try:
-        (folder / "qemu.pid").write_text(f"{proc.pid}\n")
+        (folder / "run").mkdir(exist_ok=True)
+        (folder / "run" / "qemu.pid").write_text(f"{proc.pid}\n")
         yield proc
     finally:
         proc.kill()

@@ -22,6 +22,7 @@ def test_impostor_naming_the_folder_is_not_the_vm(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
                              str(workdir)], stdin=subprocess.PIPE)
     try:
+        (workdir / args.PIDFILE).parent.mkdir(exist_ok=True)
         (workdir / args.PIDFILE).write_text(f"{proc.pid}\n")
         assert QemuVMM().pid(workdir) is None
     finally:
@@ -42,6 +43,7 @@ def test_recorded_start_tells_this_qemu_from_a_stale_record(tmp_path: Path) -> N
                              "-monitor", "stdio", "-L", str(workdir)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
+        (workdir / args.PIDFILE).parent.mkdir(exist_ok=True)
         (workdir / args.PIDFILE).write_text(f"{proc.pid}\n")
         vmm = QemuVMM()
         assert vmm.pid(workdir) == proc.pid  # no record (an older launch): the folder check
