@@ -463,3 +463,13 @@ def test_pax_long_names_and_implicit_folders_are_accepted(guest_socket: Path,
     (area / "dest" / "top").mkdir()
     copy(guest_socket, [buf.getvalue()], "/top", area / "dest")
     assert (area / "dest" / "top" / ("p" * 150) / ("q" * 150)).read_bytes() == b"hello"
+
+
+def test_a_source_ending_in_dotdot_cannot_aim_above_dest(guest_socket: Path,
+                                                         area: Path) -> None:
+    from ignitevm.errors import InvalidInput
+
+    archive = tar_of(("dir", "x/", ""), ("file", "x/evil", b"x"))
+    with pytest.raises(InvalidInput, match=r"ends in '\.\.'"):
+        copy(guest_socket, [archive], "/srv/..", area / "dest")
+    untouched(area)
