@@ -473,3 +473,27 @@ def test_a_source_ending_in_dotdot_cannot_aim_above_dest(guest_socket: Path,
     with pytest.raises(InvalidInput, match=r"ends in '\.\.'"):
         copy(guest_socket, [archive], "/srv/..", area / "dest")
     untouched(area)
+
+
+def test_absurd_times_are_clamped(guest_socket: Path, area: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.size, info.mtime = 1, 10**30
+        tar.addfile(info, io.BytesIO(b"x"))
+    copy(guest_socket, [buf.getvalue()], "/f", area / "dest")
+    assert (area / "dest" / "f").stat().st_mtime == (1 << 33) - 1
+
+
+@pytest.mark.parametrize("record", [b"linkpath=a\0b", b"path=x/a\0b"])
+def test_nul_bytes_in_pax_names_are_refused(guest_socket: Path, area: Path,
+                                            record: bytes) -> None:
+    body = b" " + record + b"\n"
+    n = len(body) + 2
+    data = str(n).encode() + body
+    assert len(data) == n
+    archive = raw_header(b"././@PaxHeader", b"x", n) + data + bytes(-n % 512) \
+        + raw_header(b"x/l", b"2", 0) + bytes(1024)
+    with pytest.raises(Refused):
+        copy(guest_socket, [archive], "/x", area / "dest")
+    untouched(area)
