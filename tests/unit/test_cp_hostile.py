@@ -497,3 +497,54 @@ def test_nul_bytes_in_pax_names_are_refused(guest_socket: Path, area: Path,
     with pytest.raises(Refused):
         copy(guest_socket, [archive], "/x", area / "dest")
     untouched(area)
+
+
+def test_mutated_archives_are_refused_cleanly(tmp_path: Path) -> None:
+    """Random damage to an honest archive: each is accepted or refused with a
+    user-facing error, never a traceback, and nothing lands outside."""
+    import random
+
+    from ignitevm.agent.untar import TarStream, Unpacker
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, data in [("dir", "x/", ""), ("file", "x/" + "a" * 120, b"a" * 700),
+                                 ("symlink", "x/l", "a" * 120), ("dir", "x/d/", ""),
+                                 ("hardlink", "x/d/h", "x/" + "a" * 120)]:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))  # type: ignore[arg-type]
+                continue
+            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                         "hardlink": tarfile.LNKTYPE}[kind]
+            info.linkname = str(data)
+            tar.addfile(info)
+    honest = buf.getvalue()
+    rng = random.Random(12)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for i in range(400):
+        data = bytearray(honest)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            data[at:at + 1] = bytes([rng.choice([0, 0x2f, 0x2e, 0x80, 0xff, rng.randrange(256)])])
+        root = tmp_path / f"r{i}"
+        root.mkdir()
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            stream = TarStream(io.BytesIO(bytes(data)).read, Limits())
+            unpacker = Unpacker(fd, 1)
+            try:
+                while (entry := stream.next()) is not None:
+                    unpacker.add(entry, stream)
+                unpacker.finish()
+            except IgniteError:
+                pass
+            finally:
+                unpacker.close()
+        finally:
+            os.close(fd)
+    assert list(outside.iterdir()) == []
+    assert sorted(q.name for q in tmp_path.iterdir() if not q.name.startswith("r")) == [
+        "outside"]
