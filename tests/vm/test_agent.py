@@ -6,6 +6,7 @@ import hashlib
 import os
 import pty
 import select
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,8 +85,9 @@ def test_tty_session(cli: Ignite, agentbox: str) -> None:
         os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
         script = "tty; stty size; read x; echo got=$x; exit 7"
         # `-it` as Docker users type it
-        os.execvp("python3", ["python3", "-m", "ignitevm", "exec", "-it", agentbox, "--",
-                              "sh", "-c", script])
+        # (the test's own interpreter: the .venv's, which has the dependencies)
+        os.execv(sys.executable, [sys.executable, "-m", "ignitevm", "exec", "-it",
+                                  agentbox, "--", "sh", "-c", script])
     try:
         out = _read_until(fd, b"\n", 60)
         out += _read_until(fd, b"\n", 10)  # stty size
@@ -136,7 +138,6 @@ def test_clients_killed_mid_transfer_leave_the_agent_usable(cli: Ignite, agentbo
     client ran ends."""
     import signal
     import subprocess
-    import sys
 
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(96 << 20))

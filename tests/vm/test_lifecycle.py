@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,7 +136,7 @@ def test_attach_and_detach_keep_the_vm_running(cli: Ignite, box: str) -> None:
     pid, fd = pty.fork()
     if pid == 0:
         os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
-        os.execvp("python3", ["python3", "-m", "ignitevm", "attach", box])
+        os.execv(sys.executable, [sys.executable, "-m", "ignitevm", "attach", box])
     out = b""
     deadline = time.monotonic() + 30
     while uid.encode() not in out and time.monotonic() < deadline:
