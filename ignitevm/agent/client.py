@@ -19,7 +19,7 @@ from typing import Protocol
 from ignitevm.agent import protocol as p
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
-from ignitevm.util.fs import flock
+from ignitevm.util.fs import atomic_write, flock
 
 HELLO_RETRY = 0.5
 GROW_MARK = "agent-grow.pending"
@@ -219,8 +219,11 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
         if not sockets:
             raise AgentError(f"{what} is not running", hint="start it with: ignite start")
         folder = sockets[0].parent
-        if not repaired and (folder / GROW_MARK).exists():
-            _repair(ports, folder, deadline)
+        # The mark lives in the VM's own folder: QEMU may write in its sockets'
+        # folder (a link planted there would redirect the host's write).
+        markdir = getattr(ports, "workdir", folder)
+        if not repaired and (markdir / GROW_MARK).exists():
+            _repair(ports, folder, markdir, deadline)
             repaired = True
             continue
         taken = _lock_free(sockets)
@@ -233,8 +236,8 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
                 return taken
             # The mark says "a channel is being added": if this process dies
             # before it is gone, the next client repairs what is half-made.
-            mark = folder / GROW_MARK
-            mark.write_text(f"{len(ports.sockets())}\n")
+            mark = markdir / GROW_MARK
+            atomic_write(mark, f"{len(ports.sockets())}\n")
             try:
                 path = ports.grow()
             except Exception as exc:  # a VM that cannot grow still has its channels
@@ -260,13 +263,13 @@ def _grow_lock(held: contextlib.ExitStack, folder: Path, deadline: float) -> Non
                          "finish") from None
 
 
-def _repair(ports: Ports, folder: Path, deadline: float) -> None:
+def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
     """A client was killed while it added a channel (say between QMP's
     chardev-add and device_add): its socket may lead to no port, and would be
     handed out for ever. Once any live grower is done, let the VMM undo it."""
     with contextlib.ExitStack() as held:
         _grow_lock(held, folder, deadline)
-        mark = folder / GROW_MARK
+        mark = markdir / GROW_MARK
         try:
             before = int(mark.read_text())
         except FileNotFoundError:

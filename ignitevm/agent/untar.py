@@ -25,6 +25,7 @@ from ignitevm.util import beneath
 
 BLOCK = 512
 CHUNK = 1 << 18
+MAX_MTIME = (1 << 33) - 1   # (year 2242: in nanoseconds still an int64)
 MAX_HOPS = 40   # symbolic links followed while checking where one leads (as the kernel)
 
 
@@ -182,6 +183,7 @@ class TarStream:
             if kind != "file" and size:
                 raise Refused(f"{name!r}: a {kind} entry with {size} bytes of data")
             self._left = size + (-size % BLOCK)
+            mtime = min(mtime, MAX_MTIME)
             return Entry(split_name(name), kind, _num(block[100:108], "mode"), mtime, size,
                          os.fsdecode(link), name)
 
@@ -282,7 +284,7 @@ class Unpacker:
             if len(e.parts) - 1 < self.floor:
                 raise Refused(f"{e.name!r} is a symbolic link (to {e.link!r}), not a file or "
                               "folder", hint="copy what it points to instead")
-            if not e.link or e.link.startswith("/"):
+            if not e.link or e.link.startswith("/") or "\0" in e.link:
                 raise Refused(f"{e.name!r} is a symbolic link to {e.link!r}, outside the copy")
             os.symlink(e.link, name, dir_fd=dfd)
             self.links[e.parts] = e.link

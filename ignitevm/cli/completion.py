@@ -20,7 +20,8 @@ def _walk(parser: argparse.ArgumentParser, path: str, out: dict[str, tuple[list[
     words: list[str] = []
     kind = ""
     for action in parser._actions:
-        words += [s for s in action.option_strings if s.startswith("--")]
+        if action.help != argparse.SUPPRESS:   # (hidden: set by normalize())
+            words += [s for s in action.option_strings if s.startswith("--")]
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 words.append(name)

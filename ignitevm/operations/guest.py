@@ -100,6 +100,9 @@ def receive(ch: Channel, src: str, dest: str, idle: float | None = DEFAULT_TIMEO
     limits = limits or Limits()
     contents = src == "/" or src.endswith("/.")
     name = os.path.basename(src.rstrip("/"))
+    if not contents and name in (".", ".."):
+        raise InvalidInput(f"guest path {src!r} ends in {name!r}",
+                           hint="name the folder itself, or end it with /. for its contents")
     dest_is_dir = os.path.isdir(dest)
     if contents:
         target = Path(dest)

@@ -283,11 +283,30 @@ def test_a_handshake_flooded_with_junk_ends_at_its_deadline(guest_socket: Path) 
         while True:
             yield Raw(b"\x05junk" * 10_000)
 
-    with FakeGuest(guest_socket, lambda *_: (), junk) as g:
-        start = time.monotonic()
-        with pytest.raises(AgentError, match="did not answer within 1s"):
-            Channel.connect(g, 1.0)
-        assert time.monotonic() - start < 30  # (not a timing test: it ended at all)
+    with FakeGuest(guest_socket, lambda *_: (), junk) as g, \
+            pytest.raises(AgentError, match="did not answer within 1s"):
+        Channel.connect(g, 1.0)
+
+
+def test_junk_before_the_pong_is_not_kept(guest_socket: Path) -> None:
+    import tracemalloc
+
+    def junk_then_pong(nonce: bytes) -> Iterator[Item]:
+        for _ in range(1024):               # 64 MiB the host must read and drop
+            yield Raw(b"\x02" * (1 << 16))
+        yield p.Frame(p.READY, 0, b"version=1\n")
+        yield p.Frame(p.PONG, 0, nonce)
+
+    tracemalloc.start()
+    try:
+        with FakeGuest(guest_socket, lambda *_: (), junk_then_pong) as g, \
+                Channel.connect(g, 600) as ch:
+            assert ch.info == {"version": "1"}
+            assert g.sent > 64 << 20
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak} bytes held while 64 MiB of junk came"
 
 
 def test_a_silent_handshake_ends_at_its_deadline(guest_socket: Path) -> None:
@@ -444,3 +463,88 @@ def test_pax_long_names_and_implicit_folders_are_accepted(guest_socket: Path,
     (area / "dest" / "top").mkdir()
     copy(guest_socket, [buf.getvalue()], "/top", area / "dest")
     assert (area / "dest" / "top" / ("p" * 150) / ("q" * 150)).read_bytes() == b"hello"
+
+
+def test_a_source_ending_in_dotdot_cannot_aim_above_dest(guest_socket: Path,
+                                                         area: Path) -> None:
+    from ignitevm.errors import InvalidInput
+
+    archive = tar_of(("dir", "x/", ""), ("file", "x/evil", b"x"))
+    with pytest.raises(InvalidInput, match=r"ends in '\.\.'"):
+        copy(guest_socket, [archive], "/srv/..", area / "dest")
+    untouched(area)
+
+
+def test_absurd_times_are_clamped(guest_socket: Path, area: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.size, info.mtime = 1, 10**30
+        tar.addfile(info, io.BytesIO(b"x"))
+    copy(guest_socket, [buf.getvalue()], "/f", area / "dest")
+    assert (area / "dest" / "f").stat().st_mtime == (1 << 33) - 1
+
+
+@pytest.mark.parametrize("record", [b"linkpath=a\0b", b"path=x/a\0b"])
+def test_nul_bytes_in_pax_names_are_refused(guest_socket: Path, area: Path,
+                                            record: bytes) -> None:
+    body = b" " + record + b"\n"
+    n = len(body) + 2
+    data = str(n).encode() + body
+    assert len(data) == n
+    archive = raw_header(b"././@PaxHeader", b"x", n) + data + bytes(-n % 512) \
+        + raw_header(b"x/l", b"2", 0) + bytes(1024)
+    with pytest.raises(Refused):
+        copy(guest_socket, [archive], "/x", area / "dest")
+    untouched(area)
+
+
+def test_mutated_archives_are_refused_cleanly(tmp_path: Path) -> None:
+    """Random damage to an honest archive: each is accepted or refused with a
+    user-facing error, never a traceback, and nothing lands outside."""
+    import random
+
+    from ignitevm.agent.untar import TarStream, Unpacker
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for kind, name, data in [("dir", "x/", ""), ("file", "x/" + "a" * 120, b"a" * 700),
+                                 ("symlink", "x/l", "a" * 120), ("dir", "x/d/", ""),
+                                 ("hardlink", "x/d/h", "x/" + "a" * 120)]:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))  # type: ignore[arg-type]
+                continue
+            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                         "hardlink": tarfile.LNKTYPE}[kind]
+            info.linkname = str(data)
+            tar.addfile(info)
+    honest = buf.getvalue()
+    rng = random.Random(12)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for i in range(400):
+        data = bytearray(honest)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            data[at:at + 1] = bytes([rng.choice([0, 0x2f, 0x2e, 0x80, 0xff, rng.randrange(256)])])
+        root = tmp_path / f"r{i}"
+        root.mkdir()
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            stream = TarStream(io.BytesIO(bytes(data)).read, Limits())
+            unpacker = Unpacker(fd, 1)
+            try:
+                while (entry := stream.next()) is not None:
+                    unpacker.add(entry, stream)
+                unpacker.finish()
+            except IgniteError:
+                pass
+            finally:
+                unpacker.close()
+        finally:
+            os.close(fd)
+    assert list(outside.iterdir()) == []
+    assert sorted(q.name for q in tmp_path.iterdir() if not q.name.startswith("r")) == [
+        "outside"]

@@ -85,8 +85,9 @@ def test_tty_session(cli: Ignite, agentbox: str) -> None:
         os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
         script = "tty; stty size; read x; echo got=$x; exit 7"
         # `-it` as Docker users type it
-        os.execv(sys.executable, [sys.executable, "-m", "ignitevm", "exec", "-it", agentbox, "--",
-                              "sh", "-c", script])
+        # (the test's own interpreter: the .venv's, which has the dependencies)
+        os.execv(sys.executable, [sys.executable, "-m", "ignitevm", "exec", "-it",
+                                  agentbox, "--", "sh", "-c", script])
     try:
         out = _read_until(fd, b"\n", 60)
         out += _read_until(fd, b"\n", 10)  # stty size
@@ -137,7 +138,6 @@ def test_clients_killed_mid_transfer_leave_the_agent_usable(cli: Ignite, agentbo
     client ran ends."""
     import signal
     import subprocess
-    import sys
 
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(96 << 20))
@@ -203,11 +203,12 @@ def test_a_half_added_channel_is_repaired(cli: Ignite, agentbox: str) -> None:
 
     uid = json.loads(cli("inspect", "vm", agentbox).stdout)["metadata"]["uid"]
     folder = next(p.parent for p in cli.root.rglob("agent-1.sock") if uid in str(p))
+    vmdir = cli.root / "vm" / uid       # (the sockets are in its run/ folder)
     socks = sorted(folder.glob("agent-*.sock"), key=lambda p: int(p.stem.split("-")[1]))
     k = len(socks) + 1
     half = folder / f"agent-{k}.sock"
-    (folder / "agent-grow.pending").write_text(f"{len(socks)}\n")
-    QemuVMM().qmp(folder, "chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
+    (vmdir / "agent-grow.pending").write_text(f"{len(socks)}\n")
+    QemuVMM().qmp(vmdir, "chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
         "addr": {"type": "unix", "data": {"path": str(half)}}, "server": True, "wait": False}})
     held = []
     try:
@@ -220,7 +221,7 @@ def test_a_half_added_channel_is_repaired(cli: Ignite, agentbox: str) -> None:
         for fd in held:
             os.close(fd)
     assert (res.returncode, res.stdout) == (0, "through\n"), res.stderr
-    assert not (folder / "agent-grow.pending").exists()
+    assert not (vmdir / "agent-grow.pending").exists()
 
 
 def test_cp_errors(cli: Ignite, agentbox: str, tmp_path: Path) -> None:
