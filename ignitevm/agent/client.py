@@ -46,11 +46,18 @@ class Channel:
     def connect(cls, ports: Ports, timeout: float, what: str = "the VM") -> Channel:
         deadline = time.monotonic() + timeout
         lock_fd, path = _take_channel(ports, deadline, what)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.connect(str(path))
+            connect = getattr(ports, "connect", None)
+            if connect is not None:
+                sock = connect(path)   # (checks that the VM's VMM answers)
+            else:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                try:
+                    sock.connect(str(path))
+                except BaseException:
+                    sock.close()
+                    raise
         except OSError as exc:
-            sock.close()
             os.close(lock_fd)
             raise AgentError(f"cannot reach the agent of {what}: {exc.strerror}",
                              hint="is the VM running? see: ignite ps -a") from None

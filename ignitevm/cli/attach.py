@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import socket
 import sys
 from collections.abc import Iterator
 
@@ -41,9 +40,8 @@ def attach(ctx: Context, vm: VM) -> int:
     if ctx.vmm.pid(d) is None:
         raise IgniteError(f"VM {vm.metadata.name!r} is not running",
                           hint=f"start it with: ignite start {vm.metadata.name}")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(ctx.vmm.console_socket(d)))
+        sock = ctx.vmm.connect_socket(d, ctx.vmm.console_socket(d))
     except OSError as exc:
         raise IgniteError(f"cannot connect to the console of {vm.metadata.name!r}: {exc}") from None
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()

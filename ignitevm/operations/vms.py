@@ -17,6 +17,8 @@ from ignitevm.util.fs import flock, no_space_errors
 from ignitevm.util.ids import new_uid, random_name
 
 if TYPE_CHECKING:
+    import socket
+
     from ignitevm.providers.vmm.base import Disk
 
 STOP_TIMEOUT = 20.0
@@ -183,6 +185,9 @@ class AgentPorts:
 
     def grow(self) -> Path | None:
         return self.ctx.vmm.add_agent_channel(self.workdir)
+
+    def connect(self, path: Path) -> socket.socket:
+        return self.ctx.vmm.connect_socket(self.workdir, path)
 
     def repair(self, path: Path) -> None:
         """A client killed between QMP's chardev-add and device_add leaves a

@@ -200,6 +200,39 @@ def test_exec_and_a_hot_plugged_agent_channel_work_jailed(cli: Ignite, jailed: s
     assert (run_dir / "agent-2.sock").stat().st_uid == ident
 
 
+def test_a_socket_planted_in_run_is_not_taken_for_the_vms(cli: Ignite, jailed: str,
+                                                          tmp_path: Path) -> None:
+    """QEMU's uid may write in run/: a link it plants there, to a socket some
+    root service of the host listens on, must not get the host's agent client
+    (root) talking to that service."""
+    import fcntl
+    import socket
+
+    uid = _uid(cli, jailed)
+    run_dir = cli.root / "vm" / uid / "run"
+    socks = sorted(run_dir.glob("agent-*.sock"), key=lambda p: int(p.stem.split("-")[1]))
+    service = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    service.bind(str(tmp_path / "root-service.sock"))   # served by root, as a daemon's
+    service.listen(4)
+    planted = run_dir / f"agent-{len(socks) + 1}.sock"
+    planted.symlink_to(tmp_path / "root-service.sock")
+    held = []
+    try:
+        for sock in socks:       # every real channel busy: the planted one is next
+            fd = os.open(sock.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.append(fd)
+        res = cli("exec", jailed, "--timeout", "10", "--", "true", check=False)
+    finally:
+        for fd in held:
+            os.close(fd)
+        planted.unlink()
+        service.close()
+    assert res.returncode == 1 and "not by the VM's QEMU" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert cli("exec", jailed, "--", "true").returncode == 0
+
+
 def test_stop_start_rm_leave_no_cgroup_and_the_overlay_header_is_not_trusted(
         cli: Ignite, jailed: str) -> None:
     uid = _uid(cli, jailed)

@@ -9,9 +9,12 @@ folder, so any later CLI process (or the daemon) can act on it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ignitevm.providers.network.base import NetPlan
+
+if TYPE_CHECKING:
+    import socket
 
 
 class Disk(NamedTuple):
@@ -85,6 +88,11 @@ class VMM(Protocol):
         ...
 
     def console_socket(self, workdir: Path) -> Path:
+        ...
+
+    def connect_socket(self, workdir: Path, path: Path) -> socket.socket:
+        """Connect to a socket of the running VMM (console, agent channel),
+        refusing one that another process serves."""
         ...
 
     def console_log(self, workdir: Path) -> Path:

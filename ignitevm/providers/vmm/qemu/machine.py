@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +22,8 @@ from ignitevm.util.fs import atomic_write
 from ignitevm.util.proc import run
 
 if TYPE_CHECKING:
+    import socket
+
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
 RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
@@ -92,6 +96,31 @@ class QemuVMM:
         # Every look at a running VM keeps its console log bounded (one stat).
         consolelog.trim(workdir / args.CONSOLE_LOG)
         return pid
+
+    def connect_socket(self, workdir: Path, path: Path) -> socket.socket:
+        """Connect to one of the sockets QEMU made in the VM's run/ folder, and
+        make sure QEMU is what answers: a jailed QEMU may write in that folder,
+        so a link planted there could lead a root client to any other socket
+        of the host. The peer must run as the VM's QEMU does."""
+        import socket
+
+        pid = self.pid(workdir)
+        if pid is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "the VM is not running")
+        want = os.stat(f"/proc/{pid}").st_uid
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(str(path))
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            _peer_pid, peer_uid, _peer_gid = struct.unpack("3i", creds)
+            if peer_uid != want:
+                raise PermissionError(errno.EPERM, f"{path.name} is served by uid {peer_uid}, "
+                                      f"not by the VM's QEMU (uid {want})")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     @contextlib.contextmanager
     def monitor(self, workdir: Path) -> Iterator[QEMUMonitorProtocol]:
