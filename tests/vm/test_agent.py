@@ -193,13 +193,25 @@ def test_cp_out_merges_as_cp_r_and_refuses_links_out(cli: Ignite, agentbox: str,
     assert sorted(os.listdir(tmp_path)) == ["dest"]
 
 
-def test_a_half_added_channel_is_repaired(cli: Ignite, agentbox: str) -> None:
+@pytest.fixture
+def fresh(cli: Ignite, testbox: str) -> Iterator[str]:
+    """A VM of its own, with only its boot channel (the shared one may have
+    all its channels hot-plugged by the tests before)."""
+    cli("run", testbox, "--name", "fresh", "--memory", "128MB", "--size", "256MB")
+    yield "fresh"
+    cli("rm", "-f", "fresh")
+
+
+def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str) -> None:
     """What a client killed between QMP's chardev-add and device_add leaves (made
     here by hand): the next client that needs a new channel still gets through."""
     import fcntl
     import json
 
     from ignitevm.providers.vmm.qemu.machine import QemuVMM
+
+    agentbox = fresh
+    cli("exec", agentbox, "--timeout", "120", "--", "true")
 
     uid = json.loads(cli("inspect", "vm", agentbox).stdout)["metadata"]["uid"]
     folder = next(p.parent for p in cli.root.rglob("agent-1.sock") if uid in str(p))

@@ -39,8 +39,15 @@ def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
     folder = cli.root / "vm" / uid
     # Private: the folder, the console log, and the config disk (the VM's host key).
     assert folder.stat().st_mode & 0o777 == 0o700
+    # A jailed QEMU reads them as the VM's own uid/gid: the owner or group may be
+    # the VM's, never anyone else's.
+    own = {0, *([int((folder / "sandbox-id").read_text())]
+                if (folder / "sandbox-id").exists() else [])}
     for name in ("console.log", "config.tar", "ssh_host_ed25519_key"):
-        assert (folder / name).stat().st_mode & 0o077 == 0, name
+        st = (folder / name).stat()
+        assert st.st_mode & 0o007 == 0, name
+        assert st.st_mode & 0o070 == 0 or st.st_gid in own, name
+        assert st.st_uid in own, name
     env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
     flood = subprocess.Popen(
         [sys.executable, "-m", "ignitevm", "exec", flooder, "--", "/bin/busybox", "sh", "-c",
