@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.helpers.registry"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 
