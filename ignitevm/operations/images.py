@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
@@ -22,6 +22,7 @@ from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
 
 if TYPE_CHECKING:
+    from ignitevm.images.blobs import ContentStore
     from ignitevm.images.source import ImageSource
 
 IMAGE_FILE = "image.ext4"
@@ -122,3 +123,87 @@ def ensure_image(ctx: Context, ref: str) -> Image:
     if found is not None:
         return found
     return ctx.store.resolve(Image, ref)
+
+
+class PullOptions(NamedTuple):
+    platform: str | None = None  # os/arch[/variant]; default: this host's
+    config_dir: str | None = None  # --registry-config-dir
+    insecure: tuple[str, ...] = ()  # --insecure-registry
+    show: str = "auto"  # progress: "auto" (a terminal?), "tty", "plain", "quiet"
+
+
+def content_store(ctx: Context) -> ContentStore:
+    from ignitevm.images.blobs import ContentStore
+
+    return ContentStore(ctx.root / "content")
+
+
+def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
+               name: str | None = None) -> Image:
+    """Pull ``source`` from its registry; an unchanged tag costs one manifest request."""
+    opts = opts or PullOptions()
+    import sys
+
+    from ignitevm.images.registry import pull
+    from ignitevm.images.registry.client import Client
+    from ignitevm.images.registry.tls import insecure_registries
+    from ignitevm.util.progress import Transfers
+
+    ref = refs.parse(source)
+    image_name = refs.normalize(name) if name else ref.familiar()
+    show = opts.show if opts.show != "auto" else ("tty" if sys.stderr.isatty() else "plain")
+    ctx.store.ensure()
+    store = content_store(ctx)
+    insecure = insecure_registries(list(opts.insecure))
+    with Client(ref, config_dir=opts.config_dir, insecure=insecure) as client, \
+            Transfers(show) as bars:
+        bars.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")
+        res = pull.resolve(client, ref, store, opts.platform)
+        identity = "oci://" + ref.with_digest(res.digest)
+        existing = ctx.store.find(Image, image_name)
+        if existing is not None and existing.status.oci_source.id == identity:
+            bars.line(f"Digest: {res.digest}")
+            bars.line(f"Status: Image is up to date for {image_name}")
+            return existing
+        if existing is not None:
+            _check_replaceable(ctx, existing)
+        twin = next((i for i in ctx.store.list(Image) if i.status.oci_source.id == identity),
+                    None)
+        src = None
+        if twin is None:
+            _, ldescs = pull.manifests.image_parts(res.manifest, str(ref))
+            for d in ldescs:
+                if isinstance(d.get("digest"), str) and isinstance(d.get("size"), int):
+                    bars.add(d["digest"], d["digest"][7:19], d["size"])
+            src = pull.fetch(client, res, store, bars.update)
+    image = Image(metadata=ObjectMeta(name=image_name, uid=new_uid(), created=now()),
+                  spec=ImageSpec(oci=image_name))
+    image.status.oci_source.id = identity
+    with ctx.store.creating(image, unique_name=existing is None) as stage:
+        if twin is not None:
+            os.link(image_file(ctx, twin), stage / IMAGE_FILE)
+            shutil.copyfile(ctx.store.dir(twin) / CONFIG_FILE, stage / CONFIG_FILE)
+            size = (stage / IMAGE_FILE).stat().st_size
+        else:
+            assert src is not None
+            size = _build(src, stage, show == "tty")
+        image.status.oci_source.size = Size(size)
+    if existing is not None:
+        ctx.store.delete(existing)
+    bars.line(f"Digest: {res.digest}")
+    bars.line(f"Status: Downloaded newer image for {image_name}")
+    log.debug("Pulled %s as image %r (ID %s)", identity, image_name, image.metadata.uid)
+    return image
+
+
+def _check_replaceable(ctx: Context, old: Image) -> None:
+    """A tag that moved replaces the old image, unless a VM still uses it."""
+    from ignitevm.api.types import VM
+
+    users = [vm.metadata.name for vm in ctx.store.list(VM)
+             if vm.spec.image.oci == old.metadata.name]
+    if users:
+        raise Conflict(
+            f"image {old.metadata.name!r} now names other content in its registry, and VMs "
+            f"use the old one ({', '.join(sorted(users))})",
+            hint="remove those VMs first, or pull it under another name with --name")

@@ -1,0 +1,249 @@
+"""HTTP to one registry repository: scheme choice, auth, retries, timeouts and redirects.
+
+Requests are retried with a doubling pause on network errors, 429 and 5xx
+(``Retry-After`` honoured, capped); a redirect to another host (a blob store)
+never carries the registry's ``Authorization`` header, and a redirect from
+HTTPS to plain HTTP is refused unless the registry may use HTTP anyway.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+import urllib.parse
+from typing import Any
+
+import httpx
+
+from ignitevm.api.refs import Reference
+from ignitevm.errors import IgniteError, NotFound
+from ignitevm.images.registry import credentials, tls
+from ignitevm.images.registry.auth import Auth, Unauthorized
+from ignitevm.log import log
+
+RETRIES = 4
+BACKOFF = 0.25  # seconds, doubled at each retry
+MAX_WAIT = 30.0  # the longest Retry-After honoured
+MAX_REDIRECTS = 5
+RETRY_STATUS = {429, 500, 502, 503, 504}
+TIMEOUT = httpx.Timeout(connect=15.0, read=60.0, write=60.0, pool=120.0)
+
+
+class NetworkError(IgniteError):
+    """The registry could not be reached or the connection broke."""
+
+    def __init__(self, brief: str, *, hint: str | None = None, retry: bool = True):
+        super().__init__(brief, hint=hint)
+        self.retry = retry
+
+
+def api_host(domain: str) -> str:
+    return "registry-1.docker.io" if domain == "docker.io" else domain
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after", "")
+    try:
+        return min(max(float(value), 0.0), MAX_WAIT)
+    except ValueError:
+        return None
+
+
+class Client:
+    """Requests to one repository of one registry, authenticated as the user set up."""
+
+    def __init__(self, ref: Reference, *, config_dir: str | None = None,
+                 insecure: set[str] | None = None):
+        self.domain = ref.domain
+        self.host = api_host(ref.domain)
+        self.repository = ref.path
+        self.scope = f"repository:{ref.path}:pull"
+        self.insecure = insecure or set()
+        self.transport = tls.transport(self.host, self.insecure)
+        self.http = httpx.Client(verify=self.transport.context, timeout=TIMEOUT,
+                                 follow_redirects=False, trust_env=False,
+                                 limits=httpx.Limits(max_connections=16))
+        creds = credentials.lookup(ref.domain, ref.repository, config_dir)
+        login = "docker login" + ("" if ref.domain == "docker.io" else f" {ref.domain}")
+        self.auth = Auth(ref.domain, creds, self._plain, login_hint=f"log in with '{login}'")
+        self.base: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the registry's API ---------------------------------------------------
+    def ping(self) -> None:
+        """``GET /v2/``: choose the scheme and learn the auth challenge."""
+        if self.base is not None:
+            return
+        resp = None
+        for scheme in ("https", "http"):
+            try:
+                resp = self._send("GET", f"{scheme}://{self.host}/v2/", {}, stream=False)
+                break
+            except NetworkError as exc:
+                if scheme == "https" and getattr(exc, "plain_http", False):
+                    if self.transport.http_allowed:
+                        log.debug("%s does not speak TLS; using plain HTTP", self.host)
+                        continue
+                    raise NetworkError(
+                        f"registry {self.domain} does not speak HTTPS",
+                        hint=f"plain HTTP is used only for loopback registries or ones named "
+                             f"with --insecure-registry {self.host} (or "
+                             f"{tls.INSECURE_ENV})", retry=False) from None
+                raise
+        assert resp is not None
+        self.base = f"{_origin(str(resp.request.url))[0]}://{self.host}"
+        if resp.status_code == 401:
+            self.auth.challenge(resp.headers.get("www-authenticate"))
+        elif resp.status_code not in (200, 403):
+            raise IgniteError(f"{self.host} is not an OCI registry (GET /v2/ answered "
+                              f"{resp.status_code} {resp.reason_phrase})")
+
+    def get(self, path: str, headers: dict[str, str] | None = None, *,
+            stream: bool = False) -> httpx.Response:
+        """An authenticated GET of ``/v2/<repository>/<path>`` (closed by the caller)."""
+        self.ping()
+        assert self.base is not None
+        url = f"{self.base}/v2/{self.repository}/{path}"
+        retried = False
+        while True:
+            sent = dict(headers or {})
+            authz = self.auth.header(self.scope)
+            if authz:
+                sent["Authorization"] = authz
+            resp = self._send("GET", url, sent, stream=stream)
+            if resp.status_code == 401:
+                resp.close()
+                if retried or not resp.headers.get("www-authenticate"):
+                    raise self.auth.refused()
+                self.auth.challenge(resp.headers.get("www-authenticate"))
+                self.auth.forget(self.scope)
+                retried = True
+                continue
+            if resp.status_code == 403:
+                resp.close()
+                raise Unauthorized(f"registry {self.domain} denies access to {self.repository}"
+                                   " (403 Forbidden)",
+                                   hint="check that these credentials may pull it")
+            return resp
+
+    def error(self, resp: httpx.Response, what: str) -> IgniteError:
+        """An error for an unexpected answer to a request for ``what``."""
+        codes: list[str] = []
+        try:
+            resp.read()
+            body: Any = resp.json()
+            codes = [str(e.get("code")) for e in body.get("errors") or []]
+        except (ValueError, AttributeError, httpx.HTTPError):
+            pass
+        if resp.status_code == 404:
+            if "NAME_UNKNOWN" in codes:
+                return NotFound(f"registry {self.domain} has no repository {self.repository}",
+                                hint="check the image name")
+            return NotFound(f"registry {self.domain} has no {what} in {self.repository}",
+                            hint="check the tag or digest")
+        return IgniteError(f"registry {self.domain} answered {resp.status_code} "
+                           f"{resp.reason_phrase} for {what}" +
+                           (f" ({', '.join(codes)})" if codes else ""))
+
+    # --- HTTP -------------------------------------------------------------------
+    def _plain(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """An unauthenticated request (token servers), read whole."""
+        scheme, netloc = _origin(url)
+        if scheme == "http" and not (tls.is_loopback(netloc) or netloc in self.insecure):
+            raise IgniteError(f"registry {self.domain} sends credentials to a token server "
+                              f"over plain HTTP ({netloc}); refused",
+                              hint=f"name it with --insecure-registry {netloc} to allow it")
+        headers = kwargs.pop("headers", None) or {}
+        resp = self._send(method, url, headers, stream=False, **kwargs)
+        return resp
+
+    def _send(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
+              **kwargs: Any) -> httpx.Response:
+        """Send with retries, following redirects safely."""
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._retrying(method, url, headers, stream=stream, **kwargs)
+            if not resp.is_redirect:
+                return resp
+            resp.close()
+            target = urllib.parse.urljoin(url, resp.headers["location"])
+            scheme, _ = _origin(target)
+            if scheme not in ("http", "https") or (
+                    scheme == "http" and origin[0] == "https" and not self.transport.http_allowed):
+                raise IgniteError(f"registry {self.domain} redirected to {scheme}:// "
+                                  "(refused: no downgrade from HTTPS)")
+            if _origin(target) != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise IgniteError(f"registry {self.domain} redirected more than {MAX_REDIRECTS} times")
+
+    def _retrying(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
+                  **kwargs: Any) -> httpx.Response:
+        for attempt in range(RETRIES):
+            wait = BACKOFF * 2 ** attempt
+            try:
+                request = self.http.build_request(method, url, headers=headers, **kwargs)
+                resp = self.http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                err = self.network_error(exc)
+                if not err.retry or attempt == RETRIES - 1:
+                    raise err from None
+                log.debug("%s %s: %s; retrying in %.2fs", method, _safe(url), err, wait)
+            else:
+                if resp.status_code not in RETRY_STATUS or attempt == RETRIES - 1:
+                    return resp
+                wait = retry_after(resp) or wait
+                resp.close()
+                log.debug("%s %s: %d; retrying in %.2fs", method, _safe(url),
+                          resp.status_code, wait)
+            time.sleep(wait)  # a back-off between attempts, not a wait for an event
+        raise AssertionError("unreachable")
+
+    def network_error(self, exc: Exception) -> NetworkError:
+        """A user-facing error for a transport failure (``retry``: worth trying again)."""
+        text = str(exc) or type(exc).__name__
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        where = f"registry {self.domain}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or str(cause)
+            return NetworkError(
+                f"cannot verify the TLS certificate of {where}: {why}",
+                hint=f"put its CA certificate in /etc/docker/certs.d/{self.host}/ca.crt, or "
+                     f"name it with --insecure-registry {self.host} if you trust the network",
+                retry=False)
+        if isinstance(cause, ssl.SSLError) or "WRONG_VERSION_NUMBER" in text:
+            err = NetworkError(f"TLS with {where} failed: {text}", retry=False)
+            err.plain_http = True  # type: ignore[attr-defined]
+            return err
+        lower = text.lower()
+        if "name or service not known" in lower or "name resolution" in lower or \
+                "nodename nor servname" in lower or "no address associated" in lower:
+            return NetworkError(f"unknown registry host {self.host}",
+                                hint="check the image name (a first component with a '.' or "
+                                     "':' is a registry host)", retry=False)
+        if "connection refused" in lower:
+            return NetworkError(f"cannot connect to {where}: connection refused",
+                                hint="check that the registry runs and the port is right")
+        if isinstance(exc, httpx.TimeoutException):
+            return NetworkError(f"{where} timed out ({type(exc).__name__})")
+        return NetworkError(f"connection to {where} failed: {text}")
+
+
+def _safe(url: str) -> str:
+    """A URL for logs: no query string (it may carry signed tokens)."""
+    return url.split("?", 1)[0]

@@ -1,0 +1,236 @@
+"""Pull an image into the shared content store: manifest, config, then layers in parallel.
+
+:func:`resolve` costs one manifest request when the tag's index or manifest
+is already stored; :func:`fetch` downloads what is missing (about four
+layers at once, each checked for size, sha256 and diff_id while it streams,
+resumed with a ``Range`` request after a cut connection) and returns an
+:class:`ImageSource` whose layers are read from the content store.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from typing import Any, NamedTuple
+
+import httpx
+
+from ignitevm.api.refs import Reference
+from ignitevm.errors import IgniteError, InvalidInput
+from ignitevm.images.blobs import ContentStore, Ingest
+from ignitevm.images.oci import LAYER_TYPES
+from ignitevm.images.registry import manifests
+from ignitevm.images.registry.client import Client, NetworkError
+from ignitevm.images.registry.diffid import DiffHasher
+from ignitevm.images.registry.manifests import Manifest
+from ignitevm.images.source import ImageSource, Layer
+from ignitevm.log import log
+
+PARALLEL = 4
+RESUMES = 5  # Range requests after cut connections, per blob
+MAX_CONFIG = 16 << 20
+
+# (layer digest, bytes done or -1 if already stored, total): called from download threads
+Progress = Callable[[str, int, int], None]
+
+
+class Resolved(NamedTuple):
+    ref: Reference
+    manifest: Manifest  # the image manifest for the chosen platform
+    index: Manifest | None
+    platform: str | None  # the platform entry taken from an index
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+
+def _stored(store: ContentStore, digest: str, where: str) -> Manifest | None:
+    if not store.has(digest):
+        return None
+    return manifests.parse(store.read(store.blob_name(digest)), digest, where)
+
+
+def resolve(client: Client, ref: Reference, store: ContentStore,
+            platform: str | None = None) -> Resolved:
+    """The image manifest that ``ref`` names for ``platform`` (default: this host's)."""
+    wanted = manifests.check_platform(platform) if platform else manifests.host_platform()
+    where = str(ref)
+    top = manifests.fetch(client, ref.reference, ref.digest)
+    if not top.is_index:
+        return Resolved(ref, top, None, None)
+    desc = manifests.choose(top, wanted, where)
+    digest = desc.get("digest")
+    if not isinstance(digest, str):
+        raise InvalidInput(f"{where}: an index entry has no digest")
+    child = _stored(store, digest, where) or manifests.fetch(client, digest, digest)
+    if child.is_index:
+        raise InvalidInput(f"{where}: nested indexes are not supported")
+    return Resolved(ref, child, top, manifests.platform_of(desc))
+
+
+def fetch(client: Client, res: Resolved, store: ContentStore,
+          progress: Progress | None = None) -> ImageSource:
+    """Download the config and layers of ``res`` that the store lacks."""
+    where = str(res.ref)
+    for m in (res.index, res.manifest):
+        if m is not None:
+            _put(store, m.digest, m.raw)
+    cdesc, ldescs = manifests.image_parts(res.manifest, f"manifest {res.digest} of {where}")
+    cdigest, csize = _descriptor(cdesc, "config", where)
+    if csize > MAX_CONFIG:
+        raise InvalidInput(f"{where}: the image config is larger than {MAX_CONFIG >> 20} MiB")
+    download(client, store, cdigest, csize, None, f"config {cdigest} of {where}")
+    try:
+        config = json.loads(store.read(store.blob_name(cdigest)))
+    except ValueError:
+        raise InvalidInput(f"{where}: the image config is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{where}: the image config is not an object")
+    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(ldescs):
+        raise InvalidInput(f"{where}: the image config lists {len(diff_ids or [])} diff_ids "
+                           f"for {len(ldescs)} layers")
+    blobs: list[tuple[str, int]] = []
+    jobs: dict[str, tuple[int, str]] = {}
+    for desc, diff_id in zip(ldescs, diff_ids, strict=True):
+        if desc.get("mediaType") not in LAYER_TYPES:
+            raise InvalidInput(f"{where}: a layer has the unsupported media type "
+                               f"{desc.get('mediaType')!r}")
+        digest, size = _descriptor(desc, "layer", where)
+        blobs.append((digest, size))
+        jobs.setdefault(digest, (size, str(diff_id)))  # a layer listed twice is fetched once
+    _download_all(client, store, jobs, progress, where)
+    layers = [Layer(d, size, store.opener(store.blob_name(d))) for d, size in blobs]
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise InvalidInput(f'{where}: the image config\'s "config" is not an object')
+    return ImageSource("registry", str(res.ref), cdigest, inner, layers,
+                       sum(layer.size for layer in layers), None)
+
+
+def _descriptor(desc: dict[str, Any], what: str, where: str) -> tuple[str, int]:
+    digest, size = desc.get("digest"), desc.get("size")
+    if not isinstance(digest, str) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(f"{where}: a {what} descriptor is malformed")
+    ContentStore.blob_name(digest)  # sha256 only
+    return digest, size
+
+
+def _put(store: ContentStore, digest: str, data: bytes) -> None:
+    with store.ingest(digest, len(data)) as ing:
+        if ing is not None:
+            ing.reset()
+            ing.write(data)
+
+
+def _download_all(client: Client, store: ContentStore, jobs: dict[str, tuple[int, str]],
+                  progress: Progress | None, where: str) -> None:
+    if not jobs:
+        return
+    stop = threading.Event()
+
+    def one(digest: str) -> None:
+        size, diff_id = jobs[digest]
+        if stop.is_set():
+            return
+        download(client, store, digest, size, diff_id, f"layer {digest} of {where}", progress,
+                 stop)
+
+    with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pull") as pool:
+        futures = [pool.submit(one, d) for d in jobs]
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            stop.set()
+            raise
+
+
+class _Stopped(Exception):
+    pass
+
+
+def download(client: Client, store: ContentStore, digest: str, size: int,
+             diff_id: str | None, what: str, progress: Progress | None = None,
+             stop: threading.Event | None = None) -> None:
+    """Make sure blob ``digest`` is in the store, fetching (or resuming) it if needed."""
+    with store.ingest(digest, size) as ing:
+        if ing is None:
+            if progress is not None:
+                progress(digest, -1, size)  # already here
+            return
+        hasher = _rehash(ing, diff_id, what)
+        cuts = 0
+        while True:
+            try:
+                _transfer(client, ing, digest, size, what, hasher, progress, stop)
+                if ing.offset >= size:
+                    break
+                why = f"the connection ended at byte {ing.offset} of {size}"
+            except (httpx.TransportError, NetworkError) as exc:
+                why = str(exc)
+            except _Stopped:
+                return  # another layer failed; keep the part for a later resume
+            cuts += 1
+            if cuts > RESUMES:
+                raise IgniteError(f"{what} is truncated: {why} (gave up after {RESUMES} "
+                                  "resumes)", hint="pull again: the download resumes")
+            log.debug("%s: %s; resuming", what, why)
+            if ing.offset == 0 and hasher is not None:
+                hasher = DiffHasher(what)
+        ing.check()
+        if hasher is not None and diff_id is not None:
+            got = hasher.digest()
+            if got != diff_id:
+                ing.discard()
+                raise InvalidInput(f"{what} does not match the image config's diff_id "
+                                   f"{diff_id} (it unpacks to {got})",
+                                   hint="the image is corrupt; nothing was kept")
+
+
+def _rehash(ing: Ingest, diff_id: str | None, what: str) -> DiffHasher | None:
+    """A diff_id hasher that has seen the bytes already on disk (a resumed download)."""
+    if diff_id is None:
+        return None
+    hasher = DiffHasher(what)
+    if ing.offset:
+        with open(ing.partial, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                hasher.feed(chunk)
+    return hasher
+
+
+def _transfer(client: Client, ing: Ingest, digest: str, size: int, what: str,
+              hasher: DiffHasher | None, progress: Progress | None,
+              stop: threading.Event | None) -> None:
+    headers = {"Accept-Encoding": "identity"}
+    if ing.offset:
+        headers["Range"] = f"bytes={ing.offset}-{size - 1}"
+    with closing(client.get(f"blobs/{digest}", headers, stream=True)) as resp:
+        if resp.status_code == 206:
+            start = resp.headers.get("content-range", "").removeprefix("bytes ").split("-")[0]
+            if start != str(ing.offset):
+                raise InvalidInput(f"{what}: the registry answered a resume with the wrong "
+                                   f"range ({resp.headers.get('content-range')!r})")
+        elif resp.status_code == 200:
+            if ing.offset:  # the registry ignored Range: start again
+                log.debug("%s: no range support; starting again", what)
+                ing.reset()
+                if hasher is not None:
+                    hasher.reset()
+        else:
+            raise client.error(resp, f"blob {digest}")
+        if progress is not None:
+            progress(digest, ing.offset, size)
+        for chunk in resp.iter_bytes(1 << 20):
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            ing.write(chunk)
+            if hasher is not None:
+                hasher.feed(chunk)
+            if progress is not None:
+                progress(digest, ing.offset, size)
