@@ -1,22 +1,75 @@
-"""``ignite image ...``: import, build, ls, rm."""
+"""``ignite image ...``: import, pull, build, ls, rm."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ignitevm.api.types import Image
 from ignitevm.cli.common import context, emit, list_objects, remove_objects
 from ignitevm.util.human import age
 
+if TYPE_CHECKING:
+    from ignitevm.operations.context import Context
+    from ignitevm.operations.images import PullOptions
+
+
+def pull_options(args: argparse.Namespace) -> PullOptions:
+    """Registry flags, then the Configuration's ``spec.registryConfigDir`` (as Ignite)."""
+    from ignitevm.operations.images import PullOptions
+
+    config_dir = getattr(args, "registry_config_dir", None)
+    if config_dir is None:
+        from ignitevm.cli.config import load_configuration
+
+        cfg = load_configuration(getattr(args, "ignite_config", None)) or {}
+        config_dir = (cfg.get("spec") or {}).get("registryConfigDir") or None
+    show = "quiet" if getattr(args, "quiet", False) else "auto"
+    return PullOptions(getattr(args, "platform", None), config_dir,
+                       tuple(getattr(args, "insecure_registry", None) or ()), show)
+
+
+def set_pull_policy(ctx: Context, args: argparse.Namespace) -> None:
+    """What run/create do with an image or kernel that is not here (--pull)."""
+    ctx.pull_policy = getattr(args, "pull", None) or "missing"
+    ctx.pull_options = pull_options(args)
+
+
+def is_local_source(source: str) -> bool:
+    """A path (to import) rather than a registry reference (to pull)."""
+    from pathlib import Path
+
+    from ignitevm.api.refs import is_reference
+
+    return (Path(source).exists() or source.startswith((".", "/", "~"))
+            or source.endswith((".tar", ".tgz", ".tar.gz")) or not is_reference(source))
+
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ignitevm.operations.images import import_image
+    from ignitevm.operations.images import import_image, pull_image
 
     ctx = context(args)
-    image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())
+    if is_local_source(args.source):
+        image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())
+    else:
+        image = pull_image(ctx, args.source, pull_options(args), args.name)
     if args.quiet:
         emit(image.metadata.uid)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from ignitevm.operations.images import pull_image
+
+    ctx = context(args)
+    image = pull_image(ctx, args.source, pull_options(args), args.name)
+    if args.quiet:
+        emit(image.metadata.uid)
+    else:
+        from ignitevm.api.refs import parse
+
+        emit(str(parse(args.source)))
     return 0
 
 

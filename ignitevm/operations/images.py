@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
 from ignitevm.api.types import Image, ImageSpec, ObjectMeta, Size
-from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.errors import Conflict, InvalidInput, NotFound
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
@@ -109,9 +109,10 @@ def _name_from_path(path: Path) -> str:
 
 
 def ensure_image(ctx: Context, ref: str) -> Image:
-    """An image by name, ID prefix, or a local archive path to import."""
+    """An image by name, ID prefix, or a local archive path to import; a registry
+    reference that is not here is pulled (``ctx.pull_policy``: missing, always, never)."""
     found = ctx.store.find(Image, ref)
-    if found is not None:
+    if found is not None and not _pull_again(ctx, found, ref):
         return found
     if Path(ref).exists() and ("/" in ref or ref.endswith((".tar", ".tgz", ".gz"))):
         return import_image(ctx, ref)
@@ -119,10 +120,25 @@ def ensure_image(ctx: Context, ref: str) -> Image:
         normalized = refs.normalize(ref)
     except InvalidInput:
         normalized = ref
-    found = ctx.store.find(Image, normalized)
-    if found is not None:
-        return found
-    return ctx.store.resolve(Image, ref)
+    if found is None:
+        found = ctx.store.find(Image, normalized)
+        if found is not None and not _pull_again(ctx, found, ref):
+            return found
+    if found is None:
+        try:
+            return ctx.store.resolve(Image, ref)
+        except NotFound:
+            if ctx.pull_policy == "never" or not refs.is_reference(ref) or ref.startswith(
+                    (".", "/")):
+                raise
+    opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
+    return pull_image(ctx, ref, opts)
+
+
+def _pull_again(ctx: Context, image: Image, ref: str) -> bool:
+    """With --pull always, an image that came from a registry is pulled again by name."""
+    return (ctx.pull_policy == "always" and ref != image.metadata.uid
+            and (image.status.oci_source.id or "").startswith("oci://"))
 
 
 class PullOptions(NamedTuple):
@@ -157,8 +173,8 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
     insecure = insecure_registries(list(opts.insecure))
     with Client(ref, config_dir=opts.config_dir, insecure=insecure) as client, \
             Transfers(show) as bars:
-        bars.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")
         res = pull.resolve(client, ref, store, opts.platform)
+        bars.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")
         identity = "oci://" + ref.with_digest(res.digest)
         existing = ctx.store.find(Image, image_name)
         if existing is not None and existing.status.oci_source.id == identity:

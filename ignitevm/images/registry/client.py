@@ -22,7 +22,7 @@ from ignitevm.images.registry.auth import Auth, Unauthorized
 from ignitevm.log import log
 
 RETRIES = 4
-BACKOFF = 0.25  # seconds, doubled at each retry
+BACKOFF = 0.2  # seconds, doubled at each retry
 MAX_WAIT = 30.0  # the longest Retry-After honoured
 MAX_REDIRECTS = 5
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -149,7 +149,7 @@ class Client:
         except (ValueError, AttributeError, httpx.HTTPError):
             pass
         if resp.status_code == 404:
-            if "NAME_UNKNOWN" in codes:
+            if "NAME_UNKNOWN" in codes or (what.startswith("tag ") and self._no_repository()):
                 return NotFound(f"registry {self.domain} has no repository {self.repository}",
                                 hint="check the image name")
             return NotFound(f"registry {self.domain} has no {what} in {self.repository}",
@@ -157,6 +157,15 @@ class Client:
         return IgniteError(f"registry {self.domain} answered {resp.status_code} "
                            f"{resp.reason_phrase} for {what}" +
                            (f" ({', '.join(codes)})" if codes else ""))
+
+    def _no_repository(self) -> bool:
+        """Whether the repository itself is unknown (some registries say only "no manifest")."""
+        try:
+            resp = self.get("tags/list")
+        except IgniteError:
+            return False
+        resp.close()
+        return resp.status_code == 404
 
     # --- HTTP -------------------------------------------------------------------
     def _plain(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -233,9 +242,11 @@ class Client:
         lower = text.lower()
         if "name or service not known" in lower or "name resolution" in lower or \
                 "nodename nor servname" in lower or "no address associated" in lower:
-            return NetworkError(f"unknown registry host {self.host}",
-                                hint="check the image name (a first component with a '.' or "
-                                     "':' is a registry host)", retry=False)
+            hint = ("check the image name (a first component with a '.' or ':' is a registry "
+                    "host)") if self.domain != "docker.io" else (
+                    f"{self.repository} is on Docker Hub, which this host cannot resolve "
+                    "(offline?); import an archive instead, or name another registry")
+            return NetworkError(f"unknown registry host {self.host}", hint=hint, retry=False)
         if "connection refused" in lower:
             return NetworkError(f"cannot connect to {where}: connection refused",
                                 hint="check that the registry runs and the port is right")

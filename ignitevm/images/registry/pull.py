@@ -226,7 +226,7 @@ def _transfer(client: Client, ing: Ingest, digest: str, size: int, what: str,
             raise client.error(resp, f"blob {digest}")
         if progress is not None:
             progress(digest, ing.offset, size)
-        for chunk in resp.iter_bytes(1 << 20):
+        for chunk in resp.iter_bytes():
             if stop is not None and stop.is_set():
                 raise _Stopped
             ing.write(chunk)
