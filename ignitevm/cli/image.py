@@ -11,13 +11,13 @@ from ignitevm.cli.common import context, emit, list_objects, remove_objects
 from ignitevm.util.human import age
 
 if TYPE_CHECKING:
+    from ignitevm.images.registry.options import PullOptions
     from ignitevm.operations.context import Context
-    from ignitevm.operations.images import PullOptions
 
 
 def pull_options(args: argparse.Namespace) -> PullOptions:
     """Registry flags, then the Configuration's ``spec.registryConfigDir`` (as Ignite)."""
-    from ignitevm.operations.images import PullOptions
+    from ignitevm.images.registry.options import PullOptions
 
     config_dir = getattr(args, "registry_config_dir", None)
     if config_dir is None:

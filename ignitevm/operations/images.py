@@ -11,12 +11,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
 from ignitevm.api.types import Image, ImageSpec, ObjectMeta, Size
 from ignitevm.errors import Conflict, InvalidInput, NotFound
+from ignitevm.images.registry.options import PullOptions
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
@@ -141,13 +142,6 @@ def _pull_again(ctx: Context, image: Image, ref: str) -> bool:
             and (image.status.oci_source.id or "").startswith("oci://"))
 
 
-class PullOptions(NamedTuple):
-    platform: str | None = None  # os/arch[/variant]; default: this host's
-    config_dir: str | None = None  # --registry-config-dir
-    insecure: tuple[str, ...] = ()  # --insecure-registry
-    show: str = "auto"  # progress: "auto" (a terminal?), "tty", "plain", "quiet"
-
-
 def content_store(ctx: Context) -> ContentStore:
     from ignitevm.images.blobs import ContentStore
 
@@ -157,58 +151,41 @@ def content_store(ctx: Context) -> ContentStore:
 def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
                name: str | None = None) -> Image:
     """Pull ``source`` from its registry; an unchanged tag costs one manifest request."""
-    opts = opts or PullOptions()
-    import sys
+    from ignitevm.images.registry.pull import pull_into
 
-    from ignitevm.images.registry import pull
-    from ignitevm.images.registry.client import Client
-    from ignitevm.images.registry.tls import insecure_registries
-    from ignitevm.util.progress import Transfers
-
-    ref = refs.parse(source)
-    image_name = refs.normalize(name) if name else ref.familiar()
-    show = opts.show if opts.show != "auto" else ("tty" if sys.stderr.isatty() else "plain")
+    image_name = refs.normalize(name) if name else refs.parse(source).familiar()
     ctx.store.ensure()
-    store = content_store(ctx)
-    insecure = insecure_registries(list(opts.insecure))
-    with Client(ref, config_dir=opts.config_dir, insecure=insecure) as client, \
-            Transfers(show) as bars:
-        res = pull.resolve(client, ref, store, opts.platform)
-        bars.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")
-        identity = "oci://" + ref.with_digest(res.digest)
-        existing = ctx.store.find(Image, image_name)
+    existing = ctx.store.find(Image, image_name)
+    twin: list[Image] = []
+
+    def known(identity: str) -> bool:
         if existing is not None and existing.status.oci_source.id == identity:
-            bars.line(f"Digest: {res.digest}")
-            bars.line(f"Status: Image is up to date for {image_name}")
-            return existing
+            return True
         if existing is not None:
             _check_replaceable(ctx, existing)
-        twin = next((i for i in ctx.store.list(Image) if i.status.oci_source.id == identity),
-                    None)
-        src = None
-        if twin is None:
-            _, ldescs = pull.manifests.image_parts(res.manifest, str(ref))
-            for d in ldescs:
-                if isinstance(d.get("digest"), str) and isinstance(d.get("size"), int):
-                    bars.add(d["digest"], d["digest"][7:19], d["size"])
-            src = pull.fetch(client, res, store, bars.update)
+        twin.extend(i for i in ctx.store.list(Image) if i.status.oci_source.id == identity)
+        return bool(twin)
+
+    pulled = pull_into(content_store(ctx), source, opts or PullOptions(), known)
+    if existing is not None and existing.status.oci_source.id == pulled.identity:
+        pulled.out.line(f"Status: Image is up to date for {image_name}")
+        return existing
     image = Image(metadata=ObjectMeta(name=image_name, uid=new_uid(), created=now()),
                   spec=ImageSpec(oci=image_name))
-    image.status.oci_source.id = identity
+    image.status.oci_source.id = pulled.identity
     with ctx.store.creating(image, unique_name=existing is None) as stage:
-        if twin is not None:
-            os.link(image_file(ctx, twin), stage / IMAGE_FILE)
-            shutil.copyfile(ctx.store.dir(twin) / CONFIG_FILE, stage / CONFIG_FILE)
+        if twin:
+            os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
+            shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
             size = (stage / IMAGE_FILE).stat().st_size
         else:
-            assert src is not None
-            size = _build(src, stage, show == "tty")
+            assert pulled.source is not None
+            size = _build(pulled.source, stage, pulled.out.mode == "tty")
         image.status.oci_source.size = Size(size)
     if existing is not None:
         ctx.store.delete(existing)
-    bars.line(f"Digest: {res.digest}")
-    bars.line(f"Status: Downloaded newer image for {image_name}")
-    log.debug("Pulled %s as image %r (ID %s)", identity, image_name, image.metadata.uid)
+    pulled.out.line(f"Status: Downloaded newer image for {image_name}")
+    log.debug("Pulled %s as image %r (ID %s)", pulled.identity, image_name, image.metadata.uid)
     return image
 
 

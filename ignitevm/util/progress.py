@@ -71,7 +71,9 @@ class Transfers:
     def add(self, key: str, label: str, size: int) -> None:
         with self._lock:
             self._done[key] = 0
+            self._total += size
             if self._bar is not None:
+                self._bar.update(self._total_task, total=self._total)  # type: ignore[attr-defined]
                 self._tasks[key] = self._bar.add_task(label, total=size)  # type: ignore[attr-defined]
 
     def update(self, key: str, done: int, size: int) -> None:

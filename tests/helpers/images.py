@@ -163,3 +163,20 @@ def big_layers(count: int, size: int, seed: int = 0) -> list[bytes]:
     rng = random.Random(seed)
     return [_tar_bytes([_dir(f"data{i}"), _file(f"data{i}/blob", rng.randbytes(size))])
             for i in range(count)]
+
+
+KERNEL_VERSION = "5.10.51"
+FAKE_VMLINUX = (b"\x7fELF\x02\x01\x01" + b"\0" * 57
+                + b"Linux version 5.10.51 (x@y) #1 SMP\n\0" * 4)
+
+
+def kernel_layers() -> list[bytes]:
+    """An Ignite-style kernel image: /boot/vmlinux (a link) and /lib/modules/<version>."""
+    mods = f"lib/modules/{KERNEL_VERSION}"
+    boot = [_dir("boot"), _file(f"boot/vmlinux-{KERNEL_VERSION}", FAKE_VMLINUX),
+            _link("boot/vmlinux", f"/boot/vmlinux-{KERNEL_VERSION}")]
+    modules = [_dir("lib"), _dir("lib/modules"), _dir(mods), _dir(f"{mods}/kernel"),
+               _file(f"{mods}/kernel/virtio.ko", b"\x7fELF fake module"),
+               _file(f"{mods}/modules.order", b"kernel/virtio.ko\n"),
+               _file(f"{mods}/modules.dep", b"kernel/virtio.ko:\n")]
+    return [_tar_bytes(boot), _tar_bytes(modules)]

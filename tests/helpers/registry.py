@@ -307,7 +307,7 @@ if pytest is not None:
     @pytest.fixture(scope="session")
     def test_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         """Skopeo sources of the test images, by name."""
-        from tests.helpers.images import OCILayout, busybox_layers
+        from tests.helpers.images import OCILayout, busybox_layers, kernel_layers
 
         layout = OCILayout(tmp_path_factory.mktemp("layout") / "oci")
         layers = busybox_layers()
@@ -320,12 +320,14 @@ if pytest is not None:
             "armonly": layout.tag(layout.index([arm]), "armonly"),
             "zstd": layout.tag(layout.image(layers, {"Cmd": ["/sbin/init"]},
                                             compression="zstd"), "zstd"),
+            "kernel": layout.tag(layout.image(kernel_layers()), "kernel"),
         }
 
     def _push_all(reg: Registry, layout: dict[str, str]) -> Registry:
         reg.push(layout["busybox"], "test/busybox:1")
         reg.push(layout["multi"], "test/multi:1", all_images=True)
         reg.push(layout["armonly"], "test/armonly:1", all_images=True)
+        reg.push(layout["kernel"], "test/kernel:1")
         return reg
 
     @pytest.fixture(scope="session")
@@ -342,6 +344,7 @@ if pytest is not None:
         with running_registry(tmp_path_factory.mktemp("reg-auth"),
                               users={USER: PASSWORD}) as reg:
             reg.push(test_layout["busybox"], "test/busybox:1")
+            reg.push(test_layout["kernel"], "test/kernel:1")
             yield reg
 
     @pytest.fixture(scope="session")

@@ -246,3 +246,43 @@ def test_secrets_not_logged(ig: Ignite, auth_registry: Registry, tmp_path: Path)
     assert PASSWORD not in res.stderr + res.stdout
     assert base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode() not in res.stderr
     assert os.environ.get("NOT_SET") is None
+
+
+def test_kernel_import_from_registry(ig: Ignite, plain_registry: Registry) -> None:
+    ref = f"{plain_registry.host}/test/kernel:1"
+    ig("kernel", "import", ref)
+    listing = ig("kernel", "ls").stdout
+    assert ref in listing and "5.10.51" in listing
+    inspect = json.loads(ig("inspect", "kernel", ref).stdout)
+    assert inspect["status"]["ociSource"]["id"].startswith(f"oci://{plain_registry.host}/")
+    err = fails(ig, "kernel", "import", f"{plain_registry.host}/test/busybox:1")
+    assert "kernel" in err
+
+
+def test_kernel_registry_auth_matrix(ig: Ignite, auth_registry: Registry, tmp_path: Path,
+                                     home: Path) -> None:
+    """Ignite's registry e2e matrix for kernels: no auth, the flag, the config, an empty dir."""
+    ref = f"{auth_registry.host}/test/kernel:1"
+    assert "wants credentials" in fails(ig, "kernel", "import", ref)
+    good = creds_dir(tmp_path / "good", auth_registry.host, USER, PASSWORD)
+    ig("kernel", "import", "--registry-config-dir", good, ref)
+    ig("kernel", "rm", ref)
+    creds_dir(home / ".docker", auth_registry.host, USER, PASSWORD)
+    ig("kernel", "import", ref)
+    ig("kernel", "rm", ref)
+    (tmp_path / "empty").mkdir()
+    assert "wants credentials" in fails(ig, "kernel", "import", "--registry-config-dir",
+                                        str(tmp_path / "empty"), ref)
+
+
+def test_create_pulls_missing(ig: Ignite, plain_registry: Registry) -> None:
+    """`create` pulls the image and the kernel it names; --pull never refuses to."""
+    image, kernel = (f"{plain_registry.host}/test/busybox:1",
+                     f"{plain_registry.host}/test/kernel:1")
+    res = ig("create", image, "--kernel-image", kernel, "--pull", "never", "--name", "a",
+             check=False)
+    assert res.returncode == 1 and "can't find image" in res.stderr
+    ig("create", image, "--kernel-image", kernel, "--name", "vm1")
+    assert ig("image", "ls", "-q").stdout.count("\n") == 1
+    ig("create", image, "--kernel-image", kernel, "--name", "vm2", "--pull", "always")
+    assert ig("image", "ls", "-q").stdout.count("\n") == 1  # same digest: nothing new

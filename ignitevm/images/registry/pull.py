@@ -26,8 +26,10 @@ from ignitevm.images.registry import manifests
 from ignitevm.images.registry.client import Client, NetworkError
 from ignitevm.images.registry.diffid import DiffHasher
 from ignitevm.images.registry.manifests import Manifest
+from ignitevm.images.registry.options import PullOptions
 from ignitevm.images.source import ImageSource, Layer
 from ignitevm.log import log
+from ignitevm.util.progress import Transfers
 
 PARALLEL = 4
 RESUMES = 5  # Range requests after cut connections, per blob
@@ -234,3 +236,39 @@ def _transfer(client: Client, ing: Ingest, digest: str, size: int, what: str,
                 hasher.feed(chunk)
             if progress is not None:
                 progress(digest, ing.offset, size)
+
+
+class Pulled(NamedTuple):
+    ref: Reference
+    digest: str  # the image manifest's
+    identity: str  # "oci://<repository>@<digest>": what an Image or Kernel records
+    source: ImageSource | None  # None when ``known`` said it is already here
+    out: Transfers  # for the last status lines
+
+
+def pull_into(store: ContentStore, text: str, opts: PullOptions,
+              known: Callable[[str], bool]) -> Pulled:
+    """Resolve ``text`` and, unless ``known(identity)``, fetch what the store lacks."""
+    import sys
+
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry.tls import insecure_registries
+    from ignitevm.util.progress import Transfers
+
+    ref = parse(text)
+    show = opts.show if opts.show != "auto" else ("tty" if sys.stderr.isatty() else "plain")
+    insecure = insecure_registries(list(opts.insecure))
+    with Client(ref, config_dir=opts.config_dir, insecure=insecure) as client, \
+            Transfers(show) as out:
+        res = resolve(client, ref, store, opts.platform)
+        out.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")
+        identity = "oci://" + ref.with_digest(res.digest)
+        source = None
+        if not known(identity):
+            _, ldescs = manifests.image_parts(res.manifest, str(ref))
+            for d in ldescs:
+                if isinstance(d.get("digest"), str) and isinstance(d.get("size"), int):
+                    out.add(d["digest"], d["digest"][7:19], d["size"])
+            source = fetch(client, res, store, out.update)
+        out.line(f"Digest: {res.digest}")
+    return Pulled(ref, res.digest, identity, source, out)
