@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from ignitevm.errors import IgniteError, NotFound
 from ignitevm.images.registry import credentials, tls
 from ignitevm.images.registry.auth import Auth, Unauthorized
 from ignitevm.log import log
+from ignitevm.util.fs import atomic_write
 
 RETRIES = 4
 BACKOFF = 0.2  # seconds, doubled at each retry
@@ -58,23 +60,34 @@ class Client:
     """Requests to one repository of one registry, authenticated as the user set up."""
 
     def __init__(self, ref: Reference, *, config_dir: str | None = None,
-                 insecure: set[str] | None = None):
+                 insecure: set[str] | None = None, schemes: Path | None = None):
         self.domain = ref.domain
         self.host = api_host(ref.domain)
         self.repository = ref.path
         self.scope = f"repository:{ref.path}:pull"
         self.insecure = insecure or set()
         self.transport = tls.transport(self.host, self.insecure)
-        self.http = httpx.Client(verify=self.transport.context, timeout=TIMEOUT,
-                                 follow_redirects=False, trust_env=False,
-                                 limits=httpx.Limits(max_connections=16))
+        self._clients: dict[str, httpx.Client] = {}
+        self._schemes = schemes  # a file remembering registries that speak only HTTP
         creds = credentials.lookup(ref.domain, ref.repository, config_dir)
         login = "docker login" + ("" if ref.domain == "docker.io" else f" {ref.domain}")
         self.auth = Auth(ref.domain, creds, self._plain, login_hint=f"log in with '{login}'")
         self.base: str | None = None
 
     def close(self) -> None:
-        self.http.close()
+        for c in self._clients.values():
+            c.close()
+
+    def _http(self, url: str) -> httpx.Client:
+        """The connection pool for ``url``'s scheme (HTTPS verified as tls.py says)."""
+        scheme = "https" if url.startswith("https:") else "http"
+        if scheme not in self._clients:
+            verify: ssl.SSLContext | bool = (tls.ssl_context(self.transport)
+                                             if scheme == "https" else False)
+            self._clients[scheme] = httpx.Client(
+                verify=verify, timeout=TIMEOUT, follow_redirects=False, trust_env=False,
+                limits=httpx.Limits(max_connections=16))
+        return self._clients[scheme]
 
     def __enter__(self) -> Client:
         return self
@@ -88,11 +101,18 @@ class Client:
         if self.base is not None:
             return
         resp = None
-        for scheme in ("https", "http"):
+        known_http = self.transport.http_allowed and self.host in self._read_schemes()
+        for scheme in ("http", "https", "http") if known_http else ("https", "http"):
             try:
                 resp = self._send("GET", f"{scheme}://{self.host}/v2/", {}, stream=False)
+                if known_http and resp.status_code == 400:  # an HTTPS server now
+                    known_http, resp = False, None
+                    continue
                 break
             except NetworkError as exc:
+                if known_http:
+                    known_http = False  # it moved (to HTTPS?): ask again
+                    continue
                 if scheme == "https" and getattr(exc, "plain_http", False):
                     if self.transport.http_allowed:
                         log.debug("%s does not speak TLS; using plain HTTP", self.host)
@@ -104,12 +124,31 @@ class Client:
                              f"{tls.INSECURE_ENV})", retry=False) from None
                 raise
         assert resp is not None
-        self.base = f"{_origin(str(resp.request.url))[0]}://{self.host}"
+        scheme = _origin(str(resp.request.url))[0]
+        self.base = f"{scheme}://{self.host}"
+        if (scheme == "http") != (self.host in self._read_schemes()):
+            self._write_schemes(scheme == "http")
         if resp.status_code == 401:
             self.auth.challenge(resp.headers.get("www-authenticate"))
         elif resp.status_code not in (200, 403):
             raise IgniteError(f"{self.host} is not an OCI registry (GET /v2/ answered "
                               f"{resp.status_code} {resp.reason_phrase})")
+
+    def _read_schemes(self) -> set[str]:
+        try:
+            return set(self._schemes.read_text().split()) if self._schemes else set()
+        except OSError:
+            return set()
+
+    def _write_schemes(self, http: bool) -> None:
+        if self._schemes is None:
+            return
+        hosts = self._read_schemes()
+        (hosts.add if http else hosts.discard)(self.host)
+        try:
+            atomic_write(self._schemes, "".join(f"{h}\n" for h in sorted(hosts)))
+        except OSError as exc:
+            log.debug("cannot remember the scheme of %s: %s", self.host, exc)
 
     def get(self, path: str, headers: dict[str, str] | None = None, *,
             stream: bool = False) -> httpx.Response:
@@ -204,8 +243,9 @@ class Client:
         for attempt in range(RETRIES):
             wait = BACKOFF * 2 ** attempt
             try:
-                request = self.http.build_request(method, url, headers=headers, **kwargs)
-                resp = self.http.send(request, stream=stream)
+                http = self._http(url)
+                request = http.build_request(method, url, headers=headers, **kwargs)
+                resp = http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 err = self.network_error(exc)
                 if not err.retry or attempt == RETRIES - 1:

@@ -258,7 +258,9 @@ def pull_into(store: ContentStore, text: str, opts: PullOptions,
     ref = parse(text)
     show = opts.show if opts.show != "auto" else ("tty" if sys.stderr.isatty() else "plain")
     insecure = insecure_registries(list(opts.insecure))
-    with Client(ref, config_dir=opts.config_dir, insecure=insecure) as client, \
+    store.path.mkdir(parents=True, exist_ok=True)
+    with Client(ref, config_dir=opts.config_dir, insecure=insecure,
+                schemes=store.path / "http-registries") as client, \
             Transfers(show) as out:
         res = resolve(client, ref, store, opts.platform)
         out.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")

@@ -27,7 +27,6 @@ INSECURE_ENV = "IGNITE_INSECURE_REGISTRIES"
 
 class Transport(NamedTuple):
     host: str
-    context: ssl.SSLContext
     http_allowed: bool  # plain HTTP may be used if the registry does not speak TLS
     opted_in: bool  # named insecure by the user: TLS is not verified either
 
@@ -67,9 +66,15 @@ def certs_dirs() -> list[Path]:
 
 
 def transport(host: str, insecure: set[str]) -> Transport:
-    """The TLS set-up for ``host`` ("name" or "name:port")."""
+    """What ``host`` ("name" or "name:port") may use."""
     name = split_host(host)[0]
     opted_in = host in insecure or name in insecure
+    return Transport(host, opted_in or is_loopback(host), opted_in)
+
+
+def ssl_context(t: Transport) -> ssl.SSLContext:
+    """System CAs plus the host's certs.d files (made only when HTTPS is used: ~60 ms)."""
+    host, opted_in = t.host, t.opted_in
     context = ssl.create_default_context()
     context.set_alpn_protocols(["http/1.1"])
     if opted_in:
@@ -92,4 +97,4 @@ def transport(host: str, insecure: set[str]) -> Transport:
                 context.load_cert_chain(str(cert), str(key))
             except (OSError, ssl.SSLError) as exc:
                 raise InvalidInput(f"cannot load the client certificate {cert}: {exc}") from None
-    return Transport(host, context, opted_in or is_loopback(host), opted_in)
+    return context
