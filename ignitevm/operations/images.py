@@ -151,7 +151,7 @@ def content_store(ctx: Context) -> ContentStore:
 def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
                name: str | None = None) -> Image:
     """Pull ``source`` from its registry; an unchanged tag costs one manifest request."""
-    from ignitevm.images.registry.pull import pull_into
+    from ignitevm.images.registry.pull import pulling
 
     image_name = refs.normalize(name) if name else refs.parse(source).familiar()
     ctx.store.ensure()
@@ -166,22 +166,27 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
         twin.extend(i for i in ctx.store.list(Image) if i.status.oci_source.id == identity)
         return bool(twin)
 
-    pulled = pull_into(content_store(ctx), source, opts or PullOptions(), known)
-    if existing is not None and existing.status.oci_source.id == pulled.identity:
-        pulled.out.line(f"Status: Image is up to date for {image_name}")
-        return existing
-    image = Image(metadata=ObjectMeta(name=image_name, uid=new_uid(), created=now()),
-                  spec=ImageSpec(oci=image_name))
-    image.status.oci_source.id = pulled.identity
-    with ctx.store.creating(image, unique_name=existing is None) as stage:
-        if twin:
-            os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
-            shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
-            size = (stage / IMAGE_FILE).stat().st_size
+    with pulling(content_store(ctx), source, opts or PullOptions(), known) as pulled:
+        if existing is not None and existing.status.oci_source.id == pulled.identity:
+            up_to_date = existing
         else:
-            assert pulled.source is not None
-            size = _build(pulled.source, stage, pulled.out.mode == "tty")
-        image.status.oci_source.size = Size(size)
+            up_to_date = None
+            image = Image(metadata=ObjectMeta(name=image_name, uid=new_uid(), created=now()),
+                          spec=ImageSpec(oci=image_name))
+            image.status.oci_source.id = pulled.identity
+            with ctx.store.creating(image, unique_name=existing is None) as stage:
+                if twin:
+                    os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
+                    shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
+                    size = (stage / IMAGE_FILE).stat().st_size
+                else:
+                    assert pulled.source is not None
+                    # (layers are applied as they arrive; the download bars show progress)
+                    size = _build(pulled.source, stage, False)
+                image.status.oci_source.size = Size(size)
+    if up_to_date is not None:
+        pulled.out.line(f"Status: Image is up to date for {image_name}")
+        return up_to_date
     if existing is not None:
         ctx.store.delete(existing)
     pulled.out.line(f"Status: Downloaded newer image for {image_name}")

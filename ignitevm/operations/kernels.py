@@ -146,33 +146,33 @@ def pull_kernel(ctx: Context, source: str, opts: PullOptions | None = None,
                 name: str | None = None) -> Kernel:
     """Pull an Ignite-style kernel image (``/boot/vmlinux`` + ``/lib/modules``)."""
     from ignitevm.images.registry.options import PullOptions
-    from ignitevm.images.registry.pull import pull_into
+    from ignitevm.images.registry.pull import pulling
     from ignitevm.kernels.oci import extract_kernel_source
     from ignitevm.operations.images import content_store
 
     kname = refs.normalize(name) if name else refs.parse(source).familiar()
     ctx.store.ensure()
     existing = ctx.store.find(Kernel, kname)
-    pulled = pull_into(content_store(ctx), source, opts or PullOptions(),
-                       lambda identity: existing is not None)
-    if existing is not None:
-        if existing.status.oci_source.id != pulled.identity:
-            log.info("Kernel %r is already imported (ID %r); remove it to pull it again",
-                     kname, existing.metadata.uid)
-        return existing
-    assert pulled.source is not None
     kernel = Kernel(metadata=ObjectMeta(name=kname, uid=new_uid(), created=now()),
                     spec=KernelSpec(oci=kname))
-    with ctx.store.creating(kernel) as stage, tempfile.TemporaryDirectory(
-            dir=ctx.root / "tmp", prefix="kernel-") as work:
-        file, modules, kernel.status.version = extract_kernel_source(
-            pulled.source, str(pulled.ref), Path(work))
-        _store_kernel(file, stage)
-        if modules is not None:
-            collect_modules(modules, stage / MODULES_DIR)
-        kernel.status.oci_source.id = pulled.identity
-        size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
-        kernel.status.oci_source.size = Size(size)
+    with pulling(content_store(ctx), source, opts or PullOptions(),
+                 lambda identity: existing is not None) as pulled:
+        if existing is not None:
+            if existing.status.oci_source.id != pulled.identity:
+                log.info("Kernel %r is already imported (ID %r); remove it to pull it again",
+                         kname, existing.metadata.uid)
+            return existing
+        assert pulled.source is not None
+        with ctx.store.creating(kernel) as stage, tempfile.TemporaryDirectory(
+                dir=ctx.root / "tmp", prefix="kernel-") as work:
+            file, modules, kernel.status.version = extract_kernel_source(
+                pulled.source, str(pulled.ref), Path(work))
+            _store_kernel(file, stage)
+            if modules is not None:
+                collect_modules(modules, stage / MODULES_DIR)
+            kernel.status.oci_source.id = pulled.identity
+            size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
+            kernel.status.oci_source.size = Size(size)
     log.info("Pulled kernel %r (version %s) with ID %r", kname, kernel.status.version,
              kernel.metadata.uid)
     return kernel
