@@ -286,3 +286,32 @@ def test_create_pulls_missing(ig: Ignite, plain_registry: Registry) -> None:
     assert ig("image", "ls", "-q").stdout.count("\n") == 1
     ig("create", image, "--kernel-image", kernel, "--name", "vm2", "--pull", "always")
     assert ig("image", "ls", "-q").stdout.count("\n") == 1  # same digest: nothing new
+
+
+def test_mirrors_first_then_upstream(ig: Ignite, plain_registry: Registry, tmp_path: Path) -> None:
+    """registries.conf v2: a dead mirror is skipped, a live one serves; blocked refuses."""
+    from tests.helpers.registry import free_port
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f"""
+[[registry]]
+prefix = "upstream.invalid/test"
+location = "upstream.invalid/test"
+[[registry.mirror]]
+location = "127.0.0.1:{free_port()}/test"
+[[registry.mirror]]
+location = "{plain_registry.host}/test"
+
+[[registry]]
+location = "blocked.invalid"
+blocked = true
+""")
+    mig = Ignite(ig.root, env=dict(ig.env, CONTAINERS_REGISTRIES_CONF=str(conf)))
+    res = mig("image", "pull", "upstream.invalid/test/busybox:1")
+    assert "trying the next place" in res.stderr
+    inspect = json.loads(mig("inspect", "image", "upstream.invalid/test/busybox:1").stdout)
+    assert inspect["status"]["ociSource"]["id"].startswith("oci://upstream.invalid/test/busybox@")
+    assert "blocked" in fails(mig, "image", "pull", "blocked.invalid/x:1")
+    # the mirrors are all tried, then upstream, whose error is the one shown
+    assert "unknown registry host upstream.invalid" in fails(
+        mig, "image", "pull", "upstream.invalid/test/nothing:1")

@@ -204,3 +204,36 @@ def test_ingest_checks_and_resumes(tmp_path: Path) -> None:
         ing.write(b"abc")
     with pytest.raises(InvalidInput, match="sha256 only"):
         ContentStore.blob_name("sha512:" + "0" * 128)
+
+
+def test_mirror_endpoints(tmp_path: Path) -> None:
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry.mirrors import endpoints
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text("""
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "mirror.example:5000/hub"
+insecure = true
+
+[[registry]]
+prefix = "docker.io/team"
+location = "team.example/t"
+pull-from-mirror = "digest-only"
+[[registry.mirror]]
+location = "m.example"
+""")
+    got = [(str(e.ref), e.insecure, e.mirror) for e in endpoints(parse("alpine"), conf)]
+    assert got == [("mirror.example:5000/hub/library/alpine:latest", True, True),
+                   ("docker.io/library/alpine:latest", False, False)]
+    got = [str(e.ref) for e in endpoints(parse("team/app:1"), conf)]
+    assert got == ["team.example/t/app:1"]  # digest-only mirrors: not for a tag
+    digest = "sha256:" + "a" * 64
+    got = [str(e.ref) for e in endpoints(parse(f"team/app@{digest}"), conf)]
+    assert got == [f"m.example/app@{digest}", f"team.example/t/app@{digest}"]
+    assert [str(e.ref) for e in endpoints(parse("quay.io/x/y"), conf)] == ["quay.io/x/y:latest"]
+    assert [str(e.ref) for e in endpoints(parse("x"), tmp_path / "none")] == [
+        "docker.io/library/x:latest"]

@@ -285,10 +285,8 @@ def pulling(store: ContentStore, text: str, opts: PullOptions,
     insecure = insecure_registries(list(opts.insecure))
     store.path.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        client = stack.enter_context(Client(ref, config_dir=opts.config_dir, insecure=insecure,
-                                            schemes=store.path / "http-registries"))
         out = stack.enter_context(Transfers(show))
-        res = resolve(client, ref, store, opts.platform)
+        client, res = _first_answer(stack, store, ref, opts, insecure)
         out.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")
         identity = "oci://" + ref.with_digest(res.digest)
         source = None
@@ -300,6 +298,30 @@ def pulling(store: ContentStore, text: str, opts: PullOptions,
             source = stack.enter_context(fetching(client, res, store, out.update))
         yield Pulled(ref, res.digest, identity, source, out)
     out.line(f"Digest: {res.digest}")
+
+
+def _first_answer(stack: ExitStack, store: ContentStore, ref: Reference, opts: PullOptions,
+                  insecure: set[str]) -> tuple[Client, Resolved]:
+    """The client of the first place (mirrors, then upstream) that has ``ref``."""
+    from ignitevm.images.registry.mirrors import endpoints
+
+    places = endpoints(ref)
+    for n, place in enumerate(places):
+        with ExitStack() as attempt:
+            client = attempt.enter_context(Client(
+                place.ref, config_dir=opts.config_dir,
+                insecure=insecure | ({place.ref.domain} if place.insecure else set()),
+                schemes=store.path / "http-registries"))
+            try:
+                res = resolve(client, place.ref, store, opts.platform)
+            except IgniteError as exc:
+                if n == len(places) - 1 or not place.mirror:
+                    raise
+                log.info("Mirror %s failed (%s); trying the next place", place.ref.domain, exc)
+                continue
+            stack.enter_context(attempt.pop_all())
+            return client, res
+    raise AssertionError("unreachable")
 
 
 def pull_into(store: ContentStore, text: str, opts: PullOptions,
