@@ -6,6 +6,7 @@ never extracted) or in an OCI layout directory. Both are a :class:`Store`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -19,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ignitevm.errors import InvalidInput
+from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.source import Opener
 from ignitevm.log import log
 
@@ -257,14 +258,23 @@ class Ingest:
         self.offset = 0
 
     def __enter__(self) -> Ingest:
-        self._f = open(self.partial, "ab+")  # closed in __exit__
-        self._f.seek(0)
-        for chunk in iter(lambda: self._f.read(1 << 20), b""):  # type: ignore[union-attr]
-            self.hash.update(chunk)
-            self.offset += len(chunk)
+        try:
+            self._f = open(self.partial, "ab+", buffering=0)  # closed in __exit__
+            self._f.seek(0)
+            for chunk in iter(lambda: self._f.read(1 << 20), b""):  # type: ignore[union-attr]
+                self.hash.update(chunk)
+                self.offset += len(chunk)
+        except OSError as exc:
+            raise self._io_error(exc) from None
         if self.offset > self.size:
             self.reset()
         return self
+
+    def _io_error(self, exc: OSError) -> IgniteError:
+        return IgniteError(f"cannot write blob {self.digest} to {self.partial.parent}: "
+                           f"{exc.strerror or exc}",
+                           hint="free some space there; the next pull resumes the download"
+                           if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else None)
 
     def __exit__(self, *exc: object) -> None:
         if self._f is not None:
@@ -283,7 +293,12 @@ class Ingest:
             self.discard()
             raise InvalidInput(f"blob {self.digest} is longer than the {self.size} bytes its "
                                "descriptor says", hint="the registry or a proxy sent bad data")
-        self._f.write(data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._f.write(view) or 0:]
+        except OSError as exc:
+            raise self._io_error(exc) from None
         self.hash.update(data)
         self.offset += len(data)
 
@@ -306,5 +321,8 @@ class Ingest:
     def commit(self, final: Path) -> None:
         self.check()
         assert self._f is not None
-        self._f.flush()
-        os.replace(self.partial, final)
+        try:
+            self._f.flush()
+            os.replace(self.partial, final)
+        except OSError as exc:
+            raise self._io_error(exc) from None

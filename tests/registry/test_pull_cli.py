@@ -315,3 +315,25 @@ blocked = true
     # the mirrors are all tried, then upstream, whose error is the one shown
     assert "unknown registry host upstream.invalid" in fails(
         mig, "image", "pull", "upstream.invalid/test/nothing:1")
+
+
+def test_disk_full_mid_pull(ig: Ignite, plain_registry: Registry) -> None:
+    """Files may not grow past 300 kB (prlimit; Python gets EFBIG as on a full disk):
+    one error line, no image, no blob under its final name; the next pull completes."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    ref = f"{plain_registry.host}/test/busybox:1"
+    env = {**os.environ, **ig.env, "IGNITE_ROOT": str(ig.root)}
+    res = subprocess.run(["prlimit", "--fsize=300000", sys.executable, "-m", "ignitevm", "image",
+                          "pull", ref], env=env, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "error: cannot write blob" in res.stderr and "free some space" in res.stderr
+    assert ig("image", "ls", "-q").stdout == ""
+    blobs = ig.root / "content" / "blobs" / "sha256"
+    assert all(p.stat().st_size < 300000 for p in blobs.iterdir())
+    ig("image", "pull", ref)
