@@ -183,6 +183,7 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
                     assert pulled.source is not None
                     # (layers are applied as they arrive; the download bars show progress)
                     size = _build(pulled.source, stage, False)
+                    _check_runnable(stage / IMAGE_FILE, pulled.source.config, image_name)
                 image.status.oci_source.size = Size(size)
     if up_to_date is not None:
         pulled.out.line(f"Status: Image is up to date for {image_name}")
@@ -192,6 +193,20 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
     pulled.out.line(f"Status: Downloaded newer image for {image_name}")
     log.debug("Pulled %s as image %r (ID %s)", pulled.identity, image_name, image.metadata.uid)
     return image
+
+
+def _check_runnable(ext4: Path, config: dict[str, object], name: str) -> None:
+    """An image needs /sbin/init (a link is fine) or an Entrypoint/Cmd to run as a VM:
+    say so at pull time rather than at boot."""
+    from ignitevm.util.proc import run
+
+    if config.get("Entrypoint") or config.get("Cmd"):
+        return
+    out = run(["debugfs", "-R", "stat /sbin/init", ext4], check=False)
+    if "not found" in (out.stderr + out.stdout).lower() or out.returncode != 0:
+        raise InvalidInput(f"image {name} cannot run as a VM: it has no /sbin/init and no "
+                           "Entrypoint or Cmd", hint="pull an image with an init system or "
+                           "a command to run")
 
 
 def _check_replaceable(ctx: Context, old: Image) -> None:

@@ -321,6 +321,7 @@ if pytest is not None:
             "zstd": layout.tag(layout.image(layers, {"Cmd": ["/sbin/init"]},
                                             compression="zstd"), "zstd"),
             "kernel": layout.tag(layout.image(kernel_layers()), "kernel"),
+            "noinit": layout.tag(layout.image(layers[:1]), "noinit"),
         }
 
     def _push_all(reg: Registry, layout: dict[str, str]) -> Registry:
@@ -328,6 +329,7 @@ if pytest is not None:
         reg.push(layout["multi"], "test/multi:1", all_images=True)
         reg.push(layout["armonly"], "test/armonly:1", all_images=True)
         reg.push(layout["kernel"], "test/kernel:1")
+        reg.push(layout["noinit"], "test/noinit:1")
         return reg
 
     @pytest.fixture(scope="session")

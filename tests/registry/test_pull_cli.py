@@ -337,3 +337,8 @@ def test_disk_full_mid_pull(ig: Ignite, plain_registry: Registry) -> None:
     blobs = ig.root / "content" / "blobs" / "sha256"
     assert all(p.stat().st_size < 300000 for p in blobs.iterdir())
     ig("image", "pull", ref)
+
+
+def test_image_that_cannot_run(ig: Ignite, plain_registry: Registry) -> None:
+    err = fails(ig, "image", "pull", f"{plain_registry.host}/test/noinit:1")
+    assert "no /sbin/init and no Entrypoint or Cmd" in err
