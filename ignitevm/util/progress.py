@@ -47,10 +47,12 @@ class Transfers:
 
     def __enter__(self) -> Transfers:
         if self.mode == "tty":
+            from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
             bar = Progress("[progress.description]{task.description}", BarColumn(),
-                           DownloadColumn(), TransferSpeedColumn(), transient=True)
+                           DownloadColumn(), TransferSpeedColumn(), transient=True,
+                           console=Console(stderr=True))
             self._total_task = bar.add_task("total", total=self._total or None)
             bar.start()
             self._bar = bar
@@ -95,6 +97,9 @@ class Transfers:
                 if key in self._tasks:
                     bar.update(self._tasks[key], completed=done)
                 bar.update(self._total_task, advance=step)
+                if changed and state != "downloading":
+                    word = "Already exists" if state == "exists" else "Download complete"
+                    bar.console.print(f"{key[7:19]}: {word}", highlight=False)
             elif self.mode == "plain" and changed:
                 word = "Download complete" if state == "complete" else "Downloading"
                 print(f"{key[7:19]}: {word}", file=sys.stderr, flush=True)

@@ -342,3 +342,33 @@ def test_disk_full_mid_pull(ig: Ignite, plain_registry: Registry) -> None:
 def test_image_that_cannot_run(ig: Ignite, plain_registry: Registry) -> None:
     err = fails(ig, "image", "pull", f"{plain_registry.host}/test/noinit:1")
     assert "no /sbin/init and no Entrypoint or Cmd" in err
+
+
+def test_progress_on_a_terminal(ig: Ignite, plain_registry: Registry) -> None:
+    """On a terminal: bars (per layer and a total) that vanish, then docker pull's lines;
+    stdout keeps only the reference."""
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, **ig.env, "IGNITE_ROOT": str(ig.root), "COLUMNS": "100"}
+    ref = f"{plain_registry.host}/test/busybox:1"
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "image", "pull", ref],
+                            stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL,
+                            env=env)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal's other end closed
+            break
+        if not data:
+            break
+        shown += data
+    os.close(leader)
+    assert proc.wait() == 0
+    assert proc.stdout is not None and proc.stdout.read().decode().strip() == ref
+    text = shown.decode(errors="replace")
+    assert "total" in text and "Download complete" in text and "Status: Downloaded" in text
