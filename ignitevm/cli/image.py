@@ -16,18 +16,22 @@ if TYPE_CHECKING:
 
 
 def pull_options(args: argparse.Namespace) -> PullOptions:
-    """Registry flags, then the Configuration's ``spec.registryConfigDir`` (as Ignite)."""
+    """Registry flags, then the Configuration's ``spec.registryConfigDir`` (as Ignite) and
+    ``spec.insecureRegistries`` (a list of HOST[:PORT])."""
     from ignitevm.images.registry.options import PullOptions
 
     config_dir = getattr(args, "registry_config_dir", None)
-    if config_dir is None:
-        from ignitevm.cli.config import load_configuration
+    insecure = list(getattr(args, "insecure_registry", None) or ())
+    from ignitevm.cli.config import load_configuration
 
-        cfg = load_configuration(getattr(args, "ignite_config", None)) or {}
-        config_dir = (cfg.get("spec") or {}).get("registryConfigDir") or None
+    spec = (load_configuration(getattr(args, "ignite_config", None)) or {}).get("spec") or {}
+    if config_dir is None:
+        config_dir = spec.get("registryConfigDir") or None
+    extra = spec.get("insecureRegistries") or []
+    if isinstance(extra, list):
+        insecure += [str(name) for name in extra]
     show = "quiet" if getattr(args, "quiet", False) else "auto"
-    return PullOptions(getattr(args, "platform", None), config_dir,
-                       tuple(getattr(args, "insecure_registry", None) or ()), show)
+    return PullOptions(getattr(args, "platform", None), config_dir, tuple(insecure), show)
 
 
 def set_pull_policy(ctx: Context, args: argparse.Namespace) -> None:

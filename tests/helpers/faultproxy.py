@@ -18,6 +18,7 @@ class Faults:
     cut_always: bool = False  # cut every blob response halfway
     busy: int = 0  # answer this many requests with 503 + Retry-After: 0
     too_many: int = 0  # answer this many requests with 429 + Retry-After: 0
+    expire: int = 0  # forward this many blob requests without Authorization (a stale token)
     redirect_blobs: bool = False  # 307 blob GETs to the other origin (localhost vs 127.0.0.1)
     manifest_body: bytes | None = None  # serve this instead of every manifest
     last_auth: str = ""  # what a redirected request gets upstream (as a signed URL would)
@@ -96,6 +97,8 @@ class FaultProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 if self.headers.get("Host", "").startswith("localhost"):
                     headers["Authorization"] = f.last_auth
+                elif blob and proxy._take("expire"):
+                    headers.pop("Authorization", None)
                 elif self.headers.get("Authorization"):
                     f.last_auth = self.headers["Authorization"]
                 conn.request("GET", self.path, headers=headers)

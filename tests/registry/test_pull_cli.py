@@ -122,6 +122,11 @@ def test_basic_auth(ig: Ignite, auth_registry: Registry, tmp_path: Path, home: P
                      key=f"https://{auth_registry.host}/v1/")
     ig("image", "pull", "--registry-config-dir", good, ref)
     ig("image", "rm", ref)
+    cfg = tmp_path / "config.yaml"  # Ignite's Configuration field
+    cfg.write_text("apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
+                   f"spec:\n  registryConfigDir: {good}\n")
+    ig("--ignite-config", str(cfg), "image", "pull", ref)
+    ig("image", "rm", ref)
     creds_dir(home / ".docker", auth_registry.host, USER, PASSWORD)
     ig("image", "import", ref)
     ig("image", "rm", ref)
@@ -182,6 +187,11 @@ def test_http_needs_opt_in(ig: Ignite, tmp_path: Path,
         ig("image", "rm", ref)
         env_ig = Ignite(ig.root, env=dict(ig.env, IGNITE_INSECURE_REGISTRIES=reg.host))
         env_ig("image", "pull", ref)
+        ig("image", "rm", ref)
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text("apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
+                       f"spec:\n  insecureRegistries: ['{reg.host}']\n")
+        ig("--ignite-config", str(cfg), "image", "pull", ref)
 
 
 def _non_loopback_address() -> str:
@@ -372,3 +382,35 @@ def test_progress_on_a_terminal(ig: Ignite, plain_registry: Registry) -> None:
     assert proc.stdout is not None and proc.stdout.read().decode().strip() == ref
     text = shown.decode(errors="replace")
     assert "total" in text and "Download complete" in text and "Status: Downloaded" in text
+
+
+def test_token_refetched_on_401(ig: Ignite, token_registry: tuple[Registry, TokenServer]) -> None:
+    """A registry answering 401 to a cached token (expired) gets a fresh one, once."""
+    reg, tokens = token_registry
+    with FaultProxy(reg.host, Faults(expire=1)) as proxy:
+        before = len(tokens.requests)
+        ig("image", "pull", f"{proxy.host}/public/busybox:1")
+    assert len(tokens.requests) - before == 2
+
+
+def test_shared_layers_fetched_once(ig: Ignite, plain_registry: Registry) -> None:
+    """Two images with the same layers, pulled at the same time and then again by another
+    name: every layer crosses the wire once."""
+    import subprocess
+    import sys
+
+    with FaultProxy(plain_registry.host) as proxy:
+        env = {**os.environ, **ig.env, "IGNITE_ROOT": str(ig.root)}
+        procs = [subprocess.Popen([sys.executable, "-m", "ignitevm", "image", "pull", "-q",
+                                   f"{proxy.host}/test/{name}:1"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL)
+                 for name in ("busybox", "multi")]
+        for p in procs:
+            assert p.wait() == 0, p.stderr.read() if p.stderr else ""
+        ig("image", "pull", "--name", "again", f"{proxy.host}/test/busybox:1")
+        blobs = [s["path"] for s in proxy.faults.seen if "/blobs/" in s["path"]]
+    digests = [b.rsplit("/", 1)[1] for b in blobs]
+    layers = {d for d in digests if digests.count(d) > 1}
+    assert not layers, f"fetched more than once: {layers}"
+    assert len(ig("image", "ls", "-q").stdout.split()) == 3
