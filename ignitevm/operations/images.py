@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
 from ignitevm.api.types import Image, ImageSpec, ObjectMeta, Size
-from ignitevm.errors import Conflict, InvalidInput, NotFound
+from ignitevm.errors import Conflict, IgniteError, InvalidInput, NotFound
 from ignitevm.images.registry.options import PullOptions
 from ignitevm.log import log
 from ignitevm.operations.context import Context
@@ -125,15 +125,22 @@ def ensure_image(ctx: Context, ref: str) -> Image:
         found = ctx.store.find(Image, normalized)
         if found is not None and not _pull_again(ctx, found, ref):
             return found
-    if found is None:
+    if found is not None:
+        opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
+        return pull_image(ctx, ref, opts)
+    try:
+        return ctx.store.resolve(Image, ref)
+    except NotFound as missing:
+        if ctx.pull_policy == "never" or not refs.is_reference(ref) or ref.startswith(
+                (".", "/")):
+            raise
+        opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
         try:
-            return ctx.store.resolve(Image, ref)
-        except NotFound:
-            if ctx.pull_policy == "never" or not refs.is_reference(ref) or ref.startswith(
-                    (".", "/")):
-                raise
-    opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
-    return pull_image(ctx, ref, opts)
+            return pull_image(ctx, ref, opts)
+        except IgniteError as exc:
+            raise NotFound(f"can't find image {ref!r} here, and pulling "
+                           f"{refs.parse(ref)} failed: {exc.brief}",
+                           hint=exc.hint or missing.hint) from exc
 
 
 def _pull_again(ctx: Context, image: Image, ref: str) -> bool:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ignitevm.api import refs
 from ignitevm.api.defaults import DEFAULT_KERNEL, now
 from ignitevm.api.types import Kernel, KernelSpec, ObjectMeta, Size
-from ignitevm.errors import InvalidInput, NotFound
+from ignitevm.errors import IgniteError, InvalidInput, NotFound
 from ignitevm.kernels.initramfs import collect_modules, initramfs_for
 from ignitevm.log import log
 from ignitevm.operations.context import Context
@@ -124,16 +124,21 @@ def ensure_kernel(ctx: Context, ref: str) -> Kernel:
         return kernel
     if ref in DEBIAN_ALIASES:
         return import_kernel(ctx, "debian")
-    if kernel is None:
-        try:
-            return ctx.store.resolve(Kernel, ref)
-        except NotFound:
-            if ctx.pull_policy == "never" or not is_registry_ref(ref):
-                raise
     from ignitevm.images.registry.options import PullOptions
 
     opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
-    return pull_kernel(ctx, ref, opts)
+    if kernel is not None:
+        return pull_kernel(ctx, ref, opts)
+    try:
+        return ctx.store.resolve(Kernel, ref)
+    except NotFound as missing:
+        if ctx.pull_policy == "never" or not is_registry_ref(ref):
+            raise
+        try:
+            return pull_kernel(ctx, ref, opts)
+        except IgniteError as exc:
+            raise NotFound(f"can't find kernel {ref!r} here, and pulling {refs.parse(ref)} "
+                           f"failed: {exc.brief}", hint=exc.hint or missing.hint) from exc
 
 
 def is_registry_ref(text: str) -> bool:

@@ -359,6 +359,17 @@ if pytest is not None:
             yield reg
 
     @pytest.fixture(scope="session")
+    def tls_auth_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
+                          test_layout: dict[str, str]) -> Iterator[Registry]:
+        """HTTPS (the test CA) and htpasswd, as Ignite's private-registry e2e set-up."""
+        pair = test_ca.issue("loopback-auth", ["IP:127.0.0.1", "DNS:localhost"])
+        with running_registry(tmp_path_factory.mktemp("reg-tls-auth"), tls=pair,
+                              ca=test_ca.cert, users={USER: PASSWORD}) as reg:
+            reg.push(test_layout["busybox"], "test/busybox:1")
+            reg.push(test_layout["kernel"], "test/kernel:1")
+            yield reg
+
+    @pytest.fixture(scope="session")
     def wrong_name_registry(tmp_path_factory: pytest.TempPathFactory,
                             test_ca: TestCA) -> Iterator[Registry]:
         pair = test_ca.issue("elsewhere", ["DNS:registry.elsewhere.example"])

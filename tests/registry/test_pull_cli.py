@@ -414,3 +414,14 @@ def test_shared_layers_fetched_once(ig: Ignite, plain_registry: Registry) -> Non
     layers = {d for d in digests if digests.count(d) > 1}
     assert not layers, f"fetched more than once: {layers}"
     assert len(ig("image", "ls", "-q").stdout.split()) == 3
+
+
+def test_missing_image_or_kernel_says_both(ig: Ignite, plain_registry: Registry) -> None:
+    """Not here and not pullable: the error names both (as `ignite run no-such-image` did)."""
+    err = fails(ig, "create", "no-such-image")
+    assert "can't find image 'no-such-image:latest' here, and pulling " \
+           "docker.io/library/no-such-image:latest failed" in err
+    ig("image", "pull", f"{plain_registry.host}/test/busybox:1")
+    err = fails(ig, "create", f"{plain_registry.host}/test/busybox:1", "--kernel-image",
+                f"{plain_registry.host}/test/nokernel:1")
+    assert "can't find kernel" in err and "has no repository test/nokernel" in err
