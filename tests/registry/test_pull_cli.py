@@ -225,9 +225,21 @@ def test_cut_connection_resumes(ig: Ignite, plain_registry: Registry) -> None:
 
 
 def test_truncated_blob(ig: Ignite, plain_registry: Registry) -> None:
+    """A registry that always cuts a blob short: the pull fails; the next one resumes."""
     with FaultProxy(plain_registry.host, Faults(cut_always=True)) as proxy:
         err = fails(ig, "image", "pull", f"{proxy.host}/test/busybox:1")
-    assert "truncated" in err
+    assert "truncated" in err and "the download resumes" in err
+    assert not list((ig.root / "content" / "blobs" / "sha256").glob("*"))[1:]  # manifest only
+    # (parts are kept by digest: any registry that serves the blob can finish it)
+    with FaultProxy(plain_registry.host) as proxy:
+        ig("image", "pull", f"{proxy.host}/test/busybox:1")
+        assert any(s["range"] for s in proxy.faults.seen)
+
+
+def test_busy_registry(ig: Ignite, plain_registry: Registry) -> None:
+    with FaultProxy(plain_registry.host, Faults(busy=10)) as proxy:
+        err = fails(ig, "image", "pull", f"{proxy.host}/test/busybox:1")
+    assert "503" in err
 
 
 def test_redirect_drops_authorization(ig: Ignite,
