@@ -169,3 +169,20 @@ def test_missing_image_or_kernel_says_both(ig: Ignite, plain_registry: Registry)
     err = fails(ig, "create", f"{plain_registry.host}/test/busybox:1", "--kernel-image",
                 f"{plain_registry.host}/test/nokernel:1")
     assert "can't find kernel" in err and "has no repository test/nokernel" in err
+
+
+def test_moved_tag(ig: Ignite, plain_registry: Registry, test_layout: dict[str, str]) -> None:
+    """A tag that moved: pull replaces the image, unless a VM uses it (then one clear error)."""
+    ref = f"{plain_registry.host}/test/moving:1"
+    plain_registry.push(test_layout["busybox"], "test/moving:1")
+    first = ig("image", "pull", "-q", ref).stdout.strip()
+    plain_registry.push(test_layout["zstd"], "test/moving:1")
+    second = ig("image", "pull", "-q", ref).stdout.strip()
+    assert first != second and ig("image", "ls", "-q").stdout.split() == [second]
+    ig("create", ref, "--kernel-image", f"{plain_registry.host}/test/kernel:1", "--name", "u")
+    plain_registry.push(test_layout["busybox"], "test/moving:1")
+    err = fails(ig, "image", "pull", ref)
+    assert "now names other content" in err and "(u)" in err
+    ig("create", ref, "--kernel-image", f"{plain_registry.host}/test/kernel:1", "--name", "v")
+    assert "now names other content" in fails(ig, "create", ref, "--pull", "always", "--name",
+                                              "w")
