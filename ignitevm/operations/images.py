@@ -181,17 +181,13 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
             image = Image(metadata=ObjectMeta(name=image_name, uid=new_uid(), created=now()),
                           spec=ImageSpec(oci=image_name))
             image.status.oci_source.id = pulled.identity
-            with ctx.store.creating(image, unique_name=existing is None) as stage:
-                if twin:
-                    os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
-                    shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
-                    size = (stage / IMAGE_FILE).stat().st_size
-                else:
-                    assert pulled.source is not None
-                    # (layers are applied as they arrive; the download bars show progress)
-                    size = _build(pulled.source, stage, False)
-                    _check_runnable(stage / IMAGE_FILE, pulled.source.config, image_name)
-                image.status.oci_source.size = Size(size)
+            try:
+                _store_pulled(ctx, image, existing is None, twin, pulled.source)
+            except Conflict:
+                # The same pull ran at the same time and finished first: take its image.
+                up_to_date = ctx.store.find(Image, image_name)
+                if up_to_date is None or up_to_date.status.oci_source.id != pulled.identity:
+                    raise
     if up_to_date is not None:
         pulled.out.line(f"Status: Image is up to date for {image_name}")
         return up_to_date
@@ -200,6 +196,22 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
     pulled.out.line(f"Status: Downloaded newer image for {image_name}")
     log.debug("Pulled %s as image %r (ID %s)", pulled.identity, image_name, image.metadata.uid)
     return image
+
+
+def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
+                  source: ImageSource | None) -> None:
+    """Build (or share with a twin) the pulled image's file; the object appears at the end."""
+    with ctx.store.creating(image, unique_name=unique) as stage:
+        if twin:
+            os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
+            shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
+            size = (stage / IMAGE_FILE).stat().st_size
+        else:
+            assert source is not None
+            # (layers are applied as they arrive; the download bars show progress)
+            size = _build(source, stage, False)
+            _check_runnable(stage / IMAGE_FILE, source.config, image.metadata.name)
+        image.status.oci_source.size = Size(size)
 
 
 def _check_runnable(ext4: Path, config: dict[str, object], name: str) -> None:

@@ -112,3 +112,19 @@ def test_shared_layers_fetched_once(ig: Ignite, plain_registry: Registry) -> Non
     layers = {d for d in digests if digests.count(d) > 1}
     assert not layers, f"fetched more than once: {layers}"
     assert len(ig("image", "ls", "-q").stdout.split()) == 3
+
+
+def test_same_pull_twice_at_once(ig: Ignite, plain_registry: Registry) -> None:
+    """Two pulls of one reference at the same time: both succeed, one image."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **ig.env, "IGNITE_ROOT": str(ig.root)}
+    ref = f"{plain_registry.host}/test/busybox:1"
+    procs = [subprocess.Popen([sys.executable, "-m", "ignitevm", "image", "pull", "-q", ref],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True) for _ in range(3)]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    ids = ig("image", "ls", "-q").stdout.split()
+    assert len(ids) == 1 and all(out.strip() == ids[0] for out, _ in outs)
