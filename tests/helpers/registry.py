@@ -196,6 +196,7 @@ class Registry:
     password: str | None = None
     ca: Path | None = None
     log: list[str] = field(default_factory=list)
+    cert_dir: Path | None = None  # certs.d-style folder skopeo pushes with (client certs)
 
     @property
     def url(self) -> str:
@@ -208,6 +209,8 @@ class Registry:
             argv += ["--dest-creds", f"{self.user}:{self.password}"]
         if all_images:
             argv.append("--all")
+        if self.cert_dir is not None:
+            argv += ["--dest-cert-dir", str(self.cert_dir)]
         subprocess.run([*argv, source, f"docker://{self.host}/{dest}"], check=True,
                        capture_output=True, timeout=300)
 
@@ -222,7 +225,8 @@ class Registry:
 
 
 def _config(storage: Path, addr: str, *, tls: tuple[Path, Path] | None,
-            htpasswd: Path | None, token: TokenServer | None) -> str:
+            htpasswd: Path | None, token: TokenServer | None,
+            client_ca: Path | None = None) -> str:
     cfg: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "info", "accesslog": {"disabled": True}},
@@ -231,6 +235,8 @@ def _config(storage: Path, addr: str, *, tls: tuple[Path, Path] | None,
     }
     if tls is not None:
         cfg["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}  # type: ignore[index]
+        if client_ca is not None:
+            cfg["http"]["tls"]["clientcas"] = [str(client_ca)]  # type: ignore[index]
     if htpasswd is not None:
         cfg["auth"] = {"htpasswd": {"realm": "ignitevm-test", "path": str(htpasswd)}}
     elif token is not None:
@@ -242,7 +248,8 @@ def _config(storage: Path, addr: str, *, tls: tuple[Path, Path] | None,
 @contextlib.contextmanager
 def running_registry(folder: Path, *, bind: str = "127.0.0.1", tls: tuple[Path, Path] | None = None,
                      ca: Path | None = None, users: dict[str, str] | None = None,
-                     token: TokenServer | None = None) -> Iterator[Registry]:
+                     token: TokenServer | None = None,
+                     client_ca: Path | None = None) -> Iterator[Registry]:
     """Start `docker-registry serve` in ``folder``; stop it (and keep nothing) at exit."""
     folder.mkdir(parents=True, exist_ok=True)
     storage = folder / "storage"
@@ -255,7 +262,8 @@ def running_registry(folder: Path, *, bind: str = "127.0.0.1", tls: tuple[Path, 
         user, password = next(iter(users.items()))
     port = free_port(bind)
     cfg = folder / "config.yml"
-    cfg.write_text(_config(storage, f"{bind}:{port}", tls=tls, htpasswd=htpasswd, token=token))
+    cfg.write_text(_config(storage, f"{bind}:{port}", tls=tls, htpasswd=htpasswd, token=token,
+                           client_ca=client_ca))
     proc = subprocess.Popen([REGISTRY or "docker-registry", "serve", str(cfg)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=dict(os.environ, OTEL_SDK_DISABLED="1"))

@@ -10,7 +10,14 @@ import pytest
 
 from tests.conftest import Ignite
 from tests.helpers.faultproxy import FaultProxy, Faults
-from tests.helpers.registry import PASSWORD, USER, Registry, TokenServer, running_registry
+from tests.helpers.registry import (
+    PASSWORD,
+    USER,
+    Registry,
+    TestCA,
+    TokenServer,
+    running_registry,
+)
 from tests.registry.conftest import creds_dir, fails
 
 pytestmark = pytest.mark.registry
@@ -147,3 +154,25 @@ def test_token_refetched_on_401(ig: Ignite, token_registry: tuple[Registry, Toke
         before = len(tokens.requests)
         ig("image", "pull", f"{proxy.host}/public/busybox:1")
     assert len(tokens.requests) - before == 2
+
+
+def test_client_certificate(ig: Ignite, home: Path, tmp_path: Path, test_ca: TestCA,
+                            test_layout: dict[str, str]) -> None:
+    """A registry that wants a client certificate: certs.d's client.cert + client.key."""
+    import shutil
+
+    pair = test_ca.issue("mtls", ["IP:127.0.0.1"])
+    cert, key = test_ca.issue("client", [], client=True)
+    with running_registry(tmp_path / "reg", tls=pair, ca=test_ca.cert,
+                          client_ca=test_ca.cert) as reg:
+        certs = home / "certs.d" / reg.host
+        certs.mkdir()
+        shutil.copyfile(test_ca.cert, certs / "ca.crt")
+        ref = f"{reg.host}/test/busybox:1"
+        err = fails(ig, "image", "pull", ref)
+        assert "TLS with registry" in err and "client.cert" in err
+        shutil.copyfile(cert, certs / "client.cert")
+        shutil.copyfile(key, certs / "client.key")
+        reg.cert_dir = certs
+        reg.push(test_layout["busybox"], "test/busybox:1")
+        ig("image", "pull", ref)

@@ -28,6 +28,9 @@ BACKOFF = 0.2  # seconds, doubled at each retry
 MAX_WAIT = 30.0  # the longest Retry-After honoured
 MAX_REDIRECTS = 5
 RETRY_STATUS = {429, 500, 502, 503, 504}
+# What OpenSSL says when the other end answers a TLS hello in plain HTTP
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD LAYER FAILURE", "PACKET LENGTH TOO LONG",
+            "HTTP REQUEST", "UNEXPECTED EOF", "EOF OCCURRED IN VIOLATION")
 READ_SIZE = 1 << 20
 TIMEOUT = httpx.Timeout(connect=15.0, read=60.0, write=60.0, pool=120.0)
 
@@ -278,9 +281,14 @@ class Client:
                      f"name it with --insecure-registry {self.host} if you trust the network",
                 retry=False)
         if isinstance(cause, ssl.SSLError) or "WRONG_VERSION_NUMBER" in text:
-            err = NetworkError(f"TLS with {where} failed: {text}", retry=False)
-            err.plain_http = True  # type: ignore[attr-defined]
-            return err
+            if any(w in text.upper() for w in _NOT_TLS):
+                err = NetworkError(f"{where} does not speak TLS: {text}", retry=False)
+                err.plain_http = True  # type: ignore[attr-defined]
+                return err
+            return NetworkError(
+                f"TLS with {where} failed: {text}",
+                hint=f"if it wants a client certificate, put client.cert and client.key in "
+                     f"/etc/docker/certs.d/{self.host}/", retry=False)
         lower = text.lower()
         if "name or service not known" in lower or "name resolution" in lower or \
                 "nodename nor servname" in lower or "no address associated" in lower:
