@@ -186,3 +186,18 @@ def test_moved_tag(ig: Ignite, plain_registry: Registry, test_layout: dict[str, 
     ig("create", ref, "--kernel-image", f"{plain_registry.host}/test/kernel:1", "--name", "v")
     assert "now names other content" in fails(ig, "create", ref, "--pull", "always", "--name",
                                               "w")
+
+
+def test_uncompressed_layers(ig: Ignite, plain_registry: Registry, tmp_path: Path) -> None:
+    """Plain tar layers (diff_id = digest), pushed as they are; a config that lies fails."""
+    from tests.helpers.images import OCILayout, busybox_layers
+
+    layout = OCILayout(tmp_path / "oci")
+    desc = layout.image(busybox_layers(), {"Cmd": ["/sbin/init"]}, compression=None)
+    plain_registry.upload("test/plain", layout.dir, desc, "1")
+    ig("image", "pull", f"{plain_registry.host}/test/plain:1")
+    layers = busybox_layers()
+    bad = layout.image(layers, {"Cmd": ["/sbin/init"]}, compression=None,
+                       diff_ids=["sha256:" + "0" * 64] * len(layers))
+    plain_registry.upload("test/plain", layout.dir, bad, "bad")
+    assert "has the diff_id" in fails(ig, "image", "pull", f"{plain_registry.host}/test/plain:bad")

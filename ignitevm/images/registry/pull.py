@@ -101,14 +101,20 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
         raise InvalidInput(f"{where}: the image config lists {len(diff_ids or [])} diff_ids "
                            f"for {len(ldescs)} layers")
     blobs: list[tuple[str, int]] = []
-    jobs: dict[str, tuple[int, str]] = {}
+    jobs: dict[str, tuple[int, str | None]] = {}
     for desc, diff_id in zip(ldescs, diff_ids, strict=True):
-        if desc.get("mediaType") not in LAYER_TYPES:
-            raise InvalidInput(f"{where}: a layer has the unsupported media type "
-                               f"{desc.get('mediaType')!r}")
+        media = desc.get("mediaType")
+        if media not in LAYER_TYPES:
+            raise InvalidInput(f"{where}: a layer has the unsupported media type {media!r}")
         digest, size = _descriptor(desc, "layer", where)
         blobs.append((digest, size))
-        jobs.setdefault(digest, (size, str(diff_id)))  # a layer listed twice is fetched once
+        wanted: str | None = str(diff_id)
+        if str(media).endswith(".tar"):  # uncompressed: the diff_id is the digest itself
+            if diff_id != digest:
+                raise InvalidInput(f"{where}: uncompressed layer {digest} has the diff_id "
+                                   f"{diff_id}", hint="the image is corrupt")
+            wanted = None  # (the blob's own check covers it)
+        jobs.setdefault(digest, (size, wanted))  # a layer listed twice is fetched once
     inner = config.get("config") or {}
     if not isinstance(inner, dict):
         raise InvalidInput(f'{where}: the image config\'s "config" is not an object')
@@ -137,7 +143,8 @@ def _put(store: ContentStore, digest: str, data: bytes) -> None:
 class _Downloads:
     """Blobs downloading, about PARALLEL at once, in the background."""
 
-    def __init__(self, client: Client, store: ContentStore, jobs: dict[str, tuple[int, str]],
+    def __init__(self, client: Client, store: ContentStore,
+                 jobs: dict[str, tuple[int, str | None]],
                  progress: Progress | None, where: str):
         self.client, self.store, self.jobs = client, store, jobs
         self.progress, self.where = progress, where
