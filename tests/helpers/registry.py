@@ -215,22 +215,24 @@ class Registry:
                        capture_output=True, timeout=300)
 
     def upload(self, repo: str, layout: Path, desc: dict[str, object], tag: str) -> None:
-        """Push an image of an OCI layout as it is, through the distribution API (plain
-        HTTP, no auth): skopeo would recompress uncompressed layers."""
+        """Push an image or index of an OCI layout as it is (media types too) through the
+        distribution API (plain HTTP, no auth): skopeo would convert or recompress."""
         import httpx
 
         blobs = layout / "blobs" / "sha256"
-        manifest = json.loads((blobs / str(desc["digest"])[7:]).read_bytes())
+        raw = (blobs / str(desc["digest"])[7:]).read_bytes()
+        doc = json.loads(raw)
         with httpx.Client(base_url=self.url) as http:
-            for d in [manifest["config"], *manifest["layers"]]:
+            for child in doc.get("manifests") or []:
+                self.upload(repo, layout, child, child["digest"])
+            for d in [doc["config"], *doc["layers"]] if "config" in doc else []:
                 start = http.post(f"/v2/{repo}/blobs/uploads/")
                 start.raise_for_status()
                 loc = start.headers["location"]
                 loc += ("&" if "?" in loc else "?") + "digest=" + urllib.parse.quote(d["digest"])
                 http.put(loc, content=(blobs / d["digest"][7:]).read_bytes()).raise_for_status()
-            http.put(f"/v2/{repo}/manifests/{tag}", content=(blobs / str(desc["digest"])[7:])
-                     .read_bytes(), headers={"Content-Type": str(desc["mediaType"])}
-                     ).raise_for_status()
+            http.put(f"/v2/{repo}/manifests/{tag}", content=raw,
+                     headers={"Content-Type": str(desc["mediaType"])}).raise_for_status()
 
     def stop(self) -> None:
         if self.process.poll() is None:

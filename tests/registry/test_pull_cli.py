@@ -201,3 +201,36 @@ def test_uncompressed_layers(ig: Ignite, plain_registry: Registry, tmp_path: Pat
                        diff_ids=["sha256:" + "0" * 64] * len(layers))
     plain_registry.upload("test/plain", layout.dir, bad, "bad")
     assert "has the diff_id" in fails(ig, "image", "pull", f"{plain_registry.host}/test/plain:bad")
+
+
+def test_docker_schema2_list(ig: Ignite, plain_registry: Registry, tmp_path: Path) -> None:
+    """Docker's own media types: a manifest list of v2 schema 2 manifests."""
+    import gzip
+    import hashlib
+
+    from tests.helpers.images import OCILayout, busybox_layers
+
+    layout = OCILayout(tmp_path / "oci")
+    entries = []
+    for arch, layers in (("amd64", busybox_layers()), ("arm64", busybox_layers()[:1])):
+        diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+        cfg = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/sbin/init"]},
+                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+        manifest = {"schemaVersion": 2,
+                    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "config": layout.blob(cfg, "application/vnd.docker.container.image.v1+json"),
+                    "layers": [layout.blob(gzip.compress(layer, mtime=0),
+                                           "application/vnd.docker.image.rootfs.diff.tar.gzip")
+                               for layer in layers]}
+        entries.append(layout.blob(json.dumps(manifest).encode(), manifest["mediaType"],
+                                   platform={"architecture": arch, "os": "linux"}))
+    listing = {"schemaVersion": 2,
+               "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+               "manifests": entries}
+    desc = layout.blob(json.dumps(listing).encode(), listing["mediaType"])
+    plain_registry.upload("test/dockerlist", layout.dir, desc, "1")
+    ig("image", "pull", f"{plain_registry.host}/test/dockerlist:1")
+    ig("image", "pull", "--platform", "linux/arm64/v8", "--name", "arm",
+       f"{plain_registry.host}/test/dockerlist:1")
+    arm = json.loads(ig("inspect", "image", "arm").stdout)["status"]["ociSource"]["id"]
+    assert arm.endswith(str(entries[1]["digest"]))
