@@ -65,11 +65,13 @@ def main() -> None:
             ref = f"{reg.host}/bench/big:1"
             skopeo = [shutil.which("skopeo") or "skopeo", "--insecure-policy", "copy", "-q",
                       "--src-tls-verify=false", f"docker://{ref}"]
-            fetch, ske, full, imp, second = [], [], [], [], []
+            fetch, ske, full, imp, second, start = [], [], [], [], [], []
             for i in range(rounds + 1):  # round 0 warms caches, untimed
                 root = work / f"root{i}"
                 env = cli_env(root)
                 t_fetch = timed([sys.executable, "-c", FETCH, str(root / "content"), ref],
+                                env=dict(env, PYTHONPATH=str(REPO)))
+                t_start = timed([sys.executable, "-c", FETCH.split("pull_into(", 1)[0]],
                                 env=dict(env, PYTHONPATH=str(REPO)))
                 t_skopeo = timed([*skopeo, f"oci:{work / f'oci{i}'}:big"])
                 shutil.rmtree(root, ignore_errors=True)
@@ -85,11 +87,13 @@ def main() -> None:
                     shutil.rmtree(d, ignore_errors=True)
                 if i:
                     fetch.append(t_fetch)
+                    start.append(t_start)
                     ske.append(t_skopeo)
                     full.append(t_full)
                     imp.append(t_import)
                     second.append(t_second)
         report("download+verify vs skopeo copy", fetch, ske)
+        print(f"  (of which Python start-up and imports: median {median(start):.3f}s)")
         report("pull until bootable vs skopeo copy + image import", full, imp)
         print(f"second pull of an unchanged tag: median {median(second):.3f}s, "
               f"{100 * median(second) / median(full):.2f}% of the first pull")
