@@ -237,3 +237,32 @@ location = "m.example"
     assert [str(e.ref) for e in endpoints(parse("quay.io/x/y"), conf)] == ["quay.io/x/y:latest"]
     assert [str(e.ref) for e in endpoints(parse("x"), tmp_path / "none")] == [
         "docker.io/library/x:latest"]
+
+
+def test_plain_http_token_realm_rules(home: Path) -> None:
+    """Credentials go to a token server over plain HTTP only when the registry and the
+    token server may both use it (checked before anything is sent)."""
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry.client import Client
+
+    remote = Client(parse("registry.example/a/b"))
+    with pytest.raises(IgniteError, match="over plain HTTP"):
+        remote._plain("GET", "http://127.0.0.1:9/token")  # a remote registry, a local realm
+    with pytest.raises(IgniteError, match="over plain HTTP"):
+        remote._plain("GET", "http://auth.example/token")
+    local = Client(parse("localhost:5000/a"))
+    with pytest.raises(IgniteError, match="over plain HTTP"):
+        local._plain("GET", "http://auth.example/token")  # a local registry, a remote realm
+    opted = Client(parse("registry.example/a"), insecure={"registry.example", "auth.example"})
+    assert opted.transport.http_allowed
+    for c in (remote, local, opted):
+        c.close()
+
+
+def test_small_bodies_are_capped() -> None:
+    import httpx
+
+    from ignitevm.images.registry.client import read_small
+
+    resp = httpx.Response(200, content=b"x" * (3 << 20))
+    assert len(read_small(resp)) == 1 << 20

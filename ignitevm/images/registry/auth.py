@@ -9,13 +9,12 @@ again when the registry answers 401 to a cached one.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import httpx
 
 from ignitevm.errors import IgniteError
 from ignitevm.images.registry.credentials import Credentials
@@ -40,7 +39,7 @@ class Unauthorized(IgniteError):
 class Auth:
     """The Authorization header for each request to one registry."""
 
-    def __init__(self, host: str, creds: Credentials, fetch: Callable[..., httpx.Response],
+    def __init__(self, host: str, creds: Credentials, fetch: Callable[..., Any],
                  login_hint: str):
         self.host = host
         self.creds = creds
@@ -101,7 +100,7 @@ class Auth:
             raise IgniteError(f"the token server of {self.host} answered {resp.status_code} "
                               f"{resp.reason_phrase}")
         try:
-            body: Any = resp.json()
+            body: Any = json.loads(resp.content)
             token = body.get("token") or body.get("access_token")
             lifetime = int(body.get("expires_in") or 60)
         except (ValueError, AttributeError, TypeError):

@@ -8,11 +8,12 @@ HTTPS to plain HTTP is refused unless the registry may use HTTP anyway.
 
 from __future__ import annotations
 
+import json
 import ssl
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -28,6 +29,7 @@ BACKOFF = 0.2  # seconds, doubled at each retry
 MAX_WAIT = 30.0  # the longest Retry-After honoured
 MAX_REDIRECTS = 5
 RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_SMALL = 1 << 20  # token answers and error documents
 # What OpenSSL says when the other end answers a TLS hello in plain HTTP
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD LAYER FAILURE", "PACKET LENGTH TOO LONG",
             "HTTP REQUEST", "UNEXPECTED EOF", "EOF OCCURRED IN VIOLATION")
@@ -50,6 +52,25 @@ def api_host(domain: str) -> str:
 def _origin(url: str) -> tuple[str, str]:
     parts = urllib.parse.urlsplit(url)
     return parts.scheme, parts.netloc
+
+
+class Small(NamedTuple):
+    status_code: int
+    reason_phrase: str
+    content: bytes
+
+
+def read_small(resp: httpx.Response, limit: int = MAX_SMALL) -> bytes:
+    """A body that should be small (tokens, error documents): at most ``limit`` bytes."""
+    data = bytearray()
+    try:
+        for chunk in resp.iter_bytes():
+            data += chunk
+            if len(data) > limit:
+                break
+    finally:
+        resp.close()
+    return bytes(data[:limit])
 
 
 def retry_after(resp: httpx.Response) -> float | None:
@@ -187,8 +208,7 @@ class Client:
         """An error for an unexpected answer to a request for ``what``."""
         codes: list[str] = []
         try:
-            resp.read()
-            body: Any = resp.json()
+            body: Any = json.loads(read_small(resp))
             codes = [str(e.get("code")) for e in body.get("errors") or []]
         except (ValueError, AttributeError, httpx.HTTPError):
             pass
@@ -205,23 +225,25 @@ class Client:
     def _no_repository(self) -> bool:
         """Whether the repository itself is unknown (some registries say only "no manifest")."""
         try:
-            resp = self.get("tags/list")
+            resp = self.get("tags/list", stream=True)
         except IgniteError:
             return False
         resp.close()
         return resp.status_code == 404
 
     # --- HTTP -------------------------------------------------------------------
-    def _plain(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """An unauthenticated request (token servers), read whole."""
+    def _plain(self, method: str, url: str, **kwargs: Any) -> Small:
+        """A request to a token server (its answer read, at most 1 MiB). Plain HTTP only
+        when both the registry and the token server may use it (loopback or opted in)."""
         scheme, netloc = _origin(url)
-        if scheme == "http" and not (tls.is_loopback(netloc) or netloc in self.insecure):
+        if scheme == "http" and not (self.transport.http_allowed and (
+                tls.is_loopback(netloc) or netloc in self.insecure)):
             raise IgniteError(f"registry {self.domain} sends credentials to a token server "
                               f"over plain HTTP ({netloc}); refused",
                               hint=f"name it with --insecure-registry {netloc} to allow it")
         headers = kwargs.pop("headers", None) or {}
-        resp = self._send(method, url, headers, stream=False, **kwargs)
-        return resp
+        resp = self._send(method, url, headers, stream=True, **kwargs)
+        return Small(resp.status_code, resp.reason_phrase, read_small(resp))
 
     def _send(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
               **kwargs: Any) -> httpx.Response:
