@@ -237,13 +237,16 @@ class ContentStore(DirStore):
         (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         work.mkdir(exist_ok=True)
         partial = work / digest[7:]
-        with flock(work / f"{digest[7:]}.lock"):
+        lock = work / f"{digest[7:]}.lock"
+        with flock(lock):
             if self.has(digest, size):  # another pull finished it meanwhile
                 yield None
                 return
             with Ingest(partial, digest, size) as ing:
                 yield ing
                 ing.commit(self.path / name)
+            # Whoever still waits on this lock finds the blob in place once it has it.
+            lock.unlink(missing_ok=True)
 
 
 class Ingest:

@@ -192,6 +192,7 @@ def test_ingest_checks_and_resumes(tmp_path: Path) -> None:
         assert ing is not None and ing.offset == 4000  # resumes where it stopped
         ing.write(data[4000:])
     assert store.has(digest, len(data)) and store.read(store.blob_name(digest)) == data
+    assert not list((store.path / "ingest").iterdir())  # no part, no lock left
     with store.ingest(digest, len(data)) as ing:
         assert ing is None  # fetched once
     bad = "sha256:" + "0" * 64
