@@ -234,3 +234,17 @@ def test_docker_schema2_list(ig: Ignite, plain_registry: Registry, tmp_path: Pat
        f"{plain_registry.host}/test/dockerlist:1")
     arm = json.loads(ig("inspect", "image", "arm").stdout)["status"]["ociSource"]["id"]
     assert arm.endswith(str(entries[1]["digest"]))
+
+
+def test_single_platform_image_for_another_arch(ig: Ignite, plain_registry: Registry,
+                                                tmp_path: Path) -> None:
+    """As docker pull: a plain manifest for another architecture is pulled with a warning."""
+    from ignitevm.images.registry.manifests import host_platform
+    from tests.helpers.images import OCILayout, busybox_layers
+
+    other = "s390x"
+    layout = OCILayout(tmp_path / "oci")
+    desc = layout.image(busybox_layers(), {"Cmd": ["/sbin/init"]}, arch=other)
+    plain_registry.upload("test/othersingle", layout.dir, desc, "1")
+    res = ig("image", "pull", f"{plain_registry.host}/test/othersingle:1")
+    assert f"is an image for linux/{other}, not {host_platform()}" in res.stderr

@@ -44,6 +44,7 @@ class Resolved(NamedTuple):
     manifest: Manifest  # the image manifest for the chosen platform
     index: Manifest | None
     platform: str | None  # the platform entry taken from an index
+    wanted: str = ""  # the platform asked for (or this host's)
 
     @property
     def digest(self) -> str:
@@ -63,7 +64,7 @@ def resolve(client: Client, ref: Reference, store: ContentStore,
     where = str(ref)
     top = manifests.fetch(client, ref.reference, ref.digest)
     if not top.is_index:
-        return Resolved(ref, top, None, None)
+        return Resolved(ref, top, None, None, wanted)
     desc = manifests.choose(top, wanted, where)
     digest = desc.get("digest")
     if not isinstance(digest, str):
@@ -71,7 +72,7 @@ def resolve(client: Client, ref: Reference, store: ContentStore,
     child = _stored(store, digest, where) or manifests.fetch(client, digest, digest)
     if child.is_index:
         raise InvalidInput(f"{where}: nested indexes are not supported")
-    return Resolved(ref, child, top, manifests.platform_of(desc))
+    return Resolved(ref, child, top, manifests.platform_of(desc), wanted)
 
 
 @contextmanager
@@ -96,6 +97,10 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
         raise InvalidInput(f"{where}: the image config is not valid JSON") from None
     if not isinstance(config, dict):
         raise InvalidInput(f"{where}: the image config is not an object")
+    plat = f"{config.get('os')}/{config.get('architecture')}"
+    if res.index is None and res.wanted and not res.wanted.startswith(plat):
+        log.warning("%s is an image for %s, not %s: it may not run here", where, plat,
+                    res.wanted)
     diff_ids = (config.get("rootfs") or {}).get("diff_ids")
     if not isinstance(diff_ids, list) or len(diff_ids) != len(ldescs):
         raise InvalidInput(f"{where}: the image config lists {len(diff_ids or [])} diff_ids "
