@@ -40,6 +40,10 @@ def test_multi_arch(ig: Ignite, plain_registry: Registry) -> None:
 
 
 def test_no_platform(ig: Ignite, plain_registry: Registry) -> None:
+    from ignitevm.images.registry.manifests import host_platform
+
+    if host_platform() != "linux/amd64":
+        pytest.skip("the test images' indexes are made for an amd64 host")
     err = fails(ig, "image", "pull", f"{plain_registry.host}/test/armonly:1")
     assert "has no image for linux/amd64 (it has: linux/arm64)" in err
     err = fails(ig, "image", "pull", "--platform", "linux/s390x",
