@@ -101,7 +101,7 @@ class Client:
         self.base: str | None = None
 
     def close(self) -> None:
-        for c in self._clients.values():
+        for c in list(self._clients.values()):
             c.close()
 
     def _http(self, url: str) -> httpx.Client:

@@ -162,8 +162,10 @@ class _Downloads:
             self.futures[digest] = self.pool.submit(self._one, digest)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, typ: object, *exc: object) -> None:
         self.stop.set()  # (only matters when the block failed: else all are done)
+        if typ is not None:  # (Ctrl-C too) unblock downloads waiting on their sockets
+            self.client.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _one(self, digest: str) -> None:
@@ -203,6 +205,8 @@ def download(client: Client, store: ContentStore, digest: str, size: int,
         hasher = _rehash(ing, diff_id, what)
         cuts = 0
         while True:
+            if stop is not None and stop.is_set():
+                raise _Stopped
             try:
                 _transfer(client, ing, digest, size, what, hasher, progress, stop)
                 if ing.offset >= size:
