@@ -15,6 +15,7 @@ PACKAGES=(
   openssh-client                  # ssh-keygen, ignite ssh
   python3 python3-venv python3-pip
   git file cpio ca-certificates
+  docker-registry skopeo umoci    # tests and benches: a loopback registry, pushes, layouts
 )
 
 missing=()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.helpers.registry"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -24,12 +26,13 @@ class Result:
 class Ignite:
     """Runs the real `ignite` CLI (python -m ignitevm) against one state root."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, env: dict[str, str] | None = None):
         self.root = root
+        self.env = env or {}
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 300,
                  input: str | None = None) -> Result:
-        env = dict(os.environ, IGNITE_ROOT=str(self.root), PYTHONPATH=str(REPO))
+        env = {**os.environ, "IGNITE_ROOT": str(self.root), "PYTHONPATH": str(REPO), **self.env}
         proc = subprocess.run([sys.executable, "-m", "ignitevm", *args], env=env,
                               capture_output=True, text=True, timeout=timeout, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)

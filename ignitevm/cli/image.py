@@ -1,22 +1,79 @@
-"""``ignite image ...``: import, build, ls, rm."""
+"""``ignite image ...``: import, pull, build, ls, rm."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ignitevm.api.types import Image
 from ignitevm.cli.common import context, emit, list_objects, remove_objects
 from ignitevm.util.human import age
 
+if TYPE_CHECKING:
+    from ignitevm.images.registry.options import PullOptions
+    from ignitevm.operations.context import Context
+
+
+def pull_options(args: argparse.Namespace) -> PullOptions:
+    """Registry flags, then the Configuration's ``spec.registryConfigDir`` (as Ignite) and
+    ``spec.insecureRegistries`` (a list of HOST[:PORT])."""
+    from ignitevm.images.registry.options import PullOptions
+
+    config_dir = getattr(args, "registry_config_dir", None)
+    insecure = list(getattr(args, "insecure_registry", None) or ())
+    from ignitevm.cli.config import load_configuration
+
+    spec = (load_configuration(getattr(args, "ignite_config", None)) or {}).get("spec") or {}
+    if config_dir is None:
+        config_dir = spec.get("registryConfigDir") or None
+    extra = spec.get("insecureRegistries") or []
+    if isinstance(extra, list):
+        insecure += [str(name) for name in extra]
+    show = "quiet" if getattr(args, "quiet", False) else "auto"
+    return PullOptions(getattr(args, "platform", None), config_dir, tuple(insecure), show)
+
+
+def set_pull_policy(ctx: Context, args: argparse.Namespace) -> None:
+    """What run/create do with an image or kernel that is not here (--pull)."""
+    ctx.pull_policy = getattr(args, "pull", None) or "missing"
+    ctx.pull_options = pull_options(args)
+
+
+def is_local_source(source: str) -> bool:
+    """A path (to import) rather than a registry reference (to pull)."""
+    from pathlib import Path
+
+    from ignitevm.api.refs import is_reference
+
+    return (Path(source).exists() or source.startswith((".", "/", "~"))
+            or source.endswith((".tar", ".tgz", ".tar.gz")) or not is_reference(source))
+
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ignitevm.operations.images import import_image
+    from ignitevm.operations.images import import_image, pull_image
 
     ctx = context(args)
-    image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())
+    if is_local_source(args.source):
+        image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())
+    else:
+        image = pull_image(ctx, args.source, pull_options(args), args.name)
     if args.quiet:
         emit(image.metadata.uid)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from ignitevm.operations.images import pull_image
+
+    ctx = context(args)
+    image = pull_image(ctx, args.source, pull_options(args), args.name)
+    if args.quiet:
+        emit(image.metadata.uid)
+    else:
+        from ignitevm.api.refs import parse
+
+        emit(str(parse(args.source)))
     return 0
 
 

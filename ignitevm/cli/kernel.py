@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ignitevm.api.types import Kernel
 from ignitevm.cli.common import context, emit, list_objects, remove_objects
@@ -10,10 +11,14 @@ from ignitevm.util.human import age
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ignitevm.operations.kernels import import_kernel
+    from ignitevm.cli.image import pull_options
+    from ignitevm.operations.kernels import import_kernel, is_registry_ref, pull_kernel
 
     ctx = context(args)
-    kernel = import_kernel(ctx, args.source, args.name)
+    if is_registry_ref(args.source) and not Path(args.source).exists():
+        kernel = pull_kernel(ctx, args.source, pull_options(args), args.name)
+    else:
+        kernel = import_kernel(ctx, args.source, args.name)
     if args.quiet:
         emit(kernel.metadata.uid)
     return 0

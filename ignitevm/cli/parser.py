@@ -134,7 +134,23 @@ def _vm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", help="accepted for Ignite compatibility (this host: qemu)")
     p.add_argument("--network-plugin", help="accepted for Ignite compatibility")
     p.add_argument("--id-prefix", help="prefix for runtime IDs (default ignite)")
-    p.add_argument("--registry-config-dir", help="accepted for Ignite compatibility")
+    registry_flags(p)
+    p.add_argument("--pull", choices=("missing", "always", "never"), default="missing",
+                   help="pull the image and kernel from their registry: when missing "
+                   "(default), always, or never")
+
+
+def registry_flags(p: argparse.ArgumentParser, *, platform: bool = False) -> None:
+    p.add_argument("--registry-config-dir", metavar="DIR",
+                   help="folder with a docker config.json holding registry credentials "
+                   "(default: $DOCKER_CONFIG, ~/.docker, containers' auth.json)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="allow plain HTTP and unverified TLS for this registry (repeatable; "
+                   "also $IGNITE_INSECURE_REGISTRIES)")
+    if platform:
+        p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                       help="the image to take from a multi-platform index (default: "
+                       "this host's)")
 
 
 def _start_flags(p: argparse.ArgumentParser) -> None:
@@ -230,7 +246,7 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
 # The command words, for reading a command line before the tree is built
 # (tests/unit check them against the tree).
 GROUPS = {
-    "image": {"import", "ls", "list", "rm", "build"},
+    "image": {"import", "pull", "ls", "list", "rm", "build"},
     "kernel": {"import", "ls", "list", "rm"},
     "vm": {"run", "create", "start", "stop", "kill", "rm", "ps", "ls", "list", "logs",
            "exec", "ssh", "cp", "attach"},
@@ -312,11 +328,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         gs = g.add_subparsers(title="commands", metavar="COMMAND")
         article = "an" if group == "image" else "a"
         p = t.command(gs, "import", f"{group}:cmd_import", f"Import {article} {group}")
-        p.add_argument("source")
+        p.add_argument("source", help="an archive, an OCI layout folder or a registry "
+                       "reference" + (" (or debian)" if group == "kernel" else ""))
         p.add_argument("--name", help="name to give it (default: from the source)")
+        p.add_argument("--runtime", help="accepted for Ignite compatibility")
+        registry_flags(p, platform=True)
         if group == "image":
-            p.add_argument("--runtime", help="accepted for Ignite compatibility")
-            p.add_argument("--registry-config-dir", help="accepted for Ignite compatibility")
+            p = t.command(gs, "pull", "image:cmd_pull", "Pull an image from a registry")
+            p.add_argument("source", metavar="REF", help="e.g. alpine, ghcr.io/org/app:1 or "
+                           "name@sha256:...")
+            p.add_argument("--name", help="name to give it (default: the reference)")
+            registry_flags(p, platform=True)
         p = t.command(gs, "ls", f"{group}:cmd_ls", f"List {group}s", aliases=("list",))
         p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
         p = t.command(gs, "rm", f"{group}:cmd_rm", f"Remove {group}s")

@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from ignitevm.cli.image import set_pull_policy
     from ignitevm.cli.vmspec import vm_from_args
     from ignitevm.operations import vms
 
     ctx = context(args)
+    set_pull_policy(ctx, args)
     vm = vms.create(ctx, vm_from_args(args))
     if args.quiet:
         emit(vm.metadata.uid)
@@ -29,10 +31,12 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ignitevm.cli.image import set_pull_policy
     from ignitevm.cli.vmspec import vm_from_args
     from ignitevm.operations import vms
 
     ctx = starting_context(args)
+    set_pull_policy(ctx, args)
     vm = vms.create(ctx, vm_from_args(args))
     try:
         vms.start(ctx, vm)

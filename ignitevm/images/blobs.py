@@ -6,10 +6,12 @@ never extracted) or in an OCI layout directory. Both are a :class:`Store`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 import tarfile
@@ -18,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ignitevm.errors import InvalidInput
+from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.source import Opener
 from ignitevm.log import log
 
@@ -198,3 +200,132 @@ class DirStore(Store):
             except OSError as exc:
                 raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
             yield f
+
+
+class ContentStore(DirStore):
+    """The content-addressed blobs every image shares: ``<root>/blobs/sha256/<hex>``.
+
+    A blob grows under ``ingest/<hex>`` (locked by its writer, so two pulls of
+    one layer fetch it once and a cut download resumes where it stopped) and
+    is renamed into place only once its size and sha256 match.
+    """
+
+    @staticmethod
+    def blob_name(digest: str) -> str:
+        if not DIGEST.fullmatch(digest):
+            raise InvalidInput(f"unsupported digest {digest!r} (sha256 only)")
+        return "blobs/sha256/" + digest[7:]
+
+    def has(self, digest: str, size: int | None = None) -> bool:
+        try:
+            st = (self.path / self.blob_name(digest)).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    @contextmanager
+    def ingest(self, digest: str, size: int) -> Iterator[Ingest | None]:
+        """Yield None when the blob is already here; else an :class:`Ingest` to append to
+        (from its ``offset``). It is checked and moved into place when the block ends."""
+        from ignitevm.util.fs import flock
+
+        name = self.blob_name(digest)
+        if self.has(digest, size):
+            yield None
+            return
+        work = self.path / "ingest"
+        (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        work.mkdir(exist_ok=True)
+        partial = work / digest[7:]
+        lock = work / f"{digest[7:]}.lock"
+        with flock(lock):
+            if self.has(digest, size):  # another pull finished it meanwhile
+                yield None
+                return
+            with Ingest(partial, digest, size) as ing:
+                yield ing
+                ing.commit(self.path / name)
+            # Whoever still waits on this lock finds the blob in place once it has it.
+            lock.unlink(missing_ok=True)
+
+
+class Ingest:
+    """A blob being written: hashed as it grows, checked against its digest and size."""
+
+    def __init__(self, partial: Path, digest: str, size: int):
+        self.partial = partial
+        self.digest = digest
+        self.size = size
+        self.hash = hashlib.sha256()
+        self._f: BinaryIO | None = None
+        self.offset = 0
+
+    def __enter__(self) -> Ingest:
+        try:
+            self._f = open(self.partial, "ab+", buffering=0)  # closed in __exit__
+            self._f.seek(0)
+            for chunk in iter(lambda: self._f.read(1 << 20), b""):  # type: ignore[union-attr]
+                self.hash.update(chunk)
+                self.offset += len(chunk)
+        except OSError as exc:
+            raise self._io_error(exc) from None
+        if self.offset > self.size:
+            self.reset()
+        return self
+
+    def _io_error(self, exc: OSError) -> IgniteError:
+        return IgniteError(f"cannot write blob {self.digest} to {self.partial.parent}: "
+                           f"{exc.strerror or exc}",
+                           hint="free some space there; the next pull resumes the download"
+                           if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else None)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()
+
+    def reset(self) -> None:
+        """Start again from byte 0."""
+        assert self._f is not None
+        self._f.truncate(0)
+        self.hash = hashlib.sha256()
+        self.offset = 0
+
+    def write(self, data: bytes) -> None:
+        assert self._f is not None
+        if self.offset + len(data) > self.size:
+            self.discard()
+            raise InvalidInput(f"blob {self.digest} is longer than the {self.size} bytes its "
+                               "descriptor says", hint="the registry or a proxy sent bad data")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._f.write(view) or 0:]
+        except OSError as exc:
+            raise self._io_error(exc) from None
+        self.hash.update(data)
+        self.offset += len(data)
+
+    def discard(self) -> None:
+        self.reset()
+        self.partial.unlink(missing_ok=True)
+
+    def check(self) -> None:
+        """Raise (and drop what was written) unless the blob is complete and intact."""
+        got = "sha256:" + self.hash.hexdigest()
+        if self.offset != self.size:
+            raise InvalidInput(f"blob {self.digest} is truncated ({self.offset} of {self.size}"
+                               " bytes)", hint="pull again: the download resumes")
+        if got != self.digest:
+            self.discard()
+            raise InvalidInput(
+                f"blob {self.digest} does not match its digest (its content hashes to {got})",
+                hint="the registry or a proxy sent corrupt data; nothing was kept")
+
+    def commit(self, final: Path) -> None:
+        self.check()
+        assert self._f is not None
+        try:
+            self._f.flush()
+            os.replace(self.partial, final)
+        except OSError as exc:
+            raise self._io_error(exc) from None

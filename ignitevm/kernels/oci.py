@@ -20,6 +20,7 @@ from pathlib import Path
 from ignitevm.errors import InvalidInput
 from ignitevm.images.archive import open_source
 from ignitevm.images.layers import apply_layers
+from ignitevm.images.source import ImageSource
 from ignitevm.kernels.inside import resolve_inside
 from ignitevm.kernels.version import is_kernel, kernel_version
 from ignitevm.log import log, step
@@ -40,10 +41,18 @@ def extract_kernel_image(path: Path, dest: Path) -> tuple[Path, Path | None, str
     with a ``modules.dep``; None if the image has no modules for this kernel)
     and the kernel version. Both paths are inside ``dest``.
     """
+    with open_source(Path(path)) as source:
+        return extract_kernel_source(source, path, dest)
+
+
+def extract_kernel_source(source: ImageSource, path: Path | str, dest: Path
+                          ) -> tuple[Path, Path | None, str]:
+    """:func:`extract_kernel_image` for an opened source (a pulled image, ...);
+    ``path`` names it in messages."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(dest)
-    with step(f"unpacking kernel image {path}"), open_source(Path(path)) as source:
+    with step(f"unpacking kernel image {path}"):
         apply_layers(source, Path(root))
     kernel, name = _find_kernel(root, path)
     version = kernel_version(Path(kernel))
@@ -56,7 +65,7 @@ def extract_kernel_image(path: Path, dest: Path) -> tuple[Path, Path | None, str
     return Path(kernel), None if modules is None else Path(modules), version
 
 
-def _find_kernel(root: str, source: Path) -> tuple[str, str]:
+def _find_kernel(root: str, source: Path | str) -> tuple[str, str]:
     """(path, name in /boot) of the image's kernel file."""
     boot = resolve_inside(root, "boot")
     names = sorted(os.listdir(boot)) if boot is not None and os.path.isdir(boot) else []
@@ -109,7 +118,7 @@ def _single_modules_dir(root: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _modules(root: str, version: str, source: Path) -> str | None:
+def _modules(root: str, version: str, source: Path | str) -> str | None:
     """The modules directory for ``version``, with a modules.dep (made by depmod if missing)."""
     mods = resolve_inside(root, f"lib/modules/{version}")
     if mods is None or not os.path.isdir(mods):

@@ -23,6 +23,10 @@ class Context:
         self.vmm_name = vmm_name
         self.accel = accel  # None/"auto": probe
         self.sandbox = sandbox  # "jail" | "none": how each VMM is confined
+        # Images and kernels named but not here: "missing" pulls them, "always" pulls
+        # registry ones again, "never" refuses; pull_options: images.PullOptions or None.
+        self.pull_policy = "missing"
+        self.pull_options: object = None
 
     @cached_property
     def store(self) -> Store:

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
 from ignitevm.api.types import Image, ImageSpec, ObjectMeta, Size
-from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.errors import Conflict, IgniteError, InvalidInput, NotFound
+from ignitevm.images.registry.options import PullOptions
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
 
 if TYPE_CHECKING:
+    from ignitevm.images.blobs import ContentStore
     from ignitevm.images.source import ImageSource
 
 IMAGE_FILE = "image.ext4"
@@ -117,9 +119,10 @@ def _name_from_path(path: Path) -> str:
 
 
 def ensure_image(ctx: Context, ref: str) -> Image:
-    """An image by name, ID prefix, or a local archive path to import."""
+    """An image by name, ID prefix, or a local archive path to import; a registry
+    reference that is not here is pulled (``ctx.pull_policy``: missing, always, never)."""
     found = ctx.store.find(Image, ref)
-    if found is not None:
+    if found is not None and not _pull_again(ctx, found, ref):
         return found
     if Path(ref).exists() and ("/" in ref or ref.endswith((".tar", ".tgz", ".gz"))):
         return import_image(ctx, ref)
@@ -127,7 +130,121 @@ def ensure_image(ctx: Context, ref: str) -> Image:
         normalized = refs.normalize(ref)
     except InvalidInput:
         normalized = ref
-    found = ctx.store.find(Image, normalized)
+    if found is None:
+        found = ctx.store.find(Image, normalized)
+        if found is not None and not _pull_again(ctx, found, ref):
+            return found
     if found is not None:
-        return found
-    return ctx.store.resolve(Image, ref)
+        opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
+        return pull_image(ctx, ref, opts)
+    try:
+        return ctx.store.resolve(Image, ref)
+    except NotFound as missing:
+        if ctx.pull_policy == "never" or not refs.is_reference(ref) or ref.startswith(
+                (".", "/")):
+            raise
+        opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
+        try:
+            return pull_image(ctx, ref, opts)
+        except IgniteError as exc:
+            raise NotFound(f"can't find image {ref!r} here, and pulling "
+                           f"{refs.parse(ref)} failed: {exc.brief}",
+                           hint=exc.hint or missing.hint) from exc
+
+
+def _pull_again(ctx: Context, image: Image, ref: str) -> bool:
+    """With --pull always, an image that came from a registry is pulled again by name."""
+    return (ctx.pull_policy == "always" and ref != image.metadata.uid
+            and (image.status.oci_source.id or "").startswith("oci://"))
+
+
+def content_store(ctx: Context) -> ContentStore:
+    from ignitevm.images.blobs import ContentStore
+
+    return ContentStore(ctx.root / "content")
+
+
+def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
+               name: str | None = None) -> Image:
+    """Pull ``source`` from its registry; an unchanged tag costs one manifest request."""
+    from ignitevm.images.registry.pull import pulling
+
+    image_name = refs.normalize(name) if name else refs.parse(source).familiar()
+    ctx.store.ensure()
+    existing = ctx.store.find(Image, image_name)
+    twin: list[Image] = []
+
+    def known(identity: str) -> bool:
+        if existing is not None and existing.status.oci_source.id == identity:
+            return True
+        if existing is not None:
+            _check_replaceable(ctx, existing)
+        twin.extend(i for i in ctx.store.list(Image) if i.status.oci_source.id == identity)
+        return bool(twin)
+
+    with pulling(content_store(ctx), source, opts or PullOptions(), known) as pulled:
+        if existing is not None and existing.status.oci_source.id == pulled.identity:
+            up_to_date = existing
+        else:
+            up_to_date = None
+            image = Image(metadata=ObjectMeta(name=image_name, uid=new_uid(), created=now()),
+                          spec=ImageSpec(oci=image_name))
+            image.status.oci_source.id = pulled.identity
+            try:
+                _store_pulled(ctx, image, existing is None, twin, pulled.source)
+            except Conflict:
+                # The same pull ran at the same time and finished first: take its image.
+                up_to_date = ctx.store.find(Image, image_name)
+                if up_to_date is None or up_to_date.status.oci_source.id != pulled.identity:
+                    raise
+    if up_to_date is not None:
+        pulled.out.line(f"Status: Image is up to date for {image_name}")
+        return up_to_date
+    if existing is not None:
+        ctx.store.delete(existing)
+    pulled.out.line(f"Status: Downloaded newer image for {image_name}")
+    log.debug("Pulled %s as image %r (ID %s)", pulled.identity, image_name, image.metadata.uid)
+    return image
+
+
+def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
+                  source: ImageSource | None) -> None:
+    """Build (or share with a twin) the pulled image's file; the object appears at the end."""
+    with ctx.store.creating(image, unique_name=unique) as stage:
+        if twin:
+            os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
+            shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
+            size = (stage / IMAGE_FILE).stat().st_size
+        else:
+            assert source is not None
+            # (layers are applied as they arrive; the download bars show progress)
+            size = _build(source, stage, False)
+            _check_runnable(stage / IMAGE_FILE, source.config, image.metadata.name)
+        image.status.oci_source.size = Size(size)
+
+
+def _check_runnable(ext4: Path, config: dict[str, object], name: str) -> None:
+    """An image needs /sbin/init (a link is fine) or an Entrypoint/Cmd to run as a VM:
+    say so at pull time rather than at boot."""
+    from ignitevm.util.proc import run
+
+    if config.get("Entrypoint") or config.get("Cmd"):
+        return
+    out = run(["debugfs", "-R", "stat /sbin/init", ext4], check=False)
+    if "not found" in (out.stderr + out.stdout).lower() or out.returncode != 0:
+        raise InvalidInput(f"image {name} cannot run as a VM: it has no /sbin/init and no "
+                           "Entrypoint or Cmd", hint="pull an image with an init system or "
+                           "a command to run")
+
+
+def _check_replaceable(ctx: Context, old: Image) -> None:
+    """A tag that moved replaces the old image, unless a VM still uses it."""
+    from ignitevm.api.types import VM
+
+    users = [vm.metadata.name for vm in ctx.store.list(VM)
+             if vm.spec.image.oci == old.metadata.name]
+    if users:
+        raise Conflict(
+            f"image {old.metadata.name!r} now names other content in its registry, and VMs "
+            f"use the old one ({', '.join(sorted(users))})",
+            hint="remove those VMs first, or pull it under another name with --name")

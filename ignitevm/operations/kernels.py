@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ignitevm.api import refs
 from ignitevm.api.defaults import DEFAULT_KERNEL, now
 from ignitevm.api.types import Kernel, KernelSpec, ObjectMeta, Size
-from ignitevm.errors import InvalidInput
+from ignitevm.errors import IgniteError, InvalidInput, NotFound
 from ignitevm.kernels.initramfs import collect_modules, initramfs_for
 from ignitevm.log import log
 from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
+
+if TYPE_CHECKING:
+    from ignitevm.images.registry.options import PullOptions
 
 KERNEL_FILE = "vmlinuz"  # a bzImage, when no ELF vmlinux could be had
 VMLINUX_FILE = "vmlinux"
@@ -34,6 +38,8 @@ def import_kernel(ctx: Context, source: str, name: str | None = None) -> Kernel:
 
     is_debian = source in DEBIAN_ALIASES
     path = Path(source)
+    if not is_debian and not path.exists() and is_registry_ref(source):
+        return pull_kernel(ctx, source, None, name)
     if not is_debian and not path.exists():
         raise InvalidInput(
             f"unknown kernel {source!r}: not an imported kernel, nor a file",
@@ -114,10 +120,68 @@ def _name_from_path(path: Path) -> str:
 
 
 def ensure_kernel(ctx: Context, ref: str) -> Kernel:
-    """The kernel a VM names; Debian's default kernel is imported on first use."""
+    """The kernel a VM names; Debian's default kernel is imported on first use, and a
+    registry reference is pulled as ``ctx.pull_policy`` says (missing, always, never)."""
     kernel = ctx.store.find(Kernel, ref)
-    if kernel is not None:
+    again = kernel is not None and ctx.pull_policy == "always" and ref != kernel.metadata.uid \
+        and (kernel.status.oci_source.id or "").startswith("oci://")
+    if kernel is not None and not again:
         return kernel
     if ref in DEBIAN_ALIASES:
         return import_kernel(ctx, "debian")
-    return ctx.store.resolve(Kernel, ref)
+    from ignitevm.images.registry.options import PullOptions
+
+    opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
+    if kernel is not None:
+        return pull_kernel(ctx, ref, opts)
+    try:
+        return ctx.store.resolve(Kernel, ref)
+    except NotFound as missing:
+        if ctx.pull_policy == "never" or not is_registry_ref(ref):
+            raise
+        try:
+            return pull_kernel(ctx, ref, opts)
+        except IgniteError as exc:
+            raise NotFound(f"can't find kernel {ref!r} here, and pulling {refs.parse(ref)} "
+                           f"failed: {exc.brief}", hint=exc.hint or missing.hint) from exc
+
+
+def is_registry_ref(text: str) -> bool:
+    """A registry reference rather than a path or a kernel name of ours."""
+    return (text not in DEBIAN_ALIASES and not text.startswith((".", "/", "~"))
+            and refs.is_reference(text))
+
+
+def pull_kernel(ctx: Context, source: str, opts: PullOptions | None = None,
+                name: str | None = None) -> Kernel:
+    """Pull an Ignite-style kernel image (``/boot/vmlinux`` + ``/lib/modules``)."""
+    from ignitevm.images.registry.options import PullOptions
+    from ignitevm.images.registry.pull import pulling
+    from ignitevm.kernels.oci import extract_kernel_source
+    from ignitevm.operations.images import content_store
+
+    kname = refs.normalize(name) if name else refs.parse(source).familiar()
+    ctx.store.ensure()
+    existing = ctx.store.find(Kernel, kname)
+    kernel = Kernel(metadata=ObjectMeta(name=kname, uid=new_uid(), created=now()),
+                    spec=KernelSpec(oci=kname))
+    with pulling(content_store(ctx), source, opts or PullOptions(),
+                 lambda identity: existing is not None) as pulled:
+        if existing is not None:
+            if existing.status.oci_source.id != pulled.identity:
+                log.info("Kernel %r is already imported (ID %r); remove it to pull it again",
+                         kname, existing.metadata.uid)
+            return existing
+        assert pulled.source is not None
+        with ctx.store.creating(kernel) as stage, ctx.store.workdir("kernel-") as work:
+            file, modules, kernel.status.version = extract_kernel_source(
+                pulled.source, str(pulled.ref), Path(work))
+            _store_kernel(file, stage)
+            if modules is not None:
+                collect_modules(modules, stage / MODULES_DIR)
+            kernel.status.oci_source.id = pulled.identity
+            size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
+            kernel.status.oci_source.size = Size(size)
+    log.info("Pulled kernel %r (version %s) with ID %r", kname, kernel.status.version,
+             kernel.metadata.uid)
+    return kernel

@@ -25,6 +25,7 @@ PACKAGES = {
     "qemu-img": "qemu-utils",
     "mkfs.ext4": "e2fsprogs",
     "e2fsck": "e2fsprogs",
+    "debugfs": "e2fsprogs",
     "resize2fs": "e2fsprogs",
     "depmod": "kmod",
     "busybox": "busybox-static",

@@ -97,3 +97,89 @@ def app_image(out: Path, ref: str = "app:latest") -> Path:
               "Cmd": ['echo "APP-RUNNING foo=$FOO pwd=$(pwd) pid=$$"; exec sleep 100000'],
               "Env": ["PATH=/bin", "FOO=bar"], "WorkingDir": "/tmp"}
     return write_docker_archive(out, ref, [base], config)
+
+
+def _compress(layer: bytes, compression: str | None) -> tuple[bytes, str]:
+    import gzip
+
+    if compression == "gzip":
+        return gzip.compress(layer, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip"
+    if compression == "zstd":
+        import zstandard
+
+        return (zstandard.ZstdCompressor().compress(layer),
+                "application/vnd.oci.image.layer.v1.tar+zstd")
+    return layer, "application/vnd.oci.image.layer.v1.tar"
+
+
+class OCILayout:
+    """An OCI image layout folder built blob by blob (push it with skopeo ``oci:DIR:tag``)."""
+
+    def __init__(self, out: Path):
+        self.dir = out
+        (out / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (out / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        self.refs: list[dict[str, object]] = []
+
+    def blob(self, data: bytes, media: str, **extra: object) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (self.dir / "blobs" / "sha256" / digest).write_bytes(data)
+        return {"mediaType": media, "digest": "sha256:" + digest, "size": len(data), **extra}
+
+    def image(self, layers: list[bytes], config: dict[str, object] | None = None, *,
+              arch: str = "amd64", compression: str | None = "gzip",
+              diff_ids: list[str] | None = None) -> dict[str, object]:
+        """Store one image (layers given uncompressed); return its manifest descriptor.
+        ``diff_ids`` replaces the true ones (to make a config that lies)."""
+        diff_ids = diff_ids or ["sha256:" + hashlib.sha256(layer).hexdigest()
+                                for layer in layers]
+        cfg = json.dumps({"architecture": arch, "os": "linux", "config": config or {},
+                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+        descs = [self.blob(*_compress(layer, compression)) for layer in layers]
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": self.blob(cfg, "application/vnd.oci.image.config.v1+json"),
+            "layers": descs}).encode()
+        return self.blob(manifest, "application/vnd.oci.image.manifest.v1+json",
+                         platform={"architecture": arch, "os": "linux"})
+
+    def index(self, manifests: list[dict[str, object]]) -> dict[str, object]:
+        data = json.dumps({"schemaVersion": 2,
+                           "mediaType": "application/vnd.oci.image.index.v1+json",
+                           "manifests": manifests}).encode()
+        return self.blob(data, "application/vnd.oci.image.index.v1+json")
+
+    def tag(self, desc: dict[str, object], tag: str) -> str:
+        """Name ``desc`` in index.json; return the skopeo source ``oci:DIR:tag``."""
+        entry = {k: v for k, v in desc.items() if k != "platform"}
+        entry["annotations"] = {"org.opencontainers.image.ref.name": tag}
+        self.refs.append(entry)
+        (self.dir / "index.json").write_text(json.dumps(
+            {"schemaVersion": 2, "manifests": self.refs}))
+        return f"oci:{self.dir}:{tag}"
+
+
+def big_layers(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """``count`` layers of about ``size`` bytes each of incompressible data (for benches)."""
+    import random
+
+    rng = random.Random(seed)
+    return [_tar_bytes([_dir(f"data{i}"), _file(f"data{i}/blob", rng.randbytes(size))])
+            for i in range(count)]
+
+
+KERNEL_VERSION = "5.10.51"
+FAKE_VMLINUX = (b"\x7fELF\x02\x01\x01" + b"\0" * 57
+                + b"Linux version 5.10.51 (x@y) #1 SMP\n\0" * 4)
+
+
+def kernel_layers() -> list[bytes]:
+    """An Ignite-style kernel image: /boot/vmlinux (a link) and /lib/modules/<version>."""
+    mods = f"lib/modules/{KERNEL_VERSION}"
+    boot = [_dir("boot"), _file(f"boot/vmlinux-{KERNEL_VERSION}", FAKE_VMLINUX),
+            _link("boot/vmlinux", f"/boot/vmlinux-{KERNEL_VERSION}")]
+    modules = [_dir("lib"), _dir("lib/modules"), _dir(mods), _dir(f"{mods}/kernel"),
+               _file(f"{mods}/kernel/virtio.ko", b"\x7fELF fake module"),
+               _file(f"{mods}/modules.order", b"kernel/virtio.ko\n"),
+               _file(f"{mods}/modules.dep", b"kernel/virtio.ko:\n")]
+    return [_tar_bytes(boot), _tar_bytes(modules)]

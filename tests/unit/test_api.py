@@ -49,7 +49,7 @@ def test_normalize(ref: str, want: str) -> None:
     assert refs.normalize(ref) == want
 
 
-@pytest.mark.parametrize("ref", ["", "Bad", "a/b@sha256:" + "a" * 64, "x:"])
+@pytest.mark.parametrize("ref", ["", "Bad", "a/b@sha256:" + "a" * 6, "x:"])
 def test_normalize_refuses(ref: str) -> None:
     with pytest.raises(InvalidInput):
         refs.normalize(ref)

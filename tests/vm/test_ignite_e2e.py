@@ -38,6 +38,7 @@ import pytest
 
 from tests.conftest import REPO, Ignite, Result
 from tests.helpers.images import BUSYBOX, busybox_layers, write_docker_archive
+from tests.helpers.registry import Registry
 from tests.vm.conftest import wait_console
 
 pytestmark = pytest.mark.vm
@@ -656,16 +657,51 @@ def test_TestDockerImportImage() -> None:
 
 # ---- registry_auth_test.go ---------------------------------------------------------
 
-@pytest.mark.skip(reason="needs two private registries (util/setup-private-registry.sh runs "
-                  "registry:2 under Docker, with htpasswd and TLS) and the docker/containerd "
-                  "runtimes; this host has no Docker engine and ignitevm has no registry "
-                  "image source yet (archives and OCI layouts only)")
-def test_TestPullFromAuthRegistry() -> None:
+@pytest.mark.parametrize("kind", ["image", "kernel"])
+def test_TestPullFromAuthRegistry(kind: str, auth_registry: Registry,
+                                  tls_auth_registry: Registry, tmp_path: Path) -> None:
     """Image and kernel import from http/https registries that need auth.
 
     Credentials come from ``--registry-config-dir`` or the Configuration's
     ``spec.registryConfigDir`` (the flag wins); no or wrong credentials fail.
+    Ignite ran two ``registry:2`` containers (htpasswd; one with TLS); here they
+    are Debian's docker-registry on loopback, the TLS one with a test CA.
     """
+    import base64
+
+    certs = tmp_path / "certs.d" / tls_auth_registry.host
+    certs.mkdir(parents=True)
+    (certs / "ca.crt").write_bytes(Path(str(tls_auth_registry.ca)).read_bytes())
+    env = {"HOME": str(tmp_path), "DOCKER_CONFIG": str(tmp_path / "no-docker-config"),
+           "XDG_RUNTIME_DIR": str(tmp_path), "IGNITE_CERTS_DIRS": str(tmp_path / "certs.d")}
+    ig = Ignite(tmp_path / "root", env=env)
+    what = "kernel" if kind == "kernel" else "busybox"
+    for reg in (auth_registry, tls_auth_registry):
+        ref = f"{reg.host}/test/{what}:1"
+        good, wrong, empty = (tmp_path / n / reg.host for n in ("good", "wrong", "empty"))
+        for folder, password in ((good, reg.password), (wrong, "not-the-password")):
+            folder.mkdir(parents=True)
+            token = base64.b64encode(f"{reg.user}:{password}".encode()).decode()
+            (folder / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth":
+                                                                                    token}}}))
+        empty.mkdir(parents=True)
+        cfg = tmp_path / f"config-{reg.host.replace(':', '_')}.yaml"
+        cfg.write_text("apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
+                       f"spec:\n  registryConfigDir: {good}\n")
+        cases = [  # (flags, works)
+            ([], False),
+            (["--registry-config-dir", str(good)], True),
+            (["--ignite-config", str(cfg)], True),
+            (["--ignite-config", str(cfg), "--registry-config-dir", str(empty)], False),
+            (["--registry-config-dir", str(wrong)], False),
+        ]
+        for flags, works in cases:
+            res = ig(*flags, kind, "import", ref, check=False)
+            assert (res.returncode == 0) == works, (flags, res.stderr)
+            if works:
+                ig(kind, "rm", ref)
+            else:
+                assert "credentials" in res.stderr, res.stderr
 
 
 # ---- portmap_test.go ---------------------------------------------------------------

@@ -1,0 +1,343 @@
+"""HTTP to one registry repository: scheme choice, auth, retries, timeouts and redirects.
+
+Requests are retried with a doubling pause on network errors, 429 and 5xx
+(``Retry-After`` honoured, capped); a redirect to another host (a blob store)
+never carries the registry's ``Authorization`` header, and a redirect from
+HTTPS to plain HTTP is refused unless the registry may use HTTP anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+
+from ignitevm.api.refs import Reference
+from ignitevm.errors import IgniteError, NotFound
+from ignitevm.images.registry import credentials, tls
+from ignitevm.images.registry.auth import Auth, Unauthorized
+from ignitevm.log import log
+from ignitevm.util.fs import atomic_write
+
+RETRIES = 4
+BACKOFF = 0.2  # seconds, doubled at each retry
+MAX_WAIT = 30.0  # the longest Retry-After honoured
+MAX_REDIRECTS = 5
+RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_SMALL = 1 << 20  # token answers and error documents
+# What OpenSSL says when the other end answers a TLS hello in plain HTTP
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD LAYER FAILURE", "PACKET LENGTH TOO LONG",
+            "HTTP REQUEST", "UNEXPECTED EOF", "EOF OCCURRED IN VIOLATION")
+READ_SIZE = 1 << 20
+TIMEOUT = httpx.Timeout(connect=15.0, read=60.0, write=60.0, pool=120.0)
+
+
+class NetworkError(IgniteError):
+    """The registry could not be reached or the connection broke."""
+
+    def __init__(self, brief: str, *, hint: str | None = None, retry: bool = True):
+        super().__init__(brief, hint=hint)
+        self.retry = retry
+
+
+def api_host(domain: str) -> str:
+    return "registry-1.docker.io" if domain == "docker.io" else domain
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+class Small(NamedTuple):
+    status_code: int
+    reason_phrase: str
+    content: bytes
+
+
+def read_small(resp: httpx.Response, limit: int = MAX_SMALL) -> bytes:
+    """A body that should be small (tokens, error documents): at most ``limit`` bytes."""
+    data = bytearray()
+    try:
+        for chunk in resp.iter_bytes():
+            data += chunk
+            if len(data) > limit:
+                break
+    finally:
+        resp.close()
+    return bytes(data[:limit])
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after", "")
+    try:
+        return min(max(float(value), 0.0), MAX_WAIT)
+    except ValueError:
+        return None
+
+
+class Client:
+    """Requests to one repository of one registry, authenticated as the user set up."""
+
+    def __init__(self, ref: Reference, *, config_dir: str | None = None,
+                 insecure: set[str] | None = None, schemes: Path | None = None):
+        self.domain = ref.domain
+        self.host = api_host(ref.domain)
+        self.repository = ref.path
+        self.scope = f"repository:{ref.path}:pull"
+        self.insecure = insecure or set()
+        self.transport = tls.transport(self.host, self.insecure)
+        _larger_reads()
+        self._clients: dict[str, httpx.Client] = {}
+        self._schemes = schemes  # a file remembering registries that speak only HTTP
+        creds = credentials.lookup(ref.domain, ref.repository, config_dir)
+        login = "docker login" + ("" if ref.domain == "docker.io" else f" {ref.domain}")
+        self.auth = Auth(ref.domain, creds, self._plain, login_hint=f"log in with '{login}'")
+        self.base: str | None = None
+
+    def close(self) -> None:
+        for c in list(self._clients.values()):
+            c.close()
+
+    def _http(self, url: str) -> httpx.Client:
+        """The connection pool for ``url``'s scheme (HTTPS verified as tls.py says)."""
+        scheme = "https" if url.startswith("https:") else "http"
+        if scheme not in self._clients:
+            verify: ssl.SSLContext | bool = (tls.ssl_context(self.transport)
+                                             if scheme == "https" else False)
+            self._clients[scheme] = httpx.Client(
+                verify=verify, timeout=TIMEOUT, follow_redirects=False, trust_env=False,
+                limits=httpx.Limits(max_connections=16))
+        return self._clients[scheme]
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the registry's API ---------------------------------------------------
+    def ping(self) -> None:
+        """``GET /v2/``: choose the scheme and learn the auth challenge."""
+        if self.base is not None:
+            return
+        resp = None
+        known_http = self.transport.http_allowed and self.host in self._read_schemes()
+        for scheme in ("http", "https", "http") if known_http else ("https", "http"):
+            try:
+                resp = self._send("GET", f"{scheme}://{self.host}/v2/", {}, stream=False)
+                if known_http and resp.status_code == 400:  # an HTTPS server now
+                    known_http, resp = False, None
+                    continue
+                break
+            except NetworkError as exc:
+                if known_http:
+                    known_http = False  # it moved (to HTTPS?): ask again
+                    continue
+                if scheme == "https" and getattr(exc, "plain_http", False):
+                    if self.transport.http_allowed:
+                        log.debug("%s does not speak TLS; using plain HTTP", self.host)
+                        continue
+                    raise NetworkError(
+                        f"registry {self.domain} does not speak HTTPS",
+                        hint=f"plain HTTP is used only for loopback registries or ones named "
+                             f"with --insecure-registry {self.host} (or "
+                             f"{tls.INSECURE_ENV})", retry=False) from None
+                raise
+        assert resp is not None
+        scheme = _origin(str(resp.request.url))[0]
+        self.base = f"{scheme}://{self.host}"
+        if (scheme == "http") != (self.host in self._read_schemes()):
+            self._write_schemes(scheme == "http")
+        if resp.status_code == 401:
+            self.auth.challenge(resp.headers.get("www-authenticate"))
+        elif resp.status_code not in (200, 403):
+            raise IgniteError(f"{self.host} is not an OCI registry (GET /v2/ answered "
+                              f"{resp.status_code} {resp.reason_phrase})")
+
+    def _read_schemes(self) -> set[str]:
+        try:
+            return set(self._schemes.read_text().split()) if self._schemes else set()
+        except OSError:
+            return set()
+
+    def _write_schemes(self, http: bool) -> None:
+        if self._schemes is None:
+            return
+        hosts = self._read_schemes()
+        (hosts.add if http else hosts.discard)(self.host)
+        try:
+            atomic_write(self._schemes, "".join(f"{h}\n" for h in sorted(hosts)))
+        except OSError as exc:
+            log.debug("cannot remember the scheme of %s: %s", self.host, exc)
+
+    def get(self, path: str, headers: dict[str, str] | None = None, *,
+            stream: bool = False) -> httpx.Response:
+        """An authenticated GET of ``/v2/<repository>/<path>`` (closed by the caller)."""
+        self.ping()
+        assert self.base is not None
+        url = f"{self.base}/v2/{self.repository}/{path}"
+        retried = False
+        while True:
+            sent = dict(headers or {})
+            authz = self.auth.header(self.scope)
+            if authz:
+                sent["Authorization"] = authz
+            resp = self._send("GET", url, sent, stream=stream)
+            if resp.status_code == 401:
+                resp.close()
+                if retried or not resp.headers.get("www-authenticate"):
+                    raise self.auth.refused()
+                self.auth.challenge(resp.headers.get("www-authenticate"))
+                self.auth.forget(self.scope)
+                retried = True
+                continue
+            if resp.status_code == 403:
+                resp.close()
+                raise Unauthorized(f"registry {self.domain} denies access to {self.repository}"
+                                   " (403 Forbidden)",
+                                   hint="check that these credentials may pull it")
+            return resp
+
+    def error(self, resp: httpx.Response, what: str) -> IgniteError:
+        """An error for an unexpected answer to a request for ``what``."""
+        codes: list[str] = []
+        try:
+            body: Any = json.loads(read_small(resp))
+            codes = [str(e.get("code")) for e in body.get("errors") or []]
+        except (ValueError, AttributeError, httpx.HTTPError):
+            pass
+        if resp.status_code == 404:
+            if "NAME_UNKNOWN" in codes or (what.startswith("tag ") and self._no_repository()):
+                return NotFound(f"registry {self.domain} has no repository {self.repository}",
+                                hint="check the image name")
+            return NotFound(f"registry {self.domain} has no {what} in {self.repository}",
+                            hint="check the tag or digest")
+        return IgniteError(f"registry {self.domain} answered {resp.status_code} "
+                           f"{resp.reason_phrase} for {what}" +
+                           (f" ({', '.join(codes)})" if codes else ""))
+
+    def _no_repository(self) -> bool:
+        """Whether the repository itself is unknown (some registries say only "no manifest")."""
+        try:
+            resp = self.get("tags/list", stream=True)
+        except IgniteError:
+            return False
+        resp.close()
+        return resp.status_code == 404
+
+    # --- HTTP -------------------------------------------------------------------
+    def _plain(self, method: str, url: str, **kwargs: Any) -> Small:
+        """A request to a token server (its answer read, at most 1 MiB). Plain HTTP only
+        when both the registry and the token server may use it (loopback or opted in)."""
+        scheme, netloc = _origin(url)
+        if scheme == "http" and not (self.transport.http_allowed and (
+                tls.is_loopback(netloc) or netloc in self.insecure)):
+            raise IgniteError(f"registry {self.domain} sends credentials to a token server "
+                              f"over plain HTTP ({netloc}); refused",
+                              hint=f"name it with --insecure-registry {netloc} to allow it")
+        headers = kwargs.pop("headers", None) or {}
+        resp = self._send(method, url, headers, stream=True, **kwargs)
+        return Small(resp.status_code, resp.reason_phrase, read_small(resp))
+
+    def _send(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
+              **kwargs: Any) -> httpx.Response:
+        """Send with retries, following redirects safely."""
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._retrying(method, url, headers, stream=stream, **kwargs)
+            if not resp.is_redirect:
+                return resp
+            resp.close()
+            target = urllib.parse.urljoin(url, resp.headers["location"])
+            scheme, _ = _origin(target)
+            if scheme not in ("http", "https") or (
+                    scheme == "http" and origin[0] == "https" and not self.transport.http_allowed):
+                raise IgniteError(f"registry {self.domain} redirected to {scheme}:// "
+                                  "(refused: no downgrade from HTTPS)")
+            if _origin(target) != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            url = target
+        raise IgniteError(f"registry {self.domain} redirected more than {MAX_REDIRECTS} times")
+
+    def _retrying(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
+                  **kwargs: Any) -> httpx.Response:
+        for attempt in range(RETRIES):
+            wait = BACKOFF * 2 ** attempt
+            try:
+                http = self._http(url)
+                request = http.build_request(method, url, headers=headers, **kwargs)
+                resp = http.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                err = self.network_error(exc)
+                if not err.retry or attempt == RETRIES - 1:
+                    raise err from None
+                log.debug("%s %s: %s; retrying in %.2fs", method, _safe(url), err, wait)
+            else:
+                if resp.status_code not in RETRY_STATUS or attempt == RETRIES - 1:
+                    return resp
+                wait = retry_after(resp) or wait
+                resp.close()
+                log.debug("%s %s: %d; retrying in %.2fs", method, _safe(url),
+                          resp.status_code, wait)
+            time.sleep(wait)  # a back-off between attempts, not a wait for an event
+        raise AssertionError("unreachable")
+
+    def network_error(self, exc: Exception) -> NetworkError:
+        """A user-facing error for a transport failure (``retry``: worth trying again)."""
+        text = str(exc) or type(exc).__name__
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        where = f"registry {self.domain}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or str(cause)
+            return NetworkError(
+                f"cannot verify the TLS certificate of {where}: {why}",
+                hint=f"put its CA certificate in /etc/docker/certs.d/{self.host}/ca.crt, or "
+                     f"name it with --insecure-registry {self.host} if you trust the network",
+                retry=False)
+        if isinstance(cause, ssl.SSLError) or "WRONG_VERSION_NUMBER" in text:
+            if any(w in text.upper() for w in _NOT_TLS):
+                err = NetworkError(f"{where} does not speak TLS: {text}", retry=False)
+                err.plain_http = True  # type: ignore[attr-defined]
+                return err
+            return NetworkError(
+                f"TLS with {where} failed: {text}",
+                hint=f"if it wants a client certificate, put client.cert and client.key in "
+                     f"/etc/docker/certs.d/{self.host}/", retry=False)
+        lower = text.lower()
+        if "name or service not known" in lower or "name resolution" in lower or \
+                "nodename nor servname" in lower or "no address associated" in lower:
+            hint = ("check the image name (a first component with a '.' or ':' is a registry "
+                    "host)") if self.domain != "docker.io" else (
+                    f"{self.repository} is on Docker Hub, which this host cannot resolve "
+                    "(offline?); import an archive instead, or name another registry")
+            return NetworkError(f"unknown registry host {self.host}", hint=hint, retry=False)
+        if "connection refused" in lower:
+            return NetworkError(f"cannot connect to {where}: connection refused",
+                                hint="check that the registry runs and the port is right")
+        if isinstance(exc, httpx.TimeoutException):
+            return NetworkError(f"{where} timed out ({type(exc).__name__})")
+        return NetworkError(f"connection to {where} failed: {text}")
+
+
+def _larger_reads() -> None:
+    """Read sockets 1 MiB at a time (httpcore's default is 64 KiB, each piece parsed by
+    h11 in Python): blob downloads run ~2.5 times faster. Process-wide, set on first use."""
+    try:
+        from httpcore._sync.http11 import HTTP11Connection
+    except ImportError:  # a future httpcore: keep its default
+        return
+    if getattr(HTTP11Connection, "READ_NUM_BYTES", 0) < READ_SIZE:
+        HTTP11Connection.READ_NUM_BYTES = READ_SIZE
+
+
+def _safe(url: str) -> str:
+    """A URL for logs: no query string (it may carry signed tokens)."""
+    return url.split("?", 1)[0]

@@ -1,0 +1,128 @@
+"""A fault proxy in front of a loopback registry: cuts connections, alters bytes, answers
+503/429, redirects blobs to another origin. Everything it sees is recorded."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import threading
+from dataclasses import dataclass, field
+
+from tests.helpers.registry import free_port
+
+
+@dataclass
+class Faults:
+    corrupt_blobs: bool = False  # flip one byte in every blob body
+    cut_blobs: int = 0  # cut this many blob responses halfway (then serve whole)
+    cut_always: bool = False  # cut every blob response halfway
+    busy: int = 0  # answer this many requests with 503 + Retry-After: 0
+    too_many: int = 0  # answer this many requests with 429 + Retry-After: 0
+    expire: int = 0  # forward this many blob requests without Authorization (a stale token)
+    redirect_blobs: bool = False  # 307 blob GETs to the other origin (localhost vs 127.0.0.1)
+    manifest_body: bytes | None = None  # serve this instead of every manifest
+    last_auth: str = ""  # what a redirected request gets upstream (as a signed URL would)
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, faults: Faults | None = None):
+        self.upstream = upstream  # "127.0.0.1:PORT" of a plain-HTTP registry
+        self.faults = faults or Faults()
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _take(self, name: str) -> bool:
+        with self._lock:
+            left = getattr(self.faults, name)
+            if left > 0:
+                setattr(self.faults, name, left - 1)
+                return True
+            return False
+
+    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _status(self, code: int, headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                f = proxy.faults
+                blob = "/blobs/" in self.path
+                f.seen.append({"path": self.path, "host": self.headers.get("Host", ""),
+                               "auth": self.headers.get("Authorization", ""),
+                               "range": self.headers.get("Range", "")})
+                if proxy._take("busy"):
+                    return self._status(503, {"Retry-After": "0"})
+                if proxy._take("too_many"):
+                    return self._status(429, {"Retry-After": "0"})
+                if blob and f.redirect_blobs and self.headers.get("Host", "").startswith("127."):
+                    where = f"http://localhost:{proxy.port}{self.path}"
+                    return self._status(307, {"Location": where})
+                if "/manifests/" in self.path and f.manifest_body is not None:
+                    body = f.manifest_body
+                    self.send_response(200)
+                    self.send_header("Content-Type",
+                                     "application/vnd.docker.distribution.manifest.v1+json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                if self.headers.get("Host", "").startswith("localhost"):
+                    headers["Authorization"] = f.last_auth
+                elif blob and proxy._take("expire"):
+                    headers.pop("Authorization", None)
+                elif self.headers.get("Authorization"):
+                    f.last_auth = self.headers["Authorization"]
+                conn.request("GET", self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                cut = blob and resp.status in (200, 206) and (f.cut_always
+                                                              or proxy._take("cut_blobs"))
+                if blob and f.corrupt_blobs and body:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if cut:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    import socket
+
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body)
+
+        return Handler

@@ -1,0 +1,254 @@
+"""`ignite image pull` and friends against real docker-registry processes on loopback.
+
+Every bad input ends in one `error:` line, exit code 1, and no Image left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Ignite
+from tests.helpers.registry import Registry
+from tests.registry.conftest import fails
+
+pytestmark = pytest.mark.registry
+
+
+def test_pull_then_up_to_date(ig: Ignite, plain_registry: Registry) -> None:
+    ref = f"{plain_registry.host}/test/busybox:1"
+    res = ig("image", "pull", ref)
+    assert res.stdout.strip() == ref
+    assert "Downloaded newer image" in res.stderr and "Digest: sha256:" in res.stderr
+    again = ig("image", "pull", ref)
+    assert "Image is up to date" in again.stderr
+    assert ig("image", "ls", "-q").stdout.strip().count("\n") == 0
+    assert ig("image", "pull", "-q", ref).stdout.strip() == ig("image", "ls", "-q").stdout.strip()
+
+
+def test_multi_arch(ig: Ignite, plain_registry: Registry) -> None:
+    ig("image", "pull", f"{plain_registry.host}/test/multi:1")
+    inspect = json.loads(ig("inspect", "image", f"{plain_registry.host}/test/multi:1").stdout)
+    amd = inspect["status"]["ociSource"]["id"]
+    ig("image", "pull", "--platform", "linux/arm64", "--name", "multi-arm",
+       f"{plain_registry.host}/test/multi:1")
+    arm = json.loads(ig("inspect", "image", "multi-arm").stdout)["status"]["ociSource"]["id"]
+    assert amd != arm and amd.startswith("oci://") and arm.startswith("oci://")
+
+
+def test_no_platform(ig: Ignite, plain_registry: Registry) -> None:
+    from ignitevm.images.registry.manifests import host_platform
+
+    if host_platform() != "linux/amd64":
+        pytest.skip("the test images' indexes are made for an amd64 host")
+    err = fails(ig, "image", "pull", f"{plain_registry.host}/test/armonly:1")
+    assert "has no image for linux/amd64 (it has: linux/arm64)" in err
+    err = fails(ig, "image", "pull", "--platform", "linux/s390x",
+                f"{plain_registry.host}/test/multi:1")
+    assert "(it has: linux/amd64, linux/arm64)" in err
+    assert "invalid platform" in fails(ig, "image", "pull", "--platform", "amd64",
+                                       f"{plain_registry.host}/test/multi:1")
+
+
+def test_zstd_layers(ig: Ignite, plain_registry: Registry) -> None:
+    ig("image", "pull", f"{plain_registry.host}/test/zstd:1")
+
+
+def test_unknown_tag_and_repository(ig: Ignite, plain_registry: Registry) -> None:
+    assert "has no tag 2 in test/busybox" in fails(
+        ig, "image", "pull", f"{plain_registry.host}/test/busybox:2")
+    assert "has no repository test/nothing" in fails(
+        ig, "image", "pull", f"{plain_registry.host}/test/nothing:1")
+
+
+def test_unreachable(ig: Ignite, tmp_path: Path) -> None:
+    from tests.helpers.registry import free_port
+
+    assert "connection refused" in fails(ig, "image", "pull", f"127.0.0.1:{free_port()}/x:1")
+    assert "unknown registry host" in fails(ig, "image", "pull", "registry.invalid/x:1")
+
+
+@pytest.mark.parametrize("ref", ["Bad/Name:x", "x:", "app@sha256:12", "a//b"])
+def test_malformed(ig: Ignite, ref: str) -> None:
+    assert "invalid image reference" in fails(ig, "image", "pull", ref)
+
+
+def test_kernel_import_from_registry(ig: Ignite, plain_registry: Registry) -> None:
+    ref = f"{plain_registry.host}/test/kernel:1"
+    ig("kernel", "import", ref)
+    listing = ig("kernel", "ls").stdout
+    assert ref in listing and "5.10.51" in listing
+    inspect = json.loads(ig("inspect", "kernel", ref).stdout)
+    assert inspect["status"]["ociSource"]["id"].startswith(f"oci://{plain_registry.host}/")
+    err = fails(ig, "kernel", "import", f"{plain_registry.host}/test/busybox:1")
+    assert "kernel" in err
+
+
+def test_create_pulls_missing(ig: Ignite, plain_registry: Registry) -> None:
+    """`create` pulls the image and the kernel it names; --pull never refuses to."""
+    image, kernel = (f"{plain_registry.host}/test/busybox:1",
+                     f"{plain_registry.host}/test/kernel:1")
+    res = ig("create", image, "--kernel-image", kernel, "--pull", "never", "--name", "a",
+             check=False)
+    assert res.returncode == 1 and "can't find image" in res.stderr
+    ig("create", image, "--kernel-image", kernel, "--name", "vm1")
+    assert ig("image", "ls", "-q").stdout.count("\n") == 1
+    ig("create", image, "--kernel-image", kernel, "--name", "vm2", "--pull", "always")
+    assert ig("image", "ls", "-q").stdout.count("\n") == 1  # same digest: nothing new
+
+
+def test_mirrors_first_then_upstream(ig: Ignite, plain_registry: Registry, tmp_path: Path) -> None:
+    """registries.conf v2: a dead mirror is skipped, a live one serves; blocked refuses."""
+    from tests.helpers.registry import free_port
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f"""
+[[registry]]
+prefix = "upstream.invalid/test"
+location = "upstream.invalid/test"
+[[registry.mirror]]
+location = "127.0.0.1:{free_port()}/test"
+[[registry.mirror]]
+location = "{plain_registry.host}/test"
+
+[[registry]]
+location = "blocked.invalid"
+blocked = true
+""")
+    mig = Ignite(ig.root, env=dict(ig.env, CONTAINERS_REGISTRIES_CONF=str(conf)))
+    res = mig("image", "pull", "upstream.invalid/test/busybox:1")
+    assert "trying the next place" in res.stderr
+    inspect = json.loads(mig("inspect", "image", "upstream.invalid/test/busybox:1").stdout)
+    assert inspect["status"]["ociSource"]["id"].startswith("oci://upstream.invalid/test/busybox@")
+    assert "blocked" in fails(mig, "image", "pull", "blocked.invalid/x:1")
+    # the mirrors are all tried, then upstream, whose error is the one shown
+    assert "unknown registry host upstream.invalid" in fails(
+        mig, "image", "pull", "upstream.invalid/test/nothing:1")
+
+
+def test_image_that_cannot_run(ig: Ignite, plain_registry: Registry) -> None:
+    err = fails(ig, "image", "pull", f"{plain_registry.host}/test/noinit:1")
+    assert "no /sbin/init and no Entrypoint or Cmd" in err
+
+
+def test_progress_on_a_terminal(ig: Ignite, plain_registry: Registry) -> None:
+    """On a terminal: bars (per layer and a total) that vanish, then docker pull's lines;
+    stdout keeps only the reference."""
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, **ig.env, "IGNITE_ROOT": str(ig.root), "COLUMNS": "100"}
+    ref = f"{plain_registry.host}/test/busybox:1"
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "image", "pull", ref],
+                            stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL,
+                            env=env)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal's other end closed
+            break
+        if not data:
+            break
+        shown += data
+    os.close(leader)
+    assert proc.wait() == 0
+    assert proc.stdout is not None and proc.stdout.read().decode().strip() == ref
+    text = shown.decode(errors="replace")
+    assert "total" in text and "Download complete" in text and "Status: Downloaded" in text
+
+
+def test_missing_image_or_kernel_says_both(ig: Ignite, plain_registry: Registry) -> None:
+    """Not here and not pullable: the error names both (as `ignite run no-such-image` did)."""
+    err = fails(ig, "create", "no-such-image")
+    assert "can't find image 'no-such-image:latest' here, and pulling " \
+           "docker.io/library/no-such-image:latest failed" in err
+    ig("image", "pull", f"{plain_registry.host}/test/busybox:1")
+    err = fails(ig, "create", f"{plain_registry.host}/test/busybox:1", "--kernel-image",
+                f"{plain_registry.host}/test/nokernel:1")
+    assert "can't find kernel" in err and "has no repository test/nokernel" in err
+
+
+def test_moved_tag(ig: Ignite, plain_registry: Registry, test_layout: dict[str, str]) -> None:
+    """A tag that moved: pull replaces the image, unless a VM uses it (then one clear error)."""
+    ref = f"{plain_registry.host}/test/moving:1"
+    plain_registry.push(test_layout["busybox"], "test/moving:1")
+    first = ig("image", "pull", "-q", ref).stdout.strip()
+    plain_registry.push(test_layout["zstd"], "test/moving:1")
+    second = ig("image", "pull", "-q", ref).stdout.strip()
+    assert first != second and ig("image", "ls", "-q").stdout.split() == [second]
+    ig("create", ref, "--kernel-image", f"{plain_registry.host}/test/kernel:1", "--name", "u")
+    plain_registry.push(test_layout["busybox"], "test/moving:1")
+    err = fails(ig, "image", "pull", ref)
+    assert "now names other content" in err and "(u)" in err
+    ig("create", ref, "--kernel-image", f"{plain_registry.host}/test/kernel:1", "--name", "v")
+    assert "now names other content" in fails(ig, "create", ref, "--pull", "always", "--name",
+                                              "w")
+
+
+def test_uncompressed_layers(ig: Ignite, plain_registry: Registry, tmp_path: Path) -> None:
+    """Plain tar layers (diff_id = digest), pushed as they are; a config that lies fails."""
+    from tests.helpers.images import OCILayout, busybox_layers
+
+    layout = OCILayout(tmp_path / "oci")
+    desc = layout.image(busybox_layers(), {"Cmd": ["/sbin/init"]}, compression=None)
+    plain_registry.upload("test/plain", layout.dir, desc, "1")
+    ig("image", "pull", f"{plain_registry.host}/test/plain:1")
+    layers = busybox_layers()
+    bad = layout.image(layers, {"Cmd": ["/sbin/init"]}, compression=None,
+                       diff_ids=["sha256:" + "0" * 64] * len(layers))
+    plain_registry.upload("test/plain", layout.dir, bad, "bad")
+    assert "has the diff_id" in fails(ig, "image", "pull", f"{plain_registry.host}/test/plain:bad")
+
+
+def test_docker_schema2_list(ig: Ignite, plain_registry: Registry, tmp_path: Path) -> None:
+    """Docker's own media types: a manifest list of v2 schema 2 manifests."""
+    import gzip
+    import hashlib
+
+    from tests.helpers.images import OCILayout, busybox_layers
+
+    layout = OCILayout(tmp_path / "oci")
+    entries = []
+    for arch, layers in (("amd64", busybox_layers()), ("arm64", busybox_layers()[:1])):
+        diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+        cfg = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/sbin/init"]},
+                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+        manifest = {"schemaVersion": 2,
+                    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "config": layout.blob(cfg, "application/vnd.docker.container.image.v1+json"),
+                    "layers": [layout.blob(gzip.compress(layer, mtime=0),
+                                           "application/vnd.docker.image.rootfs.diff.tar.gzip")
+                               for layer in layers]}
+        entries.append(layout.blob(json.dumps(manifest).encode(), manifest["mediaType"],
+                                   platform={"architecture": arch, "os": "linux"}))
+    listing = {"schemaVersion": 2,
+               "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+               "manifests": entries}
+    desc = layout.blob(json.dumps(listing).encode(), listing["mediaType"])
+    plain_registry.upload("test/dockerlist", layout.dir, desc, "1")
+    ig("image", "pull", f"{plain_registry.host}/test/dockerlist:1")
+    ig("image", "pull", "--platform", "linux/arm64/v8", "--name", "arm",
+       f"{plain_registry.host}/test/dockerlist:1")
+    arm = json.loads(ig("inspect", "image", "arm").stdout)["status"]["ociSource"]["id"]
+    assert arm.endswith(str(entries[1]["digest"]))
+
+
+def test_single_platform_image_for_another_arch(ig: Ignite, plain_registry: Registry,
+                                                tmp_path: Path) -> None:
+    """As docker pull: a plain manifest for another architecture is pulled with a warning."""
+    from ignitevm.images.registry.manifests import host_platform
+    from tests.helpers.images import OCILayout, busybox_layers
+
+    other = "s390x"
+    layout = OCILayout(tmp_path / "oci")
+    desc = layout.image(busybox_layers(), {"Cmd": ["/sbin/init"]}, arch=other)
+    plain_registry.upload("test/othersingle", layout.dir, desc, "1")
+    res = ig("image", "pull", f"{plain_registry.host}/test/othersingle:1")
+    assert f"is an image for linux/{other}, not {host_platform()}" in res.stderr

@@ -1,0 +1,269 @@
+"""The registry client's parts that need no registry: credentials, challenges, TLS policy,
+platform choice, diff_ids and the content store's ingest (all fast, no network)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ignitevm.errors import IgniteError, InvalidInput
+from ignitevm.images.blobs import ContentStore
+from ignitevm.images.registry import credentials, manifests, tls
+from ignitevm.images.registry.auth import parse_challenge
+from ignitevm.images.registry.diffid import DiffHasher
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    return tmp_path
+
+
+def write_config(path: Path, data: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def auth(user: str, password: str) -> dict[str, str]:
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.mark.parametrize("key", ["reg.example:5000", "https://reg.example:5000",
+                                 "http://reg.example:5000/v2/", "reg.example:5000/"])
+def test_keys_with_or_without_scheme(home: Path, key: str) -> None:
+    write_config(home / ".docker/config.json", {"auths": {key: auth("u", "s3cr3t-pw")}})
+    c = credentials.lookup("reg.example:5000", "reg.example:5000/team/app")
+    assert (c.username, c.password) == ("u", "s3cr3t-pw")
+    assert "s3cr3t-pw" not in repr(c)
+    assert not credentials.lookup("reg.example:5001", "reg.example:5001/team/app")
+
+
+def test_docker_hub_key(home: Path) -> None:
+    write_config(home / ".docker/config.json",
+                 {"auths": {"https://index.docker.io/v1/": auth("hub", "x")}})
+    assert credentials.lookup("docker.io", "docker.io/library/alpine").username == "hub"
+
+
+def test_longest_repository_key_wins(home: Path) -> None:
+    write_config(home / "run/containers/auth.json", {"auths": {
+        "reg.example": auth("host", "1"), "reg.example/team": auth("team", "2"),
+        "reg.example/team/app": auth("app", "3")}})
+    assert credentials.lookup("reg.example", "reg.example/team/app").username == "app"
+    assert credentials.lookup("reg.example", "reg.example/team/other").username == "team"
+    assert credentials.lookup("reg.example", "reg.example/elsewhere").username == "host"
+    assert credentials.lookup("reg.example", "reg.example/teamx/a").username == "host"
+
+
+def test_order_and_config_dir(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                              ) -> None:
+    write_config(home / ".docker/config.json", {"auths": {"r.example": auth("home", "1")}})
+    write_config(tmp_path / "dc/config.json", {"auths": {"r.example": auth("env", "2")}})
+    assert credentials.lookup("r.example", "r.example/a").username == "home"
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
+    assert credentials.lookup("r.example", "r.example/a").username == "env"
+    (tmp_path / "empty").mkdir()
+    assert not credentials.lookup("r.example", "r.example/a", str(tmp_path / "empty"))
+
+
+def test_identity_token_and_bad_entries(home: Path) -> None:
+    write_config(home / ".docker/config.json",
+                 {"auths": {"r.example": {"identitytoken": "tok-s3cr3t"}}})
+    c = credentials.lookup("r.example", "r.example/a")
+    assert c.identity_token == "tok-s3cr3t" and "s3cr3t" not in repr(c)
+    write_config(home / ".docker/config.json", {"auths": {"r.example": {"auth": "!!"}}})
+    with pytest.raises(InvalidInput, match="base64"):
+        credentials.lookup("r.example", "r.example/a")
+    (home / ".docker/config.json").write_text("{not json")
+    with pytest.raises(InvalidInput, match="cannot read registry credentials"):
+        credentials.lookup("r.example", "r.example/a")
+
+
+def test_credential_helper(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real `docker-credential-NAME get` program (the protocol: server on stdin, JSON out)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-test"
+    helper.write_text('#!/bin/sh\nread server\ncase "$server" in\n'
+                      '  r.example) echo \'{"Username":"helped","Secret":"s3"}\' ;;\n'
+                      '  t.example) echo \'{"Username":"<token>","Secret":"idt"}\' ;;\n'
+                      '  *) echo "credentials not found in native keychain"; exit 1 ;;\nesac\n')
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    write_config(home / ".docker/config.json", {"credHelpers": {"r.example": "test"},
+                                                "credsStore": "test"})
+    c = credentials.lookup("r.example", "r.example/a")
+    assert (c.username, c.password) == ("helped", "s3")
+    assert credentials.lookup("t.example", "t.example/a").identity_token == "idt"
+    assert not credentials.lookup("u.example", "u.example/a")
+    write_config(home / ".docker/config.json", {"credHelpers": {"r.example": "absent"}})
+    with pytest.raises(IgniteError, match="docker-credential-absent"):
+        credentials.lookup("r.example", "r.example/a")
+
+
+def test_challenge() -> None:
+    scheme, params = parse_challenge(
+        'Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull"')
+    assert scheme == "bearer"
+    assert params == {"realm": "https://auth.example/token", "service": "reg",
+                      "scope": "repository:a/b:pull"}
+    assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("localhost:5000", True), ("127.0.0.1:5000", True), ("127.9.9.9", True),
+    ("[::1]:5000", True), ("192.0.2.2:5000", False), ("localhost.example", False),
+    ("reg.example", False)])
+def test_loopback(host: str, loopback: bool) -> None:
+    assert tls.is_loopback(host) is loopback
+    t = tls.transport(host, set())
+    assert t.http_allowed is loopback and not t.opted_in
+
+
+def test_insecure_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tls.INSECURE_ENV, "a.example:5000, b.example")
+    names = tls.insecure_registries(["c.example"])
+    assert names == {"a.example:5000", "b.example", "c.example"}
+    assert tls.transport("b.example:443", names).opted_in
+    assert not tls.transport("a.example:5001", names).http_allowed
+    with pytest.raises(InvalidInput):
+        tls.insecure_registries(["https://x.example"])
+
+
+def index(*platforms: str) -> manifests.Manifest:
+    descs = []
+    for p in platforms:
+        os_, arch, *variant = p.split("/")
+        plat = {"os": os_, "architecture": arch, **({"variant": variant[0]} if variant else {})}
+        descs.append({"digest": "sha256:" + hashlib.sha256(p.encode()).hexdigest(),
+                      "platform": plat})
+    doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+           "manifests": descs}
+    return manifests.parse(json.dumps(doc).encode(), "sha256:x", "test")
+
+
+def test_platform_choice() -> None:
+    idx = index("linux/amd64", "linux/arm/v7", "linux/arm64/v8", "unknown/unknown")
+    assert manifests.platform_of(manifests.choose(idx, "linux/amd64", "t")) == "linux/amd64"
+    assert manifests.platform_of(manifests.choose(idx, "linux/arm64", "t")) == "linux/arm64/v8"
+    assert manifests.platform_of(manifests.choose(idx, "linux/arm", "t")) == "linux/arm/v7"
+    with pytest.raises(InvalidInput, match=r"\(it has: linux/amd64, linux/arm/v7, "
+                       r"linux/arm64/v8\)"):
+        manifests.choose(idx, "linux/s390x", "t")
+    assert manifests.check_platform("Linux/AMD64") == "linux/amd64"
+
+
+def test_schema1_refused() -> None:
+    with pytest.raises(InvalidInput, match="schema 1"):
+        manifests.parse(b'{"schemaVersion": 1, "fsLayers": []}', "sha256:x", "test")
+
+
+def test_diff_id_of_gzip_members() -> None:
+    data = os.urandom(100_000) + b"\0" * 5_000_000
+    blob = gzip.compress(data[:1000]) + gzip.compress(data[1000:])
+    h = DiffHasher("layer")
+    for i in range(0, len(blob), 4096):
+        h.feed(blob[i:i + 4096])
+    assert h.digest() == "sha256:" + hashlib.sha256(data).hexdigest()
+    cut = DiffHasher("layer")
+    cut.feed(blob[:-10])
+    with pytest.raises(InvalidInput, match="truncated"):
+        cut.digest()
+
+
+def test_ingest_checks_and_resumes(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "content")
+    data = os.urandom(10_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with pytest.raises(InvalidInput, match="truncated"), store.ingest(digest, len(data)) as ing:
+        assert ing is not None
+        ing.write(data[:4000])  # a cut download: the part is kept
+    assert not store.has(digest)
+    with store.ingest(digest, len(data)) as ing:
+        assert ing is not None and ing.offset == 4000  # resumes where it stopped
+        ing.write(data[4000:])
+    assert store.has(digest, len(data)) and store.read(store.blob_name(digest)) == data
+    assert not list((store.path / "ingest").iterdir())  # no part, no lock left
+    with store.ingest(digest, len(data)) as ing:
+        assert ing is None  # fetched once
+    bad = "sha256:" + "0" * 64
+    with pytest.raises(InvalidInput, match="does not match"), store.ingest(bad, 3) as ing:
+        assert ing is not None
+        ing.write(b"abc")
+    assert not store.has(bad) and not (store.path / "ingest" / bad[7:]).exists()
+    with pytest.raises(InvalidInput, match="longer"), store.ingest(bad, 2) as ing:
+        assert ing is not None
+        ing.write(b"abc")
+    with pytest.raises(InvalidInput, match="sha256 only"):
+        ContentStore.blob_name("sha512:" + "0" * 128)
+
+
+def test_mirror_endpoints(tmp_path: Path) -> None:
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry.mirrors import endpoints
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text("""
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "mirror.example:5000/hub"
+insecure = true
+
+[[registry]]
+prefix = "docker.io/team"
+location = "team.example/t"
+pull-from-mirror = "digest-only"
+[[registry.mirror]]
+location = "m.example"
+""")
+    got = [(str(e.ref), e.insecure, e.mirror) for e in endpoints(parse("alpine"), conf)]
+    assert got == [("mirror.example:5000/hub/library/alpine:latest", True, True),
+                   ("docker.io/library/alpine:latest", False, False)]
+    got = [str(e.ref) for e in endpoints(parse("team/app:1"), conf)]
+    assert got == ["team.example/t/app:1"]  # digest-only mirrors: not for a tag
+    digest = "sha256:" + "a" * 64
+    got = [str(e.ref) for e in endpoints(parse(f"team/app@{digest}"), conf)]
+    assert got == [f"m.example/app@{digest}", f"team.example/t/app@{digest}"]
+    assert [str(e.ref) for e in endpoints(parse("quay.io/x/y"), conf)] == ["quay.io/x/y:latest"]
+    assert [str(e.ref) for e in endpoints(parse("x"), tmp_path / "none")] == [
+        "docker.io/library/x:latest"]
+
+
+def test_plain_http_token_realm_rules(home: Path) -> None:
+    """Credentials go to a token server over plain HTTP only when the registry and the
+    token server may both use it (checked before anything is sent)."""
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry.client import Client
+
+    remote = Client(parse("registry.example/a/b"))
+    with pytest.raises(IgniteError, match="over plain HTTP"):
+        remote._plain("GET", "http://127.0.0.1:9/token")  # a remote registry, a local realm
+    with pytest.raises(IgniteError, match="over plain HTTP"):
+        remote._plain("GET", "http://auth.example/token")
+    local = Client(parse("localhost:5000/a"))
+    with pytest.raises(IgniteError, match="over plain HTTP"):
+        local._plain("GET", "http://auth.example/token")  # a local registry, a remote realm
+    opted = Client(parse("registry.example/a"), insecure={"registry.example", "auth.example"})
+    assert opted.transport.http_allowed
+    for c in (remote, local, opted):
+        c.close()
+
+
+def test_small_bodies_are_capped() -> None:
+    import httpx
+
+    from ignitevm.images.registry.client import read_small
+
+    resp = httpx.Response(200, content=b"x" * (3 << 20))
+    assert len(read_small(resp)) == 1 << 20
