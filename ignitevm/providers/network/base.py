@@ -17,9 +17,11 @@ class NetPlan(NamedTuple):
     mac: str
     guest_ip: str  # with prefix, e.g. 10.0.2.15/24
     gateway: str
-    dns: str
+    dns: str  # name servers, space-separated
     forwards: tuple[Forward, ...] = ()
     ssh_port: int = 0  # host port forwarded to the guest's port 22 (loopback), 0 = none
+    tap_fd: int = -1  # cni: an open tap QEMU takes over (-netdev tap,fd=N)
+    dns_search: str = ""  # search domains, space-separated
 
     @property
     def address(self) -> str:
