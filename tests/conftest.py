@@ -28,7 +28,10 @@ class Ignite:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 300,
                  input: str | None = None) -> Result:
-        env = dict(os.environ, IGNITE_ROOT=str(self.root), PYTHONPATH=str(REPO))
+        # (user-mode networking unless a test asks for another: the host's
+        # real ignite0 network is not for tests)
+        env = dict(os.environ, IGNITE_ROOT=str(self.root), PYTHONPATH=str(REPO),
+                   IGNITE_NETWORK_PLUGIN=os.environ.get("IGNITE_NETWORK_PLUGIN", "user"))
         proc = subprocess.run([sys.executable, "-m", "ignitevm", *args], env=env,
                               capture_output=True, text=True, timeout=timeout, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)

@@ -129,7 +129,9 @@ def _vm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sandbox-image", help="recorded as spec.sandbox.oci for Ignite "
                    "compatibility (VMs run under QEMU directly, without a sandbox)")
     p.add_argument("--runtime", help="accepted for Ignite compatibility (this host: qemu)")
-    p.add_argument("--network-plugin", help="accepted for Ignite compatibility")
+    p.add_argument("--network-plugin", metavar="cni|user|none",
+                   help="cni: a bridge and an address (default for root); user: QEMU "
+                   "user-mode NAT (default otherwise); none")
     p.add_argument("--id-prefix", help="prefix for runtime IDs (default ignite)")
     p.add_argument("--registry-config-dir", help="accepted for Ignite compatibility")
 

@@ -106,7 +106,7 @@ def _apply_configuration(args: argparse.Namespace, vm: VM) -> None:
     if plugin in PLUGINS:
         vm.status.network.plugin = plugin
     elif plugin:
-        log.warning("Configuration networkPlugin %r is not available here; using 'user'",
+        log.warning("Configuration networkPlugin %r is not available here; using the default",
                     plugin)
     if spec.get("idPrefix"):
         vm.status.id_prefix = str(spec["idPrefix"])
@@ -166,9 +166,9 @@ def vm_from_args(args: argparse.Namespace) -> VM:
 
         if args.network_plugin not in PLUGINS:
             raise InvalidInput(
-                f"network plugin {args.network_plugin!r} is not available on this host yet",
-                hint="use --network-plugin user (the default: QEMU user-mode networking) "
-                "or none")
+                f"unknown network plugin {args.network_plugin!r}",
+                hint="use --network-plugin cni (the default for root: a bridge, as Ignite), "
+                "user (QEMU user-mode networking) or none")
         vm.status.network.plugin = args.network_plugin
     if not s.image.oci:
         raise InvalidInput("no image given", hint="ignite run <image> (see: ignite image ls)")

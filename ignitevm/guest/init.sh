@@ -90,13 +90,19 @@ for vol in $IGNITE_VOLUMES; do
     fi
 done
 
-# Network: a static address from the host (user-mode networking).
+# Network: the address, route and name servers the host chose (user mode, or
+# the ones CNI gave; the kernel has no ip= autoconfiguration).
 if [ -n "$IGNITE_IP" ]; then
     ip link set lo up
     { ip link set eth0 up && ip addr add "$IGNITE_IP" dev eth0 &&
-      ip route add default via "$IGNITE_GW"; } || say "warning: could not configure eth0"
-    if [ ! -L /newroot/etc/resolv.conf ] && [ ! -s /newroot/etc/resolv.conf ]; then
-        echo "nameserver $IGNITE_DNS" > /newroot/etc/resolv.conf
+      { [ -z "$IGNITE_GW" ] || ip route add default via "$IGNITE_GW"; }; } ||
+        say "warning: could not configure eth0"
+    if [ ! -L /newroot/etc/resolv.conf ] && [ -d /newroot/etc ] &&
+        { [ -n "$IGNITE_DNS" ] || [ -n "$IGNITE_DNS_SEARCH" ]; }; then
+        {
+            [ -n "$IGNITE_DNS_SEARCH" ] && echo "search $IGNITE_DNS_SEARCH"
+            for ns in $IGNITE_DNS; do echo "nameserver $ns"; done
+        } > /newroot/etc/resolv.conf
     fi
 fi
 

@@ -60,7 +60,8 @@ def env_script(vm: VM, net: NetPlan | None = None) -> str:
         lines.append(f"IGNITE_VOLUMES={shlex.quote(' '.join(mounts))}")
     if net is not None:
         lines += [f"IGNITE_IP={net.guest_ip}", f"IGNITE_GW={net.gateway}",
-                  f"IGNITE_DNS={net.dns}"]
+                  f"IGNITE_DNS={shlex.quote(net.dns)}",
+                  f"IGNITE_DNS_SEARCH={shlex.quote(net.dns_search)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -26,3 +26,9 @@ class NetPlan(NamedTuple):
     @property
     def address(self) -> str:
         return self.guest_ip.split("/")[0]
+
+    @property
+    def ssh_host(self) -> str:
+        """Where the host reaches the guest's sshd: its own address on a
+        bridge, the loopback forward in user mode."""
+        return self.address if self.plugin == "cni" else "127.0.0.1"

@@ -73,15 +73,29 @@ def release(d: Path) -> None:
     log.debug("released the network of %s", cid)
 
 
-def held_ports(vm_dirs: Iterator[Path], skip: Path) -> dict[tuple[str, int], Path]:
-    """Host ports claimed by other VMs' records."""
+def held_ports(vm_dirs: Iterator[Path], skip: Path | None) -> dict[tuple[str, int], str]:
+    """Host ports claimed by other VMs' records, and by whom."""
     out = {}
     for d in vm_dirs:
         if d == skip:
             continue
-        for proto, _ip, port in (read(d) or {}).get("ports") or []:
-            out[(proto, int(port))] = d
+        rec = read(d) or {}
+        for proto, _ip, port in rec.get("ports") or []:
+            out[(proto, int(port))] = rec.get("name") or d.name
     return out
+
+
+def check_ports(root: Path, d: Path | None, forwards: tuple[Forward, ...]) -> None:
+    """Refuse a host port another VM maps (portmap would take a second rule
+    and silently lose it) or any process on the host uses."""
+    vm_dirs = root / "vm"
+    held = held_ports(vm_dirs.iterdir() if vm_dirs.is_dir() else iter(()), d)
+    for f in forwards:
+        other = held.get((f.proto, f.host_port))
+        if other is not None:
+            raise Conflict(f"host port {f.host_port}/{f.proto} is already mapped to "
+                           f"VM {other!r}", hint="choose another host port with -p")
+        check_port_free(f)
 
 
 def check_port_free(f: Forward) -> None:
@@ -113,7 +127,7 @@ def _requested_ip(d: Path, conf: dict[str, Any], cid: str, want: str) -> str:
 
 @contextlib.contextmanager
 def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward, ...],
-             network: str = conflist.DEFAULT, ip: str = "") -> Iterator[NetPlan]:
+             network: str = conflist.DEFAULT, ip: str = "", name: str = "") -> Iterator[NetPlan]:
     """Attach the VM in ``d`` to ``network`` for one start; yields the plan for
     QEMU and the guest. Any failure in the body releases everything; the
     tap's fd is closed at the end either way (QEMU holds its own)."""
@@ -124,7 +138,7 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
     cid = container_id(prefix, uid)
     requested = _requested_ip(d, conf, cid, ip)
     rec: dict[str, Any] = {
-        "plugin": "cni", "network": network, "netns": cid, "containerID": cid,
+        "plugin": "cni", "name": name, "network": network, "netns": cid, "containerID": cid,
         "ifname": IFNAME, "conflist": conf,
         "args": f"IgnoreUnknown=1;IP={requested}" if requested else "",
         "runtime": {"portMappings": [
@@ -137,14 +151,7 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
     with contextlib.ExitStack() as undo:
         (root / "cni").mkdir(parents=True, exist_ok=True)
         with flock(root / "cni" / ".ports.lock"):
-            held = held_ports((root / "vm").iterdir(), d)
-            for f in forwards:
-                other = held.get((f.proto, f.host_port))
-                if other is not None:
-                    raise Conflict(f"host port {f.host_port}/{f.proto} is already mapped to "
-                                   f"VM {other.name}",
-                                   hint="choose another host port with -p")
-                check_port_free(f)
+            check_ports(root, d, forwards)
             _write(d, rec)  # before anything is made: the next command can finish the job
         undo.callback(release, d)
         netns.create(cid)

@@ -52,7 +52,9 @@ class QemuVMM:
         self.cleanup(spec.workdir)
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
-        result = run(cmd, check=False, timeout=60)
+        # An fd QEMU takes over (the tap of a CNI attachment) survives -daemonize.
+        fds = (spec.net.tap_fd,) if spec.net is not None and spec.net.tap_fd >= 0 else ()
+        result = run(cmd, check=False, timeout=60, pass_fds=fds)
         if result.returncode != 0:
             msg = (result.stderr or result.stdout).strip().splitlines()
             why = msg[-1] if msg else f"exit code {result.returncode}"

@@ -1,0 +1,169 @@
+"""CNI networking on real guests: real plugins, real iptables, real bridges.
+
+One network of the tests' own (its bridge and subnet, never ignite0 or
+10.61.0.0/16); two booted VMs shared by the tests (a server and a client),
+and a few VMs that are launched and destroyed without waiting for their boot.
+Needs root and Debian's containernetworking-plugins; skips otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Ignite
+from tests.helpers.cninet import remove_network, require_cni, snapshot, write_default
+from tests.vm.conftest import wait_console
+
+CNI = ("--network-plugin", "cni")
+SMALL = ("--memory", "128MB", "--size", "256MB")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def net(cli: Ignite) -> Iterator[tuple[str, str, str]]:
+    require_cni()
+    name, bridge, subnet = write_default(cli.root, tag=7)
+    yield name, bridge, subnet
+    ids = cli("ps", "-a", "-q", check=False).stdout.split()
+    if ids:
+        cli("rm", "-f", *ids, check=False)
+    remove_network(name, bridge)
+
+
+def ip_of(cli: Ignite, vm: str) -> str:
+    obj = json.loads(cli("inspect", "vm", vm).stdout)
+    return obj["status"]["network"]["ipAddresses"][0]
+
+
+@pytest.fixture(scope="module")
+def web(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> Iterator[tuple[str, int]]:
+    """A guest serving /etc over HTTP on port 80, mapped to a host port."""
+    port = free_port()
+    cli("run", testbox, "--name", "web", *CNI, *SMALL, "-p", f"{port}:80")
+    wait_console(cli, "web", "TEST-READY")
+    cli("exec", "web", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+    yield "web", port
+    cli("rm", "-f", "web", check=False)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read().decode()
+
+
+def test_guest_server_by_ip_and_by_mapped_port(cli: Ignite, net: tuple[str, str, str],
+                                               web: tuple[str, int]) -> None:
+    _name, _bridge, subnet = net
+    ip = ip_of(cli, "web")
+    assert ip.rsplit(".", 1)[0] == subnet.rsplit(".", 1)[0]
+    assert "root:x:0:0" in fetch(f"http://{ip}/passwd")
+    assert "root:x:0:0" in fetch(f"http://127.0.0.1:{web[1]}/passwd")
+    row = next(line for line in cli("ps", "-o", "wide").stdout.splitlines()
+               if line.split()[-5:][0] == "web" or " web " in line)
+    assert ip in row and f"0.0.0.0:{web[1]}->80/tcp" in row and " cni " in row
+    # The guest took the CNI interface's MAC: no DHCP, no second bridge.
+    resolv = cli("exec", "web", "--", "/bin/busybox", "cat", "/etc/resolv.conf").stdout
+    gw = subnet.rsplit(".", 1)[0] + ".1"
+    routes = cli("exec", "web", "--", "/bin/busybox", "ip", "route").stdout
+    assert f"default via {gw}" in routes, routes
+    assert resolv is not None
+
+
+def test_vm_to_vm_on_the_bridge(cli: Ignite, testbox: str, web: tuple[str, int]) -> None:
+    cli("run", testbox, "--name", "client", *CNI, *SMALL)
+    try:
+        wait_console(cli, "client", "TEST-READY")
+        out = cli("exec", "client", "--", "/bin/busybox", "wget", "-q", "-O", "-",
+                  f"http://{ip_of(cli, 'web')}/passwd").stdout
+        assert "root:x:0:0" in out
+    finally:
+        cli("rm", "-f", "client")
+
+
+def test_host_port_taken_is_refused_before_anything_starts(
+        cli: Ignite, testbox: str, web: tuple[str, int]) -> None:
+    before = snapshot()
+    # ...by another VM (portmap would accept it and lose it silently)...
+    res = cli("run", testbox, "--name", "dup", *CNI, *SMALL, "-p", f"{web[1]}:80", check=False)
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: host port") and "already mapped" in res.stderr
+    # ...and by any process on the host.
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        res = cli("run", testbox, "--name", "dup", *CNI, *SMALL,
+                  "-p", f"{s.getsockname()[1]}:80", check=False)
+    assert res.returncode == 1 and "already in use" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "dup" not in cli("ps", "-a").stdout
+    assert snapshot() == before
+
+
+def test_bad_port_syntax(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> None:
+    res = cli("run", testbox, *CNI, "-p", "80:80:80:80", check=False)
+    assert res.returncode == 1 and res.stderr.startswith("error: invalid port mapping")
+
+
+def test_qemu_failing_after_add_leaks_nothing(cli: Ignite, testbox: str,
+                                              net: tuple[str, str, str],
+                                              tmp_path: Path) -> None:
+    """QEMU refusing to start, after the network was attached. (A stand-in
+    QEMU that fails is put first on PATH: the one fault a real QEMU will not
+    produce on demand.)"""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "qemu-system-x86_64").write_text("#!/bin/sh\necho 'qemu: could not start' >&2\n"
+                                             "exit 1\n")
+    (fake / "qemu-system-x86_64").chmod(0o755)
+    before = snapshot()
+    env_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{fake}:{env_path}"
+    try:
+        res = cli("run", testbox, "--name", "nostart", *CNI, *SMALL, "-p",
+                  f"{free_port()}:80", check=False)
+    finally:
+        os.environ["PATH"] = env_path
+    assert res.returncode == 1 and "QEMU failed to start" in res.stderr
+    assert snapshot() == before
+
+
+def test_created_killed_and_removed_vms_leave_nothing(cli: Ignite, testbox: str,
+                                                      net: tuple[str, str, str]) -> None:
+    """Four VMs: QEMU killed -9 (then `ps` sees it), stopped with kill,
+    removed while running, and one whose namespace vanished as in a host
+    reboot. Links, namespaces, rules naming them, leases: as before."""
+    _name, bridge, _subnet = net
+    cli("run", testbox, "--name", "warm", *CNI, *SMALL)  # the bridge exists from here on
+    cli("rm", "-f", "warm")
+    before = snapshot(exclude=(bridge,))
+    names = ["k9", "kill", "rmf", "reboot"]
+    for i, n in enumerate(names):
+        cli("run", testbox, "--name", n, *CNI, *SMALL, "-p", f"{free_port() + i}:80")
+    uid = {n: cli("inspect", "vm", n, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+           for n in names}
+    during = snapshot(exclude=(bridge,))
+    assert len(during["netns"]) == len(before["netns"]) + 4
+    assert any(uid["k9"] in r for r in during["iptables"])
+    pid = int((cli.root / "vm" / uid["k9"] / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    # A host reboot: the namespace is gone with everything in it, QEMU too.
+    pid = int((cli.root / "vm" / uid["reboot"] / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    os.system(f"ip netns delete ignite-{uid['reboot']}")
+    cli("ps", "-a")  # sees both QEMUs gone and releases their networks
+    cli("kill", "kill")
+    cli("rm", "-f", "rmf", "kill", "k9", "reboot")
+    assert snapshot(exclude=(bridge,)) == before
