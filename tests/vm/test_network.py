@@ -12,13 +12,16 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Ignite
+from tests.conftest import REPO, Ignite
 from tests.helpers.cninet import remove_network, require_cni, snapshot, write_default
 from tests.vm.conftest import wait_console
 
@@ -112,6 +115,19 @@ def test_host_port_taken_is_refused_before_anything_starts(
     assert snapshot() == before
 
 
+def test_stop_start_keeps_the_address(cli: Ignite, web: tuple[str, int]) -> None:
+    ip = ip_of(cli, "web")
+    cli("stop", "web")
+    assert "web" in cli("ps", "-a").stdout and not ip_of_or_none(cli, "web")
+    cli("start", "web")
+    assert ip_of(cli, "web") == ip
+
+
+def ip_of_or_none(cli: Ignite, vm: str) -> str | None:
+    obj = json.loads(cli("inspect", "vm", vm).stdout)
+    return (obj["status"]["network"].get("ipAddresses") or [None])[0]
+
+
 def test_bad_port_syntax(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> None:
     res = cli("run", testbox, *CNI, "-p", "80:80:80:80", check=False)
     assert res.returncode == 1 and res.stderr.startswith("error: invalid port mapping")
@@ -166,4 +182,26 @@ def test_created_killed_and_removed_vms_leave_nothing(cli: Ignite, testbox: str,
     cli("ps", "-a")  # sees both QEMUs gone and releases their networks
     cli("kill", "kill")
     cli("rm", "-f", "rmf", "kill", "k9", "reboot")
+    assert snapshot(exclude=(bridge,)) == before
+
+
+def test_cli_killed_in_the_middle_of_setup(cli: Ignite, testbox: str,
+                                           net: tuple[str, str, str]) -> None:
+    """`ignite run` killed -9 once its network record is written: the next
+    command finishes the job from the record."""
+    _name, bridge, _subnet = net
+    before = snapshot(exclude=(bridge,))
+    known = set((cli.root / "vm").glob("*/network.json"))
+    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "run", testbox, "--name", "mid",
+                             *CNI, *SMALL, "-p", f"{free_port()}:80"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not set((cli.root / "vm").glob("*/network.json")) - known:
+            assert proc.poll() is None, "ignite run ended before it wrote its network record"
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait()
+    cli("rm", "-f", "mid")
     assert snapshot(exclude=(bridge,)) == before

@@ -59,7 +59,7 @@ def invoke(command: str, conf: dict[str, Any], *, container_id: str, netns: str,
         "CNI_ARGS": args,
         "CNI_PATH": ":".join(search_path()),
     }
-    res = run([exe], input=json.dumps(conf), env=env, check=False)
+    res = run([exe], input=json.dumps(conf), env=env, check=False, die_with_parent=True)
     if res.returncode != 0:
         raise _error(plugin, command, res.stdout, res.stderr, res.returncode)
     if command != "ADD":
