@@ -36,6 +36,10 @@ PACKAGES = {
     "ssh": "openssh-client",
     "skopeo": "skopeo",
     "umoci": "umoci",
+    "ip": "iproute2",
+    "tc": "iproute2",
+    "iptables": "iptables",
+    "iptables-save": "iptables",
 }
 
 
@@ -69,12 +73,6 @@ def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
     return out
 
 
-def _die_with_parent() -> None:
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL (in the child, before exec)
-
-
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -87,11 +85,8 @@ def run(
     hint: str | None = None,
     text: bool = True,
     pass_fds: Sequence[int] = (),
-    die_with_parent: bool = False,
 ) -> Result:
-    """Run a program to completion; raise CommandError if it fails and ``check``.
-    ``die_with_parent``: the program is killed if this process dies (a CNI
-    plugin must not go on working after the CLI that ran it was killed)."""
+    """Run a program to completion; raise CommandError if it fails and ``check``."""
     cmd = _argv(argv)
     log.debug("+ %s", shlex.join(cmd))
     full_env = None
@@ -111,7 +106,6 @@ def run(
             text=text,
             check=False,
             pass_fds=pass_fds,
-            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandError(cmd, -9, f"timed out after {timeout}s", hint=hint) from exc

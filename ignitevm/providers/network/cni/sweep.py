@@ -96,6 +96,10 @@ def iptables(container_id: str, addresses: list[str]) -> None:
 def all_for(conf: dict[str, object], container_id: str, addresses: list[str]) -> None:
     """Everything ``container_id`` may have left: rules, chains, leases."""
     iptables(container_id, addresses)
+    leases_of(conf, container_id)
+
+
+def leases_of(conf: dict[str, object], container_id: str) -> None:
     for f in leases(conf, container_id):
         log.debug("sweep: lease %s", f)
         f.unlink(missing_ok=True)

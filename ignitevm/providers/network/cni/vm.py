@@ -22,7 +22,7 @@ from ignitevm.errors import Conflict, IgniteError
 from ignitevm.log import log
 from ignitevm.providers.network.base import Forward, NetPlan
 from ignitevm.providers.network.cni import chain, conflist, netns, sweep
-from ignitevm.util.fs import atomic_write, flock
+from ignitevm.util.fs import flock
 
 RECORD = "network.json"
 LAST_IP = "network.ip"  # the address to ask for again at the next start
@@ -34,7 +34,11 @@ def container_id(prefix: str, uid: str) -> str:
 
 
 def _write(d: Path, rec: dict[str, Any]) -> None:
-    atomic_write(d / RECORD, json.dumps(rec) + "\n", 0o600)
+    # Whole or not at all, without fsync: a killed CLI loses nothing that was
+    # written, and after a power loss the namespaces are gone anyway.
+    tmp = d / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(rec) + "\n")
+    os.replace(tmp, d / RECORD)
 
 
 def read(d: Path) -> dict[str, Any] | None:
@@ -63,11 +67,16 @@ def release(d: Path) -> None:
         if addresses:
             result = {"cniVersion": conf.get("cniVersion", conflist.CNI_VERSION),
                       "ips": [{"address": a} for a in addresses]}
+    complete = result is not None and netns.exists(rec["netns"])
     try:
         chain.delete(conf, _attachment(rec), result)
     except IgniteError as exc:
         log.debug("CNI DEL of %s: %s (sweeping instead)", cid, exc)
-    sweep.all_for(conf, cid, addresses)
+        complete = False
+    if complete:  # the plugins released all they made; leases are checked anyway
+        sweep.leases_of(conf, cid)
+    else:
+        sweep.all_for(conf, cid, addresses)
     netns.delete(rec["netns"])
     (d / RECORD).unlink(missing_ok=True)
     log.debug("released the network of %s", cid)
@@ -159,7 +168,7 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
         rec["result"] = result
         _write(d, rec)
         plan = _plan(result, forwards)
-        atomic_write(d / LAST_IP, plan.address + "\n")
+        (d / LAST_IP).write_text(plan.address + "\n")
         tap = tapmod.open_tap(cid, IFNAME)
         try:
             yield plan._replace(mac=tap.mac, tap_fd=tap.fd)
