@@ -97,6 +97,10 @@ if [ -n "$IGNITE_IP" ]; then
     { ip link set eth0 up && ip addr add "$IGNITE_IP" dev eth0 &&
       { [ -z "$IGNITE_GW" ] || ip route add default via "$IGNITE_GW"; }; } ||
         say "warning: could not configure eth0"
+    for nic in $IGNITE_MORE_NICS; do  # eth1=10.77.0.5/24 … (no default route)
+        { ip link set "${nic%%=*}" up && ip addr add "${nic#*=}" dev "${nic%%=*}"; } ||
+            say "warning: could not configure ${nic%%=*}"
+    done
     if [ ! -L /newroot/etc/resolv.conf ] && [ -d /newroot/etc ] &&
         { [ -n "$IGNITE_DNS" ] || [ -n "$IGNITE_DNS_SEARCH" ]; }; then
         {

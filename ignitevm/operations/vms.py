@@ -115,7 +115,8 @@ def start(ctx: Context, vm: VM) -> VM:
         # (a CNI attachment is released if anything below fails)
         net = stack.enter_context(network.attached(
             vm.status.network.plugin, ports, ssh=bool(vm.spec.ssh), root=ctx.root, workdir=d,
-            prefix=vm.status.id_prefix, uid=vm.metadata.uid, name=vm.metadata.name))
+            prefix=vm.status.id_prefix, uid=vm.metadata.uid, name=vm.metadata.name,
+            spec=vm.spec.network))
         if net is not None and net.ssh_port:
             sshkeys.pin_host_key(d, net.ssh_port, net.ssh_host)
             (d / SSH_PORT_FILE).write_text(f"{net.ssh_port}\n")

@@ -7,6 +7,7 @@ test's network has its own bridge and subnet, removed at the end.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ignitevm.errors import Conflict, IgniteError, MissingTool
+from ignitevm.errors import Conflict, IgniteError, InvalidInput, MissingTool, NotFound
 from ignitevm.providers.network.base import Forward
-from ignitevm.providers.network.cni import chain, conflist, netns, plugins, vm
+from ignitevm.providers.network.cni import chain, conflist, netns, networks, plugins, vm
 from tests.helpers.cninet import remove_network, require_cni, snapshot, write_default
 
 
@@ -100,7 +101,8 @@ def test_attach_gives_mac_ip_tap_and_releases(net: tuple[Path, str, str, str]) -
     fwd = (Forward("tcp", "", 18932, 80),)
     with vm.attached(root, d, "ignite-unit", "0123456789abcdef", fwd) as plan:
         rec = json.loads((d / vm.RECORD).read_text())
-        assert rec["result"]["ips"][0]["address"] == plan.guest_ip  # cached before use
+        result = rec["attachments"][0]["result"]
+        assert result["ips"][0]["address"] == plan.guest_ip  # cached before use
         ns = rec["netns"]
         assert plan.tap_fd >= 0 and plan.gateway
         assert plan.mac in ip_in(ns, "ip", "link", "show", "eth0")
@@ -133,7 +135,7 @@ def test_add_failing_half_way_leaves_nothing(net: tuple[Path, str, str, str]) ->
     conflist.write(root, "broken", conf)
     d = vmdir(root, "2123456789abcdef")
     with pytest.raises(IgniteError), vm.attached(root, d, "ignite-unit", "2123456789abcdef",
-                                                 (), network="broken"):
+                                                 (), (vm.Want("broken"),)):
         pass
     assert not (d / vm.RECORD).exists()
 
@@ -156,7 +158,7 @@ def test_killed_before_the_result_was_cached(net: tuple[Path, str, str, str]) ->
     with vm.attached(root, d, "ignite-unit", "4123456789abcdef", ()):
         pass
     rec = json.loads((d / vm.RECORD).read_text())
-    rec["result"] = None  # as if the CLI died between ADD and caching its result
+    rec["attachments"][0]["result"] = None  # as if the CLI died between ADD and caching it
     (d / vm.RECORD).write_text(json.dumps(rec))
     vm.release(d)
 
@@ -181,3 +183,71 @@ def test_host_port_in_use_is_refused(net: tuple[Path, str, str, str]) -> None:
         pass
     vm.release(d1)
     assert not (d2 / vm.RECORD).exists()
+
+
+@pytest.fixture
+def lab(net: tuple[Path, str, str, str]) -> Iterator[tuple[Path, networks.Network]]:
+    """A second network, /29: five addresses for VMs."""
+    root = net[0]
+    n = os.getpid() % 200 + 20
+    made = networks.create(root, f"lab{n}", f"10.{251}.{n}.0/29")
+    try:
+        yield root, made
+    finally:
+        networks.remove(root, made.name, [])
+
+
+def test_two_networks_a_mac_and_an_address(lab: tuple[Path, networks.Network]) -> None:
+    root, made = lab
+    d = vmdir(root, "8123456789abcdef")
+    want_ip = made.subnet.rsplit(".", 1)[0] + ".5"
+    wants = (vm.Want("default", mac="02:11:22:33:44:55"), vm.Want(made.name, ip=want_ip))
+    with vm.attached(root, d, "ignite-unit", "8123456789abcdef", (), wants,
+                     dns=("192.0.2.53",), search=("lab.example",)) as plan:
+        assert plan.mac == "02:11:22:33:44:55" and plan.gateway
+        assert plan.dns == "192.0.2.53" and plan.dns_search == "lab.example"
+        (eth1,) = plan.more
+        assert eth1.address == want_ip and eth1.tap_fd >= 0
+        ns = "ignite-unit-8123456789abcdef"
+        assert "02:11:22:33:44:55" in ip_in(ns, "ip", "link", "show", "eth0")
+        assert want_ip in ip_in(ns, "ip", "addr", "show", "eth1")
+    # The address is taken now: another VM asking for it is refused.
+    with pytest.raises(Conflict, match="is taken"):
+        vm.check_wants(root, [(made.name, want_ip)])
+    vm.release(d)
+    vm.check_wants(root, [(made.name, want_ip)])
+    with pytest.raises(InvalidInput, match="is not in network"):
+        vm.check_wants(root, [(made.name, "10.99.99.99")])
+    with pytest.raises(NotFound):
+        vm.check_wants(root, [("no-such-net", "")])
+
+
+def test_a_full_network_says_so(lab: tuple[Path, networks.Network]) -> None:
+    root, made = lab
+    dirs = [vmdir(root, f"9{i}23456789abcde") for i in range(6)]
+    for i, d in enumerate(dirs[:5]):
+        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)):
+            pass
+        assert i < 5
+    with pytest.raises(Conflict, match=rf"no addresses left in {made.name} \({made.subnet}\)"), \
+            vm.attached(root, dirs[5], "ignite-unit", dirs[5].name, (), (vm.Want(made.name),)):
+        pass
+    for d in dirs:
+        vm.release(d)
+
+
+def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
+    root, _name, _bridge, subnet = net
+    with pytest.raises(Conflict, match="overlaps"):
+        networks.create(root, "clash", subnet)
+    with pytest.raises(InvalidInput, match="invalid --subnet"):
+        networks.create(root, "bad", "10.1.2.3/24")
+    with pytest.raises(InvalidInput, match="not a host address"):
+        networks.create(root, "bad", "10.252.0.0/24", gateway="10.253.0.1")
+    with pytest.raises(InvalidInput, match="invalid network name"):
+        networks.create(root, "default", "10.252.0.0/24")
+    networks.create(root, "inuse", "10.252.9.0/24")
+    with pytest.raises(Conflict, match="in use by VM 'web'"):
+        networks.remove(root, "inuse", ["web"])
+    networks.remove(root, "inuse", [])
+    assert not conflist.path(root, "inuse").exists()

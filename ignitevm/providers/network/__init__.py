@@ -14,7 +14,7 @@ from ignitevm.errors import InvalidInput
 from ignitevm.providers.network.base import Forward, NetPlan
 
 if TYPE_CHECKING:
-    from ignitevm.api.types import VM
+    from ignitevm.api.types import VM, NetworkSpec
 
 PLUGINS = ("cni", "user", "none")
 RECORD = "network.json"  # a VM's CNI attachment (see cni/vm.py)
@@ -44,19 +44,28 @@ def plan(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool) -> NetP
 
 @contextlib.contextmanager
 def attached(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool, *,
-             root: Path, workdir: Path, prefix: str, uid: str,
-             name: str = "") -> Iterator[NetPlan | None]:
+             root: Path, workdir: Path, prefix: str, uid: str, name: str = "",
+             spec: NetworkSpec | None = None) -> Iterator[NetPlan | None]:
     """The network of one VM start, for the body that launches the VM: a CNI
     attachment is released if the body fails."""
+    dns = tuple(spec.dns) if spec is not None else ()
+    search = tuple(spec.dns_search) if spec is not None else ()
     if plugin != "cni":
-        yield plan(plugin, ports, ssh)
+        net = plan(plugin, ports, ssh)
+        if net is not None and (dns or search):
+            net = net._replace(dns=" ".join(dns) or net.dns, dns_search=" ".join(search))
+        yield net
         return
     if os.geteuid() != 0:
         raise InvalidInput("--network-plugin cni needs root",
                            hint="run as root, or use --network-plugin user")
+    from ignitevm.providers.network.cni.vm import Want
     from ignitevm.providers.network.cni.vm import attached as cni_attached
 
-    with cni_attached(root, workdir, prefix, uid, _forwards(ports), name=name) as net:
+    wants = tuple(Want(a.network or "default", a.ip, a.mac)
+                  for a in (spec.networks if spec is not None else ())) or (Want(),)
+    with cni_attached(root, workdir, prefix, uid, _forwards(ports), wants, dns, search,
+                      name=name) as net:
         yield net
 
 
@@ -65,13 +74,20 @@ def _forwards(ports: list[tuple[str, str, int, int]]) -> tuple[Forward, ...]:
 
 
 def check_ports(vm: VM, root: Path) -> None:
-    """Refuse taken host ports before a VM is even made (start checks again)."""
-    ports = vm.spec.network.ports
-    if vm.status.network.plugin == "cni" and ports:
-        from ignitevm.providers.network.cni.vm import check_ports as cni_check_ports
+    """What can be checked before a VM is even made (start checks again): its
+    networks exist and hold the addresses asked for, its host ports are free."""
+    net = vm.spec.network
+    if vm.status.network.plugin != "cni":
+        if net.networks:
+            raise InvalidInput("--network, --ip and --mac need --network-plugin cni")
+        return
+    from ignitevm.providers.network.cni.vm import check_ports as cni_check_ports
+    from ignitevm.providers.network.cni.vm import check_wants
 
+    check_wants(root, [(a.network or "default", a.ip) for a in net.networks])
+    if net.ports:
         cni_check_ports(root, None, _forwards(
-            [(p.protocol or "tcp", p.bind_address, p.host_port, p.vm_port) for p in ports]))
+            [(p.protocol or "tcp", p.bind_address, p.host_port, p.vm_port) for p in net.ports]))
 
 
 def release(workdir: Path) -> None:

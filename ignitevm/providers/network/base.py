@@ -22,6 +22,7 @@ class NetPlan(NamedTuple):
     ssh_port: int = 0  # host port forwarded to the guest's port 22 (loopback), 0 = none
     tap_fd: int = -1  # cni: an open tap QEMU takes over (-netdev tap,fd=N)
     dns_search: str = ""  # search domains, space-separated
+    more: tuple[NetPlan, ...] = ()  # cni: eth1, eth2, … on further networks
 
     @property
     def address(self) -> str:

@@ -101,11 +101,7 @@ def create(root: Path, name: str, subnet: str, gateway: str = "",
     return Network(name, conf)
 
 
-def remove(root: Path, name: str, users: list[str]) -> None:
-    """Remove a network no VM uses: its conflist, bridge and lease folder."""
-    from ignitevm.providers.network.cni import sweep
-    from ignitevm.util.proc import run
-
+def remove_check(root: Path, name: str, users: list[str]) -> None:
     if name == conflist.DEFAULT:
         raise InvalidInput("the default network cannot be removed")
     if not conflist.path(root, name).exists():
@@ -113,6 +109,14 @@ def remove(root: Path, name: str, users: list[str]) -> None:
     if users:
         raise Conflict(f"network {name!r} is in use by VM {users[0]!r}",
                        hint="remove those VMs first")
+
+
+def remove(root: Path, name: str, users: list[str]) -> None:
+    """Remove a network no VM uses: its conflist, bridge and lease folder."""
+    from ignitevm.providers.network.cni import sweep
+    from ignitevm.util.proc import run
+
+    remove_check(root, name, users)
     net = get(root, name)
     if net.bridge and Path(f"/sys/class/net/{net.bridge}").exists():
         run(["ip", "link", "delete", net.bridge], check=False)

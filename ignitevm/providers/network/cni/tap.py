@@ -31,7 +31,8 @@ IFF_VNET_HDR = 0x4000
 IFF_UP = 0x1
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 SIOCGIFMTU, SIOCSIFMTU = 0x8921, 0x8922
-SIOCGIFHWADDR = 0x8927
+SIOCGIFHWADDR, SIOCSIFHWADDR = 0x8927, 0x8924
+ARPHRD_ETHER = 1
 
 
 class Tap(NamedTuple):
@@ -55,15 +56,19 @@ def _open_tun(name: str) -> int:
     return fd
 
 
-def _configure(ifname: str) -> tuple[str, int]:
-    """In the namespace: read ``ifname``'s MAC and MTU, bring the tap up with that MTU."""
+def _configure(ifname: str, tap: str, mac: str) -> tuple[str, int]:
+    """In the namespace: give ``ifname`` the MAC asked for (if any), read its
+    MAC and MTU, bring the tap up with that MTU."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        if mac:
+            addr = bytes(int(x, 16) for x in mac.split(":"))
+            fcntl.ioctl(s, SIOCSIFHWADDR, _ifreq(ifname, "H6s", ARPHRD_ETHER, addr))
         hw = fcntl.ioctl(s, SIOCGIFHWADDR, _ifreq(ifname))
         mac = ":".join(f"{b:02x}" for b in hw[18:24])
         mtu = struct.unpack("i", fcntl.ioctl(s, SIOCGIFMTU, _ifreq(ifname))[16:20])[0]
-        fcntl.ioctl(s, SIOCSIFMTU, _ifreq(TAP, "i", mtu))
-        flags = struct.unpack("H", fcntl.ioctl(s, SIOCGIFFLAGS, _ifreq(TAP))[16:18])[0]
-        fcntl.ioctl(s, SIOCSIFFLAGS, _ifreq(TAP, "H", flags | IFF_UP))
+        fcntl.ioctl(s, SIOCSIFMTU, _ifreq(tap, "i", mtu))
+        flags = struct.unpack("H", fcntl.ioctl(s, SIOCGIFFLAGS, _ifreq(tap))[16:18])[0]
+        fcntl.ioctl(s, SIOCSIFFLAGS, _ifreq(tap, "H", flags | IFF_UP))
     return mac, mtu
 
 
@@ -78,19 +83,20 @@ def redirect_script(a: str, b: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def open_tap(ns: str, ifname: str) -> Tap:
-    """Make the tap in namespace ``ns`` and redirect it to and from ``ifname``."""
+def open_tap(ns: str, ifname: str, tap: str = TAP, mac: str = "") -> Tap:
+    """Make ``tap`` in namespace ``ns`` and redirect it to and from ``ifname``
+    (which takes ``mac`` first, if one is given)."""
     from ignitevm.util.proc import run
 
     with netns.entered(ns):
-        fd = _open_tun(TAP)
+        fd = _open_tun(tap)
         try:
-            mac, mtu = _configure(ifname)
+            mac, mtu = _configure(ifname, tap, mac)
         except BaseException:
             os.close(fd)
             raise
     try:
-        run(["tc", "-netns", ns, "-batch", "-"], input=redirect_script(ifname, TAP))
+        run(["tc", "-netns", ns, "-batch", "-"], input=redirect_script(ifname, tap))
     except BaseException:
         os.close(fd)
         raise

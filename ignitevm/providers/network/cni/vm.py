@@ -12,21 +12,22 @@ that finds the VM's QEMU gone while the record is still there.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from ignitevm.errors import Conflict, IgniteError
+from ignitevm.errors import Conflict, IgniteError, InvalidInput
 from ignitevm.log import log
 from ignitevm.providers.network.base import Forward, NetPlan
 from ignitevm.providers.network.cni import chain, conflist, netns, sweep
+from ignitevm.providers.network.cni.plugins import CNIError
 from ignitevm.util.fs import flock
 
 RECORD = "network.json"
-LAST_IP = "network.ip"  # the address to ask for again at the next start
-IFNAME = "eth0"
+LAST_IP = "network.ip"  # the addresses to ask for again at the next start
 
 
 def container_id(prefix: str, uid: str) -> str:
@@ -49,37 +50,58 @@ def read(d: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def _attachment(rec: dict[str, Any]) -> chain.Attachment:
-    return chain.Attachment(rec["containerID"], str(netns.path(rec["netns"])), rec["ifname"],
-                            rec.get("args", ""), rec.get("runtime") or {})
+class Want(NamedTuple):
+    """One interface the VM asks for: a network, maybe an address and a MAC."""
+
+    network: str = conflist.DEFAULT
+    ip: str = ""
+    mac: str = ""
+
+
+def _attachment(rec: dict[str, Any], att: dict[str, Any]) -> chain.Attachment:
+    return chain.Attachment(rec["containerID"], str(netns.path(rec["netns"])), att["ifname"],
+                            att.get("args", ""), att.get("runtime") or {})
+
+
+def _attachments(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    if "attachments" in rec:
+        return list(rec["attachments"])
+    return [rec]  # (one network, the first record form)
 
 
 def release(d: Path) -> None:
-    """Undo the attachment recorded in ``d``, whatever state it was left in."""
+    """Undo the attachments recorded in ``d``, whatever state they were left in."""
     rec = read(d)
     if rec is None:
         return
-    conf, cid = rec["conflist"], rec["containerID"]
-    result = rec.get("result")
+    cid = rec["containerID"]
+    present = netns.exists(rec["netns"])
+    for att in reversed(_attachments(rec)):
+        _release_one(rec, att, present)
+    netns.delete(rec["netns"])
+    (d / RECORD).unlink(missing_ok=True)
+    log.debug("released the network of %s", cid)
+
+
+def _release_one(rec: dict[str, Any], att: dict[str, Any], present: bool) -> None:
+    conf, cid = att["conflist"], rec["containerID"]
+    result = att.get("result")
     addresses = [ip["address"] for ip in (result or {}).get("ips") or []]
     if not addresses:  # killed before the result was cached: the leases tell
         addresses = [f"{f.name}/32" for f in sweep.leases(conf, cid)]
         if addresses:
             result = {"cniVersion": conf.get("cniVersion", conflist.CNI_VERSION),
                       "ips": [{"address": a} for a in addresses]}
-    complete = result is not None and netns.exists(rec["netns"])
+    complete = result is not None and present
     try:
-        chain.delete(conf, _attachment(rec), result)
+        chain.delete(conf, _attachment(rec, att), result)
     except IgniteError as exc:
-        log.debug("CNI DEL of %s: %s (sweeping instead)", cid, exc)
+        log.debug("CNI DEL of %s on %s: %s (sweeping instead)", cid, conf["name"], exc)
         complete = False
     if complete:  # the plugins released all they made; leases are checked anyway
         sweep.leases_of(conf, cid)
     else:
         sweep.all_for(conf, cid, addresses)
-    netns.delete(rec["netns"])
-    (d / RECORD).unlink(missing_ok=True)
-    log.debug("released the network of %s", cid)
 
 
 def held_ports(vm_dirs: Iterator[Path], skip: Path | None) -> dict[tuple[str, int], str]:
@@ -107,6 +129,22 @@ def check_ports(root: Path, d: Path | None, forwards: tuple[Forward, ...]) -> No
         check_port_free(f)
 
 
+def check_wants(root: Path, wants: list[tuple[str, str]]) -> None:
+    """Each network exists and the address asked for is one of its hosts."""
+    for network, ip in wants:
+        conf = conflist.load(root, network)
+        if ip:
+            subnets = conflist.subnets(conf)
+            addr = ipaddress.ip_address(ip)
+            if not any(addr in (n := ipaddress.ip_network(s)) and addr not in (
+                    n.network_address, n.broadcast_address) for s in subnets):
+                raise InvalidInput(f"--ip {ip} is not in network {network!r} "
+                                   f"({', '.join(subnets)})")
+            if sweep.lease_owner(conf, ip) is not None:
+                raise Conflict(f"address {ip} in network {network!r} is taken",
+                               hint="choose another --ip, or leave it out")
+
+
 def check_port_free(f: Forward) -> None:
     """A bind test: is some process on the host using this port?"""
     import socket
@@ -123,39 +161,64 @@ def check_port_free(f: Forward) -> None:
                            hint="choose another host port with -p, or stop what uses it") from exc
 
 
-def _requested_ip(d: Path, conf: dict[str, Any], cid: str, want: str) -> str:
-    if want:
-        return want
-    try:
-        last = (d / LAST_IP).read_text().strip()
-    except FileNotFoundError:
+def _requested_ip(last: str, conf: dict[str, Any], cid: str, want: Want) -> str:
+    """The address to ask host-local for: --ip, else the one the VM had."""
+    if want.ip:
+        owner = sweep.lease_owner(conf, want.ip)
+        if owner not in (None, cid):
+            raise Conflict(f"address {want.ip} in network {want.network!r} is taken",
+                           hint="choose another --ip, or leave it out")
+        return want.ip
+    if not last:
         return ""
     owner = sweep.lease_owner(conf, last)
-    return last if owner in (None, cid) else ""  # taken by another: take a new one
+    in_subnet = any(ipaddress.ip_address(last) in ipaddress.ip_network(s)
+                    for s in conflist.subnets(conf))
+    return last if in_subnet and owner in (None, cid) else ""  # else a new one
+
+
+def _port_maps(forwards: tuple[Forward, ...]) -> dict[str, Any]:
+    return {"portMappings": [
+        {"hostPort": f.host_port, "containerPort": f.guest_port, "protocol": f.proto,
+         **({"hostIP": f.host_ip} if f.host_ip not in ("", "0.0.0.0") else {})}
+        for f in forwards]}
+
+
+def _last_ips(d: Path) -> list[str]:
+    try:
+        return (d / LAST_IP).read_text().split()
+    except FileNotFoundError:
+        return []
 
 
 @contextlib.contextmanager
 def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward, ...],
-             network: str = conflist.DEFAULT, ip: str = "", name: str = "") -> Iterator[NetPlan]:
-    """Attach the VM in ``d`` to ``network`` for one start; yields the plan for
-    QEMU and the guest. Any failure in the body releases everything; the
-    tap's fd is closed at the end either way (QEMU holds its own)."""
+             wants: tuple[Want, ...] = (Want(),), dns: tuple[str, ...] = (),
+             search: tuple[str, ...] = (), name: str = "") -> Iterator[NetPlan]:
+    """Attach the VM in ``d`` to its networks (eth0, eth1, … in one namespace)
+    for one start; yields the plan for QEMU and the guest (more interfaces in
+    ``plan.more``). Port maps go to the first network. Any failure in the body
+    releases everything; the taps' fds are closed at the end either way (QEMU
+    holds its own)."""
     from ignitevm.providers.network.cni import tap as tapmod
 
     release(d)  # DEL anything an earlier run of this VM left (killed CLI, dead QEMU, reboot)
-    conf = conflist.load(root, network)
     cid = container_id(prefix, uid)
-    requested = _requested_ip(d, conf, cid, ip)
+    last = _last_ips(d)
+    atts = []
+    for i, want in enumerate(wants):
+        conf = conflist.load(root, want.network)
+        if i == 0 and forwards and not any(p.get("type") == "portmap"
+                                           for p in conf["plugins"]):
+            raise InvalidInput(f"network {want.network!r} takes no port maps (-p)",
+                               hint="publish ports on a network with the portmap plugin")
+        requested = _requested_ip(last[i] if i < len(last) else "", conf, cid, want)
+        atts.append({"network": want.network, "conflist": conf, "ifname": f"eth{i}",
+                     "args": f"IgnoreUnknown=1;IP={requested}" if requested else "",
+                     "runtime": _port_maps(forwards) if i == 0 else {}, "result": None})
     rec: dict[str, Any] = {
-        "plugin": "cni", "name": name, "network": network, "netns": cid, "containerID": cid,
-        "ifname": IFNAME, "conflist": conf,
-        "args": f"IgnoreUnknown=1;IP={requested}" if requested else "",
-        "runtime": {"portMappings": [
-            {"hostPort": f.host_port, "containerPort": f.guest_port, "protocol": f.proto,
-             **({"hostIP": f.host_ip} if f.host_ip not in ("", "0.0.0.0") else {})}
-            for f in forwards]},
-        "ports": [[f.proto, f.host_ip, f.host_port] for f in forwards],
-        "result": None,
+        "plugin": "cni", "name": name, "netns": cid, "containerID": cid,
+        "ports": [[f.proto, f.host_ip, f.host_port] for f in forwards], "attachments": atts,
     }
     with contextlib.ExitStack() as undo:
         (root / "cni").mkdir(parents=True, exist_ok=True)
@@ -164,33 +227,54 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
             _write(d, rec)  # before anything is made: the next command can finish the job
         undo.callback(release, d)
         netns.create(cid)
-        result = chain.add(conf, _attachment(rec))
-        rec["result"] = result
-        _write(d, rec)
-        plan = _plan(result, forwards)
-        (d / LAST_IP).write_text(plan.address + "\n")
-        tap = tapmod.open_tap(cid, IFNAME)
+        plans = []
+        for i, (want, att) in enumerate(zip(wants, atts, strict=True)):
+            att["result"] = _add(att, rec, want)
+            _write(d, rec)  # the result is cached before anything uses it
+            plans.append(_plan(att["result"], forwards if i == 0 else (), dns, search))
+        (d / LAST_IP).write_text(" ".join(p.address for p in plans) + "\n")
+        taps = []
         try:
-            yield plan._replace(mac=tap.mac, tap_fd=tap.fd)
+            for i, want in enumerate(wants):
+                taps.append(tapmod.open_tap(cid, f"eth{i}", f"tap{i}", want.mac))
+            full = [p._replace(mac=t.mac, tap_fd=t.fd) for p, t in zip(plans, taps, strict=True)]
+            yield full[0]._replace(more=tuple(full[1:]))
         finally:
-            os.close(tap.fd)
+            for t in taps:
+                os.close(t.fd)
         undo.pop_all()
 
 
-def _plan(result: dict[str, Any], forwards: tuple[Forward, ...]) -> NetPlan:
+def _add(att: dict[str, Any], rec: dict[str, Any], want: Want) -> dict[str, Any]:
+    conf = att["conflist"]
+    try:
+        return chain.add(conf, _attachment(rec, att))
+    except CNIError as exc:
+        if "no IP addresses available" in str(exc):
+            subnet = ", ".join(conflist.subnets(conf))
+            raise Conflict(f"no addresses left in {want.network} ({subnet})",
+                           hint="remove VMs from it, or use another network") from None
+        if want.ip and ("not available" in str(exc) or "out of range" in str(exc)
+                        or "not in" in str(exc)):
+            raise Conflict(f"--ip {want.ip} cannot be given in {want.network}: {exc}") from None
+        raise
+
+
+def _plan(result: dict[str, Any], forwards: tuple[Forward, ...], dns: tuple[str, ...],
+          search: tuple[str, ...]) -> NetPlan:
     ips = [ip for ip in result.get("ips") or [] if "." in ip.get("address", "")]
     if not ips:
         raise IgniteError("the network gave the VM no IPv4 address",
                           hint="check the ipam section of the network's conflist")
-    gateway = ips[0].get("gateway", "")
+    gateway = ""  # only a network with a default route gives one (not --internal)
     for r in result.get("routes") or []:
         if r.get("dst") == "0.0.0.0/0" and r.get("gw"):
             gateway = r["gw"]
-    dns = result.get("dns") or {}
-    servers = dns.get("nameservers") or host_nameservers()
+    given = result.get("dns") or {}
+    servers = list(dns) or given.get("nameservers") or host_nameservers()
     return NetPlan(plugin="cni", mac="", guest_ip=ips[0]["address"], gateway=gateway,
                    dns=" ".join(servers), forwards=forwards,
-                   dns_search=" ".join(dns.get("search") or []))
+                   dns_search=" ".join(search or given.get("search") or []))
 
 
 def host_nameservers() -> list[str]:

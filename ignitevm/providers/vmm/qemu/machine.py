@@ -53,7 +53,8 @@ class QemuVMM:
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         # An fd QEMU takes over (the tap of a CNI attachment) survives -daemonize.
-        fds = (spec.net.tap_fd,) if spec.net is not None and spec.net.tap_fd >= 0 else ()
+        nics = (spec.net, *spec.net.more) if spec.net is not None else ()
+        fds = tuple(n.tap_fd for n in nics if n.tap_fd >= 0)
         result = run(cmd, check=False, timeout=60, pass_fds=fds)
         if result.returncode != 0:
             msg = (result.stderr or result.stdout).strip().splitlines()
