@@ -37,6 +37,7 @@ PACKAGES = {
     "skopeo": "skopeo",
     "umoci": "umoci",
     "ip": "iproute2",
+    "passt": "passt",
     "tc": "iproute2",
     "iptables": "iptables",
     "iptables-save": "iptables",

@@ -251,3 +251,36 @@ def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
         networks.remove(root, "inuse", ["web"])
     networks.remove(root, "inuse", [])
     assert not conflist.path(root, "inuse").exists()
+
+
+def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> None:
+    root = net[0]
+    made = networks.create(root, f"iso{os.getpid() % 200 + 20}", "10.248.7.0/28",
+                           internal=True)
+    try:
+        types = [p["type"] for p in made.conf["plugins"]]
+        assert "portmap" not in types and made.internal
+        d = vmdir(root, "a123456789abcdef")
+        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)) as plan:
+            assert plan.gateway == ""  # the guest gets no default route
+        vm.release(d)
+        with pytest.raises(InvalidInput, match="takes no port maps"), vm.attached(
+                root, d, "ignite-unit", d.name, (Forward("tcp", "", 18935, 80),),
+                (vm.Want(made.name),)):
+            pass
+        assert not (d / vm.RECORD).exists()
+    finally:
+        networks.remove(root, made.name, [])
+
+
+def test_plugins_left_by_a_killed_cli_are_stopped_before_release() -> None:
+    """A stand-in for a plugin still running for an attachment (a `sleep`
+    with the plugin's environment): release must not race it."""
+    proc = subprocess.Popen(["sleep", "60"], env={"CNI_CONTAINERID": "ignite-unit-stray"})
+    try:
+        assert plugins.strays("ignite-unit-stray") == [proc.pid]
+        plugins.stop_strays("ignite-unit-stray")
+        assert proc.wait(timeout=10) == -9
+    finally:
+        proc.kill()
+        proc.wait()

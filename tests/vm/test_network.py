@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -205,3 +206,64 @@ def test_cli_killed_in_the_middle_of_setup(cli: Ignite, testbox: str,
         proc.wait()
     cli("rm", "-f", "mid")
     assert snapshot(exclude=(bridge,)) == before
+
+
+def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
+                                                  web: tuple[str, int]) -> None:
+    """eth0 on a network of the test's own with a fixed address, eth1 on the
+    default one: the host reaches eth0's address, the VM reaches `web` over
+    eth1, and the guest got the name servers and search domains asked for."""
+    n = os.getpid() % 200 + 20
+    subnet = f"10.249.{n}.0/24"
+    fixed_ip = f"10.249.{n}.50"
+    cli("network", "create", f"lab{n}", "--subnet", subnet)
+    try:
+        assert f"lab{n}" in cli("network", "ls").stdout
+        cli("run", testbox, "--name", "fixed", *CNI, *SMALL, "--network", f"lab{n}",
+            "--ip", fixed_ip, "--network", "default", "--dns", "192.0.2.53",
+            "--dns-search", "lab.example", "--mac", "02:00:0a:f9:00:32")
+        try:
+            wait_console(cli, "fixed", "TEST-READY")
+            assert ip_of(cli, "fixed") == fixed_ip
+            resolv = cli("exec", "fixed", "--", "/bin/busybox", "cat",
+                         "/etc/resolv.conf").stdout
+            assert "nameserver 192.0.2.53" in resolv and "search lab.example" in resolv
+            links = cli("exec", "fixed", "--", "/bin/busybox", "ip", "addr").stdout
+            assert "02:00:0a:f9:00:32" in links and "eth1" in links
+            out = cli("exec", "fixed", "--", "/bin/busybox", "wget", "-q", "-O", "-",
+                      f"http://{ip_of(cli, 'web')}/passwd").stdout
+            assert "root:x:0:0" in out
+            cli("exec", "fixed", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+            assert "root:x:0:0" in fetch(f"http://{fixed_ip}/passwd")
+            res = cli("network", "rm", f"lab{n}", check=False)
+            assert res.returncode == 1 and "in use by VM 'fixed'" in res.stderr
+            # Asking for an address another VM holds: refused before anything is made.
+            res = cli("run", testbox, "--name", "twin", *CNI, "--network", f"lab{n}",
+                      "--ip", fixed_ip, check=False)
+            assert res.returncode == 1 and "is taken" in res.stderr
+        finally:
+            cli("rm", "-f", "fixed")
+    finally:
+        cli("network", "rm", f"lab{n}")
+
+
+def test_passt_forwards_a_port(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> None:
+    if shutil.which("passt") is None:
+        pytest.skip("passt is not installed (run scripts/setup.sh)")
+    port = free_port()
+    cli("run", testbox, "--name", "pst", "--network-plugin", "passt", *SMALL, "-p", f"{port}:80")
+    try:
+        wait_console(cli, "pst", "TEST-READY")
+        cli("exec", "pst", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+        assert "root:x:0:0" in fetch(f"http://127.0.0.1:{port}/passwd")
+    finally:
+        cli("rm", "-f", "pst")
+    assert not [p for p in Path("/proc").glob("[0-9]*")
+                if _cmdline(p).startswith(b"passt") and str(cli.root).encode() in _cmdline(p)]
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -16,16 +16,22 @@ from ignitevm.providers.network.base import Forward, NetPlan
 if TYPE_CHECKING:
     from ignitevm.api.types import VM, NetworkSpec
 
-PLUGINS = ("cni", "user", "none")
+PLUGINS = ("cni", "passt", "user", "none")
 RECORD = "network.json"  # a VM's CNI attachment (see cni/vm.py)
 
 
 def default_plugin() -> str:
-    """cni for root, as Ignite; user otherwise. IGNITE_NETWORK_PLUGIN overrides."""
+    """cni for root, as Ignite; passt otherwise (user if passt is not
+    installed). IGNITE_NETWORK_PLUGIN overrides."""
+    import shutil
+
     env = os.environ.get("IGNITE_NETWORK_PLUGIN", "")
     if env in PLUGINS:
         return env
-    return "cni" if os.geteuid() == 0 else "user"
+    if os.geteuid() == 0:
+        return "cni"
+    return "passt" if shutil.which("passt", path=os.environ.get("PATH", "") + ":/usr/bin") \
+        else "user"
 
 
 def plan(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool) -> NetPlan | None:
@@ -50,6 +56,12 @@ def attached(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool, *,
     attachment is released if the body fails."""
     dns = tuple(spec.dns) if spec is not None else ()
     search = tuple(spec.dns_search) if spec is not None else ()
+    if plugin == "passt":
+        from ignitevm.providers.network.passt import attached as passt_attached
+
+        with passt_attached(workdir, ports, ssh) as net:
+            yield net._replace(dns=" ".join(dns) or net.dns, dns_search=" ".join(search))
+        return
     if plugin != "cni":
         net = plan(plugin, ports, ssh)
         if net is not None and (dns or search):

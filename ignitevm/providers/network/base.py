@@ -23,6 +23,7 @@ class NetPlan(NamedTuple):
     tap_fd: int = -1  # cni: an open tap QEMU takes over (-netdev tap,fd=N)
     dns_search: str = ""  # search domains, space-separated
     more: tuple[NetPlan, ...] = ()  # cni: eth1, eth2, … on further networks
+    socket: str = ""  # passt: the unix socket QEMU connects to
 
     @property
     def address(self) -> str:

@@ -75,6 +75,10 @@ def release(d: Path) -> None:
     if rec is None:
         return
     cid = rec["containerID"]
+    if rec.get("state") == "adding" and rec.get("pid") != os.getpid():
+        from ignitevm.providers.network.cni.plugins import stop_strays
+
+        stop_strays(cid)  # the CLI that made it was killed, maybe in the middle of ADD
     present = netns.exists(rec["netns"])
     for att in reversed(_attachments(rec)):
         _release_one(rec, att, present)
@@ -218,6 +222,7 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
                      "runtime": _port_maps(forwards) if i == 0 else {}, "result": None})
     rec: dict[str, Any] = {
         "plugin": "cni", "name": name, "netns": cid, "containerID": cid,
+        "state": "adding", "pid": os.getpid(),
         "ports": [[f.proto, f.host_ip, f.host_port] for f in forwards], "attachments": atts,
     }
     with contextlib.ExitStack() as undo:
@@ -238,6 +243,8 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
             for i, want in enumerate(wants):
                 taps.append(tapmod.open_tap(cid, f"eth{i}", f"tap{i}", want.mac))
             full = [p._replace(mac=t.mac, tap_fd=t.fd) for p, t in zip(plans, taps, strict=True)]
+            rec["state"] = "ready"
+            _write(d, rec)
             yield full[0]._replace(more=tuple(full[1:]))
         finally:
             for t in taps:

@@ -73,6 +73,10 @@ def network(net: NetPlan | None) -> list[str]:
             args += ["-netdev", f"tap,id=net{i},fd={nic.tap_fd}",
                      "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}"]
         return args
+    if net.plugin == "passt":
+        return ["-netdev", f"stream,id=net0,server=off,addr.type=unix,"
+                f"addr.path={_escape(net.socket)}",
+                "-device", f"virtio-net-device,netdev=net0,mac={net.mac}"]
     if net.plugin != "user":
         raise ValueError(f"QEMU cannot set up network plugin {net.plugin!r} by itself")
     netdev = "user,id=net0"
