@@ -97,6 +97,9 @@ if [ -n "$IGNITE_IP" ]; then
     { ip link set eth0 up && ip addr add "$IGNITE_IP" dev eth0 &&
       { [ -z "$IGNITE_GW" ] || ip route add default via "$IGNITE_GW"; }; } ||
         say "warning: could not configure eth0"
+    # One packet out at once: the host side learns the guest's MAC before
+    # anyone connects in (passt answers nothing until it has seen one).
+    [ -n "$IGNITE_GW" ] && { ping -c 1 -W 1 "$IGNITE_GW" >/dev/null 2>&1 & }
     for nic in $IGNITE_MORE_NICS; do  # eth1=10.77.0.5/24 … (no default route)
         { ip link set "${nic%%=*}" up && ip addr add "${nic#*=}" dev "${nic%%=*}"; } ||
             say "warning: could not configure ${nic%%=*}"

@@ -59,7 +59,7 @@ def attached(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool, *,
     if plugin == "passt":
         from ignitevm.providers.network.passt import attached as passt_attached
 
-        with passt_attached(workdir, ports, ssh) as net:
+        with passt_attached(ports, ssh) as net:
             yield net._replace(dns=" ".join(dns) or net.dns, dns_search=" ".join(search))
         return
     if plugin != "cni":

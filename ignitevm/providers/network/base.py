@@ -20,10 +20,9 @@ class NetPlan(NamedTuple):
     dns: str  # name servers, space-separated
     forwards: tuple[Forward, ...] = ()
     ssh_port: int = 0  # host port forwarded to the guest's port 22 (loopback), 0 = none
-    tap_fd: int = -1  # cni: an open tap QEMU takes over (-netdev tap,fd=N)
+    tap_fd: int = -1  # an fd QEMU takes over: cni's tap, passt's end of a socket pair
     dns_search: str = ""  # search domains, space-separated
     more: tuple[NetPlan, ...] = ()  # cni: eth1, eth2, … on further networks
-    socket: str = ""  # passt: the unix socket QEMU connects to
 
     @property
     def address(self) -> str:

@@ -300,8 +300,6 @@ def release_if_dead(d: Path, running: Callable[[], bool]) -> bool:
     """Release a VM's network if its QEMU is gone but the record is still
     there (it died by itself, the host rebooted, the CLI was killed); skipped
     while another command holds the VM's lock. True if it released."""
-    if not (d / RECORD).exists():
-        return False
     try:
         with flock(d / ".lock", blocking=False):
             if running():

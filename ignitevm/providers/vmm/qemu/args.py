@@ -74,8 +74,8 @@ def network(net: NetPlan | None) -> list[str]:
                      "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}"]
         return args
     if net.plugin == "passt":
-        return ["-netdev", f"stream,id=net0,server=off,addr.type=unix,"
-                f"addr.path={_escape(net.socket)}",
+        # (its end of the socket pair to passt, inherited)
+        return ["-netdev", f"stream,id=net0,server=off,addr.type=fd,addr.str={net.tap_fd}",
                 "-device", f"virtio-net-device,netdev=net0,mac={net.mac}"]
     if net.plugin != "user":
         raise ValueError(f"QEMU cannot set up network plugin {net.plugin!r} by itself")
