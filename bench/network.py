@@ -4,6 +4,7 @@
   tap on a plain bridge set up by hand (same image, kernel, disk, QEMU):
   target >= 0.9x;
 - CNI against user mode (QEMU slirp, through a forwarded port): target >= 3x;
+- passt against user mode: target >= 2x;
 - network setup + teardown per VM (namespace, record, CNI chain, tap and tc,
   release) against the bare steps any CNI runtime takes (``ip netns add``,
   each plugin's ADD, each plugin's DEL, ``ip netns delete``): target <= 1.2x.
@@ -204,6 +205,9 @@ def main(root: Path) -> None:
         d = run_vm(root, "u", "--network-plugin", "user", "-p", "15201:5201")
         user = [both_ways("127.0.0.1", 15201) for _ in range(2)]
         ignite(root, "stop", "u")
+        run_vm(root, "p", "--network-plugin", "passt", "-p", "15202:5201")
+        passt = [both_ways("127.0.0.1", 15202) for _ in range(2)]
+        ignite(root, "rm", "-f", "p")
         cni: list[tuple[float, float]] = []
         hand: list[tuple[float, float]] = []
         try:
@@ -222,11 +226,12 @@ def main(root: Path) -> None:
             drop_hand_bridge()
         ignite(root, "rm", "-f", "u", "c")
         for i, way in enumerate(("guest -> host", "host -> guest")):
-            c, h, u = (median([x[i] for x in xs]) for xs in (cni, hand, user))
-            print(f"iperf3 {way}, Mb/s (medians of {len(cni)}, {len(hand)}, {len(user)} runs "
-                  f"of 5 s): CNI {c:.0f}, hand-made bridge + tap {h:.0f}, user mode (slirp) "
-                  f"{u:.0f}; CNI/bridge {c / h:.2f} (target >= 0.9), CNI/slirp {c / u:.2f} "
-                  f"(target >= 3)")
+            c, h, u, p = (median([x[i] for x in xs]) for xs in (cni, hand, user, passt))
+            print(f"iperf3 {way}, Mb/s (medians of {len(cni)}, {len(hand)}, {len(user)}, "
+                  f"{len(passt)} runs of 5 s): CNI {c:.0f}, hand-made bridge + tap {h:.0f}, "
+                  f"user mode (slirp) {u:.0f}, passt {p:.0f}; CNI/bridge {c / h:.2f} "
+                  f"(target >= 0.9), CNI/slirp {c / u:.2f} (target >= 3), passt/slirp "
+                  f"{p / u:.2f} (target >= 2)")
     finally:
         remove_network(name, bridge)
 
