@@ -94,6 +94,7 @@ done
 # the ones CNI gave; the kernel has no ip= autoconfiguration).
 if [ -n "$IGNITE_IP" ]; then
     ip link set lo up
+    [ -n "$IGNITE_MTU" ] && ip link set eth0 mtu "$IGNITE_MTU"
     { ip link set eth0 up && ip addr add "$IGNITE_IP" dev eth0 &&
       { [ -z "$IGNITE_GW" ] || ip route add default via "$IGNITE_GW"; }; } ||
         say "warning: could not configure eth0"

@@ -23,6 +23,7 @@ class NetPlan(NamedTuple):
     tap_fd: int = -1  # an fd QEMU takes over: cni's tap, passt's end of a socket pair
     dns_search: str = ""  # search domains, space-separated
     more: tuple[NetPlan, ...] = ()  # cni: eth1, eth2, … on further networks
+    mtu: int = 0  # the guest's eth0 MTU, 0 = its default
 
     @property
     def address(self) -> str:

@@ -21,6 +21,9 @@ from ignitevm.providers.network.base import Forward, NetPlan
 from ignitevm.providers.network.usermode import free_port, random_mac
 
 GUEST, GATEWAY, DNS = "10.0.2.15", "10.0.2.2", "10.0.2.3"
+# passt sends the guest frames of up to 65520 bytes (what it would announce
+# by DHCP): a guest left at 1500 drops them and host -> guest crawls.
+MTU = 65520
 
 
 def _ports(forwards: tuple[Forward, ...], proto: str) -> str:
@@ -34,7 +37,8 @@ def _ports(forwards: tuple[Forward, ...], proto: str) -> str:
 
 
 def argv(fd: int, forwards: tuple[Forward, ...]) -> list[str]:
-    args = ["passt", "--quiet", "--fd", str(fd), "--address", GUEST, "--netmask", "24",
+    args = ["passt", "--quiet", "--fd", str(fd), "--mtu", str(MTU), "--address", GUEST,
+            "--netmask", "24",
             "--gateway", GATEWAY, "--dns-forward", DNS, "--no-dhcp", "--no-ndp",
             "--no-dhcpv6", "--no-ra"]
     for proto, flag in (("tcp", "--tcp-ports"), ("udp", "--udp-ports")):
@@ -62,4 +66,4 @@ def attached(ports: list[tuple[str, str, int, int]], ssh: bool) -> Iterator[NetP
         # start fails before that)
         yield NetPlan(plugin="passt", mac=random_mac(), guest_ip=f"{GUEST}/24",
                       gateway=GATEWAY, dns=DNS, forwards=forwards, ssh_port=ssh_port,
-                      tap_fd=ours.fileno())
+                      tap_fd=ours.fileno(), mtu=MTU)
