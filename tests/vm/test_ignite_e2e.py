@@ -692,7 +692,7 @@ def test_TestPortmapCleanup(cli: Ignite, e2ebox: str) -> None:
         rules = subprocess.run(["iptables", "-t", "nat", "-nL"], capture_output=True,
                                text=True, check=True).stdout
         assert uid and uid in rules
-        cli("--runtime=qemu", "--network-plugin=cni", "rm", "-f", vm)
+        cli("rm", "-f", vm)
         rules = subprocess.run(["iptables", "-t", "nat", "-nL"], capture_output=True,
                                text=True, check=True).stdout
         assert uid not in rules
