@@ -81,9 +81,9 @@ def create(ctx: Context, vm: VM) -> VM:
         from ignitevm.providers.network import default_plugin
 
         vm.status.network.plugin = default_plugin()
-    from ignitevm.providers.network import check_ports
+    from ignitevm.providers.network import preflight
 
-    check_ports(vm, ctx.root)  # a taken host port is refused before anything is made
+    preflight(vm, ctx.root)  # unknown networks, taken ports: refused before anything is made
     sshkeys.user_public_key(vm.spec.ssh)  # a bad --ssh=PATH fails before anything is made
     with ctx.store.creating(vm, rename=generated) as stage, sshkeys.making_keys(vm, stage):
         ctx.vmm.create_disk(images.image_file(ctx, image), stage, vm.spec.disk_size.bytes)

@@ -78,14 +78,14 @@ def attached(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool, *,
                   for a in (spec.networks if spec is not None else ())) or (Want(),)
     with cni_attached(root, workdir, prefix, uid, _forwards(ports), wants, dns, search,
                       name=name) as net:
-        yield net
+        yield net._replace(ssh_port=22 if ssh else 0)  # (sshd on the VM's own address)
 
 
 def _forwards(ports: list[tuple[str, str, int, int]]) -> tuple[Forward, ...]:
     return tuple(Forward(proto, ip or "0.0.0.0", hp, gp) for proto, ip, hp, gp in ports)
 
 
-def check_ports(vm: VM, root: Path) -> None:
+def preflight(vm: VM, root: Path) -> None:
     """What can be checked before a VM is even made (start checks again): its
     networks exist and hold the addresses asked for, its host ports are free."""
     net = vm.spec.network

@@ -19,7 +19,7 @@ class NetPlan(NamedTuple):
     gateway: str
     dns: str  # name servers, space-separated
     forwards: tuple[Forward, ...] = ()
-    ssh_port: int = 0  # host port forwarded to the guest's port 22 (loopback), 0 = none
+    ssh_port: int = 0  # where the host reaches the guest's sshd (at ssh_host), 0 = none
     tap_fd: int = -1  # an fd QEMU takes over: cni's tap, passt's end of a socket pair
     dns_search: str = ""  # search domains, space-separated
     more: tuple[NetPlan, ...] = ()  # cni: eth1, eth2, … on further networks
