@@ -13,6 +13,10 @@ PACKAGES=(
   mmdebstrap                      # `ignite image build base`
   gcc libc6-dev                   # static guest helpers, built from source
   openssh-client                  # ssh-keygen, ignite ssh
+  containernetworking-plugins     # CNI networking: bridge, host-local, portmap, firewall
+  iptables iproute2               # what the CNI plugins drive; netns and links
+  passt                           # rootless networking
+  iperf3                          # bench/network.py
   python3 python3-venv python3-pip
   git file cpio ca-certificates
   docker-registry skopeo umoci    # tests and benches: a loopback registry, pushes, layouts

@@ -32,7 +32,11 @@ class Ignite:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 300,
                  input: str | None = None) -> Result:
-        env = {**os.environ, "IGNITE_ROOT": str(self.root), "PYTHONPATH": str(REPO), **self.env}
+        # (user-mode networking unless a test asks for another: the host's
+        # real ignite0 network is not for tests)
+        env = {**os.environ, "IGNITE_ROOT": str(self.root), "PYTHONPATH": str(REPO),
+               "IGNITE_NETWORK_PLUGIN": os.environ.get("IGNITE_NETWORK_PLUGIN", "user"),
+               **self.env}
         proc = subprocess.run([sys.executable, "-m", "ignitevm", *args], env=env,
                               capture_output=True, text=True, timeout=timeout, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)

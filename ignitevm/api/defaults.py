@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from ignitevm.api import refs
@@ -79,6 +80,8 @@ def validate_vm(vm: VM) -> None:
         raise InvalidInput(f"invalid --size {spec.disk_size}: must be between 1MB and 64TB")
     v.check_cmdline(spec.kernel.cmd_line)
     _validate_ports(vm)
+    validate_networks(vm)
+    validate_dns(vm)
     for f in spec.copy_files:
         v.check_abs_path(f.host_path, "copyFiles hostPath")
         v.check_abs_path(f.vm_path, "copyFiles vmPath", guest=True)
@@ -135,3 +138,51 @@ def _validate_storage(vm: VM) -> None:
         if any(c.isspace() or c == ":" for c in mount.mount_path):
             raise InvalidInput(f"volume mount path {mount.mount_path!r} must be absolute, "
                                "without spaces or ':'")
+
+
+_NET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def validate_networks(vm: VM) -> None:
+    """--network NAME, --ip, --mac (the VM's interfaces on CNI networks)."""
+    import ipaddress
+
+    for att in vm.spec.network.networks:
+        if att.network and not _NET_NAME.match(att.network):
+            raise InvalidInput(f"invalid network name {att.network!r}",
+                               hint="see: ignite network ls")
+        if att.ip:
+            try:
+                ip = ipaddress.ip_address(att.ip)
+            except ValueError:
+                raise InvalidInput(f"invalid --ip {att.ip!r}: not an IP address") from None
+            if ip.version != 4:
+                raise InvalidInput(f"invalid --ip {att.ip!r}: an IPv4 address is needed")
+        if att.mac:
+            mac = att.mac.lower()
+            if not _MAC.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+                raise InvalidInput(f"invalid --mac {att.mac!r}",
+                                   hint="give a unicast MAC, e.g. 02:42:0a:4d:00:05")
+            att.mac = mac
+    names = [a.network or "default" for a in vm.spec.network.networks]
+    if len(set(names)) != len(names):
+        raise InvalidInput("a VM can join each network once", hint="drop the repeated --network")
+
+
+_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+
+
+def validate_dns(vm: VM) -> None:
+    """--dns (name server addresses) and --dns-search (domains)."""
+    import ipaddress
+
+    for server in vm.spec.network.dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise InvalidInput(f"invalid --dns {server!r}: not an IP address") from None
+    for domain in vm.spec.network.dns_search:
+        if len(domain) > 253 or not _DOMAIN.match(domain):
+            raise InvalidInput(f"invalid --dns-search {domain!r}: not a domain name")

@@ -72,8 +72,21 @@ class PortMapping(_Base):
     protocol: str = ""
 
 
+class NetworkAttachment(_Base):
+    """One interface of a CNI VM: eth0 on the first, eth1 on the next…"""
+
+    network: str = ""  # a network's name ("" or "default": Ignite's)
+    ip: str = ""  # the address to ask for
+    mac: str = ""
+
+
 class NetworkSpec(_Base):
     ports: list[PortMapping] = []
+    # Ours, not in Ignite's v1alpha4 (left out when empty, so its files read
+    # and write unchanged):
+    networks: list[NetworkAttachment] = []
+    dns: list[str] = []
+    dns_search: list[str] = []
 
 
 class BlockDevice(_Base):

@@ -132,7 +132,19 @@ def _vm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sandbox-image", help="recorded as spec.sandbox.oci for Ignite "
                    "compatibility (VMs run under QEMU directly, without a sandbox)")
     p.add_argument("--runtime", help="accepted for Ignite compatibility (this host: qemu)")
-    p.add_argument("--network-plugin", help="accepted for Ignite compatibility")
+    p.add_argument("--network-plugin", metavar="cni|user|none",
+                   help="cni: a bridge and an address (default for root); user: QEMU "
+                   "user-mode NAT (default otherwise); none")
+    p.add_argument("--network", action="append", default=[], metavar="NAME",
+                   help="a CNI network to join (repeatable: eth0, eth1, ...; default: "
+                   "Ignite's)")
+    p.add_argument("--ip", help="the address to take on the first network (kept anyway "
+                   "across stop/start)")
+    p.add_argument("--mac", help="the MAC of the first interface")
+    p.add_argument("--dns", action="append", default=[], metavar="IP",
+                   help="a name server for the guest (repeatable)")
+    p.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN",
+                   help="a search domain for the guest (repeatable)")
     p.add_argument("--id-prefix", help="prefix for runtime IDs (default ignite)")
     registry_flags(p)
     p.add_argument("--pull", choices=("missing", "always", "never"), default="missing",
@@ -243,6 +255,25 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("vm")
 
 
+def _network_commands(t: _Tree) -> None:
+    g = t.command(t.subs, "network", "network:cmd_ls", "Manage CNI networks",
+                  aliases=("networks",), output="table")
+    gs = g.add_subparsers(title="commands", metavar="COMMAND")
+    p = t.command(gs, "create", "network:cmd_create", "Create a bridge network")
+    p.add_argument("name")
+    p.add_argument("--subnet", required=True, help="its IPv4 subnet, e.g. 10.77.0.0/24")
+    p.add_argument("--gateway", help="the host's address on it (default: the first)")
+    p.add_argument("--internal", action="store_true",
+                   help="no way out: no masquerade, no default route, no port maps")
+    p = t.command(gs, "ls", "network:cmd_ls", "List networks", aliases=("list",))
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    p = t.command(gs, "inspect", "network:cmd_inspect", "Show a network")
+    p.add_argument("network")
+    p = t.command(gs, "rm", "network:cmd_rm", "Remove networks no VM uses")
+    p.add_argument("networks", nargs="+", metavar="network")
+    t.command(gs, "prune", "network:cmd_prune", "Remove every network no VM uses")
+
+
 # The command words, for reading a command line before the tree is built
 # (tests/unit check them against the tree).
 GROUPS = {
@@ -250,8 +281,10 @@ GROUPS = {
     "kernel": {"import", "ls", "list", "rm"},
     "vm": {"run", "create", "start", "stop", "kill", "rm", "ps", "ls", "list", "logs",
            "exec", "ssh", "cp", "attach"},
+    "network": {"create", "ls", "list", "inspect", "rm", "prune"},
 }
-GROUPS |= {"images": GROUPS["image"], "kernels": GROUPS["kernel"], "vms": GROUPS["vm"]}
+GROUPS |= {"images": GROUPS["image"], "kernels": GROUPS["kernel"], "vms": GROUPS["vm"],
+           "networks": GROUPS["network"]}
 COMMANDS = {"run", "create", "start", "stop", "kill", "rm", "ps", "logs", "exec", "ssh", "cp",
             "attach", "inspect", "completion", "version", "rmi", "rmk", *GROUPS}
 _GLOBAL_VALUE = {"--root", "--log-level", "--ignite-config", "--accel", "--sandbox"}
@@ -350,6 +383,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             p.add_argument("recipe", choices=("base",), help="the recipe to build")
             p.add_argument("--name", default="base", help="image name (default base)")
         g.set_defaults(output="table")
+
+    _network_commands(t)
 
     g = t.command(t.subs, "vm", "vm:cmd_ps", "Manage VMs", aliases=("vms",), all=True,
                   filter="", template="", output="table")

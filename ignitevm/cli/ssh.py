@@ -17,12 +17,13 @@ from ignitevm.errors import IgniteError
 from ignitevm.operations.context import Context
 
 
-def wait_for_sshd(port: int, timeout: float) -> None:
-    """Wait until the guest's sshd sends its banner through the forwarded port."""
+def wait_for_sshd(port: int, timeout: float, host: str = "127.0.0.1") -> None:
+    """Wait until the guest's sshd sends its banner (on its address, or through
+    the forwarded port)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with socket.create_connection((host, port), timeout=2) as s:
                 s.settimeout(max(0.5, min(5.0, deadline - time.monotonic())))
                 if s.recv(4).startswith(b"SSH-"):
                     return
@@ -50,12 +51,16 @@ def ssh_argv(ctx: Context, vm: VM, identity: str | None, tty: bool, timeout: flo
     if not key.exists():
         raise IgniteError(f"no private key found for VM {uid!r}",
                           hint="give one with -i/--identity")
-    wait_for_sshd(port, timeout)
+    # On a CNI bridge the VM's own address; in user mode a loopback forward.
+    host = "127.0.0.1"
+    if vm.status.network.plugin == "cni" and vm.status.network.ip_addresses:
+        host = vm.status.network.ip_addresses[0]
+    wait_for_sshd(port, timeout, host)
     return ["ssh", "-i", str(key), "-p", str(port),
             "-o", f"UserKnownHostsFile={d / sshkeys.KNOWN_HOSTS}",
             "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
             "-o", "LogLevel=ERROR", "-o", f"ConnectTimeout={int(timeout)}",
-            "-t" if tty else "-T", "root@127.0.0.1"]
+            "-t" if tty else "-T", f"root@{host}"]
 
 
 def _exec(argv: list[str]) -> int:

@@ -149,6 +149,10 @@ def live(ctx: Context, vm: VM) -> VM:
         if not running:
             vm.status.start_time = None
             vm.status.network.ip_addresses = None
+    if not running:
+        from ignitevm.operations.vms import release_network_if_dead
+
+        release_network_if_dead(ctx, vm)  # its QEMU died by itself: nothing may leak
     return vm
 
 

@@ -106,7 +106,7 @@ def _apply_configuration(args: argparse.Namespace, vm: VM) -> None:
     if plugin in PLUGINS:
         vm.status.network.plugin = plugin
     elif plugin:
-        log.warning("Configuration networkPlugin %r is not available here; using 'user'",
+        log.warning("Configuration networkPlugin %r is not available here; using the default",
                     plugin)
     if spec.get("idPrefix"):
         vm.status.id_prefix = str(spec["idPrefix"])
@@ -145,6 +145,7 @@ def vm_from_args(args: argparse.Namespace) -> VM:
         s.kernel.cmd_line = args.kernel_args
     if args.ports:
         s.network.ports = parse_ports(args.ports)
+    _network_flags(args, vm)
     if args.copy_files:
         s.copy_files = parse_copy_files(args.copy_files)
     if args.volumes:
@@ -166,13 +167,34 @@ def vm_from_args(args: argparse.Namespace) -> VM:
 
         if args.network_plugin not in PLUGINS:
             raise InvalidInput(
-                f"network plugin {args.network_plugin!r} is not available on this host yet",
-                hint="use --network-plugin user (the default: QEMU user-mode networking) "
-                "or none")
+                f"unknown network plugin {args.network_plugin!r}",
+                hint="use --network-plugin cni (the default for root: a bridge, as Ignite), "
+                "user (QEMU user-mode networking) or none")
         vm.status.network.plugin = args.network_plugin
     if not s.image.oci:
         raise InvalidInput("no image given", hint="ignite run <image> (see: ignite image ls)")
     return vm
+
+
+def _network_flags(args: argparse.Namespace, vm: VM) -> None:
+    """--network (repeatable: eth0, eth1…), --ip and --mac (of the first),
+    --dns, --dns-search (repeatable)."""
+    from ignitevm.api.types import NetworkAttachment
+
+    net = vm.spec.network
+    if getattr(args, "network", None):
+        net.networks = [NetworkAttachment(network=n) for n in args.network]
+    if getattr(args, "ip", None) or getattr(args, "mac", None):
+        if not net.networks:
+            net.networks = [NetworkAttachment(network="default")]
+        net.networks[0].ip = args.ip or net.networks[0].ip
+        net.networks[0].mac = args.mac or net.networks[0].mac
+    if getattr(args, "dns", None):
+        net.dns = list(args.dns)
+    if getattr(args, "dns_search", None):
+        net.dns_search = list(args.dns_search)
+    if net.networks and not vm.status.network.plugin:
+        vm.status.network.plugin = "cni"  # (asking for a network means CNI)
 
 
 def _strip_empty(d: Any) -> Any:

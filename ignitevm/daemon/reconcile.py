@@ -95,6 +95,8 @@ class Reconciler:
                                        MANAGED_BY: self.source}
             have = vms.create(self.ctx, vm)
         running = vms.is_running(self.ctx, have)
+        if not running:
+            vms.release_network_if_dead(self.ctx, have)  # its QEMU died: free its network
         if want.status.running and not running:
             if not self._may_restart(uid, have.metadata.name):
                 return

@@ -90,13 +90,27 @@ for vol in $IGNITE_VOLUMES; do
     fi
 done
 
-# Network: a static address from the host (user-mode networking).
+# Network: the address, route and name servers the host chose (user mode, or
+# the ones CNI gave; the kernel has no ip= autoconfiguration).
 if [ -n "$IGNITE_IP" ]; then
     ip link set lo up
+    [ -n "$IGNITE_MTU" ] && ip link set eth0 mtu "$IGNITE_MTU"
     { ip link set eth0 up && ip addr add "$IGNITE_IP" dev eth0 &&
-      ip route add default via "$IGNITE_GW"; } || say "warning: could not configure eth0"
-    if [ ! -L /newroot/etc/resolv.conf ] && [ ! -s /newroot/etc/resolv.conf ]; then
-        echo "nameserver $IGNITE_DNS" > /newroot/etc/resolv.conf
+      { [ -z "$IGNITE_GW" ] || ip route add default via "$IGNITE_GW"; }; } ||
+        say "warning: could not configure eth0"
+    # One packet out at once: the host side learns the guest's MAC before
+    # anyone connects in (passt answers nothing until it has seen one).
+    [ -n "$IGNITE_GW" ] && { ping -c 1 -W 1 "$IGNITE_GW" >/dev/null 2>&1 & }
+    for nic in $IGNITE_MORE_NICS; do  # eth1=10.77.0.5/24 … (no default route)
+        { ip link set "${nic%%=*}" up && ip addr add "${nic#*=}" dev "${nic%%=*}"; } ||
+            say "warning: could not configure ${nic%%=*}"
+    done
+    if [ ! -L /newroot/etc/resolv.conf ] && [ -d /newroot/etc ] &&
+        { [ -n "$IGNITE_DNS" ] || [ -n "$IGNITE_DNS_SEARCH" ]; }; then
+        {
+            [ -n "$IGNITE_DNS_SEARCH" ] && echo "search $IGNITE_DNS_SEARCH"
+            for ns in $IGNITE_DNS; do echo "nameserver $ns"; done
+        } > /newroot/etc/resolv.conf
     fi
 fi
 

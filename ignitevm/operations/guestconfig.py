@@ -60,7 +60,13 @@ def env_script(vm: VM, net: NetPlan | None = None) -> str:
         lines.append(f"IGNITE_VOLUMES={shlex.quote(' '.join(mounts))}")
     if net is not None:
         lines += [f"IGNITE_IP={net.guest_ip}", f"IGNITE_GW={net.gateway}",
-                  f"IGNITE_DNS={net.dns}"]
+                  f"IGNITE_DNS={shlex.quote(net.dns)}",
+                  f"IGNITE_DNS_SEARCH={shlex.quote(net.dns_search)}"]
+        if net.mtu:
+            lines.append(f"IGNITE_MTU={net.mtu}")
+        more = " ".join(f"eth{i}={n.guest_ip}" for i, n in enumerate(net.more, 1))
+        if more:
+            lines.append(f"IGNITE_MORE_NICS={shlex.quote(more)}")
     return "\n".join(lines) + "\n"
 
 

@@ -75,7 +75,8 @@ def authorized_keys(vm: VM, vm_dir: Path) -> str | None:
     return None
 
 
-def pin_host_key(vm_dir: Path, port: int) -> None:
-    """known_hosts for the forwarded port: the key we made, so no trust on first use."""
+def pin_host_key(vm_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    """known_hosts for the VM's sshd: the key we made, so no trust on first use."""
     pub = (vm_dir / f"{HOST_KEY}.pub").read_text().split()
-    (vm_dir / KNOWN_HOSTS).write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    name = host if port == 22 else f"[{host}]:{port}"
+    (vm_dir / KNOWN_HOSTS).write_text(f"{name} {pub[0]} {pub[1]}\n")

@@ -45,6 +45,15 @@ def is_running(ctx: Context, vm: VM) -> bool:
     return ctx.vmm.pid(workdir(ctx, vm)) is not None
 
 
+def release_network_if_dead(ctx: Context, vm: VM) -> bool:
+    """Release the network a VM holds if its VMM died by itself (or the host
+    rebooted); any command that sees the VM stopped calls this."""
+    from ignitevm.providers import network
+
+    d = workdir(ctx, vm)
+    return network.release_if_dead(d, lambda: ctx.vmm.pid(d) is not None)
+
+
 def create(ctx: Context, vm: VM) -> VM:
     """Make a VM object and its disk; nothing is left behind if any step fails."""
     from ignitevm.operations import images, kernels
@@ -78,7 +87,13 @@ def _create(ctx: Context, vm: VM, image: Image, kernel: Kernel) -> VM:
     vm.status.image = image.status.oci_source
     vm.status.kernel = kernel.status.oci_source
     vm.status.runtime.name = ctx.vmm.name
-    vm.status.network.plugin = vm.status.network.plugin or "user"
+    if not vm.status.network.plugin:
+        from ignitevm.providers.network import default_plugin
+
+        vm.status.network.plugin = default_plugin()
+    from ignitevm.providers.network import preflight
+
+    preflight(vm, ctx.root)  # unknown networks, taken ports: refused before anything is made
     sshkeys.user_public_key(vm.spec.ssh)  # a bad --ssh=PATH fails before anything is made
     with ctx.store.creating(vm, rename=generated) as stage, sshkeys.making_keys(vm, stage):
         ctx.vmm.create_disk(images.image_file(ctx, image), stage, vm.spec.disk_size.bytes)
@@ -92,7 +107,7 @@ def start(ctx: Context, vm: VM) -> VM:
     from ignitevm.providers import network
     from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
-    with vm_lock(ctx, vm), no_space_errors(ctx.root):
+    with vm_lock(ctx, vm), no_space_errors(ctx.root), contextlib.ExitStack() as stack:
         vm = ctx.store.get(VM, vm.metadata.uid)
         d = workdir(ctx, vm)
         if ctx.vmm.pid(d) is not None:
@@ -107,9 +122,13 @@ def start(ctx: Context, vm: VM) -> VM:
         accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel)
         ports = [(pm.protocol or "tcp", pm.bind_address, pm.host_port, pm.vm_port)
                  for pm in vm.spec.network.ports]
-        net = network.plan(vm.status.network.plugin, ports, ssh=bool(vm.spec.ssh))
+        # (a CNI attachment is released if anything below fails)
+        net = stack.enter_context(network.attached(
+            vm.status.network.plugin, ports, ssh=bool(vm.spec.ssh), root=ctx.root, workdir=d,
+            prefix=vm.status.id_prefix, uid=vm.metadata.uid, name=vm.metadata.name,
+            spec=vm.spec.network))
         if net is not None and net.ssh_port:
-            sshkeys.pin_host_key(d, net.ssh_port)
+            sshkeys.pin_host_key(d, net.ssh_port, net.ssh_host)
             (d / SSH_PORT_FILE).write_text(f"{net.ssh_port}\n")
         cfg = write_config_disk(vm, images.image_config(ctx, image), d / CONFIG_DISK, net)
         words = [vm.spec.kernel.cmd_line, *ctx.vmm.kernel_args(accel)]
@@ -167,7 +186,10 @@ def volume_disks(vm: VM) -> list[Disk]:
 
 
 def _mark_stopped(ctx: Context, vm: VM) -> None:
+    from ignitevm.providers import network
+
     ctx.vmm.cleanup(workdir(ctx, vm))
+    network.release(workdir(ctx, vm))
     vm.status.running = False
     vm.status.start_time = None
     vm.status.network.ip_addresses = None
@@ -247,6 +269,9 @@ def remove(ctx: Context, vm: VM, *, force: bool = False) -> None:
                 raise Conflict(f"VM {vm.metadata.name!r} ({vm.metadata.uid}) is running",
                                hint="stop it first, or use rm -f")
             ctx.vmm.kill(d)
+        from ignitevm.providers import network
+
+        network.release(d)
         ctx.vmm.cleanup(d)  # (also its cgroups)
         ctx.store.delete(vm)
     log.info("Removed VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)

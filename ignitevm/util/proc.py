@@ -37,6 +37,11 @@ PACKAGES = {
     "ssh": "openssh-client",
     "skopeo": "skopeo",
     "umoci": "umoci",
+    "ip": "iproute2",
+    "passt": "passt",
+    "tc": "iproute2",
+    "iptables": "iptables",
+    "iptables-save": "iptables",
 }
 
 
@@ -81,6 +86,7 @@ def run(
     timeout: float | None = None,
     hint: str | None = None,
     text: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> Result:
     """Run a program to completion; raise CommandError if it fails and ``check``."""
     cmd = _argv(argv)
@@ -101,6 +107,7 @@ def run(
             timeout=timeout,
             text=text,
             check=False,
+            pass_fds=pass_fds,
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandError(cmd, -9, f"timed out after {timeout}s", hint=hint) from exc

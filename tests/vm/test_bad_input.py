@@ -29,7 +29,15 @@ def _state(root: Path) -> set[str]:
         (["--memory", "4000000GB"], "must be between 64MB and 1TB"),
         (["--volumes", "/etc/passwd:/data"], "is not a block device"),
         (["--ssh=/nonexistent/key"], "invalid SSH key"),
-        (["--network-plugin", "cni"], "not available on this host"),
+        (["--network-plugin", "slirp"], "unknown network plugin 'slirp'"),
+        (["--network-plugin", "cni", "--network", "nosuchnet"],
+         "network 'nosuchnet' does not exist"),
+        (["--network-plugin", "user", "--network", "nosuchnet"],
+         "need --network-plugin cni"),
+        (["--network-plugin", "cni", "--ip", "10.61.0.300"], "invalid --ip"),
+        (["--mac", "01:00:00:00:00:01"], "invalid --mac"),
+        (["--dns", "nameserver"], "invalid --dns"),
+        (["-p", "80:80:80:80"], "invalid port mapping"),
     ],
 )
 def test_bad_run_flags(cli: Ignite, testbox: str, args: list[str], message: str) -> None:

@@ -62,3 +62,28 @@ def test_stop_is_graceful(cli: Ignite, sysvm: str) -> None:
     assert "Power-Off" in log or "Powering off" in log, log[-2000:]
     assert "reboot: Power down" in log
     assert sysvm not in cli("ps").stdout
+
+
+def test_ssh_over_cni_uses_the_vms_address(cli: Ignite, base: str) -> None:
+    """`exec --ssh` and `ssh` reach sshd on the VM's own address on the bridge
+    (a network of the test's own), with the host key pinned for that address."""
+    from tests.helpers.cninet import remove_network, require_cni, write_default
+
+    require_cni()
+    name, bridge, _subnet = write_default(cli.root, tag=29)
+    try:
+        cli("run", base, "--name", "sshcni", "--network-plugin", "cni", "--cpus", "2",
+            "--memory", "512MB", "--ssh")
+        wait_console(cli, "sshcni", "Multi-User System", timeout=240)
+        ip = cli("inspect", "vm", "sshcni", "-t", "{{.Status.Network.IPAddresses}}").stdout
+        res = cli("exec", "--ssh", "sshcni", "--", "sh", "-c", "echo $SSH_CONNECTION",
+                  check=False)
+        assert res.returncode == 0, res.stderr
+        server = res.stdout.split()[2]  # client ip, client port, server ip, server port
+        assert server in ip and res.stdout.split()[3] == "22"
+        uid = cli("inspect", "vm", "sshcni", "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+        assert (cli.root / "vm" / uid / "known_hosts").read_text().startswith(server + " ")
+    finally:
+        cli("rm", "-f", "sshcni", check=False)
+        (cli.root / "cni" / "default.conflist").unlink(missing_ok=True)
+        remove_network(name, bridge)

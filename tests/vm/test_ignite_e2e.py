@@ -62,7 +62,8 @@ NO_DOCKER = ("needs the `docker` runtime: no Docker engine on this host, and ign
 NO_DOCKER_BRIDGE = "needs the `docker-bridge` network plugin, which ignitevm does not have"
 NO_CONTAINERD = ("needs the `containerd` runtime: ignitevm runs VMs under QEMU directly, "
                  "with no container runtime")
-NO_CNI = "needs the `cni` network plugin: ignitevm has only `user` and `none` so far"
+NO_CNI = ("the `cni` network plugin works here (tests/vm/test_network.py), but not with "
+          "that runtime")
 NO_INTERNET = "needs the internet (`ignite exec <vm> curl google.com`); this host has none"
 
 IGNITE_PROVIDERS = [
@@ -706,10 +707,35 @@ def test_TestPullFromAuthRegistry(kind: str, auth_registry: Registry,
 
 # ---- portmap_test.go ---------------------------------------------------------------
 
-@pytest.mark.skip(reason=f"{NO_CNI} (its portmap iptables rules are what the test checks)")
-def test_TestPortmapCleanup() -> None:
+def test_TestPortmapCleanup(cli: Ignite, e2ebox: str) -> None:
     """``run --network-plugin=cni -p 4242:4242`` installs nat rules naming the VM ID,
-    and ``rm -f`` removes every one of them (``iptables -t nat -nL | grep ID``)."""
+    and ``rm -f`` removes every one of them (``iptables -t nat -nL | grep ID``).
+    (On a network of the test's own, not the host's ignite0.)"""
+    import socket
+
+    from tests.helpers.cninet import remove_network, require_cni, write_default
+
+    require_cni()
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 4242)) == 0:
+            pytest.skip("port 4242 is in use on this host")
+    name, bridge, _subnet = write_default(cli.root, tag=23)
+    vm = "e2e-test-portmap-cleanup"
+    try:
+        cli("--runtime=qemu", "--network-plugin=cni", "run", f"--name={vm}", e2ebox,
+            "--ssh", "--ports=4242:4242")
+        uid = cli("ps", "-a", "-f", f"{{{{.ObjectMeta.Name}}}}={vm}", "-q").stdout.strip()
+        rules = subprocess.run(["iptables", "-t", "nat", "-nL"], capture_output=True,
+                               text=True, check=True).stdout
+        assert uid and uid in rules
+        cli("rm", "-f", vm)
+        rules = subprocess.run(["iptables", "-t", "nat", "-nL"], capture_output=True,
+                               text=True, check=True).stdout
+        assert uid not in rules
+    finally:
+        _cleanup(cli, vm)
+        (cli.root / "cni" / "default.conflist").unlink(missing_ok=True)
+        remove_network(name, bridge)
 
 
 # ---- multinet_test.go --------------------------------------------------------------

@@ -42,6 +42,12 @@ class LaunchSpec(NamedTuple):
     pass_fds: tuple[int, ...] = ()  # open fds the VMM inherits (e.g. a tap)
     cache: Path | None = None  # where the jail helper is built
 
+    def inherited_fds(self) -> tuple[int, ...]:
+        """Every fd the VMM takes over: ``pass_fds`` and the network's (a CNI
+        tap, passt's end of a socket pair)."""
+        nics = (self.net, *self.net.more) if self.net is not None else ()
+        return (*self.pass_fds, *(n.tap_fd for n in nics if n.tap_fd >= 0))
+
 
 class VMM(Protocol):
     name: str

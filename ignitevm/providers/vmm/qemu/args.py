@@ -76,6 +76,17 @@ def disks(items: tuple[Disk, ...]) -> list[str]:
 def network(net: NetPlan | None) -> list[str]:
     if net is None:
         return []
+    if net.plugin == "cni":
+        # The taps in the VM's namespace, opened by the launcher and inherited.
+        args = []
+        for i, nic in enumerate((net, *net.more)):
+            args += ["-netdev", f"tap,id=net{i},fd={nic.tap_fd}",
+                     "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}"]
+        return args
+    if net.plugin == "passt":
+        # (its end of the socket pair to passt, inherited)
+        return ["-netdev", f"stream,id=net0,server=off,addr.type=fd,addr.str={net.tap_fd}",
+                "-device", f"virtio-net-device,netdev=net0,mac={net.mac}"]
     if net.plugin != "user":
         raise ValueError(f"QEMU cannot set up network plugin {net.plugin!r} by itself")
     netdev = "user,id=net0"

@@ -114,7 +114,7 @@ def launch(spec: LaunchSpec) -> None:
                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         undo.callback(os.close, log_fd)
         with spawn(cmd, stdout=log_fd, stderr=log_fd,
-                   pass_fds=(listener.fileno(), *spec.pass_fds)) as proc:
+                   pass_fds=(listener.fileno(), *spec.inherited_fds())) as proc:
             rc = proc.wait()
         listener.close()
         if rc != 0 or not _greeted(qmp):

@@ -78,7 +78,8 @@ class QemuVMM:
         (spec.workdir / args.RUN_DIR).mkdir(exist_ok=True)
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
-        result = run(cmd, check=False, timeout=60)
+        # An fd QEMU takes over (the tap of a CNI attachment) survives -daemonize.
+        result = run(cmd, check=False, timeout=60, pass_fds=spec.inherited_fds())
         if result.returncode != 0:
             msg = (result.stderr or result.stdout).strip().splitlines()
             why = msg[-1] if msg else f"exit code {result.returncode}"

@@ -1,0 +1,240 @@
+"""Networking figures, ratios measured in the same run (iperf3, one stream, 5 s):
+
+- host <-> VM throughput with CNI (bridge + tc redirect to a tap) against a
+  tap on a plain bridge set up by hand (same image, kernel, disk, QEMU):
+  target >= 0.9x;
+- CNI against user mode (QEMU slirp, through a forwarded port): target >= 3x;
+- passt against user mode: target >= 2x;
+- network setup + teardown per VM (namespace, record, CNI chain, tap and tc,
+  release) against the bare steps any CNI runtime takes (``ip netns add``,
+  each plugin's ADD, each plugin's DEL, ``ip netns delete``): target <= 1.2x.
+
+Needs root and the CNI plugins. The bench network has its own bridge and
+subnet. Usage: python -m bench.network [rounds]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from bench.common import ignite, median, report, run_bench, wait_file
+from tests.helpers import images
+from tests.helpers.cninet import remove_network, write_default
+
+MARKER = b"IPERF-READY"
+INIT = """#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+/usr/bin/iperf3 -s -D
+echo IPERF-READY
+while true; do /bin/busybox sleep 3600; done
+"""
+HAND_BRIDGE, HAND_TAP, HAND_NET = "igbench0", "igbtap0", "10.212.0"
+
+
+def iperf_image(out: Path) -> Path:
+    """The busybox test image plus the host's iperf3 and the libraries it links."""
+    exe = shutil.which("iperf3") or "/usr/bin/iperf3"
+    libs = re.findall(r"(/\S+\.so[.\d]*)", subprocess.run(
+        ["ldd", exe], capture_output=True, text=True, check=True).stdout)
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    dirs: set[str] = set()
+    for src, dest in [(exe, "usr/bin/iperf3"), *[(lib, lib.lstrip("/")) for lib in libs]]:
+        parts = dest.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                entries.append(images._dir(d))
+        entries.append(images._file(dest, Path(src).read_bytes(), 0o755))
+    layers = [*images.busybox_layers(INIT), images._tar_bytes(entries)]
+    return images.write_docker_archive(out, "iperfbox:latest", layers,
+                                       {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"]})
+
+
+def iperf(host: str, port: int = 5201, reverse: bool = False) -> float:
+    """Mb/s received, one stream, 5 s (reverse: the guest sends)."""
+    argv = ["iperf3", "-c", host, "-p", str(port), "-t", "5", "-J", *(["-R"] if reverse else [])]
+    for _ in range(5):  # (the server may still be closing the previous test)
+        out = json.loads(subprocess.run(argv, capture_output=True, text=True).stdout)
+        if "error" not in out:
+            break
+        time.sleep(1)
+    else:
+        raise RuntimeError(f"iperf3 {' '.join(argv[1:])}: {out['error']}")
+    return float(out["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def both_ways(host: str, port: int = 5201) -> tuple[float, float]:
+    iperf(host, port)  # warm up (TCG translates the guest's network path once)
+    return iperf(host, port, reverse=True), iperf(host, port)
+
+
+def vm_uid(root: Path, name: str) -> str:
+    return ignite(root, "inspect", "vm", name, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+
+
+def run_vm(root: Path, name: str, *flags: str) -> Path:
+    ignite(root, "run", "iperfbox:latest", "--name", name, "--cpus", "2", "--memory", "256MB",
+           "--size", "256MB", *flags)
+    d = root / "vm" / vm_uid(root, name)
+    wait_file(d / "console.log", MARKER, timeout=300)
+    return d
+
+
+def hand_config(src: Path, dest: Path) -> None:
+    """The VM's config disk with the hand-made bridge's address in vm.env."""
+    with tarfile.open(src) as tin, tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None  # type: ignore[union-attr]
+            if m.name == "vm.env" and data is not None:
+                text = re.sub(r"IGNITE_IP=\S+", f"IGNITE_IP={HAND_NET}.2/24", data.decode())
+                text = re.sub(r"IGNITE_GW=\S+", f"IGNITE_GW={HAND_NET}.1", text)
+                data = text.encode()
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+
+
+def hand_bridge_vm(d: Path) -> subprocess.Popen[bytes]:
+    """The stopped user-mode VM's QEMU command line with its NIC on a tap of
+    a plain bridge made here (no namespace, no CNI, no tc)."""
+    sh = ["ip", "link"]
+    subprocess.run([*sh, "add", HAND_BRIDGE, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{HAND_NET}.1/24", "dev", HAND_BRIDGE], check=True)
+    subprocess.run([*sh, "set", HAND_BRIDGE, "up"], check=True)
+    subprocess.run(["ip", "tuntap", "add", HAND_TAP, "mode", "tap", "vnet_hdr"], check=True)
+    subprocess.run([*sh, "set", HAND_TAP, "master", HAND_BRIDGE, "up"], check=True)
+    hand_config(d / "config.tar", d / "hand-config.tar")
+    argv = (d / "qemu.cmdline").read_text().splitlines()
+    out: list[str] = []
+    skip = 0
+    for i, a in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if a in ("-daemonize",):
+            continue
+        if a == "-pidfile":
+            skip = 1
+            continue
+        if i and argv[i - 1] == "-netdev":
+            a = f"tap,id=net0,ifname={HAND_TAP},script=no,downscript=no"
+        a = a.replace(str(d / "config.tar"), str(d / "hand-config.tar"))
+        out.append(a)
+    (d / "console.log").write_bytes(b"")
+    proc = subprocess.Popen(out, stdin=subprocess.DEVNULL)
+    wait_file(d / "console.log", MARKER, timeout=300)
+    return proc
+
+
+def drop_hand_bridge() -> None:
+    for dev in (HAND_TAP, HAND_BRIDGE):
+        subprocess.run(["ip", "link", "del", dev], capture_output=True, check=False)
+
+
+def bare_add_del(conf: dict[str, object], ns: str) -> float:
+    """The baseline: the steps any CNI runtime takes, done by hand."""
+    start = time.monotonic()
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    env = dict(os.environ, CNI_CONTAINERID=ns, CNI_NETNS=f"/run/netns/{ns}", CNI_IFNAME="eth0",
+               CNI_PATH="/usr/lib/cni")
+    prev = None
+    plugins = conf["plugins"]
+    for p in plugins:  # type: ignore[attr-defined]
+        c = {**p, "cniVersion": conf["cniVersion"], "name": conf["name"],
+             **({"prevResult": prev} if prev else {})}
+        prev = json.loads(subprocess.run([f"/usr/lib/cni/{p['type']}"], input=json.dumps(c),
+                                         env={**env, "CNI_COMMAND": "ADD"}, check=True,
+                                         capture_output=True, text=True).stdout)
+    for p in reversed(plugins):  # type: ignore[call-overload]
+        c = {**p, "cniVersion": conf["cniVersion"], "name": conf["name"], "prevResult": prev}
+        subprocess.run([f"/usr/lib/cni/{p['type']}"], input=json.dumps(c),
+                       env={**env, "CNI_COMMAND": "DEL"}, check=True, capture_output=True,
+                       text=True)
+    subprocess.run(["ip", "netns", "delete", ns], check=True)
+    return time.monotonic() - start
+
+
+def ours_add_del(root: Path, d: Path) -> float:
+    from ignitevm.providers.network.cni import vm
+
+    start = time.monotonic()
+    with vm.attached(root, d, "ignite-bench", "0123456789abcdef", ()):
+        pass
+    vm.release(d)
+    return time.monotonic() - start
+
+
+def setup_teardown(root: Path, rounds: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from ignitevm.providers.network.cni import conflist
+
+    conf = conflist.load(root)
+    d = root / "vm" / "0123456789abcdef"
+    d.mkdir(parents=True, exist_ok=True)
+    ours_add_del(root, d)  # warm: imports, the bridge, page cache of the plugins
+    bare_add_del(conf, "ignite-bench-bare")
+    ours, base = [], []
+    for _ in range(rounds):
+        base.append(bare_add_del(conf, "ignite-bench-bare"))
+        ours.append(ours_add_del(root, d))
+    report("network setup + teardown per VM vs bare netns + CNI ADD/DEL (target <= 1.2)",
+           ours, base)
+
+
+def main(root: Path) -> None:
+    if os.geteuid() != 0:
+        sys.exit("bench.network needs root")
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    name, bridge, _subnet = write_default(root, tag=11)
+    try:
+        setup_teardown(root, rounds)
+        ignite(root, "kernel", "import", "debian")
+        ignite(root, "image", "import", str(iperf_image(root.parent / "iperfbox.tar")))
+
+        # One VM at a time for slirp; then the CNI VM and the hand-made one
+        # side by side, measured in turns (this machine's load drifts).
+        d = run_vm(root, "u", "--network-plugin", "user", "-p", "15201:5201")
+        user = [both_ways("127.0.0.1", 15201) for _ in range(2)]
+        ignite(root, "stop", "u")
+        run_vm(root, "p", "--network-plugin", "passt", "-p", "15202:5201")
+        passt = [both_ways("127.0.0.1", 15202) for _ in range(2)]
+        ignite(root, "rm", "-f", "p")
+        cni: list[tuple[float, float]] = []
+        hand: list[tuple[float, float]] = []
+        try:
+            proc = hand_bridge_vm(d)
+            try:
+                run_vm(root, "c", "--network-plugin", "cni")
+                ip = json.loads(ignite(root, "inspect", "vm", "c").stdout)["status"][
+                    "network"]["ipAddresses"][0]
+                for _ in range(3):
+                    cni.append(both_ways(ip))
+                    hand.append(both_ways(f"{HAND_NET}.2"))
+            finally:
+                proc.kill()
+                proc.wait()
+        finally:
+            drop_hand_bridge()
+        ignite(root, "rm", "-f", "u", "c")
+        for i, way in enumerate(("guest -> host", "host -> guest")):
+            c, h, u, p = (median([x[i] for x in xs]) for xs in (cni, hand, user, passt))
+            print(f"iperf3 {way}, Mb/s (medians of {len(cni)}, {len(hand)}, {len(user)}, "
+                  f"{len(passt)} runs of 5 s): CNI {c:.0f}, hand-made bridge + tap {h:.0f}, "
+                  f"user mode (slirp) {u:.0f}, passt {p:.0f}; CNI/bridge {c / h:.2f} "
+                  f"(target >= 0.9), CNI/slirp {c / u:.2f} (target >= 3), passt/slirp "
+                  f"{p / u:.2f} (target >= 2)")
+    finally:
+        remove_network(name, bridge)
+
+
+if __name__ == "__main__":
+    run_bench(main)

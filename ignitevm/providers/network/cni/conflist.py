@@ -1,0 +1,93 @@
+"""Network definitions: one conflist per network, in a folder the project owns
+(``<root>/cni``, or the user's own folder named by IGNITE_CNI_CONF_DIR, as
+with containerd). The default network is written on first use: Ignite's
+bridge ``ignite0`` with host-local addresses from 10.61.0.0/16, masquerade,
+port maps and the firewall plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ignitevm.errors import InvalidInput, NotFound
+
+DEFAULT = "default"
+DEFAULT_NAME = "ignite-cni-bridge"
+DEFAULT_BRIDGE = "ignite0"
+DEFAULT_SUBNET = "10.61.0.0/16"
+CNI_VERSION = "1.0.0"  # the newest the plugins Debian ships speak
+
+
+def conf_dir(root: Path) -> Path:
+    return Path(os.environ.get("IGNITE_CNI_CONF_DIR") or root / "cni")
+
+
+def bridge_conflist(name: str, bridge: str, subnet: str, gateway: str = "",
+                    internal: bool = False) -> dict[str, Any]:
+    """A bridge network: VMs on ``bridge`` get addresses from ``subnet``;
+    not ``internal``: they reach out through masquerade and take port maps."""
+    rng: dict[str, Any] = {"subnet": subnet}
+    if gateway:
+        rng["gateway"] = gateway
+    bridge_conf: dict[str, Any] = {
+        "type": "bridge", "bridge": bridge, "isGateway": True,
+        "isDefaultGateway": not internal, "promiscMode": True, "ipMasq": not internal,
+        "ipam": {"type": "host-local", "ranges": [[rng]]},
+    }
+    plugins: list[dict[str, Any]] = [bridge_conf]
+    if not internal:
+        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+    plugins.append({"type": "firewall"})
+    return {"cniVersion": CNI_VERSION, "name": name, "plugins": plugins}
+
+
+def path(root: Path, network: str) -> Path:
+    return conf_dir(root) / f"{network}.conflist"
+
+
+def write(root: Path, network: str, conflist: dict[str, Any]) -> Path:
+    from ignitevm.util.fs import atomic_write
+
+    p = path(root, network)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(p, json.dumps(conflist, indent=2) + "\n")
+    return p
+
+
+def load(root: Path, network: str = DEFAULT) -> dict[str, Any]:
+    """The conflist of ``network``; the default one is made on first use."""
+    p = path(root, network)
+    if not p.exists():
+        if network != DEFAULT:
+            raise NotFound(f"network {network!r} does not exist",
+                           hint=f"the networks are the .conflist files in {p.parent}")
+        write(root, network, bridge_conflist(DEFAULT_NAME, DEFAULT_BRIDGE, DEFAULT_SUBNET))
+    try:
+        conf = json.loads(p.read_text())
+    except ValueError as exc:
+        raise InvalidInput(f"network config {p} is not valid JSON: {exc}") from exc
+    check(conf, p)
+    return conf
+
+
+def check(conf: Any, where: Path | str) -> None:
+    plugins = conf.get("plugins") if isinstance(conf, dict) else None
+    if (not isinstance(conf, dict) or not isinstance(conf.get("name"), str) or not conf["name"]
+            or not isinstance(plugins, list) or not plugins
+            or not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in plugins)):
+        raise InvalidInput(f"network config {where} is not a CNI conflist",
+                           hint="it needs a name and a list of plugins, each with a type")
+
+
+def subnets(conf: dict[str, Any]) -> list[str]:
+    """The host-local subnets a conflist hands out (for messages and checks)."""
+    out = []
+    for p in conf["plugins"]:
+        ipam = p.get("ipam") or {}
+        for rs in ipam.get("ranges") or []:
+            out += [r["subnet"] for r in rs if isinstance(r, dict) and "subnet" in r]
+        if "subnet" in ipam:
+            out.append(ipam["subnet"])
+    return out

@@ -1,0 +1,105 @@
+"""Remove what an attachment left behind when DEL could not: after a host
+reboot or a deleted namespace, the bridge plugin keeps its masquerade rules
+(they carry a comment naming the container id), portmap keeps its chains if
+it is missing, the firewall plugin keeps its per-address rules without a
+cached result, and host-local keeps leases. All are found by the id or the
+addresses of the attachment, never by guessing."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from pathlib import Path
+
+from ignitevm.errors import IgniteError
+from ignitevm.log import log
+
+LEASE_DIR = Path("/var/lib/cni/networks")
+
+
+def lease_dir(conf: dict[str, object]) -> Path:
+    for p in conf.get("plugins") or []:  # type: ignore[attr-defined]
+        ipam = p.get("ipam") or {}
+        if ipam.get("type") == "host-local":
+            return Path(ipam.get("dataDir") or LEASE_DIR) / str(conf["name"])
+    return LEASE_DIR / str(conf["name"])
+
+
+def leases(conf: dict[str, object], container_id: str) -> list[Path]:
+    """host-local's lease files held by ``container_id`` (file name = address)."""
+    d = lease_dir(conf)
+    out = []
+    with contextlib.suppress(OSError):
+        for f in d.iterdir():
+            if f.name.startswith(("last_reserved_ip", "lock")):
+                continue
+            with contextlib.suppress(OSError):
+                if f.read_text().splitlines()[:1] == [container_id]:
+                    out.append(f)
+    return out
+
+
+def lease_owner(conf: dict[str, object], ip: str) -> str | None:
+    try:
+        lines = (lease_dir(conf) / ip).read_text().splitlines()
+    except OSError:
+        return None
+    return lines[0] if lines else ""
+
+
+def _iptables_save(table: str) -> list[str]:
+    from ignitevm.util.proc import run
+
+    res = run(["iptables-save", "-t", table], check=False)
+    return res.stdout.splitlines() if res.returncode == 0 else []
+
+
+def _iptables(table: str, *words: str) -> None:
+    from ignitevm.util.proc import run
+
+    try:
+        run(["iptables", "-w", "-t", table, *words])
+    except IgniteError as exc:
+        log.debug("sweep: %s", exc)
+
+
+def iptables(container_id: str, addresses: list[str]) -> None:
+    """Delete the rules naming ``container_id`` in their comment (and the chains
+    they jump to), and the firewall plugin's rules for ``addresses``."""
+    tag = f'id: \\"{container_id}\\"'
+    hosts = {f"{a.split('/')[0]}/32" for a in addresses}
+    for table in ("nat", "filter"):
+        rules, chains = [], set()
+        for line in _iptables_save(table):
+            if not line.startswith("-A "):
+                continue
+            words = shlex.split(line)
+            mine = tag in line
+            if not mine and words[1] == "CNI-FORWARD":
+                mine = any(w in hosts for w in words)
+            if not mine:
+                continue
+            rules.append(words[1:])
+            if "-j" in words:
+                target = words[words.index("-j") + 1]
+                if target.startswith("CNI-") and target not in (
+                        "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK",
+                        "CNI-FORWARD", "CNI-ADMIN"):
+                    chains.add(target)
+        for rule in rules:
+            _iptables(table, "-D", *rule)
+        for chain in chains:
+            _iptables(table, "-F", chain)
+            _iptables(table, "-X", chain)
+
+
+def all_for(conf: dict[str, object], container_id: str, addresses: list[str]) -> None:
+    """Everything ``container_id`` may have left: rules, chains, leases."""
+    iptables(container_id, addresses)
+    leases_of(conf, container_id)
+
+
+def leases_of(conf: dict[str, object], container_id: str) -> None:
+    for f in leases(conf, container_id):
+        log.debug("sweep: lease %s", f)
+        f.unlink(missing_ok=True)

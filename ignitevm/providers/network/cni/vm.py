@@ -1,0 +1,310 @@
+"""A VM's CNI attachment, kept in a record in the VM's folder.
+
+The record (``network.json``) is written before the namespace and CNI ADD,
+so whatever kills the CLI half-way, the next command finds what to release;
+the ADD result is cached in it as soon as the chain returns, before anything
+needs it. Release is DEL in reverse with that result, then a sweep by the
+attachment's id and addresses, then the namespace; it is safe to repeat and
+runs on every path: stop, kill, rm, a failed start, and the first command
+that finds the VM's QEMU gone while the record is still there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ignitevm.errors import Conflict, IgniteError, InvalidInput
+from ignitevm.log import log
+from ignitevm.providers.network.base import Forward, NetPlan
+from ignitevm.providers.network.cni import chain, conflist, netns, sweep
+from ignitevm.providers.network.cni.plugins import CNIError
+from ignitevm.util.fs import flock
+
+RECORD = "network.json"
+LAST_IP = "network.ip"  # the addresses to ask for again at the next start
+
+
+def container_id(prefix: str, uid: str) -> str:
+    return f"{prefix or 'ignite'}-{uid}"
+
+
+def _write(d: Path, rec: dict[str, Any]) -> None:
+    # Whole or not at all, without fsync: a killed CLI loses nothing that was
+    # written, and after a power loss the namespaces are gone anyway.
+    tmp = d / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(rec) + "\n")
+    os.replace(tmp, d / RECORD)
+
+
+def read(d: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads((d / RECORD).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+class Want(NamedTuple):
+    """One interface the VM asks for: a network, maybe an address and a MAC."""
+
+    network: str = conflist.DEFAULT
+    ip: str = ""
+    mac: str = ""
+
+
+def _attachment(rec: dict[str, Any], att: dict[str, Any]) -> chain.Attachment:
+    return chain.Attachment(rec["containerID"], str(netns.path(rec["netns"])), att["ifname"],
+                            att.get("args", ""), att.get("runtime") or {})
+
+
+def _attachments(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    if "attachments" in rec:
+        return list(rec["attachments"])
+    return [rec]  # (one network, the first record form)
+
+
+def release(d: Path) -> None:
+    """Undo the attachments recorded in ``d``, whatever state they were left in."""
+    rec = read(d)
+    if rec is None:
+        return
+    cid = rec["containerID"]
+    if rec.get("state") == "adding" and rec.get("pid") != os.getpid():
+        from ignitevm.providers.network.cni.plugins import stop_strays
+
+        stop_strays(cid)  # the CLI that made it was killed, maybe in the middle of ADD
+    present = netns.exists(rec["netns"])
+    for att in reversed(_attachments(rec)):
+        _release_one(rec, att, present)
+    netns.delete(rec["netns"])
+    (d / RECORD).unlink(missing_ok=True)
+    log.debug("released the network of %s", cid)
+
+
+def _release_one(rec: dict[str, Any], att: dict[str, Any], present: bool) -> None:
+    conf, cid = att["conflist"], rec["containerID"]
+    result = att.get("result")
+    addresses = [ip["address"] for ip in (result or {}).get("ips") or []]
+    if not addresses:  # killed before the result was cached: the leases tell
+        addresses = [f"{f.name}/32" for f in sweep.leases(conf, cid)]
+        if addresses:
+            result = {"cniVersion": conf.get("cniVersion", conflist.CNI_VERSION),
+                      "ips": [{"address": a} for a in addresses]}
+    complete = result is not None and present
+    try:
+        chain.delete(conf, _attachment(rec, att), result)
+    except IgniteError as exc:
+        log.debug("CNI DEL of %s on %s: %s (sweeping instead)", cid, conf["name"], exc)
+        complete = False
+    if complete:  # the plugins released all they made; leases are checked anyway
+        sweep.leases_of(conf, cid)
+    else:
+        sweep.all_for(conf, cid, addresses)
+
+
+def held_ports(vm_dirs: Iterator[Path], skip: Path | None) -> dict[tuple[str, int], str]:
+    """Host ports claimed by other VMs' records, and by whom."""
+    out = {}
+    for d in vm_dirs:
+        if d == skip:
+            continue
+        rec = read(d) or {}
+        for proto, _ip, port in rec.get("ports") or []:
+            out[(proto, int(port))] = rec.get("name") or d.name
+    return out
+
+
+def check_ports(root: Path, d: Path | None, forwards: tuple[Forward, ...]) -> None:
+    """Refuse a host port another VM maps (portmap would take a second rule
+    and silently lose it) or any process on the host uses."""
+    vm_dirs = root / "vm"
+    held = held_ports(vm_dirs.iterdir() if vm_dirs.is_dir() else iter(()), d)
+    for f in forwards:
+        other = held.get((f.proto, f.host_port))
+        if other is not None:
+            raise Conflict(f"host port {f.host_port}/{f.proto} is already mapped to "
+                           f"VM {other!r}", hint="choose another host port with -p")
+        check_port_free(f)
+
+
+def check_wants(root: Path, wants: list[tuple[str, str]]) -> None:
+    """Each network exists and the address asked for is one of its hosts."""
+    for network, ip in wants:
+        conf = conflist.load(root, network)
+        if ip:
+            subnets = conflist.subnets(conf)
+            addr = ipaddress.ip_address(ip)
+            if not any(addr in (n := ipaddress.ip_network(s)) and addr not in (
+                    n.network_address, n.broadcast_address) for s in subnets):
+                raise InvalidInput(f"--ip {ip} is not in network {network!r} "
+                                   f"({', '.join(subnets)})")
+            if sweep.lease_owner(conf, ip) is not None:
+                raise Conflict(f"address {ip} in network {network!r} is taken",
+                               hint="choose another --ip, or leave it out")
+
+
+def check_port_free(f: Forward) -> None:
+    """A bind test: is some process on the host using this port?"""
+    import socket
+
+    kind = socket.SOCK_STREAM if f.proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((f.host_ip if f.host_ip not in ("", "0.0.0.0") else "0.0.0.0", f.host_port))
+        except OSError as exc:
+            raise Conflict(f"host port {f.host_port}/{f.proto} is already in use on this host "
+                           f"({exc.strerror})",
+                           hint="choose another host port with -p, or stop what uses it") from exc
+
+
+def _requested_ip(last: str, conf: dict[str, Any], cid: str, want: Want) -> str:
+    """The address to ask host-local for: --ip, else the one the VM had."""
+    if want.ip:
+        owner = sweep.lease_owner(conf, want.ip)
+        if owner not in (None, cid):
+            raise Conflict(f"address {want.ip} in network {want.network!r} is taken",
+                           hint="choose another --ip, or leave it out")
+        return want.ip
+    if not last:
+        return ""
+    owner = sweep.lease_owner(conf, last)
+    in_subnet = any(ipaddress.ip_address(last) in ipaddress.ip_network(s)
+                    for s in conflist.subnets(conf))
+    return last if in_subnet and owner in (None, cid) else ""  # else a new one
+
+
+def _port_maps(forwards: tuple[Forward, ...]) -> dict[str, Any]:
+    return {"portMappings": [
+        {"hostPort": f.host_port, "containerPort": f.guest_port, "protocol": f.proto,
+         **({"hostIP": f.host_ip} if f.host_ip not in ("", "0.0.0.0") else {})}
+        for f in forwards]}
+
+
+def _last_ips(d: Path) -> list[str]:
+    try:
+        return (d / LAST_IP).read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+@contextlib.contextmanager
+def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward, ...],
+             wants: tuple[Want, ...] = (Want(),), dns: tuple[str, ...] = (),
+             search: tuple[str, ...] = (), name: str = "") -> Iterator[NetPlan]:
+    """Attach the VM in ``d`` to its networks (eth0, eth1, … in one namespace)
+    for one start; yields the plan for QEMU and the guest (more interfaces in
+    ``plan.more``). Port maps go to the first network. Any failure in the body
+    releases everything; the taps' fds are closed at the end either way (QEMU
+    holds its own)."""
+    from ignitevm.providers.network.cni import tap as tapmod
+
+    release(d)  # DEL anything an earlier run of this VM left (killed CLI, dead QEMU, reboot)
+    cid = container_id(prefix, uid)
+    last = _last_ips(d)
+    atts = []
+    for i, want in enumerate(wants):
+        conf = conflist.load(root, want.network)
+        if i == 0 and forwards and not any(p.get("type") == "portmap"
+                                           for p in conf["plugins"]):
+            raise InvalidInput(f"network {want.network!r} takes no port maps (-p)",
+                               hint="publish ports on a network with the portmap plugin")
+        requested = _requested_ip(last[i] if i < len(last) else "", conf, cid, want)
+        atts.append({"network": want.network, "conflist": conf, "ifname": f"eth{i}",
+                     "args": f"IgnoreUnknown=1;IP={requested}" if requested else "",
+                     "runtime": _port_maps(forwards) if i == 0 else {}, "result": None})
+    rec: dict[str, Any] = {
+        "plugin": "cni", "name": name, "netns": cid, "containerID": cid,
+        "state": "adding", "pid": os.getpid(),
+        "ports": [[f.proto, f.host_ip, f.host_port] for f in forwards], "attachments": atts,
+    }
+    with contextlib.ExitStack() as undo:
+        (root / "cni").mkdir(parents=True, exist_ok=True)
+        with flock(root / "cni" / ".ports.lock"):
+            check_ports(root, d, forwards)
+            _write(d, rec)  # before anything is made: the next command can finish the job
+        undo.callback(release, d)
+        netns.create(cid)
+        plans = []
+        for i, (want, att) in enumerate(zip(wants, atts, strict=True)):
+            att["result"] = _add(att, rec, want)
+            _write(d, rec)  # the result is cached before anything uses it
+            plans.append(_plan(att["result"], forwards if i == 0 else (), dns, search))
+        (d / LAST_IP).write_text(" ".join(p.address for p in plans) + "\n")
+        taps = []
+        try:
+            for i, want in enumerate(wants):
+                taps.append(tapmod.open_tap(cid, f"eth{i}", f"tap{i}", want.mac))
+            full = [p._replace(mac=t.mac, tap_fd=t.fd) for p, t in zip(plans, taps, strict=True)]
+            rec["state"] = "ready"
+            _write(d, rec)
+            yield full[0]._replace(more=tuple(full[1:]))
+        finally:
+            for t in taps:
+                os.close(t.fd)
+        undo.pop_all()
+
+
+def _add(att: dict[str, Any], rec: dict[str, Any], want: Want) -> dict[str, Any]:
+    conf = att["conflist"]
+    try:
+        return chain.add(conf, _attachment(rec, att))
+    except CNIError as exc:
+        if "no IP addresses available" in str(exc):
+            subnet = ", ".join(conflist.subnets(conf))
+            raise Conflict(f"no addresses left in {want.network} ({subnet})",
+                           hint="remove VMs from it, or use another network") from None
+        if want.ip and ("not available" in str(exc) or "out of range" in str(exc)
+                        or "not in" in str(exc)):
+            raise Conflict(f"--ip {want.ip} cannot be given in {want.network}: {exc}") from None
+        raise
+
+
+def _plan(result: dict[str, Any], forwards: tuple[Forward, ...], dns: tuple[str, ...],
+          search: tuple[str, ...]) -> NetPlan:
+    ips = [ip for ip in result.get("ips") or [] if "." in ip.get("address", "")]
+    if not ips:
+        raise IgniteError("the network gave the VM no IPv4 address",
+                          hint="check the ipam section of the network's conflist")
+    gateway = ""  # only a network with a default route gives one (not --internal)
+    for r in result.get("routes") or []:
+        if r.get("dst") == "0.0.0.0/0" and r.get("gw"):
+            gateway = r["gw"]
+    given = result.get("dns") or {}
+    servers = list(dns) or given.get("nameservers") or host_nameservers()
+    return NetPlan(plugin="cni", mac="", guest_ip=ips[0]["address"], gateway=gateway,
+                   dns=" ".join(servers), forwards=forwards,
+                   dns_search=" ".join(search or given.get("search") or []))
+
+
+def host_nameservers() -> list[str]:
+    """The host's name servers a VM can reach (not the host's loopback ones)."""
+    out = []
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] == "nameserver" and not words[1].startswith(
+                    ("127.", "::1")):
+                out.append(words[1])
+    return out
+
+
+def release_if_dead(d: Path, running: Callable[[], bool]) -> bool:
+    """Release a VM's network if its QEMU is gone but the record is still
+    there (it died by itself, the host rebooted, the CLI was killed); skipped
+    while another command holds the VM's lock. True if it released."""
+    try:
+        with flock(d / ".lock", blocking=False):
+            if running():
+                return False
+            release(d)
+    except BlockingIOError:
+        return False
+    return True

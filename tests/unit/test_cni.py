@@ -1,0 +1,286 @@
+"""The CNI driver against the real plugins, in throwaway namespaces (no VM).
+
+Needs root and Debian's containernetworking-plugins; skips otherwise. Each
+test's network has its own bridge and subnet, removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ignitevm.errors import Conflict, IgniteError, InvalidInput, MissingTool, NotFound
+from ignitevm.providers.network.base import Forward
+from ignitevm.providers.network.cni import chain, conflist, netns, networks, plugins, vm
+from tests.helpers.cninet import remove_network, require_cni, snapshot, write_default
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[tuple[Path, str, str, str]]:
+    require_cni()
+    root = tmp_path / "root"
+    (root / "vm").mkdir(parents=True)
+    name, bridge, subnet = write_default(root, tag=1)
+    before = snapshot(exclude=(bridge,))
+    try:
+        yield root, name, bridge, subnet
+        assert snapshot(exclude=(bridge,)) == before
+    finally:
+        for d in (root / "vm").iterdir():
+            vm.release(d)
+        remove_network(name, bridge)
+
+
+def vmdir(root: Path, uid: str) -> Path:
+    d = root / "vm" / uid
+    d.mkdir()
+    return d
+
+
+def ip_in(ns: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                          text=True, check=False).stdout
+
+
+def test_add_del_chain(net: tuple[Path, str, str, str]) -> None:
+    root, name, _bridge, subnet = net
+    conf = conflist.load(root)
+    ns = "ignite-unit-chain"
+    netns.create(ns)
+    att = chain.Attachment(ns, str(netns.path(ns)), "eth0", runtime={"portMappings": [
+        {"hostPort": 18931, "containerPort": 80, "protocol": "tcp"}]})
+    try:
+        result = chain.add(conf, att)
+        addr = result["ips"][0]["address"]
+        assert addr.startswith(subnet.rsplit(".", 2)[0])
+        assert (Path("/var/lib/cni/networks") / name / addr.split("/")[0]).exists()
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        assert f'id: \\"{ns}\\"' in rules and "--dport 18931" in rules
+        chain.delete(conf, att, result)
+        chain.delete(conf, att, result)  # DEL is safe to repeat
+        assert f'id: \\"{ns}\\"' not in subprocess.run(
+            ["iptables-save"], capture_output=True, text=True).stdout
+    finally:
+        netns.delete(ns)
+
+
+def test_error_json_is_one_clear_error(net: tuple[Path, str, str, str]) -> None:
+    root, _name, _bridge, _subnet = net
+    conf = conflist.load(root)
+    ns = "ignite-unit-err"
+    netns.create(ns)
+    att = chain.Attachment(ns, str(netns.path(ns)), "eth0", args="IgnoreUnknown=1;IP=192.0.2.9")
+    try:
+        with pytest.raises(plugins.CNIError) as err:
+            chain.add(conf, att)
+        assert "CNI plugin bridge failed on ADD" in str(err.value)
+        assert "192.0.2.9" in str(err.value)
+        chain.delete(conf, att, None)
+    finally:
+        netns.delete(ns)
+
+
+def test_missing_plugin_names_the_package(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setattr(plugins, "SEARCH_PATH", (str(tmp_path),))
+    monkeypatch.delenv("IGNITE_CNI_PATH", raising=False)
+    with pytest.raises(MissingTool) as err:
+        plugins.find("bridge")
+    assert "containernetworking-plugins" in (err.value.hint or "")
+
+
+def test_attach_gives_mac_ip_tap_and_releases(net: tuple[Path, str, str, str]) -> None:
+    root, _name, _bridge, _subnet = net
+    d = vmdir(root, "0123456789abcdef")
+    fwd = (Forward("tcp", "", 18932, 80),)
+    with vm.attached(root, d, "ignite-unit", "0123456789abcdef", fwd) as plan:
+        rec = json.loads((d / vm.RECORD).read_text())
+        result = rec["attachments"][0]["result"]
+        assert result["ips"][0]["address"] == plan.guest_ip  # cached before use
+        ns = rec["netns"]
+        assert plan.tap_fd >= 0 and plan.gateway
+        assert plan.mac in ip_in(ns, "ip", "link", "show", "eth0")
+        assert "Redirect to device tap0" in ip_in(ns, "tc", "filter", "show", "dev", "eth0",
+                                                  "ingress")
+        first_ip = plan.address
+    assert netns.exists(ns)  # the attachment outlives the CLI's part in the start
+    vm.release(d)
+    vm.release(d)  # safe to repeat
+    assert not netns.exists(ns)
+    # The next start asks for the same address again.
+    with vm.attached(root, d, "ignite-unit", "0123456789abcdef", ()) as plan:
+        assert plan.address == first_ip
+    vm.release(d)
+
+
+def test_failure_in_body_releases_everything(net: tuple[Path, str, str, str]) -> None:
+    root, *_ = net
+    d = vmdir(root, "1123456789abcdef")
+    with pytest.raises(RuntimeError), vm.attached(root, d, "ignite-unit", "1123456789abcdef",
+                                                  ()):
+        raise RuntimeError("QEMU failed")
+    assert not (d / vm.RECORD).exists()
+
+
+def test_add_failing_half_way_leaves_nothing(net: tuple[Path, str, str, str]) -> None:
+    root, name, bridge, subnet = net
+    conf = conflist.bridge_conflist(name, bridge, subnet)
+    conf["plugins"].insert(1, {"type": "tuning", "sysctl": {"net.no.such.knob": "1"}})
+    conflist.write(root, "broken", conf)
+    d = vmdir(root, "2123456789abcdef")
+    with pytest.raises(IgniteError), vm.attached(root, d, "ignite-unit", "2123456789abcdef",
+                                                 (), (vm.Want("broken"),)):
+        pass
+    assert not (d / vm.RECORD).exists()
+
+
+def test_lost_namespace_is_swept(net: tuple[Path, str, str, str]) -> None:
+    """A host reboot: the namespace is gone, the record stays; release sweeps
+    the masquerade rules, the port maps and the lease by the attachment's id."""
+    root, *_ = net
+    d = vmdir(root, "3123456789abcdef")
+    with vm.attached(root, d, "ignite-unit", "3123456789abcdef",
+                     (Forward("tcp", "", 18933, 80),)):
+        pass
+    subprocess.run(["ip", "netns", "delete", "ignite-unit-3123456789abcdef"], check=True)
+    vm.release(d)
+
+
+def test_killed_before_the_result_was_cached(net: tuple[Path, str, str, str]) -> None:
+    root, *_ = net
+    d = vmdir(root, "4123456789abcdef")
+    with vm.attached(root, d, "ignite-unit", "4123456789abcdef", ()):
+        pass
+    rec = json.loads((d / vm.RECORD).read_text())
+    rec["attachments"][0]["result"] = None  # as if the CLI died between ADD and caching it
+    (d / vm.RECORD).write_text(json.dumps(rec))
+    vm.release(d)
+
+
+def test_host_port_in_use_is_refused(net: tuple[Path, str, str, str]) -> None:
+    root, *_ = net
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        d = vmdir(root, "5123456789abcdef")
+        with pytest.raises(Conflict, match="already in use"), vm.attached(
+                root, d, "ignite-unit", "5123456789abcdef", (Forward("tcp", "", port, 80),)):
+            pass
+    # ...and a port another VM maps (portmap itself would accept it silently).
+    d1, d2 = vmdir(root, "6123456789abcdef"), vmdir(root, "7123456789abcdef")
+    with vm.attached(root, d1, "ignite-unit", "6123456789abcdef",
+                     (Forward("tcp", "", 18934, 80),)):
+        pass
+    with pytest.raises(Conflict, match="already mapped"), vm.attached(
+            root, d2, "ignite-unit", "7123456789abcdef", (Forward("tcp", "", 18934, 80),)):
+        pass
+    vm.release(d1)
+    assert not (d2 / vm.RECORD).exists()
+
+
+@pytest.fixture
+def lab(net: tuple[Path, str, str, str]) -> Iterator[tuple[Path, networks.Network]]:
+    """A second network, /29: five addresses for VMs."""
+    root = net[0]
+    n = os.getpid() % 200 + 20
+    made = networks.create(root, f"lab{n}", f"10.{251}.{n}.0/29")
+    try:
+        yield root, made
+    finally:
+        networks.remove(root, made.name, [])
+
+
+def test_two_networks_a_mac_and_an_address(lab: tuple[Path, networks.Network]) -> None:
+    root, made = lab
+    d = vmdir(root, "8123456789abcdef")
+    want_ip = made.subnet.rsplit(".", 1)[0] + ".5"
+    wants = (vm.Want("default", mac="02:11:22:33:44:55"), vm.Want(made.name, ip=want_ip))
+    with vm.attached(root, d, "ignite-unit", "8123456789abcdef", (), wants,
+                     dns=("192.0.2.53",), search=("lab.example",)) as plan:
+        assert plan.mac == "02:11:22:33:44:55" and plan.gateway
+        assert plan.dns == "192.0.2.53" and plan.dns_search == "lab.example"
+        (eth1,) = plan.more
+        assert eth1.address == want_ip and eth1.tap_fd >= 0
+        ns = "ignite-unit-8123456789abcdef"
+        assert "02:11:22:33:44:55" in ip_in(ns, "ip", "link", "show", "eth0")
+        assert want_ip in ip_in(ns, "ip", "addr", "show", "eth1")
+    # The address is taken now: another VM asking for it is refused.
+    with pytest.raises(Conflict, match="is taken"):
+        vm.check_wants(root, [(made.name, want_ip)])
+    vm.release(d)
+    vm.check_wants(root, [(made.name, want_ip)])
+    with pytest.raises(InvalidInput, match="is not in network"):
+        vm.check_wants(root, [(made.name, "10.99.99.99")])
+    with pytest.raises(NotFound):
+        vm.check_wants(root, [("no-such-net", "")])
+
+
+def test_a_full_network_says_so(lab: tuple[Path, networks.Network]) -> None:
+    root, made = lab
+    dirs = [vmdir(root, f"9{i}23456789abcde") for i in range(6)]
+    for i, d in enumerate(dirs[:5]):
+        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)):
+            pass
+        assert i < 5
+    with pytest.raises(Conflict, match=rf"no addresses left in {made.name} \({made.subnet}\)"), \
+            vm.attached(root, dirs[5], "ignite-unit", dirs[5].name, (), (vm.Want(made.name),)):
+        pass
+    for d in dirs:
+        vm.release(d)
+
+
+def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
+    root, _name, _bridge, subnet = net
+    with pytest.raises(Conflict, match="overlaps"):
+        networks.create(root, "clash", subnet)
+    with pytest.raises(InvalidInput, match="invalid --subnet"):
+        networks.create(root, "bad", "10.1.2.3/24")
+    with pytest.raises(InvalidInput, match="not a host address"):
+        networks.create(root, "bad", "10.252.0.0/24", gateway="10.253.0.1")
+    with pytest.raises(InvalidInput, match="invalid network name"):
+        networks.create(root, "default", "10.252.0.0/24")
+    networks.create(root, "inuse", "10.252.9.0/24")
+    with pytest.raises(Conflict, match="in use by VM 'web'"):
+        networks.remove(root, "inuse", ["web"])
+    networks.remove(root, "inuse", [])
+    assert not conflist.path(root, "inuse").exists()
+
+
+def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> None:
+    root = net[0]
+    made = networks.create(root, f"iso{os.getpid() % 200 + 20}", "10.248.7.0/28",
+                           internal=True)
+    try:
+        types = [p["type"] for p in made.conf["plugins"]]
+        assert "portmap" not in types and made.internal
+        d = vmdir(root, "a123456789abcdef")
+        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)) as plan:
+            assert plan.gateway == ""  # the guest gets no default route
+        vm.release(d)
+        with pytest.raises(InvalidInput, match="takes no port maps"), vm.attached(
+                root, d, "ignite-unit", d.name, (Forward("tcp", "", 18935, 80),),
+                (vm.Want(made.name),)):
+            pass
+        assert not (d / vm.RECORD).exists()
+    finally:
+        networks.remove(root, made.name, [])
+
+
+def test_plugins_left_by_a_killed_cli_are_stopped_before_release() -> None:
+    """A stand-in for a plugin still running for an attachment (a `sleep`
+    with the plugin's environment): release must not race it."""
+    proc = subprocess.Popen(["sleep", "60"], env={"CNI_CONTAINERID": "ignite-unit-stray"})
+    try:
+        assert plugins.strays("ignite-unit-stray") == [proc.pid]
+        plugins.stop_strays("ignite-unit-stray")
+        assert proc.wait(timeout=10) == -9
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,98 @@
+"""How a network plan reaches QEMU's command line and the guest's config, and
+how the new spec fields keep Ignite's files unchanged (no root, no VM)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ignitevm.api import codec
+from ignitevm.api.defaults import default_vm, validate_vm
+from ignitevm.api.types import VM, NetworkAttachment
+from ignitevm.errors import InvalidInput
+from ignitevm.operations.guestconfig import env_script
+from ignitevm.providers.network.base import Forward, NetPlan
+from ignitevm.providers.network.passt import argv as passt_argv
+from ignitevm.providers.vmm.qemu import args
+
+
+def _cni(mac: str, ip: str, fd: int) -> NetPlan:
+    return NetPlan(plugin="cni", mac=mac, guest_ip=ip, gateway="", dns="", tap_fd=fd)
+
+
+def test_cni_nics_take_the_inherited_taps() -> None:
+    net = _cni("02:00:00:00:00:01", "10.61.0.2/16", 7)._replace(
+        gateway="10.61.0.1", more=(_cni("02:00:00:00:00:02", "10.77.0.5/24", 8),))
+    assert args.network(net) == [
+        "-netdev", "tap,id=net0,fd=7", "-device", "virtio-net-device,netdev=net0,"
+        "mac=02:00:00:00:00:01",
+        "-netdev", "tap,id=net1,fd=8", "-device", "virtio-net-device,netdev=net1,"
+        "mac=02:00:00:00:00:02"]
+
+
+def test_passt_nic_and_its_port_forwards() -> None:
+    net = NetPlan(plugin="passt", mac="02:00:00:00:00:03", guest_ip="10.0.2.15/24",
+                  gateway="10.0.2.2", dns="10.0.2.3", tap_fd=9)
+    assert args.network(net)[1] == "stream,id=net0,server=off,addr.type=fd,addr.str=9"
+    cmd = passt_argv(5, (Forward("tcp", "0.0.0.0", 8080, 80), Forward("tcp", "127.0.0.1", 2222, 22),
+                         Forward("udp", "0.0.0.0", 5353, 53)))
+    assert cmd[cmd.index("--tcp-ports") + 1] == "8080:80,127.0.0.1/2222:22"
+    assert cmd[cmd.index("--udp-ports") + 1] == "5353:53"
+    assert cmd[cmd.index("--fd") + 1] == "5"
+
+
+def test_guest_config_has_dns_search_and_more_nics() -> None:
+    vm = VM()
+    vm.metadata.uid, vm.metadata.name = "0123456789abcdef", "web"
+    net = _cni("02:00:00:00:00:01", "10.61.0.2/16", 7)._replace(
+        gateway="10.61.0.1", dns="192.0.2.53 192.0.2.54", dns_search="lab.example example",
+        more=(_cni("02:00:00:00:00:02", "10.77.0.5/24", 8),))
+    env = env_script(vm, net)
+    assert "IGNITE_IP=10.61.0.2/16\n" in env and "IGNITE_GW=10.61.0.1\n" in env
+    assert "IGNITE_DNS='192.0.2.53 192.0.2.54'\n" in env
+    assert "IGNITE_DNS_SEARCH='lab.example example'\n" in env
+    assert "IGNITE_MORE_NICS=eth1=10.77.0.5/24\n" in env
+
+
+def test_ignite_files_read_and_write_unchanged() -> None:
+    raw = (b'{"kind":"VM","apiVersion":"ignite.weave.works/v1alpha4","metadata":{"name":"a"},'
+           b'"spec":{"image":{"oci":"x"},"network":{"ports":[{"hostPort":80,"vmPort":80}]}},'
+           b'"status":{}}')
+    vm = codec.decode_json(raw, VM)
+    out = codec.to_builtins(vm)
+    assert out["spec"]["network"] == {"ports": [{"hostPort": 80, "vmPort": 80}]}
+    vm.spec.network.networks = [NetworkAttachment(network="lab", ip="10.77.0.50")]
+    vm.spec.network.dns_search = ["lab"]
+    out = codec.to_builtins(vm)["spec"]["network"]
+    assert out["networks"] == [{"network": "lab", "ip": "10.77.0.50"}]
+    assert out["dnsSearch"] == ["lab"]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("ip", "10.77.0.300", "invalid --ip"),
+    ("ip", "fd00::5", "IPv4"),
+    ("mac", "01:00:00:00:00:01", "invalid --mac"),
+    ("mac", "02:00:00:00:01", "invalid --mac"),
+    ("network", "Bad_Name", "invalid network name"),
+])
+def test_bad_network_fields(field: str, value: str, message: str) -> None:
+    vm = VM()
+    vm.spec.image.oci = "x"
+    att = NetworkAttachment(network="lab")
+    setattr(att, field, value)
+    vm.spec.network.networks = [att]
+    default_vm(vm)
+    with pytest.raises(InvalidInput, match=message):
+        validate_vm(vm)
+
+
+def test_bad_dns_fields() -> None:
+    vm = VM()
+    vm.spec.image.oci = "x"
+    default_vm(vm)
+    vm.spec.network.dns = ["not-an-ip"]
+    with pytest.raises(InvalidInput, match="invalid --dns"):
+        validate_vm(vm)
+    vm.spec.network.dns = ["192.0.2.53"]
+    vm.spec.network.dns_search = ["bad domain"]
+    with pytest.raises(InvalidInput, match="invalid --dns-search"):
+        validate_vm(vm)
