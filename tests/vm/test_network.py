@@ -166,10 +166,10 @@ def test_created_killed_and_removed_vms_leave_nothing(cli: Ignite, testbox: str,
     during = snapshot(exclude=(bridge,))
     assert len(during["netns"]) == len(before["netns"]) + 4
     assert any(uid["k9"] in r for r in during["iptables"])
-    pid = int((cli.root / "vm" / uid["k9"] / "qemu.pid").read_text())
+    pid = int((cli.root / "vm" / uid["k9"] / "run" / "qemu.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     # A host reboot: the namespace is gone with everything in it, QEMU too.
-    pid = int((cli.root / "vm" / uid["reboot"] / "qemu.pid").read_text())
+    pid = int((cli.root / "vm" / uid["reboot"] / "run" / "qemu.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     os.system(f"ip netns delete ignite-{uid['reboot']}")
     cli("ps", "-a")  # sees both QEMUs gone and releases their networks
