@@ -59,3 +59,50 @@ def test_recorded_start_tells_this_qemu_from_a_stale_record(tmp_path: Path) -> N
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("plant", ["fifo", "zero", "big"])
+def test_a_pid_file_planted_by_a_jailed_qemu_neither_hangs_nor_swamps(tmp_path: Path,
+                                                                      plant: str) -> None:
+    """A jailed QEMU may write in run/: its pid file swapped for a FIFO (a read
+    would block for ever), a link to /dev/zero (an endless read) or a huge file
+    must be ignored, not read by every root command."""
+    import os
+
+    workdir = tmp_path / "vm" / ("c" * 16)
+    pidfile = workdir / args.PIDFILE
+    pidfile.parent.mkdir(parents=True)
+    if plant == "fifo":
+        os.mkfifo(pidfile)
+    elif plant == "zero":
+        pidfile.symlink_to("/dev/zero")
+    else:
+        with open(pidfile, "wb") as f:
+            f.truncate(1 << 40)  # sparse: 1 TiB of zeros
+    assert QemuVMM().pid(workdir) is None
+
+
+def test_the_hosts_launch_record_names_the_pid(tmp_path: Path) -> None:
+    """Once launched, QEMU is found by the host's own record: its pid file can
+    go (QEMU removes it as it exits, a guest-controlled QEMU could change it)."""
+    qemu = shutil.which(args.QEMU)
+    if qemu is None:
+        pytest.skip(f"{args.QEMU} is not installed (run scripts/setup.sh)")
+    from ignitevm.providers.vmm.qemu.machine import process_start
+
+    workdir = tmp_path / "vm" / ("d" * 16)
+    workdir.mkdir(parents=True)
+    proc = subprocess.Popen([qemu, "-M", "none", "-display", "none", "-nodefaults", "-S"],
+                            stdin=subprocess.DEVNULL)
+    try:
+        started = process_start(proc.pid)
+        assert started is not None
+        (workdir / args.PIDSTART).write_text(f"{proc.pid} {started}\n")
+        assert QemuVMM().pid(workdir) == proc.pid   # no pid file at all
+        (workdir / args.PIDFILE).parent.mkdir(exist_ok=True)
+        (workdir / args.PIDFILE).write_text("1\n")  # a lie in run/ changes nothing
+        assert QemuVMM().pid(workdir) == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+    assert QemuVMM().pid(workdir) is None

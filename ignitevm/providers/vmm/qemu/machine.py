@@ -7,6 +7,7 @@ import errno
 import os
 import select
 import signal
+import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,11 +89,16 @@ class QemuVMM:
                               hint="--log-level debug shows QEMU's full command line")
 
     def pid(self, workdir: Path) -> int | None:
+        # The host's record of the launch names the pid; QEMU's own pid file (in
+        # run/, which a jailed QEMU may write: a FIFO or a link to /dev/zero
+        # there must not hang or swamp root) is read only until that record
+        # exists, and then only as a small regular file.
+        text = _read_small(workdir / args.PIDSTART) or _read_small(workdir / args.PIDFILE)
         try:
-            pid = int((workdir / args.PIDFILE).read_text().strip())
-        except (FileNotFoundError, ValueError):
+            pid = int(text.split()[0]) if text else 0
+        except ValueError:
             return None
-        if not is_our_qemu(pid, workdir):
+        if pid <= 0 or not is_our_qemu(pid, workdir):
             return None
         # Every look at a running VM keeps its console log bounded (one stat).
         consolelog.trim(workdir / args.CONSOLE_LOG)
@@ -227,6 +233,21 @@ def process_start(pid: int) -> str | None:
     return f"{boot} {fields[19]}"
 
 
+def _read_small(path: Path, limit: int = 128) -> str:
+    """The text of a small regular file, never through a link or from a FIFO or
+    device ("" when there is none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, limit).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+
+
 def is_our_qemu(pid: int, workdir: Path) -> bool:
     """Is ``pid`` the QEMU launched for ``workdir`` (not a reused pid, nor after a
     reboot another process whose command line happens to name the folder)?"""
@@ -241,10 +262,8 @@ def is_our_qemu(pid: int, workdir: Path) -> bool:
         return False
     if not exe.startswith("qemu-system"):
         return False
-    try:
-        recorded = (workdir / args.PIDSTART).read_text().split()
-    except FileNotFoundError:
-        recorded = []  # launched by an older version, or killed before it could record
+    # (none: launched by an older version, or killed before it could record)
+    recorded = _read_small(workdir / args.PIDSTART).split()
     if recorded:
         return recorded == [str(pid), *started.split()]
     try:
