@@ -24,7 +24,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ignitevm.errors import InvalidInput
-from ignitevm.images.blobs import DirStore, TarIndex, compression, next_member, norm
+from ignitevm.images.blobs import (
+    BoundedTarInfo,
+    DirStore,
+    TarIndex,
+    compression,
+    next_member,
+    norm,
+)
 from ignitevm.images.docker import open_docker
 from ignitevm.images.oci import open_oci
 from ignitevm.images.source import ImageSource, Layer, Opener
@@ -75,7 +82,8 @@ def _scan(path: Path, *, compressed: bool) -> tuple[str, TarIndex]:
     with ExitStack() as stack:
         try:
             tf = stack.enter_context(
-                tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape")
+                tarfile.open(path, "r:*", encoding="utf-8", errors="surrogateescape",
+                             tarinfo=BoundedTarInfo)
             )
         except (tarfile.TarError, OSError, EOFError):
             raise InvalidInput(

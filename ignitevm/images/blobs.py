@@ -37,6 +37,25 @@ def compression(head: bytes) -> str | None:
     return None
 
 
+MAX_HEADER = 1 << 20  # a pax or GNU long-name record: names, link targets, xattrs
+_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                 tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose extended records are refused above :data:`MAX_HEADER`
+    before they are read (tarfile reads each one whole into memory: a few KB of
+    compressed layer could claim gigabytes)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER:
+            raise InvalidInput(
+                f"a tar header record of {self.size} bytes (more than {MAX_HEADER}) at byte "
+                f"{self.offset}",
+                hint="the archive is malformed or malicious; nothing was imported")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 def next_member(
     tf: tarfile.TarFile, label: str, *, lenient_end: bool = False
 ) -> tarfile.TarInfo | None:
@@ -165,7 +184,8 @@ class TarIndex(Store):
         with ExitStack() as stack:
             try:
                 if self.compressed:
-                    f: Any = stack.enter_context(tarfile.open(self.path, "r:*")).fileobj
+                    f: Any = stack.enter_context(
+                        tarfile.open(self.path, "r:*", tarinfo=BoundedTarInfo)).fileobj
                 else:
                     f = stack.enter_context(open(self.path, "rb", buffering=0))
                 f.seek(info.offset_data)

@@ -29,7 +29,7 @@ from typing import Any
 
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.beneath import CAP, Blocked, Tree, open_dir
-from ignitevm.images.blobs import next_member
+from ignitevm.images.blobs import BoundedTarInfo, next_member
 from ignitevm.log import log
 
 CHUNK = 1 << 20
@@ -134,7 +134,8 @@ class Unpacker:
         try:
             fileobj: Any = stream
             tf = tarfile.TarFile(
-                fileobj=fileobj, mode="r", encoding="utf-8", errors="surrogateescape"
+                fileobj=fileobj, mode="r", encoding="utf-8", errors="surrogateescape",
+                tarinfo=BoundedTarInfo,
             )
         except tarfile.TarError as exc:
             raise InvalidInput(f"{what} is not a tar archive ({exc})") from None

@@ -278,3 +278,30 @@ def test_rootfs_tarballs(tmp_path: Path, kind: str) -> None:
         apply_layers(src, dest)
     assert (dest / "etc/os-release").read_bytes() == b"ID=test\n"
     assert os.readlink(dest / "sh") == "busybox"
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_a_huge_header_record_is_refused_before_it_is_read(tmp_path: Path, kind: bytes) -> None:
+    """A layer whose first member claims a 3 GiB pax or long-name record (a few
+    KB once compressed): refused at once, not read into memory."""
+    from ignitevm.errors import InvalidInput
+    from ignitevm.images.unpack import Stream, Unpacker
+
+    hdr = tarfile.TarInfo("././@PaxHeader")
+    hdr.type = kind
+    hdr.size = 3 << 30
+    block = hdr.tobuf(format=tarfile.USTAR_FORMAT)
+    sent = [0]
+
+    def zeros(n: int) -> bytes:  # what a decompression bomb would give
+        if sent[0] >= 4 << 30:
+            return b""
+        k = min(n, 1 << 20)
+        sent[0] += k
+        return bytes(k)
+
+    root = tmp_path / "root"
+    root.mkdir()
+    with Unpacker(str(root)) as u, pytest.raises(InvalidInput, match="header record"):
+        u.apply_tar(Stream(zeros, block), "layer")
+    assert sent[0] <= 2 << 20
