@@ -63,7 +63,7 @@ def validate_vm(vm: VM) -> None:
     meta = vm.metadata
     if meta.name:
         v.check_name(meta.name)
-    if meta.uid and not v.UID.match(meta.uid):
+    if meta.uid and not v.UID.fullmatch(meta.uid):
         raise InvalidInput(f"invalid uid {meta.uid!r}: must be 16 hex characters")
     v.check_text(meta.created, "created time", limit=64)
     v.check_labels(meta.labels)
@@ -149,7 +149,7 @@ def validate_networks(vm: VM) -> None:
     import ipaddress
 
     for att in vm.spec.network.networks:
-        if att.network and not _NET_NAME.match(att.network):
+        if att.network and not _NET_NAME.fullmatch(att.network):
             raise InvalidInput(f"invalid network name {att.network!r}",
                                hint="see: ignite network ls")
         if att.ip:
@@ -161,7 +161,7 @@ def validate_networks(vm: VM) -> None:
                 raise InvalidInput(f"invalid --ip {att.ip!r}: an IPv4 address is needed")
         if att.mac:
             mac = att.mac.lower()
-            if not _MAC.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+            if not _MAC.fullmatch(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
                 raise InvalidInput(f"invalid --mac {att.mac!r}",
                                    hint="give a unicast MAC, e.g. 02:42:0a:4d:00:05")
             att.mac = mac
@@ -184,5 +184,5 @@ def validate_dns(vm: VM) -> None:
         except ValueError:
             raise InvalidInput(f"invalid --dns {server!r}: not an IP address") from None
     for domain in vm.spec.network.dns_search:
-        if len(domain) > 253 or not _DOMAIN.match(domain):
+        if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
             raise InvalidInput(f"invalid --dns-search {domain!r}: not a domain name")

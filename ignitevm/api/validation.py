@@ -103,7 +103,7 @@ def check_cmdline(value: str) -> None:
 
 
 def check_name(name: str, what: str = "VM") -> None:
-    if len(name) > 253 or not _DNS1123.match(name):
+    if len(name) > 253 or not _DNS1123.fullmatch(name):
         raise InvalidInput(
             f"invalid {what} name {name!r}",
             hint="use lower-case letters, digits, '-' and '.', starting and ending "
@@ -112,7 +112,7 @@ def check_name(name: str, what: str = "VM") -> None:
 
 
 def check_id_prefix(value: str) -> None:
-    if value and not _ID_PREFIX.match(value):
+    if value and not _ID_PREFIX.fullmatch(value):
         raise InvalidInput(f"invalid id prefix {value!r}",
                            hint="use letters, digits, '-', '_' and '.' (at most 63)")
 
@@ -122,10 +122,10 @@ def check_labels(labels: dict[str, str] | None) -> None:
             "'-', '_' or '.', starting and ending with a letter or digit")
     for key, value in (labels or {}).items():
         prefix, _, name = key.rpartition("/")
-        if (prefix and (len(prefix) > 253 or not _DNS1123.match(prefix))) \
-                or not _LABEL_NAME.match(name):
+        if (prefix and (len(prefix) > 253 or not _DNS1123.fullmatch(prefix))) \
+                or not _LABEL_NAME.fullmatch(name):
             raise InvalidInput(f"invalid label key {key!r}", hint=hint)
-        if value and not _LABEL_NAME.match(value):
+        if value and not _LABEL_NAME.fullmatch(value):
             raise InvalidInput(f"invalid label value {value!r} (key {key!r})", hint=hint)
 
 

@@ -76,7 +76,7 @@ class ManifestReader:
         if not vm.metadata.uid:
             self._warn(path, f"skipping {path}: .metadata.uid not set")
             return None
-        if not UID.match(vm.metadata.uid):
+        if not UID.fullmatch(vm.metadata.uid):
             self._warn(path, f"skipping {path}: invalid uid {vm.metadata.uid!r}: must be 16 "
                        "hex characters")
             return None

@@ -49,6 +49,13 @@ HOSTILE: list[tuple[str, dict[str, Any], str]] = [
     ("name with a comma", {"metadata": {"name": "web,x"}}, "invalid VM name"),
     ("name with an escape", {"metadata": {"name": "\x1b[2Jweb"}}, "invalid VM name"),
     ("uid that is a path", {"metadata": {"uid": "../../../../etc"}}, "invalid uid"),
+    ("uid with a trailing newline", {"metadata": {"uid": "0123456789abcdef\n"}}, "invalid uid"),
+    ("name with a trailing newline", {"metadata": {"name": "web\n"}}, "invalid VM name"),
+    ("label name with a trailing newline", {"metadata": {"labels": {"a\n": "b"}}}, "label"),
+    ("dns-search with a trailing newline", {"spec": {"network": {"dnsSearch": ["lab\n"]}}},
+     "dns-search"),
+    ("mac with a trailing newline", {"spec": {"network": {"networks": [
+        {"network": "lab", "mac": "02:00:00:00:00:01\n"}]}}}, "mac"),
     ("label value with a terminal escape", {"metadata": {"labels": {"a": "\x1b]0;pwn\x07"}}},
      "label value"),
     ("label key with a space", {"metadata": {"labels": {"a b": "c"}}}, "label key"),

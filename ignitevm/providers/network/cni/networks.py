@@ -76,7 +76,7 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
 
 def create(root: Path, name: str, subnet: str, gateway: str = "",
            internal: bool = False) -> Network:
-    if not _NAME.match(name) or name == conflist.DEFAULT:
+    if not _NAME.fullmatch(name) or name == conflist.DEFAULT:
         raise InvalidInput(f"invalid network name {name!r}",
                            hint="use up to 32 lower-case letters, digits and '-' "
                            "('default' is taken)")
