@@ -248,6 +248,19 @@ def test_passt_forwards_a_port(cli: Ignite, testbox: str, net: tuple[str, str, s
         wait_console(cli, "pst", "TEST-READY")
         cli("exec", "pst", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
         assert "root:x:0:0" in fetch(f"http://127.0.0.1:{port}/passwd")
+        # A service on the host's loopback is not the guest's to reach.
+        import socket
+
+        with socket.socket() as loop:
+            loop.bind(("127.0.0.1", 0))
+            loop.listen(1)
+            loop.settimeout(0)
+            lport = loop.getsockname()[1]
+            res = cli("exec", "pst", "--", "/bin/busybox", "wget", "-q", "-T", "3", "-O", "-",
+                      f"http://10.0.2.2:{lport}/", check=False)
+            assert res.returncode != 0
+            with pytest.raises(BlockingIOError):
+                loop.accept()
     finally:
         cli("rm", "-f", "pst")
     assert not [p for p in Path("/proc").glob("[0-9]*")

@@ -39,7 +39,9 @@ def _ports(forwards: tuple[Forward, ...], proto: str) -> str:
 def argv(fd: int, forwards: tuple[Forward, ...]) -> list[str]:
     args = ["passt", "--quiet", "--fd", str(fd), "--mtu", str(MTU), "--address", GUEST,
             "--netmask", "24",
-            "--gateway", GATEWAY, "--dns-forward", DNS, "--no-dhcp", "--no-ndp",
+            # --no-map-gw: the gateway is not the host's loopback (services bound
+            # to 127.0.0.1 are not the guest's to reach), as rootless Docker does.
+            "--gateway", GATEWAY, "--no-map-gw", "--dns-forward", DNS, "--no-dhcp", "--no-ndp",
             "--no-dhcpv6", "--no-ra"]
     for proto, flag in (("tcp", "--tcp-ports"), ("udp", "--udp-ports")):
         args += [flag, _ports(forwards, proto) or "none"]
