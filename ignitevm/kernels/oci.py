@@ -140,12 +140,18 @@ def _modules(root: str, version: str, source: Path | str) -> str | None:
             " through an absolute link, so depmod cannot run on it safely",
             hint="run depmod when building the image",
         )
-    # depmod writes modules.* (and modules.*.tmp) here: never through a link of the image.
-    for entry in os.scandir(mods):
-        if entry.name.startswith("modules.") and entry.is_symlink():
-            os.unlink(entry.path)
+    # depmod follows links while it walks the tree and writes modules.* here: no
+    # link of the image may lead it out (`kernel/x -> /` would have it read the
+    # host's tree). They are removed from this private copy first (`build` and
+    # `source` links are the usual ones; no module is reached only through one).
+    for dirpath, dirnames, filenames in os.walk(mods):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                log.debug("kernel image %s: ignoring the link %s", source, path[len(root):])
+                os.unlink(path)
     log.debug("kernel image %s has no modules.dep; running depmod", source)
-    proc.run(["depmod", "-b", root, version])
+    proc.run(["depmod", "-b", root, version], timeout=120)
     if not os.path.isfile(dep):
         raise InvalidInput(f"kernel image {source}: depmod made no modules.dep for {version}")
     return mods

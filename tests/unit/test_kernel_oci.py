@@ -206,6 +206,22 @@ def test_real_depmod(tmp_path: Path) -> None:
     assert modules is not None and (modules / "modules.dep").is_file()
 
 
+@pytest.mark.skipif(shutil.which("depmod", path="/usr/sbin:/sbin") is None,
+                    reason="depmod (kmod) is not installed")
+def test_real_depmod_never_walks_out_through_a_link(tmp_path: Path) -> None:
+    """No modules.dep, and `kernel/evil -> <a host folder>`: depmod must not list
+    (nor read) the host's modules."""
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "secret.ko").write_bytes(b"\x7fELF host module")
+    layer = tar_of([("lib", None), ("lib/modules", None), (MODULES, None),
+                    (f"{MODULES}/kernel", None), (f"{MODULES}/kernel/evil", f"->{host}")])
+    _, modules, _ = extract_kernel_image(image(tmp_path, kernel_layer(), layer),
+                                         tmp_path / "out")
+    assert modules is not None
+    assert b"secret" not in (modules / "modules.dep").read_bytes()
+
+
 def test_resolve_inside(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "usr/lib/modules").mkdir(parents=True)
