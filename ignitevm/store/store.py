@@ -33,7 +33,13 @@ from typing import NamedTuple, TypeVar
 from ignitevm.api import codec
 from ignitevm.api.types import VM, Image, Kernel
 from ignitevm.errors import Conflict, IgniteError, NotFound
-from ignitevm.util.fs import atomic_write, flock, is_locked, no_space_errors
+from ignitevm.util.fs import (
+    atomic_write,
+    flock,
+    is_locked,
+    no_space_errors,
+    unlink_if_unlocked,
+)
 
 T = TypeVar("T", VM, Image, Kernel)
 
@@ -335,5 +341,5 @@ class Store:
                 shutil.rmtree(path, ignore_errors=True)
             elif name.endswith(".lock") and not (tmp / name[:-5]).exists():
                 with contextlib.suppress(OSError):
-                    if time.time() - os.stat(path).st_mtime > 60 and not is_locked(path):
-                        os.unlink(path)
+                    if time.time() - os.stat(path).st_mtime > 60:
+                        unlink_if_unlocked(path)

@@ -58,20 +58,56 @@ def flock(path: Path, *, shared: bool = False, blocking: bool = True,
     """Hold an advisory lock on ``path`` (created if missing) for the block.
     Not ``blocking``: BlockingIOError if it is taken; with a ``deadline``
     (time.monotonic()): wait for it until then, then BlockingIOError."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        if not blocking or deadline is not None:
-            op |= fcntl.LOCK_NB
-        while True:
+    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    if not blocking or deadline is not None:
+        op |= fcntl.LOCK_NB
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, op)
+                    break
+                except BlockingIOError:
+                    if deadline is None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            # A lock file removed (by a sweeper holding it) while we waited is
+            # no lock: take the one now at ``path``.
             try:
-                fcntl.flock(fd, op)
-                break
-            except BlockingIOError:
-                if deadline is None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    try:
         yield fd
+    finally:
+        os.close(fd)
+
+
+def unlink_if_unlocked(path: Path) -> bool:
+    """Remove the lock file ``path`` if nobody holds it; it is removed while this
+    process holds it, so no one can be taking it at that moment (see flock)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)
 

@@ -229,3 +229,31 @@ def test_four_clis_import_one_image_at_once(tmp_path: Path) -> None:
     results = [(p.returncode, err) for p, err in zip(procs, errors, strict=True)]
     assert [rc for rc, _ in results] == [0, 0, 0, 0], results
     assert [i.metadata.name for i in Store(tmp_path / "root").list(Image)] == ["testbox:latest"]
+
+
+def test_a_lock_file_swept_while_its_taker_waits_is_no_lock(tmp_path: Path) -> None:
+    """The sweeper removes a stale lock file only while it holds it; whoever was
+    waiting for it then takes the lock file now at that path, not the removed one."""
+    import fcntl
+    import threading
+
+    from ignitevm.util.fs import flock, is_locked, unlink_if_unlocked
+
+    lock = tmp_path / "x.lock"
+    lock.touch()
+    held = os.open(lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)          # a sweeper in the middle of its check
+    assert not unlink_if_unlocked(lock)       # (another one cannot remove it meanwhile)
+    got: list[int] = []
+    taker = threading.Thread(target=lambda: got.append(_take(flock, lock)))
+    taker.start()
+    os.unlink(lock)                           # ... the sweeper removes it, then lets go
+    os.close(held)
+    taker.join(10)
+    assert got and got[0] == os.stat(lock).st_ino  # the taker holds the file at the path
+    assert not is_locked(lock)                # (released at the end of its block)
+
+
+def _take(flock: Any, path: Path) -> int:
+    with flock(path) as fd:
+        return os.fstat(fd).st_ino
