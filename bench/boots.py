@@ -69,10 +69,11 @@ def tail(path: Path, n: int = 25) -> str:
     return "\n".join(text.splitlines()[-n:])
 
 
-def pid_alive(pidfile: Path) -> bool:
+def pid_alive(folder: Path) -> bool:
+    """Is the VM's QEMU alive (its pid file in the VM's folder or a folder of it)?"""
     try:
-        pid = int(pidfile.read_text())
-    except (OSError, ValueError):
+        pid = int(next(folder.rglob("qemu.pid")).read_text())
+    except (StopIteration, OSError, ValueError):
         return True  # not written yet
     try:
         os.kill(pid, 0)
@@ -98,7 +99,7 @@ class Boots:
                 self.died.append(f"{name}: ignite run failed: {res.stderr.strip()[-300:]}")
                 return None
             folder = self.root / "vm" / res.stdout.strip()
-            state = wait_ready(folder / "console.log", lambda: pid_alive(folder / "qemu.pid"),
+            state = wait_ready(folder / "console.log", lambda: pid_alive(folder),
                                start + self.timeout)
             return self.outcome(name, state, start, folder / "console.log")
         finally:
@@ -135,13 +136,15 @@ class Boots:
 def raw_argv(root: Path, uid: str, work: Path) -> list[str]:
     """Raw QEMU on what ignitevm gave the VM ``uid``: its kernel, initramfs, kernel
     command line, accelerator and memory; no agent, console socket, QMP or network."""
-    words = (root / "vm" / uid / "qemu.cmdline").read_text().split("\n")
+    folder = root / "vm" / uid
+    words = next(folder.rglob("qemu.cmdline")).read_text().split("\n")
+    words = words[next(i for i, w in enumerate(words) if "qemu-system" in Path(w).name):]
 
     def after(flag: str) -> str:
         return words[words.index(flag) + 1]
 
     cpu = ["-cpu", after("-cpu")] if "-cpu" in words else []
-    shutil.copy(root / "vm" / uid / "config.tar", work / "config.tar")
+    shutil.copy(next(folder.rglob("config.tar")), work / "config.tar")
     return [words[0], "-M", after("-M"), "-nodefaults", "-no-user-config", "-display", "none",
             "-no-reboot", "-accel", after("-accel"), *cpu, "-smp", "1", "-m", after("-m"),
             "-kernel", after("-kernel"), "-initrd", after("-initrd"),
