@@ -178,10 +178,12 @@ class Soak:
                   scratch: Path) -> None:
         if step == "create":
             self.killed_cli(*create, rng=rng)
+            self.recover(name)
             return
         self.must(*create)
         if step == "start":
             self.killed_cli("start", name, rng=rng)
+            self.recover(name)
             return
         self.must("start", name)
         src = scratch / "big.bin"
@@ -194,6 +196,19 @@ class Soak:
         self.killed_cli(*args, rng=rng)
         if step in ("exec", "cp"):  # the VM must still serve the next client
             self.must("exec", name, "--timeout", "60", "--", "true")
+        elif step == "stop":
+            self.recover(name)
+
+    def recover(self, name: str) -> None:
+        """After a killed create/start/stop the VM is there or not (a create may
+        have been killed before it made it); if it is, it starts and answers."""
+        if self.uid(name) is None:
+            return
+        res = self.cli("start", name)
+        if res.returncode != 0 and "already running" not in res.stderr:
+            raise RuntimeError(f"start after a killed command failed: "
+                               f"{res.stderr.strip()[-300:]}")
+        self.must("exec", name, "--timeout", "60", "--", "true")
 
     def fault_disk(self, create: list[str], name: str) -> None:
         with filled(self.root):
