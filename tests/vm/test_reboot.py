@@ -3,7 +3,8 @@ gone; afterwards `ps` tells the truth and one `ignited daemon` pass brings back
 the VM a manifest says should run, and only that one.
 
 What is simulated, and how (a test cannot reboot the host):
-- every QEMU of the store is killed with SIGKILL (as at power loss);
+- every QEMU of the store is killed with SIGKILL (as at power loss; QEMUs
+  of other stores on the host are left alone);
 - the runtime files a reboot clears (the pid file, the start record, QMP,
   console and agent sockets, wherever in the VM's folder they live) are
   removed for the managed VM, and so are its /run/netns entries if it has any;
