@@ -95,8 +95,12 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
     """Run a command in the guest, pumping local fds; return its exit status.
 
     A command may stay silent as long as it likes; a frame the agent started
-    to send must be complete within ``frame_timeout`` seconds."""
+    to send must be complete within ``frame_timeout`` seconds. While nothing
+    comes, the agent is asked for a PONG every ``frame_timeout`` seconds and
+    must answer within as long (a guest that killed or stopped its agent
+    would otherwise leave this waiting for good)."""
     sid = ch.new_session()
+    pinged: float | None = None  # when the unanswered PING went out
     ch.send(p.Frame(p.EXEC, sid, p.request(req.argv, req.env, req.cwd, req.user, req.tty,
                                             req.stdin and stdin_fd is not None)))
     flow = _Flow()
@@ -123,9 +127,22 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
             if frame is not None:
                 events: list[str] = ["frame"]
             else:
-                wait = None if not ch.buf else ch.last_rx + frame_timeout - time.monotonic()
-                if wait is not None and wait <= 0:
-                    raise _stalled(frame_timeout, "in the middle of a frame")
+                now = time.monotonic()
+                if pinged is not None and ch.last_rx >= pinged:
+                    pinged = None  # the agent spoke since: alive
+                if ch.buf:
+                    wait = ch.last_rx + frame_timeout - now
+                    if wait <= 0:
+                        raise _stalled(frame_timeout, "in the middle of a frame")
+                elif pinged is not None:
+                    wait = pinged + frame_timeout - now
+                    if wait <= 0:
+                        raise _stalled(frame_timeout, "answering (a PING)")
+                else:
+                    wait = ch.last_rx + frame_timeout - now
+                    if wait <= 0:
+                        ch.send(p.Frame(p.PING, 0, b"alive?"))
+                        pinged, wait = now, frame_timeout
                 events = [key.data for key, _ in sel.select(wait)]
             for what in events:
                 if what == "signal":
