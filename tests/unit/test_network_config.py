@@ -96,3 +96,17 @@ def test_bad_dns_fields() -> None:
     vm.spec.network.dns_search = ["bad domain"]
     with pytest.raises(InvalidInput, match="invalid --dns-search"):
         validate_vm(vm)
+
+
+def test_the_guest_tap_passes_only_its_own_address_and_mac() -> None:
+    from ignitevm.providers.network.cni.tap import redirect_script
+
+    script = redirect_script("eth0", "tap0", "02:42:0A:4D:00:05", "10.77.0.5")
+    guest = [ln for ln in script.splitlines() if ln.startswith("filter add dev tap0")]
+    assert len(guest) == 2 and all("mirred egress redirect dev eth0" in ln for ln in guest)
+    assert all("match u32 0x02420a4d 0xffffffff at -8 match u16 0x0005 0xffff at -4" in ln
+               for ln in guest)
+    assert "protocol ip" in guest[0] and "match ip src 10.77.0.5/32" in guest[0]
+    assert "protocol arp" in guest[1] and "0x0a4d 0xffff at 14" in guest[1]
+    assert "0x0005 0xffff at 16" in guest[1]
+    assert not any("protocol all" in ln for ln in guest)   # nothing else goes on

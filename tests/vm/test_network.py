@@ -86,13 +86,26 @@ def test_guest_server_by_ip_and_by_mapped_port(cli: Ignite, net: tuple[str, str,
     assert resolv is not None
 
 
-def test_vm_to_vm_on_the_bridge(cli: Ignite, testbox: str, web: tuple[str, int]) -> None:
+def test_vm_to_vm_on_the_bridge(cli: Ignite, testbox: str, web: tuple[str, int],
+                                net: tuple[str, str, str]) -> None:
     cli("run", testbox, "--name", "client", *CNI, *SMALL)
     try:
         wait_console(cli, "client", "TEST-READY")
         out = cli("exec", "client", "--", "/bin/busybox", "wget", "-q", "-O", "-",
                   f"http://{ip_of(cli, 'web')}/passwd").stdout
         assert "root:x:0:0" in out
+        # A guest that takes an address that is not its own is cut off (no
+        # spoofing another VM, no poisoning the bridge's ARP).
+        own = ip_of(cli, "client")
+        prefix = ip_of(cli, "web").rsplit(".", 1)[0]
+        spoof = f"{prefix}.{250 if not own.endswith('.250') else 251}"
+        bb = ["exec", "client", "--", "/bin/busybox"]
+        plen = net[2].rsplit("/", 1)[1]
+        cli(*bb, "ip", "addr", "add", f"{spoof}/{plen}", "dev", "eth0")
+        cli(*bb, "ip", "addr", "del", f"{own}/{plen}", "dev", "eth0")
+        res = cli(*bb, "wget", "-q", "-T", "3", "-O", "-", f"http://{ip_of(cli, 'web')}/passwd",
+                  check=False)
+        assert res.returncode != 0 and "root:x:0:0" not in res.stdout
     finally:
         cli("rm", "-f", "client")
 

@@ -72,20 +72,41 @@ def _configure(ifname: str, tap: str, mac: str) -> tuple[str, int]:
     return mac, mtu
 
 
-def redirect_script(a: str, b: str) -> str:
-    """tc commands: what ``a`` receives leaves by ``b``, and the other way."""
-    lines = []
-    for src, dst in ((a, b), (b, a)):
-        # (u32 matching everything: some kernels lack matchall)
-        lines += [f"qdisc add dev {src} ingress",
-                  f"filter add dev {src} parent ffff: protocol all u32 match u32 0 0 "
-                  f"action mirred egress redirect dev {dst}"]
+def redirect_script(a: str, b: str, mac: str = "", ip: str = "") -> str:
+    """tc commands: what ``a`` receives leaves by ``b``, and the other way.
+
+    With the guest's ``mac`` and ``ip``, what the guest sends (``b``, its tap)
+    goes on only if it is IPv4 from that address or ARP for it, from that MAC:
+    a guest cannot take another VM's address or poison the bridge's ARP."""
+    # (u32 matching everything: some kernels lack matchall; at ingress the
+    # packet starts at its network header, the Ethernet source is at -8)
+    lines = [f"qdisc add dev {a} ingress",
+             f"filter add dev {a} parent ffff: protocol all u32 match u32 0 0 "
+             f"action mirred egress redirect dev {b}",
+             f"qdisc add dev {b} ingress"]
+    if not (mac and ip):
+        lines.append(f"filter add dev {b} parent ffff: protocol all u32 match u32 0 0 "
+                     f"action mirred egress redirect dev {a}")
+        return "\n".join(lines) + "\n"
+    hexmac = mac.replace(":", "").lower()
+    src = f"match u32 0x{hexmac[:8]} 0xffffffff at -8 match u16 0x{hexmac[8:]} 0xffff at -4"
+    hexip = "".join(f"{int(x):02x}" for x in ip.split("."))
+    lines += [f"filter add dev {b} parent ffff: prio 1 protocol ip u32 {src} "
+              f"match ip src {ip}/32 action mirred egress redirect dev {a}",
+              # (the ARP sender's address is at 14: u32 keys are 4-aligned, so two u16)
+              f"filter add dev {b} parent ffff: prio 2 protocol arp u32 {src} "
+              f"match u16 0x{hexip[:4]} 0xffff at 14 match u16 0x{hexip[4:]} 0xffff at 16 "
+              f"action mirred egress redirect dev {a}"]
+    # Anything else is not redirected: it reaches only the namespace's own stack
+    # through the tap, which has no address and forwards nothing. (No drop
+    # action: Debian's kernel may lack act_gact.)
     return "\n".join(lines) + "\n"
 
 
-def open_tap(ns: str, ifname: str, tap: str = TAP, mac: str = "") -> Tap:
+def open_tap(ns: str, ifname: str, tap: str = TAP, mac: str = "", ip: str = "") -> Tap:
     """Make ``tap`` in namespace ``ns`` and redirect it to and from ``ifname``
-    (which takes ``mac`` first, if one is given)."""
+    (which takes ``mac`` first, if one is given); with the guest's ``ip``, only
+    its own traffic leaves the tap (see redirect_script)."""
     from ignitevm.util.proc import run
 
     with netns.entered(ns):
@@ -96,7 +117,7 @@ def open_tap(ns: str, ifname: str, tap: str = TAP, mac: str = "") -> Tap:
             os.close(fd)
             raise
     try:
-        run(["tc", "-netns", ns, "-batch", "-"], input=redirect_script(ifname, tap))
+        run(["tc", "-netns", ns, "-batch", "-"], input=redirect_script(ifname, tap, mac, ip))
     except BaseException:
         os.close(fd)
         raise

@@ -241,7 +241,8 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
         taps = []
         try:
             for i, want in enumerate(wants):
-                taps.append(tapmod.open_tap(cid, f"eth{i}", f"tap{i}", want.mac))
+                taps.append(tapmod.open_tap(cid, f"eth{i}", f"tap{i}", want.mac,
+                                            plans[i].address))
             full = [p._replace(mac=t.mac, tap_fd=t.fd) for p, t in zip(plans, taps, strict=True)]
             rec["state"] = "ready"
             _write(d, rec)
