@@ -274,18 +274,10 @@ def filled(root: Path) -> Iterator[None]:
 
 
 def qemu_pids(root: Path, uid: str = "") -> list[int]:
-    pids = []
+    from ignitevm.util.proc import pids_where
+
     needle = str(root / "vm" / uid).encode() if uid else str(root).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmd and needle in cmd:
-            pids.append(int(entry))
-    return pids
+    return pids_where("cmdline", lambda cmd: b"qemu-system" in cmd and needle in cmd)
 
 
 # --- what the host holds for the soak's VMs once they are all gone ----------------

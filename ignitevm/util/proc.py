@@ -190,3 +190,43 @@ def alongside(argv: Sequence[str | os.PathLike[str]], *, hint: str | None = None
         if proc.wait() != 0:
             raise CommandError(list(map(os.fspath, proc.args)), proc.returncode,  # type: ignore[arg-type]
                                _text(err), hint=hint)
+
+
+def pids_where(what: str, match: Callable[[bytes], bool]) -> list[int]:
+    """The processes whose ``/proc/PID/<what>`` (``cmdline``, ``environ``: NUL
+    separated) satisfies ``match``; those that vanish or may not be read are left
+    out."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/{what}", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if match(data):
+            out.append(int(entry))
+    return out
+
+
+def kill_and_wait(pid: int, timeout: float | None = 5.0) -> bool:
+    """SIGKILL ``pid`` (any process, not only a child) and wait until it is gone;
+    True if it is gone within ``timeout`` (None: wait for ever)."""
+    import select
+    import signal
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # a pidfd is readable once its process exited
+        return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+    finally:
+        os.close(fd)

@@ -25,17 +25,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _qemu_pids(root: Path) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmd and str(root).encode() in cmd:
-            pids.append(int(entry))
-    return pids
+    from ignitevm.util.proc import pids_where
+
+    return pids_where("cmdline", lambda cmd: b"qemu-system" in cmd and str(root).encode() in cmd)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
-import signal
 import subprocess
 import sys
 import uuid
@@ -90,16 +88,10 @@ def status_of(cli: Ignite, name: str) -> str:
 
 def power_loss(root: Path) -> None:
     """SIGKILL to every QEMU of the store, waiting until each has gone."""
+    from ignitevm.util.proc import kill_and_wait
+
     for pid in _qemu_pids(root):
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            os.kill(pid, signal.SIGKILL)
-            select.select([fd], [], [])  # a pidfd is readable once its process exited
-        finally:
-            os.close(fd)
+        kill_and_wait(pid, timeout=None)
     assert not _qemu_pids(root)
 
 

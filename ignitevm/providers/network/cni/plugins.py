@@ -87,38 +87,16 @@ def _error(plugin: str, command: str, stdout: str, stderr: str, rc: int) -> CNIE
 
 def strays(container_id: str) -> list[int]:
     """Plugins still working for ``container_id`` (their CLI was killed)."""
+    from ignitevm.util.proc import pids_where
+
     tag = f"CNI_CONTAINERID={container_id}".encode()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if tag in env.split(b"\0"):
-            out.append(int(entry))
-    return out
+    return pids_where("environ", lambda env: tag in env.split(b"\0"))
 
 
 def stop_strays(container_id: str) -> None:
     """A plugin must not go on working while the attachment is released:
     end those a killed CLI left, and wait for them to be gone."""
-    import signal
+    from ignitevm.util.proc import kill_and_wait
 
     for pid in strays(container_id):
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            os.kill(pid, signal.SIGKILL)
-            import select
-
-            p = select.poll()
-            p.register(fd, select.POLLIN)
-            p.poll(5000)
-        except ProcessLookupError:
-            pass
-        finally:
-            os.close(fd)
+        kill_and_wait(pid)
