@@ -27,9 +27,12 @@ def channel(ctx: Context, vm: VM, timeout: float = DEFAULT_TIMEOUT) -> Channel:
     if ctx.vmm.pid(d) is None:
         raise IgniteError(f"VM {vm.metadata.name!r} is not running",
                           hint=f"start it with: ignite start {vm.metadata.name}")
+    if vm.status.paused:
+        raise vms.paused_error(vm)
     try:
         return Channel.connect(vms.AgentPorts(ctx, d), timeout, f"VM {vm.metadata.name!r}")
     except AgentError as exc:
+        vms.check_not_paused(ctx, vm)  # (paused behind the store's back, or by an error)
         # Say what the guest last said about its agent, or the console's last line.
         from ignitevm.providers.vmm.consolelog import tail
 

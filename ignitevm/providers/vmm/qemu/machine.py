@@ -24,7 +24,7 @@ from ignitevm.util.proc import run
 if TYPE_CHECKING:
     import socket
 
-    from qemu.qmp.legacy import QEMUMonitorProtocol
+    from ignitevm.providers.vmm.qemu.qmp import Monitor
 
 RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
                  *(str(args.agent_socket(Path(), k))
@@ -124,14 +124,12 @@ class QemuVMM:
         return sock
 
     @contextlib.contextmanager
-    def monitor(self, workdir: Path) -> Iterator[QEMUMonitorProtocol]:
+    def monitor(self, workdir: Path) -> Iterator[Monitor]:
         """A QMP connection to the VM's QEMU (one client at a time: QEMU queues others)."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
+        from ignitevm.providers.vmm.qemu import qmp
 
-        mon = QEMUMonitorProtocol(str(workdir / args.QMP))
-        mon.settimeout(QMP_TIMEOUT)
+        mon = qmp.connect(str(workdir / args.QMP), QMP_TIMEOUT)
         try:
-            mon.connect(negotiate=True)
             yield mon
         finally:
             mon.close()
@@ -139,6 +137,30 @@ class QemuVMM:
     def qmp(self, workdir: Path, command: str, **arguments: object) -> object:
         with self.monitor(workdir) as mon:
             return mon.cmd(command, **arguments)
+
+    def run_state(self, workdir: Path) -> str:
+        """What QEMU says of the guest's CPUs: "running", "paused", "shutdown",
+        "internal-error", "guest-panicked", ... (QMP query-status)."""
+        status = self.qmp(workdir, "query-status")
+        return str(status.get("status", "")) if isinstance(status, dict) else ""
+
+    def pause(self, workdir: Path) -> str:
+        """Stop the guest's CPUs if they run; the state found before (QMP stop)."""
+        with self.monitor(workdir) as mon:
+            state = str(mon.cmd("query-status").get("status", ""))
+            if state == "running":
+                mon.cmd("stop")
+        return state
+
+    def resume(self, workdir: Path) -> str:
+        """Let a paused guest's CPUs run again; the state found before (QMP cont).
+        Only a guest paused by `stop` is resumed (not one QEMU stopped on an
+        error or a panic)."""
+        with self.monitor(workdir) as mon:
+            state = str(mon.cmd("query-status").get("status", ""))
+            if state == "paused":
+                mon.cmd("cont")
+        return state
 
     def powerdown(self, workdir: Path) -> bool:
         try:
