@@ -16,10 +16,8 @@ from ignitevm.errors import IgniteError
 from ignitevm.log import log
 from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
-from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
 from ignitevm.util.fs import atomic_write
-from ignitevm.util.proc import run
 
 if TYPE_CHECKING:
     import socket
@@ -40,6 +38,8 @@ class QemuVMM:
     # --- disks ------------------------------------------------------------
     def create_disk(self, image: Path, workdir: Path, size: int) -> Disk:
         """A qcow2 overlay backed by the shared image: nothing is copied."""
+        from ignitevm.util.proc import run
+
         disk = workdir / "disk.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
              "-b", str(image), "-o", "cluster_size=65536", str(disk), str(size)])
@@ -48,9 +48,13 @@ class QemuVMM:
     # --- accelerator --------------------------------------------------------
     def choose_accel(self, kernel: Path, initrd: Path | None, cache: Path,
                      force: str | None = None) -> str:
+        from ignitevm.providers.vmm.qemu import accel as accel_mod
+
         return accel_mod.choose(kernel, initrd, cache, force)
 
     def kernel_args(self, accel: str) -> list[str]:
+        from ignitevm.providers.vmm.qemu import accel as accel_mod
+
         return accel_mod.kernel_args(accel)
 
     # --- lifecycle ----------------------------------------------------------
@@ -76,6 +80,8 @@ class QemuVMM:
 
     def _launch_unconfined(self, spec: LaunchSpec) -> None:
         (spec.workdir / args.RUN_DIR).mkdir(exist_ok=True)
+        from ignitevm.util.proc import run
+
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         # An fd QEMU takes over (the tap of a CNI attachment) survives -daemonize.
