@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ignitevm.api.defaults import default_vm, now, validate_vm
 from ignitevm.api.types import VM, Image, Kernel, Size
 from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
@@ -56,6 +55,7 @@ def release_network_if_dead(ctx: Context, vm: VM) -> bool:
 
 def create(ctx: Context, vm: VM) -> VM:
     """Make a VM object and its disk; nothing is left behind if any step fails."""
+    from ignitevm.api.defaults import default_vm, validate_vm
     from ignitevm.operations import images, kernels
 
     default_vm(vm)
@@ -102,6 +102,7 @@ def _create(ctx: Context, vm: VM, image: Image, kernel: Kernel) -> VM:
 
 
 def start(ctx: Context, vm: VM) -> VM:
+    from ignitevm.api.defaults import now
     from ignitevm.operations import images, kernels, sshkeys
     from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
     from ignitevm.providers import network
