@@ -94,3 +94,23 @@ def test_stop_of_a_paused_vm_powers_it_off(cli: Ignite, pbox: str) -> None:
     assert pbox not in cli("ps").stdout
     status = json.loads(cli("inspect", "vm", pbox).stdout)["status"]
     assert status["running"] is False and status["paused"] is False
+
+
+def test_rm_force_of_a_paused_vm(cli: Ignite, pbox: str) -> None:
+    from tests.vm.conftest import _qemu_pids
+
+    vmdir = _vmdir(cli, pbox)
+    cli("start", pbox)
+    cli("pause", pbox)
+    res = cli("rm", pbox, check=False)
+    assert res.returncode == 1 and "is running" in res.stderr
+    cli("rm", "-f", pbox)
+    assert not vmdir.exists()
+    left = []
+    for pid in _qemu_pids(cli.root):
+        try:
+            if vmdir.name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                left.append(pid)
+        except OSError:  # (gone meanwhile)
+            pass
+    assert not left, f"QEMU of the removed VM still runs: {left}"
