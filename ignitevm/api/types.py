@@ -146,6 +146,7 @@ class OCISource(msgspec.Struct, rename="camel", kw_only=True):
 
 class VMStatus(msgspec.Struct, rename="camel", kw_only=True):
     running: bool = False
+    paused: bool = False  # running, its CPUs stopped by `ignite pause`
     runtime: Runtime = msgspec.field(default_factory=Runtime)
     start_time: str | None = None
     network: NetworkStatus = msgspec.field(default_factory=NetworkStatus)

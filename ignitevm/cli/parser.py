@@ -205,6 +205,10 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("-f", "--force-kill", action="store_true", help="kill at once")
     p.add_argument("--timeout", type=float, default=20.0,
                    help="seconds to wait for the guest to power off (default 20)")
+    p = t.command(subs, "pause", "vm:cmd_pause", "Pause VMs: stop their CPUs, keep them in memory")
+    p.add_argument("vms", nargs="+", metavar="vm")
+    p = t.command(subs, "resume", "vm:cmd_resume", "Resume paused VMs")
+    p.add_argument("vms", nargs="+", metavar="vm")
     p = t.command(subs, "kill", "vm:cmd_kill", "Kill VMs at once (no guest shutdown)")
     p.add_argument("vms", nargs="+", metavar="vm")
     p = t.command(subs, "rm", "vm:cmd_rm", "Remove VMs")
@@ -279,14 +283,15 @@ def _network_commands(t: _Tree) -> None:
 GROUPS = {
     "image": {"import", "pull", "ls", "list", "rm", "build"},
     "kernel": {"import", "ls", "list", "rm"},
-    "vm": {"run", "create", "start", "stop", "kill", "rm", "ps", "ls", "list", "logs",
-           "exec", "ssh", "cp", "attach"},
+    "vm": {"run", "create", "start", "stop", "pause", "resume", "kill", "rm", "ps", "ls",
+           "list", "logs", "exec", "ssh", "cp", "attach"},
     "network": {"create", "ls", "list", "inspect", "rm", "prune"},
 }
 GROUPS |= {"images": GROUPS["image"], "kernels": GROUPS["kernel"], "vms": GROUPS["vm"],
            "networks": GROUPS["network"]}
-COMMANDS = {"run", "create", "start", "stop", "kill", "rm", "ps", "logs", "exec", "ssh", "cp",
-            "attach", "inspect", "completion", "version", "rmi", "rmk", *GROUPS}
+COMMANDS = {"run", "create", "start", "stop", "pause", "resume", "kill", "rm", "ps", "logs",
+            "exec", "ssh", "cp", "attach", "inspect", "completion", "version", "rmi", "rmk",
+            *GROUPS}
 _GLOBAL_VALUE = {"--root", "--log-level", "--ignite-config", "--accel", "--sandbox"}
 _GLOBAL_BOOL = {"-q", "--quiet", "--debug-trace", "-h", "--help"}
 

@@ -42,6 +42,8 @@ def ssh_argv(ctx: Context, vm: VM, identity: str | None, tty: bool, timeout: flo
     uid = vm.metadata.uid
     if ctx.vmm.pid(d) is None:
         raise IgniteError(f"VM {uid!r} is not running")
+    if vm.status.paused:
+        raise vms.paused_error(vm)
     try:
         port = int((d / vms.SSH_PORT_FILE).read_text())
     except (OSError, ValueError):

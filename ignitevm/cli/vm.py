@@ -100,6 +100,28 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    from ignitevm.operations import vms
+
+    ctx = context(args)
+    for vm in _resolve_all(ctx, args.vms):
+        vms.pause(ctx, vm)
+        if args.quiet:
+            emit(vm.metadata.uid)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from ignitevm.operations import vms
+
+    ctx = context(args)
+    for vm in _resolve_all(ctx, args.vms):
+        vms.resume(ctx, vm)
+        if args.quiet:
+            emit(vm.metadata.uid)
+    return 0
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     from ignitevm.operations import vms
 
@@ -147,6 +169,7 @@ def live(ctx: Context, vm: VM) -> VM:
     if running != vm.status.running:
         vm.status.running = running
         if not running:
+            vm.status.paused = False
             vm.status.start_time = None
             vm.status.network.ip_addresses = None
     if not running:
@@ -193,6 +216,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for vm in objs:
         s = vm.spec
         status = f"Up {age(vm.status.start_time)}" if vm.status.running else "Stopped"
+        if vm.status.running and vm.status.paused:
+            status += " (Paused)"
         if vm.metadata.uid in stale:
             status = "*" + status
         ports = ", ".join(

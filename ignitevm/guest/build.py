@@ -14,6 +14,7 @@ from ignitevm.util.proc import run, which
 # program -> its C sources in ignitevm/guest/ (headers beside them are included).
 PROGRAMS: dict[str, tuple[str, ...]] = {
     "ignite-resize": ("resize.c",),
+    "ignite-modload": ("modload.c",),
     "ignite-agent": ("agent.c", "agent_loop.c", "agent_exec.c", "agent_tar.c", "agent_untar.c"),
 }
 HEADERS: tuple[str, ...] = ("agent.h",)

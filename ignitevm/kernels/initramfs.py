@@ -155,7 +155,11 @@ def _read_beneath(root: str, rel: str, modules_dir: Path) -> bytes | None:
         return f.read()
 
 
-GUEST_PROGRAMS = ("ignite-resize", "ignite-agent")
+GUEST_PROGRAMS = ("ignite-resize", "ignite-agent", "ignite-modload")
+# What init mounts first, in one `mount -a`.
+FSTAB = (b"devtmpfs /dev devtmpfs mode=0755,nosuid 0 0\n"
+         b"proc /proc proc nosuid,noexec,nodev 0 0\n"
+         b"sysfs /sys sysfs nosuid,noexec,nodev 0 0\n")
 
 
 def _init_script() -> bytes:
@@ -170,6 +174,7 @@ def initramfs_for(kernel_dir: Path, cache: Path) -> Path:
     """
     h = hashlib.sha256(kernel_dir.name.encode())
     h.update(_init_script())
+    h.update(FSTAB)
     for program in GUEST_PROGRAMS:
         h.update(guest_build.sources_digest(program).encode())
     busybox = Path(which("busybox"))  # checked only when an initramfs is built
@@ -203,6 +208,7 @@ def build_initramfs(out: Path, modules: Path | None, cache: Path,
     for program in GUEST_PROGRAMS:
         w.file(f"bin/{program}", guest_build.build(program, cache).read_bytes(), 0o755)
     w.file("init", _init_script(), 0o755)
+    w.file("etc/fstab", FSTAB, 0o644)
     names = (modules / "load.order").read_text().split() if modules else []
     for name in names:
         w.file(f"lib/modules/{name}", (modules / name).read_bytes())  # type: ignore[operator]

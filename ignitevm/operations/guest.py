@@ -5,19 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tarfile
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ignitevm.agent import session, untar
+from ignitevm.agent import session
 from ignitevm.agent.client import AgentError, Channel
-from ignitevm.agent.untar import Limits
 from ignitevm.api.types import VM
 from ignitevm.errors import Conflict, IgniteError, InvalidInput
 from ignitevm.operations import vms
 from ignitevm.operations.context import Context
 from ignitevm.util import beneath
+
+if TYPE_CHECKING:
+    from ignitevm.agent import untar
+    from ignitevm.agent.untar import Limits
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -27,9 +29,12 @@ def channel(ctx: Context, vm: VM, timeout: float = DEFAULT_TIMEOUT) -> Channel:
     if ctx.vmm.pid(d) is None:
         raise IgniteError(f"VM {vm.metadata.name!r} is not running",
                           hint=f"start it with: ignite start {vm.metadata.name}")
+    if vm.status.paused:
+        raise vms.paused_error(vm)
     try:
         return Channel.connect(vms.AgentPorts(ctx, d), timeout, f"VM {vm.metadata.name!r}")
     except AgentError as exc:
+        vms.check_not_paused(ctx, vm)  # (paused behind the store's back, or by an error)
         # Say what the guest last said about its agent, or the console's last line.
         from ignitevm.providers.vmm.consolelog import tail
 
@@ -66,6 +71,8 @@ def send(ch: Channel, src: Path, folder: str, name: str, idle: float | None = DE
          progress: Callable[[int], None] | None = None) -> None:
     """Copy ``src`` (followed if a link) to ``folder/name`` in the guest."""
 
+    import tarfile
+
     def write_tar(fileobj: object) -> None:
         with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                           dereference=False) as tar:
@@ -81,7 +88,7 @@ def copy_out(ctx: Context, vm: VM, src: str, dest: Path | str,
     if not src.startswith("/"):
         raise InvalidInput(f"guest path {src!r} must be absolute")
     with channel(ctx, vm, timeout) as ch:
-        return receive(ch, src, str(dest), timeout, progress, limits or Limits())
+        return receive(ch, src, str(dest), timeout, progress, limits)
 
 
 def receive(ch: Channel, src: str, dest: str, idle: float | None = DEFAULT_TIMEOUT,
@@ -97,7 +104,11 @@ def receive(ch: Channel, src: str, dest: str, idle: float | None = DEFAULT_TIMEO
     where it lands (untar.py says what is accepted) and moved into place only
     when complete: a refused or dropped copy leaves nothing behind.
     """
-    limits = limits or Limits()
+    import tempfile
+
+    from ignitevm.agent import untar
+
+    limits = limits or untar.Limits()
     contents = src == "/" or src.endswith("/.")
     name = os.path.basename(src.rstrip("/"))
     if not contents and name in (".", ".."):

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ignitevm.api.defaults import default_vm, now, validate_vm
 from ignitevm.api.types import VM, Image, Kernel, Size
 from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
@@ -56,6 +55,7 @@ def release_network_if_dead(ctx: Context, vm: VM) -> bool:
 
 def create(ctx: Context, vm: VM) -> VM:
     """Make a VM object and its disk; nothing is left behind if any step fails."""
+    from ignitevm.api.defaults import default_vm, validate_vm
     from ignitevm.operations import images, kernels
 
     default_vm(vm)
@@ -102,6 +102,7 @@ def _create(ctx: Context, vm: VM, image: Image, kernel: Kernel) -> VM:
 
 
 def start(ctx: Context, vm: VM) -> VM:
+    from ignitevm.api.defaults import now
     from ignitevm.operations import images, kernels, sshkeys
     from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
     from ignitevm.providers import network
@@ -155,6 +156,7 @@ def start(ctx: Context, vm: VM) -> VM:
         log.debug("kernel command line: %s", shlex.quote(cmdline))
         ctx.vmm.launch(spec)
         vm.status.running = True
+        vm.status.paused = False
         vm.status.start_time = now()
         vm.status.runtime.id = f"{vm.status.id_prefix or 'ignite'}-{vm.metadata.uid}"
         vm.status.runtime.name = ctx.vmm.name
@@ -191,6 +193,7 @@ def _mark_stopped(ctx: Context, vm: VM) -> None:
     ctx.vmm.cleanup(workdir(ctx, vm))
     network.release(workdir(ctx, vm))
     vm.status.running = False
+    vm.status.paused = False
     vm.status.start_time = None
     vm.status.network.ip_addresses = None
     ctx.store.save(vm)
@@ -242,8 +245,80 @@ def request_poweroff(ctx: Context, vm: VM) -> str:
     return "acpi" if ctx.vmm.powerdown(d) else ""
 
 
+def paused_error(vm: VM) -> Conflict:
+    return Conflict(f"VM {vm.metadata.name!r} is paused",
+                    hint=f"resume it first: ignite resume {vm.metadata.name}")
+
+
+def check_not_paused(ctx: Context, vm: VM) -> None:
+    """Raise paused_error if the VMM says the guest's CPUs are stopped (asked
+    only when the guest did not answer: one QMP exchange)."""
+    try:
+        state = ctx.vmm.run_state(workdir(ctx, vm))
+    except Exception as exc:  # not reachable: nothing more to say
+        log.debug("QMP query-status failed: %s", exc)
+        return
+    if state == "paused":
+        raise paused_error(vm)
+    if state not in ("running", ""):
+        raise Conflict(f"VM {vm.metadata.name!r} is stopped by QEMU (state {state!r})",
+                       hint=f"see ignite logs {vm.metadata.name}; stop it with: "
+                       f"ignite stop {vm.metadata.name}")
+
+
+def pause(ctx: Context, vm: VM) -> VM:
+    """Stop a running VM's CPUs (its memory, devices and QEMU stay)."""
+    with vm_lock(ctx, vm):
+        vm = ctx.store.get(VM, vm.metadata.uid)
+        d = workdir(ctx, vm)
+        if ctx.vmm.pid(d) is None:
+            raise Conflict(f"VM {vm.metadata.name!r} is not running",
+                           hint=f"start it with: ignite start {vm.metadata.name}")
+        state = ctx.vmm.pause(d)
+        if state == "paused":
+            if not vm.status.paused:
+                vm.status.paused = True
+                ctx.store.save(vm)
+            raise Conflict(f"VM {vm.metadata.name!r} is already paused",
+                           hint=f"resume it with: ignite resume {vm.metadata.name}")
+        if state != "running":
+            raise Conflict(f"VM {vm.metadata.name!r} cannot be paused: QEMU reports it "
+                           f"{state!r}", hint=f"see ignite logs {vm.metadata.name}")
+        vm.status.paused = True
+        ctx.store.save(vm)
+    log.info("Paused VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
+    return vm
+
+
+def resume(ctx: Context, vm: VM) -> VM:
+    """Run a paused VM's CPUs again."""
+    with vm_lock(ctx, vm):
+        vm = ctx.store.get(VM, vm.metadata.uid)
+        d = workdir(ctx, vm)
+        if ctx.vmm.pid(d) is None:
+            raise Conflict(f"VM {vm.metadata.name!r} is not running",
+                           hint=f"start it with: ignite start {vm.metadata.name}")
+        state = ctx.vmm.resume(d)
+        if state not in ("paused", "running"):
+            raise Conflict(f"VM {vm.metadata.name!r} cannot be resumed: QEMU reports it "
+                           f"{state!r}", hint=f"see ignite logs {vm.metadata.name}; "
+                           f"stop it with: ignite stop {vm.metadata.name}")
+        was_paused = vm.status.paused
+        if vm.status.paused:
+            vm.status.paused = False
+            ctx.store.save(vm)
+        if state == "running":
+            if not was_paused:
+                raise Conflict(f"VM {vm.metadata.name!r} is not paused")
+            log.debug("VM %r was running already (its stored state was out of date)",
+                      vm.metadata.name)
+    log.info("Resumed VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
+    return vm
+
+
 def stop(ctx: Context, vm: VM, *, force: bool = False, timeout: float = STOP_TIMEOUT) -> None:
-    """Power the guest off (agent, else ACPI), then kill it if still there after ``timeout``."""
+    """Power the guest off (agent, else ACPI), then kill it if still there after
+    ``timeout``. A paused guest is resumed first, so that it can power off."""
     from ignitevm.providers.vmm.qemu.machine import wait_pid
 
     with vm_lock(ctx, vm):
@@ -253,12 +328,27 @@ def stop(ctx: Context, vm: VM, *, force: bool = False, timeout: float = STOP_TIM
             log.warning("VM %r is not running", vm.metadata.name)
         elif force:
             ctx.vmm.kill(d)
-        elif not (request_poweroff(ctx, vm) and wait_pid(pid, timeout)):
+        elif not (_resumed_for_stop(ctx, vm) and request_poweroff(ctx, vm)
+                  and wait_pid(pid, timeout)):
             log.warning("VM %r did not power off within %.0fs, killing it",
                         vm.metadata.name, timeout)
             ctx.vmm.kill(d)
         _mark_stopped(ctx, vm)
     log.info("Stopped VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
+
+
+def _resumed_for_stop(ctx: Context, vm: VM) -> bool:
+    """Resume a paused guest so that it can power off; False if it cannot run
+    (QEMU stopped it on an error, or QMP does not answer): kill it then."""
+    try:
+        state = ctx.vmm.resume(workdir(ctx, vm))
+    except Exception as exc:
+        log.debug("QMP query-status/cont failed: %s", exc)
+        return True  # (the power-off below falls back as before)
+    if state in ("running", "paused", "suspended"):
+        return True
+    log.warning("VM %r cannot run (QEMU reports it %r): killing it", vm.metadata.name, state)
+    return False
 
 
 def remove(ctx: Context, vm: VM, *, force: bool = False) -> None:

@@ -110,3 +110,21 @@ def test_modules_dep_that_is_a_link_out_is_not_read(tmp_path: Path) -> None:
     (mods / "modules.dep").symlink_to(host)
     with pytest.raises(IgniteError, match=r"has no modules\.dep"):
         collect_modules(mods, tmp_path / "out")
+
+
+def test_init_script_parses_and_mounts_from_the_initramfs_fstab() -> None:
+    """init.sh is valid for busybox sh, and what its first `mount -a` reads is
+    in the initramfs (a syntax error or a missing fstab only shows at boot)."""
+    import shutil
+
+    from ignitevm.guest import build as guest_build
+    from ignitevm.kernels.initramfs import FSTAB, GUEST_PROGRAMS
+
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed (run scripts/setup.sh)")
+    script = guest_build.source("init.sh")
+    subprocess.run([busybox, "sh", "-n", "/dev/stdin"], input=script, check=True)
+    assert b"mount -a -T /etc/fstab\n" in script
+    assert [line.split()[1] for line in FSTAB.decode().splitlines()] == ["/dev", "/proc", "/sys"]
+    assert b"/bin/ignite-modload /lib/modules" in script and "ignite-modload" in GUEST_PROGRAMS

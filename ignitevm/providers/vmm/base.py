@@ -77,6 +77,19 @@ class VMM(Protocol):
         """Ask the guest to power off; False if the VMM could not be reached."""
         ...
 
+    def pause(self, workdir: Path) -> str:
+        """Stop the guest's CPUs if they run; return the state found ("running",
+        "paused", ...)."""
+        ...
+
+    def resume(self, workdir: Path) -> str:
+        """Run a paused guest's CPUs again; return the state found."""
+        ...
+
+    def run_state(self, workdir: Path) -> str:
+        """The guest's CPU state: "running", "paused", or another the VMM reports."""
+        ...
+
     def kill(self, workdir: Path) -> None:
         """End the VMM process now (no guest shutdown)."""
         ...

@@ -17,15 +17,13 @@ from ignitevm.errors import IgniteError
 from ignitevm.log import log
 from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
-from ignitevm.providers.vmm.qemu import accel as accel_mod
 from ignitevm.providers.vmm.qemu import args
 from ignitevm.util.fs import atomic_write
-from ignitevm.util.proc import run
 
 if TYPE_CHECKING:
     import socket
 
-    from qemu.qmp.legacy import QEMUMonitorProtocol
+    from ignitevm.providers.vmm.qemu.qmp import Monitor
 
 RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
                  *(str(args.agent_socket(Path(), k))
@@ -41,6 +39,8 @@ class QemuVMM:
     # --- disks ------------------------------------------------------------
     def create_disk(self, image: Path, workdir: Path, size: int) -> Disk:
         """A qcow2 overlay backed by the shared image: nothing is copied."""
+        from ignitevm.util.proc import run
+
         disk = workdir / "disk.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
              "-b", str(image), "-o", "cluster_size=65536", str(disk), str(size)])
@@ -49,9 +49,13 @@ class QemuVMM:
     # --- accelerator --------------------------------------------------------
     def choose_accel(self, kernel: Path, initrd: Path | None, cache: Path,
                      force: str | None = None) -> str:
+        from ignitevm.providers.vmm.qemu import accel as accel_mod
+
         return accel_mod.choose(kernel, initrd, cache, force)
 
     def kernel_args(self, accel: str) -> list[str]:
+        from ignitevm.providers.vmm.qemu import accel as accel_mod
+
         return accel_mod.kernel_args(accel)
 
     # --- lifecycle ----------------------------------------------------------
@@ -77,6 +81,8 @@ class QemuVMM:
 
     def _launch_unconfined(self, spec: LaunchSpec) -> None:
         (spec.workdir / args.RUN_DIR).mkdir(exist_ok=True)
+        from ignitevm.util.proc import run
+
         cmd = args.argv(spec)
         (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         # An fd QEMU takes over (the tap of a CNI attachment) survives -daemonize.
@@ -130,14 +136,12 @@ class QemuVMM:
         return sock
 
     @contextlib.contextmanager
-    def monitor(self, workdir: Path) -> Iterator[QEMUMonitorProtocol]:
+    def monitor(self, workdir: Path) -> Iterator[Monitor]:
         """A QMP connection to the VM's QEMU (one client at a time: QEMU queues others)."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
+        from ignitevm.providers.vmm.qemu import qmp
 
-        mon = QEMUMonitorProtocol(str(workdir / args.QMP))
-        mon.settimeout(QMP_TIMEOUT)
+        mon = qmp.connect(str(workdir / args.QMP), QMP_TIMEOUT)
         try:
-            mon.connect(negotiate=True)
             yield mon
         finally:
             mon.close()
@@ -145,6 +149,30 @@ class QemuVMM:
     def qmp(self, workdir: Path, command: str, **arguments: object) -> object:
         with self.monitor(workdir) as mon:
             return mon.cmd(command, **arguments)
+
+    def run_state(self, workdir: Path) -> str:
+        """What QEMU says of the guest's CPUs: "running", "paused", "shutdown",
+        "internal-error", "guest-panicked", ... (QMP query-status)."""
+        status = self.qmp(workdir, "query-status")
+        return str(status.get("status", "")) if isinstance(status, dict) else ""
+
+    def pause(self, workdir: Path) -> str:
+        """Stop the guest's CPUs if they run; the state found before (QMP stop)."""
+        with self.monitor(workdir) as mon:
+            state = str(mon.cmd("query-status").get("status", ""))
+            if state == "running":
+                mon.cmd("stop")
+        return state
+
+    def resume(self, workdir: Path) -> str:
+        """Let a paused guest's CPUs run again; the state found before (QMP cont).
+        Only a guest paused by `stop` is resumed (not one QEMU stopped on an
+        error or a panic)."""
+        with self.monitor(workdir) as mon:
+            state = str(mon.cmd("query-status").get("status", ""))
+            if state == "paused":
+                mon.cmd("cont")
+        return state
 
     def powerdown(self, workdir: Path) -> bool:
         try:
