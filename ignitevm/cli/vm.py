@@ -101,22 +101,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    from ignitevm.operations import vms
-
-    ctx = context(args)
-    for vm in _resolve_all(ctx, args.vms):
-        vms.pause(ctx, vm)
-        if args.quiet:
-            emit(vm.metadata.uid)
-    return 0
+    return _each_vm(args, "pause")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    return _each_vm(args, "resume")
+
+
+def _each_vm(args: argparse.Namespace, op: str) -> int:
     from ignitevm.operations import vms
 
     ctx = context(args)
     for vm in _resolve_all(ctx, args.vms):
-        vms.resume(ctx, vm)
+        getattr(vms, op)(ctx, vm)
         if args.quiet:
             emit(vm.metadata.uid)
     return 0

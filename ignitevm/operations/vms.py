@@ -266,14 +266,20 @@ def check_not_paused(ctx: Context, vm: VM) -> None:
                        f"ignite stop {vm.metadata.name}")
 
 
+def _running(ctx: Context, vm: VM) -> tuple[VM, Path]:
+    """The VM as stored now and its folder; a clear error if it is not running."""
+    vm = ctx.store.get(VM, vm.metadata.uid)
+    d = workdir(ctx, vm)
+    if ctx.vmm.pid(d) is None:
+        raise Conflict(f"VM {vm.metadata.name!r} is not running",
+                       hint=f"start it with: ignite start {vm.metadata.name}")
+    return vm, d
+
+
 def pause(ctx: Context, vm: VM) -> VM:
     """Stop a running VM's CPUs (its memory, devices and QEMU stay)."""
     with vm_lock(ctx, vm):
-        vm = ctx.store.get(VM, vm.metadata.uid)
-        d = workdir(ctx, vm)
-        if ctx.vmm.pid(d) is None:
-            raise Conflict(f"VM {vm.metadata.name!r} is not running",
-                           hint=f"start it with: ignite start {vm.metadata.name}")
+        vm, d = _running(ctx, vm)
         state = ctx.vmm.pause(d)
         if state == "paused":
             if not vm.status.paused:
@@ -293,11 +299,7 @@ def pause(ctx: Context, vm: VM) -> VM:
 def resume(ctx: Context, vm: VM) -> VM:
     """Run a paused VM's CPUs again."""
     with vm_lock(ctx, vm):
-        vm = ctx.store.get(VM, vm.metadata.uid)
-        d = workdir(ctx, vm)
-        if ctx.vmm.pid(d) is None:
-            raise Conflict(f"VM {vm.metadata.name!r} is not running",
-                           hint=f"start it with: ignite start {vm.metadata.name}")
+        vm, d = _running(ctx, vm)
         state = ctx.vmm.resume(d)
         if state not in ("paused", "running"):
             raise Conflict(f"VM {vm.metadata.name!r} cannot be resumed: QEMU reports it "
