@@ -36,6 +36,9 @@ def test_network(tag: int) -> tuple[str, str, str]:
 
 def write_default(root: Path, tag: int = 0, internal: bool = False) -> tuple[str, str, str]:
     name, bridge, subnet = test_network(tag)
+    # (a bridge of that name left by an earlier run that was killed would keep
+    # its old address: the bridge plugin then refuses the new subnet)
+    remove_network(name, bridge)
     conflist.write(root, conflist.DEFAULT,
                    conflist.bridge_conflist(name, bridge, subnet, internal=internal))
     return name, bridge, subnet

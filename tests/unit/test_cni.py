@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -278,6 +279,10 @@ def test_plugins_left_by_a_killed_cli_are_stopped_before_release() -> None:
     with the plugin's environment): release must not race it."""
     proc = subprocess.Popen(["sleep", "60"], env={"CNI_CONTAINERID": "ignite-unit-stray"})
     try:
+        deadline = time.monotonic() + 10   # (until the child's exec shows in /proc)
+        while plugins.strays("ignite-unit-stray") != [proc.pid] \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert plugins.strays("ignite-unit-stray") == [proc.pid]
         plugins.stop_strays("ignite-unit-stray")
         assert proc.wait(timeout=10) == -9
