@@ -15,11 +15,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import rawboot
-from bench.common import ignite, report, run_bench, wait_file
+from bench.common import ignite, report, run_bench, time_qemu, time_run, wait_file
 from tests.helpers.images import busybox_image
 
 MARKER = b"TEST-READY"
@@ -46,23 +45,11 @@ def raw_boot(root: Path, kernel: str, initrd: str, image: Path, work: Path,
            "-drive", f"id=d1,file={work / 'config.tar'},format=raw,if=none,readonly=on",
            "-device", "virtio-blk-device,drive=d1,serial=ignite-cfg",
            "-serial", f"file:{log}"]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-    try:
-        return wait_file(log, MARKER) - start
-    finally:
-        proc.kill()
-        proc.wait()
+    return time_qemu(cmd, log, MARKER)
 
 
 def ours(root: Path, i: int) -> float:
-    start = time.monotonic()
-    # -q: the VM's ID on stdout (no second CLI call competing with the boot for CPU)
-    uid = ignite(root, "run", "-q", "-d", "testbox:latest", "--name", f"b{i}", "--memory",
-                 "256MB", "--size", "256MB").stdout.strip()
-    t = wait_file(root / "vm" / uid / "console.log", MARKER) - start
-    ignite(root, "rm", "-f", f"b{i}")
-    return t
+    return time_run(root, f"b{i}", MARKER)
 
 
 def main(root: Path) -> None:

@@ -46,6 +46,30 @@ def wait_file(path: Path, marker: bytes, timeout: float = 120.0, poll: float = 0
     raise TimeoutError(f"{marker!r} did not appear in {path}")
 
 
+def time_qemu(cmd: list[str], log: Path, marker: bytes) -> float:
+    """Seconds from launching a raw QEMU (``cmd``, its serial console to ``log``)
+    until ``marker`` appears in ``log``; the QEMU is killed after."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    try:
+        return wait_file(log, marker) - start
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def time_run(root: Path, name: str, marker: bytes, *flags: str) -> float:
+    """Seconds from `ignite run -d` of the test image until ``marker`` is on the
+    VM's console; the VM is removed after."""
+    start = time.monotonic()
+    # -q: the VM's ID on stdout (no second CLI call competing with the boot for CPU)
+    uid = ignite(root, "run", "-q", "-d", "testbox:latest", "--name", name, "--memory",
+                 "256MB", "--size", "256MB", *flags).stdout.strip()
+    t = wait_file(root / "vm" / uid / "console.log", marker) - start
+    ignite(root, "rm", "-f", name)
+    return t
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-from bench.common import wait_file
+from bench.common import time_qemu
 from ignitevm.kernels.cpio import CpioWriter
 
 WANTED = ("virtio_mmio", "virtio_blk")
@@ -66,10 +65,4 @@ def boot(kernel: str, initrd: Path, image: Path, work: Path, kernel_args: list[s
            "-drive", f"id=d0,file={disk},format=raw,if=none",
            "-device", "virtio-blk-device,drive=d0",
            "-serial", f"file:{log}"]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-    try:
-        return wait_file(log, marker) - start
-    finally:
-        proc.kill()
-        proc.wait()
+    return time_qemu(cmd, log, marker)

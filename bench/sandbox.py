@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import ignite, report, run_bench, wait_file
+from bench.common import ignite, report, run_bench, time_run
 from tests.helpers.images import busybox_image
 
 MARKER = b"TEST-READY"
@@ -46,12 +46,7 @@ def launch_once(root: Path, name: str, mode: str) -> float:
 
 
 def boot_once(root: Path, i: int, mode: str) -> float:
-    start = time.monotonic()
-    uid = ignite(root, "run", "-q", "-d", "testbox:latest", "--name", f"s{mode}{i}",
-                 "--memory", "256MB", "--size", "256MB", f"--sandbox={mode}").stdout.strip()
-    t = wait_file(root / "vm" / uid / "console.log", MARKER) - start
-    ignite(root, "rm", "-f", f"s{mode}{i}")
-    return t
+    return time_run(root, f"s{mode}{i}", MARKER, f"--sandbox={mode}")
 
 
 def main(root: Path) -> None:
