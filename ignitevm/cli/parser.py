@@ -132,9 +132,10 @@ def _vm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sandbox-image", help="recorded as spec.sandbox.oci for Ignite "
                    "compatibility (VMs run under QEMU directly, without a sandbox)")
     p.add_argument("--runtime", help="accepted for Ignite compatibility (this host: qemu)")
-    p.add_argument("--network-plugin", metavar="cni|user|none",
-                   help="cni: a bridge and an address (default for root); user: QEMU "
-                   "user-mode NAT (default otherwise); none")
+    p.add_argument("--network-plugin", metavar="cni|passt|user|none",
+                   help="cni: a bridge and an address (default for root); passt: "
+                   "user-mode networking without root (default otherwise); user: QEMU's "
+                   "slirp NAT; none")
     p.add_argument("--network", action="append", default=[], metavar="NAME",
                    help="a CNI network to join (repeatable: eth0, eth1, ...; default: "
                    "Ignite's)")

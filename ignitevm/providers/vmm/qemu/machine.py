@@ -158,20 +158,20 @@ class QemuVMM:
 
     def pause(self, workdir: Path) -> str:
         """Stop the guest's CPUs if they run; the state found before (QMP stop)."""
-        with self.monitor(workdir) as mon:
-            state = str(mon.cmd("query-status").get("status", ""))
-            if state == "running":
-                mon.cmd("stop")
-        return state
+        return self._switch(workdir, "running", "stop")
 
     def resume(self, workdir: Path) -> str:
         """Let a paused guest's CPUs run again; the state found before (QMP cont).
         Only a guest paused by `stop` is resumed (not one QEMU stopped on an
         error or a panic)."""
+        return self._switch(workdir, "paused", "cont")
+
+    def _switch(self, workdir: Path, when: str, command: str) -> str:
+        """Send ``command`` if QEMU reports the state ``when``; the state found."""
         with self.monitor(workdir) as mon:
             state = str(mon.cmd("query-status").get("status", ""))
-            if state == "paused":
-                mon.cmd("cont")
+            if state == when:
+                mon.cmd(command)
         return state
 
     def powerdown(self, workdir: Path) -> bool:
