@@ -99,12 +99,13 @@ class QemuVMM:
         # run/, which a jailed QEMU may write: a FIFO or a link to /dev/zero
         # there must not hang or swamp root) is read only until that record
         # exists, and then only as a small regular file.
-        text = _read_small(workdir / args.PIDSTART) or _read_small(workdir / args.PIDFILE)
+        record = _read_small(workdir / args.PIDSTART)
+        text = record or _read_small(workdir / args.PIDFILE)
         try:
             pid = int(text.split()[0]) if text else 0
         except ValueError:
             return None
-        if pid <= 0 or not is_our_qemu(pid, workdir):
+        if pid <= 0 or not is_our_qemu(pid, workdir, record):
             return None
         # Every look at a running VM keeps its console log bounded (one stat).
         consolelog.trim(workdir / args.CONSOLE_LOG)
@@ -276,9 +277,10 @@ def _read_small(path: Path, limit: int = 128) -> str:
         os.close(fd)
 
 
-def is_our_qemu(pid: int, workdir: Path) -> bool:
+def is_our_qemu(pid: int, workdir: Path, record: str | None = None) -> bool:
     """Is ``pid`` the QEMU launched for ``workdir`` (not a reused pid, nor after a
-    reboot another process whose command line happens to name the folder)?"""
+    reboot another process whose command line happens to name the folder)?
+    ``record``: the launch record's text, when the caller has read it already."""
     started = process_start(pid)
     if started is None:
         return False
@@ -291,7 +293,9 @@ def is_our_qemu(pid: int, workdir: Path) -> bool:
     if not exe.startswith("qemu-system"):
         return False
     # (none: launched by an older version, or killed before it could record)
-    recorded = _read_small(workdir / args.PIDSTART).split()
+    if record is None:
+        record = _read_small(workdir / args.PIDSTART)
+    recorded = record.split()
     if recorded:
         return recorded == [str(pid), *started.split()]
     try:
