@@ -25,8 +25,9 @@ import os
 import shutil
 import stat
 
+from ignitevm.util.beneath import DIR_FLAGS, lstat_at
+
 CAP = 256  # open directory fds kept between entries (RLIMIT_NOFILE is often 1024)
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Blocked(Exception):
@@ -42,21 +43,6 @@ def open_dir(name: str, dir_fd: int) -> int | None:
     """Open directory ``name`` of ``dir_fd`` without following a link; None if it is missing."""
     try:
         return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-
-
-def is_link(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except FileNotFoundError:
-        return False
-
-
-def lmode(name: str, dir_fd: int) -> int | None:
-    """The st_mode of ``name`` in ``dir_fd`` (a link's own), None if there is nothing."""
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
     except FileNotFoundError:
         return None
 
@@ -121,7 +107,8 @@ class Tree:
             fd = open_dir(base, parent)
         except OSError as exc:
             if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-                raise Blocked(rel, is_link(base, parent)) from None
+                st = lstat_at(parent, base)
+                raise Blocked(rel, st is not None and stat.S_ISLNK(st.st_mode)) from None
             raise
         if fd is not None or not create:
             return fd
@@ -170,10 +157,10 @@ class Tree:
 
     def remove(self, parent: int, name: str, rel: str) -> None:
         """Remove ``name`` of directory ``parent`` (at ``rel``), whatever it is; never follows."""
-        mode = lmode(name, parent)
-        if mode is None:
+        st = lstat_at(parent, name)
+        if st is None:
             return
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(st.st_mode):
             self.forget(rel)
             shutil.rmtree(name, dir_fd=parent)
         else:
