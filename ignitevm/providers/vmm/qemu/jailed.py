@@ -39,8 +39,7 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     jail.own(run_dir, 0, me.gid, 0o1770)
     for lock in host_locks(d):
         jail.host_file(lock)
-    console = d / args.CONSOLE_LOG
-    os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    console = d / args.CONSOLE_LOG  # (made private by QemuVMM.launch, for both modes)
     jail.own(console, me.uid, me.gid, 0o600)
 
     binds, links = jail.system_binds(qemu)
