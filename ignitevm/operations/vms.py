@@ -215,19 +215,7 @@ class AgentPorts:
         return self.ctx.vmm.connect_socket(self.workdir, path)
 
     def repair(self, path: Path) -> None:
-        """A client killed between QMP's chardev-add and device_add leaves a
-        socket with no port behind it: remove that chardev and socket (the next
-        client adds the channel anew). Nothing if the port is there."""
-        qmp = getattr(self.ctx.vmm, "qmp", None)
-        if qmp is None:
-            return
-        k = int(path.stem.rsplit("-", 1)[1])         # agent-K.sock
-        devices = qmp(self.workdir, "qom-list", path="/machine/peripheral")
-        if any(d.get("name") == f"agentport{k}" for d in devices):  # type: ignore[attr-defined]
-            return
-        with contextlib.suppress(Exception):     # (gone already, or never made)
-            qmp(self.workdir, "chardev-remove", id=f"agent{k}")
-        path.unlink(missing_ok=True)
+        self.ctx.vmm.repair_agent_channel(self.workdir, path)
 
 
 def request_poweroff(ctx: Context, vm: VM) -> str:

@@ -106,6 +106,10 @@ class VMM(Protocol):
         """Give the running VM one more agent channel; None if it cannot have more."""
         ...
 
+    def repair_agent_channel(self, workdir: Path, path: Path) -> None:
+        """Undo the adding of channel ``path`` that a client killed half-way left."""
+        ...
+
     def console_socket(self, workdir: Path) -> Path:
         ...
 

@@ -241,6 +241,19 @@ class QemuVMM:
                 raise
         return path
 
+    def repair_agent_channel(self, workdir: Path, path: Path) -> None:
+        """Undo a channel a client killed between chardev-add and device_add left
+        half-made: a socket with no port behind it (its chardev and socket go;
+        the next client adds the channel anew). Nothing if the port is there."""
+        k = int(path.stem.rsplit("-", 1)[1])         # agent-K.sock
+        with self.monitor(workdir) as mon:
+            devices = mon.cmd("qom-list", path="/machine/peripheral")
+            if any(d.get("name") == f"agentport{k}" for d in devices):
+                return
+            with contextlib.suppress(Exception):     # (gone already, or never made)
+                mon.cmd("chardev-remove", id=f"agent{k}")
+        path.unlink(missing_ok=True)
+
     def console_socket(self, workdir: Path) -> Path:
         return workdir / args.CONSOLE_SOCK
 
