@@ -18,7 +18,15 @@ import pytest
 
 from ignitevm.errors import Conflict, IgniteError, InvalidInput, MissingTool, NotFound
 from ignitevm.providers.network.base import Forward
-from ignitevm.providers.network.cni import chain, conflist, netns, networks, plugins, vm
+from ignitevm.providers.network.cni import (
+    chain,
+    conflist,
+    netns,
+    networks,
+    plugins,
+    sweep,
+    vm,
+)
 from tests.helpers.cninet import remove_network, require_cni, snapshot, write_default
 
 
@@ -69,6 +77,8 @@ def test_add_del_chain(net: tuple[Path, str, str, str]) -> None:
             ["iptables-save"], capture_output=True, text=True).stdout
     finally:
         netns.delete(ns)
+        # (the plugins driven by hand keep their host-wide chains: a release tidies them)
+        sweep.shared_chains()
 
 
 def test_error_json_is_one_clear_error(net: tuple[Path, str, str, str]) -> None:
@@ -85,6 +95,7 @@ def test_error_json_is_one_clear_error(net: tuple[Path, str, str, str]) -> None:
         chain.delete(conf, att, None)
     finally:
         netns.delete(ns)
+        sweep.shared_chains()
 
 
 def test_missing_plugin_names_the_package(monkeypatch: pytest.MonkeyPatch,
@@ -289,3 +300,31 @@ def test_plugins_left_by_a_killed_cli_are_stopped_before_release() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_plugins_shared_chains_go_with_the_last_attachment(
+        net: tuple[Path, str, str, str]) -> None:
+    """The firewall and portmap plugins make host-wide chains at the first ADD;
+    they go when the last attachment is released, unless something else (here
+    an administrator's rule) still uses them."""
+    root, _name, _bridge, _subnet = net
+    d = vmdir(root, "9123456789abcdef")
+
+    def chains() -> set[str]:
+        text = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        return {ln[1:].split()[0] for ln in text.splitlines() if ln.startswith(":CNI-")}
+
+    shared = {"CNI-FORWARD", "CNI-ADMIN", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
+              "CNI-HOSTPORT-SETMARK"}
+    with vm.attached(root, d, "ignite-unit", d.name, (Forward("tcp", "", 18939, 80),)):
+        assert shared <= chains()
+        admin = ["CNI-ADMIN", "-s", "192.0.2.77/32", "-j", "ACCEPT"]
+        subprocess.run(["iptables", "-w", "-A", *admin], check=True)
+    try:
+        vm.release(d)
+        assert {"CNI-FORWARD", "CNI-ADMIN"} <= chains()   # still used by the admin's rule
+        assert not chains() & {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}
+    finally:
+        subprocess.run(["iptables", "-w", "-D", *admin], check=False)
+    sweep.shared_chains()
+    assert not chains() & shared

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 from ignitevm.errors import IgniteError
@@ -103,3 +104,64 @@ def leases_of(conf: dict[str, object], container_id: str) -> None:
     for f in leases(conf, container_id):
         log.debug("sweep: lease %s", f)
         f.unlink(missing_ok=True)
+
+
+# The chains the firewall and portmap plugins make once per host and share
+# between attachments, with the one rule of their own each may hold (by target).
+SHARED = {
+    "filter": {"CNI-FORWARD": {"CNI-ADMIN"}, "CNI-ADMIN": set()},
+    "nat": {"CNI-HOSTPORT-DNAT": set(), "CNI-HOSTPORT-MASQ": {"MASQUERADE"},
+            "CNI-HOSTPORT-SETMARK": {"MARK"}},
+}
+HOST_LOCK = Path("/run/ignitevm-cni.lock")  # iptables are the host's, whatever the root
+
+
+@contextlib.contextmanager
+def adding() -> Iterator[None]:
+    """Held (shared) while plugins ADD: the shared chains they make or use are
+    not removed under them."""
+    from ignitevm.util.fs import flock
+
+    with flock(HOST_LOCK, shared=True):
+        yield
+
+
+def shared_chains() -> None:
+    """Remove the plugins' host-wide chains once no attachment uses them (only
+    their own fixed rules left), so the host's iptables are as before the first
+    VM. Skipped while any ADD runs (the next release does it)."""
+    from ignitevm.util.fs import flock
+
+    try:
+        with flock(HOST_LOCK, blocking=False):
+            for table, chains in SHARED.items():
+                _drop_if_unused(table, chains)
+    except BlockingIOError:
+        log.debug("sweep: an ADD is under way; the shared chains stay")
+
+
+def _drop_if_unused(table: str, chains: dict[str, set[str]]) -> None:
+    declared, jumps = set(), []
+    for line in _iptables_save(table):
+        if line.startswith(":"):
+            declared.add(line[1:].split()[0])
+            continue
+        if not line.startswith("-A "):
+            continue
+        words = shlex.split(line)
+        target = words[words.index("-j") + 1] if "-j" in words else ""
+        if words[1] in chains:
+            if target not in chains[words[1]]:
+                return  # an attachment's (or an admin's) rule: still in use
+        elif target in chains:
+            jumps.append(words[1:])
+    mine = [c for c in chains if c in declared]
+    if not mine:
+        return
+    log.debug("sweep: no attachment uses %s any more: removing them", ", ".join(mine))
+    for rule in jumps:
+        _iptables(table, "-D", *rule)
+    for chain in mine:
+        _iptables(table, "-F", chain)
+    for chain in mine:
+        _iptables(table, "-X", chain)

@@ -84,6 +84,7 @@ def release(d: Path) -> None:
         _release_one(rec, att, present)
     netns.delete(rec["netns"])
     (d / RECORD).unlink(missing_ok=True)
+    sweep.shared_chains()  # (the last attachment gone: the host as before the first)
     log.debug("released the network of %s", cid)
 
 
@@ -256,7 +257,8 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
 def _add(att: dict[str, Any], rec: dict[str, Any], want: Want) -> dict[str, Any]:
     conf = att["conflist"]
     try:
-        return chain.add(conf, _attachment(rec, att))
+        with sweep.adding():
+            return chain.add(conf, _attachment(rec, att))
     except CNIError as exc:
         if "no IP addresses available" in str(exc):
             subnet = ", ".join(conflist.subnets(conf))
