@@ -55,7 +55,10 @@ status:
 
 @contextlib.contextmanager
 def ignited(cli: Ignite, folder: Path) -> Iterator[subprocess.Popen[str]]:
-    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    # (user-mode networking, as for every CLI the tests run: the host's real
+    # ignite0 network is not for tests)
+    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO),
+               IGNITE_NETWORK_PLUGIN=os.environ.get("IGNITE_NETWORK_PLUGIN", "user"))
     proc = subprocess.Popen([*IGNITED, "daemon", "--manifest-dir", str(folder),
                              "--interval", "1s"], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
