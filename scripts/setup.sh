@@ -20,6 +20,7 @@ PACKAGES=(
   python3 python3-venv python3-pip
   git file cpio ca-certificates
   docker-registry skopeo umoci    # tests and benches: a loopback registry, pushes, layouts
+  containerd                      # tests: a private containerd (and ctr) for --runtime containerd
 )
 
 missing=()

@@ -11,6 +11,7 @@ from ignitevm.cli.common import context, emit, list_objects, remove_objects
 from ignitevm.util.human import age
 
 if TYPE_CHECKING:
+    from ignitevm.images.containerd.options import ContainerdOptions
     from ignitevm.images.registry.options import PullOptions
     from ignitevm.operations.context import Context
 
@@ -50,12 +51,45 @@ def is_local_source(source: str) -> bool:
             or source.endswith((".tar", ".tgz", ".tar.gz")) or not is_reference(source))
 
 
+def containerd_options(args: argparse.Namespace) -> ContainerdOptions | None:
+    """Where to read images from with ``--runtime containerd`` (or the Configuration's
+    ``spec.runtime: containerd``, as Ignite); None to pull them from their registry.
+    The socket and namespace: flag, Configuration, ``$CONTAINERD_ADDRESS`` /
+    ``$CONTAINERD_NAMESPACE`` (as ctr), default."""
+    import os
+
+    from ignitevm.cli.config import load_configuration
+    from ignitevm.errors import InvalidInput
+    from ignitevm.images.containerd import options
+
+    spec = (load_configuration(getattr(args, "ignite_config", None)) or {}).get("spec") or {}
+    runtime = getattr(args, "runtime", None)
+    if runtime == "docker":
+        raise InvalidInput("images cannot be read from docker's store",
+                           hint="save it to an archive and import that: docker save IMAGE "
+                           "-o image.tar && ignite image import image.tar")
+    if runtime not in (None, "", "qemu", "containerd"):
+        raise InvalidInput(f"invalid runtime {runtime!r}, must be one of [containerd qemu]")
+    if (runtime or spec.get("runtime")) != "containerd":
+        return None
+    return options.ContainerdOptions(
+        getattr(args, "containerd_socket", None) or spec.get("containerdSocket")
+        or os.environ.get("CONTAINERD_ADDRESS") or options.DEFAULT_SOCKET,
+        getattr(args, "containerd_namespace", None) or spec.get("containerdNamespace")
+        or os.environ.get("CONTAINERD_NAMESPACE") or options.DEFAULT_NAMESPACE,
+        getattr(args, "platform", None))
+
+
 def cmd_import(args: argparse.Namespace) -> int:
-    from ignitevm.operations.images import import_image, pull_image
+    from ignitevm.operations.images import import_from_containerd, import_image, pull_image
 
     ctx = context(args)
+    containerd = containerd_options(args)
     if is_local_source(args.source):
         image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())
+    elif containerd is not None:
+        image = import_from_containerd(ctx, args.source, containerd, args.name,
+                                       progress=sys.stderr.isatty())
     else:
         image = pull_image(ctx, args.source, pull_options(args), args.name)
     if args.quiet:

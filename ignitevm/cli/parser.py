@@ -166,6 +166,17 @@ def registry_flags(p: argparse.ArgumentParser, *, platform: bool = False) -> Non
                        "this host's)")
 
 
+def containerd_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", metavar="containerd",
+                   help="containerd: take the image from a running containerd's store "
+                   "(default: pull it from its registry; also the Configuration's spec.runtime)")
+    p.add_argument("--containerd-socket", metavar="PATH",
+                   help="containerd's socket (default /run/containerd/containerd.sock)")
+    p.add_argument("--containerd-namespace", metavar="NS",
+                   help="containerd namespace to look in (default: default, where ctr puts "
+                   "images; Kubernetes uses k8s.io)")
+
+
 def _start_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--interactive", action="store_true",
                    help="attach to the serial console after starting")
@@ -370,7 +381,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         p.add_argument("source", help="an archive, an OCI layout folder or a registry "
                        "reference" + (" (or debian)" if group == "kernel" else ""))
         p.add_argument("--name", help="name to give it (default: from the source)")
-        p.add_argument("--runtime", help="accepted for Ignite compatibility")
+        if group == "image":
+            containerd_flags(p)
+        else:
+            p.add_argument("--runtime", help="accepted for Ignite compatibility")
         registry_flags(p, platform=True)
         if group == "image":
             p = t.command(gs, "pull", "image:cmd_pull", "Pull an image from a registry")

@@ -41,12 +41,14 @@ _MACHINE = os.uname().machine
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(_MACHINE, _MACHINE)
 
 
-def open_oci(store: Store, kind: str, path: Path, ref: str | None) -> ImageSource:
-    """Describe the image of the OCI layout in ``store`` (``kind``: oci-layout or oci-archive)."""
+def open_oci(store: Store, kind: str, path: Path, ref: str | None,
+             platform: str | None = None) -> ImageSource:
+    """Describe the image of the OCI layout in ``store`` (``kind``: oci-layout or oci-archive;
+    ``platform``: the os/arch[/variant] to take from an index, default this host's)."""
     index = store.json("index.json", "index")
     if not isinstance(index, dict):
         raise InvalidInput(f"{path}: index.json is not an image index")
-    desc = _choose(store, index.get("manifests"), ref)
+    desc = _choose(store, index.get("manifests"), ref, platform)
     annotations = desc.get("annotations") or {}
     name = annotations.get(REF_ANNOTATION) or annotations.get("io.containerd.image.name")
     for _ in range(4):
@@ -55,7 +57,8 @@ def open_oci(store: Store, kind: str, path: Path, ref: str | None) -> ImageSourc
         if media in INDEX_TYPES:
             nested = store.json(blob, "index", digest)
             desc = _choose(
-                store, nested.get("manifests") if isinstance(nested, dict) else None, None
+                store, nested.get("manifests") if isinstance(nested, dict) else None, None,
+                platform,
             )
         elif media in MANIFEST_TYPES:
             manifest = store.json(blob, "manifest", digest)
@@ -109,7 +112,9 @@ def _platform(desc: dict[str, Any]) -> str | None:
     return f"{p.get('os')}/{p.get('architecture')}" + (f"/{p['variant']}" if "variant" in p else "")
 
 
-def _choose(store: Store, descs: Any, ref: str | None) -> dict[str, Any]:
+def _choose(
+    store: Store, descs: Any, ref: str | None, platform: str | None = None
+) -> dict[str, Any]:
     """Pick one descriptor from an index: by ref name, then by platform."""
     if not isinstance(descs, list) or not descs:
         raise InvalidInput(f"{store.path}: the image index lists no manifests")
@@ -120,7 +125,7 @@ def _choose(store: Store, descs: Any, ref: str | None) -> dict[str, Any]:
         if not descs:
             have = ", ".join(sorted(n for n in names if n)) or "none"
             raise InvalidInput(f"{store.path} holds no image named {ref} (it has: {have})")
-    wanted = f"linux/{_ARCH}"
+    wanted = platform or f"linux/{_ARCH}"
     platforms = [_platform(d) for d in descs]
     if len(descs) == 1 and platforms[0] is None:
         return descs[0]

@@ -26,6 +26,7 @@ from ignitevm.util.ids import new_uid
 
 if TYPE_CHECKING:
     from ignitevm.images.blobs import ContentStore
+    from ignitevm.images.containerd.options import ContainerdOptions
     from ignitevm.images.source import ImageSource
 
 IMAGE_FILE = "image.ext4"
@@ -57,10 +58,24 @@ def import_image(ctx: Context, source: str, name: str | None = None,
             "ignite image import ./app.tar",
         )
     with open_source(path) as src:
-        ref = refs.normalize(name or src.ref or _name_from_path(path))
-        # A second import of the same content waits for the first, then reuses it.
-        with ctx.store.key_lock(f"image:{src.identity}"):
-            return _import(ctx, src, ref, progress)
+        return _import_named(ctx, src, name or src.ref or _name_from_path(path), progress)
+
+
+def import_from_containerd(ctx: Context, source: str, opts: ContainerdOptions,
+                           name: str | None = None, progress: bool = False) -> Image:
+    """Import the image named ``source`` in a running containerd's store, as if from the
+    archive it was loaded from (same checks, same identity)."""
+    from ignitevm.images.containerd.source import open_containerd
+
+    with open_containerd(source, opts) as src:
+        return _import_named(ctx, src, name or src.ref or source, progress)
+
+
+def _import_named(ctx: Context, src: ImageSource, name: str, progress: bool) -> Image:
+    ref = refs.normalize(name)
+    # A second import of the same content waits for the first, then reuses it.
+    with ctx.store.key_lock(f"image:{src.identity}"):
+        return _import(ctx, src, ref, progress)
 
 
 def _import(ctx: Context, src: ImageSource, ref: str, progress: bool) -> Image:
