@@ -10,10 +10,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.helpers.daemon import serving
 
 CONTAINERD = shutil.which("containerd")
 CTR = shutil.which("ctr")
@@ -59,15 +60,6 @@ class Containerd:
     def leases(self, namespace: str = "default") -> list[str]:
         return self.ctr("leases", "ls", "-q", namespace=namespace).split()
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
 
 def _config(d: Path) -> str:
     disabled = ", ".join(f'"{p}"' for p in _DISABLED)
@@ -88,25 +80,8 @@ def running_containerd() -> Iterator[Containerd]:
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, env=dict(os.environ, OTEL_SDK_DISABLED="1"))
         ctrd = Containerd(d, d / "c.sock", proc)
-        ready = threading.Event()
-
-        def read_log() -> None:
-            assert proc.stderr is not None
-            for raw in proc.stderr:
-                line = raw.decode(errors="replace").rstrip()
-                ctrd.log.append(line)
-                if "containerd successfully booted" in line:
-                    ready.set()
-            ready.set()  # exited
-
-        reader = threading.Thread(target=read_log, daemon=True)
-        reader.start()
-        try:
-            if not ready.wait(START_DEADLINE) or proc.poll() is not None:
-                raise RuntimeError("containerd did not start:\n" + "\n".join(ctrd.log[-10:]))
+        with serving(proc, "containerd successfully booted", "containerd", ctrd.log,
+                     START_DEADLINE):
             yield ctrd
-        finally:
-            ctrd.stop()
-            reader.join(timeout=10)
     finally:
         shutil.rmtree(d, ignore_errors=True)

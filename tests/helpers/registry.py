@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.daemon import serving, terminate
+
 REGISTRY = shutil.which("docker-registry")
 SKOPEO = shutil.which("skopeo")
 OPENSSL = shutil.which("openssl")
@@ -235,13 +237,7 @@ class Registry:
                      headers={"Content-Type": str(desc["mediaType"])}).raise_for_status()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout=10)
 
 
 def _config(storage: Path, addr: str, *, tls: tuple[Path, Path] | None,
@@ -289,26 +285,8 @@ def running_registry(folder: Path, *, bind: str = "127.0.0.1", tls: tuple[Path, 
                             stderr=subprocess.PIPE, env=dict(os.environ, OTEL_SDK_DISABLED="1"))
     reg = Registry(f"{bind}:{port}", storage, proc, tls=tls is not None, user=user,
                    password=password, ca=ca)
-    ready = threading.Event()
-
-    def read_log() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            reg.log.append(line)
-            if "listening on" in line:
-                ready.set()
-        ready.set()  # exited
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        if not ready.wait(START_DEADLINE) or proc.poll() is not None:
-            raise RuntimeError("docker-registry did not start:\n" + "\n".join(reg.log[-10:]))
+    with serving(proc, "listening on", "docker-registry", reg.log, START_DEADLINE):
         yield reg
-    finally:
-        reg.stop()
-        reader.join(timeout=10)
 
 
 # --- pytest fixtures (tests/conftest.py loads this module as a plugin) -------------------

@@ -108,20 +108,18 @@ class Client:
             raise self.malformed("the image record", exc) from None
 
     def image_names(self) -> list[str]:
-        answer = self.call("/containerd.services.images.v1.Images/List", b"",
-                           "the list of images") or b""
-        try:
-            return sorted(wire.get_str(i, 1) for i in wire.get_messages(wire.fields(answer), 1))
-        except wire.WireError as exc:
-            raise self.malformed("the list of images", exc) from None
+        return self._names("/containerd.services.images.v1.Images/List", "images")
 
     def namespaces(self) -> list[str]:
-        answer = self.call("/containerd.services.namespaces.v1.Namespaces/List", b"",
-                           "the list of namespaces") or b""
+        return self._names("/containerd.services.namespaces.v1.Namespaces/List", "namespaces")
+
+    def _names(self, method: str, what: str) -> list[str]:
+        """The names (field 1) of the records (field 1) a List call answers."""
+        answer = self.call(method, b"", f"the list of {what}") or b""
         try:
-            return sorted(wire.get_str(n, 1) for n in wire.get_messages(wire.fields(answer), 1))
+            return sorted(wire.get_str(r, 1) for r in wire.get_messages(wire.fields(answer), 1))
         except wire.WireError as exc:
-            raise self.malformed("the list of namespaces", exc) from None
+            raise self.malformed(f"the list of {what}", exc) from None
 
     def malformed(self, what: str, exc: Exception) -> IgniteError:
         return InvalidInput(f"containerd at {self.socket} sent a malformed answer for {what}"
