@@ -11,12 +11,21 @@ from ignitevm.util.human import age
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ignitevm.cli.image import pull_options
-    from ignitevm.operations.kernels import import_kernel, is_registry_ref, pull_kernel
+    from ignitevm.cli.image import containerd_options, pull_options
+    from ignitevm.operations.kernels import (
+        import_kernel,
+        import_kernel_from_containerd,
+        is_registry_ref,
+        pull_kernel,
+    )
 
     ctx = context(args)
+    containerd = containerd_options(args)
     if is_registry_ref(args.source) and not Path(args.source).exists():
-        kernel = pull_kernel(ctx, args.source, pull_options(args), args.name)
+        if containerd is not None:
+            kernel = import_kernel_from_containerd(ctx, args.source, containerd, args.name)
+        else:
+            kernel = pull_kernel(ctx, args.source, pull_options(args), args.name)
     else:
         kernel = import_kernel(ctx, args.source, args.name)
     if args.quiet:

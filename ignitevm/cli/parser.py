@@ -168,7 +168,7 @@ def registry_flags(p: argparse.ArgumentParser, *, platform: bool = False) -> Non
 
 def containerd_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", metavar="containerd",
-                   help="containerd: take the image from a running containerd's store "
+                   help="containerd: take it from a running containerd's store "
                    "(default: pull it from its registry; also the Configuration's spec.runtime)")
     p.add_argument("--containerd-socket", metavar="PATH",
                    help="containerd's socket (default /run/containerd/containerd.sock)")
@@ -381,10 +381,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         p.add_argument("source", help="an archive, an OCI layout folder or a registry "
                        "reference" + (" (or debian)" if group == "kernel" else ""))
         p.add_argument("--name", help="name to give it (default: from the source)")
-        if group == "image":
-            containerd_flags(p)
-        else:
-            p.add_argument("--runtime", help="accepted for Ignite compatibility")
+        containerd_flags(p)
         registry_flags(p, platform=True)
         if group == "image":
             p = t.command(gs, "pull", "image:cmd_pull", "Pull an image from a registry")

@@ -16,7 +16,9 @@ from ignitevm.operations.context import Context
 from ignitevm.util.ids import new_uid
 
 if TYPE_CHECKING:
+    from ignitevm.images.containerd.options import ContainerdOptions
     from ignitevm.images.registry.options import PullOptions
+    from ignitevm.images.source import ImageSource
 
 KERNEL_FILE = "vmlinuz"  # a bzImage, when no ELF vmlinux could be had
 VMLINUX_FILE = "vmlinux"
@@ -157,7 +159,6 @@ def pull_kernel(ctx: Context, source: str, opts: PullOptions | None = None,
     """Pull an Ignite-style kernel image (``/boot/vmlinux`` + ``/lib/modules``)."""
     from ignitevm.images.registry.options import PullOptions
     from ignitevm.images.registry.pull import pulling
-    from ignitevm.kernels.oci import extract_kernel_source
     from ignitevm.operations.images import content_store
 
     kname = refs.normalize(name) if name else refs.parse(source).familiar()
@@ -173,15 +174,42 @@ def pull_kernel(ctx: Context, source: str, opts: PullOptions | None = None,
                          kname, existing.metadata.uid)
             return existing
         assert pulled.source is not None
-        with ctx.store.creating(kernel) as stage, ctx.store.workdir("kernel-") as work:
-            file, modules, kernel.status.version = extract_kernel_source(
-                pulled.source, str(pulled.ref), Path(work))
-            _store_kernel(file, stage)
-            if modules is not None:
-                collect_modules(modules, stage / MODULES_DIR)
-            kernel.status.oci_source.id = pulled.identity
-            size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
-            kernel.status.oci_source.size = Size(size)
+        _build_from_source(ctx, kernel, pulled.source, str(pulled.ref), pulled.identity)
     log.info("Pulled kernel %r (version %s) with ID %r", kname, kernel.status.version,
              kernel.metadata.uid)
     return kernel
+
+
+def import_kernel_from_containerd(ctx: Context, source: str, opts: ContainerdOptions,
+                                  name: str | None = None) -> Kernel:
+    """Import the kernel image named ``source`` in a running containerd's store."""
+    from ignitevm.images.containerd.source import open_containerd
+
+    with open_containerd(source, opts) as src:
+        ref = refs.normalize(name or src.ref or source)
+        with ctx.store.key_lock(f"kernel:{ref}"):
+            existing = ctx.store.find(Kernel, ref)
+            if existing is not None:
+                log.info("Kernel %r is already imported (ID %r)", ref, existing.metadata.uid)
+                return existing
+            kernel = Kernel(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
+                            spec=KernelSpec(oci=ref))
+            _build_from_source(ctx, kernel, src, str(src.path), src.identity)
+    log.info("Imported kernel %r (version %s) with ID %r", ref, kernel.status.version,
+             kernel.metadata.uid)
+    return kernel
+
+
+def _build_from_source(ctx: Context, kernel: Kernel, source: ImageSource, label: str,
+                       identity: str) -> None:
+    """Store the kernel (and modules) of an opened kernel image; ``label`` names it."""
+    from ignitevm.kernels.oci import extract_kernel_source
+
+    with ctx.store.creating(kernel) as stage, ctx.store.workdir("kernel-") as work:
+        file, modules, kernel.status.version = extract_kernel_source(source, label, Path(work))
+        _store_kernel(file, stage)
+        if modules is not None:
+            collect_modules(modules, stage / MODULES_DIR)
+        kernel.status.oci_source.id = identity
+        size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
+        kernel.status.oci_source.size = Size(size)

@@ -231,3 +231,21 @@ def test_lease_keeps_content_from_gc(containerd: Containerd, images: Images) -> 
             assert manifest in containerd.ctr("content", "ls", "-q").split()
             assert client.content_size(manifest) is not None
         assert lease not in containerd.leases()
+
+
+def test_kernel_from_containerd(ig: Ignite, containerd: Containerd, images: Images) -> None:
+    """Kernel images (Ignite's layout) come from containerd the same way."""
+    from tests.helpers.images import KERNEL_VERSION, kernel_layers
+
+    archive, digest = images.build("docker.io/test/kernel:1", kernel_layers())
+    containerd.load(archive)
+    ig("kernel", "import", "--runtime", "containerd", "--containerd-socket",
+       str(containerd.socket), "test/kernel:1")
+    (kernel,) = json.loads(ig("kernel", "ls", "-o", "json").stdout)
+    assert kernel["metadata"]["name"] == "test/kernel:1"
+    assert kernel["status"]["version"] == KERNEL_VERSION
+    assert kernel["status"]["ociSource"]["id"] == digest
+    assert containerd.leases() == []
+    err = fails(ig, "kernel", "import", "--runtime", "containerd", "--containerd-socket",
+                str(containerd.socket), "test/nokernel:1")
+    assert "containerd has no image test/nokernel:1 in namespace default" in err
