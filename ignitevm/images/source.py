@@ -22,7 +22,8 @@ class Layer(NamedTuple):
 
 
 class ImageSource(NamedTuple):
-    kind: str  # "docker-archive" | "oci-archive" | "oci-layout" | "rootfs-tar"
+    kind: str  # "docker-archive" | "oci-archive" | "oci-layout" | "rootfs-tar" | "registry"
+    # | "containerd"
     ref: str | None  # name embedded in the source, if any
     digest: str  # "sha256:<config digest>" (rootfs tar: sha256 of the file)
     config: dict[str, Any]  # the image config's "config" object; {} for a rootfs tar
