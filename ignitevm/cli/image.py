@@ -84,10 +84,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ignitevm.operations.images import import_from_containerd, import_image, pull_image
 
     ctx = context(args)
-    containerd = containerd_options(args)
-    if is_local_source(args.source):
+    if is_local_source(args.source):  # (whatever the runtime: a file is a file)
         image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())
-    elif containerd is not None:
+    elif (containerd := containerd_options(args)) is not None:
         image = import_from_containerd(ctx, args.source, containerd, args.name,
                                        progress=sys.stderr.isatty())
     else:

@@ -20,9 +20,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
 
     ctx = context(args)
-    containerd = containerd_options(args)
     if is_registry_ref(args.source) and not Path(args.source).exists():
-        if containerd is not None:
+        if (containerd := containerd_options(args)) is not None:
             kernel = import_kernel_from_containerd(ctx, args.source, containerd, args.name)
         else:
             kernel = pull_kernel(ctx, args.source, pull_options(args), args.name)

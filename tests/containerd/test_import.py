@@ -249,3 +249,12 @@ def test_kernel_from_containerd(ig: Ignite, containerd: Containerd, images: Imag
     err = fails(ig, "kernel", "import", "--runtime", "containerd", "--containerd-socket",
                 str(containerd.socket), "test/nokernel:1")
     assert "containerd has no image test/nokernel:1 in namespace default" in err
+
+
+def test_a_file_is_a_file(ig: Ignite, images: Images, tmp_path: Path) -> None:
+    """With --runtime containerd a path is still imported as an archive (no containerd
+    needed): the runtime only says where names are looked up."""
+    archive, digest = images.build("docker.io/test/file:1", [one_layer("file")])
+    ig("image", "import", "--runtime", "containerd", "--containerd-socket",
+       str(tmp_path / "none.sock"), str(archive), "--name", "file")
+    assert _images(ig) == {"file:latest": digest}
