@@ -144,20 +144,29 @@ def test_permission_denied(containerd: Containerd, box: tuple[Path, str]) -> Non
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv is not installed")
+    mode = containerd.dir.stat().st_mode
     with tempfile.TemporaryDirectory(dir="/tmp") as d:
         os.chmod(d, 0o777)
         env = {"PATH": os.environ["PATH"], "IGNITE_ROOT": f"{d}/root", "HOME": d,
                "PYTHONPATH": str(REPO)}
-        res = subprocess.run(
-            [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-m", "ignitevm", "image", "import", "--runtime", "containerd",
-             "--containerd-socket", str(containerd.socket), "docker.io/test/box:1"],
-            env=env, capture_output=True, text=True, timeout=300, cwd=d)
-    assert res.returncode == 1, res
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
-    assert "permission denied" in errors[0], res.stderr
-    assert "run as root" in res.stderr
+        # Its folder closed to others (0700), then open with the socket itself root's (0660).
+        for folder_mode, words in ((0o700, "permission denied reaching containerd's socket"),
+                                   (0o755, "permission denied on containerd's socket")):
+            containerd.dir.chmod(folder_mode)
+            try:
+                res = subprocess.run(
+                    [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                     sys.executable, "-m", "ignitevm", "image", "import", "--runtime",
+                     "containerd", "--containerd-socket", str(containerd.socket),
+                     "docker.io/test/box:1"],
+                    env=env, capture_output=True, text=True, timeout=300, cwd=d)
+            finally:
+                containerd.dir.chmod(stat.S_IMODE(mode))
+            assert res.returncode == 1, res
+            errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+            assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+            assert words in errors[0], res.stderr
+            assert "run as root" in res.stderr
 
 
 def test_wrong_platform(ig: Ignite, containerd: Containerd, images: Images) -> None:
