@@ -267,3 +267,22 @@ def test_a_file_is_a_file(ig: Ignite, images: Images, tmp_path: Path) -> None:
     ig("image", "import", "--runtime", "containerd", "--containerd-socket",
        str(tmp_path / "none.sock"), str(archive), "--name", "file")
     assert _images(ig) == {"file:latest": digest}
+
+
+def test_docker_archive_loaded(ig: Ignite, containerd: Containerd, tmp_path: Path) -> None:
+    """An image `ctr images import` made from a docker-save archive (Docker media types,
+    a manifest containerd wrote): the same root file system as the archive imported
+    directly, under containerd's manifest digest (the archive carries none)."""
+    from tests.helpers.images import busybox_image
+
+    archive = busybox_image(tmp_path / "docker.tar", "docker.io/test/dockerbox:1")
+    containerd.load(archive)
+    (line,) = [x for x in containerd.ctr("images", "ls").splitlines()
+               if x.startswith("docker.io/test/dockerbox:1 ")]
+    _, media, digest = line.split()[:3]
+    assert media.startswith("application/vnd.docker.")
+    _import(ig, containerd, "docker.io/test/dockerbox:1")
+    assert _images(ig) == {"test/dockerbox:1": digest}
+    direct = Ignite(tmp_path / "direct")
+    direct("image", "import", str(archive))
+    assert _tree(_ext4(ig), tmp_path / "a") == _tree(_ext4(direct), tmp_path / "b")
