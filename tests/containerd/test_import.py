@@ -87,13 +87,14 @@ def test_same_image_as_the_archive(ig: Ignite, containerd: Containerd, box: tupl
 
 def test_short_name_and_configuration(ig: Ignite, containerd: Containerd,
                                       box: tuple[Path, str], tmp_path: Path) -> None:
-    """The Configuration's spec.runtime (as Ignite) and our socket/namespace fields; a
-    short name is looked up in its full form, as containerd names what it pulls."""
+    """The Configuration's spec.runtime (as Ignite) and our socket/namespace fields (the
+    socket as an address, as ctr takes it too); a short name is looked up in its full
+    form, as containerd names what it pulls."""
     _, digest = box
     containerd.load(box[0], "elsewhere")
     config = tmp_path / "config.yaml"
     config.write_text("apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
-                      f"spec:\n  runtime: containerd\n  containerdSocket: {containerd.socket}\n"
+                      f"spec:\n  runtime: containerd\n  containerdSocket: unix://{containerd.socket}\n"
                       "  containerdNamespace: elsewhere\n")
     ig("image", "import", "--ignite-config", str(config), "test/box:1", "--name", "mine")
     assert _images(ig) == {"mine:latest": digest}

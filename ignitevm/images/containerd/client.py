@@ -45,7 +45,7 @@ class Client:
     """A connection to one containerd, in one namespace."""
 
     def __init__(self, socket_path: str, namespace: str):
-        self.socket = socket_path
+        self.socket = socket_path.removeprefix("unix://")  # (ctr takes both forms)
         self.namespace = namespace
         self._channel: grpc.Channel | None = None
 
