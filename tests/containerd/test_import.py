@@ -236,6 +236,8 @@ def test_lease_keeps_content_from_gc(containerd: Containerd, images: Images) -> 
     with Client(str(containerd.socket), "default") as client:
         with client.lease() as lease:
             assert lease in containerd.leases()
+            # (it expires if the process holding it dies)
+            assert "containerd.io/gc.expire=" in containerd.ctr("leases", "ls")
             client.hold(lease, manifest)
             containerd.ctr("images", "rm", "--sync", "docker.io/test/leased:1")
             assert manifest in containerd.ctr("content", "ls", "-q").split()
