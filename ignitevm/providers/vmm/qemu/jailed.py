@@ -63,7 +63,13 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
                               hint="only block devices and the VM's own disks can be "
                                    "given to a jailed VM (or use --sandbox=none)")
         if disk.backing is not None:
-            shared.append(disk.backing)
+            shared.extend((disk.backing, *disk.chain))
+    if spec.memory_file is not None:
+        # A snapshot's RAM: the template being made (this VMM's to write), or
+        # the sealed template clones map privately (no one may write it).
+        if spec.memory_shared:
+            jail.own(spec.memory_file, me.uid, me.gid, 0o600)
+        binds.append((str(spec.memory_file), "w"))
     jail.shared_readable(shared)
     binds += [(str(p), "r") for p in shared]
     procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
