@@ -14,7 +14,8 @@ _KINDS = {"vm": VM, "image": Image, "kernel": Kernel, "snapshot": Snapshot}
 def cmd_inspect(args: argparse.Namespace) -> int:
     typ = _KINDS.get(args.kind.lower())
     if typ is None:
-        raise InvalidInput(f"unrecognized kind: {args.kind!r}", hint="use vm, image, kernel or snapshot")
+        raise InvalidInput(f"unrecognized kind: {args.kind!r}",
+                           hint="use vm, image, kernel or snapshot")
     if args.output not in ("json", "yaml") and not args.template:
         raise InvalidInput(f"unrecognized output format: {args.output!r}",
                            hint="use -o json or -o yaml")

@@ -82,7 +82,7 @@ class Monitor:
             self.sock.settimeout(left)
             try:
                 msg = self._read()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise TimeoutError(f"no QMP event {name} within {timeout:.0f}s") from None
             finally:
                 self.sock.settimeout(old)
