@@ -271,6 +271,8 @@ def _snapshot_commands(t: _Tree) -> None:
     p.add_argument("vm")
     p.add_argument("name", help="the snapshot's name")
     p.add_argument("--stop", action="store_true", help="stop the VM once it is saved")
+    p.add_argument("--no-shared-memory", action="store_true",
+                   help="keep the RAM in the state file (clones then do not share RAM pages)")
     p = t.command(gs, "ls", "snapshot:cmd_ls", "List snapshots", aliases=("list",))
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p = t.command(gs, "inspect", "snapshot:cmd_inspect", "Show a snapshot")

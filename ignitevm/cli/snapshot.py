@@ -10,11 +10,13 @@ from ignitevm.util.human import age
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from ignitevm.cli.common import sandbox_mode
     from ignitevm.operations import snapshots
 
     ctx = context(args)
+    ctx.sandbox = sandbox_mode(args)  # (the template QEMU is confined as VMs are)
     vm = ctx.store.resolve(VM, args.vm)
-    snap = snapshots.create(ctx, vm, args.name, stop=args.stop)
+    snap = snapshots.create(ctx, vm, args.name, stop=args.stop, shared=not args.no_shared_memory)
     emit(snap.metadata.uid if args.quiet else snap.metadata.name)
     return 0
 

@@ -50,7 +50,7 @@ class Restore:
 
         vmm = snapshots._qemu(ctx)
         t0 = time.monotonic()
-        fd = _checked_state(ctx, self.snap)
+        fd = _checked_state(ctx, self.snap, shared=self.memory_file is not None)
         try:
             with vmm.monitor(d) as mon:
                 migration.load(mon, fd, ignore_shared=self.memory_file is not None,
@@ -64,13 +64,14 @@ class Restore:
                   time.monotonic() - t1)
 
 
-def _checked_state(ctx: Context, snap: Snapshot) -> int:
+def _checked_state(ctx: Context, snap: Snapshot, shared: bool) -> int:
     """The state file, open, after its digest was checked on that very open
     file (what QEMU reads is what was checked)."""
     import hashlib
 
-    path = snapshots.folder(ctx, snap) / snapshots.STATE
-    rec = next((f for f in snap.status.files if f.name == snapshots.STATE), None)
+    name = snapshots.STATE_SHARED if shared else snapshots.STATE
+    path = snapshots.folder(ctx, snap) / name
+    rec = next((f for f in snap.status.files if f.name == name), None)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -210,7 +211,8 @@ def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | 
     image, kernel = verify(ctx, snap)
     snapshots.check_files(ctx, snap, (snapshots.DISK,))
     memory_file = None
-    if snap.spec.shared_memory:
+    if snap.spec.shared_memory and ctx.sandbox == "none":
+        # (a jailed clone must not be able to write the shared RAM: see sharedram)
         from ignitevm.operations import sharedram
 
         memory_file = sharedram.template(ctx, snap)

@@ -23,12 +23,15 @@ from typing import TYPE_CHECKING
 from ignitevm.api.types import VM, Image, Kernel, ObjectMeta, Size, Snapshot, SnapshotFile
 from ignitevm.errors import Conflict, IgniteError, InvalidInput
 from ignitevm.log import log
+from ignitevm.operations import sharedram, snaptemplate
 from ignitevm.operations.context import Context
 
 if TYPE_CHECKING:
     from ignitevm.providers.vmm.qemu.machine import QemuVMM
+    from ignitevm.providers.vmm.qemu.qmp import Monitor
 
 STATE = "state"
+STATE_SHARED = "state.shared"  # the devices only, for clones that map ``memory``
 DISK = "disk.qcow2"
 MEMORY = "memory"
 # A clone's VM object names the snapshot its disk is layered over.
@@ -80,7 +83,8 @@ def _qemu(ctx: Context) -> QemuVMM:
     return ctx.vmm
 
 
-def create(ctx: Context, vm: VM, name: str, *, stop: bool = False) -> Snapshot:
+def create(ctx: Context, vm: VM, name: str, *, stop: bool = False,
+           shared: bool = True) -> Snapshot:
     """Save a running VM as snapshot ``name``."""
     from ignitevm.api.defaults import now, validate_name
     from ignitevm.operations import vms
@@ -106,7 +110,16 @@ def create(ctx: Context, vm: VM, name: str, *, stop: bool = False) -> Snapshot:
         with ctx.store.using(image), ctx.store.using(kernel), \
                 ctx.store.creating(snap) as stage:
             _save(vmm, d, stage, paused=state == "paused", stop=stop)
-            _record_files(snap, stage)
+            known: dict[str, str] = {}
+            why = snaptemplate.eligible(vm, snap.spec.nics) if shared else "not asked for"
+            if not why:
+                from ignitevm.operations import kernels
+
+                kernel_path, initrd = kernels.kernel_files(ctx, kernel)
+                known[MEMORY] = snaptemplate.build(ctx, snap, vm, kernel_path, initrd, stage)
+            else:
+                log.info("Clones of %r will not share RAM: %s", name, why)
+            _record_files(snap, stage, known)
     if stop:
         vms.stop(ctx, vm, force=True)
     log.info("Saved VM %r as snapshot %r (ID %s, %s)", vm.metadata.name, name,
@@ -155,7 +168,6 @@ def _save(vmm: QemuVMM, d: Path, stage: Path, *, paused: bool, stop: bool) -> No
         fd = os.open(stage / STATE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             migration.save(mon, fd)
-            os.fsync(fd)
         except IgniteError as exc:
             if "space" in exc.brief.lower():
                 raise OSError(28, "No space left on device", str(stage / STATE)) from None
@@ -170,29 +182,45 @@ def _save(vmm: QemuVMM, d: Path, stage: Path, *, paused: bool, stop: bool) -> No
             _resume(mon)
 
 
-def _resume(mon: object) -> None:
-    try:
-        mon.cmd("cont")  # type: ignore[attr-defined]
-    except Exception as exc:  # (the source is left paused: say so)
-        log.warning("could not resume the VM after saving it: %s", exc)
+def _resume(mon: Monitor) -> None:
+    """Run the source's CPUs again. QEMU reports a migration completed a moment
+    before it has finished with it, and refuses `cont` until then: retried as
+    it answers (each refusal is one QMP round trip), for at most 10 s."""
+    import time
+
+    from ignitevm.providers.vmm.qemu.qmp import QMPError
+
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            mon.cmd("cont")
+            return
+        except QMPError as exc:
+            if "not finalized" in exc.desc and time.monotonic() < deadline:
+                continue
+            log.warning("could not resume the VM after saving it: %s", exc)
+            return
+        except Exception as exc:  # (the source is left paused: say so)
+            log.warning("could not resume the VM after saving it: %s", exc)
+            return
 
 
 def _copy(src: Path, dst: Path) -> None:
     with open(src, "rb") as fi, open(dst, "xb") as fo:
         shutil.copyfileobj(fi, fo, 1 << 20)
         fo.flush()
-        os.fsync(fo.fileno())
     os.chmod(dst, 0o600)
 
 
-def _record_files(snap: Snapshot, stage: Path) -> None:
+def _record_files(snap: Snapshot, stage: Path, known: dict[str, str]) -> None:
     files, total = [], 0
-    for name in (STATE, DISK, MEMORY):
+    for name in (STATE, STATE_SHARED, DISK, MEMORY):
         path = stage / name
         if not path.exists():
             continue
         size = path.stat().st_size
-        files.append(SnapshotFile(name=name, size=size, digest=digest(path)))
+        files.append(SnapshotFile(name=name, size=size,
+                                  digest=known.get(name) or digest(path)))
         total += path.stat().st_blocks * 512
     snap.status.files = files
     snap.status.size = Size(total)
@@ -239,8 +267,6 @@ def remove(ctx: Context, snap: Snapshot, *, force: bool = False) -> None:
                        hint="remove those VMs first, or use -f to remove them too")
     for vm in users:
         vms.remove(ctx, vm, force=True)
-    from ignitevm.operations import sharedram
-
     sharedram.release(folder(ctx, snap))
     ctx.store.delete(snap)
     log.info("Removed snapshot %r (ID %s)", snap.metadata.name, snap.metadata.uid)
