@@ -72,12 +72,18 @@ def build(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Path | Non
             disks.append(Disk(path, serial, "raw", readonly=True))
         net = (NetPlan(plugin="user", mac="02:00:00:00:00:01", guest_ip="", gateway="",
                        dns="") if spec.nics == 1 else None)
+        if net is not None and spec.network_plugin == "cni":
+            # A tap (with its offloads, which the saved device state names),
+            # in a namespace of its own that goes with the template.
+            net = net._replace(plugin="cni", tap_fd=_tap(undo, snap.metadata.uid))
         launch = LaunchSpec(uid=f"tpl-{snap.metadata.uid}", workdir=work, kernel=kernel,
                             initrd=initrd, cmdline="", cpus=vm.spec.cpus,
                             memory_mib=vm.spec.memory.mib, disks=tuple(disks),
                             accel=spec.accel, net=net, sandbox=ctx.sandbox, cache=ctx.cache,
                             incoming=True, memory_file=ram, memory_shared=True,
                             agent_channels=spec.agent_channels)
+        if net is not None:
+            launch = launch._replace(pass_fds=(net.tap_fd,)) if net.tap_fd >= 0 else launch
         vmm = ctx.vmm
         undo.callback(vmm.cleanup, work)
         undo.callback(vmm.kill, work)
@@ -106,6 +112,18 @@ def build(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Path | Non
 
 
 SHM_DIR = "/dev/shm"
+
+
+def _tap(undo: contextlib.ExitStack, uid: str) -> int:
+    from ignitevm.providers.network.cni import netns, tap
+
+    name = f"ignite-tpl-{uid}"
+    netns.create(name)
+    undo.callback(netns.delete, name)
+    with netns.entered(name):
+        fd = tap._open_tun("tap0")
+    undo.callback(os.close, fd)
+    return fd
 
 
 def _root_key(ctx: Context) -> str:
