@@ -170,8 +170,7 @@ def test_ten_clones_share_ram(cli: Ignite, source: str) -> None:
     names = [f"many-{i}" for i in range(10)]
     try:
         for n in names:
-            cli("run", "--from-snapshot", SNAP, "--name", n, "--sandbox=none",
-                "--network-plugin", "user")
+            cli("run", "--from-snapshot", SNAP, "--name", n, "--sandbox=none")
         rss = []
         for n in names:
             pid = int((cli.root / "vm" / uid_of(cli, n) / "run" / "qemu.pid").read_text())
