@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,7 +88,7 @@ def create(ctx: Context, vm: VM, name: str, *, stop: bool = False,
            shared: bool = True) -> Snapshot:
     """Save a running VM as snapshot ``name``."""
     from ignitevm.api.defaults import now, validate_name
-    from ignitevm.operations import vms
+    from ignitevm.operations import kernels, vms
     from ignitevm.util.ids import new_uid
 
     validate_name(name, "snapshot")
@@ -107,16 +108,22 @@ def create(ctx: Context, vm: VM, name: str, *, stop: bool = False,
             raise InvalidInput(f"VM {vm.metadata.name!r} needs {missing!r}, which is gone",
                                hint="import it again before saving the VM")
         _describe(ctx, snap, vm, d)
+        snaptemplate.sweep(ctx)  # (what a killed `snapshot create` left running)
         with ctx.store.using(image), ctx.store.using(kernel), \
                 ctx.store.creating(snap) as stage:
-            _save(vmm, d, stage, paused=state == "paused", stop=stop)
-            known: dict[str, str] = {}
             why = snaptemplate.eligible(vm, snap.spec.nics) if shared else "not asked for"
-            if not why:
-                from ignitevm.operations import kernels
+            kernel_path, initrd = kernels.kernel_files(ctx, kernel)
 
-                kernel_path, initrd = kernels.kernel_files(ctx, kernel)
-                known[MEMORY] = snaptemplate.build(ctx, snap, vm, kernel_path, initrd, stage)
+            def work() -> str:
+                _save(vmm, d, stage, paused=state == "paused", stop=stop)
+                if why:
+                    return ""
+                return snaptemplate.build(ctx, snap, vm, kernel_path, initrd, stage)
+
+            known: dict[str, str] = {}
+            memory_digest = _detached(work)
+            if memory_digest:
+                known[MEMORY] = memory_digest
             else:
                 log.info("Clones of %r will not share RAM: %s", name, why)
             _record_files(snap, stage, known)
@@ -155,6 +162,60 @@ def _kernel_cmdline(d: Path) -> str:
     except OSError:
         return ""
     return words[words.index("-append") + 1] if "-append" in words[:-1] else ""
+
+
+def _detached(work: Callable[[], str]) -> str:
+    """Run ``work`` in a child of its own session and return its result: the
+    source VM's CPUs are stopped while it saves, and the template QEMU waits
+    for its state; a CLI killed meanwhile (even by SIGKILL) must leave neither
+    so. The child finishes whatever becomes of its parent (the locks it
+    inherited are held until then: the staging folder is swept after); its
+    result or error comes back through a pipe."""
+    import signal
+    import traceback
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # (the child: no return from here)
+        code = 0
+        try:
+            os.close(r)
+            os.setsid()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            result = work()
+            os.write(w, f"OK\n{result}".encode())
+        except BaseException as exc:
+            code = 1
+            if isinstance(exc, OSError) and exc.errno == 28:
+                msg = f"ENOSPC\n{exc.filename or ''}"
+            elif isinstance(exc, IgniteError):
+                msg = f"IGNITE\n{exc.brief}\n{exc.hint or ''}"
+            else:
+                msg = f"OTHER\n{exc!r}\n{traceback.format_exc()}"
+            with contextlib.suppress(OSError):
+                os.write(w, msg.encode()[:65536])
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        chunks = []
+        while chunk := os.read(r, 65536):
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(r)
+    kind, _, rest = b"".join(chunks).decode(errors="replace").partition("\n")
+    if status == 0 and kind == "OK":
+        return rest
+    if kind == "ENOSPC":
+        raise OSError(28, "No space left on device", rest or None)
+    if kind == "IGNITE":
+        brief, _, hint = rest.partition("\n")
+        raise IgniteError(brief, hint=hint or None)
+    raise IgniteError(f"saving the VM failed: {rest.splitlines()[0] if rest else status}",
+                      details=rest)
 
 
 def _save(vmm: QemuVMM, d: Path, stage: Path, *, paused: bool, stop: bool) -> None:

@@ -55,7 +55,6 @@ def build(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Path | Non
     spec = snap.spec
     work = stage / snap.metadata.uid  # (its name seeds the jail's uid)
     work.mkdir(0o700)
-    sweep(ctx)
     # In RAM while the template QEMU fills it (a file on disk mapped shared
     # costs a page-cache fault per page: 1.5 s against 0.1 s here).
     ram = Path(SHM_DIR) / f"ignite-{_root_key(ctx)}-{snap.metadata.uid}.ram"
@@ -135,8 +134,18 @@ def _root_key(ctx: Context) -> str:
 def sweep(ctx: Context) -> None:
     """Remove the RAM files of template builds of this root whose creator died
     (their staging folder is gone or no longer locked)."""
+    from ignitevm.providers.vmm.qemu import args
     from ignitevm.util.fs import is_locked
 
+    # A template QEMU whose creator died: killed before the sweeper removes its
+    # staging folder (it would wait for its state for ever).
+    tmp = ctx.root / "tmp"
+    with contextlib.suppress(OSError):
+        for stage in tmp.iterdir():
+            work = stage / stage.name
+            if (work / args.PIDSTART).exists() and not is_locked(tmp / f"{stage.name}.lock"):
+                ctx.vmm.kill(work)
+                ctx.vmm.cleanup(work)
     prefix = f"ignite-{_root_key(ctx)}-"
     try:
         names = os.listdir(SHM_DIR)
