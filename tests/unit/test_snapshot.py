@@ -124,7 +124,7 @@ def test_restore_refuses_removed_or_changed_image_and_kernel(ctx: Context,
 
 
 @pytest.mark.parametrize("kw, word", [({"memory": "512MB"}, "--memory"), ({"cpus": 2}, "--cpus"),
-                                      ({"plugin": "none"}, "network interfaces")])
+                                      ({"plugin": "none"}, "--network-plugin none differs")])
 def test_clone_refuses_other_memory_cpus_or_devices(ctx: Context, kw: dict, word: str) -> None:
     _snapshot(ctx)
     with pytest.raises(InvalidInput, match=word):
