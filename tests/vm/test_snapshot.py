@@ -157,6 +157,42 @@ def test_bad_restores_leave_nothing(cli: Ignite, source: str, testbox: str) -> N
     assert not [p for p in (cli.root / "tmp").iterdir() if p.is_dir()]
 
 
+def test_a_save_killed_midway_leaves_the_source_running(cli: Ignite, source: str) -> None:
+    """SIGKILL to `snapshot create` while it writes: the source runs on, and no
+    snapshot of that name is listed (its staging folder is swept later)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
+    from tests.conftest import REPO
+
+    env = {**os.environ, "IGNITE_ROOT": str(cli.root), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "snapshot", "create", "src",
+                             "killed"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = cli.root / "tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((d / "state").exists() for d in tmp.iterdir() if d.is_dir()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    vmdir = cli.root / "vm" / uid_of(cli, source)
+    deadline = time.monotonic() + 60
+    while QemuVMM().run_state(vmdir) != "running":
+        assert time.monotonic() < deadline, "the source was left stopped"
+        time.sleep(0.05)
+    assert cli("exec", source, "--", "true").returncode == 0
+    names = [s["metadata"]["name"] for s in json.loads(cli("snapshot", "ls", "-o", "json").stdout)]
+    assert "killed" not in names
+    # (the name is free: a save under it works, once the killed one's child is done)
+    cli("snapshot", "create", "src", "killed", "--no-shared-memory")
+    cli("snapshot", "rm", "killed")
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
