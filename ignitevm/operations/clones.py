@@ -218,6 +218,11 @@ def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | 
     image, kernel = verify(ctx, snap)
     snapshots.check_files(ctx, snap, (snapshots.DISK,))
     memory_file = None
+    if not snap.spec.shared_memory and ctx.sandbox == "none":
+        from ignitevm.operations import snaptemplate
+
+        if snaptemplate.wait(ctx, snap.metadata.uid):  # (one is being made: it comes soon)
+            snap = ctx.store.get(Snapshot, snap.metadata.uid)
     if snap.spec.shared_memory and ctx.sandbox == "none":
         # (a jailed clone must not be able to write the shared RAM: see sharedram)
         from ignitevm.operations import sharedram

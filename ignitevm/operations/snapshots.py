@@ -116,17 +116,16 @@ def create(ctx: Context, vm: VM, name: str, *, stop: bool = False,
 
             def work() -> str:
                 _save(vmm, d, stage, paused=state == "paused", stop=stop)
-                if why:
-                    return ""
-                return snaptemplate.build(ctx, snap, vm, kernel_path, initrd, stage)
+                if not why:
+                    full = os.open(stage / STATE, os.O_RDONLY)  # (valid after the rename)
+                    snaptemplate.in_background(ctx, snap, vm, kernel_path, initrd, full)
+                    os.close(full)
+                return ""
 
-            known: dict[str, str] = {}
-            memory_digest = _detached(work)
-            if memory_digest:
-                known[MEMORY] = memory_digest
-            else:
+            _detached(work)
+            if why:
                 log.info("Clones of %r will not share RAM: %s", name, why)
-            _record_files(snap, stage, known)
+            _record_files(snap, stage, {})
     if stop:
         vms.stop(ctx, vm, force=True)
     log.info("Saved VM %r as snapshot %r (ID %s, %s)", vm.metadata.name, name,
@@ -329,7 +328,13 @@ def remove(ctx: Context, snap: Snapshot, *, force: bool = False) -> None:
     for vm in users:
         vms.remove(ctx, vm, force=True)
     sharedram.release(folder(ctx, snap))
-    ctx.store.delete(snap)
+    from ignitevm.util.fs import flock
+
+    try:
+        with flock(folder(ctx, snap) / ".lock"):  # (not while a template joins it)
+            ctx.store.delete(snap)
+    except FileNotFoundError:
+        pass
     log.info("Removed snapshot %r (ID %s)", snap.metadata.name, snap.metadata.uid)
 
 

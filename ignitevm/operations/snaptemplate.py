@@ -43,10 +43,10 @@ def eligible(vm: VM, nics: int) -> str:
 
 
 def build(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Path | None,
-          stage: Path) -> str:
+          stage: Path, full: int) -> str:
     """Make ``stage/memory`` (the RAM) and ``stage/state.shared`` (the devices)
-    from ``stage/state`` (RAM and devices, kept for jailed clones); the
-    memory's digest."""
+    from the state with RAM inside open as ``full`` (kept for jailed clones);
+    the memory's digest."""
     from ignitevm.providers.network.base import NetPlan
     from ignitevm.providers.vmm.base import Disk, LaunchSpec
     from ignitevm.providers.vmm.qemu import migration
@@ -89,8 +89,6 @@ def build(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Path | Non
         t0 = time.monotonic()
         vmm.launch(launch)
         t1 = time.monotonic()
-        full = os.open(stage / STATE, os.O_RDONLY | os.O_CLOEXEC)
-        undo.callback(os.close, full)
         dev = os.open(stage / STATE_SHARED, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                       0o600)
         undo.callback(os.close, dev)
@@ -142,10 +140,12 @@ def sweep(ctx: Context) -> None:
     tmp = ctx.root / "tmp"
     with contextlib.suppress(OSError):
         for stage in tmp.iterdir():
-            work = stage / stage.name
-            if (work / args.PIDSTART).exists() and not is_locked(tmp / f"{stage.name}.lock"):
-                ctx.vmm.kill(work)
-                ctx.vmm.cleanup(work)
+            if not stage.is_dir() or is_locked(tmp / f"{stage.name}.lock"):
+                continue
+            for work in stage.iterdir():
+                if (work / args.PIDSTART).exists():
+                    ctx.vmm.kill(work)
+                    ctx.vmm.cleanup(work)
     prefix = f"ignite-{_root_key(ctx)}-"
     try:
         names = os.listdir(SHM_DIR)
@@ -185,3 +185,92 @@ def _copy_sparse(src: Path, dst: Path) -> str:
             hasher.join()
     os.chmod(dst, 0o640)
     return f"sha256:{h.hexdigest()}"
+
+
+def in_background(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Path | None,
+                  full: int) -> None:
+    """Build the template in a process of its own (the caller is the detached
+    saver, which exits at once): `snapshot create` returns when the state is
+    saved, and the template joins the snapshot about a second later. Clones
+    started meanwhile restore the state with RAM inside; an unconfined one
+    waits for the template (see :func:`wait`)."""
+    import fcntl
+
+    tmp = ctx.root / "tmp"
+    name = f"{snap.metadata.uid}-tpl"
+    lock = os.open(tmp / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # (held by the grandchild below until it is done)
+    if os.fork() != 0:
+        os.close(lock)  # (the grandchild holds it)
+        return
+    try:
+        keep = {full, lock}
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, min(keep | {null}))  # (the locks of the CLI that forked us)
+        for fd in range(min(keep | {null}) + 1, 1024):
+            if fd not in keep and fd != null:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        work = tmp / name
+        work.mkdir(0o700)
+        try:
+            digest = build(ctx, snap, vm, kernel, initrd, work, full)
+            publish(ctx, snap.metadata.uid, work, digest)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp / f"{name}.lock")
+    finally:
+        os._exit(0)
+
+
+def publish(ctx: Context, uid: str, work: Path, digest: str) -> None:
+    """Add the template to snapshot ``uid`` (unless it was removed meanwhile)."""
+    from ignitevm.api.types import Size, Snapshot, SnapshotFile
+    from ignitevm.operations.snapshots import digest as file_digest
+    from ignitevm.util.fs import flock
+
+    d = ctx.store.kind_dir(Snapshot) / uid
+    # (the saver's CLI renames the snapshot into the store when it is done)
+    with flock(ctx.root / "tmp" / f"{uid}.lock"):
+        pass
+    try:
+        lock = flock(d / ".lock")
+        lock.__enter__()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # removed meanwhile
+    try:
+        try:
+            snap = ctx.store.get(Snapshot, uid)
+        except Exception:
+            return
+        for fname in (MEMORY, STATE_SHARED):
+            os.rename(work / fname, d / fname)
+        snap.status.files += [
+            SnapshotFile(name=MEMORY, size=(d / MEMORY).stat().st_size, digest=digest),
+            SnapshotFile(name=STATE_SHARED, size=(d / STATE_SHARED).stat().st_size,
+                         digest=file_digest(d / STATE_SHARED))]
+        snap.status.size = Size(sum((d / f.name).stat().st_blocks * 512
+                                    for f in snap.status.files))
+        snap.spec.shared_memory = True
+        ctx.store.save(snap)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def wait(ctx: Context, uid: str, timeout: float = 120.0) -> bool:
+    """Wait for a template being made for snapshot ``uid``; True if one was."""
+    import time
+
+    from ignitevm.util.fs import flock, is_locked
+
+    path = ctx.root / "tmp" / f"{uid}-tpl.lock"
+    if not path.exists() or not is_locked(path):
+        return False
+    try:
+        with flock(path, deadline=time.monotonic() + timeout):
+            return True
+    except BlockingIOError:
+        return False
