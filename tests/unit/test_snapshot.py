@@ -290,3 +290,42 @@ def test_snapshot_files_record(tmp_path: Path) -> None:
         name="state", size=3,
         digest="sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")]
     assert snap.spec.shared_memory is False
+
+
+def test_detached_work_reports_result_and_errors() -> None:
+    """The save runs in a child of its own session; what it returns or raises
+    comes back to the CLI (a full disk as the store's own no-space error)."""
+    from ignitevm.errors import IgniteError
+
+    assert snapshots._detached(lambda: "sha256:x") == "sha256:x"
+    assert snapshots._detached(lambda: str(os.getsid(0))) != str(os.getsid(0))
+
+    def full() -> str:
+        raise OSError(28, "No space left on device", "/r/tmp/x/state")
+
+    with pytest.raises(OSError) as err:
+        snapshots._detached(full)
+    assert err.value.errno == 28 and err.value.filename == "/r/tmp/x/state"
+
+    def refused() -> str:
+        raise InvalidInput("QEMU could not save the VM's state: boom", hint="try again")
+
+    with pytest.raises(IgniteError, match="boom") as err2:
+        snapshots._detached(refused)
+    assert err2.value.hint == "try again"
+
+
+def test_a_full_disk_while_saving_is_the_stores_error(ctx: Context) -> None:
+    """ENOSPC from the save inside the staging block: one `no space left` error,
+    and no snapshot listed."""
+    from ignitevm.errors import IgniteError
+
+    snap = Snapshot(metadata=ObjectMeta(name="full", uid=os.urandom(8).hex()))
+    def full() -> str:
+        raise OSError(28, "No space left on device", "state")
+
+    with pytest.raises(IgniteError, match="no space left on the file system"), \
+            ctx.store.creating(snap):
+        snapshots._detached(full)
+    assert ctx.store.list(Snapshot) == []
+    assert not [p for p in (ctx.root / "tmp").iterdir() if p.is_dir()]
