@@ -154,7 +154,7 @@ def sweep(ctx: Context) -> None:
     for name in names:
         if name.startswith(prefix) and name.endswith(".ram"):
             uid = name[len(prefix):-4]
-            if not is_locked(ctx.root / "tmp" / f"{uid}.lock"):
+            if not any(is_locked(tmp / f"{uid}{tail}.lock") for tail in ("", "-tpl")):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(SHM_DIR, name))
 
