@@ -329,3 +329,26 @@ def test_a_full_disk_while_saving_is_the_stores_error(ctx: Context) -> None:
         snapshots._detached(full)
     assert ctx.store.list(Snapshot) == []
     assert not [p for p in (ctx.root / "tmp").iterdir() if p.is_dir()]
+
+
+def test_template_ram_sweep_spares_templates_in_the_making(ctx: Context, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """A second `snapshot create` sweeps what killed builders left, not the RAM
+    file of a template another process is still making (its -tpl lock)."""
+    from ignitevm.operations import snaptemplate
+    from ignitevm.util.fs import flock
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(snaptemplate, "SHM_DIR", str(shm))
+    ctx.store.ensure()
+    key = snaptemplate._root_key(ctx)
+    live, dead = shm / f"ignite-{key}-aaaa.ram", shm / f"ignite-{key}-bbbb.ram"
+    other_root = shm / "ignite-000000000000-cccc.ram"
+    for f in (live, dead, other_root):
+        f.write_bytes(b"x")
+    with flock(ctx.root / "tmp" / "aaaa-tpl.lock"):
+        snaptemplate.sweep(ctx)
+        assert live.exists() and not dead.exists() and other_root.exists()
+    snaptemplate.sweep(ctx)
+    assert not live.exists() and other_root.exists()
