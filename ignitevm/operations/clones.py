@@ -161,7 +161,7 @@ def verify(ctx: Context, snap: Snapshot) -> tuple[Image, Kernel]:
                                f"one it was saved with ({want})",
                                hint=f"import that {what} again, or save the VM anew")
         found.append(obj)
-    now = snapshots.qemu_version()
+    now = snapshots.qemu_version(ctx.cache)
     if spec.qemu_version and now != spec.qemu_version:
         raise InvalidInput(f"cannot restore snapshot {name!r}: it was saved by "
                            f"{spec.qemu_version!r}, this host has {now!r}",

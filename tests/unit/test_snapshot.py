@@ -104,7 +104,7 @@ def test_checked_state_is_the_open_file(ctx: Context) -> None:
 
 def test_restore_refuses_removed_or_changed_image_and_kernel(ctx: Context,
                                                            monkeypatch) -> None:
-    monkeypatch.setattr(snapshots, "qemu_version", lambda: "QEMU 7.2")
+    monkeypatch.setattr(snapshots, "qemu_version", lambda cache=None: "QEMU 7.2")
     snap = _snapshot(ctx)
     snap.spec.qemu_version = "QEMU 7.2"
     with pytest.raises(InvalidInput, match="its image 'img:latest' was removed"):
@@ -118,7 +118,7 @@ def test_restore_refuses_removed_or_changed_image_and_kernel(ctx: Context,
     ctx.store.delete(ctx.store.resolve(Kernel, "k:latest"))
     _base(ctx, Kernel, "k:latest", "sha256:kkk")
     clones.verify(ctx, snap)
-    monkeypatch.setattr(snapshots, "qemu_version", lambda: "QEMU 8.0")
+    monkeypatch.setattr(snapshots, "qemu_version", lambda cache=None: "QEMU 8.0")
     with pytest.raises(InvalidInput, match=r"saved by .QEMU 7\.2."):
         clones.verify(ctx, snap)
 

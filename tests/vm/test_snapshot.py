@@ -109,8 +109,15 @@ def test_two_clones_have_their_own_identity(cli: Ignite, source: str, plugin: st
         sh(cli, "clone-b", "echo b > /only-in-b")
         assert "only-in-b" not in sh(cli, "clone-a", "ls /")
         assert cli("exec", source, "--", "true").returncode == 0
+        # A clone saved in turn: its clone has both layers' files (the saved
+        # layer is made to stand on the image alone).
+        cli("snapshot", "create", "clone-a", "of-a", "--no-shared-memory")
+        cli("run", "--from-snapshot", "of-a", "--name", "clone-aa")
+        assert sh(cli, "clone-aa", "sync; echo 3 > /proc/sys/vm/drop_caches; cat /only-in-a"
+                  ).strip() == "a"
     finally:
-        cli("rm", "-f", "clone-a", "clone-b", check=False)
+        cli("rm", "-f", "clone-a", "clone-b", "clone-aa", check=False)
+        cli("snapshot", "rm", "of-a", check=False)
 
 
 def test_restore_hook_runs_in_the_clone(cli: Ignite, source: str) -> None:
