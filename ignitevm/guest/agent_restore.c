@@ -225,6 +225,14 @@ static void default_route(struct session *s, int sk, const char *gw)
     rt.rt_flags = RTF_UP | RTF_GATEWAY;
     if (ioctl(sk, SIOCADDRT, &rt) < 0 && errno != EEXIST)
         warn(s, "cannot add the default route via %s: %s", gw, strerror(errno));
+    /* One packet out at once (the discard port of the gateway): the host side
+       learns the new MAC before anyone connects in (passt answers nothing
+       until it has seen one; a bridge forwards to where it last saw it). */
+    struct sockaddr_in to;
+    sin_set((struct sockaddr *)&to, a.s_addr);
+    to.sin_port = htons(9);
+    if (sendto(sk, "", 0, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) < 0)
+        logmsg("restore: could not send to the gateway: %s", strerror(errno));
 }
 
 static void resolv(struct session *s, const char *dns, const char *search)

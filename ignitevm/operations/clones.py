@@ -201,13 +201,11 @@ def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | 
                                 annotations={snapshots.ANNOTATION: snap.metadata.uid}),
             spec=spec)
     vm.status.network.plugin = plugin or snap.spec.network_plugin
-    family = {"cni": "tap", "user": "slirp", "passt": "slirp"}
-    if vm.status.network.plugin != snap.spec.network_plugin and \
-            family.get(vm.status.network.plugin) != family.get(snap.spec.network_plugin):
+    if vm.status.network.plugin != snap.spec.network_plugin:
         raise InvalidInput(f"--network-plugin {vm.status.network.plugin} differs from snapshot "
                            f"{snap.metadata.name!r}'s ({snap.spec.network_plugin}): the saved "
-                           "network device needs the same kind of backend",
-                           hint=f"use --network-plugin {snap.spec.network_plugin}")
+                           "network device needs the same backend",
+                           hint=f"use --network-plugin {snap.spec.network_plugin} (the default)")
     if snapshots.nic_count(vm.status.network.plugin, vm) != snap.spec.nics:
         raise InvalidInput(f"--network-plugin {vm.status.network.plugin} gives the clone "
                            f"{snapshots.nic_count(vm.status.network.plugin, vm)} network "

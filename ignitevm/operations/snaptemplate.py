@@ -75,6 +75,14 @@ def build(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Path | Non
             # A tap (with its offloads, which the saved device state names),
             # in a namespace of its own that goes with the template.
             net = net._replace(plugin="cni", tap_fd=_tap(undo, snap.metadata.uid))
+        elif net is not None and spec.network_plugin == "passt":
+            # (a stream backend, as passt's: a socket pair no one serves)
+            import socket
+
+            ours, theirs = socket.socketpair()
+            undo.callback(ours.close)
+            undo.callback(theirs.close)
+            net = net._replace(plugin="passt", tap_fd=theirs.fileno())
         launch = LaunchSpec(uid=f"tpl-{snap.metadata.uid}", workdir=work, kernel=kernel,
                             initrd=initrd, cmdline="", cpus=vm.spec.cpus,
                             memory_mib=vm.spec.memory.mib, disks=tuple(disks),
