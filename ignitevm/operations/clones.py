@@ -56,12 +56,30 @@ class Restore:
                 migration.load(mon, fd, ignore_shared=self.memory_file is not None,
                                timeout=LOAD_TIMEOUT)
                 mon.cmd("cont")
+        except IgniteError as exc:
+            why = _last_line(d / "qemu.log")
+            raise IgniteError(f"{exc.brief}{f' ({why})' if why else ''}",
+                              hint=f"the snapshot {self.snap.metadata.name!r} does not fit "
+                              "this machine as QEMU sees it; save the VM again") from None
         finally:
             os.close(fd)
         t1 = time.monotonic()
         self.warnings = renew_identity(ctx, vm, d, net)
         log.debug("state loaded in %.3fs, identity renewed in %.3fs", t1 - t0,
                   time.monotonic() - t1)
+
+
+def _last_line(path: Path) -> str:
+    """QEMU's last message (a jailed QEMU's stderr goes to qemu.log)."""
+    from ignitevm.api.validation import printable
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return printable(lines[-1])[:300] if lines else ""
 
 
 def _checked_state(ctx: Context, snap: Snapshot, shared: bool) -> int:
