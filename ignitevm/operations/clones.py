@@ -33,22 +33,38 @@ AGENT_TIMEOUT = 60.0
 class Restore:
     """What `vms.start` needs to bring a VM up from a snapshot."""
 
-    def __init__(self, ctx: Context, snap: Snapshot, memory_file: Path | None):
+    def __init__(self, ctx: Context, snap: Snapshot, memory_file: Path | None,
+                 memory_fd: int = -1):
         self.snap = snap
         self.dir = snapshots.folder(ctx, snap)
+        self.memory_fd = memory_fd
+        if memory_fd >= 0:  # (a sealed memfd QEMU inherits: sharedram.memfd)
+            memory_file = Path(f"/proc/self/fd/{memory_fd}")
         self.memory_file = memory_file
         self.cmdline = snap.spec.cmd_line
         self.warnings: list[str] = []
 
     def launch(self) -> dict[str, Any]:
-        return {"incoming": True, "memory_file": self.memory_file, "memory_shared": False,
-                "agent_channels": self.snap.spec.agent_channels}
+        out = {"incoming": True, "memory_file": self.memory_file, "memory_shared": False,
+               "agent_channels": self.snap.spec.agent_channels}
+        if self.memory_fd >= 0:
+            out["pass_fds"] = (self.memory_fd,)
+        return out
+
+    def close(self) -> None:
+        if self.memory_fd >= 0:
+            os.close(self.memory_fd)
+            self.memory_fd = -1
 
     def finish(self, ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> None:
         """Load the state into the waiting QEMU, run it, give the guest its identity."""
         from ignitevm.providers.vmm.qemu import migration
 
         vmm = snapshots._qemu(ctx)
+        if self.memory_fd >= 0:  # (where the next clone's host finds the memfd)
+            from ignitevm.operations.sharedram import CLONE_FD
+
+            (d / CLONE_FD).write_text(f"{self.memory_fd}\n")
         t0 = time.monotonic()
         fd = _checked_state(ctx, self.snap, shared=self.memory_file is not None)
         try:
@@ -234,17 +250,21 @@ def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | 
     image, kernel = verify(ctx, snap)
     snapshots.check_files(ctx, snap, (snapshots.DISK,))
     memory_file = None
-    if not snap.spec.shared_memory and ctx.sandbox == "none":
+    if not snap.spec.shared_memory:
         from ignitevm.operations import snaptemplate
 
         if snaptemplate.wait(ctx, snap.metadata.uid):  # (one is being made: it comes soon)
             snap = ctx.store.get(Snapshot, snap.metadata.uid)
-    if snap.spec.shared_memory and ctx.sandbox == "none":
+    memory_fd = -1
+    if snap.spec.shared_memory:
         # (a jailed clone must not be able to write the shared RAM: see sharedram)
         from ignitevm.operations import sharedram
 
-        memory_file = sharedram.template(ctx, snap)
-    restore = Restore(ctx, snap, memory_file)
+        if ctx.sandbox == "none":
+            memory_file = sharedram.template(ctx, snap)
+        else:
+            memory_fd = sharedram.memfd(ctx, snap)
+    restore = Restore(ctx, snap, memory_file, memory_fd)
     with ctx.store.using(image), ctx.store.using(kernel):
         vm.metadata.uid = new_uid()
         generated = not vm.metadata.name
@@ -265,6 +285,8 @@ def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | 
     except BaseException:
         vms.remove(ctx, vm, force=True)
         raise
+    finally:
+        restore.close()
     log.info("Started VM %r (%s) from snapshot %r", vm.metadata.name, vm.metadata.uid,
              snap.metadata.name)
     return vm

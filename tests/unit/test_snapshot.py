@@ -352,3 +352,38 @@ def test_template_ram_sweep_spares_templates_in_the_making(ctx: Context, tmp_pat
         assert live.exists() and not dead.exists() and other_root.exists()
     snaptemplate.sweep(ctx)
     assert not live.exists() and other_root.exists()
+
+
+def test_shared_ram_memfd_is_taken_only_if_it_is_the_hosts_sealed_one(tmp_path: Path) -> None:
+    """A compromised clone QEMU may put any file at the number the host
+    recorded; the next clone's host takes only the inode it made itself, sealed."""
+    import fcntl
+
+    from ignitevm.operations import sharedram
+
+    fd = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fake = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        for f in (fd, fake):
+            os.ftruncate(f, 8192)
+        st = os.fstat(fd)
+        record = f"{st.st_dev} {st.st_ino}"
+        assert not sharedram._is_ours(fd, record, 8192)  # not sealed yet
+        for f in (fd, fake):
+            fcntl.fcntl(f, fcntl.F_ADD_SEALS, sharedram.SEALS)
+        assert sharedram._is_ours(fd, record, 8192)
+        assert not sharedram._is_ours(fd, record, 4096)
+        assert not sharedram._is_ours(fake, record, 8192)  # sealed, but another inode
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"x", 0)
+    finally:
+        os.close(fd)
+        os.close(fake)
+
+
+def test_jail_plan_for_a_memfd_gives_its_own_proc(tmp_path: Path) -> None:
+    from ignitevm.providers.sandbox.jail import Identity, Plan
+
+    plan = Plan(Identity(5, 5, ()), [], [], [], [], True, tmp_path, own_proc=True)
+    assert "-p" in plan.argv(Path("/helper"))
+    assert "-p" not in plan._replace(own_proc=False).argv(Path("/helper"))

@@ -251,3 +251,35 @@ def test_ten_clones_share_ram(cli: Ignite, source: str) -> None:
               f"{sum(rss) / 10 / 1024:.0f} MiB each on average")
     finally:
         cli("rm", "-f", *names, check=False)
+
+
+def test_jailed_clones_share_one_sealed_ram(cli: Ignite, source: str) -> None:
+    """Jailed clones map one sealed memfd: the same inode in every QEMU, which
+    no one (not root) can write, nor map shared and writable."""
+    import errno
+    import mmap
+    import os
+
+    names = ["jail-0", "jail-1"]
+    try:
+        inodes = set()
+        for n in names:
+            cli("run", "--from-snapshot", SNAP, "--name", n)
+            d = cli.root / "vm" / uid_of(cli, n)
+            pid = int((d / "run" / "qemu.pid").read_text())
+            fdpath = f"/proc/{pid}/fd/{int((d / 'ram-fd').read_text())}"
+            inodes.add(os.stat(fdpath).st_ino)
+            fd = os.open(fdpath, os.O_RDWR)
+            try:
+                with pytest.raises(OSError) as err:
+                    os.pwrite(fd, b"x", 0)
+                assert err.value.errno == errno.EPERM
+                with pytest.raises(OSError):
+                    mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            print(f"\njailed clone {n}: RSS {_rss_kib(pid) / 1024:.0f} MiB")
+        assert len(inodes) == 1
+        assert sh(cli, names[0], "cat /proc/sys/kernel/hostname").strip() == uid_of(cli, names[0])
+    finally:
+        cli("rm", "-f", *names, check=False)
