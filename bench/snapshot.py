@@ -94,11 +94,11 @@ def main(root: Path) -> None:
           f"PSS {pss / 1024:.0f} MiB each; one cold-booted VM: RSS "
           f"{base_rss / 1024:.0f} MiB, PSS {base_pss / 1024:.0f} MiB; ratio RSS "
           f"{rss / base_rss:.2f}, PSS {pss / base_pss:.2f} (goal <= 0.5)")
-    jailed = [f"j{i}" for i in range(3)]
+    jailed = [f"j{i}" for i in range(10)]
     for n in jailed:
         ignite(root, "run", "--from-snapshot", snap, "--name", n)
     got = [mem_kib(root, n) for n in jailed]
-    print(f"jailed clones (RAM from the state, not shared): RSS "
+    print(f"jailed clones (RAM from a sealed memfd): RSS "
           f"{sum(r for r, _ in got) / len(got) / 1024:.0f} MiB each")
 
 
