@@ -2,7 +2,7 @@
 
 - `ignite run --from-snapshot` -> `ignite exec -- true` answers, vs a cold
   `ignite run` -> `exec -- true` answers of the same image (goal <= 0.10x);
-  clones unconfined (shared RAM) and jailed (RAM from the state file);
+  clones unconfined (RAM from the snapshot's file) and jailed (from a sealed memfd);
 - ten clones' QEMU RSS (and PSS, which splits shared pages fairly), each vs
   one cold-booted VM's (goal <= 0.5x);
 - `ignite snapshot create` of a 256 MiB guest (goal <= 1 s), with and
