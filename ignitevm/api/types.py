@@ -219,6 +219,10 @@ class SnapshotSpec(_Base):
     machine: str = ""  # the VMM's machine and device configuration, as a digest
     accel: str = ""
     cmd_line: str = ""  # the guest kernel's command line
+    # The initramfs the source booted (for people: its code is in the saved
+    # RAM, so a restore does not read it; a clone's cold restart uses the
+    # current one).
+    initramfs: str = ""
     shared_memory: bool = False  # RAM in a file the clones map (state holds no RAM)
 
 

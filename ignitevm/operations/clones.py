@@ -195,6 +195,13 @@ def verify(ctx: Context, snap: Snapshot) -> tuple[Image, Kernel]:
                                f"one it was saved with ({want})",
                                hint=f"import that {what} again, or save the VM anew")
         found.append(obj)
+    vs = spec.vm_spec
+    machine = snapshots.machine_config(spec.accel, vs.cpus, vs.memory.mib, spec.nics,
+                                       spec.agent_channels)
+    if spec.machine and machine != spec.machine:
+        raise InvalidInput(f"cannot restore snapshot {name!r}: it was saved from another "
+                           f"machine configuration ({spec.machine!r}, now {machine!r})",
+                           hint="boot the VM with this version of ignite and save it again")
     now = snapshots.qemu_version(ctx.cache)
     if spec.qemu_version and now != spec.qemu_version:
         raise InvalidInput(f"cannot restore snapshot {name!r}: it was saved by "

@@ -167,6 +167,7 @@ def _describe(ctx: Context, snap: Snapshot, vm: VM, d: Path) -> None:
     s.qemu_version = qemu_version(ctx.cache)
     s.accel = vm.status.runtime.accel or "tcg"
     s.cmd_line = _kernel_cmdline(d)
+    s.initramfs = _launch_word(d, "-initrd")
     s.machine = machine_config(s.accel, vm.spec.cpus, vm.spec.memory.mib, s.nics,
                                s.agent_channels)
     if vm.metadata.annotations and ANNOTATION in vm.metadata.annotations:
@@ -176,11 +177,16 @@ def _describe(ctx: Context, snap: Snapshot, vm: VM, d: Path) -> None:
 
 
 def _kernel_cmdline(d: Path) -> str:
+    return _launch_word(d, "-append")
+
+
+def _launch_word(d: Path, option: str) -> str:
+    """The value of ``option`` on the command line the VM's QEMU was started with."""
     try:
         words = (d / "qemu.cmdline").read_text().splitlines()
     except OSError:
         return ""
-    return words[words.index("-append") + 1] if "-append" in words[:-1] else ""
+    return words[words.index(option) + 1] if option in words[:-1] else ""
 
 
 def _detached(work: Callable[[], str]) -> str:

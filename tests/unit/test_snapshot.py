@@ -121,6 +121,12 @@ def test_restore_refuses_removed_or_changed_image_and_kernel(ctx: Context,
     monkeypatch.setattr(snapshots, "qemu_version", lambda cache=None: "QEMU 8.0")
     with pytest.raises(InvalidInput, match=r"saved by .QEMU 7\.2."):
         clones.verify(ctx, snap)
+    monkeypatch.setattr(snapshots, "qemu_version", lambda cache=None: "QEMU 7.2")
+    snap.spec.machine = snapshots.machine_config("tcg", 1, 256, 1, 1)
+    clones.verify(ctx, snap)
+    snap.spec.machine = "-M pc"
+    with pytest.raises(InvalidInput, match="another machine configuration"):
+        clones.verify(ctx, snap)
 
 
 @pytest.mark.parametrize("kw, word", [({"memory": "512MB"}, "--memory"), ({"cpus": 2}, "--cpus"),
