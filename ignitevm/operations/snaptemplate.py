@@ -236,14 +236,22 @@ def in_background(ctx: Context, snap: Snapshot, vm: VM, kernel: Path, initrd: Pa
 
 def publish(ctx: Context, uid: str, work: Path, digest: str) -> None:
     """Add the template to snapshot ``uid`` (unless it was removed meanwhile)."""
+    import fcntl
+
     from ignitevm.api.types import Size, Snapshot, SnapshotFile
     from ignitevm.operations.snapshots import digest as file_digest
     from ignitevm.util.fs import flock
 
     d = ctx.store.kind_dir(Snapshot) / uid
-    # (the saver's CLI renames the snapshot into the store when it is done)
-    with flock(ctx.root / "tmp" / f"{uid}.lock"):
-        pass
+    # The saver's CLI renames the snapshot into the store, then removes its
+    # staging lock: wait for that lock if it is still there (never made anew).
+    try:
+        held = os.open(ctx.root / "tmp" / f"{uid}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        held = -1
+    if held >= 0:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        os.close(held)
     try:
         lock = flock(d / ".lock")
         lock.__enter__()
