@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 HELLO, READY, EXEC, STARTED, DATA, EOF, EXIT, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
 WINDOW, SIGNAL, RESIZE, SHUTDOWN, PUT, GET, PING, PONG, BYE = 9, 10, 11, 12, 13, 14, 15, 16, 17
+RESTORE = 18
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 HEADER = struct.Struct("<BBHII")

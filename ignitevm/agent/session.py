@@ -350,5 +350,35 @@ def shutdown(ch: Channel, reboot: bool = False, timeout: float = 5.0) -> None:
             return
 
 
+def restore(ch: Channel, fields: list[tuple[str, str]],
+            timeout: float = 60.0) -> tuple[int, list[str]]:
+    """Give a guest restored from a snapshot its own identity (RESTORE); the
+    hooks' exit status and the warnings the agent sent (bounded)."""
+    sid = ch.new_session()
+    payload = "".join(f"{k}={v}\n" for k, v in fields).encode()
+    ch.send(p.Frame(p.RESTORE, sid, payload))
+    deadline = time.monotonic() + timeout
+    warnings: list[str] = []
+    while True:
+        frame = ch.recv(deadline)
+        if frame is None:
+            raise AgentError(f"the guest agent did not finish the restore within {timeout:.0f}s",
+                             hint="a hook in /etc/ignitevm/restore.d may hang")
+        if frame.session != sid:
+            continue
+        if frame.type == p.DATA and len(warnings) < 32:
+            text = frame.payload.decode(errors="replace")
+            warnings += [printable(w) for w in text.splitlines() if w.strip()][:32]
+        elif frame.type == p.ERROR:
+            raise _error(frame)
+        elif frame.type == p.EXIT:
+            return _status(frame.payload) if len(frame.payload) >= 4 else 0, warnings
+
+
+def printable(text: str) -> str:
+    """A guest's text, safe to show on a terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:300]
+
+
 def stdin_is_tty() -> bool:
     return sys.stdin.isatty()

@@ -196,7 +196,50 @@ class Kernel(msgspec.Struct, rename="camel", kw_only=True):
     status: KernelStatus = msgspec.field(default_factory=KernelStatus)
 
 
-Object = VM | Image | Kernel
-KINDS: dict[str, type[VM] | type[Image] | type[Kernel]] = {
-    "VM": VM, "Image": Image, "Kernel": Kernel,
+class SnapshotFile(_Base):
+    """One file of a snapshot's folder and its digest, checked before use."""
+
+    name: str = ""
+    size: int = 0
+    digest: str = ""  # sha256:<hex>
+
+
+class SnapshotSpec(_Base):
+    """What a restore needs exactly as it was (ours; Ignite had no snapshots)."""
+
+    vm: str = ""  # the source VM's name and UID, for people
+    vm_uid: str = ""
+    vm_spec: VMSpec = msgspec.field(default_factory=VMSpec)
+    network_plugin: str = ""
+    nics: int = 0  # network interfaces the machine has
+    agent_channels: int = 1
+    image: OCISource = msgspec.field(default_factory=OCISource)
+    kernel: OCISource = msgspec.field(default_factory=OCISource)
+    qemu_version: str = ""
+    machine: str = ""  # the VMM's machine and device configuration, as a digest
+    accel: str = ""
+    cmd_line: str = ""  # the guest kernel's command line
+    # The initramfs the source booted (for people: its code is in the saved
+    # RAM, so a restore does not read it; a clone's cold restart uses the
+    # current one).
+    initramfs: str = ""
+    shared_memory: bool = False  # RAM in a file the clones map (state holds no RAM)
+
+
+class SnapshotStatus(msgspec.Struct, rename="camel", kw_only=True):
+    files: list[SnapshotFile] = []
+    size: Size = msgspec.field(default_factory=Size)
+
+
+class Snapshot(msgspec.Struct, rename="camel", kw_only=True):
+    kind: str = "Snapshot"
+    api_version: str = API_VERSION
+    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    spec: SnapshotSpec = msgspec.field(default_factory=SnapshotSpec)
+    status: SnapshotStatus = msgspec.field(default_factory=SnapshotStatus)
+
+
+Object = VM | Image | Kernel | Snapshot
+KINDS: dict[str, type[VM] | type[Image] | type[Kernel] | type[Snapshot]] = {
+    "VM": VM, "Image": Image, "Kernel": Kernel, "Snapshot": Snapshot,
 }

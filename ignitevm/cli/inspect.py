@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from ignitevm.api.types import VM, Image, Kernel
+from ignitevm.api.types import VM, Image, Kernel, Snapshot
 from ignitevm.cli.common import context, dump, emit
 from ignitevm.errors import InvalidInput
 
-_KINDS = {"vm": VM, "image": Image, "kernel": Kernel}
+_KINDS = {"vm": VM, "image": Image, "kernel": Kernel, "snapshot": Snapshot}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     typ = _KINDS.get(args.kind.lower())
     if typ is None:
-        raise InvalidInput(f"unrecognized kind: {args.kind!r}", hint="use vm, image or kernel")
+        raise InvalidInput(f"unrecognized kind: {args.kind!r}",
+                           hint="use vm, image, kernel or snapshot")
     if args.output not in ("json", "yaml") and not args.template:
         raise InvalidInput(f"unrecognized output format: {args.output!r}",
                            hint="use -o json or -o yaml")

@@ -205,6 +205,8 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p = t.command(subs, "run", "vm:cmd_run", "Create a VM from an image and start it")
     _vm_flags(p)
     _start_flags(p)
+    p.add_argument("--from-snapshot", metavar="SNAPSHOT",
+                   help="start a clone of a saved VM instead of booting an image")
     p = t.command(subs, "create", "vm:cmd_create", "Create a VM without starting it")
     _vm_flags(p)
     p = t.command(subs, "start", "vm:cmd_start", "Start a created or stopped VM")
@@ -271,6 +273,28 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("vm")
 
 
+def _snapshot_commands(t: _Tree) -> None:
+    g = t.command(t.subs, "snapshot", "snapshot:cmd_ls", "Save running VMs and start clones",
+                  aliases=("snapshots",), output="table")
+    gs = g.add_subparsers(title="commands", metavar="COMMAND")
+    p = t.command(gs, "create", "snapshot:cmd_create",
+                  "Save a running VM's RAM, devices and disk (it runs on)")
+    p.add_argument("vm")
+    p.add_argument("name", help="the snapshot's name")
+    p.add_argument("--stop", action="store_true", help="stop the VM once it is saved")
+    p.add_argument("--no-shared-memory", action="store_true",
+                   help="keep the RAM in the state file (clones then do not share RAM pages)")
+    p = t.command(gs, "ls", "snapshot:cmd_ls", "List snapshots", aliases=("list",))
+    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    p = t.command(gs, "inspect", "snapshot:cmd_inspect", "Show a snapshot")
+    p.add_argument("snapshot")
+    p.add_argument("-o", "--output", choices=("json", "yaml"), default="json")
+    p = t.command(gs, "rm", "snapshot:cmd_rm", "Remove snapshots")
+    p.add_argument("snapshots", nargs="+", metavar="snapshot")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="also remove the VMs cloned from them")
+
+
 def _network_commands(t: _Tree) -> None:
     g = t.command(t.subs, "network", "network:cmd_ls", "Manage CNI networks",
                   aliases=("networks",), output="table")
@@ -298,9 +322,10 @@ GROUPS = {
     "vm": {"run", "create", "start", "stop", "pause", "resume", "kill", "rm", "ps", "ls",
            "list", "logs", "exec", "ssh", "cp", "attach"},
     "network": {"create", "ls", "list", "inspect", "rm", "prune"},
+    "snapshot": {"create", "ls", "list", "inspect", "rm"},
 }
 GROUPS |= {"images": GROUPS["image"], "kernels": GROUPS["kernel"], "vms": GROUPS["vm"],
-           "networks": GROUPS["network"]}
+           "networks": GROUPS["network"], "snapshots": GROUPS["snapshot"]}
 COMMANDS = {"run", "create", "start", "stop", "pause", "resume", "kill", "rm", "ps", "logs",
             "exec", "ssh", "cp", "attach", "inspect", "completion", "version", "rmi", "rmk",
             *GROUPS}
@@ -402,6 +427,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         g.set_defaults(output="table")
 
     _network_commands(t)
+    _snapshot_commands(t)
 
     g = t.command(t.subs, "vm", "vm:cmd_ps", "Manage VMs", aliases=("vms",), all=True,
                   filter="", template="", output="table")

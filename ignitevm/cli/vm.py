@@ -31,6 +31,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if getattr(args, "from_snapshot", None):
+        from ignitevm.cli.snapshot import run_clone
+
+        return run_clone(args)
     from ignitevm.cli.image import set_pull_policy
     from ignitevm.cli.vmspec import vm_from_args
     from ignitevm.operations import vms

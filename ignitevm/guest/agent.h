@@ -3,7 +3,8 @@
  * agent.c (start modes, ports, signals, shutdown), agent_loop.c (frames,
  * channels, sessions, the poll loop), agent_exec.c (EXEC sessions: requests,
  * users, spawning, stdio), agent_untar.c (PUT: unpacking), agent_tar.c (GET:
- * archiving, and the tar helpers both use).
+ * archiving, and the tar helpers both use), agent_restore.c (RESTORE: a clone's
+ * fresh identity).
  * The wire protocol is docs/agent-protocol.md.
  */
 #ifndef IGNITE_AGENT_H
@@ -18,7 +19,7 @@
 
 enum {
     F_HELLO = 1, F_READY, F_EXEC, F_STARTED, F_DATA, F_EOF, F_EXIT, F_ERROR,
-    F_WINDOW, F_SIGNAL, F_RESIZE, F_SHUTDOWN, F_PUT, F_GET, F_PING, F_PONG, F_BYE,
+    F_WINDOW, F_SIGNAL, F_RESIZE, F_SHUTDOWN, F_PUT, F_GET, F_PING, F_PONG, F_BYE, F_RESTORE,
 };
 
 #define HDR_SIZE 12
@@ -139,6 +140,9 @@ void exec_signal(struct session *s, int sig);
 void exec_resize(struct session *s, const char *p, size_t n);
 void exec_kill(struct session *s);
 void exec_exited(struct session *s, int status);
+
+/* agent_restore.c */
+int restore_start(struct session *s, const char *p, size_t n);
 
 /* agent_untar.c */
 struct tar_in *tar_in_open(const char *path, char *err);

@@ -332,6 +332,15 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
         ch->reset_at = -1;
         send_ready(ch, sid);
         break;
+    case F_RESTORE:
+        if (!sid || s) {
+            send_error(ch, sid, 1, sid ? "session id already in use" : "session id 0 is reserved");
+        } else {
+            s = new_session(ch, sid, S_EXEC);   /* (its hooks: a child, reaped as a command) */
+            if (restore_start(s, p, n) < 0)
+                session_end(s);
+        }
+        break;
     case F_EXEC: case F_PUT: case F_GET:
         if (!sid || s)
             send_error(ch, sid, 1, sid ? "session id already in use" : "session id 0 is reserved");
@@ -414,7 +423,7 @@ static void on_input(struct channel *ch)
         const char *h = ch->in.p + ch->in.off;
         uint32_t len = le32(h + 8);
         int type = (unsigned char)h[0];
-        if (len > MAX_PAYLOAD || ((type < F_HELLO || type > F_BYE) && (h[2] || h[3]))) {
+        if (len > MAX_PAYLOAD || ((type < F_HELLO || type > F_RESTORE) && (h[2] || h[3]))) {
             logmsg("%s: bad frame (type %d, %u bytes): waiting for HELLO", ch->name, type, len);
             ch->resync = 1;
             continue;

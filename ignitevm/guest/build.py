@@ -15,7 +15,8 @@ from ignitevm.util.proc import run, which
 PROGRAMS: dict[str, tuple[str, ...]] = {
     "ignite-resize": ("resize.c",),
     "ignite-modload": ("modload.c",),
-    "ignite-agent": ("agent.c", "agent_loop.c", "agent_exec.c", "agent_tar.c", "agent_untar.c"),
+    "ignite-agent": ("agent.c", "agent_loop.c", "agent_exec.c", "agent_tar.c", "agent_untar.c",
+                     "agent_restore.c"),
 }
 HEADERS: tuple[str, ...] = ("agent.h",)
 

@@ -18,6 +18,7 @@ from ignitevm.util.ids import new_uid, random_name
 if TYPE_CHECKING:
     import socket
 
+    from ignitevm.operations.clones import Restore
     from ignitevm.providers.vmm.base import Disk
 
 STOP_TIMEOUT = 20.0
@@ -101,7 +102,8 @@ def _create(ctx: Context, vm: VM, image: Image, kernel: Kernel) -> VM:
     return vm
 
 
-def start(ctx: Context, vm: VM) -> VM:
+def start(ctx: Context, vm: VM, restore: Restore | None = None) -> VM:
+    """Boot a VM, or with ``restore`` bring it up from a snapshot's state."""
     from ignitevm.api.defaults import now
     from ignitevm.operations import images, kernels, sshkeys
     from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
@@ -136,6 +138,9 @@ def start(ctx: Context, vm: VM) -> VM:
         if net is not None:
             words.append("net.ifnames=0")
         cmdline = " ".join(words)
+        from ignitevm.operations.snapshots import disk_layers
+
+        backing, chain = disk_layers(ctx, vm, images.image_file(ctx, image))
         spec = LaunchSpec(
             uid=vm.metadata.uid,
             workdir=d,
@@ -144,8 +149,7 @@ def start(ctx: Context, vm: VM) -> VM:
             cmdline=cmdline,
             cpus=vm.spec.cpus,
             memory_mib=vm.spec.memory.mib,
-            disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2",
-                        backing=images.image_file(ctx, image)),
+            disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2", backing=backing, chain=chain),
                    Disk(cfg, "ignite-cfg", "raw", readonly=True),
                    *volume_disks(vm)),
             accel=accel,
@@ -153,8 +157,12 @@ def start(ctx: Context, vm: VM) -> VM:
             sandbox=ctx.sandbox,
             cache=ctx.cache,
         )
+        if restore is not None:
+            spec = spec._replace(cmdline=restore.cmdline or cmdline, **restore.launch())
         log.debug("kernel command line: %s", shlex.quote(cmdline))
         ctx.vmm.launch(spec)
+        if restore is not None:
+            restore.finish(ctx, vm, d, net)
         vm.status.running = True
         vm.status.paused = False
         vm.status.start_time = now()
@@ -369,6 +377,16 @@ def remove_base(ctx: Context, obj: Image | Kernel, force: bool = False) -> None:
             raise Conflict(
                 f"unable to remove, {what} {name!r} is in use by VM {users[0].metadata.name!r}",
                 hint="remove those VMs first, or use -f to remove them too",
+            )
+        from ignitevm.operations.snapshots import users_of
+
+        snaps = users_of(ctx, obj)
+        if snaps and not force:
+            raise Conflict(
+                f"unable to remove, {what} {name!r} is needed by snapshot "
+                f"{snaps[0].metadata.name!r}",
+                hint="remove the snapshot first (ignite snapshot rm), or use -f (the "
+                "snapshot then cannot be restored)",
             )
         for vm in users:
             remove(ctx, vm, force=True)

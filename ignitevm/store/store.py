@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from ignitevm.api import codec
-from ignitevm.api.types import VM, Image, Kernel
+from ignitevm.api.types import VM, Image, Kernel, Snapshot
 from ignitevm.errors import Conflict, IgniteError, NotFound
 from ignitevm.util.fs import (
     atomic_write,
@@ -41,12 +41,12 @@ from ignitevm.util.fs import (
     unlink_if_unlocked,
 )
 
-T = TypeVar("T", VM, Image, Kernel)
+T = TypeVar("T", VM, Image, Kernel, Snapshot)
 
-_DIRS = {VM: "vm", Image: "image", Kernel: "kernel"}
-_WHAT = {VM: "vm", Image: "image", Kernel: "kernel"}
+_DIRS = {VM: "vm", Image: "image", Kernel: "kernel", Snapshot: "snapshot"}
+_WHAT = {VM: "vm", Image: "image", Kernel: "kernel", Snapshot: "snapshot"}
 METADATA = "metadata.json"
-SUBDIRS = ("vm", "image", "kernel", "tmp", "cache", "locks")
+SUBDIRS = ("vm", "image", "kernel", "snapshot", "tmp", "cache", "locks")
 ROOT_MODE = 0o711  # others may pass through (to reach a shared file later), never list
 DIR_MODE = 0o700   # every folder below the root: objects, tmp, cache, locks
 
@@ -67,7 +67,7 @@ class Store:
     def kind_dir(self, typ: type[T]) -> Path:
         return self.root / _DIRS[typ]
 
-    def dir(self, obj: VM | Image | Kernel) -> Path:
+    def dir(self, obj: VM | Image | Kernel | Snapshot) -> Path:
         return self.kind_dir(type(obj)) / obj.metadata.uid
 
     def ensure(self) -> None:
@@ -252,7 +252,8 @@ class Store:
                      "image": "list images with 'ignite image ls'; import one with "
                      "'ignite image import ./app.tar'",
                      "kernel": "list kernels with 'ignite kernel ls'; import Debian's with "
-                     "'ignite kernel import debian'"}
+                     "'ignite kernel import debian'",
+                     "snapshot": "list snapshots with 'ignite snapshot ls'"}
             raise NotFound(f"can't find {what}: no ID/name matches for {query!r}",
                            hint=hints[what])
         if len(matches) > 1:
@@ -262,7 +263,7 @@ class Store:
         return matches[0]
 
     # --- writing ----------------------------------------------------------
-    def save(self, obj: VM | Image | Kernel) -> None:
+    def save(self, obj: VM | Image | Kernel | Snapshot) -> None:
         with no_space_errors(self.root):
             atomic_write(self.dir(obj) / METADATA, codec.to_json(obj) + "\n")
 
@@ -308,7 +309,7 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lock)
 
-    def _check_name(self, obj: VM | Image | Kernel) -> None:
+    def _check_name(self, obj: VM | Image | Kernel | Snapshot) -> None:
         name = obj.metadata.name
         if not name:
             return
@@ -320,7 +321,7 @@ class Store:
                     hint="choose another name, or remove the old one first",
                 )
 
-    def delete(self, obj: VM | Image | Kernel) -> None:
+    def delete(self, obj: VM | Image | Kernel | Snapshot) -> None:
         src = self.dir(obj)
         trash = self.root / "tmp" / f"deleting-{obj.metadata.uid}"
         with contextlib.suppress(FileNotFoundError):

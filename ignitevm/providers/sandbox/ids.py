@@ -28,7 +28,7 @@ ID_FILE = "sandbox-id"
 def read(vmdir: Path) -> int | None:
     try:
         value = int((vmdir / ID_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # (none, or not a VM's folder)
         return None
     return value if BASE < value < BASE + SLOTS else None
 

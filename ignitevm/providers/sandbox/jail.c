@@ -184,7 +184,7 @@ int main(int argc, char **argv)
 {
 	long uid = -1, gid = -1;
 	gid_t groups[MAX_GROUPS];
-	int ngroups = 0, newnet = 0, lowports = 0, i;
+	int ngroups = 0, newnet = 0, lowports = 0, ownproc = 0, i;
 	const char *workdir = "/";
 
 	for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
@@ -226,6 +226,8 @@ int main(int argc, char **argv)
 			newnet = 1;
 		} else if (!strcmp(o, "-P")) {
 			lowports = 1;
+		} else if (!strcmp(o, "-p")) {
+			ownproc = 1;
 		} else if (!strcmp(o, "-w")) {
 			need(argc, i, 1);
 			workdir = argv[++i];
@@ -272,6 +274,17 @@ int main(int argc, char **argv)
 		do_node(&nodes[k]);
 	for (int k = 0; k < nlinks; k++)
 		do_link(&links[k]);
+	if (ownproc) {
+		/* Only the jailed process's own /proc/<pid> (and /proc/self): no
+		 * other process is visible to its uid, no system-wide file. For a
+		 * file QEMU may only reach through a descriptor it was given. */
+		char dst[4096];
+		inside(dst, sizeof(dst), "/proc");
+		if (mkdir(dst, 0555) != 0 ||
+		    mount("proc", dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+			  "hidepid=invisible,subset=pid") != 0)
+			die("mount", "its own /proc");
+	}
 	if (mount(NULL, NEWROOT, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) != 0)
 		die("mount", "read-only root");
 	if (chdir(NEWROOT) != 0 || syscall(SYS_pivot_root, ".", ".") != 0)

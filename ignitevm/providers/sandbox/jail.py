@@ -45,6 +45,7 @@ class Plan(NamedTuple):
     private_net: bool
     workdir: Path
     low_ports: bool = False  # keep CAP_NET_BIND_SERVICE (and no other capability)
+    own_proc: bool = False  # a /proc showing only itself (to open /proc/self/fd/N)
 
     def argv(self, helper: Path) -> list[str]:
         me = self.identity
@@ -63,6 +64,8 @@ class Plan(NamedTuple):
             out.append("-N")
         if self.low_ports:
             out.append("-P")
+        if self.own_proc:
+            out.append("-p")
         return [*out, "--"]
 
 

@@ -25,6 +25,9 @@ class Disk(NamedTuple):
     # The shared image a qcow2 overlay reads through: named to QEMU by the
     # host (the overlay's own header, written by the VMM, is not trusted).
     backing: Path | None = None
+    # Below ``backing`` (then a qcow2 layer, e.g. a snapshot's disk state),
+    # further layers down to the shared raw image.
+    chain: tuple[Path, ...] = ()
 
 
 class LaunchSpec(NamedTuple):
@@ -41,6 +44,12 @@ class LaunchSpec(NamedTuple):
     sandbox: str = "jail"  # "jail" | "none" (see ignitevm.providers.sandbox)
     pass_fds: tuple[int, ...] = ()  # open fds the VMM inherits (e.g. a tap)
     cache: Path | None = None  # where the jail helper is built
+    # Restoring a snapshot: QEMU waits for its state (-incoming defer), which
+    # the host then feeds from a file; RAM may come from a file it maps.
+    incoming: bool = False
+    memory_file: Path | None = None
+    memory_shared: bool = False  # map it shared (the snapshot's template) or private
+    agent_channels: int = 1
 
     def inherited_fds(self) -> tuple[int, ...]:
         """Every fd the VMM takes over: ``pass_fds`` and the network's (a CNI

@@ -53,6 +53,27 @@ def resources(cpus: int, memory_mib: int) -> list[str]:
     return ["-smp", str(cpus), "-m", f"{memory_mib}M"]
 
 
+# The RAM block's name when guest RAM comes from a file: the same as QEMU's
+# own for `-m` alone, so that state saved by either restores in the other.
+RAM_ID = "microvm.ram"
+
+
+def memory(spec: LaunchSpec) -> list[str]:
+    """Guest RAM mapped from a file (a snapshot's), and waiting for the state."""
+    out: list[str] = []
+    if spec.memory_file is not None:
+        # (the template, filled in RAM at once: faulting page by page while
+        # loading costs ~10x more)
+        share = "on,prealloc=on" if spec.memory_shared else "off"
+        out += ["-object", f"memory-backend-file,id={RAM_ID},size={spec.memory_mib}M,"
+                f"mem-path={_escape(spec.memory_file)},share={share},"
+                "x-use-canonical-path-for-ramblock-id=off",
+                "-M", f"memory-backend={RAM_ID}"]
+    if spec.incoming:
+        out += ["-incoming", "defer"]
+    return out
+
+
 def kernel(path: Path, initrd: Path | None, cmdline: str) -> list[str]:
     args = ["-kernel", str(path), "-append", cmdline]
     if initrd is not None:
@@ -66,8 +87,11 @@ def disks(items: tuple[Disk, ...]) -> list[str]:
         drive = f"id=disk{i},file={_escape(d.path)},format={d.format},if=none,discard=unmap"
         if d.readonly:
             drive += ",readonly=on"
-        if d.backing is not None:
-            drive += f",backing.driver=raw,backing.file.filename={_escape(d.backing)}"
+        layers = (d.backing, *d.chain) if d.backing is not None else ()
+        for depth, layer in enumerate(layers, 1):
+            fmt = "raw" if depth == len(layers) else "qcow2"
+            key = "backing." * depth
+            drive += f",{key}driver={fmt},{key}file.filename={_escape(layer)}"
         args += ["-drive", drive,
                  "-device", f"virtio-blk-device,drive=disk{i},serial={_escape(d.serial)}"]
     return args
@@ -160,11 +184,12 @@ def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None) -> list[
         qemu,
         *machine(spec.accel),
         *resources(spec.cpus, spec.memory_mib),
+        *memory(spec),
         *kernel(spec.kernel, spec.initrd, spec.cmdline),
         *disks(spec.disks),
         *network(spec.net),
         *console(spec.workdir),
-        *agent(spec.workdir),
+        *agent(spec.workdir, spec.agent_channels),
         *control(spec.workdir, qmp_fd),
         *sandbox(spec.sandbox),
         *process(spec),

@@ -63,7 +63,16 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
                               hint="only block devices and the VM's own disks can be "
                                    "given to a jailed VM (or use --sandbox=none)")
         if disk.backing is not None:
-            shared.append(disk.backing)
+            shared.extend((disk.backing, *disk.chain))
+    own_proc = False
+    if spec.memory_file is not None and str(spec.memory_file).startswith("/proc/self/fd/"):
+        # A snapshot's shared RAM, a sealed memfd QEMU inherits: it opens it
+        # through its own /proc (no one may write it; see operations/sharedram).
+        own_proc = True
+    elif spec.memory_file is not None:
+        # The RAM of a template being made: this VMM's to write.
+        jail.own(spec.memory_file, me.uid, me.gid, 0o600)
+        binds.append((str(spec.memory_file), "w"))
     jail.shared_readable(shared)
     binds += [(str(p), "r") for p in shared]
     procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
@@ -74,7 +83,8 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     # User-mode networking binds the forwarded host ports inside QEMU.
     low = spec.net is not None and any(
         f.host_port < jail.unprivileged_port_start() for f in spec.net.forwards)
-    return jail.Plan(me, binds, nodes, links, procs, private_net, d, low_ports=low)
+    return jail.Plan(me, binds, nodes, links, procs, private_net, d, low_ports=low,
+                     own_proc=own_proc)
 
 
 def host_locks(d: Path) -> list[Path]:

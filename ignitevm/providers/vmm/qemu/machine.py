@@ -165,15 +165,17 @@ class QemuVMM:
         """Let a paused guest's CPUs run again; the state found before (QMP cont).
         Only a guest paused by `stop` is resumed (not one QEMU stopped on an
         error or a panic)."""
-        return self._switch(workdir, "paused", "cont")
+        return self._switch(workdir, ("paused", "postmigrate"), "cont")
 
-    def _switch(self, workdir: Path, when: str, command: str) -> str:
-        """Send ``command`` if QEMU reports the state ``when``; the state found."""
+    def _switch(self, workdir: Path, when: str | tuple[str, ...], command: str) -> str:
+        """Send ``command`` if QEMU reports the state ``when`` (or one of them);
+        the state found. ("postmigrate": a snapshot's save ended without its
+        `cont`.)"""
         with self.monitor(workdir) as mon:
             state = str(mon.cmd("query-status").get("status", ""))
-            if state == when:
+            if state == when or (isinstance(when, tuple) and state in when):
                 mon.cmd(command)
-        return state
+        return "paused" if state == "postmigrate" else state
 
     def powerdown(self, workdir: Path) -> bool:
         try:

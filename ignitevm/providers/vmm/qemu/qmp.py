@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 MAX_LINE = 16 << 20  # bytes in one QMP message (a qom-list of many devices stays far below)
@@ -28,6 +30,7 @@ class Monitor:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
         self._buf = b""
+        self.events: list[dict[str, Any]] = []
 
     def connect(self, path: str) -> None:
         self.sock.connect(path)
@@ -39,12 +42,19 @@ class Monitor:
     def close(self) -> None:
         self.sock.close()
 
-    def cmd(self, command: str, **arguments: Any) -> Any:
-        """Run ``command``; its `return` value, or QMPError."""
+    def cmd(self, command: str, *, fd: int | None = None, **arguments: Any) -> Any:
+        """Run ``command``; its `return` value, or QMPError. ``fd`` is passed with
+        it (SCM_RIGHTS), as `getfd` wants."""
         msg: dict[str, Any] = {"execute": command}
         if arguments:
             msg["arguments"] = arguments
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        data = json.dumps(msg).encode() + b"\n"
+        if fd is None:
+            self.sock.sendall(data)
+        else:
+            sent = socket.send_fds(self.sock, [data], [fd])
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
         while True:
             reply = self._read()
             if "return" in reply:
@@ -52,7 +62,37 @@ class Monitor:
             if "error" in reply:
                 err = reply["error"] if isinstance(reply["error"], dict) else {}
                 raise QMPError(command, str(err.get("class", "")), str(err.get("desc", "")))
-            # (an event: skipped)
+            self._keep(reply)  # (an event: kept for wait_event)
+
+    def wait_event(self, name: str, match: Callable[[dict[str, Any]], bool],
+                   timeout: float) -> dict[str, Any]:
+        """The first event ``name`` whose data ``match`` accepts (seen already or
+        coming within ``timeout`` seconds); TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.events:
+                ev = self.events.pop(0)
+                data = ev.get("data") if isinstance(ev.get("data"), dict) else {}
+                if ev.get("event") == name and match(data):
+                    return data
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no QMP event {name} within {timeout:.0f}s")
+            old = self.sock.gettimeout()
+            self.sock.settimeout(left)
+            try:
+                msg = self._read()
+            except TimeoutError:
+                raise TimeoutError(f"no QMP event {name} within {timeout:.0f}s") from None
+            finally:
+                self.sock.settimeout(old)
+            if "event" in msg:
+                self._keep(msg)
+
+    def _keep(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if len(self.events) > 64:  # (bounded: a guest can make QEMU send many)
+            del self.events[0]
 
     def _read(self) -> dict[str, Any]:
         while b"\n" not in self._buf:

@@ -1,0 +1,106 @@
+"""Snapshots and clones, against baselines measured in the same run:
+
+- `ignite run --from-snapshot` -> `ignite exec -- true` answers, vs a cold
+  `ignite run` -> `exec -- true` answers of the same image (goal <= 0.10x);
+  clones unconfined (RAM from the snapshot's file) and jailed (from a sealed memfd);
+- ten clones' QEMU RSS (and PSS, which splits shared pages fairly), each vs
+  one cold-booted VM's (goal <= 0.5x);
+- `ignite snapshot create` of a 256 MiB guest (goal <= 1 s), with and
+  without the shared-RAM template.
+
+Usage: python -m bench.snapshot [rounds]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from bench.common import ignite, median, report, run_bench
+from tests.helpers.images import busybox_image
+
+MEM = ("--memory", "256MB", "--size", "256MB")
+
+
+def to_exec(root: Path, *run_args: str) -> float:
+    """Seconds from `ignite run ...` until `ignite exec vm -- true` has answered."""
+    start = time.monotonic()
+    uid = ignite(root, "run", "-q", *run_args).stdout.strip()
+    ignite(root, "exec", uid, "--", "true")
+    return time.monotonic() - start
+
+
+def mem_kib(root: Path, vm: str) -> tuple[int, int]:
+    """(RSS, PSS) of the VM's QEMU in KiB."""
+    uid = ignite(root, "inspect", "vm", vm, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+    pid = int((root / "vm" / uid / "run" / "qemu.pid").read_text())
+    rss = pss = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1])
+    return rss, pss
+
+
+def main(root: Path) -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    ignite(root, "kernel", "import", "debian")
+    ignite(root, "image", "import", str(busybox_image(root.parent / "testbox.tar")))
+    net = ("--network-plugin", "user")
+    # The source, and the snapshots' creation times.
+    ignite(root, "run", "testbox:latest", "--name", "src", *MEM, *net)
+    ignite(root, "exec", "src", "--", "true")
+    creates, plain = [], []
+    for i in range(rounds):
+        for shared, out in ((True, creates), (False, plain)):
+            name = f"s{i}{'' if shared else 'p'}"
+            flags = () if shared else ("--no-shared-memory",)
+            start = time.monotonic()
+            ignite(root, "snapshot", "create", "src", name, *flags)
+            out.append(time.monotonic() - start)
+            if i < rounds - 1:
+                ignite(root, "snapshot", "rm", name)
+    snap = f"s{rounds - 1}"
+    cold, clone_none, clone_jail = [], [], []
+    for i in range(rounds):
+        cold.append(to_exec(root, "testbox:latest", "--name", f"cold{i}", *MEM, *net))
+        ignite(root, "rm", "-f", f"cold{i}")
+        clone_none.append(to_exec(root, "--from-snapshot", snap, "--name", f"cn{i}",
+                                  "--sandbox=none"))
+        ignite(root, "rm", "-f", f"cn{i}")
+        clone_jail.append(to_exec(root, "--from-snapshot", snap, "--name", f"cj{i}"))
+        ignite(root, "rm", "-f", f"cj{i}")
+    report("run --from-snapshot (unconfined, shared RAM) -> exec vs cold run -> exec",
+           clone_none, cold)
+    report("run --from-snapshot (jailed) -> exec vs cold run -> exec", clone_jail, cold)
+    print(f"snapshot create (256 MiB guest): median {median(creates):.3f}s with the RAM "
+          f"template, {median(plain):.3f}s without; goal <= 1 s")
+
+    # Memory: one cold-booted VM against ten clones.
+    ignite(root, "run", "testbox:latest", "--name", "coldm", *MEM, *net)
+    ignite(root, "exec", "coldm", "--", "true")
+    base_rss, base_pss = mem_kib(root, "coldm")
+    names = [f"m{i}" for i in range(10)]
+    for n in names:
+        ignite(root, "run", "--from-snapshot", snap, "--name", n, "--sandbox=none")
+    ignite(root, "exec", names[-1], "--", "true")
+    got = [mem_kib(root, n) for n in names]
+    rss = sum(r for r, _ in got) / len(got)
+    pss = sum(p for _, p in got) / len(got)
+    total = sum(r for r, _ in got) / 1024
+    print(f"ten unconfined clones: RSS {rss / 1024:.0f} MiB each ({total:.0f} MiB in all), "
+          f"PSS {pss / 1024:.0f} MiB each; one cold-booted VM: RSS "
+          f"{base_rss / 1024:.0f} MiB, PSS {base_pss / 1024:.0f} MiB; ratio RSS "
+          f"{rss / base_rss:.2f}, PSS {pss / base_pss:.2f} (goal <= 0.5)")
+    jailed = [f"j{i}" for i in range(10)]
+    for n in jailed:
+        ignite(root, "run", "--from-snapshot", snap, "--name", n)
+    got = [mem_kib(root, n) for n in jailed]
+    print(f"jailed clones (RAM from a sealed memfd): RSS "
+          f"{sum(r for r, _ in got) / len(got) / 1024:.0f} MiB each")
+
+
+if __name__ == "__main__":
+    run_bench(main)

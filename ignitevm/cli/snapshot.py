@@ -1,0 +1,82 @@
+"""``ignite snapshot ...``: create, ls, inspect, rm (and ``run --from-snapshot``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ignitevm.api.types import VM, Snapshot
+from ignitevm.cli.common import context, dump, emit, list_objects
+from ignitevm.util.human import age
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from ignitevm.cli.common import sandbox_mode
+    from ignitevm.operations import snapshots
+
+    ctx = context(args)
+    ctx.sandbox = sandbox_mode(args)  # (the template QEMU is confined as VMs are)
+    vm = ctx.store.resolve(VM, args.vm)
+    snap = snapshots.create(ctx, vm, args.name, stop=args.stop, shared=not args.no_shared_memory)
+    emit(snap.metadata.uid if args.quiet else snap.metadata.name)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    return list_objects(args, Snapshot, ["SNAPSHOT ID", "NAME", "VM", "CREATED", "SIZE",
+                                         "MEMORY"],
+                        lambda o: [o.metadata.uid, o.metadata.name, o.spec.vm,
+                                   age(o.metadata.created), str(o.status.size),
+                                   str(o.spec.vm_spec.memory)])
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    ctx = context(args)
+    emit(dump(ctx.store.resolve(Snapshot, args.snapshot), args.output))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from ignitevm.operations import snapshots
+
+    ctx = context(args)
+    targets = [ctx.store.resolve(Snapshot, q) for q in args.snapshots]
+    for snap in targets:
+        snapshots.remove(ctx, snap, force=args.force)
+        emit(snap.metadata.uid)
+    return 0
+
+
+def run_clone(args: argparse.Namespace) -> int:
+    """``ignite run --from-snapshot NAME``: a new VM from a snapshot."""
+    from ignitevm.cli.common import starting_context
+    from ignitevm.cli.vmspec import parse_labels, parse_ports
+    from ignitevm.errors import InvalidInput
+    from ignitevm.operations import clones
+
+    if args.image or args.config:
+        raise InvalidInput("give either an image or --from-snapshot, not both")
+    for flag in ("kernel_image", "kernel_args", "size", "volumes", "ip", "mac"):
+        if getattr(args, flag, None):
+            raise InvalidInput(f"--{flag.replace('_', '-')} cannot be used with "
+                               "--from-snapshot", hint="a clone has its snapshot's kernel, "
+                               "disk and devices; it gets a new address and MAC")
+    if args.copy_files or args.ssh:
+        raise InvalidInput("--copy-files and --ssh cannot be used with --from-snapshot",
+                           hint="copy files in with ignite cp once it runs")
+    ctx = starting_context(args)
+    plugin = args.network_plugin or ""
+    from ignitevm.providers.network import PLUGINS
+
+    if plugin and plugin not in PLUGINS:
+        raise InvalidInput(f"unknown network plugin {plugin!r}",
+                           hint=f"use one of: {', '.join(PLUGINS)}")
+    vm = clones.clone(ctx, args.from_snapshot, name=args.name or "",
+                      labels=parse_labels(args.label), ports=parse_ports(args.ports),
+                      plugin=plugin, memory=args.memory or "", cpus=args.cpus)
+    if args.quiet:
+        emit(vm.metadata.uid)
+    if args.interactive:
+        from ignitevm.cli.attach import attach
+
+        return attach(ctx, vm)
+    return 0

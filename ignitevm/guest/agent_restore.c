@@ -1,0 +1,368 @@
+/*
+ * ignite-agent, RESTORE: give a guest restored from a snapshot its own
+ * identity (docs/agent-protocol.md). Every clone of one snapshot wakes with
+ * the same RNG state, the clock of the moment it was saved, the source's
+ * hostname, machine-id and network address: the host sends fresh values and
+ * this applies them, then runs the image's hooks in /etc/ignitevm/restore.d
+ * (in name order) so that applications can re-key. What fails is reported as
+ * DATA on stream 2 and the rest goes on; EXIT carries the hooks' status.
+ */
+#include "agent.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/random.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <stdarg.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HOOK_DIR "/etc/ignitevm/restore.d"
+#define MAX_NICS 8
+
+struct nic {
+    char name[IFNAMSIZ];
+    char mac[32];
+    char ip[64];
+};
+
+static void warn(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(struct session *s, const char *fmt, ...)
+{
+    char msg[ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof msg - 2)
+        n = sizeof msg - 2;
+    msg[n++] = '\n';
+    send_frame(s->ch, F_DATA, 2, s->id, msg, n);
+    logmsg("restore: %.*s", n - 1, msg);
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static void reseed(struct session *s, const char *hex)
+{
+    size_t n = strlen(hex) / 2;
+    if (n == 0 || n > 512) {
+        warn(s, "rand: want 1 to 512 bytes");
+        return;
+    }
+    struct rand_pool_info *info = calloc(1, sizeof *info + n + 4);
+    if (!info)
+        die("out of memory");
+    unsigned char *b = (unsigned char *)info->buf;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            warn(s, "rand: not hexadecimal");
+            free(info);
+            return;
+        }
+        b[i] = (unsigned char)(hi << 4 | lo);
+    }
+    info->entropy_count = (int)(8 * n);
+    info->buf_size = (int)n;
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || ioctl(fd, RNDADDENTROPY, info) < 0)
+        warn(s, "cannot add entropy: %s", strerror(errno));
+    else if (ioctl(fd, RNDRESEEDCRNG) < 0)
+        warn(s, "cannot reseed the RNG: %s", strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    memset(b, 0, n);
+    free(info);
+}
+
+static void set_clock(struct session *s, const char *v)
+{
+    char *end;
+    struct timespec ts = {0, 0};
+    ts.tv_sec = strtoll(v, &end, 10);
+    if (*end == '.')
+        ts.tv_nsec = strtol(end + 1, &end, 10);
+    if (*end || ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000L || ts.tv_sec <= 0) {
+        warn(s, "time: bad value");
+        return;
+    }
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+        warn(s, "cannot set the clock: %s", strerror(errno));
+}
+
+/* Replace a file the guest has (never create one, never through a link). */
+static void rewrite(struct session *s, const char *path, const char *text)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        return;
+    int fd = open(path, O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+    size_t n = strlen(text);
+    if (fd < 0 || write(fd, text, n) != (ssize_t)n)
+        warn(s, "cannot write %s: %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static void set_hostname(struct session *s, const char *name)
+{
+    char line[HOST_NAME_MAX + 2];
+    if (sethostname(name, strlen(name)) < 0)
+        warn(s, "cannot set the hostname: %s", strerror(errno));
+    snprintf(line, sizeof line, "%s\n", name);
+    rewrite(s, "/etc/hostname", line);
+}
+
+static void set_machine_id(struct session *s, const char *id)
+{
+    char line[64];
+    struct stat st;
+    snprintf(line, sizeof line, "%s\n", id);
+    /* (an empty machine-id means "make one at first boot": left so) */
+    if (stat("/etc/machine-id", &st) == 0 && st.st_size > 0)
+        rewrite(s, "/etc/machine-id", line);
+    if (lstat("/var/lib/dbus/machine-id", &st) == 0 && st.st_size > 0)
+        rewrite(s, "/var/lib/dbus/machine-id", line);
+}
+
+static int parse_mac(const char *text, unsigned char *mac)
+{
+    unsigned v[6];
+    if (sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6)
+        return -1;
+    for (int i = 0; i < 6; i++)
+        mac[i] = (unsigned char)v[i];
+    return 0;
+}
+
+static void sin_set(struct sockaddr *sa, in_addr_t a)
+{
+    struct sockaddr_in *in = (struct sockaddr_in *)sa;
+    memset(in, 0, sizeof *in);
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = a;
+}
+
+static void address(struct session *s, int sk, const struct nic *n)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, n->name, IFNAMSIZ - 1);
+    unsigned char mac[6];
+    if (n->mac[0]) {
+        if (parse_mac(n->mac, mac) < 0) {
+            warn(s, "%s: bad MAC %s", n->name, n->mac);
+        } else {
+            ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+            memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+            if (ioctl(sk, SIOCSIFHWADDR, &ifr) < 0)
+                warn(s, "%s: cannot set MAC %s: %s", n->name, n->mac, strerror(errno));
+        }
+    }
+    if (!n->ip[0])
+        return;
+    char ip[64];
+    snprintf(ip, sizeof ip, "%s", n->ip);
+    char *slash = strchr(ip, '/');
+    int prefix = slash ? atoi(slash + 1) : 32;
+    if (slash)
+        *slash = 0;
+    struct in_addr a;
+    if (inet_pton(AF_INET, ip, &a) != 1 || prefix < 0 || prefix > 32) {
+        warn(s, "%s: bad address %s", n->name, n->ip);
+        return;
+    }
+    sin_set(&ifr.ifr_addr, a.s_addr);
+    if (ioctl(sk, SIOCSIFADDR, &ifr) < 0)
+        warn(s, "%s: cannot set address %s: %s", n->name, n->ip, strerror(errno));
+    sin_set(&ifr.ifr_netmask, prefix ? htonl(~0u << (32 - prefix)) : 0);
+    if (ioctl(sk, SIOCSIFNETMASK, &ifr) < 0)
+        warn(s, "%s: cannot set netmask /%d: %s", n->name, prefix, strerror(errno));
+    if (ioctl(sk, SIOCGIFFLAGS, &ifr) == 0 && !(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP;
+        ioctl(sk, SIOCSIFFLAGS, &ifr);
+    }
+}
+
+static void default_route(struct session *s, int sk, const char *gw)
+{
+    struct rtentry rt;
+    struct in_addr a;
+    if (inet_pton(AF_INET, gw, &a) != 1) {
+        warn(s, "bad gateway %s", gw);
+        return;
+    }
+    memset(&rt, 0, sizeof rt);
+    sin_set(&rt.rt_dst, 0);
+    sin_set(&rt.rt_genmask, 0);
+    while (ioctl(sk, SIOCDELRT, &rt) == 0)
+        ;                       /* the source's default routes */
+    sin_set(&rt.rt_gateway, a.s_addr);
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    if (ioctl(sk, SIOCADDRT, &rt) < 0 && errno != EEXIST)
+        warn(s, "cannot add the default route via %s: %s", gw, strerror(errno));
+    /* One packet out at once (the discard port of the gateway): the host side
+       learns the new MAC before anyone connects in (passt answers nothing
+       until it has seen one; a bridge forwards to where it last saw it). */
+    struct sockaddr_in to;
+    sin_set((struct sockaddr *)&to, a.s_addr);
+    to.sin_port = htons(9);
+    if (sendto(sk, "", 0, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) < 0)
+        logmsg("restore: could not send to the gateway: %s", strerror(errno));
+}
+
+static void resolv(struct session *s, const char *dns, const char *search)
+{
+    struct stat st;
+    if (lstat("/etc/resolv.conf", &st) == 0 && !S_ISREG(st.st_mode))
+        return;                 /* a link (systemd-resolved...): its owner's */
+    char text[1024];
+    size_t len = 0;
+    if (search[0])
+        len += snprintf(text + len, sizeof text - len, "search %s\n", search);
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", dns);
+    for (char *save, *ns = strtok_r(copy, " ", &save); ns && len < sizeof text;
+         ns = strtok_r(NULL, " ", &save))
+        len += snprintf(text + len, sizeof text - len, "nameserver %s\n", ns);
+    if (len >= sizeof text)
+        return;
+    int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, text, len) != (ssize_t)len)
+        warn(s, "cannot write /etc/resolv.conf: %s", strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static int by_name(const struct dirent **a, const struct dirent **b)
+{
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+/* The hooks, in name order, one after the other (in a child of the agent). */
+static void __attribute__((noreturn)) run_hooks(void)
+{
+    struct dirent **list;
+    int n = scandir(HOOK_DIR, &list, NULL, by_name), failed = 0;
+    int null = open("/dev/null", O_RDWR);
+    for (int i = 0; i < n; i++) {
+        char path[512];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", HOOK_DIR, list[i]->d_name);
+        if (list[i]->d_name[0] == '.' || stat(path, &st) < 0 || !S_ISREG(st.st_mode) ||
+            !(st.st_mode & 0111))
+            continue;
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (null >= 0)
+                dup2(null, 0);
+            char *argv[] = {path, NULL};
+            char *envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            "IGNITE_RESTORED=1", NULL};
+            execve(path, argv, envp);
+            _exit(127);
+        }
+        int st2 = 0;
+        if (pid < 0 || waitpid(pid, &st2, 0) < 0 || !WIFEXITED(st2) || WEXITSTATUS(st2)) {
+            fprintf(stderr, "restore hook %s failed\n", path);
+            failed = 1;
+        }
+    }
+    _exit(failed);
+}
+
+/* A RESTORE request: key=value lines. 0: the session goes on (hooks run). */
+int restore_start(struct session *s, const char *p, size_t n)
+{
+    char *text = malloc(n + 1);
+    if (!text)
+        die("out of memory");
+    memcpy(text, p, n);
+    text[n] = 0;
+    struct nic nics[MAX_NICS];
+    int nnics = 0;
+    const char *gw = "", *dns = "", *search = "";
+    int net = 0;
+    for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *v = strchr(line, '=');
+        if (!v)
+            continue;
+        *v++ = 0;
+        if (strcmp(line, "rand") == 0)
+            reseed(s, v);
+        else if (strcmp(line, "time") == 0)
+            set_clock(s, v);
+        else if (strcmp(line, "hostname") == 0)
+            set_hostname(s, v);
+        else if (strcmp(line, "machine_id") == 0)
+            set_machine_id(s, v);
+        else if (strcmp(line, "net") == 0 && nnics < MAX_NICS) {
+            struct nic *c = &nics[nnics];
+            memset(c, 0, sizeof *c);
+            if (sscanf(v, "%15s %31s %63s", c->name, c->mac, c->ip) >= 2)
+                nnics++;
+            if (strcmp(c->ip, "-") == 0)
+                c->ip[0] = 0;
+            net = 1;
+        } else if (strcmp(line, "gw") == 0)
+            gw = v;
+        else if (strcmp(line, "dns") == 0)
+            dns = v;
+        else if (strcmp(line, "search") == 0)
+            search = v;
+    }
+    if (net) {
+        int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (sk < 0) {
+            warn(s, "no socket for the network: %s", strerror(errno));
+        } else {
+            for (int i = 0; i < nnics; i++)
+                address(s, sk, &nics[i]);
+            if (gw[0])
+                default_route(s, sk, gw);
+            close(sk);
+        }
+        if (dns[0] || search[0])
+            resolv(s, dns, search);
+    }
+    free(text);
+    struct stat st;
+    if (stat(HOOK_DIR, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        send_u32(s->ch, F_EXIT, s->id, 0);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        warn(s, "cannot run the restore hooks: %s", strerror(errno));
+        send_u32(s->ch, F_EXIT, s->id, 1);
+        return -1;
+    }
+    if (pid == 0)
+        run_hooks();
+    s->pid = pid;
+    return 0;
+}

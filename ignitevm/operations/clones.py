@@ -1,0 +1,309 @@
+"""Clones: new VMs started from a snapshot's state instead of booting.
+
+A clone is a VM like any other (its own uid, name, MAC, address, agent
+channels, config disk); its disk is a qcow2 layer over the snapshot's disk
+layer. QEMU starts with ``-incoming defer``; the host checks the snapshot's
+files, feeds QEMU the saved state, runs the CPUs, then tells the guest agent
+its new identity (RESTORE: fresh RNG seed, the host's clock, hostname,
+machine-id, network address) before the VM is reported running. Whatever
+fails on the way, the clone is removed (nothing half-made stays).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ignitevm.api.types import VM, Image, Kernel, ObjectMeta, Snapshot
+from ignitevm.errors import IgniteError, InvalidInput
+from ignitevm.log import log
+from ignitevm.operations import snapshots
+from ignitevm.operations.context import Context
+
+if TYPE_CHECKING:
+    from ignitevm.providers.network.base import NetPlan
+
+LOAD_TIMEOUT = 120.0
+AGENT_TIMEOUT = 60.0
+
+
+class Restore:
+    """What `vms.start` needs to bring a VM up from a snapshot."""
+
+    def __init__(self, ctx: Context, snap: Snapshot, memory_file: Path | None,
+                 memory_fd: int = -1):
+        self.snap = snap
+        self.dir = snapshots.folder(ctx, snap)
+        self.memory_fd = memory_fd
+        if memory_fd >= 0:  # (a sealed memfd QEMU inherits: sharedram.memfd)
+            memory_file = Path(f"/proc/self/fd/{memory_fd}")
+        self.memory_file = memory_file
+        self.cmdline = snap.spec.cmd_line
+        self.warnings: list[str] = []
+
+    def launch(self) -> dict[str, Any]:
+        out = {"incoming": True, "memory_file": self.memory_file, "memory_shared": False,
+               "agent_channels": self.snap.spec.agent_channels}
+        if self.memory_fd >= 0:
+            out["pass_fds"] = (self.memory_fd,)
+        return out
+
+    def close(self) -> None:
+        if self.memory_fd >= 0:
+            os.close(self.memory_fd)
+            self.memory_fd = -1
+
+    def finish(self, ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> None:
+        """Load the state into the waiting QEMU, run it, give the guest its identity."""
+        from ignitevm.providers.vmm.qemu import migration
+
+        vmm = snapshots._qemu(ctx)
+        if self.memory_fd >= 0:  # (where the next clone's host finds the memfd)
+            from ignitevm.operations.sharedram import CLONE_FD
+
+            (d / CLONE_FD).write_text(f"{self.memory_fd}\n")
+        t0 = time.monotonic()
+        fd = _checked_state(ctx, self.snap, shared=self.memory_file is not None)
+        try:
+            with vmm.monitor(d) as mon:
+                migration.load(mon, fd, ignore_shared=self.memory_file is not None,
+                               timeout=LOAD_TIMEOUT)
+                mon.cmd("cont")
+        except IgniteError as exc:
+            why = _last_line(d / "qemu.log")
+            raise IgniteError(f"{exc.brief}{f' ({why})' if why else ''}",
+                              hint=f"the snapshot {self.snap.metadata.name!r} does not fit "
+                              "this machine as QEMU sees it; save the VM again") from None
+        finally:
+            os.close(fd)
+        t1 = time.monotonic()
+        self.warnings = renew_identity(ctx, vm, d, net)
+        log.debug("state loaded in %.3fs, identity renewed in %.3fs", t1 - t0,
+                  time.monotonic() - t1)
+
+
+def _last_line(path: Path) -> str:
+    """QEMU's last message (a jailed QEMU's stderr goes to qemu.log)."""
+    from ignitevm.api.validation import printable
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return printable(lines[-1])[:300] if lines else ""
+
+
+def _checked_state(ctx: Context, snap: Snapshot, shared: bool) -> int:
+    """The state file, open, after its digest was checked on that very open
+    file (what QEMU reads is what was checked)."""
+    import hashlib
+
+    name = snapshots.STATE_SHARED if shared else snapshots.STATE
+    path = snapshots.folder(ctx, snap) / name
+    rec = next((f for f in snap.status.files if f.name == name), None)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise _damaged(snap, "its state file is missing") from None
+    try:
+        h, size = hashlib.sha256(), 0
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+        if rec is None or size != rec.size or f"sha256:{h.hexdigest()}" != rec.digest:
+            raise _damaged(snap, "its state file does not match its digest")
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _damaged(snap: Snapshot, why: str) -> InvalidInput:
+    return InvalidInput(f"snapshot {snap.metadata.name!r} is damaged: {why}",
+                        hint=f"remove it (ignite snapshot rm {snap.metadata.name}) and save "
+                        "the VM again")
+
+
+def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> list[str]:
+    """Send the agent RESTORE; the warnings it reported."""
+    from ignitevm.agent.client import Channel
+    from ignitevm.agent.session import GuestError, restore
+    from ignitevm.operations.vms import AgentPorts
+
+    fields = identity_fields(vm, net)
+    with Channel.connect(AgentPorts(ctx, d), AGENT_TIMEOUT, f"VM {vm.metadata.name!r}") as ch:
+        try:
+            status, warnings = restore(ch, fields, AGENT_TIMEOUT)
+        except GuestError as exc:
+            if "unknown frame type" not in exc.brief:
+                raise
+            raise IgniteError("the guest agent in the snapshot cannot renew a clone's "
+                              "identity (it predates RESTORE)",
+                              hint="restart the source VM with this version of ignite and "
+                              "save it again") from None
+    for w in warnings:
+        log.warning("VM %r after restore: %s", vm.metadata.name, w)
+    if status != 0:
+        log.warning("VM %r: a restore hook failed (status %d)", vm.metadata.name, status)
+    return warnings
+
+
+def identity_fields(vm: VM, net: NetPlan | None) -> list[tuple[str, str]]:
+    """The RESTORE request's fields (docs/agent-protocol.md)."""
+    now = time.time_ns()
+    fields = [("rand", secrets.token_hex(64)),
+              ("time", f"{now // 1_000_000_000}.{now % 1_000_000_000:09d}"),
+              ("hostname", vm.metadata.uid),
+              ("machine_id", secrets.token_hex(16))]
+    if net is not None:
+        nics = (net, *net.more)
+        for i, nic in enumerate(nics):
+            fields.append(("net", f"eth{i} {nic.mac} {nic.guest_ip or '-'}"))
+        if net.gateway:
+            fields.append(("gw", net.gateway))
+        if net.dns:
+            fields.append(("dns", net.dns))
+        if net.dns_search:
+            fields.append(("search", net.dns_search))
+    for key, value in fields:
+        if any(ord(c) < 0x20 for c in value):
+            raise InvalidInput(f"refusing RESTORE field {key}={value!r}: control character")
+    return fields
+
+
+def verify(ctx: Context, snap: Snapshot) -> tuple[Image, Kernel]:
+    """What the snapshot needs is here and unchanged; clear errors otherwise."""
+    name = snap.metadata.name
+    spec = snap.spec
+    found = []
+    for typ, ref, want in ((Image, spec.vm_spec.image.oci, spec.image.id),
+                           (Kernel, spec.vm_spec.kernel.oci, spec.kernel.id)):
+        what = typ.__name__.lower()
+        obj = ctx.store.find(typ, ref)
+        if obj is None:
+            raise InvalidInput(f"cannot restore snapshot {name!r}: its {what} {ref!r} was "
+                               "removed", hint=f"import the {what} again, or remove the "
+                               f"snapshot (ignite snapshot rm {name})")
+        if want and obj.status.oci_source.id != want:
+            raise InvalidInput(f"cannot restore snapshot {name!r}: {what} {ref!r} is not the "
+                               f"one it was saved with ({want})",
+                               hint=f"import that {what} again, or save the VM anew")
+        found.append(obj)
+    vs = spec.vm_spec
+    machine = snapshots.machine_config(spec.accel, vs.cpus, vs.memory.mib, spec.nics,
+                                       spec.agent_channels)
+    if spec.machine and machine != spec.machine:
+        raise InvalidInput(f"cannot restore snapshot {name!r}: it was saved from another "
+                           f"machine configuration ({spec.machine!r}, now {machine!r})",
+                           hint="boot the VM with this version of ignite and save it again")
+    now = snapshots.qemu_version(ctx.cache)
+    if spec.qemu_version and now != spec.qemu_version:
+        raise InvalidInput(f"cannot restore snapshot {name!r}: it was saved by "
+                           f"{spec.qemu_version!r}, this host has {now!r}",
+                           hint="boot the VM and save it again with this QEMU")
+    return found[0], found[1]  # type: ignore[return-value]
+
+
+def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | None = None,
+          ports: list[Any] | None = None, plugin: str = "", memory: str = "",
+          cpus: int | None = None) -> VM:
+    """Start a new VM from snapshot ``query``."""
+    import copy
+
+    from ignitevm.api.defaults import now, validate_vm
+    from ignitevm.api.types import Size
+    from ignitevm.operations import vms
+    from ignitevm.util.ids import new_uid, random_name
+
+    snap = ctx.store.resolve(Snapshot, query)
+    spec = copy.deepcopy(snap.spec.vm_spec)
+    if memory and Size.parse(memory, "--memory").bytes != spec.memory.bytes:
+        raise InvalidInput(f"--memory {memory} differs from snapshot {snap.metadata.name!r}'s "
+                           f"{spec.memory}", hint="a clone has the memory of its snapshot: "
+                           "leave --memory out")
+    if cpus is not None and cpus != spec.cpus:
+        raise InvalidInput(f"--cpus {cpus} differs from snapshot {snap.metadata.name!r}'s "
+                           f"{spec.cpus}", hint="a clone has the CPUs of its snapshot: leave "
+                           "--cpus out")
+    if ctx.accel not in (None, "auto", snap.spec.accel):
+        raise InvalidInput(f"--accel {ctx.accel} differs from snapshot "
+                           f"{snap.metadata.name!r}'s ({snap.spec.accel})")
+    ctx.accel = snap.spec.accel
+    spec.network.ports = list(ports or [])
+    for att in spec.network.networks:
+        att.ip, att.mac = "", ""  # (a new lease, a new MAC)
+    vm = VM(metadata=ObjectMeta(name=name, labels=labels or None, created=now(),
+                                annotations={snapshots.ANNOTATION: snap.metadata.uid}),
+            spec=spec)
+    vm.status.network.plugin = plugin or snap.spec.network_plugin
+    if vm.status.network.plugin != snap.spec.network_plugin:
+        raise InvalidInput(f"--network-plugin {vm.status.network.plugin} differs from snapshot "
+                           f"{snap.metadata.name!r}'s ({snap.spec.network_plugin}): the saved "
+                           "network device needs the same backend",
+                           hint=f"use --network-plugin {snap.spec.network_plugin} (the default)")
+    if snapshots.nic_count(vm.status.network.plugin, vm) != snap.spec.nics:
+        raise InvalidInput(f"--network-plugin {vm.status.network.plugin} gives the clone "
+                           f"{snapshots.nic_count(vm.status.network.plugin, vm)} network "
+                           f"interfaces; snapshot {snap.metadata.name!r} has {snap.spec.nics}",
+                           hint=f"use --network-plugin {snap.spec.network_plugin} (or one "
+                           "with as many interfaces)")
+    validate_vm(vm)
+    image, kernel = verify(ctx, snap)
+    snapshots.check_files(ctx, snap, (snapshots.DISK,))
+    memory_file = None
+    if not snap.spec.shared_memory:
+        from ignitevm.operations import snaptemplate
+
+        if snaptemplate.wait(ctx, snap.metadata.uid):  # (one is being made: it comes soon)
+            snap = ctx.store.get(Snapshot, snap.metadata.uid)
+    memory_fd = -1
+    if snap.spec.shared_memory:
+        # (a jailed clone must not be able to write the shared RAM: see sharedram)
+        from ignitevm.operations import sharedram
+
+        if ctx.sandbox == "none":
+            memory_file = sharedram.template(ctx, snap)
+        else:
+            memory_fd = sharedram.memfd(ctx, snap)
+    restore = Restore(ctx, snap, memory_file, memory_fd)
+    with ctx.store.using(image), ctx.store.using(kernel):
+        vm.metadata.uid = new_uid()
+        generated = not vm.metadata.name
+        if generated:
+            vm.metadata.name = random_name({v.metadata.name for v in ctx.store.list(VM)})
+        vm.status.image, vm.status.kernel = snap.spec.image, snap.spec.kernel
+        vm.status.runtime.name = ctx.vmm.name
+        from ignitevm.operations import sshkeys
+        from ignitevm.providers.network import preflight
+
+        preflight(vm, ctx.root)
+        with ctx.store.creating(vm, rename=generated) as stage, \
+                sshkeys.making_keys(vm, stage):
+            _layer(restore.dir / snapshots.DISK, stage / snapshots.DISK,
+                   spec.disk_size.bytes)
+    try:
+        vms.start(ctx, vm, restore)
+    except BaseException:
+        vms.remove(ctx, vm, force=True)
+        raise
+    finally:
+        restore.close()
+    log.info("Started VM %r (%s) from snapshot %r", vm.metadata.name, vm.metadata.uid,
+             snap.metadata.name)
+    return vm
+
+
+def _layer(base: Path, disk: Path, size: int) -> None:
+    """A clone's disk: a qcow2 layer over the snapshot's (which is never written)."""
+    from ignitevm.util.proc import run
+
+    if not base.exists():
+        raise IgniteError(f"the snapshot's disk layer {base} is missing")
+    run(["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
+         "-o", "cluster_size=65536", str(disk), str(size)])

@@ -1,0 +1,142 @@
+"""A snapshot's RAM, shared by its clones' QEMUs.
+
+Each clone maps the RAM privately (``share=off``): they all read the same
+pages and copy only the pages they write. QEMU 7.2 opens the RAM file
+read-write even for a private mapping (8.1 falls back to read-only, 8.2 has
+``rom=off``), so whoever may open it may also write it, and with it every
+other clone's memory.
+
+- Unconfined clones (``--sandbox=none``: QEMU is root anyway) map the
+  snapshot's ``memory`` file: its page-cache pages are shared.
+- A jailed clone gets a *sealed memfd* holding the RAM (``F_SEAL_WRITE``,
+  ``SHRINK``, ``GROW``, ``SEAL``: it may be opened read-write and mapped
+  privately, never written) as an inherited descriptor, which it opens as
+  ``/proc/self/fd/N`` (its jail then has a /proc showing only itself). All
+  running clones of a snapshot share one memfd: a new clone's host takes it
+  from a running clone's QEMU (``/proc/PID/fd/N``, the number recorded by the
+  host in the clone's folder), and accepts it only if it is the very inode
+  the host made (recorded in the snapshot's folder) and still sealed: a
+  compromised QEMU can put another file at that number, not that inode. When
+  no clone runs, a new memfd is filled from ``memory``.
+
+The memory file's digest is checked once (then again only if the file's
+inode, size, mtime or ctime change: a root-only folder, so no one else can
+touch it without the ctime moving).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ignitevm.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ignitevm.api.types import Snapshot
+    from ignitevm.operations.context import Context
+
+MEMORY = "memory"
+VERIFIED = ".memory.verified"
+MEMFD_RECORD = ".memfd"  # in the snapshot's folder: "<dev> <ino>" of the live memfd
+CLONE_FD = "ram-fd"  # in a clone's folder: the memfd's number in its QEMU
+SEALS = 0
+try:
+    import fcntl as _fcntl
+
+    SEALS = _fcntl.F_SEAL_WRITE | _fcntl.F_SEAL_SHRINK | _fcntl.F_SEAL_GROW | _fcntl.F_SEAL_SEAL
+except AttributeError:  # (not Linux)
+    pass
+
+
+def _stamp(path: Path) -> str:
+    st = os.stat(path)
+    return f"{st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
+
+
+def template(ctx: Context, snap: Snapshot) -> Path:
+    """The RAM file clones of ``snap`` map privately, its digest checked."""
+    from ignitevm.operations.snapshots import check_files, folder
+    from ignitevm.util.fs import atomic_write
+
+    d = folder(ctx, snap)
+    path = d / MEMORY
+    try:
+        stamp = _stamp(path)
+    except FileNotFoundError:
+        raise InvalidInput(f"snapshot {snap.metadata.name!r} is damaged: its RAM file is "
+                           "missing", hint=f"remove it (ignite snapshot rm "
+                           f"{snap.metadata.name}) and save the VM again") from None
+    try:
+        if (d / VERIFIED).read_text() == stamp:
+            return path
+    except OSError:
+        pass
+    check_files(ctx, snap, (MEMORY,))
+    atomic_write(d / VERIFIED, stamp.encode())
+    return path
+
+
+def release(snapdir: Path) -> None:
+    """Nothing is held for a snapshot's RAM outside its folder (a memfd lives as
+    long as the clones that map it)."""
+
+
+def _is_ours(fd: int, record: str, size: int) -> bool:
+    import fcntl
+
+    try:
+        st = os.fstat(fd)
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return False
+    return (f"{st.st_dev} {st.st_ino}" == record and st.st_size == size
+            and seals & SEALS == SEALS)
+
+
+def memfd(ctx: Context, snap: Snapshot) -> int:
+    """A descriptor of the sealed memfd holding ``snap``'s RAM (the caller
+    closes it): the one running clones map, else a new one."""
+    import fcntl
+
+    from ignitevm.operations.snapshots import clones_of, folder
+    from ignitevm.util.fs import atomic_write, flock
+
+    d = folder(ctx, snap)
+    rec = next((f for f in snap.status.files if f.name == MEMORY), None)
+    if rec is None:
+        raise InvalidInput(f"snapshot {snap.metadata.name!r} has no RAM file")
+    with flock(d / ".memfd.lock"):
+        try:
+            record = (d / MEMFD_RECORD).read_text().strip()
+        except OSError:
+            record = ""
+        for vm in clones_of(ctx, snap) if record else ():
+            vd = ctx.store.dir(vm)
+            pid = ctx.vmm.pid(vd)
+            try:
+                n = int((vd / CLONE_FD).read_text())
+                fd = os.open(f"/proc/{pid}/fd/{n}", os.O_RDONLY | os.O_CLOEXEC)
+            except (OSError, ValueError, TypeError):
+                continue
+            if _is_ours(fd, record, rec.size):
+                return fd
+            os.close(fd)
+        path = template(ctx, snap)  # (its digest checked)
+        fd = os.memfd_create(f"ignite-{snap.metadata.uid}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, rec.size)
+            with open(path, "rb", buffering=0) as f:
+                pos, zeros = 0, bytes(1 << 20)
+                while chunk := f.read(1 << 20):
+                    if chunk != zeros[:len(chunk)]:
+                        os.pwrite(fd, chunk, pos)
+                    pos += len(chunk)
+            os.fchmod(fd, 0o666)  # (sealed below: open read-write, never written)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            st = os.fstat(fd)
+            atomic_write(d / MEMFD_RECORD, f"{st.st_dev} {st.st_ino}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd

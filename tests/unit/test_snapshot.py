@@ -1,0 +1,395 @@
+"""Snapshots without a guest: the object in the store, what a restore checks
+and refuses, the QEMU arguments of a restore, the RESTORE request, and the
+migration helpers against a scripted QMP peer (tests/vm/test_snapshot.py
+drives real QEMU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from ignitevm.api import codec
+from ignitevm.api.types import (
+    VM,
+    Image,
+    Kernel,
+    ObjectMeta,
+    OCISource,
+    Size,
+    Snapshot,
+    SnapshotFile,
+)
+from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.operations import clones, snapshots
+from ignitevm.operations.context import Context
+from ignitevm.providers.network.base import NetPlan
+from ignitevm.providers.vmm.base import Disk, LaunchSpec
+from ignitevm.providers.vmm.qemu import args, migration, qmp
+
+
+def _snapshot(ctx: Context, name: str = "snap", files: dict[str, bytes] | None = None,
+              image: str = "img:latest", kernel: str = "k:latest") -> Snapshot:
+    snap = Snapshot(metadata=ObjectMeta(name=name, uid=os.urandom(8).hex()))
+    snap.spec.vm = "src"
+    snap.spec.vm_spec.image.oci = image
+    snap.spec.vm_spec.kernel.oci = kernel
+    snap.spec.vm_spec.memory = Size(256 << 20)
+    snap.spec.vm_spec.cpus = 1
+    snap.spec.vm_spec.disk_size = Size(256 << 20)
+    snap.spec.image = OCISource(id="sha256:aaa")
+    snap.spec.kernel = OCISource(id="sha256:kkk")
+    snap.spec.network_plugin = "user"
+    snap.spec.nics = 1
+    snap.spec.accel = "tcg"
+    files = files if files is not None else {"state": b"S" * 100, "disk.qcow2": b"D" * 10}
+    with ctx.store.creating(snap) as stage:
+        for fname, data in files.items():
+            (stage / fname).write_bytes(data)
+        snapshots._record_files(snap, stage, {})
+    return snap
+
+
+def _base(ctx: Context, typ: type, name: str, oid: str) -> None:
+    obj = typ(metadata=ObjectMeta(name=name, uid=os.urandom(8).hex()))
+    obj.status.oci_source = OCISource(id=oid)
+    with ctx.store.creating(obj):
+        pass
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    return Context(root=tmp_path / "root")
+
+
+def test_snapshot_object_round_trips_and_is_listed(ctx: Context) -> None:
+    snap = _snapshot(ctx)
+    again = ctx.store.resolve(Snapshot, "snap")
+    assert again.kind == "Snapshot" and again.metadata.uid == snap.metadata.uid
+    assert {f.name for f in again.status.files} == {"state", "disk.qcow2"}
+    assert all(f.digest.startswith("sha256:") for f in again.status.files)
+    text = codec.to_json(again)
+    assert json.loads(text)["spec"]["vmSpec"]["memory"] == "256MB"
+    with pytest.raises(Conflict, match="already exists"):
+        _snapshot(ctx)
+    snapshots.remove(ctx, again)
+    assert ctx.store.list(Snapshot) == []
+
+
+def test_damaged_files_are_refused(ctx: Context) -> None:
+    snap = _snapshot(ctx)
+    snapshots.check_files(ctx, snap)
+    d = snapshots.folder(ctx, snap)
+    (d / "disk.qcow2").write_bytes(b"X" * 10)  # same size, other bytes
+    with pytest.raises(InvalidInput, match=r"is damaged: disk\.qcow2 changed"):
+        snapshots.check_files(ctx, snap)
+    with open(d / "state", "r+b") as f:
+        f.truncate(50)
+    with pytest.raises(InvalidInput, match="is damaged"):
+        clones._checked_state(ctx, snap, shared=False)
+
+
+def test_checked_state_is_the_open_file(ctx: Context) -> None:
+    snap = _snapshot(ctx)
+    fd = clones._checked_state(ctx, snap, shared=False)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0 and os.read(fd, 200) == b"S" * 100
+    finally:
+        os.close(fd)
+
+
+def test_restore_refuses_removed_or_changed_image_and_kernel(ctx: Context,
+                                                           monkeypatch) -> None:
+    monkeypatch.setattr(snapshots, "qemu_version", lambda cache=None: "QEMU 7.2")
+    snap = _snapshot(ctx)
+    snap.spec.qemu_version = "QEMU 7.2"
+    with pytest.raises(InvalidInput, match="its image 'img:latest' was removed"):
+        clones.verify(ctx, snap)
+    _base(ctx, Image, "img:latest", "sha256:aaa")
+    with pytest.raises(InvalidInput, match="its kernel 'k:latest' was removed"):
+        clones.verify(ctx, snap)
+    _base(ctx, Kernel, "k:latest", "sha256:other")
+    with pytest.raises(InvalidInput, match="is not the one it was saved with"):
+        clones.verify(ctx, snap)
+    ctx.store.delete(ctx.store.resolve(Kernel, "k:latest"))
+    _base(ctx, Kernel, "k:latest", "sha256:kkk")
+    clones.verify(ctx, snap)
+    monkeypatch.setattr(snapshots, "qemu_version", lambda cache=None: "QEMU 8.0")
+    with pytest.raises(InvalidInput, match=r"saved by .QEMU 7\.2."):
+        clones.verify(ctx, snap)
+    monkeypatch.setattr(snapshots, "qemu_version", lambda cache=None: "QEMU 7.2")
+    snap.spec.machine = snapshots.machine_config("tcg", 1, 256, 1, 1)
+    clones.verify(ctx, snap)
+    snap.spec.machine = "-M pc"
+    with pytest.raises(InvalidInput, match="another machine configuration"):
+        clones.verify(ctx, snap)
+
+
+@pytest.mark.parametrize("kw, word", [({"memory": "512MB"}, "--memory"), ({"cpus": 2}, "--cpus"),
+                                      ({"plugin": "none"}, "--network-plugin none differs")])
+def test_clone_refuses_other_memory_cpus_or_devices(ctx: Context, kw: dict, word: str) -> None:
+    _snapshot(ctx)
+    with pytest.raises(InvalidInput, match=word):
+        clones.clone(ctx, "snap", **kw)
+    assert ctx.store.list(VM) == []
+
+
+def test_image_and_kernel_removal_refused_while_a_snapshot_needs_them(ctx: Context) -> None:
+    from ignitevm.operations.vms import remove_base
+
+    _snapshot(ctx)
+    _base(ctx, Image, "img:latest", "sha256:aaa")
+    image = ctx.store.resolve(Image, "img:latest")
+    with pytest.raises(Conflict, match="needed by snapshot 'snap'"):
+        remove_base(ctx, image)
+    remove_base(ctx, image, force=True)
+    assert ctx.store.find(Image, "img:latest") is None
+
+
+def test_snapshot_rm_refused_while_clones_read_through_it(ctx: Context) -> None:
+    snap = _snapshot(ctx)
+    vm = VM(metadata=ObjectMeta(name="c1", uid=os.urandom(8).hex(),
+                                annotations={snapshots.ANNOTATION: snap.metadata.uid}))
+    with ctx.store.creating(vm):
+        pass
+    with pytest.raises(Conflict, match="in use by VM 'c1'"):
+        snapshots.remove(ctx, snap)
+    backing, chain = snapshots.disk_layers(ctx, vm, Path("/img.ext4"))
+    assert backing == snapshots.folder(ctx, snap) / "disk.qcow2"
+    assert chain == (Path("/img.ext4"),)
+    snapshots.remove(ctx, snap, force=True)
+    assert ctx.store.list(VM) == [] and ctx.store.list(Snapshot) == []
+
+
+def test_restore_arguments() -> None:
+    spec = LaunchSpec(uid="u", workdir=Path("/r/vm/u"), kernel=Path("/k"), initrd=None,
+                      cmdline="console=ttyS0", cpus=1, memory_mib=256,
+                      disks=(Disk(Path("/r/vm/u/disk.qcow2"), "ignite-root", "qcow2",
+                                  backing=Path("/r/snapshot/s/disk.qcow2"),
+                                  chain=(Path("/r/image/i/image.ext4"),)),),
+                      accel="tcg", incoming=True, memory_file=Path("/r/snapshot/s/memory"),
+                      agent_channels=3)
+    argv = args.argv(spec)
+    drive = argv[argv.index("-drive") + 1]
+    assert ("backing.driver=qcow2,backing.file.filename=/r/snapshot/s/disk.qcow2,"
+            "backing.backing.driver=raw,backing.backing.file.filename=/r/image/i/image.ext4"
+            ) in drive
+    mem = argv[argv.index("-object") + 1]
+    assert "mem-path=/r/snapshot/s/memory" in mem and "share=off" in mem
+    assert f"id={args.RAM_ID}" in mem and f"memory-backend={args.RAM_ID}" in argv
+    assert argv[argv.index("-incoming") + 1] == "defer"
+    assert sum(1 for w in argv if w.startswith("virtserialport,")) == 3
+    plain = args.argv(spec._replace(incoming=False, memory_file=None))
+    assert "-incoming" not in plain and "-object" not in plain
+
+
+def test_identity_fields() -> None:
+    vm = VM(metadata=ObjectMeta(name="c", uid="0123456789abcdef"))
+    net = NetPlan(plugin="cni", mac="02:00:00:00:00:09", guest_ip="10.9.0.5/24",
+                  gateway="10.9.0.1", dns="10.9.0.1 1.1.1.1", dns_search="lan",
+                  more=(NetPlan(plugin="cni", mac="02:00:00:00:00:0a", guest_ip="10.8.0.5/24",
+                                gateway="", dns=""),))
+    a = dict(clones.identity_fields(vm, net))
+    b = dict(clones.identity_fields(vm, net))
+    assert a["hostname"] == "0123456789abcdef"
+    assert len(a["rand"]) == 128 and a["rand"] != b["rand"]
+    assert len(a["machine_id"]) == 32 and a["machine_id"] != b["machine_id"]
+    assert a["gw"] == "10.9.0.1" and a["dns"] == "10.9.0.1 1.1.1.1" and a["search"] == "lan"
+    nets = [v for k, v in clones.identity_fields(vm, net) if k == "net"]
+    assert nets == ["eth0 02:00:00:00:00:09 10.9.0.5/24", "eth1 02:00:00:00:00:0a 10.8.0.5/24"]
+    assert "net" not in dict(clones.identity_fields(vm, None))
+    with pytest.raises(InvalidInput, match="control character"):
+        clones.identity_fields(vm, net._replace(dns="1.1.1.1\nhostname=evil"))
+
+
+def _qmp_peer(tmp_path: Path, script) -> str:
+    path = tmp_path / "qmp.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+            buf = b""
+            while True:
+                msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, 4)
+                for fd in fds:
+                    os.close(fd)
+                if not msg:
+                    return
+                buf += msg
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    cmd = json.loads(line)["execute"]
+                    conn.sendall(script(cmd, bool(fds)))
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return str(path)
+
+
+def test_save_passes_the_fd_and_waits_for_completion(tmp_path: Path) -> None:
+    got_fd = []
+
+    def script(cmd: str, with_fd: bool) -> bytes:
+        if cmd == "getfd":
+            got_fd.append(with_fd)
+        if cmd == "migrate":
+            return (b'{"return": {}}\r\n{"event": "MIGRATION", "data": {"status": "active"}}\r\n'
+                    b'{"event": "MIGRATION", "data": {"status": "completed"}}\r\n')
+        return b'{"return": {}}\r\n'
+
+    mon = qmp.connect(_qmp_peer(tmp_path, script), 5)
+    r, w = os.pipe()
+    try:
+        migration.save(mon, w, timeout=5)
+    finally:
+        mon.close()
+        os.close(r)
+        os.close(w)
+    assert got_fd == [True]
+
+
+def test_a_failed_load_is_one_error(tmp_path: Path) -> None:
+    from ignitevm.errors import IgniteError
+
+    def script(cmd: str, with_fd: bool) -> bytes:
+        if cmd == "migrate-incoming":
+            return b'{"return": {}}\r\n{"event": "MIGRATION", "data": {"status": "failed"}}\r\n'
+        if cmd == "query-migrate":
+            return b'{"return": {"status": "failed", "error-desc": "load of migration failed"}}\r\n'
+        return b'{"return": {}}\r\n'
+
+    mon = qmp.connect(_qmp_peer(tmp_path, script), 5)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(IgniteError, match="load of migration failed"):
+            migration.load(mon, r, timeout=5)
+    finally:
+        mon.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_snapshot_commands_parse() -> None:
+    from ignitevm.cli.parser import build_parser, normalize
+
+    argv = normalize(["snapshot", "create", "web", "web-booted", "--stop"])
+    ns = build_parser(argv).parse_args(argv)
+    assert (ns.vm, ns.name, ns.stop) == ("web", "web-booted", True)
+    argv = normalize(["run", "--from-snapshot", "web-booted", "--name", "w2", "-p", "8081:80"])
+    ns = build_parser(argv).parse_args(argv)
+    assert ns.from_snapshot == "web-booted" and ns.name == "w2" and ns.ports == ["8081:80"]
+
+
+def test_snapshot_files_record(tmp_path: Path) -> None:
+    (tmp_path / "state").write_bytes(b"abc")
+    snap = Snapshot()
+    snapshots._record_files(snap, tmp_path, {})
+    assert snap.status.files == [SnapshotFile(
+        name="state", size=3,
+        digest="sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")]
+    assert snap.spec.shared_memory is False
+
+
+def test_detached_work_reports_result_and_errors() -> None:
+    """The save runs in a child of its own session; what it returns or raises
+    comes back to the CLI (a full disk as the store's own no-space error)."""
+    from ignitevm.errors import IgniteError
+
+    assert snapshots._detached(lambda: "sha256:x") == "sha256:x"
+    assert snapshots._detached(lambda: str(os.getsid(0))) != str(os.getsid(0))
+
+    def full() -> str:
+        raise OSError(28, "No space left on device", "/r/tmp/x/state")
+
+    with pytest.raises(OSError) as err:
+        snapshots._detached(full)
+    assert err.value.errno == 28 and err.value.filename == "/r/tmp/x/state"
+
+    def refused() -> str:
+        raise InvalidInput("QEMU could not save the VM's state: boom", hint="try again")
+
+    with pytest.raises(IgniteError, match="boom") as err2:
+        snapshots._detached(refused)
+    assert err2.value.hint == "try again"
+
+
+def test_a_full_disk_while_saving_is_the_stores_error(ctx: Context) -> None:
+    """ENOSPC from the save inside the staging block: one `no space left` error,
+    and no snapshot listed."""
+    from ignitevm.errors import IgniteError
+
+    snap = Snapshot(metadata=ObjectMeta(name="full", uid=os.urandom(8).hex()))
+    def full() -> str:
+        raise OSError(28, "No space left on device", "state")
+
+    with pytest.raises(IgniteError, match="no space left on the file system"), \
+            ctx.store.creating(snap):
+        snapshots._detached(full)
+    assert ctx.store.list(Snapshot) == []
+    assert not [p for p in (ctx.root / "tmp").iterdir() if p.is_dir()]
+
+
+def test_template_ram_sweep_spares_templates_in_the_making(ctx: Context, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """A second `snapshot create` sweeps what killed builders left, not the RAM
+    file of a template another process is still making (its -tpl lock)."""
+    from ignitevm.operations import snaptemplate
+    from ignitevm.util.fs import flock
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(snaptemplate, "SHM_DIR", str(shm))
+    ctx.store.ensure()
+    key = snaptemplate._root_key(ctx)
+    live, dead = shm / f"ignite-{key}-aaaa.ram", shm / f"ignite-{key}-bbbb.ram"
+    other_root = shm / "ignite-000000000000-cccc.ram"
+    for f in (live, dead, other_root):
+        f.write_bytes(b"x")
+    with flock(ctx.root / "tmp" / "aaaa-tpl.lock"):
+        snaptemplate.sweep(ctx)
+        assert live.exists() and not dead.exists() and other_root.exists()
+    snaptemplate.sweep(ctx)
+    assert not live.exists() and other_root.exists()
+
+
+def test_shared_ram_memfd_is_taken_only_if_it_is_the_hosts_sealed_one(tmp_path: Path) -> None:
+    """A compromised clone QEMU may put any file at the number the host
+    recorded; the next clone's host takes only the inode it made itself, sealed."""
+    import fcntl
+
+    from ignitevm.operations import sharedram
+
+    fd = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fake = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        for f in (fd, fake):
+            os.ftruncate(f, 8192)
+        st = os.fstat(fd)
+        record = f"{st.st_dev} {st.st_ino}"
+        assert not sharedram._is_ours(fd, record, 8192)  # not sealed yet
+        for f in (fd, fake):
+            fcntl.fcntl(f, fcntl.F_ADD_SEALS, sharedram.SEALS)
+        assert sharedram._is_ours(fd, record, 8192)
+        assert not sharedram._is_ours(fd, record, 4096)
+        assert not sharedram._is_ours(fake, record, 8192)  # sealed, but another inode
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"x", 0)
+    finally:
+        os.close(fd)
+        os.close(fake)
+
+
+def test_jail_plan_for_a_memfd_gives_its_own_proc(tmp_path: Path) -> None:
+    from ignitevm.providers.sandbox.jail import Identity, Plan
+
+    plan = Plan(Identity(5, 5, ()), [], [], [], [], True, tmp_path, own_proc=True)
+    assert "-p" in plan.argv(Path("/helper"))
+    assert "-p" not in plan._replace(own_proc=False).argv(Path("/helper"))

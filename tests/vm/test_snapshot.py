@@ -1,0 +1,285 @@
+"""Snapshots and clones on real QEMU guests: one booted source VM and one
+snapshot of it are shared by the tests of this module (TCG boots cost
+seconds; the machine has two cores)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Ignite
+from tests.helpers.cninet import remove_network, require_cni, write_default
+
+SNAP = "src-booted"
+
+
+def _cni_ok() -> bool:
+    try:
+        require_cni()
+    except pytest.skip.Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def plugin(cli: Ignite) -> Iterator[str]:
+    """CNI (clones get their own lease) where the host allows it, else user mode."""
+    if not _cni_ok():
+        yield "user"
+        return
+    name, bridge, _subnet = write_default(cli.root, tag=11)
+    yield "cni"
+    ids = cli("ps", "-a", "-q", check=False).stdout.split()
+    if ids:
+        cli("rm", "-f", *ids, check=False)
+    remove_network(name, bridge)
+
+
+@pytest.fixture(scope="module")
+def source(cli: Ignite, testbox: str, plugin: str) -> Iterator[str]:
+    cli("run", testbox, "--name", "src", "--memory", "256MB", "--size", "256MB",
+        "--network-plugin", plugin)
+    assert cli("exec", "src", "--", "true").returncode == 0  # (waits for the agent)
+    cli("snapshot", "create", "src", SNAP)
+    yield "src"
+    cli("rm", "-f", "src", check=False)
+    cli("snapshot", "rm", "-f", SNAP, check=False)
+
+
+def sh(cli: Ignite, vm: str, script: str, check: bool = True) -> str:
+    return cli("exec", vm, "--", "/bin/busybox", "sh", "-c", script, check=check).stdout
+
+
+def ip_of(cli: Ignite, vm: str) -> str:
+    obj = json.loads(cli("inspect", "vm", vm).stdout)
+    return str((obj["status"]["network"]["ipAddresses"] or [""])[0])
+
+
+def uid_of(cli: Ignite, vm: str) -> str:
+    return cli("inspect", "vm", vm, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+
+
+def test_snapshot_is_listed_and_the_source_runs_on(cli: Ignite, source: str) -> None:
+    listed = json.loads(cli("snapshot", "ls", "-o", "json").stdout)
+    snap = next(s for s in listed if s["metadata"]["name"] == SNAP)
+    assert snap["kind"] == "Snapshot" and snap["spec"]["vm"] == "src"
+    names = {f["name"] for f in snap["status"]["files"]}
+    assert {"state", "disk.qcow2"} <= names
+    assert "state" in cli("snapshot", "inspect", SNAP, "-o", "yaml").stdout
+    assert "Paused" not in cli("ps").stdout
+    sh(cli, source, "echo after > /after-snapshot")
+    assert sh(cli, source, "cat /after-snapshot").strip() == "after"
+    res = cli("snapshot", "create", "src", SNAP, check=False)
+    assert res.returncode == 1 and "already exists" in res.stderr
+
+
+def test_two_clones_have_their_own_identity(cli: Ignite, source: str, plugin: str) -> None:
+    cli("run", "--from-snapshot", SNAP, "--name", "clone-a")
+    sh(cli, "clone-a", "echo a > /only-in-a")
+    cli("run", "--from-snapshot", SNAP, "--name", "clone-b")
+    try:
+        seen = {}
+        for vm in ("clone-a", "clone-b"):
+            before = time.time()
+            out = sh(cli, vm, "cat /proc/sys/kernel/hostname /sys/class/net/eth0/address; "
+                     "busybox date +%s; head -c 64 /dev/urandom | sha256sum; "
+                     "busybox ip -4 addr show eth0")
+            after = time.time()
+            lines = out.splitlines()
+            hostname, mac, clock, rnd = lines[0], lines[1], int(lines[2]), lines[3]
+            assert hostname == uid_of(cli, vm)
+            assert before - 1 <= clock <= after + 1, (clock, before, after)
+            if plugin == "cni":
+                assert ip_of(cli, vm) and f"inet {ip_of(cli, vm)}/" in out, out
+            seen[vm] = (hostname, mac, rnd, ip_of(cli, vm))
+        a, b = seen["clone-a"], seen["clone-b"]
+        assert a[0] != b[0] and a[1] != b[1] and a[2] != b[2]
+        if plugin == "cni":
+            assert a[3] != b[3]
+            assert ip_of(cli, "src") not in (a[3], b[3])
+        # What one clone writes, the other (started after it) and the
+        # snapshot do not have; nor what the source wrote after the snapshot.
+        assert sh(cli, "clone-a", "cat /only-in-a").strip() == "a"
+        probe = "test -e /only-in-a && echo yes; test -e /after-snapshot && echo src; true"
+        assert sh(cli, "clone-b", probe).strip() == ""
+        sh(cli, "clone-b", "echo b > /only-in-b")
+        assert "only-in-b" not in sh(cli, "clone-a", "ls /")
+        assert cli("exec", source, "--", "true").returncode == 0
+        # A clone saved in turn: its clone has both layers' files (the saved
+        # layer is made to stand on the image alone).
+        cli("snapshot", "create", "clone-a", "of-a", "--no-shared-memory")
+        cli("run", "--from-snapshot", "of-a", "--name", "clone-aa")
+        assert sh(cli, "clone-aa", "sync; echo 3 > /proc/sys/vm/drop_caches; cat /only-in-a"
+                  ).strip() == "a"
+    finally:
+        cli("rm", "-f", "clone-a", "clone-b", "clone-aa", check=False)
+        cli("snapshot", "rm", "of-a", check=False)
+
+
+def test_restore_hook_runs_in_the_clone(cli: Ignite, source: str) -> None:
+    sh(cli, source, "mkdir -p /etc/ignitevm/restore.d && printf '#!/bin/sh\\n"
+       "cat /proc/sys/kernel/hostname > /rekeyed\\n' > /etc/ignitevm/restore.d/10-rekey && "
+       "chmod +x /etc/ignitevm/restore.d/10-rekey")
+    cli("snapshot", "create", "src", "with-hook", "--no-shared-memory")
+    try:
+        cli("run", "--from-snapshot", "with-hook", "--name", "hooked")
+        assert sh(cli, "hooked", "cat /rekeyed").strip() == uid_of(cli, "hooked")
+        res = cli("snapshot", "rm", "with-hook", check=False)
+        assert res.returncode == 1 and "in use by VM 'hooked'" in res.stderr
+    finally:
+        cli("rm", "-f", "hooked", check=False)
+        cli("snapshot", "rm", "with-hook", check=False)
+        sh(cli, source, "rm -rf /etc/ignitevm", check=False)
+
+
+def test_bad_restores_leave_nothing(cli: Ignite, source: str, testbox: str) -> None:
+    before = set(cli("ps", "-a", "-q").stdout.split())
+    res = cli("run", "--from-snapshot", SNAP, "--memory", "512MB", check=False)
+    assert res.returncode == 1 and "--memory" in res.stderr and "Traceback" not in res.stderr
+    res = cli("run", "--from-snapshot", SNAP, "--cpus", "2", check=False)
+    assert res.returncode == 1 and "--cpus" in res.stderr
+    res = cli("run", "--from-snapshot", "no-such-snapshot", check=False)
+    assert res.returncode == 1 and "can't find snapshot" in res.stderr
+    # A stopped VM cannot be saved.
+    cli("create", testbox, "--name", "cold", "--memory", "128MB", "--size", "256MB")
+    try:
+        res = cli("snapshot", "create", "cold", "cold-snap", check=False)
+        assert res.returncode == 1 and "is not running" in res.stderr
+    finally:
+        cli("rm", "cold")
+    # A truncated state file is refused before QEMU sees it.
+    cli("snapshot", "create", "src", "damaged", "--no-shared-memory")
+    sid = json.loads(cli("snapshot", "inspect", "damaged").stdout)["metadata"]["uid"]
+    state = cli.root / "snapshot" / sid / "state"
+    with open(state, "r+b") as f:
+        f.truncate(state.stat().st_size // 2)
+    res = cli("run", "--from-snapshot", "damaged", check=False)
+    assert res.returncode == 1 and "is damaged" in res.stderr, res.stderr
+    cli("snapshot", "rm", "damaged")
+    assert set(cli("ps", "-a", "-q").stdout.split()) == before
+    assert not [p for p in (cli.root / "tmp").iterdir() if p.is_dir()]
+
+
+def test_a_save_killed_midway_leaves_the_source_running(cli: Ignite, source: str) -> None:
+    """SIGKILL to `snapshot create` while it writes: the source runs on, and no
+    snapshot of that name is listed (its staging folder is swept later)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
+    from tests.conftest import REPO
+
+    env = {**os.environ, "IGNITE_ROOT": str(cli.root), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "snapshot", "create", "src",
+                             "killed"], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = cli.root / "tmp"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any((d / "state").exists() for d in tmp.iterdir() if d.is_dir()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    vmdir = cli.root / "vm" / uid_of(cli, source)
+    deadline = time.monotonic() + 60
+    while QemuVMM().run_state(vmdir) != "running":
+        assert time.monotonic() < deadline, "the source was left stopped"
+        time.sleep(0.05)
+    assert cli("exec", source, "--", "true").returncode == 0
+    names = [s["metadata"]["name"] for s in json.loads(cli("snapshot", "ls", "-o", "json").stdout)]
+    assert "killed" not in names
+    # (the name is free: a save under it works, once the killed one's child is done)
+    cli("snapshot", "create", "src", "killed", "--no-shared-memory")
+    cli("snapshot", "rm", "killed")
+
+
+def test_a_passt_clone_is_reached_through_its_forwarded_port(cli: Ignite, testbox: str) -> None:
+    """A clone on passt (the template gets a stream backend like passt's) is
+    reachable at once through a forwarded port: its agent sends a packet out
+    after re-addressing, so passt knows the clone's new MAC."""
+    import shutil
+    import socket
+    import urllib.request
+
+    if shutil.which("passt") is None:
+        pytest.skip("passt is not installed (run scripts/setup.sh)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cli("run", testbox, "--name", "psrc", "--network-plugin", "passt", "--memory", "256MB",
+        "--size", "256MB")
+    try:
+        assert cli("exec", "psrc", "--", "true").returncode == 0
+        cli("snapshot", "create", "psrc", "psnap")
+        cli("run", "--from-snapshot", "psnap", "--name", "pclone", "--sandbox=none",
+            "-p", f"{port}:80")
+        cli("exec", "pclone", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/hostname", timeout=30) as r:
+            assert r.read().decode().strip() == uid_of(cli, "pclone")
+    finally:
+        cli("rm", "-f", "psrc", "pclone", check=False)
+        cli("snapshot", "rm", "psnap", check=False)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_ten_clones_share_ram(cli: Ignite, source: str) -> None:
+    """Ten unconfined clones map the snapshot's RAM file privately: their RSS
+    is measured and printed (no limit here: bench/snapshot.py compares)."""
+    names = [f"many-{i}" for i in range(10)]
+    try:
+        for n in names:
+            cli("run", "--from-snapshot", SNAP, "--name", n, "--sandbox=none")
+        rss = []
+        for n in names:
+            pid = int((cli.root / "vm" / uid_of(cli, n) / "run" / "qemu.pid").read_text())
+            rss.append(_rss_kib(pid))
+        assert cli("exec", names[-1], "--", "true").returncode == 0
+        print(f"\nten clones: RSS {sum(rss) / 1024:.0f} MiB in all, "
+              f"{sum(rss) / 10 / 1024:.0f} MiB each on average")
+    finally:
+        cli("rm", "-f", *names, check=False)
+
+
+def test_jailed_clones_share_one_sealed_ram(cli: Ignite, source: str) -> None:
+    """Jailed clones map one sealed memfd: the same inode in every QEMU, which
+    no one (not root) can write, nor map shared and writable."""
+    import errno
+    import mmap
+    import os
+
+    names = ["jail-0", "jail-1"]
+    try:
+        inodes = set()
+        for n in names:
+            cli("run", "--from-snapshot", SNAP, "--name", n)
+            d = cli.root / "vm" / uid_of(cli, n)
+            pid = int((d / "run" / "qemu.pid").read_text())
+            fdpath = f"/proc/{pid}/fd/{int((d / 'ram-fd').read_text())}"
+            inodes.add(os.stat(fdpath).st_ino)
+            fd = os.open(fdpath, os.O_RDWR)
+            try:
+                with pytest.raises(OSError) as err:
+                    os.pwrite(fd, b"x", 0)
+                assert err.value.errno == errno.EPERM
+                with pytest.raises(OSError):
+                    mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            print(f"\njailed clone {n}: RSS {_rss_kib(pid) / 1024:.0f} MiB")
+        assert len(inodes) == 1
+        assert sh(cli, names[0], "cat /proc/sys/kernel/hostname").strip() == uid_of(cli, names[0])
+    finally:
+        cli("rm", "-f", *names, check=False)
