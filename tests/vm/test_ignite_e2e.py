@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Ignite, Result
+from tests.conftest import Ignite, Result, cli_env
 from tests.helpers.images import BUSYBOX, busybox_layers, write_docker_archive
 from tests.helpers.registry import Registry
 from tests.vm.conftest import wait_console
@@ -83,7 +83,7 @@ def _ignite_params(prefix: str, extra_reason: str = "") -> list:
 # ---- helpers -----------------------------------------------------------------
 
 def _env(cli: Ignite) -> dict[str, str]:
-    return dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    return cli_env(cli.root)
 
 
 IGNITE = [sys.executable, "-m", "ignitevm"]

@@ -22,11 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Ignite
-from tests.helpers.cninet import remove_network, require_cni, snapshot, write_default
+from tests.conftest import Ignite, cli_env
+from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
 from tests.vm.conftest import wait_console
 
-CNI = ("--network-plugin", "cni")
+# (the test's own id prefix: its namespaces and rules are told apart from
+# those of other runs on this host)
+PREFIX = f"ignt{os.getpid()}"
+CNI = ("--network-plugin", "cni", "--id-prefix", PREFIX)
 SMALL = ("--memory", "128MB", "--size", "256MB")
 
 
@@ -111,8 +114,8 @@ def test_vm_to_vm_on_the_bridge(cli: Ignite, testbox: str, web: tuple[str, int],
 
 
 def test_host_port_taken_is_refused_before_anything_starts(
-        cli: Ignite, testbox: str, web: tuple[str, int]) -> None:
-    before = snapshot()
+        cli: Ignite, testbox: str, web: tuple[str, int], net: tuple[str, str, str]) -> None:
+    before = snapshot(*scope(PREFIX, net), ports_of=(net[1],))
     # ...by another VM (portmap would accept it and lose it silently)...
     res = cli("run", testbox, "--name", "dup", *CNI, *SMALL, "-p", f"{web[1]}:80", check=False)
     assert res.returncode == 1
@@ -126,7 +129,7 @@ def test_host_port_taken_is_refused_before_anything_starts(
     assert res.returncode == 1 and "already in use" in res.stderr
     assert "Traceback" not in res.stderr
     assert "dup" not in cli("ps", "-a").stdout
-    assert snapshot() == before
+    assert snapshot(*scope(PREFIX, net), ports_of=(net[1],)) == before
 
 
 def ip_of_or_none(cli: Ignite, vm: str) -> str | None:
@@ -150,7 +153,7 @@ def test_qemu_failing_after_add_leaks_nothing(cli: Ignite, testbox: str,
     (fake / "qemu-system-x86_64").write_text("#!/bin/sh\necho 'qemu: could not start' >&2\n"
                                              "exit 1\n")
     (fake / "qemu-system-x86_64").chmod(0o755)
-    before = snapshot()
+    before = snapshot(*scope(PREFIX, net), ports_of=(net[1],))
     env_path = os.environ["PATH"]
     os.environ["PATH"] = f"{fake}:{env_path}"
     try:
@@ -159,7 +162,7 @@ def test_qemu_failing_after_add_leaks_nothing(cli: Ignite, testbox: str,
     finally:
         os.environ["PATH"] = env_path
     assert res.returncode == 1 and "QEMU failed to start" in res.stderr
-    assert snapshot() == before
+    assert snapshot(*scope(PREFIX, net), ports_of=(net[1],)) == before
 
 
 def test_created_killed_and_removed_vms_leave_nothing(cli: Ignite, testbox: str,
@@ -170,13 +173,13 @@ def test_created_killed_and_removed_vms_leave_nothing(cli: Ignite, testbox: str,
     _name, bridge, _subnet = net
     cli("run", testbox, "--name", "warm", *CNI, *SMALL)  # the bridge exists from here on
     cli("rm", "-f", "warm")
-    before = snapshot(exclude=(bridge,))
+    before = snapshot(*scope(PREFIX, net), ports_of=(bridge,))
     names = ["k9", "kill", "rmf", "reboot"]
     for i, n in enumerate(names):
         cli("run", testbox, "--name", n, *CNI, *SMALL, "-p", f"{free_port() + i}:80")
     uid = {n: cli("inspect", "vm", n, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
            for n in names}
-    during = snapshot(exclude=(bridge,))
+    during = snapshot(*scope(PREFIX, net), ports_of=(bridge,))
     assert len(during["netns"]) == len(before["netns"]) + 4
     assert any(uid["k9"] in r for r in during["iptables"])
     pid = int((cli.root / "vm" / uid["k9"] / "run" / "qemu.pid").read_text())
@@ -184,11 +187,11 @@ def test_created_killed_and_removed_vms_leave_nothing(cli: Ignite, testbox: str,
     # A host reboot: the namespace is gone with everything in it, QEMU too.
     pid = int((cli.root / "vm" / uid["reboot"] / "run" / "qemu.pid").read_text())
     os.kill(pid, signal.SIGKILL)
-    os.system(f"ip netns delete ignite-{uid['reboot']}")
+    os.system(f"ip netns delete {PREFIX}-{uid['reboot']}")
     cli("ps", "-a")  # sees both QEMUs gone and releases their networks
     cli("kill", "kill")
     cli("rm", "-f", "rmf", "kill", "k9", "reboot")
-    assert snapshot(exclude=(bridge,)) == before
+    assert snapshot(*scope(PREFIX, net), ports_of=(bridge,)) == before
 
 
 def test_cli_killed_in_the_middle_of_setup(cli: Ignite, testbox: str,
@@ -196,9 +199,9 @@ def test_cli_killed_in_the_middle_of_setup(cli: Ignite, testbox: str,
     """`ignite run` killed -9 once its network record is written: the next
     command finishes the job from the record."""
     _name, bridge, _subnet = net
-    before = snapshot(exclude=(bridge,))
+    before = snapshot(*scope(PREFIX, net), ports_of=(bridge,))
     known = set((cli.root / "vm").glob("*/network.json"))
-    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    env = cli_env(cli.root)
     proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "run", testbox, "--name", "mid",
                              *CNI, *SMALL, "-p", f"{free_port()}:80"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -210,7 +213,7 @@ def test_cli_killed_in_the_middle_of_setup(cli: Ignite, testbox: str,
         proc.kill()
         proc.wait()
     cli("rm", "-f", "mid")
-    assert snapshot(exclude=(bridge,)) == before
+    assert snapshot(*scope(PREFIX, net), ports_of=(bridge,)) == before
 
 
 def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
