@@ -266,24 +266,102 @@ def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
     assert not conflist.path(root, "inuse").exists()
 
 
+def reaches(ns: str, ip: str) -> bool:
+    return subprocess.run(["ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1",
+                           ip], capture_output=True, check=False).returncode == 0
+
+
+def filter_rules() -> list[str]:
+    return subprocess.run(["iptables-save", "-t", "filter"], capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+
+
 def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> None:
-    root = net[0]
+    """Two attachments on an internal network and one on the test's default
+    one. Each namespace's own stack stands in for its VM (the tap redirect is
+    taken off eth0 to let it answer): the internal two reach each other and
+    their gateway address; even with a default route added (a guest is root
+    in its VM) they reach neither the other network, nor the host's other
+    addresses, nor anything beyond; and nothing reaches them from outside."""
+    root, _name, _bridge, subnet = net
     made = networks.create(root, f"iso{os.getpid() % 200 + 20}", "10.248.7.0/28",
                            internal=True)
+    dirs = [vmdir(root, f"a{i}23456789abcde") for i in range(3)]
     try:
         types = [p["type"] for p in made.conf["plugins"]]
         assert "portmap" not in types and made.internal
-        d = vmdir(root, "a123456789abcdef")
-        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)) as plan:
-            assert plan.gateway == ""  # the guest gets no default route
-        vm.release(d)
+        plans = []
+        for d, want in zip(dirs, ("iso", "iso", "default"), strict=True):
+            with vm.attached(root, d, "ignite-unit", d.name, (),
+                             (vm.Want(made.name if want == "iso" else "default"),)) as plan:
+                plans.append(plan)
+            subprocess.run(["tc", "-n", f"ignite-unit-{d.name}", "qdisc", "del", "dev", "eth0",
+                            "ingress"], check=True)
+        (a, b, other), (nsa, nsb, nso) = plans, [f"ignite-unit-{d.name}" for d in dirs]
+        assert a.gateway == "" and other.gateway  # the internal guest gets no default route
+        # The project's drops come first in FORWARD and INPUT, before the firewall
+        # plugin's accepts for every VM address, and are there once each.
+        rules = filter_rules()
+        assert next(r for r in rules if r.startswith("-A FORWARD")) == \
+            "-A FORWARD -j IGNITE-ISOLATE"
+        assert next(r for r in rules if r.startswith("-A INPUT")) == \
+            "-A INPUT -j IGNITE-ISOLATE-IN"
+        assert len([r for r in rules if f"internal {made.bridge}" in r]) == 3
+        assert reaches(nsa, b.address) and reaches(nsa, made.gateway)
+        assert reaches(nso, other.gateway)
+        for ns in (nsa, nsb):
+            subprocess.run(["ip", "-n", ns, "route", "add", "default", "via", made.gateway],
+                           check=True)
+        assert not reaches(nsa, other.address)   # the other network's VM
+        assert not reaches(nsa, other.gateway)   # the host's address on the other bridge
+        assert not reaches(nso, a.address)       # and nothing in from the other side
+        assert reaches(nsa, b.address)
+        # A second ADD on the network adds no rule twice.
+        vm.release(dirs[1])
+        with vm.attached(root, dirs[1], "ignite-unit", dirs[1].name, (), (vm.Want(made.name),)):
+            pass
+        assert len([r for r in filter_rules() if f"internal {made.bridge}" in r]) == 3
+        for d in dirs:
+            vm.release(d)
         with pytest.raises(InvalidInput, match="takes no port maps"), vm.attached(
-                root, d, "ignite-unit", d.name, (Forward("tcp", "", 18935, 80),),
+                root, dirs[0], "ignite-unit", dirs[0].name, (Forward("tcp", "", 18935, 80),),
                 (vm.Want(made.name),)):
             pass
-        assert not (d / vm.RECORD).exists()
+        assert not (dirs[0] / vm.RECORD).exists()
     finally:
+        for d in dirs:
+            vm.release(d)
         networks.remove(root, made.name, [])
+    # The rules went with the network (and the chains with the last of them).
+    assert not [r for r in filter_rules() if made.bridge in r]
+    assert subnet  # (the test's default network stays for the fixture's check)
+
+
+def test_the_rules_of_a_vanished_internal_bridge_are_swept(
+        net: tuple[Path, str, str, str]) -> None:
+    """A bridge deleted behind the project's back (or gone with a reboot): the
+    next release sweeps its rules; the next ADD puts them back."""
+    root = net[0]
+    made = networks.create(root, f"isp{os.getpid() % 200 + 20}", "10.248.8.0/28",
+                           internal=True)
+    d = vmdir(root, "b123456789abcdef")
+    try:
+        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)):
+            pass
+        vm.release(d)
+        assert [r for r in filter_rules() if f"internal {made.bridge}" in r]
+        subprocess.run(["ip", "link", "del", made.bridge], check=True)
+        with vm.attached(root, d, "ignite-unit", d.name, ()):  # (any attachment's release)
+            pass
+        vm.release(d)
+        assert not [r for r in filter_rules() if made.bridge in r]
+        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)):
+            pass
+        assert len([r for r in filter_rules() if f"internal {made.bridge}" in r]) == 3
+    finally:
+        vm.release(d)
+        networks.remove(root, made.name, [])
+    assert not [r for r in filter_rules() if made.bridge in r]
 
 
 def test_plugins_left_by_a_killed_cli_are_stopped_before_release() -> None:

@@ -130,12 +130,14 @@ def shared_chains() -> None:
     """Remove the plugins' host-wide chains once no attachment uses them (only
     their own fixed rules left), so the host's iptables are as before the first
     VM. Skipped while any ADD runs (the next release does it)."""
+    from ignitevm.providers.network.cni import isolate
     from ignitevm.util.fs import flock
 
     try:
         with flock(HOST_LOCK, blocking=False):
             for table, chains in SHARED.items():
                 _drop_if_unused(table, chains)
+            isolate.drop()  # (the rules of internal networks whose bridge is gone)
     except BlockingIOError:
         log.debug("sweep: an ADD is under way; the shared chains stay")
 
