@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ignitevm.providers.network.cni.networks import bridge_name
 from tests.conftest import Ignite, cli_env
 from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
 from tests.vm.conftest import wait_console
@@ -297,3 +298,74 @@ def test_stop_start_keeps_the_address(cli: Ignite, web: tuple[str, int]) -> None
     cli("start", "web")
     assert ip_of(cli, "web") == ip
     # (last of the tests that use web: its server did not survive the restart)
+
+
+@pytest.fixture
+def outside() -> Iterator[str]:
+    """An address beyond the host: a namespace of the test's own behind a
+    veth pair, routed by the host like any other network. Yields its address."""
+    n = os.getpid() % 200 + 20
+    ns, host_end, far_end = f"{PREFIX}-out", f"{PREFIX[:9]}o", f"{PREFIX[:9]}f"
+    sh = ["ip", "link"]
+
+    def undo() -> None:
+        subprocess.run([*sh, "del", host_end], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+    undo()
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run([*sh, "add", host_end, "type", "veth", "peer", "name", far_end,
+                        "netns", ns], check=True)
+        subprocess.run(["ip", "addr", "add", f"10.247.{n}.1/24", "dev", host_end], check=True)
+        subprocess.run([*sh, "set", host_end, "up"], check=True)
+        for argv in (["addr", "add", f"10.247.{n}.2/24", "dev", far_end],
+                     ["link", "set", far_end, "up"], ["link", "set", "lo", "up"],
+                     ["route", "add", "default", "via", f"10.247.{n}.1"]):
+            subprocess.run(["ip", "-n", ns, *argv], check=True)
+        yield f"10.247.{n}.2"
+    finally:
+        undo()
+
+
+def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
+                                                    web: tuple[str, int],
+                                                    net: tuple[str, str, str],
+                                                    outside: str) -> None:
+    """Two VMs on an --internal network reach each other and their gateway;
+    even after adding a default route (they are root in their VMs) they reach
+    neither `web` on the default network nor an address beyond the host, and
+    `web` does not reach them. (`web` reaches that address: the control.)"""
+    n = os.getpid() % 200 + 20
+    lab, subnet = f"iso{n}", f"10.246.{n}.0/24"
+    gw = f"10.246.{n}.1"
+    mine = (*scope(PREFIX, net), f"10.246.{n}.", f"/ignite-{lab}/")
+    before = snapshot(*mine, ports_of=(net[1],))
+    cli("network", "create", lab, "--subnet", subnet, "--internal")
+    names = ["in1", "in2"]
+    try:
+        for name in names:
+            cli("run", testbox, "--name", name, *CNI, *SMALL, "--network", lab)
+        for name in names:
+            wait_console(cli, name, "TEST-READY")
+
+        def ping(vm: str, ip: str) -> bool:
+            return cli("exec", vm, "--", "/bin/busybox", "ping", "-c", "1", "-W", "2", ip,
+                       check=False).returncode == 0
+
+        in1, in2, w = ip_of(cli, "in1"), ip_of(cli, "in2"), ip_of(cli, "web")
+        assert ping("in1", in2) and ping("in2", in1) and ping("in1", gw)
+        assert ping("web", outside)
+        assert "default" not in cli("exec", "in1", "--", "/bin/busybox", "ip", "route").stdout
+        for name in names:
+            cli("exec", name, "--", "/bin/busybox", "ip", "route", "add", "default", "via", gw)
+        assert not ping("in1", w) and not ping("in2", outside)
+        assert not ping("in1", net[2].rsplit(".", 1)[0] + ".1")  # the host's other address
+        assert not ping("web", in1)
+        assert ping("in1", in2)
+    finally:
+        cli("rm", "-f", *names, check=False)
+        cli("network", "rm", lab)
+    assert snapshot(*mine, ports_of=(net[1],)) == before
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    assert bridge_name(lab) not in rules
