@@ -28,20 +28,36 @@ def require_cni() -> None:
         pytest.skip("no /dev/net/tun on this host")
 
 
-def test_network(tag: int) -> tuple[str, str, str]:
-    """(network name, bridge, subnet) distinct per tag and per process."""
-    n = (os.getpid() + tag) % 200 + 20
+def test_network(tag: int, n: int | None = None) -> tuple[str, str, str]:
+    """(network name, bridge, subnet) for a tag and a slot (by default one
+    fixed by the process id)."""
+    n = (os.getpid() + tag) % 200 + 20 if n is None else n
     return f"ignite-test-{n}", f"igt{n}", f"10.{200 + tag % 50}.{n}.0/24"
 
 
 def write_default(root: Path, tag: int = 0, internal: bool = False) -> tuple[str, str, str]:
-    name, bridge, subnet = test_network(tag)
+    """Make a network of the test's own the default one of ``root``. Its slot
+    is claimed by making its lease folder, so that two runs on this host (two
+    engineers' tests) never share a bridge or a subnet; remove_network frees it."""
+    start = (os.getpid() + tag) % 200
+    for i in range(200):
+        name, bridge, subnet = test_network(tag, (start + i) % 200 + 20)
+        try:
+            (LEASES / name).mkdir(parents=True)
+        except FileExistsError:
+            continue  # (another run's, or one a killed run left)
+        break
+    else:
+        raise AssertionError("no free test network slot (see /var/lib/cni/networks)")
     # (a bridge of that name left by an earlier run that was killed would keep
     # its old address: the bridge plugin then refuses the new subnet)
-    remove_network(name, bridge)
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
     conflist.write(root, conflist.DEFAULT,
                    conflist.bridge_conflist(name, bridge, subnet, internal=internal))
     return name, bridge, subnet
+
+
+LEASES = Path("/var/lib/cni/networks")
 
 
 def remove_network(name: str, bridge: str) -> None:
