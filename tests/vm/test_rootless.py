@@ -9,7 +9,6 @@ with no passwd entry).
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import pwd
 import shutil
@@ -17,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Result
+from tests.helpers.hostserver import BODY, serving
 from tests.helpers.images import busybox_image
 
 USER_PREFIX = "ignr"
@@ -150,29 +149,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _host_address() -> str | None:
-    """A non-loopback address of this host (the guest's way to it through passt)."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                         capture_output=True, text=True, check=False).stdout
-    for line in out.splitlines():
-        words = line.split()
-        if "inet" in words:
-            return words[words.index("inet") + 1].split("/")[0]
-    return None
-
-
-class _Hello(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # (the stdlib's name)
-        body = b"hello from the host\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def _wait_console(ig: Rootless, vm: str, marker: str, timeout: float = 180) -> None:
     uid = ig("inspect", "vm", vm, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
     log = ig.root / "vm" / uid / "console.log"
@@ -190,34 +166,29 @@ def _wait_console(ig: Rootless, vm: str, marker: str, timeout: float = 180) -> N
 def test_a_user_without_root_runs_a_vm_with_passt(rootless: Rootless) -> None:
     ig = rootless
     port = _free_port()
-    host = _host_address()
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), _Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        ig("run", "testbox:latest", "--name", "rl", "--memory", "128MB", "--size", "256MB",
-           "-p", f"{port}:80")
-        row = ig("ps", "-o", "wide").stdout
-        assert " passt " in row and f"0.0.0.0:{port}->80/tcp" in row, row
-        procs = _vm_processes(ig.uid)  # (both run as the user)
-        assert any(b"passt" in c for c in procs) and any(b"qemu" in c for c in procs), procs
-        _wait_console(ig, "rl", "TEST-READY")
-        # A port forward reaches the guest...
-        ig("exec", "rl", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/passwd", timeout=30) as r:
-            assert b"root:x:0:0" in r.read()
-        # ...and the guest reaches out (to a server on the host's own address).
-        if host is not None:
-            got = ig("exec", "rl", "--", "/bin/busybox", "wget", "-q", "-O", "-",
-                     f"http://{host}:{server.server_address[1]}/").stdout
-            assert got == "hello from the host\n"
-        ig("rm", "-f", "rl")
-        deadline = time.monotonic() + 30  # (passt ends once QEMU's end of the pair closes)
-        while _vm_processes(ig.uid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _vm_processes(ig.uid)
-    finally:
-        server.shutdown()
-        server.server_close()
-        ig("rm", "-f", "rl", check=False)
-    if host is None:
+    with serving() as url:
+        try:
+            ig("run", "testbox:latest", "--name", "rl", "--memory", "128MB", "--size", "256MB",
+               "-p", f"{port}:80")
+            row = ig("ps", "-o", "wide").stdout
+            assert " passt " in row and f"0.0.0.0:{port}->80/tcp" in row, row
+            procs = _vm_processes(ig.uid)  # (both run as the user)
+            assert any(b"passt" in c for c in procs) and any(b"qemu" in c for c in procs), procs
+            _wait_console(ig, "rl", "TEST-READY")
+            # A port forward reaches the guest...
+            ig("exec", "rl", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/passwd", timeout=30) as r:
+                assert b"root:x:0:0" in r.read()
+            # ...and the guest reaches out (to a server on the host's own address).
+            if url is not None:
+                got = ig("exec", "rl", "--", "/bin/busybox", "wget", "-q", "-O", "-", url)
+                assert got.stdout == BODY.decode()
+            ig("rm", "-f", "rl")
+            deadline = time.monotonic() + 30  # (passt ends once QEMU's end of the pair closes)
+            while _vm_processes(ig.uid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _vm_processes(ig.uid)
+        finally:
+            ig("rm", "-f", "rl", check=False)
+    if url is None:
         pytest.skip("this host has no non-loopback IPv4 address: outbound access not tested")
