@@ -136,15 +136,17 @@ def shared_chains() -> None:
     try:
         with flock(HOST_LOCK, blocking=False):
             for table, chains in SHARED.items():
-                _drop_if_unused(table, chains)
-            isolate.drop()  # (the rules of internal networks whose bridge is gone)
+                lines = _iptables_save(table)
+                _drop_if_unused(table, chains, lines)
+                if table == "filter":  # (the rules of internal networks whose bridge is gone)
+                    isolate.drop(lines=lines)
     except BlockingIOError:
         log.debug("sweep: an ADD is under way; the shared chains stay")
 
 
-def _drop_if_unused(table: str, chains: dict[str, set[str]]) -> None:
+def _drop_if_unused(table: str, chains: dict[str, set[str]], lines: list[str]) -> None:
     declared, jumps = set(), []
-    for line in _iptables_save(table):
+    for line in lines:
         if line.startswith(":"):
             declared.add(line[1:].split()[0])
             continue
