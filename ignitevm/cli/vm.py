@@ -226,7 +226,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
                vm.metadata.name]
         if args.output == "wide":
             labels = ",".join(f"{k}={v}" for k, v in sorted((vm.metadata.labels or {}).items()))
-            row += [vm.status.network.plugin or "-", vm.status.runtime.accel or "-",
+            named = [a.network or "default" for a in s.network.networks]
+            row += [(vm.status.network.plugin or "-") + (":" + ",".join(named) if named else ""),
+                    vm.status.runtime.accel or "-",
                     "yes" if s.ssh else "no", labels]
         rows.append(row)
     for d, running in broken:

@@ -243,6 +243,8 @@ def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
         try:
             wait_console(cli, "fixed", "TEST-READY")
             assert ip_of(cli, "fixed") == fixed_ip
+            row = next(ln for ln in cli("ps", "-o", "wide").stdout.splitlines() if "fixed" in ln)
+            assert f" cni:lab{n},default " in row and fixed_ip in row, row
             resolv = cli("exec", "fixed", "--", "/bin/busybox", "cat",
                          "/etc/resolv.conf").stdout
             assert "nameserver 192.0.2.53" in resolv and "search lab.example" in resolv
