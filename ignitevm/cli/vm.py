@@ -58,7 +58,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     ctx = starting_context(args)
     vm = ctx.store.resolve(VM, args.vm)
-    vms.start(ctx, vm)
+    vms.start(ctx, vm, plugin=args.network_plugin or "")
     if args.quiet:
         emit(vm.metadata.uid)
     if args.interactive:

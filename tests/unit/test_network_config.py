@@ -4,6 +4,7 @@ how the new spec fields keep Ignite's files unchanged (no root, no VM)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,21 @@ def test_passt_socket_pair_has_wide_buffers() -> None:
 
 def _max(name: str) -> int:
     return int(open(f"/proc/sys/net/core/{name}").read())
+
+
+def test_start_may_switch_the_network_plugin(tmp_path: Path) -> None:
+    """Ignite's ``start --network-plugin`` (its provider-switch scenario): the
+    plugin is checked and taken (it was once accepted and ignored)."""
+    from ignitevm.providers import network
+
+    vm = VM()
+    vm.spec.image.oci = "x"
+    default_vm(vm)
+    vm.status.network.plugin = "cni"
+    network.switch(vm, "user", tmp_path)
+    assert vm.status.network.plugin == "user"
+    with pytest.raises(InvalidInput, match="unknown network plugin 'slirp'"):
+        network.switch(vm, "slirp", tmp_path)
+    vm.spec.network.networks = [NetworkAttachment(network="lab")]
+    with pytest.raises(InvalidInput, match="need --network-plugin cni"):
+        network.switch(vm, "none", tmp_path)

@@ -616,18 +616,30 @@ def test_TestVMLifecycleWith(cli: Ignite, e2ebox: str, runtime: str, plugin: str
         _cleanup(cli, name)
 
 
-@pytest.mark.skip(reason=f"{NO_INTERNET}; {NO_DOCKER}; {NO_DOCKER_BRIDGE}; {NO_CONTAINERD}; "
-                  f"{NO_CNI}")
-def test_TestVMProviderSwitch(cli: Ignite, e2ebox: str) -> None:
-    """Run with containerd+cni, curl, stop, start with docker+docker-bridge, curl again."""
+@pytest.mark.parametrize("first,then", [
+    pytest.param(("containerd", "cni"), ("docker", "docker-bridge"), id="TestVMProviderSwitch",
+                 marks=pytest.mark.skip(reason=f"{NO_INTERNET}; {NO_DOCKER}; "
+                                        f"{NO_DOCKER_BRIDGE}; {NO_CONTAINERD}; {NO_CNI}")),
+    pytest.param(("qemu", "cni"), ("qemu", "user"), id="QemuCNIThenUser"),
+])
+def test_TestVMProviderSwitch(cli: Ignite, e2ebox: str, first: tuple[str, str],
+                              then: tuple[str, str], request: pytest.FixtureRequest) -> None:
+    """Run with one runtime and network plugin, curl, stop, start with others,
+    curl again (ours: CNI, then user mode; the CNI attachment is released)."""
+    request.getfixturevalue("cni_default")
+    url = request.getfixturevalue("outside")
     name = "e2e-test-vm-providers-switch"
     try:
-        cli("--runtime=containerd", "--network-plugin=cni", "run", f"--name={name}", e2ebox,
-            "--ssh")
-        cli("exec", name, "curl", "google.com")
+        cli(f"--runtime={first[0]}", f"--network-plugin={first[1]}", "run", f"--name={name}",
+            e2ebox, "--ssh")
+        _curl(cli, name, url)
+        uid = cli("inspect", "vm", name, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
         cli("stop", name)
-        cli("start", name, "--runtime=docker", "--network-plugin=docker-bridge")
-        cli("exec", name, "curl", "google.com")
+        cli("start", name, f"--runtime={then[0]}", f"--network-plugin={then[1]}")
+        assert not (cli.root / "vm" / uid / "network.json").exists()
+        assert cli("inspect", "vm", name, "-t", "{{.Status.Network.Plugin}}").stdout.strip() \
+            == then[1]
+        _curl(cli, name, url)
     finally:
         _cleanup(cli, name)
 
