@@ -16,6 +16,15 @@ pytest_plugins = ["tests.helpers.registry"]
 REPO = Path(__file__).resolve().parent.parent
 
 
+def cli_env(root: Path) -> dict[str, str]:
+    """The environment of every CLI and daemon a test starts: its own state
+    root, and user-mode networking unless a test asks for another (a
+    ``--network-plugin`` flag, or IGNITE_NETWORK_PLUGIN set by the caller): the
+    host's real ignite0 network, CNI's default as root, is not for tests."""
+    return {**os.environ, "IGNITE_ROOT": str(root), "PYTHONPATH": str(REPO),
+            "IGNITE_NETWORK_PLUGIN": os.environ.get("IGNITE_NETWORK_PLUGIN", "user")}
+
+
 @dataclass
 class Result:
     returncode: int
@@ -32,11 +41,7 @@ class Ignite:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 300,
                  input: str | None = None) -> Result:
-        # (user-mode networking unless a test asks for another: the host's
-        # real ignite0 network is not for tests)
-        env = {**os.environ, "IGNITE_ROOT": str(self.root), "PYTHONPATH": str(REPO),
-               "IGNITE_NETWORK_PLUGIN": os.environ.get("IGNITE_NETWORK_PLUGIN", "user"),
-               **self.env}
+        env = {**cli_env(self.root), **self.env}
         proc = subprocess.run([sys.executable, "-m", "ignitevm", *args], env=env,
                               capture_output=True, text=True, timeout=timeout, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)

@@ -44,7 +44,9 @@ def starting_context(args: argparse.Namespace) -> Context:
 
 def sandbox_mode(args: argparse.Namespace) -> str:
     """How VMs are confined: --sandbox, else $IGNITE_SANDBOX, else the
-    Configuration's ``spec.sandbox``, else jail."""
+    Configuration's ``spec.sandbox``, else jail for root and none for other
+    users (their QEMU runs as themselves, with no privilege to drop; the
+    jail needs root)."""
     import os
 
     from ignitevm.errors import InvalidInput
@@ -56,7 +58,8 @@ def sandbox_mode(args: argparse.Namespace) -> str:
         from ignitevm.cli.config import load_configuration
 
         cfg = load_configuration(getattr(args, "ignite_config", None)) or {}
-        mode, source = (cfg.get("spec") or {}).get("sandbox") or "jail", "spec.sandbox"
+        mode, source = (cfg.get("spec") or {}).get("sandbox"), "spec.sandbox"
+        mode = mode or ("jail" if os.geteuid() == 0 else "none")
     if mode not in ("jail", "none"):
         raise InvalidInput(f"invalid sandbox {mode!r} (from {source})",
                            hint="use jail (the default) or none (unconfined, for debugging)")

@@ -213,7 +213,8 @@ def _vm_commands(t: _Tree, subs: Any) -> None:
     p.add_argument("vm")
     _start_flags(p)
     p.add_argument("--runtime", help="accepted for Ignite compatibility")
-    p.add_argument("--network-plugin", help="accepted for Ignite compatibility")
+    p.add_argument("--network-plugin", metavar="cni|passt|user|none",
+                   help="the VM's network plugin from this start on (default: the one it has)")
     p = t.command(subs, "stop", "vm:cmd_stop", "Stop VMs: power off, kill after a timeout")
     p.add_argument("vms", nargs="+", metavar="vm")
     p.add_argument("-f", "--force-kill", action="store_true", help="kill at once")

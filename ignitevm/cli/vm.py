@@ -62,7 +62,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     ctx = starting_context(args)
     vm = ctx.store.resolve(VM, args.vm)
-    vms.start(ctx, vm)
+    vms.start(ctx, vm, plugin=args.network_plugin or "")
     if args.quiet:
         emit(vm.metadata.uid)
     if args.interactive:
@@ -230,7 +230,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
                vm.metadata.name]
         if args.output == "wide":
             labels = ",".join(f"{k}={v}" for k, v in sorted((vm.metadata.labels or {}).items()))
-            row += [vm.status.network.plugin or "-", vm.status.runtime.accel or "-",
+            named = [a.network or "default" for a in s.network.networks]
+            row += [(vm.status.network.plugin or "-") + (":" + ",".join(named) if named else ""),
+                    vm.status.runtime.accel or "-",
                     "yes" if s.ssh else "no", labels]
         rows.append(row)
     for d, running in broken:

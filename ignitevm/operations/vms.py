@@ -102,8 +102,10 @@ def _create(ctx: Context, vm: VM, image: Image, kernel: Kernel) -> VM:
     return vm
 
 
-def start(ctx: Context, vm: VM, restore: Restore | None = None) -> VM:
-    """Boot a VM, or with ``restore`` bring it up from a snapshot's state."""
+def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = "") -> VM:
+    """Boot a VM, or with ``restore`` bring it up from a snapshot's state;
+    ``plugin``: its network plugin from now on (Ignite's ``start
+    --network-plugin``), else the one it has."""
     from ignitevm.api.defaults import now
     from ignitevm.operations import images, kernels, sshkeys
     from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
@@ -115,6 +117,8 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None) -> VM:
         d = workdir(ctx, vm)
         if ctx.vmm.pid(d) is not None:
             raise Conflict(f"VM {vm.metadata.uid!r} is already running")
+        if plugin and plugin != vm.status.network.plugin:
+            network.switch(vm, plugin, ctx.root)
         image = ctx.store.find(Image, vm.spec.image.oci)
         kernel = ctx.store.find(Kernel, vm.spec.kernel.oci)
         if image is None or kernel is None:

@@ -28,20 +28,36 @@ def require_cni() -> None:
         pytest.skip("no /dev/net/tun on this host")
 
 
-def test_network(tag: int) -> tuple[str, str, str]:
-    """(network name, bridge, subnet) distinct per tag and per process."""
-    n = (os.getpid() + tag) % 200 + 20
+def test_network(tag: int, n: int | None = None) -> tuple[str, str, str]:
+    """(network name, bridge, subnet) for a tag and a slot (by default one
+    fixed by the process id)."""
+    n = (os.getpid() + tag) % 200 + 20 if n is None else n
     return f"ignite-test-{n}", f"igt{n}", f"10.{200 + tag % 50}.{n}.0/24"
 
 
 def write_default(root: Path, tag: int = 0, internal: bool = False) -> tuple[str, str, str]:
-    name, bridge, subnet = test_network(tag)
+    """Make a network of the test's own the default one of ``root``. Its slot
+    is claimed by making its lease folder, so that two runs on this host (two
+    engineers' tests) never share a bridge or a subnet; remove_network frees it."""
+    start = (os.getpid() + tag) % 200
+    for i in range(200):
+        name, bridge, subnet = test_network(tag, (start + i) % 200 + 20)
+        try:
+            (LEASES / name).mkdir(parents=True)
+        except FileExistsError:
+            continue  # (another run's, or one a killed run left)
+        break
+    else:
+        raise AssertionError("no free test network slot (see /var/lib/cni/networks)")
     # (a bridge of that name left by an earlier run that was killed would keep
     # its old address: the bridge plugin then refuses the new subnet)
-    remove_network(name, bridge)
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
     conflist.write(root, conflist.DEFAULT,
                    conflist.bridge_conflist(name, bridge, subnet, internal=internal))
     return name, bridge, subnet
+
+
+LEASES = Path("/var/lib/cni/networks")
 
 
 def remove_network(name: str, bridge: str) -> None:
@@ -49,18 +65,43 @@ def remove_network(name: str, bridge: str) -> None:
     shutil.rmtree(Path("/var/lib/cni/networks") / name, ignore_errors=True)
 
 
-def snapshot(exclude: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """Links, namespaces, iptables rules and CNI leases of the host."""
+def snapshot(*tokens: str, ports_of: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """The host's network state that is the test's own: links, namespaces,
+    iptables rules (and the chains they name) and CNI leases whose text holds
+    one of ``tokens`` (the test's id prefix, network name, subnet prefix...),
+    and the ports of the bridges ``ports_of``. Other runs on this host (other
+    tests, VMs on the real ignite0) come and go meanwhile: they are not
+    looked at."""
     def out(*argv: str) -> list[str]:
         text = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        return sorted(line for line in text.splitlines()
-                      if not line.startswith("#") and not any(x in line for x in exclude))
+        return [line for line in text.splitlines() if not line.startswith("#")]
 
-    links = [" ".join(line.split(":")[1:2]).strip().split("@")[0]
-             for line in out("ip", "-o", "link")]
+    def ours(line: str) -> bool:
+        return any(t in line for t in tokens)
+
+    def name(line: str) -> str:
+        return line.split(":")[1].strip().split("@")[0]
+
+    links = {name(line) for line in out("ip", "-o", "link") if ours(name(line))}
+    for bridge in ports_of:
+        links |= {name(line) for line in out("ip", "-o", "link", "show", "master", bridge)}
     leases = sorted(str(p) for p in Path("/var/lib/cni/networks").glob("*/*")
-                    if not p.name.startswith(("lock", "last_reserved")))
-    rules = [line for line in out("iptables-save") if line.startswith(("-A", ":CNI-"))
-             and not line.startswith((":CNI-HOSTPORT", ":CNI-FORWARD", ":CNI-ADMIN"))]
-    return {"links": sorted(links), "netns": out("ip", "netns", "list"),
-            "iptables": rules, "leases": leases}
+                    if not p.name.startswith(("lock", "last_reserved")) and ours(str(p)))
+    rules = [line for line in out("iptables-save") if line.startswith("-A") and ours(line)]
+    named = {w for line in rules for w in line.split() if w.startswith("CNI-")}
+    chains = [line for line in out("iptables-save") if line.startswith(":")
+              and line[1:].split()[0] in named - SHARED_CHAINS]
+    return {"links": sorted(links), "netns": sorted(filter(ours, out("ip", "netns", "list"))),
+            "iptables": sorted(rules + chains), "leases": leases}
+
+
+# (made once per host by the plugins, and shared by every attachment)
+SHARED_CHAINS = {"CNI-FORWARD", "CNI-ADMIN", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
+                 "CNI-HOSTPORT-SETMARK"}
+
+
+def scope(prefix: str, net: tuple[str, str, str]) -> tuple[str, ...]:
+    """The tokens that name a test's objects: its VMs' id prefix, its
+    network's name and the prefix of the network's addresses."""
+    name, _bridge, subnet = net
+    return (prefix, f'\\"{name}\\"', f"/{name}/", subnet.rsplit(".", 1)[0] + ".")

@@ -27,7 +27,11 @@ from ignitevm.providers.network.cni import (
     sweep,
     vm,
 )
-from tests.helpers.cninet import remove_network, require_cni, snapshot, write_default
+from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
+
+# (the attachments' id prefix, this run's own: other runs on this host use the
+# same VM ids at the same time)
+PREFIX = f"ignite-unit{os.getpid()}"
 
 
 @pytest.fixture
@@ -36,10 +40,11 @@ def net(tmp_path: Path) -> Iterator[tuple[Path, str, str, str]]:
     root = tmp_path / "root"
     (root / "vm").mkdir(parents=True)
     name, bridge, subnet = write_default(root, tag=1)
-    before = snapshot(exclude=(bridge,))
+    mine = scope(f"{PREFIX}-", (name, bridge, subnet))
+    before = snapshot(*mine, ports_of=(bridge,))
     try:
         yield root, name, bridge, subnet
-        assert snapshot(exclude=(bridge,)) == before
+        assert snapshot(*mine, ports_of=(bridge,)) == before
     finally:
         for d in (root / "vm").iterdir():
             vm.release(d)
@@ -60,7 +65,7 @@ def ip_in(ns: str, *argv: str) -> str:
 def test_add_del_chain(net: tuple[Path, str, str, str]) -> None:
     root, name, _bridge, subnet = net
     conf = conflist.load(root)
-    ns = "ignite-unit-chain"
+    ns = f"{PREFIX}-chain"
     netns.create(ns)
     att = chain.Attachment(ns, str(netns.path(ns)), "eth0", runtime={"portMappings": [
         {"hostPort": 18931, "containerPort": 80, "protocol": "tcp"}]})
@@ -84,7 +89,7 @@ def test_add_del_chain(net: tuple[Path, str, str, str]) -> None:
 def test_error_json_is_one_clear_error(net: tuple[Path, str, str, str]) -> None:
     root, _name, _bridge, _subnet = net
     conf = conflist.load(root)
-    ns = "ignite-unit-err"
+    ns = f"{PREFIX}-err"
     netns.create(ns)
     att = chain.Attachment(ns, str(netns.path(ns)), "eth0", args="IgnoreUnknown=1;IP=192.0.2.9")
     try:
@@ -111,7 +116,7 @@ def test_attach_gives_mac_ip_tap_and_releases(net: tuple[Path, str, str, str]) -
     root, _name, _bridge, _subnet = net
     d = vmdir(root, "0123456789abcdef")
     fwd = (Forward("tcp", "", 18932, 80),)
-    with vm.attached(root, d, "ignite-unit", "0123456789abcdef", fwd) as plan:
+    with vm.attached(root, d, PREFIX, "0123456789abcdef", fwd) as plan:
         rec = json.loads((d / vm.RECORD).read_text())
         result = rec["attachments"][0]["result"]
         assert result["ips"][0]["address"] == plan.guest_ip  # cached before use
@@ -126,7 +131,7 @@ def test_attach_gives_mac_ip_tap_and_releases(net: tuple[Path, str, str, str]) -
     vm.release(d)  # safe to repeat
     assert not netns.exists(ns)
     # The next start asks for the same address again.
-    with vm.attached(root, d, "ignite-unit", "0123456789abcdef", ()) as plan:
+    with vm.attached(root, d, PREFIX, "0123456789abcdef", ()) as plan:
         assert plan.address == first_ip
     vm.release(d)
 
@@ -134,7 +139,7 @@ def test_attach_gives_mac_ip_tap_and_releases(net: tuple[Path, str, str, str]) -
 def test_failure_in_body_releases_everything(net: tuple[Path, str, str, str]) -> None:
     root, *_ = net
     d = vmdir(root, "1123456789abcdef")
-    with pytest.raises(RuntimeError), vm.attached(root, d, "ignite-unit", "1123456789abcdef",
+    with pytest.raises(RuntimeError), vm.attached(root, d, PREFIX, "1123456789abcdef",
                                                   ()):
         raise RuntimeError("QEMU failed")
     assert not (d / vm.RECORD).exists()
@@ -146,7 +151,7 @@ def test_add_failing_half_way_leaves_nothing(net: tuple[Path, str, str, str]) ->
     conf["plugins"].insert(1, {"type": "tuning", "sysctl": {"net.no.such.knob": "1"}})
     conflist.write(root, "broken", conf)
     d = vmdir(root, "2123456789abcdef")
-    with pytest.raises(IgniteError), vm.attached(root, d, "ignite-unit", "2123456789abcdef",
+    with pytest.raises(IgniteError), vm.attached(root, d, PREFIX, "2123456789abcdef",
                                                  (), (vm.Want("broken"),)):
         pass
     assert not (d / vm.RECORD).exists()
@@ -157,17 +162,17 @@ def test_lost_namespace_is_swept(net: tuple[Path, str, str, str]) -> None:
     the masquerade rules, the port maps and the lease by the attachment's id."""
     root, *_ = net
     d = vmdir(root, "3123456789abcdef")
-    with vm.attached(root, d, "ignite-unit", "3123456789abcdef",
+    with vm.attached(root, d, PREFIX, "3123456789abcdef",
                      (Forward("tcp", "", 18933, 80),)):
         pass
-    subprocess.run(["ip", "netns", "delete", "ignite-unit-3123456789abcdef"], check=True)
+    subprocess.run(["ip", "netns", "delete", f"{PREFIX}-3123456789abcdef"], check=True)
     vm.release(d)
 
 
 def test_killed_before_the_result_was_cached(net: tuple[Path, str, str, str]) -> None:
     root, *_ = net
     d = vmdir(root, "4123456789abcdef")
-    with vm.attached(root, d, "ignite-unit", "4123456789abcdef", ()):
+    with vm.attached(root, d, PREFIX, "4123456789abcdef", ()):
         pass
     rec = json.loads((d / vm.RECORD).read_text())
     rec["attachments"][0]["result"] = None  # as if the CLI died between ADD and caching it
@@ -183,15 +188,15 @@ def test_host_port_in_use_is_refused(net: tuple[Path, str, str, str]) -> None:
         port = s.getsockname()[1]
         d = vmdir(root, "5123456789abcdef")
         with pytest.raises(Conflict, match="already in use"), vm.attached(
-                root, d, "ignite-unit", "5123456789abcdef", (Forward("tcp", "", port, 80),)):
+                root, d, PREFIX, "5123456789abcdef", (Forward("tcp", "", port, 80),)):
             pass
     # ...and a port another VM maps (portmap itself would accept it silently).
     d1, d2 = vmdir(root, "6123456789abcdef"), vmdir(root, "7123456789abcdef")
-    with vm.attached(root, d1, "ignite-unit", "6123456789abcdef",
+    with vm.attached(root, d1, PREFIX, "6123456789abcdef",
                      (Forward("tcp", "", 18934, 80),)):
         pass
     with pytest.raises(Conflict, match="already mapped"), vm.attached(
-            root, d2, "ignite-unit", "7123456789abcdef", (Forward("tcp", "", 18934, 80),)):
+            root, d2, PREFIX, "7123456789abcdef", (Forward("tcp", "", 18934, 80),)):
         pass
     vm.release(d1)
     assert not (d2 / vm.RECORD).exists()
@@ -214,13 +219,13 @@ def test_two_networks_a_mac_and_an_address(lab: tuple[Path, networks.Network]) -
     d = vmdir(root, "8123456789abcdef")
     want_ip = made.subnet.rsplit(".", 1)[0] + ".5"
     wants = (vm.Want("default", mac="02:11:22:33:44:55"), vm.Want(made.name, ip=want_ip))
-    with vm.attached(root, d, "ignite-unit", "8123456789abcdef", (), wants,
+    with vm.attached(root, d, PREFIX, "8123456789abcdef", (), wants,
                      dns=("192.0.2.53",), search=("lab.example",)) as plan:
         assert plan.mac == "02:11:22:33:44:55" and plan.gateway
         assert plan.dns == "192.0.2.53" and plan.dns_search == "lab.example"
         (eth1,) = plan.more
         assert eth1.address == want_ip and eth1.tap_fd >= 0
-        ns = "ignite-unit-8123456789abcdef"
+        ns = f"{PREFIX}-8123456789abcdef"
         assert "02:11:22:33:44:55" in ip_in(ns, "ip", "link", "show", "eth0")
         assert want_ip in ip_in(ns, "ip", "addr", "show", "eth1")
     # The address is taken now: another VM asking for it is refused.
@@ -238,11 +243,11 @@ def test_a_full_network_says_so(lab: tuple[Path, networks.Network]) -> None:
     root, made = lab
     dirs = [vmdir(root, f"9{i}23456789abcde") for i in range(6)]
     for i, d in enumerate(dirs[:5]):
-        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)):
+        with vm.attached(root, d, PREFIX, d.name, (), (vm.Want(made.name),)):
             pass
         assert i < 5
     with pytest.raises(Conflict, match=rf"no addresses left in {made.name} \({made.subnet}\)"), \
-            vm.attached(root, dirs[5], "ignite-unit", dirs[5].name, (), (vm.Want(made.name),)):
+            vm.attached(root, dirs[5], PREFIX, dirs[5].name, (), (vm.Want(made.name),)):
         pass
     for d in dirs:
         vm.release(d)
@@ -265,37 +270,115 @@ def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
     assert not conflist.path(root, "inuse").exists()
 
 
+def reaches(ns: str, ip: str) -> bool:
+    return subprocess.run(["ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1",
+                           ip], capture_output=True, check=False).returncode == 0
+
+
+def filter_rules() -> list[str]:
+    return subprocess.run(["iptables-save", "-t", "filter"], capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+
+
 def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> None:
-    root = net[0]
+    """Two attachments on an internal network and one on the test's default
+    one. Each namespace's own stack stands in for its VM (the tap redirect is
+    taken off eth0 to let it answer): the internal two reach each other and
+    their gateway address; even with a default route added (a guest is root
+    in its VM) they reach neither the other network, nor the host's other
+    addresses, nor anything beyond; and nothing reaches them from outside."""
+    root, _name, _bridge, subnet = net
     made = networks.create(root, f"iso{os.getpid() % 200 + 20}", "10.248.7.0/28",
                            internal=True)
+    dirs = [vmdir(root, f"a{i}23456789abcde") for i in range(3)]
     try:
         types = [p["type"] for p in made.conf["plugins"]]
         assert "portmap" not in types and made.internal
-        d = vmdir(root, "a123456789abcdef")
-        with vm.attached(root, d, "ignite-unit", d.name, (), (vm.Want(made.name),)) as plan:
-            assert plan.gateway == ""  # the guest gets no default route
-        vm.release(d)
+        plans = []
+        for d, want in zip(dirs, ("iso", "iso", "default"), strict=True):
+            with vm.attached(root, d, PREFIX, d.name, (),
+                             (vm.Want(made.name if want == "iso" else "default"),)) as plan:
+                plans.append(plan)
+            subprocess.run(["tc", "-n", f"{PREFIX}-{d.name}", "qdisc", "del", "dev", "eth0",
+                            "ingress"], check=True)
+        (a, b, other), (nsa, nsb, nso) = plans, [f"{PREFIX}-{d.name}" for d in dirs]
+        assert a.gateway == "" and other.gateway  # the internal guest gets no default route
+        # The project's drops come first in FORWARD and INPUT, before the firewall
+        # plugin's accepts for every VM address, and are there once each.
+        rules = filter_rules()
+        assert next(r for r in rules if r.startswith("-A FORWARD")) == \
+            "-A FORWARD -j IGNITE-ISOLATE"
+        assert next(r for r in rules if r.startswith("-A INPUT")) == \
+            "-A INPUT -j IGNITE-ISOLATE-IN"
+        assert len([r for r in rules if f"internal {made.bridge}" in r]) == 3
+        assert reaches(nsa, b.address) and reaches(nsa, made.gateway)
+        assert reaches(nso, other.gateway)
+        for ns in (nsa, nsb):
+            subprocess.run(["ip", "-n", ns, "route", "add", "default", "via", made.gateway],
+                           check=True)
+        assert not reaches(nsa, other.address)   # the other network's VM
+        assert not reaches(nsa, other.gateway)   # the host's address on the other bridge
+        assert not reaches(nso, a.address)       # and nothing in from the other side
+        assert reaches(nsa, b.address)
+        # A second ADD on the network adds no rule twice.
+        vm.release(dirs[1])
+        with vm.attached(root, dirs[1], PREFIX, dirs[1].name, (), (vm.Want(made.name),)):
+            pass
+        assert len([r for r in filter_rules() if f"internal {made.bridge}" in r]) == 3
+        for d in dirs:
+            vm.release(d)
         with pytest.raises(InvalidInput, match="takes no port maps"), vm.attached(
-                root, d, "ignite-unit", d.name, (Forward("tcp", "", 18935, 80),),
+                root, dirs[0], PREFIX, dirs[0].name, (Forward("tcp", "", 18935, 80),),
                 (vm.Want(made.name),)):
             pass
-        assert not (d / vm.RECORD).exists()
+        assert not (dirs[0] / vm.RECORD).exists()
     finally:
+        for d in dirs:
+            vm.release(d)
         networks.remove(root, made.name, [])
+    # The rules went with the network (and the chains with the last of them).
+    assert not [r for r in filter_rules() if made.bridge in r]
+    assert subnet  # (the test's default network stays for the fixture's check)
+
+
+def test_the_rules_of_a_vanished_internal_bridge_are_swept(
+        net: tuple[Path, str, str, str]) -> None:
+    """A bridge deleted behind the project's back (or gone with a reboot): the
+    next release sweeps its rules; the next ADD puts them back."""
+    root = net[0]
+    made = networks.create(root, f"isp{os.getpid() % 200 + 20}", "10.248.8.0/28",
+                           internal=True)
+    d = vmdir(root, "b123456789abcdef")
+    try:
+        with vm.attached(root, d, PREFIX, d.name, (), (vm.Want(made.name),)):
+            pass
+        vm.release(d)
+        assert [r for r in filter_rules() if f"internal {made.bridge}" in r]
+        subprocess.run(["ip", "link", "del", made.bridge], check=True)
+        with vm.attached(root, d, PREFIX, d.name, ()):  # (any attachment's release)
+            pass
+        vm.release(d)
+        assert not [r for r in filter_rules() if made.bridge in r]
+        with vm.attached(root, d, PREFIX, d.name, (), (vm.Want(made.name),)):
+            pass
+        assert len([r for r in filter_rules() if f"internal {made.bridge}" in r]) == 3
+    finally:
+        vm.release(d)
+        networks.remove(root, made.name, [])
+    assert not [r for r in filter_rules() if made.bridge in r]
 
 
 def test_plugins_left_by_a_killed_cli_are_stopped_before_release() -> None:
     """A stand-in for a plugin still running for an attachment (a `sleep`
     with the plugin's environment): release must not race it."""
-    proc = subprocess.Popen(["sleep", "60"], env={"CNI_CONTAINERID": "ignite-unit-stray"})
+    proc = subprocess.Popen(["sleep", "60"], env={"CNI_CONTAINERID": f"{PREFIX}-stray"})
     try:
         deadline = time.monotonic() + 10   # (until the child's exec shows in /proc)
-        while plugins.strays("ignite-unit-stray") != [proc.pid] \
+        while plugins.strays(f"{PREFIX}-stray") != [proc.pid] \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert plugins.strays("ignite-unit-stray") == [proc.pid]
-        plugins.stop_strays("ignite-unit-stray")
+        assert plugins.strays(f"{PREFIX}-stray") == [proc.pid]
+        plugins.stop_strays(f"{PREFIX}-stray")
         assert proc.wait(timeout=10) == -9
     finally:
         proc.kill()
@@ -316,15 +399,18 @@ def test_the_plugins_shared_chains_go_with_the_last_attachment(
 
     shared = {"CNI-FORWARD", "CNI-ADMIN", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
               "CNI-HOSTPORT-SETMARK"}
-    with vm.attached(root, d, "ignite-unit", d.name, (Forward("tcp", "", 18939, 80),)):
+    # (VMs of other runs on this host may hold some already: those must stay)
+    others = chains() & shared
+    with vm.attached(root, d, PREFIX, d.name, (Forward("tcp", "", 18939, 80),)):
         assert shared <= chains()
         admin = ["CNI-ADMIN", "-s", "192.0.2.77/32", "-j", "ACCEPT"]
         subprocess.run(["iptables", "-w", "-A", *admin], check=True)
     try:
         vm.release(d)
         assert {"CNI-FORWARD", "CNI-ADMIN"} <= chains()   # still used by the admin's rule
-        assert not chains() & {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}
+        assert not chains() & {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
+                               "CNI-HOSTPORT-SETMARK"} - others
     finally:
         subprocess.run(["iptables", "-w", "-D", *admin], check=False)
     sweep.shared_chains()
-    assert not chains() & shared
+    assert chains() & shared <= others

@@ -25,7 +25,7 @@ import pytest
 
 from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.operations.context import Context
-from tests.conftest import REPO, Ignite
+from tests.conftest import REPO, Ignite, cli_env
 from tests.helpers.daemon import GIVE_UP, read_until
 
 DAMAGED = "00000000000000da"
@@ -211,7 +211,7 @@ def test_ignited_daemon_keeps_running_with_a_damaged_store(tmp_path: Path) -> No
         "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\nmetadata:\n  name: m\n"
         "  uid: 00000000000000aa\nspec:\n  image:\n    oci: missing-image\n"
         "status:\n  running: true\n")
-    env = dict(os.environ, IGNITE_ROOT=str(root), PYTHONPATH=str(REPO))
+    env = cli_env(root)
     code = "from ignitevm.daemon.main import main; raise SystemExit(main())"
     proc = subprocess.Popen([sys.executable, "-c", code, "daemon",
                              "--manifest-dir", str(folder), "--interval", "0.1"],

@@ -20,7 +20,7 @@ import pytest
 
 from ignitevm.daemon.gitops import GitSource, split_credentials
 from ignitevm.errors import IgniteError, InvalidInput
-from tests.conftest import REPO
+from tests.conftest import cli_env
 from tests.helpers.daemon import read_until
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -231,7 +231,7 @@ def test_ignited_gitops_password_is_in_no_command_line(bare: Path, tmp_path: Pat
     """The real ignited: given with --https-password (ignited runs itself again
     without it), --https-password-file or $IGNITED_HTTPS_PASSWORD, the password
     is on no command line while git talks to the server, and the clone works."""
-    env = dict(os.environ, IGNITE_ROOT=str(tmp_path / "root"), PYTHONPATH=str(REPO))
+    env = cli_env(tmp_path / "root")
     extra: list[str] = []
     if how == "flag":
         extra = ["--https-password", SECRET]
@@ -275,7 +275,7 @@ def test_ignited_gitops_refuses_a_hostile_manifest(tmp_path: Path) -> None:
     _git("commit", "--quiet", "-m", "hostile", cwd=work)
     _git("push", "--quiet", str(repo), "master", cwd=work)
     root = tmp_path / "root"
-    env = dict(os.environ, IGNITE_ROOT=str(root), PYTHONPATH=str(REPO))
+    env = cli_env(root)
     code = "from ignitevm.daemon.main import main; raise SystemExit(main())"
     proc = subprocess.Popen([sys.executable, "-c", code, "gitops", f"file://{repo}"], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

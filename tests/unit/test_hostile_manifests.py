@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from ignitevm.api import codec
 from ignitevm.api.defaults import default_vm, validate_vm
 from ignitevm.api.types import VM
 from ignitevm.errors import InvalidInput
-from tests.conftest import REPO
+from tests.conftest import cli_env
 
 INJECTION = ("127.0.0.1:1-:1,guestfwd=tcp:10.0.2.100:9-cmd:touch /tmp/x,"
              "hostfwd=tcp:127.0.0.1")
@@ -135,7 +134,7 @@ def test_refused_by_create_config(case: str, patch: dict[str, Any], message: str
 
 def test_create_config_refusal_is_one_line_from_the_real_cli(tmp_path: Path) -> None:
     manifest = _write(tmp_path / "vm.yaml", HOSTILE[0][1])
-    env = dict(os.environ, IGNITE_ROOT=str(tmp_path / "root"), PYTHONPATH=str(REPO))
+    env = cli_env(tmp_path / "root")
     res = subprocess.run([sys.executable, "-m", "ignitevm", "create", "--config", str(manifest)],
                          env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert res.returncode == 1

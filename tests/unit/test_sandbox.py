@@ -298,6 +298,21 @@ def test_sandbox_mode_from_configuration_and_bad_values(tmp_path: Path,
         sandbox_mode(argparse.Namespace(sandbox=None, ignite_config=str(cfg)))
 
 
+def test_sandbox_mode_default_is_none_without_root(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user without root runs QEMU as themselves (the jail needs root): the
+    default then is none, not an error at every run."""
+    import argparse
+
+    monkeypatch.delenv("IGNITE_SANDBOX", raising=False)
+    ns = argparse.Namespace(sandbox=None, ignite_config=None)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert sandbox_mode(ns) == "jail"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert sandbox_mode(ns) == "none"
+    assert sandbox_mode(argparse.Namespace(sandbox="jail", ignite_config=None)) == "jail"
+
+
 @pytest.mark.skipif(not Path("/usr/bin/gcc").exists(), reason="gcc is not installed")
 def test_helper_builds_once_and_refuses_bad_usage(tmp_path: Path) -> None:
     helper = build.helper(tmp_path)

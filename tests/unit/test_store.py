@@ -134,11 +134,11 @@ def test_cli_files_are_private(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import cli_env
     from tests.helpers.images import busybox_image
 
     archive = busybox_image(tmp_path / "box.tar")
-    env = dict(os.environ, IGNITE_ROOT=str(tmp_path / "root"), PYTHONPATH=str(REPO))
+    env = cli_env(tmp_path / "root")
     subprocess.run([sys.executable, "-m", "ignitevm", "image", "import", str(archive)],
                    env=env, check=True, capture_output=True,
                    preexec_fn=lambda: os.umask(0o022))

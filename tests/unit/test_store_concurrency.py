@@ -217,11 +217,11 @@ def test_four_clis_import_one_image_at_once(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import cli_env
     from tests.helpers.images import busybox_image
 
     archive = busybox_image(tmp_path / "box.tar")
-    env = dict(os.environ, IGNITE_ROOT=str(tmp_path / "root"), PYTHONPATH=str(REPO))
+    env = cli_env(tmp_path / "root")
     procs = [subprocess.Popen([sys.executable, "-m", "ignitevm", "image", "import", str(archive)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(4)]

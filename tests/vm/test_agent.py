@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Ignite
+from tests.conftest import Ignite, cli_env
 from tests.helpers.images import app_image
 from tests.vm.conftest import wait_console
 
@@ -82,7 +82,7 @@ def _read_until(fd: int, marker: bytes, timeout: float = 60) -> bytes:
 def test_tty_session(cli: Ignite, agentbox: str) -> None:
     pid, fd = pty.fork()
     if pid == 0:
-        os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+        os.environ.update(cli_env(cli.root))
         script = "tty; stty size; read x; echo got=$x; exit 7"
         # `-it` as Docker users type it
         # (the test's own interpreter: the .venv's, which has the dependencies)
@@ -141,7 +141,7 @@ def test_clients_killed_mid_transfer_leave_the_agent_usable(cli: Ignite, agentbo
 
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(96 << 20))
-    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    env = cli_env(cli.root)
     proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "cp", str(big),
                              f"{agentbox}:/tmp/killed.bin"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,7 +3,6 @@ the VM trims its console log (see ignitevm/providers/vmm/consolelog.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Ignite
+from tests.conftest import Ignite, cli_env
 from tests.vm.conftest import wait_console
 
 LIMIT = 65536  # a small cap, so that a short flood crosses it many times
@@ -48,7 +47,7 @@ def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
         assert st.st_mode & 0o007 == 0, name
         assert st.st_mode & 0o070 == 0 or st.st_gid in own, name
         assert st.st_uid in own, name
-    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    env = cli_env(cli.root)
     flood = subprocess.Popen(
         [sys.executable, "-m", "ignitevm", "exec", flooder, "--", "/bin/busybox", "sh", "-c",
          f"/bin/busybox yes | /bin/busybox head -c {FLOOD} > /dev/console"],

@@ -11,9 +11,11 @@ parameter id carrying the Go name). What changes on the way:
   has no sshd, so where a scenario needs a booted guest the test waits for the
   init's ready line on the console instead.
 - Scenarios that need what this host or ignitevm lacks (Docker, containerd,
-  CNI, the internet) keep their place as skips that say why. Where Ignite ran
+  the internet) keep their place as skips that say why. Where Ignite ran
   one scenario per runtime/network plugin, the same scenario also runs with
-  ours (``QemuAndUser``, ``QemuAndNone``).
+  ours (``QemuAndUser``, ``QemuAndCNI`` on a CNI network of the test's own,
+  ``QemuAndNone``); the ones that curled google.com fetch from an HTTP server
+  the test runs on this host's own address instead.
 - Ignite passed ``--runtime``/``--network-plugin`` before the subcommand
   (``ignite --runtime=docker run ...``) and wrote ``run --ssh IMAGE`` (``--ssh``
   took a value only as ``--ssh=PATH``). ignitevm reads both as Ignite did; the
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Ignite, Result
+from tests.conftest import Ignite, Result, cli_env
 from tests.helpers.images import BUSYBOX, busybox_layers, write_docker_archive
 from tests.helpers.registry import Registry
 from tests.vm.conftest import wait_console
@@ -83,7 +85,7 @@ def _ignite_params(prefix: str, extra_reason: str = "") -> list:
 # ---- helpers -----------------------------------------------------------------
 
 def _env(cli: Ignite) -> dict[str, str]:
-    return dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+    return cli_env(cli.root)
 
 
 IGNITE = [sys.executable, "-m", "ignitevm"]
@@ -161,6 +163,46 @@ def e2ebox(cli: Ignite, kernel: str, tmp_path_factory: pytest.TempPathFactory
     cli("image", "import", str(archive))
     yield IMAGE
     cli("rmi", IMAGE, check=False)
+
+
+@pytest.fixture
+def cni_default(cli: Ignite) -> Iterator[str]:
+    """A CNI network of the test's own (never the host's ignite0) as the
+    default network of the session's root, for this test only."""
+    from tests.helpers.cninet import remove_network, require_cni, write_default
+
+    require_cni()
+    name, bridge, _subnet = write_default(cli.root, tag=23)
+    try:
+        yield name
+    finally:
+        (cli.root / "cni" / "default.conflist").unlink(missing_ok=True)
+        remove_network(name, bridge)
+
+
+@pytest.fixture
+def outside() -> Iterator[str]:
+    """The "outside world" Ignite's tests curled (google.com): a server on
+    this host's own address, as this host has no internet."""
+    from tests.helpers.hostserver import serving
+
+    with serving() as url:
+        if url is None:
+            pytest.skip("this host has no non-loopback IPv4 address to serve on")
+        yield url
+
+
+def _providers(request: pytest.FixtureRequest, plugin: str) -> None:
+    if plugin == "cni":
+        request.getfixturevalue("cni_default")
+
+
+def _curl(cli: Ignite, name: str, url: str) -> None:
+    """``ignite exec <vm> curl google.com``, with busybox wget and the host's server."""
+    from tests.helpers.hostserver import BODY
+
+    wait_console(cli, name, READY)  # (Ignite's run --ssh returned once sshd answered)
+    assert cli("exec", name, "wget", "-q", "-O", "-", url).stdout == BODY.decode()
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +489,12 @@ def test_TestVMpsWithOutdatedStatus(cli: Ignite, shared_vm: str) -> None:
 @pytest.mark.parametrize("runtime,plugin", [
     *_ignite_params("TestIgniteRunWith"),
     pytest.param("qemu", "user", id="QemuAndUser"),
+    pytest.param("qemu", "cni", id="QemuAndCNI"),
 ])
-def test_TestIgniteRunWith(cli: Ignite, e2ebox: str, runtime: str, plugin: str) -> None:
+def test_TestIgniteRunWith(cli: Ignite, e2ebox: str, runtime: str, plugin: str,
+                           request: pytest.FixtureRequest) -> None:
     """``ignite --runtime=R --network-plugin=P run --name=N IMAGE``, then ``rm -f N``."""
+    _providers(request, plugin)
     name = f"e2e-test-ignite-run-{runtime}-and-{plugin}"
     try:
         cli(f"--runtime={runtime}", f"--network-plugin={plugin}", "run", f"--name={name}",
@@ -460,18 +505,25 @@ def test_TestIgniteRunWith(cli: Ignite, e2ebox: str, runtime: str, plugin: str) 
 
 
 @pytest.mark.parametrize("runtime,plugin,extra", [
-    pytest.param(rt, plugin, extra, id=f"{prefix}CurlWith{suffix}",
-                 marks=pytest.mark.skip(reason=f"{NO_INTERNET}; {reason}"))
-    for prefix, extra in (("Test", ()), ("TestIDPrefix", ("--id-prefix=e2e",)))
-    for suffix, rt, plugin, reason in IGNITE_PROVIDERS])
+    *[pytest.param(rt, plugin, extra, id=f"{prefix}CurlWith{suffix}",
+                   marks=pytest.mark.skip(reason=f"{NO_INTERNET}; {reason}"))
+      for prefix, extra in (("Test", ()), ("TestIDPrefix", ("--id-prefix=e2e",)))
+      for suffix, rt, plugin, reason in IGNITE_PROVIDERS],
+    pytest.param("qemu", "user", (), id="TestCurlWithQemuAndUser"),
+    pytest.param("qemu", "cni", (), id="TestCurlWithQemuAndCNI"),
+    pytest.param("qemu", "cni", ("--id-prefix=e2e",), id="TestIDPrefixCurlWithQemuAndCNI"),
+])
 def test_TestCurl(cli: Ignite, e2ebox: str, runtime: str, plugin: str,
-                  extra: tuple[str, ...]) -> None:
-    """A VM run with --ssh (and maybe --id-prefix) reaches the internet: ``exec curl``."""
+                  extra: tuple[str, ...], request: pytest.FixtureRequest) -> None:
+    """A VM run with --ssh (and maybe --id-prefix) reaches the outside world:
+    ``exec curl`` (here: the host's server, see ``outside``)."""
+    _providers(request, plugin)
+    url = request.getfixturevalue("outside")
     name = f"e2e-test-curl-{runtime}-and-{plugin}"
     try:
         cli(f"--runtime={runtime}", f"--network-plugin={plugin}", "run", f"--name={name}",
             e2ebox, "--ssh", *extra)
-        cli("exec", name, "curl", "google.com")
+        _curl(cli, name, url)
     finally:
         _cleanup(cli, name)
 
@@ -542,34 +594,52 @@ def test_TestVolumeWith(cli: Ignite, e2ebox: str, tmp_path: Path, runtime: str,
 
 # ---- vm_lifecycle_test.go ----------------------------------------------------------
 
-@pytest.mark.parametrize("runtime,plugin", _ignite_params("TestVMLifecycleWith",
-                                                          f"{NO_INTERNET}; "))
-def test_TestVMLifecycleWith(cli: Ignite, e2ebox: str, runtime: str, plugin: str) -> None:
+@pytest.mark.parametrize("runtime,plugin", [
+    *_ignite_params("TestVMLifecycleWith", f"{NO_INTERNET}; "),
+    pytest.param("qemu", "user", id="TestVMLifecycleWithQemuAndUser"),
+    pytest.param("qemu", "cni", id="TestVMLifecycleWithQemuAndCNI"),
+])
+def test_TestVMLifecycleWith(cli: Ignite, e2ebox: str, runtime: str, plugin: str,
+                             request: pytest.FixtureRequest) -> None:
     """run --ssh, ``exec curl``, stop, start with the same providers, ``exec curl`` again."""
+    _providers(request, plugin)
+    url = request.getfixturevalue("outside")
     name = f"e2e-test-vm-lifecycle-{runtime}-and-{plugin}"
     providers = (f"--runtime={runtime}", f"--network-plugin={plugin}")
     try:
         cli(*providers, "run", f"--name={name}", e2ebox, "--ssh")
-        cli("exec", name, "curl", "google.com")
+        _curl(cli, name, url)
         cli("stop", name)
         cli("start", name, *providers)
-        cli("exec", name, "curl", "google.com")
+        _curl(cli, name, url)
     finally:
         _cleanup(cli, name)
 
 
-@pytest.mark.skip(reason=f"{NO_INTERNET}; {NO_DOCKER}; {NO_DOCKER_BRIDGE}; {NO_CONTAINERD}; "
-                  f"{NO_CNI}")
-def test_TestVMProviderSwitch(cli: Ignite, e2ebox: str) -> None:
-    """Run with containerd+cni, curl, stop, start with docker+docker-bridge, curl again."""
+@pytest.mark.parametrize("first,then", [
+    pytest.param(("containerd", "cni"), ("docker", "docker-bridge"), id="TestVMProviderSwitch",
+                 marks=pytest.mark.skip(reason=f"{NO_INTERNET}; {NO_DOCKER}; "
+                                        f"{NO_DOCKER_BRIDGE}; {NO_CONTAINERD}; {NO_CNI}")),
+    pytest.param(("qemu", "cni"), ("qemu", "user"), id="QemuCNIThenUser"),
+])
+def test_TestVMProviderSwitch(cli: Ignite, e2ebox: str, first: tuple[str, str],
+                              then: tuple[str, str], request: pytest.FixtureRequest) -> None:
+    """Run with one runtime and network plugin, curl, stop, start with others,
+    curl again (ours: CNI, then user mode; the CNI attachment is released)."""
+    request.getfixturevalue("cni_default")
+    url = request.getfixturevalue("outside")
     name = "e2e-test-vm-providers-switch"
     try:
-        cli("--runtime=containerd", "--network-plugin=cni", "run", f"--name={name}", e2ebox,
-            "--ssh")
-        cli("exec", name, "curl", "google.com")
+        cli(f"--runtime={first[0]}", f"--network-plugin={first[1]}", "run", f"--name={name}",
+            e2ebox, "--ssh")
+        _curl(cli, name, url)
+        uid = cli("inspect", "vm", name, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
         cli("stop", name)
-        cli("start", name, "--runtime=docker", "--network-plugin=docker-bridge")
-        cli("exec", name, "curl", "google.com")
+        cli("start", name, f"--runtime={then[0]}", f"--network-plugin={then[1]}")
+        assert not (cli.root / "vm" / uid / "network.json").exists()
+        assert cli("inspect", "vm", name, "-t", "{{.Status.Network.Plugin}}").stdout.strip() \
+            == then[1]
+        _curl(cli, name, url)
     finally:
         _cleanup(cli, name)
 
@@ -707,19 +777,17 @@ def test_TestPullFromAuthRegistry(kind: str, auth_registry: Registry,
 
 # ---- portmap_test.go ---------------------------------------------------------------
 
-def test_TestPortmapCleanup(cli: Ignite, e2ebox: str) -> None:
+def test_TestPortmapCleanup(cli: Ignite, e2ebox: str,
+                            request: pytest.FixtureRequest) -> None:
     """``run --network-plugin=cni -p 4242:4242`` installs nat rules naming the VM ID,
     and ``rm -f`` removes every one of them (``iptables -t nat -nL | grep ID``).
     (On a network of the test's own, not the host's ignite0.)"""
     import socket
 
-    from tests.helpers.cninet import remove_network, require_cni, write_default
-
-    require_cni()
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 4242)) == 0:
             pytest.skip("port 4242 is in use on this host")
-    name, bridge, _subnet = write_default(cli.root, tag=23)
+    request.getfixturevalue("cni_default")
     vm = "e2e-test-portmap-cleanup"
     try:
         cli("--runtime=qemu", "--network-plugin=cni", "run", f"--name={vm}", e2ebox,
@@ -734,8 +802,6 @@ def test_TestPortmapCleanup(cli: Ignite, e2ebox: str) -> None:
         assert uid not in rules
     finally:
         _cleanup(cli, vm)
-        (cli.root / "cni" / "default.conflist").unlink(missing_ok=True)
-        remove_network(name, bridge)
 
 
 # ---- multinet_test.go --------------------------------------------------------------

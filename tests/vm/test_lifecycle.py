@@ -130,12 +130,12 @@ def test_attach_and_detach_keep_the_vm_running(cli: Ignite, box: str) -> None:
     import pty
     import select
 
-    from tests.conftest import REPO
+    from tests.conftest import cli_env
 
     uid = _uid(cli, box)
     pid, fd = pty.fork()
     if pid == 0:
-        os.environ.update(IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO))
+        os.environ.update(cli_env(cli.root))
         os.execv(sys.executable, [sys.executable, "-m", "ignitevm", "attach", box])
     out = b""
     deadline = time.monotonic() + 30

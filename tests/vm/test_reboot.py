@@ -20,14 +20,13 @@ What is simulated, and how (a test cannot reboot the host):
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import REPO, Ignite
+from tests.conftest import Ignite, cli_env
 from tests.helpers.daemon import read_until
 from tests.vm.conftest import _qemu_pids
 
@@ -55,10 +54,7 @@ status:
 
 @contextlib.contextmanager
 def ignited(cli: Ignite, folder: Path) -> Iterator[subprocess.Popen[str]]:
-    # (user-mode networking, as for every CLI the tests run: the host's real
-    # ignite0 network is not for tests)
-    env = dict(os.environ, IGNITE_ROOT=str(cli.root), PYTHONPATH=str(REPO),
-               IGNITE_NETWORK_PLUGIN=os.environ.get("IGNITE_NETWORK_PLUGIN", "user"))
+    env = cli_env(cli.root)
     proc = subprocess.Popen([*IGNITED, "daemon", "--manifest-dir", str(folder),
                              "--interval", "1s"], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

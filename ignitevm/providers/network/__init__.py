@@ -102,6 +102,16 @@ def preflight(vm: VM, root: Path) -> None:
             [(p.protocol or "tcp", p.bind_address, p.host_port, p.vm_port) for p in net.ports]))
 
 
+def switch(vm: VM, plugin: str, root: Path) -> None:
+    """Give a stopped VM another network plugin (its old attachment, if any,
+    was released when it stopped)."""
+    if plugin not in PLUGINS:
+        raise InvalidInput(f"unknown network plugin {plugin!r}",
+                           hint=f"use --network-plugin {' or '.join(PLUGINS)}")
+    vm.status.network.plugin = plugin
+    preflight(vm, root)
+
+
 def release(workdir: Path) -> None:
     """Release a VM's network, if it holds one (safe to repeat)."""
     if (workdir / RECORD).exists():

@@ -40,7 +40,35 @@ def bridge_conflist(name: str, bridge: str, subnet: str, gateway: str = "",
     if not internal:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
     plugins.append({"type": "firewall"})
-    return {"cniVersion": CNI_VERSION, "name": name, "plugins": plugins}
+    conf: dict[str, Any] = {"cniVersion": CNI_VERSION, "name": name, "plugins": plugins}
+    if internal:  # (the project's own key: CNI tools ignore it; see isolate.py)
+        conf["ignitevm"] = {"internal": True}
+    return conf
+
+
+def is_internal(conf: dict[str, Any]) -> bool:
+    """Made by ``network create --internal``: the host keeps its VMs in (isolate.py)."""
+    own = conf.get("ignitevm")
+    return isinstance(own, dict) and own.get("internal") is True
+
+
+def bridge(conf: dict[str, Any]) -> str:
+    return next((str(p.get("bridge", "")) for p in conf["plugins"]
+                 if p.get("type") == "bridge"), "")
+
+
+def gateway(conf: dict[str, Any]) -> str:
+    """The bridge's address: the range's gateway, else the subnet's first host
+    (as the bridge plugin picks it)."""
+    import ipaddress
+
+    for p in conf["plugins"]:
+        for rs in (p.get("ipam") or {}).get("ranges") or []:
+            for r in rs:
+                if isinstance(r, dict) and r.get("gateway"):
+                    return str(r["gateway"])
+    nets = subnets(conf)
+    return str(next(ipaddress.ip_network(nets[0]).hosts())) if nets else ""
 
 
 def path(root: Path, network: str) -> Path:

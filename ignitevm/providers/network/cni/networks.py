@@ -23,8 +23,7 @@ class Network(NamedTuple):
 
     @property
     def bridge(self) -> str:
-        return next((str(p.get("bridge", "")) for p in self.conf["plugins"]
-                     if p.get("type") == "bridge"), "")
+        return conflist.bridge(self.conf)
 
     @property
     def subnet(self) -> str:
@@ -32,17 +31,11 @@ class Network(NamedTuple):
 
     @property
     def gateway(self) -> str:
-        for p in self.conf["plugins"]:
-            for rs in (p.get("ipam") or {}).get("ranges") or []:
-                for r in rs:
-                    if r.get("gateway"):
-                        return str(r["gateway"])
-        net = self.subnet
-        return str(next(ipaddress.ip_network(net).hosts())) if net else ""
+        return conflist.gateway(self.conf)
 
     @property
     def internal(self) -> bool:
-        return not any(p.get("ipMasq") for p in self.conf["plugins"])
+        return conflist.is_internal(self.conf)
 
 
 def bridge_name(name: str) -> str:
@@ -113,12 +106,14 @@ def remove_check(root: Path, name: str, users: list[str]) -> None:
 
 def remove(root: Path, name: str, users: list[str]) -> None:
     """Remove a network no VM uses: its conflist, bridge and lease folder."""
-    from ignitevm.providers.network.cni import sweep
+    from ignitevm.providers.network.cni import isolate, sweep
     from ignitevm.util.proc import run
 
     remove_check(root, name, users)
     net = get(root, name)
     if net.bridge and Path(f"/sys/class/net/{net.bridge}").exists():
         run(["ip", "link", "delete", net.bridge], check=False)
+    if net.bridge:
+        isolate.drop(net.bridge)
     shutil.rmtree(sweep.lease_dir(net.conf), ignore_errors=True)
     conflist.path(root, name).unlink()

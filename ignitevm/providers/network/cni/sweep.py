@@ -51,8 +51,20 @@ def lease_owner(conf: dict[str, object], ip: str) -> str | None:
 def _iptables_save(table: str) -> list[str]:
     from ignitevm.util.proc import run
 
-    res = run(["iptables-save", "-t", table], check=False)
+    res = run(["iptables-save", *(["-t", table] if table else [])], check=False)
     return res.stdout.splitlines() if res.returncode == 0 else []
+
+
+def _iptables_save_all() -> dict[str, list[str]]:
+    """Every table's lines, by table name."""
+    out: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in _iptables_save(""):
+        if line.startswith("*"):
+            current = out.setdefault(line[1:].strip(), [])
+        else:
+            current.append(line)
+    return out
 
 
 def _iptables(table: str, *words: str) -> None:
@@ -130,19 +142,29 @@ def shared_chains() -> None:
     """Remove the plugins' host-wide chains once no attachment uses them (only
     their own fixed rules left), so the host's iptables are as before the first
     VM. Skipped while any ADD runs (the next release does it)."""
+    from ignitevm.providers.network.cni import isolate
     from ignitevm.util.fs import flock
 
     try:
         with flock(HOST_LOCK, blocking=False):
+            tables = _iptables_save_all()  # (one program run for both tables)
+            batch = []
             for table, chains in SHARED.items():
-                _drop_if_unused(table, chains)
+                undo = _unused(chains, tables.get(table, []))
+                if undo:
+                    batch += [f"*{table}", *undo, "COMMIT"]
+            if batch:  # (one iptables-restore, all or nothing, not ten iptables runs)
+                _restore(batch)
+            isolate.drop(lines=tables.get("filter", []))  # (internal networks' bridges gone)
     except BlockingIOError:
         log.debug("sweep: an ADD is under way; the shared chains stay")
 
 
-def _drop_if_unused(table: str, chains: dict[str, set[str]]) -> None:
+def _unused(chains: dict[str, set[str]], lines: list[str]) -> list[str]:
+    """iptables-restore lines that remove ``chains`` and the jumps to them, if
+    they hold nothing but their own fixed rules; none otherwise."""
     declared, jumps = set(), []
-    for line in _iptables_save(table):
+    for line in lines:
         if line.startswith(":"):
             declared.add(line[1:].split()[0])
             continue
@@ -152,16 +174,19 @@ def _drop_if_unused(table: str, chains: dict[str, set[str]]) -> None:
         target = words[words.index("-j") + 1] if "-j" in words else ""
         if words[1] in chains:
             if target not in chains[words[1]]:
-                return  # an attachment's (or an admin's) rule: still in use
+                return []  # an attachment's (or an admin's) rule: still in use
         elif target in chains:
-            jumps.append(words[1:])
+            jumps.append("-D" + line[2:])  # (the saved line, quoting and all)
     mine = [c for c in chains if c in declared]
-    if not mine:
-        return
-    log.debug("sweep: no attachment uses %s any more: removing them", ", ".join(mine))
-    for rule in jumps:
-        _iptables(table, "-D", *rule)
-    for chain in mine:
-        _iptables(table, "-F", chain)
-    for chain in mine:
-        _iptables(table, "-X", chain)
+    if mine:
+        log.debug("sweep: no attachment uses %s any more: removing them", ", ".join(mine))
+    return [*jumps, *(f"-F {c}" for c in mine), *(f"-X {c}" for c in mine)] if mine else []
+
+
+def _restore(batch: list[str]) -> None:
+    from ignitevm.util.proc import run
+
+    try:
+        run(["iptables-restore", "--noflush", "--wait"], input="\n".join(batch) + "\n")
+    except IgniteError as exc:  # (changed under us: the next release tries again)
+        log.debug("sweep: %s", exc)

@@ -256,9 +256,17 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
 
 def _add(att: dict[str, Any], rec: dict[str, Any], want: Want) -> dict[str, Any]:
     conf = att["conflist"]
+    internal = conflist.is_internal(conf)
     try:
         with sweep.adding():
-            return chain.add(conf, _attachment(rec, att))
+            if internal:  # (the host's drops are in place before the VM is on the bridge)
+                from ignitevm.providers.network.cni import isolate
+
+                isolate.ensure(conflist.bridge(conf), conflist.gateway(conf))
+            result = chain.add(conf, _attachment(rec, att))
+            if internal:
+                isolate.first_jumps()  # (the firewall plugin may have put its jump on top)
+            return result
     except CNIError as exc:
         if "no IP addresses available" in str(exc):
             subnet = ", ".join(conflist.subnets(conf))
