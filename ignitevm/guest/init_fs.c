@@ -26,9 +26,19 @@ int open_in(int root_fd, const char *path, int flags, mode_t mode)
         .mode = (flags & O_CREAT) ? mode : 0,
         .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
     };
+    static int no_openat2;
     while (*path == '/')
         path++;
-    return (int)syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how);
+    if (!*path)
+        path = ".";
+    if (!no_openat2) {
+        int fd = (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+        if (fd >= 0 || errno != ENOSYS)
+            return fd;
+        no_openat2 = 1;
+    }
+    /* (a kernel older than 5.6: links are followed as they are, as `cp` did) */
+    return openat(root_fd, path, (int)how.flags, how.mode);
 }
 
 int parent_in(int root_fd, const char *path, const char **name)
