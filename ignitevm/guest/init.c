@@ -203,6 +203,25 @@ static int find_disks(const char **want, char (*dev)[32], int n, int timeout_ms)
     return found;
 }
 
+/* ---- the modules beyond the disks', in a thread ---- */
+
+static pthread_t loader;
+static int loading;
+
+static void *load_rest(void *arg)
+{
+    const struct modules *m = arg;
+    modules_load(m, modules_find(m, "virtio_blk.ko") + 1, m->n);
+    return NULL;
+}
+
+static void modules_wait(void)
+{
+    if (loading)
+        pthread_join(loader, NULL);
+    loading = 0;
+}
+
 /* ---- growing the root filesystem, beside the rest ---- */
 
 static pthread_t resizer;
@@ -512,8 +531,17 @@ int main(void)
     read_cmdline();
     trace("start");
 
-    /* Those that fail say so; what they drive then does not appear below. */
-    load_modules("/lib/modules");
+    /* Those that fail say so; what they drive then does not appear below.
+     * The disks first; the others (console, network, button) load in a
+     * thread while the disks are mounted and read, and are waited for before
+     * the network is configured. */
+    static struct modules mods;
+    if (modules_open(&mods, "/lib/modules") == 0) {
+        int disk = modules_find(&mods, "virtio_blk.ko");
+        modules_load(&mods, 0, disk < 0 ? mods.n : disk + 1);
+        if (disk >= 0 && (loading = pthread_create(&loader, NULL, load_rest, &mods) == 0) == 0)
+            load_rest(&mods);
+    }
 
     const char *want[2] = {"ignite-root", "ignite-cfg"};
     char dev[2][32] = {"", ""};
@@ -558,6 +586,7 @@ int main(void)
 
     apply_files(root_fd, &env);
     mount_volumes(root_fd, env_get(&env, "IGNITE_VOLUMES"));
+    modules_wait();
     configure_network(root_fd, &env);
     mount_newroot_fs(root_fd);
     trace("new root ready");

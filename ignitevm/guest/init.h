@@ -57,8 +57,17 @@ int mount_on(const char *src, int dir_fd, const char *type, unsigned long flags,
              const char *opts);
 /* Mount a device, trying each block filesystem the kernel knows. */
 int mount_any(const char *dev, int dir_fd);
-/* Load the modules listed in dir/load.order, in order. 0 if all loaded. */
-int load_modules(const char *dir);
+/* The modules dir/load.order lists, in the order to load them. */
+#define MODULES_MAX 64
+struct modules {
+    int dfd, n;
+    char name[MODULES_MAX][64];
+};
+int modules_open(struct modules *m, const char *dir);
+/* The index of a module in the list, or -1. */
+int modules_find(const struct modules *m, const char *name);
+/* Load modules [from, to) in order; 0 if all loaded (each failure says so). */
+int modules_load(const struct modules *m, int from, int to);
 
 /* ---- network ---- */
 int link_up(const char *ifname);

@@ -162,34 +162,48 @@ int mount_any(const char *dev, int dir_fd)
     return -1;
 }
 
-int load_modules(const char *dir)
+int modules_open(struct modules *m, const char *dir)
 {
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int list = dfd < 0 ? -1 : openat(dfd, "load.order", O_RDONLY | O_CLOEXEC);
+    m->n = 0;
+    m->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int list = m->dfd < 0 ? -1 : openat(m->dfd, "load.order", O_RDONLY | O_CLOEXEC);
     FILE *f = list < 0 ? NULL : fdopen(list, "r");
     if (f == NULL) {
         say("warning: %s/load.order: %s", dir, strerror(errno));
-        if (dfd >= 0)
-            close(dfd);
-        return 1;
+        return -1;
     }
     char name[256];
-    int failed = 0;
-    while (fgets(name, sizeof name, f) != NULL) {
+    while (m->n < MODULES_MAX && fgets(name, sizeof name, f) != NULL) {
         name[strcspn(name, "\n")] = '\0';
-        if (name[0] == '\0' || strchr(name, '/') != NULL)
+        if (name[0] == '\0' || strchr(name, '/') != NULL || strlen(name) >= sizeof m->name[0])
             continue;
-        int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC);
+        strcpy(m->name[m->n++], name);
+    }
+    fclose(f);
+    return 0;
+}
+
+int modules_find(const struct modules *m, const char *name)
+{
+    for (int i = 0; i < m->n; i++)
+        if (strcmp(m->name[i], name) == 0)
+            return i;
+    return -1;
+}
+
+int modules_load(const struct modules *m, int from, int to)
+{
+    int failed = 0;
+    for (int i = from; i < to && i < m->n; i++) {
+        int fd = openat(m->dfd, m->name[i], O_RDONLY | O_CLOEXEC);
         /* (one the kernel has already, built in or loaded, is no error) */
         if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)) {
-            say("warning: module %s: %s", name, strerror(errno));
+            say("warning: module %s: %s", m->name[i], strerror(errno));
             failed = 1;
         }
         if (fd >= 0)
             close(fd);
-        trace("module %s", name);
+        trace("module %s", m->name[i]);
     }
-    fclose(f);
-    close(dfd);
     return failed;
 }
