@@ -5,8 +5,9 @@
  * image without one, lets the agent run its command as PID 1).
  *
  * One process, no shell: under TCG every fork and exec costs 10-20 ms, so the
- * whole boot path is system calls. Growing the root filesystem runs in a
- * thread beside the rest. Every step that fails says so on the console; a
+ * whole boot path is system calls. The modules beyond the disks load, and
+ * the root filesystem grows, in threads beside the rest.
+ * Every step that fails says so on the console; a
  * step the VM cannot run without powers it off (the host then reports it
  * stopped). ignite.debug=1 on the kernel command line adds a line per step
  * with the seconds since boot; ignite.probe=1 powers off at once (the host's
@@ -376,9 +377,9 @@ static void write_resolv_conf(int root_fd, const char *dns, const char *search)
     close(etc);
 }
 
-/* The address, route and name servers the host chose (user mode, or the ones
+/* The address and route the host chose (user mode, or the ones
  * CNI gave; the kernel has no ip= autoconfiguration). */
-static void configure_network(int root_fd, const struct env *env)
+static void configure_network(const struct env *env)
 {
     const char *ip = env_get(env, "IGNITE_IP"), *gw = env_get(env, "IGNITE_GW");
     const char *mtu = env_get(env, "IGNITE_MTU");
@@ -388,7 +389,9 @@ static void configure_network(int root_fd, const struct env *env)
         say("warning: lo: %s", strerror(errno));
     if (*mtu && link_mtu("eth0", atoi(mtu)) < 0)
         say("warning: mtu %s on eth0: %s", mtu, strerror(errno));
-    if (link_up("eth0") < 0 || addr_add("eth0", ip) < 0 || (*gw && route_default(gw) < 0))
+    trace("lo up");
+    if (link_up("eth0") < 0 || (trace("eth0 up"), addr_add("eth0", ip)) < 0 ||
+        (*gw && route_default(gw) < 0))
         say("warning: could not configure eth0 (%s)", strerror(errno));
     /* One packet out at once: the host side learns the guest's MAC before
      * anyone connects in (passt answers nothing until it has seen one). */
@@ -403,9 +406,6 @@ static void configure_network(int root_fd, const struct env *env)
         if (link_up(nic) < 0 || addr_add(nic, addr) < 0)
             say("warning: could not configure %s (%s)", nic, strerror(errno));
     }
-    const char *dns = env_get(env, "IGNITE_DNS"), *search = env_get(env, "IGNITE_DNS_SEARCH");
-    if ((*dns || *search) && is_dir_in(root_fd, "/etc"))
-        write_resolv_conf(root_fd, dns, search);
     trace("network");
 }
 
@@ -554,10 +554,6 @@ int main(void)
     mkdir("/dev/pts", 0755);
     if (mount(dev[0], NEWROOT, "ext4", 0, NULL) < 0)
         die("cannot mount the VM disk %s: %s", dev[0], strerror(errno));
-    snprintf(resize_dev, sizeof resize_dev, "%s", dev[0]);
-    resizing = pthread_create(&resizer, NULL, resize, NULL) == 0;
-    if (!resizing)
-        resize(NULL);
     trace("root mounted");
 
     /* Per-VM files: hostname, copied files, keys. The shared image is never
@@ -585,9 +581,20 @@ int main(void)
     trace("config disk read");
 
     apply_files(root_fd, &env);
+    /* The name servers the host chose (written with the other files: the
+     * resize below holds the filesystem's journal while it runs). */
+    const char *dns = env_get(&env, "IGNITE_DNS"), *search = env_get(&env, "IGNITE_DNS_SEARCH");
+    if (*env_get(&env, "IGNITE_IP") && (*dns || *search) && is_dir_in(root_fd, "/etc"))
+        write_resolv_conf(root_fd, dns, search);
     mount_volumes(root_fd, env_get(&env, "IGNITE_VOLUMES"));
+    /* Grow the root filesystem in a thread while the network, the new root's
+     * mounts and the agent are set up; waited for before the handover. */
+    snprintf(resize_dev, sizeof resize_dev, "%s", dev[0]);
+    resizing = pthread_create(&resizer, NULL, resize, NULL) == 0;
+    if (!resizing)
+        resize(NULL);
     modules_wait();
-    configure_network(root_fd, &env);
+    configure_network(&env);
     mount_newroot_fs(root_fd);
     trace("new root ready");
 
