@@ -49,6 +49,16 @@ def build_initramfs(modules_dir: Path, out: Path) -> list[str]:
     return names
 
 
+def baseline_args() -> list[str]:
+    """The minimal boot's own kernel arguments under TCG, as issue 15 defines
+    it: the TSC pinned (tsc_early_khz, tsc=reliable), nothing more. ignitevm's
+    VMs get more (ignitevm.providers.vmm.qemu.accel.kernel_args); bench/boot.py
+    also times the minimal boot with those, to show what they alone are worth."""
+    from ignitevm.providers.vmm.qemu.accel import kernel_args
+
+    return [a for a in kernel_args("tcg") if a.startswith("tsc")]
+
+
 def boot(kernel: str, initrd: Path, image: Path, work: Path, kernel_args: list[str],
          marker: bytes) -> float:
     """QEMU's launch -> ``marker`` on the console, on a fresh copy of ``image``."""

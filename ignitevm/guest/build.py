@@ -13,12 +13,12 @@ from ignitevm.util.proc import run, which
 
 # program -> its C sources in ignitevm/guest/ (headers beside them are included).
 PROGRAMS: dict[str, tuple[str, ...]] = {
-    "ignite-resize": ("resize.c",),
-    "ignite-modload": ("modload.c",),
+    "ignite-init": ("init.c", "init_cfg.c", "init_env.c", "init_fs.c", "init_net.c"),
     "ignite-agent": ("agent.c", "agent_loop.c", "agent_exec.c", "agent_tar.c", "agent_untar.c",
                      "agent_restore.c"),
 }
-HEADERS: tuple[str, ...] = ("agent.h",)
+HEADERS: tuple[str, ...] = ("agent.h", "init.h")
+CFLAGS: tuple[str, ...] = ("-static", "-Os", "-s", "-Wall", "-pthread")
 
 
 def source(name: str) -> bytes:
@@ -27,7 +27,7 @@ def source(name: str) -> bytes:
 
 
 def sources_digest(program: str) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(" ".join(CFLAGS).encode() + b"\0")
     for name in (*PROGRAMS[program], *HEADERS):
         try:
             h.update(name.encode() + b"\0" + source(name))
@@ -51,7 +51,7 @@ def build(program: str, cache: Path) -> Path:
             except FileNotFoundError:
                 continue
         tmp = Path(work) / program
-        run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", tmp,
+        run(["gcc", *CFLAGS, "-o", tmp,
              *[Path(work) / s for s in PROGRAMS[program]]],
             hint="the static build needs gcc and libc6-dev: apt-get install gcc libc6-dev")
         os.replace(tmp, out)

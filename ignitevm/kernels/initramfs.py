@@ -1,4 +1,4 @@
-"""The generated initramfs: busybox, the virtio modules in load order, our init."""
+"""The generated initramfs: our init, the agent, the virtio modules in load order."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.guest import build as guest_build
-from ignitevm.util.proc import run, which
 
 # What the guest needs before it can mount its disk and talk to the host.
 # ext4 and the 8250 serial console are built into the kernels we support.
@@ -66,28 +65,6 @@ def load_order(deps: dict[str, list[str]], wanted: tuple[str, ...]) -> list[str]
         if path is not None:  # built in, or absent from this kernel
             visit(path)
     return order
-
-
-def find_busybox() -> Path:
-    path = Path(which("busybox"))
-    out = run([path, "--help"], check=False)
-    if "BusyBox" not in out.stdout + out.stderr:
-        raise IgniteError(f"{path} is not busybox", hint="apt-get install busybox-static")
-    info = run(["file", "-b", path], check=False).stdout if _has_file() else ""
-    if info and "dynamically linked" in info:
-        raise IgniteError(
-            f"{path} is dynamically linked and cannot run in the initramfs",
-            hint="apt-get install busybox-static",
-        )
-    return path
-
-
-def _has_file() -> bool:
-    try:
-        which("file")
-    except IgniteError:
-        return False
-    return True
 
 
 def collect_modules(modules_dir: Path, dest: Path) -> list[str]:
@@ -155,15 +132,9 @@ def _read_beneath(root: str, rel: str, modules_dir: Path) -> bytes | None:
         return f.read()
 
 
-GUEST_PROGRAMS = ("ignite-resize", "ignite-agent", "ignite-modload")
-# What init mounts first, in one `mount -a`.
-FSTAB = (b"devtmpfs /dev devtmpfs mode=0755,nosuid 0 0\n"
-         b"proc /proc proc nosuid,noexec,nodev 0 0\n"
-         b"sysfs /sys sysfs nosuid,noexec,nodev 0 0\n")
-
-
-def _init_script() -> bytes:
-    return guest_build.source("init.sh")
+# /init (the boot sequence, in C: no shell, no fork per step) and the agent.
+INIT_PROGRAM = "ignite-init"
+GUEST_PROGRAMS = (INIT_PROGRAM, "ignite-agent")
 
 
 def initramfs_for(kernel_dir: Path, cache: Path) -> Path:
@@ -173,42 +144,29 @@ def initramfs_for(kernel_dir: Path, cache: Path) -> Path:
     newer init and agent to VMs of kernels imported before.
     """
     h = hashlib.sha256(kernel_dir.name.encode())
-    h.update(_init_script())
-    h.update(FSTAB)
     for program in GUEST_PROGRAMS:
         h.update(guest_build.sources_digest(program).encode())
-    busybox = Path(which("busybox"))  # checked only when an initramfs is built
-    st = busybox.stat()
-    h.update(f"{busybox}:{st.st_size}:{st.st_mtime_ns}".encode())
     out = cache / "initramfs" / f"{kernel_dir.name}-{h.hexdigest()[:16]}.img"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         modules = kernel_dir / "modules"
-        build_initramfs(out, modules if modules.is_dir() else None, cache, find_busybox())
+        build_initramfs(out, modules if modules.is_dir() else None, cache)
     return out
 
 
-def build_initramfs(out: Path, modules: Path | None, cache: Path,
-                    busybox: Path | None = None) -> None:
+def build_initramfs(out: Path, modules: Path | None, cache: Path) -> None:
     """Write the initramfs to ``out``; ``modules`` is a folder from :func:`collect_modules`."""
-    busybox = busybox or find_busybox()
-    applets = run([busybox, "--list"]).stdout.split()
     buf = io.BytesIO()
     from ignitevm.kernels.cpio import CpioWriter
 
     w = CpioWriter(buf)
-    for d in ("dev", "proc", "sys", "run", "tmp", "cfg", "newroot", "bin", "sbin", "lib/modules"):
+    for d in ("dev", "proc", "sys", "cfg", "newroot", "bin", "lib/modules"):
         w.mkdir(d)
     w.chardev("dev/console", 5, 1)
     w.chardev("dev/null", 1, 3, 0o666)
-    w.file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in applets:
-        if applet != "busybox":
-            w.symlink(f"bin/{applet}", "busybox")
-    for program in GUEST_PROGRAMS:
+    w.file("init", guest_build.build(INIT_PROGRAM, cache).read_bytes(), 0o755)
+    for program in GUEST_PROGRAMS[1:]:
         w.file(f"bin/{program}", guest_build.build(program, cache).read_bytes(), 0o755)
-    w.file("init", _init_script(), 0o755)
-    w.file("etc/fstab", FSTAB, 0o644)
     names = (modules / "load.order").read_text().split() if modules else []
     for name in names:
         w.file(f"lib/modules/{name}", (modules / name).read_bytes())  # type: ignore[operator]

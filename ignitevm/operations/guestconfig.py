@@ -1,6 +1,6 @@
 """The per-VM config handed to the guest at boot, as a small read-only tar disk.
 
-The initramfs init unpacks it and applies it: ``vm.env`` (shell variables),
+The initramfs init reads it in place and applies it: ``vm.env`` (shell variables),
 ``hosts`` (used when the image has no /etc/hosts) and ``files/`` (copied over
 the root: hostname, --copy-files, keys). The shared image is never written.
 """
