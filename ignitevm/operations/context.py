@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ignitevm.providers.vmm.base import VMM
-from ignitevm.store import Store
+if TYPE_CHECKING:
+    from ignitevm.providers.vmm.base import VMM
+    from ignitevm.store.store import Store
 
 DEFAULT_ROOT = "/var/lib/ignite"
 
@@ -30,6 +32,8 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
+        from ignitevm.store.store import Store
+
         store = Store(self.root)
         store.secure()  # one stat; puts right a root made with loose modes
         return store
