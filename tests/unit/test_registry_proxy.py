@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ignitevm.errors import InvalidInput
@@ -66,3 +68,22 @@ def test_credentials_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InvalidInput, match="bad port") as err:
         proxy.proxy_for("https://r.example/")
     assert "secret" not in str(err.value)
+
+
+def test_no_secret_crosses_a_proxy_in_the_clear(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """Credentials in a header or a form (a refresh token) for a plain-HTTP host that
+    a proxy would see are refused before anything is sent (nothing listens here)."""
+    from ignitevm.api.refs import parse
+    from ignitevm.errors import IgniteError
+    from ignitevm.images.registry.client import Client
+
+    monkeypatch.setenv("HTTP_PROXY", "http://u:secret@proxy.invalid:3128")
+    hosts = {"plain.example:5000", "tokens.example"}
+    with Client(parse("plain.example:5000/x:1"), insecure=hosts,
+                config_dir=str(tmp_path)) as client:
+        for kwargs in ({"headers": {"Authorization": "Basic eDp5"}},
+                       {"data": {"grant_type": "refresh_token", "refresh_token": "t"}}):
+            with pytest.raises(IgniteError, match="refusing to send credentials") as err:
+                client._plain("POST", "http://tokens.example/token", **kwargs)
+            assert "secret" not in str(err.value) and "proxy.invalid:3128" in str(err.value)

@@ -271,8 +271,8 @@ class Client:
     def _retrying(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
                   **kwargs: Any) -> httpx.Response:
         via = proxy.proxy_for(url)
-        if via is not None and url.startswith("http:") and any(
-                k.lower() == "authorization" for k in headers):
+        secret = kwargs.get("data") or any(k.lower() == "authorization" for k in headers)
+        if via is not None and url.startswith("http:") and secret:  # (data: a refresh token)
             # (HTTPS is tunnelled: the proxy never sees what goes through it)
             host = _origin(url)[1]
             raise IgniteError(f"refusing to send credentials for {host} in the clear through "
