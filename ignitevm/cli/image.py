@@ -109,7 +109,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         sys.stdout.write(f"WARNING! This will remove {what}, and every stored blob no "
                          "image or kernel needs.\nAre you sure you want to continue? [y/N] ")
         sys.stdout.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        answer = sys.stdin.readline()
+        if not answer:
+            sys.stdout.write("\n")  # (no input: the prompt's line ends here)
+        if answer.strip().lower() not in ("y", "yes"):
             return 0
     ctx = context(args)
     pruned = prune(ctx, all_images=args.all)
