@@ -91,7 +91,7 @@ def run(words: Sequence[str]) -> int | None:
     from ignitevm.providers.vmm.qemu.machine import QemuVMM
     from ignitevm.store import layout, lookup
 
-    root = Path(req.root) if req.root else _default_root()
+    root = Path(req.root) if req.root else layout.default_root()
     layout.secure(root)
     headers = lookup.read_headers(str(root / "vm"))
     if headers is None:
@@ -127,12 +127,6 @@ def run(words: Sequence[str]) -> int | None:
                                       forward)
         return session.run_exec(ch, request, stdin_fd if forward else None,
                                 frame_timeout=req.timeout)
-
-
-def _default_root() -> Path:
-    from ignitevm.operations.context import default_root
-
-    return default_root()
 
 
 def _explain(root: Path, uid: str, exc: AgentError) -> None:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ignitevm.store.layout import DEFAULT_ROOT, default_root  # noqa: F401 (imported from here)
+
 if TYPE_CHECKING:
     from ignitevm.providers.vmm.base import VMM
     from ignitevm.store.store import Store
-
-DEFAULT_ROOT = "/var/lib/ignite"
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("IGNITE_ROOT") or DEFAULT_ROOT)
 
 
 class Context:

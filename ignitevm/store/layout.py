@@ -7,10 +7,15 @@ import os
 import stat
 from pathlib import Path
 
+DEFAULT_ROOT = "/var/lib/ignite"
 METADATA = "metadata.json"
 SUBDIRS = ("vm", "image", "kernel", "tmp", "cache", "locks")
 ROOT_MODE = 0o711  # others may pass through (to reach a shared file later), never list
 DIR_MODE = 0o700   # every folder below the root: objects, tmp, cache, locks
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("IGNITE_ROOT") or DEFAULT_ROOT)
 
 
 def secure(root: Path) -> None:
