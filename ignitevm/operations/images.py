@@ -212,8 +212,10 @@ def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
     """Build (or share with a twin) the pulled image's file; the object appears at the end."""
     with ctx.store.creating(image, unique_name=unique) as stage:
         if twin:
-            os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
-            shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
+            # (held: an `image rm` or `image prune -a` meanwhile is a clear error)
+            with ctx.store.using(twin[0]):
+                os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
+                shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
             size = (stage / IMAGE_FILE).stat().st_size
         else:
             assert source is not None
