@@ -20,7 +20,8 @@ _HINTS = {"vm": "list VMs with: ignite ps -a",
           "image": "list images with 'ignite image ls'; import one with "
                    "'ignite image import ./app.tar'",
           "kernel": "list kernels with 'ignite kernel ls'; import Debian's with "
-                    "'ignite kernel import debian'"}
+                    "'ignite kernel import debian'",
+          "snapshot": "list snapshots with 'ignite snapshot ls'"}
 
 
 class Header(NamedTuple):
