@@ -61,6 +61,8 @@ def read_headers(kind_dir: str) -> list[Header] | None:
         names = sorted(os.listdir(kind_dir))
     except FileNotFoundError:
         return []
+    except OSError:
+        return None  # (unreadable: the full path says what it says of it)
     out = []
     for uid in names:
         try:

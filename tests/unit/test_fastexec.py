@@ -143,3 +143,9 @@ def test_errors_and_help_stay_the_full_paths(tmp_path: Path) -> None:
     assert res.returncode == 1 and res.stderr.startswith("error: VM 'web' is not running")
     res = run("exec", "--help")
     assert res.returncode == 0 and "--timeout" in res.stdout
+
+
+def test_an_unreadable_folder_means_the_full_path(tmp_path: Path) -> None:
+    (tmp_path / "vm").write_text("not a folder")
+    assert lookup.read_headers(str(tmp_path / "vm")) is None
+    assert lookup.read_headers(str(tmp_path / "none")) == []
