@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from ignitevm.agent.client import AgentError
     from ignitevm.providers.vmm.qemu.machine import QemuVMM
+    from ignitevm.store import lookup
 
 # exec's flags that take a value, as the full parser spells them (cli/parser.py)
 _VALUE_FLAGS = {"-e": "env", "--env": "env", "-w": "workdir", "--workdir": "workdir",
@@ -87,30 +88,20 @@ def run(words: Sequence[str]) -> int | None:
         return None
     from pathlib import Path
 
-    from ignitevm.agent.client import GROW_MARK, AgentError, Channel, lock_free
+    from ignitevm.agent.client import AgentError, Channel
     from ignitevm.providers.vmm.qemu.machine import QemuVMM
-    from ignitevm.store import layout, lookup
+    from ignitevm.store import layout
 
     root = Path(req.root) if req.root else layout.default_root()
-    layout.secure(root)
-    headers = lookup.read_headers(str(root / "vm"))
-    if headers is None:
-        return None
-    try:
-        vm = headers[lookup.pick([(h.uid, h.name) for h in headers], req.vm, "vm")]
-    except IgniteError:
-        return None
     vmm = QemuVMM()
-    d = root / "vm" / vm.uid
-    if vm.paused or vmm.pid(d) is None:
+    try:
+        found = _take(root, req.vm, vmm)
+    except OSError:
+        return None   # (a folder it may not read, say: the full path's to tell)
+    if found is None:
         return None
+    vm, d, taken = found
     deadline = time.monotonic() + req.timeout
-    sockets = vmm.agent_sockets(d)
-    if not sockets or (d / GROW_MARK).exists():
-        return None
-    taken = lock_free(sockets)
-    if taken is None:
-        return None
     # From here on this is the exec (cli/guest.py: cmd_exec, the same steps).
     from ignitevm.agent import session
 
@@ -127,6 +118,32 @@ def run(words: Sequence[str]) -> int | None:
                                       forward)
         return session.run_exec(ch, request, stdin_fd if forward else None,
                                 frame_timeout=req.timeout)
+
+
+def _take(root: Path, query: str, vmm: QemuVMM
+          ) -> tuple[lookup.Header, Path, tuple[int, Path]] | None:
+    """The VM ``query`` names, its folder and a free agent channel, locked; None
+    unless it is the plain case (running, not paused, a channel free, none being
+    added)."""
+    from ignitevm.agent.client import GROW_MARK, lock_free
+    from ignitevm.store import layout, lookup
+
+    layout.secure(root)
+    headers = lookup.read_headers(str(root / "vm"))
+    if headers is None:
+        return None
+    try:
+        vm = headers[lookup.pick([(h.uid, h.name) for h in headers], query, "vm")]
+    except IgniteError:
+        return None
+    d = root / "vm" / vm.uid
+    if vm.paused or vmm.pid(d) is None:
+        return None
+    sockets = vmm.agent_sockets(d)
+    if not sockets or (d / GROW_MARK).exists():
+        return None
+    taken = lock_free(sockets)
+    return None if taken is None else (vm, d, taken)
 
 
 def _explain(root: Path, uid: str, exc: AgentError) -> None:
