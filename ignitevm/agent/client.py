@@ -18,7 +18,6 @@ from typing import Protocol
 
 from ignitevm.agent import protocol as p
 from ignitevm.errors import IgniteError
-from ignitevm.log import log
 from ignitevm.util.fs import atomic_write, flock
 
 HELLO_RETRY = 0.5
@@ -46,6 +45,13 @@ class Channel:
     def connect(cls, ports: Ports, timeout: float, what: str = "the VM") -> Channel:
         deadline = time.monotonic() + timeout
         lock_fd, path = _take_channel(ports, deadline, what)
+        return cls.open(ports, lock_fd, path, deadline, what, timeout)
+
+    @classmethod
+    def open(cls, ports: Ports, lock_fd: int, path: Path, deadline: float, what: str,
+             timeout: float) -> Channel:
+        """Connect to the channel ``path`` (its lock ``lock_fd`` is held and passes
+        to the channel) and say HELLO."""
         try:
             connect = getattr(ports, "connect", None)
             if connect is not None:
@@ -233,12 +239,12 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
             _repair(ports, folder, markdir, deadline)
             repaired = True
             continue
-        taken = _lock_free(sockets)
+        taken = lock_free(sockets)
         if taken is not None:
             return taken
         with contextlib.ExitStack() as held:
             _grow_lock(held, folder, deadline)
-            taken = _lock_free(ports.sockets())
+            taken = lock_free(ports.sockets())
             if taken is not None:
                 return taken
             # The mark says "a channel is being added": if this process dies
@@ -248,12 +254,14 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
             try:
                 path = ports.grow()
             except Exception as exc:  # a VM that cannot grow still has its channels
+                from ignitevm.log import log
+
                 log.debug("could not add an agent channel: %s", exc)
                 path = None
             finally:
                 mark.unlink(missing_ok=True)
             if path is not None:
-                taken = _lock_free([path])
+                taken = lock_free([path])
                 if taken is not None:
                     return taken
         if time.monotonic() > deadline:
@@ -283,6 +291,8 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
             return              # a live client was adding one, and is done
         except ValueError:
             before = len(ports.sockets())
+        from ignitevm.log import log
+
         repair = getattr(ports, "repair", None)
         for path in ports.sockets()[before:]:
             log.debug("repairing agent channel %s, half-added by a client that died", path)
@@ -295,7 +305,7 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
         mark.unlink(missing_ok=True)
 
 
-def _lock_free(sockets: list[Path]) -> tuple[int, Path] | None:
+def lock_free(sockets: list[Path]) -> tuple[int, Path] | None:
     for path in sockets:
         lock = path.with_suffix(".lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -1,4 +1,4 @@
-"""``ignite image ...``: import, pull, build, ls, rm."""
+"""``ignite image ...``: import, pull, build, ls, rm, prune."""
 
 from __future__ import annotations
 
@@ -130,3 +130,40 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     return remove_objects(args, Image, args.images)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Docker's ``image prune``: ask (unless -f), remove, list what went, total the space."""
+    from ignitevm.operations.images import prune
+
+    if not args.force:
+        what = ("all images without at least one VM associated to them" if args.all
+                else "all dangling images")
+        sys.stdout.write(f"WARNING! This will remove {what}, and every stored blob no "
+                         "image or kernel needs.\nAre you sure you want to continue? [y/N] ")
+        sys.stdout.flush()
+        answer = sys.stdin.readline()
+        if not answer:
+            sys.stdout.write("\n")  # (no input: the prompt's line ends here)
+        if answer.strip().lower() not in ("y", "yes"):
+            return 0
+    ctx = context(args)
+    pruned = prune(ctx, all_images=args.all)
+    if args.quiet:
+        for image in pruned.images:
+            emit(image.metadata.uid)
+        return 0
+    lines = [f"untagged: {i.metadata.name}\ndeleted: {i.metadata.uid}" for i in pruned.images]
+    lines += [f"deleted: {digest}" for digest in pruned.blobs]
+    if lines:
+        emit("Deleted Images:\n" + "\n".join(lines) + "\n\n")
+    emit(f"Total reclaimed space: {_docker_size(pruned.reclaimed)}")
+    return 0
+
+
+def _docker_size(n: int) -> str:
+    """Sizes as Docker prints them (decimal units, 4 significant digits: 1.711GB, 0B)."""
+    value, units = float(n), ["B", "kB", "MB", "GB", "TB", "PB"]
+    while value >= 1000 and len(units) > 1:
+        value, units = value / 1000, units[1:]
+    return f"{value:.4g}{units[0]}"

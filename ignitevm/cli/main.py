@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ignitevm.util.umask import make_private
 
     make_private()  # nothing this program makes is for other users (the store sets modes)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["exec"]:
+        # The plain `exec VM -- CMD`, without the command tree (cli/fastexec.py)
+        from ignitevm.cli.fastexec import run
+
+        code = _guarded(lambda: run(words[1:]), debug=False)
+        if code is not None:
+            return code
     from ignitevm import log as logmod
     from ignitevm.cli.parser import build_parser, normalize
-    from ignitevm.errors import IgniteError
 
-    argv = normalize(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    words = normalize(words)
+    parser = build_parser(words)
+    args = parser.parse_args(words)
     debug = bool(getattr(args, "debug_trace", False)) or os.environ.get("IGNITE_DEBUG") == "1"
     level = getattr(args, "log_level", "info") or "info"
     if getattr(args, "quiet", False) and level == "info":
@@ -27,8 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    code = _guarded(lambda: int(handler(args) or 0), debug)
+    assert code is not None
+    return code
+
+
+def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
+    """``call()``, with a user-facing error as one line (and its hint) and exit code."""
+    from ignitevm.errors import IgniteError
+
     try:
-        return int(handler(args) or 0)
+        return call()
     except IgniteError as exc:
         if debug:
             raise

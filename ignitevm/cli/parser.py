@@ -318,7 +318,7 @@ def _network_commands(t: _Tree) -> None:
 # The command words, for reading a command line before the tree is built
 # (tests/unit check them against the tree).
 GROUPS = {
-    "image": {"import", "pull", "ls", "list", "rm", "build"},
+    "image": {"import", "pull", "ls", "list", "rm", "build", "prune"},
     "kernel": {"import", "ls", "list", "rm"},
     "vm": {"run", "create", "start", "stop", "pause", "resume", "kill", "rm", "ps", "ls",
            "list", "logs", "exec", "ssh", "cp", "attach"},
@@ -421,6 +421,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         p.add_argument(f"{group}s", nargs="+", metavar=group)
         p.add_argument("-f", "--force", action="store_true", help="also remove VMs that use it")
         if group == "image":
+            p = t.command(gs, "prune", "image:cmd_prune",
+                          "Remove unused images and the stored blobs no image needs")
+            p.add_argument("-a", "--all", action="store_true",
+                           help="remove every image no VM uses (default: only blobs, as "
+                           "no image here is dangling)")
+            p.add_argument("-f", "--force", action="store_true",
+                           help="do not prompt for confirmation")
             p = t.command(gs, "build", "image:cmd_build",
                           "Build the project's base image (Debian + systemd + openssh)")
             p.add_argument("recipe", choices=("base",), help="the recipe to build")

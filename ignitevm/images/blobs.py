@@ -230,6 +230,18 @@ class ContentStore(DirStore):
     is renamed into place only once its size and sha256 match.
     """
 
+    GC_LOCK = "gc.lock"
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held (shared) by a pull from before its first blob until its image or
+        kernel is stored: collecting unreferenced blobs (gc.py) waits for it."""
+        from ignitevm.util.fs import flock
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with flock(self.path / self.GC_LOCK, shared=True):
+            yield
+
     @staticmethod
     def blob_name(digest: str) -> str:
         if not DIGEST.fullmatch(digest):

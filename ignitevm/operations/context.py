@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ignitevm.providers.vmm.base import VMM
-from ignitevm.store import Store
+from ignitevm.store.layout import DEFAULT_ROOT, default_root  # noqa: F401 (imported from here)
 
-DEFAULT_ROOT = "/var/lib/ignite"
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("IGNITE_ROOT") or DEFAULT_ROOT)
+if TYPE_CHECKING:
+    from ignitevm.providers.vmm.base import VMM
+    from ignitevm.store.store import Store
 
 
 class Context:
@@ -30,6 +27,8 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
+        from ignitevm.store.store import Store
+
         store = Store(self.root)
         store.secure()  # one stat; puts right a root made with loose modes
         return store

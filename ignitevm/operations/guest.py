@@ -34,15 +34,21 @@ def channel(ctx: Context, vm: VM, timeout: float = DEFAULT_TIMEOUT) -> Channel:
     try:
         return Channel.connect(vms.AgentPorts(ctx, d), timeout, f"VM {vm.metadata.name!r}")
     except AgentError as exc:
-        vms.check_not_paused(ctx, vm)  # (paused behind the store's back, or by an error)
-        # Say what the guest last said about its agent, or the console's last line.
-        from ignitevm.providers.vmm.consolelog import tail
-
-        lines = tail(ctx.vmm.console_log(d)).decode(errors="replace").splitlines()
-        said = [ln for ln in lines if "ignitevm-" in ln] or lines
-        if said:
-            exc.hint = f"the console's last word: {said[-1].strip()[:200]!r} (ignite logs)"
+        explain(ctx, vm, exc)
         raise
+
+
+def explain(ctx: Context, vm: VM, exc: AgentError) -> None:
+    """Why the agent of ``vm`` did not answer: a Conflict if the VM turns out to
+    be paused, else ``exc`` gets the guest's last word on the console as hint."""
+    vms.check_not_paused(ctx, vm)  # (paused behind the store's back, or by an error)
+    # Say what the guest last said about its agent, or the console's last line.
+    from ignitevm.providers.vmm.consolelog import tail
+
+    lines = tail(ctx.vmm.console_log(vms.workdir(ctx, vm))).decode(errors="replace").splitlines()
+    said = [ln for ln in lines if "ignitevm-" in ln] or lines
+    if said:
+        exc.hint = f"the console's last word: {said[-1].strip()[:200]!r} (ignite logs)"
 
 
 def copy_in(ctx: Context, vm: VM, src: Path, dest: str, timeout: float = DEFAULT_TIMEOUT,

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ignitevm.api import refs
 from ignitevm.api.defaults import now
@@ -227,8 +227,10 @@ def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
     """Build (or share with a twin) the pulled image's file; the object appears at the end."""
     with ctx.store.creating(image, unique_name=unique) as stage:
         if twin:
-            os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
-            shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
+            # (held: an `image rm` or `image prune -a` meanwhile is a clear error)
+            with ctx.store.using(twin[0]):
+                os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
+                shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
             size = (stage / IMAGE_FILE).stat().st_size
         else:
             assert source is not None
@@ -263,3 +265,57 @@ def _check_replaceable(ctx: Context, old: Image) -> None:
             f"image {old.metadata.name!r} now names other content in its registry, and VMs "
             f"use the old one ({', '.join(sorted(users))})",
             hint="remove those VMs first, or pull it under another name with --name")
+
+
+class Pruned(NamedTuple):
+    images: list[Image]  # removed
+    blobs: list[str]  # removed blob digests (and ingest/<hex> partial downloads)
+    reclaimed: int  # bytes
+
+
+def prune(ctx: Context, all_images: bool = False) -> Pruned:
+    """Remove every image no VM uses (with ``all_images``; each is refused, and
+    kept, while a VM or anything else needs it, as ``image rm`` refuses), then
+    the blobs of the shared content store that no image or kernel needs.
+
+    Every image here has a name, so none is "dangling" as Docker means it:
+    without ``all_images`` only blobs go."""
+    from ignitevm.api.types import Kernel
+    from ignitevm.images import gc
+    from ignitevm.operations.vms import remove_base
+
+    removed: list[Image] = []
+    reclaimed = 0
+    for image in ctx.store.list(Image) if all_images else []:
+        size = _own_bytes(ctx.store.dir(image))
+        try:
+            remove_base(ctx, image)
+        except (Conflict, NotFound) as exc:  # in use (or removed meanwhile): kept
+            log.debug("Keeping image %r: %s", image.metadata.name, exc)
+            continue
+        removed.append(image)
+        reclaimed += size
+
+    def roots() -> list[str]:
+        ids = [o.status.oci_source.id or "" for o in [*ctx.store.list(Image),
+                                                      *ctx.store.list(Kernel)]]
+        return [i.rpartition("@")[2] for i in ids if i.startswith("oci://")]
+
+    blobs = gc.collect(content_store(ctx), roots)
+    return Pruned(removed, [b.digest for b in blobs],
+                  reclaimed + sum(b.size for b in blobs))
+
+
+def _own_bytes(folder: Path) -> int:
+    """What removing ``folder`` frees: its files not linked from elsewhere (an image
+    file shared with a twin image stays)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            if st.st_nlink == 1:
+                total += st.st_blocks * 512  # (an image file is sparse)
+    return total

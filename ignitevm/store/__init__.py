@@ -1,5 +1,19 @@
 """The one store of VM, Image and Kernel objects on this host."""
 
-from ignitevm.store.store import Store
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ignitevm.store.store import Store
 
 __all__ = ["Store"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: store.lookup alone (exec's fast path) needs no msgspec.
+    if name == "Store":
+        from ignitevm.store.store import Store
+
+        return Store
+    raise AttributeError(name)

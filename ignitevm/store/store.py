@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -33,6 +32,9 @@ from typing import NamedTuple, TypeVar
 from ignitevm.api import codec
 from ignitevm.api.types import VM, Image, Kernel, Snapshot
 from ignitevm.errors import Conflict, IgniteError, NotFound
+from ignitevm.store import layout
+from ignitevm.store.layout import METADATA
+from ignitevm.store.lookup import pick
 from ignitevm.util.fs import (
     atomic_write,
     flock,
@@ -45,10 +47,7 @@ T = TypeVar("T", VM, Image, Kernel, Snapshot)
 
 _DIRS = {VM: "vm", Image: "image", Kernel: "kernel", Snapshot: "snapshot"}
 _WHAT = {VM: "vm", Image: "image", Kernel: "kernel", Snapshot: "snapshot"}
-METADATA = "metadata.json"
-SUBDIRS = ("vm", "image", "kernel", "snapshot", "tmp", "cache", "locks")
-ROOT_MODE = 0o711  # others may pass through (to reach a shared file later), never list
-DIR_MODE = 0o700   # every folder below the root: objects, tmp, cache, locks
+SUBDIRS, ROOT_MODE, DIR_MODE = layout.SUBDIRS, layout.ROOT_MODE, layout.DIR_MODE
 
 
 class Damaged(NamedTuple):
@@ -84,24 +83,7 @@ class Store:
     def secure(self) -> None:
         """Put right the modes of a root made loosely (by an older version, or by
         hand): one stat when all is well, a walk over the object folders when not."""
-        try:
-            st = os.stat(self.root)
-        except FileNotFoundError:
-            return
-        mode = stat.S_IMODE(st.st_mode)
-        if mode == ROOT_MODE or os.geteuid() not in (0, st.st_uid):
-            return
-        if mode & (stat.S_ISVTX | stat.S_IWOTH):
-            return  # a shared folder (/tmp) given as the root: never tighten it
-        for d in SUBDIRS:
-            sub = self.root / d
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(sub, DIR_MODE)
-                for name in os.listdir(sub):
-                    with contextlib.suppress(FileNotFoundError):
-                        if (sub / name).is_dir() and not (sub / name).is_symlink():
-                            os.chmod(sub / name, DIR_MODE)
-        os.chmod(self.root, ROOT_MODE)  # last: the marker that all the rest is done
+        layout.secure(self.root)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -239,28 +221,8 @@ class Store:
     def resolve(self, typ: type[T], query: str) -> T:
         """Find by exact name or UID first, then by a unique name or UID prefix."""
         objs = self.list(typ)
-        exact = [o for o in objs if query in (o.metadata.name, o.metadata.uid)]
-        if len(exact) == 1:
-            return exact[0]
-        matches = exact or [
-            o for o in objs
-            if query and (o.metadata.uid.startswith(query) or o.metadata.name.startswith(query))
-        ]
-        what = _WHAT[typ]
-        if not matches:
-            hints = {"vm": "list VMs with: ignite ps -a",
-                     "image": "list images with 'ignite image ls'; import one with "
-                     "'ignite image import ./app.tar'",
-                     "kernel": "list kernels with 'ignite kernel ls'; import Debian's with "
-                     "'ignite kernel import debian'",
-                     "snapshot": "list snapshots with 'ignite snapshot ls'"}
-            raise NotFound(f"can't find {what}: no ID/name matches for {query!r}",
-                           hint=hints[what])
-        if len(matches) > 1:
-            ids = ", ".join(f"{o.metadata.name} ({o.metadata.uid})" for o in matches[:5])
-            raise Conflict(f"ambiguous {what} query {query!r}: matched {ids}",
-                           hint="give more characters of the ID, or the full name")
-        return matches[0]
+        entries = [(o.metadata.uid, o.metadata.name) for o in objs]
+        return objs[pick(entries, query, _WHAT[typ])]
 
     # --- writing ----------------------------------------------------------
     def save(self, obj: VM | Image | Kernel | Snapshot) -> None:

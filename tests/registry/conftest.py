@@ -10,6 +10,10 @@ import pytest
 
 from tests.conftest import Ignite
 
+# The host's proxy settings stay out of the tests (test_pull_proxy.py sets its own).
+NO_PROXIES = {name: "" for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+              for name in (base, base.upper())}
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
@@ -23,7 +27,8 @@ def home(tmp_path: Path) -> Path:
 def ig(tmp_path: Path, home: Path) -> Ignite:
     return Ignite(tmp_path / "root", env={
         "HOME": str(home), "DOCKER_CONFIG": str(home / ".docker"), "XDG_RUNTIME_DIR": str(home),
-        "IGNITE_CERTS_DIRS": str(home / "certs.d"), "IGNITE_INSECURE_REGISTRIES": ""})
+        "IGNITE_CERTS_DIRS": str(home / "certs.d"), "IGNITE_INSECURE_REGISTRIES": "",
+        **NO_PROXIES})
 
 
 def fails(ig: Ignite, *args: str) -> str:

@@ -232,3 +232,11 @@ def test_accel_from_flag_env_or_configuration(tmp_path, monkeypatch) -> None:  #
     monkeypatch.setenv("IGNITE_ACCEL", "hvf")
     with pytest.raises(InvalidInput, match="invalid accelerator 'hvf'"):
         ctx()
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0B"), (999, "999B"), (1000, "1kB"),
+                                         (1_711_000_000, "1.711GB"), (4096, "4.096kB")])
+def test_prune_sizes_read_as_dockers(n: int, text: str) -> None:
+    from ignitevm.cli.image import _docker_size
+
+    assert _docker_size(n) == text

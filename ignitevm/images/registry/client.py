@@ -19,7 +19,7 @@ import httpx
 
 from ignitevm.api.refs import Reference
 from ignitevm.errors import IgniteError, NotFound
-from ignitevm.images.registry import credentials, tls
+from ignitevm.images.registry import credentials, proxy, tls
 from ignitevm.images.registry.auth import Auth, Unauthorized
 from ignitevm.log import log
 from ignitevm.util.fs import atomic_write
@@ -104,16 +104,19 @@ class Client:
         for c in list(self._clients.values()):
             c.close()
 
-    def _http(self, url: str) -> httpx.Client:
-        """The connection pool for ``url``'s scheme (HTTPS verified as tls.py says)."""
+    def _http(self, url: str, via: str | None) -> httpx.Client:
+        """The connection pool for ``url``'s scheme and proxy ``via`` (HTTPS verified as
+        tls.py says). The environment is read by proxy.py alone (``trust_env`` would
+        also let httpx read ~/.netrc and SSL_CERT_FILE)."""
         scheme = "https" if url.startswith("https:") else "http"
-        if scheme not in self._clients:
+        key = f"{scheme} {via or ''}"
+        if key not in self._clients:
             verify: ssl.SSLContext | bool = (tls.ssl_context(self.transport)
                                              if scheme == "https" else False)
-            self._clients[scheme] = httpx.Client(
+            self._clients[key] = httpx.Client(
                 verify=verify, timeout=TIMEOUT, follow_redirects=False, trust_env=False,
-                limits=httpx.Limits(max_connections=16))
-        return self._clients[scheme]
+                proxy=via, limits=httpx.Limits(max_connections=16))
+        return self._clients[key]
 
     def __enter__(self) -> Client:
         return self
@@ -267,14 +270,22 @@ class Client:
 
     def _retrying(self, method: str, url: str, headers: dict[str, str], *, stream: bool,
                   **kwargs: Any) -> httpx.Response:
+        via = proxy.proxy_for(url)
+        secret = kwargs.get("data") or any(k.lower() == "authorization" for k in headers)
+        if via is not None and url.startswith("http:") and secret:  # (data: a refresh token)
+            # (HTTPS is tunnelled: the proxy never sees what goes through it)
+            host = _origin(url)[1]
+            raise IgniteError(f"refusing to send credentials for {host} in the clear through "
+                              f"the proxy {proxy.redact(via)} (the registry speaks plain HTTP)",
+                              hint=f"add {host} to NO_PROXY, or give the registry HTTPS")
         for attempt in range(RETRIES):
             wait = BACKOFF * 2 ** attempt
             try:
-                http = self._http(url)
+                http = self._http(url, via)
                 request = http.build_request(method, url, headers=headers, **kwargs)
                 resp = http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                err = self.network_error(exc)
+                err = self.network_error(exc, via)
                 if not err.retry or attempt == RETRIES - 1:
                     raise err from None
                 log.debug("%s %s: %s; retrying in %.2fs", method, _safe(url), err, wait)
@@ -288,9 +299,13 @@ class Client:
             time.sleep(wait)  # a back-off between attempts, not a wait for an event
         raise AssertionError("unreachable")
 
-    def network_error(self, exc: Exception) -> NetworkError:
+    def network_error(self, exc: Exception, via: str | None = None) -> NetworkError:
         """A user-facing error for a transport failure (``retry``: worth trying again)."""
         text = str(exc) or type(exc).__name__
+        if via is not None:
+            err = _proxy_error(exc, text, via, f"registry {self.domain}")
+            if err is not None:
+                return err
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, ssl.SSLError):
             cause = cause.__cause__ or cause.__context__
@@ -325,6 +340,23 @@ class Client:
         if isinstance(exc, httpx.TimeoutException):
             return NetworkError(f"{where} timed out ({type(exc).__name__})")
         return NetworkError(f"connection to {where} failed: {text}")
+
+
+def _proxy_error(exc: Exception, text: str, via: str, where: str) -> NetworkError | None:
+    """The error for a failure of the proxy itself (not of what is behind it), or None."""
+    shown = proxy.redact(via)
+    lower = text.lower()
+    if isinstance(exc, httpx.ProxyError):
+        return NetworkError(f"the proxy {shown} refused the connection to {where}: {text}",
+                            hint="check HTTPS_PROXY/HTTP_PROXY (and the proxy's credentials), "
+                            "or add the registry to NO_PROXY")
+    if isinstance(exc, httpx.ConnectError) and ("connection refused" in lower
+                                                or "name or service not known" in lower
+                                                or "name resolution" in lower):
+        return NetworkError(f"cannot connect to the proxy {shown} (for {where}): {text}",
+                            hint="check HTTPS_PROXY/HTTP_PROXY, or add the registry to "
+                            "NO_PROXY")
+    return None
 
 
 def _larger_reads() -> None:

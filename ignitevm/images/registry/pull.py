@@ -301,6 +301,7 @@ def pulling(store: ContentStore, text: str, opts: PullOptions,
     insecure = insecure_registries(list(opts.insecure))
     store.path.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
+        stack.enter_context(store.in_use())  # (no blob of this pull is collected)
         out = stack.enter_context(Transfers(show))
         client, res = _first_answer(stack, store, ref, opts, insecure)
         out.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name()}")

@@ -1,5 +1,19 @@
 """The QEMU provider: ``microvm`` machine, KVM where a guest really boots with it, else TCG."""
 
-from ignitevm.providers.vmm.qemu.machine import QemuVMM
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
 
 __all__ = ["QemuVMM"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that a light module of this package (args) costs only itself.
+    if name == "QemuVMM":
+        from ignitevm.providers.vmm.qemu.machine import QemuVMM
+
+        return QemuVMM
+    raise AttributeError(name)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ignitevm.errors import IgniteError
-from ignitevm.log import log
 from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import args
@@ -181,6 +180,8 @@ class QemuVMM:
         try:
             self.qmp(workdir, "system_powerdown")
         except Exception as exc:  # any failure to reach QMP means: not reachable
+            from ignitevm.log import log
+
             log.debug("QMP system_powerdown failed: %s", exc)
             return False
         return True
@@ -201,6 +202,7 @@ class QemuVMM:
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
         # The VM's cgroups, and with them any process of the VM still in them.
+        from ignitevm.log import log
         from ignitevm.providers.sandbox import cgroups
 
         try:

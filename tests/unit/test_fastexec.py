@@ -1,0 +1,151 @@
+"""`ignite exec`'s fast path reads what the full parser reads, finds what the store
+finds, and leaves everything else to the full path (cli/fastexec.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ignitevm.api import codec
+from ignitevm.api.types import VM, ObjectMeta
+from ignitevm.cli import fastexec
+from ignitevm.store import lookup
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("words", [
+    ["web", "--", "true"],
+    ["web", "--", "sh", "-c", "echo $X", "--", "-y"],
+    ["-e", "A=1", "--env", "B=2", "--env=C=3", "-w", "/tmp", "-u", "nobody", "web", "--", "id"],
+    ["--timeout", "5", "web", "--", "true"],
+    ["--timeout=2.5", "--root", "/r", "web", "--", "true"],
+    ["--root=/r", "web", "--", "-x"],
+])
+def test_reads_what_the_full_parser_reads(words: list[str]) -> None:
+    from ignitevm.cli.guest import exec_command
+    from ignitevm.cli.parser import build_parser, normalize
+
+    req = fastexec.parse(words)
+    assert req is not None
+    argv = normalize(["exec", *words])
+    args = build_parser(argv).parse_args(argv)
+    assert req.command == exec_command(args)
+    assert (req.vm, req.env, req.workdir, req.user, req.timeout, req.root) == \
+        (args.vm, args.env, args.workdir or "", args.user or "", args.timeout,
+         getattr(args, "root", None))
+    assert not (args.tty or args.interactive or args.ssh)
+
+
+@pytest.mark.parametrize("words", [
+    ["web", "true"],                      # no `--`
+    ["web", "--"],                        # no command
+    ["-i", "web", "--", "sh"],            # -i / -t / --ssh: the full path's
+    ["-it", "web", "--", "sh"],
+    ["-t", "web", "--", "sh"],
+    ["--ssh", "web", "--", "true"],
+    ["--help"],
+    ["-h", "web", "--", "true"],
+    ["--timeout", "x", "web", "--", "true"],   # argparse's error message
+    ["--timeout", "-1", "web", "--", "true"],
+    ["--time", "5", "web", "--", "true"],     # argparse's abbreviations
+    ["-eA=1", "web", "--", "true"],
+    ["-w", "/a", "-w", "/b", "web", "--", "true"],
+    ["--log-level", "debug", "web", "--", "true"],
+    ["-q", "web", "--", "true"],
+    ["--", "true"],
+    ["web", "ls", "--", "true"],
+])
+def test_other_forms_take_the_full_path(words: list[str]) -> None:
+    assert fastexec.parse(words) is None
+
+
+def test_no_fast_path_with_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IGNITE_DEBUG", "1")
+    assert fastexec.parse(["web", "--", "true"]) is None
+
+
+def _vm(name: str, uid: str, paused: bool = False) -> VM:
+    vm = VM(metadata=ObjectMeta(name=name, uid=uid))
+    vm.status.paused = paused
+    return vm
+
+
+@pytest.mark.parametrize("vm", [_vm("web", "0123456789abcdef"), _vm("", "ab", True),
+                                VM()])
+def test_header_is_what_the_codec_reads(vm: VM) -> None:
+    raw = (codec.to_json(vm) + "\n").encode()
+    decoded = codec.decode_json(raw, VM)
+    assert lookup.read_header(raw) == (decoded.metadata.uid, decoded.metadata.name,
+                                       decoded.status.paused)
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"{", b"[]", b'{"metadata": []}', b'{"metadata": {"name": 7}}',
+    b'{"metadata": {"uid": null}}', b'{"status": {"paused": "true"}}',
+    b'{"status": {"paused": 1}}', b"[" * 100000,
+])
+def test_header_says_nothing_when_unsure(raw: bytes) -> None:
+    assert lookup.read_header(raw) is None
+
+
+def _store(root: Path, vms: list[VM]) -> None:
+    for vm in vms:
+        d = root / "vm" / vm.metadata.uid
+        d.mkdir(parents=True)
+        (d / "metadata.json").write_text(codec.to_json(vm) + "\n")
+
+
+@pytest.mark.parametrize("query", ["web", "web2", "w", "0a", "0b", "0b1", "zz", ""])
+def test_finds_what_the_store_finds(tmp_path: Path, query: str) -> None:
+    from ignitevm.errors import IgniteError
+    from ignitevm.store.store import Store
+
+    _store(tmp_path, [_vm("web", "0a1"), _vm("web2", "0b1"), _vm("db", "0b2", True)])
+    headers = lookup.read_headers(str(tmp_path / "vm"))
+    assert headers is not None
+    try:
+        want: object = Store(tmp_path).resolve(VM, query).metadata.uid
+    except IgniteError as exc:
+        want = str(exc)
+    try:
+        got: object = headers[lookup.pick([(h.uid, h.name) for h in headers], query, "vm")].uid
+    except IgniteError as exc:
+        got = str(exc)
+    assert got == want
+
+
+def test_a_record_it_cannot_read_means_the_full_path(tmp_path: Path) -> None:
+    _store(tmp_path, [_vm("web", "0a1")])
+    (tmp_path / "vm" / "0b2").mkdir()
+    (tmp_path / "vm" / "0b2" / "metadata.json").write_text(json.dumps(
+        {"metadata": {"name": "db", "uid": "0b2"}, "status": {"paused": "yes"}}))
+    assert lookup.read_headers(str(tmp_path / "vm")) is None
+    (tmp_path / "vm" / "0b2" / "metadata.json").unlink()  # unreadable: left out, as the store
+    assert [h.name for h in lookup.read_headers(str(tmp_path / "vm")) or []] == ["web"]
+
+
+def test_errors_and_help_stay_the_full_paths(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ignitevm", *args], capture_output=True,
+                              text=True, cwd=REPO, env={"IGNITE_ROOT": str(tmp_path),
+                                                        "PATH": "/usr/bin:/bin"})
+
+    res = run("exec", "nosuch", "--", "true")
+    assert (res.returncode, res.stderr) == (1, "error: can't find vm: no ID/name matches "
+                                               "for 'nosuch'\n  hint: list VMs with: ignite "
+                                               "ps -a\n")
+    _store(tmp_path, [_vm("web", "0a1")])
+    res = run("exec", "web", "--", "true")
+    assert res.returncode == 1 and res.stderr.startswith("error: VM 'web' is not running")
+    res = run("exec", "--help")
+    assert res.returncode == 0 and "--timeout" in res.stdout
+
+
+def test_an_unreadable_folder_means_the_full_path(tmp_path: Path) -> None:
+    (tmp_path / "vm").write_text("not a folder")
+    assert lookup.read_headers(str(tmp_path / "vm")) is None
+    assert lookup.read_headers(str(tmp_path / "none")) == []
