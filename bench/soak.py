@@ -57,6 +57,7 @@ class Report:
     def fail(self, what: str) -> None:
         with self.lock:
             self.failures.append(what)
+        print(f"soak: FAILURE {what}", file=sys.stderr, flush=True)
 
 
 class Soak:
@@ -138,6 +139,9 @@ class Soak:
             self.report.fail(f"{name}: rm -f failed: {res.stderr.strip()[-300:]}")
         with self.report.lock:
             self.report.cycles += 1
+            done = self.report.cycles
+        # A line a cycle on stderr: a long run can be followed (and read if cut short).
+        print(f"soak: cycle {done} done ({name}, {fault})", file=sys.stderr, flush=True)
 
     def steps(self, fault: str, create: list[str], name: str, rng: random.Random,
               scratch: Path) -> None:
