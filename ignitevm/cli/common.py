@@ -15,7 +15,10 @@ def context(args: argparse.Namespace) -> Context:
     from ignitevm.operations.context import Context, default_root
 
     root = Path(args.root) if getattr(args, "root", None) else default_root()
-    return Context(root=root, accel=getattr(args, "accel", None))
+    ctx = Context(root=root, accel=getattr(args, "accel", None))
+    ctx.unpack_limit = getattr(args, "unpack_limit", None)
+    ctx.config_file = getattr(args, "ignite_config", None)
+    return ctx
 
 
 def starting_context(args: argparse.Namespace) -> Context:

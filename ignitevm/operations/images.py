@@ -26,6 +26,7 @@ from ignitevm.util.ids import new_uid
 
 if TYPE_CHECKING:
     from ignitevm.images.blobs import ContentStore
+    from ignitevm.images.limits import UnpackLimits
     from ignitevm.images.source import ImageSource
 
 IMAGE_FILE = "image.ext4"
@@ -87,14 +88,14 @@ def _import(ctx: Context, src: ImageSource, ref: str, progress: bool) -> Image:
                 shutil.copyfile(ctx.store.dir(twin) / CONFIG_FILE, stage / CONFIG_FILE)
             size = (stage / IMAGE_FILE).stat().st_size
         else:
-            size = _build(src, stage, progress)
+            size = _build(src, stage, progress, ctx.unpack_limits())
         image.status.oci_source.size = Size(size)
     log.info("Imported OCI image %r (%s) to base image with UID %r", ref, src.identity,
              image.metadata.uid)
     return image
 
 
-def _build(src: ImageSource, stage: Path, show_progress: bool) -> int:
+def _build(src: ImageSource, stage: Path, show_progress: bool, limits: UnpackLimits) -> int:
     from ignitevm.images.layers import apply_layers
     from ignitevm.images.rootfs import build_ext4, prepare_tree
     from ignitevm.util.progress import progress
@@ -102,7 +103,7 @@ def _build(src: ImageSource, stage: Path, show_progress: bool) -> int:
     tree = stage / "rootfs"
     tree.mkdir()
     with progress("Unpacking layers", src.size, enabled=show_progress) as callback:
-        apply_layers(src, tree, progress=callback)
+        apply_layers(src, tree, progress=callback, limits=limits)
     prepare_tree(tree)
     size = build_ext4(tree, stage / IMAGE_FILE)
     shutil.rmtree(tree)
@@ -218,7 +219,7 @@ def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
         else:
             assert source is not None
             # (layers are applied as they arrive; the download bars show progress)
-            size = _build(source, stage, False)
+            size = _build(source, stage, False, ctx.unpack_limits())
             _check_runnable(stage / IMAGE_FILE, source.config, image.metadata.name)
         image.status.oci_source.size = Size(size)
 

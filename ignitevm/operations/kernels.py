@@ -87,7 +87,8 @@ def _import(ctx: Context, ref: str, path: Path, is_debian: bool, bare: bool) -> 
             from ignitevm.images.archive import open_source
             from ignitevm.kernels.oci import extract_kernel_image
 
-            file, modules, kernel.status.version = extract_kernel_image(path, Path(work))
+            file, modules, kernel.status.version = extract_kernel_image(path, Path(work),
+                                                                      ctx.unpack_limits())
             _store_kernel(file, stage)
             with open_source(path) as src:
                 kernel.status.oci_source.id = src.identity
@@ -175,7 +176,7 @@ def pull_kernel(ctx: Context, source: str, opts: PullOptions | None = None,
         assert pulled.source is not None
         with ctx.store.creating(kernel) as stage, ctx.store.workdir("kernel-") as work:
             file, modules, kernel.status.version = extract_kernel_source(
-                pulled.source, str(pulled.ref), Path(work))
+                pulled.source, str(pulled.ref), Path(work), ctx.unpack_limits())
             _store_kernel(file, stage)
             if modules is not None:
                 collect_modules(modules, stage / MODULES_DIR)
