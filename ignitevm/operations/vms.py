@@ -145,7 +145,7 @@ def start(ctx: Context, vm: VM) -> VM:
             cpus=vm.spec.cpus,
             memory_mib=vm.spec.memory.mib,
             disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2",
-                        backing=images.image_file(ctx, image)),
+                        backing=images.image_file(ctx, image), size=vm.spec.disk_size.bytes),
                    Disk(cfg, "ignite-cfg", "raw", readonly=True),
                    *volume_disks(vm)),
             accel=accel,

@@ -45,6 +45,10 @@ class Plan(NamedTuple):
     private_net: bool
     workdir: Path
     low_ports: bool = False  # keep CAP_NET_BIND_SERVICE (and no other capability)
+    # The console writer: (the VMM's fd for the pipe, the most bytes kept, the log).
+    console: tuple[int, int, str] | None = None
+    foreground: bool = False  # no detaching; killed when the caller dies
+    file_size: int = 0  # RLIMIT_FSIZE of the VMM: no file it writes grows past it (0: none)
 
     def argv(self, helper: Path) -> list[str]:
         me = self.identity
@@ -63,6 +67,13 @@ class Plan(NamedTuple):
             out.append("-N")
         if self.low_ports:
             out.append("-P")
+        if self.console is not None:
+            fd, most, log = self.console
+            out += ["-c", str(fd), str(most), log]
+        if self.foreground:
+            out.append("-f")
+        if self.file_size:
+            out += ["-s", str(self.file_size)]
         return [*out, "--"]
 
 

@@ -25,6 +25,7 @@ class Disk(NamedTuple):
     # The shared image a qcow2 overlay reads through: named to QEMU by the
     # host (the overlay's own header, written by the VMM, is not trusted).
     backing: Path | None = None
+    size: int = 0  # a writable overlay's virtual size: what bounds the VMM's writes to it
 
 
 class LaunchSpec(NamedTuple):

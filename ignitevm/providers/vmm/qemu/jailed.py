@@ -20,6 +20,7 @@ from pathlib import Path
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
 from ignitevm.providers.sandbox import build, cgroups, ids, jail
+from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import LaunchSpec
 from ignitevm.providers.vmm.qemu import args
 from ignitevm.util.proc import spawn, which
@@ -39,11 +40,8 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     jail.own(run_dir, 0, me.gid, 0o1770)
     for lock in host_locks(d):
         jail.host_file(lock)
-    console = d / args.CONSOLE_LOG  # (made private by QemuVMM.launch, for both modes)
-    jail.own(console, me.uid, me.gid, 0o600)
-
     binds, links = jail.system_binds(qemu)
-    binds += [(str(run_dir), "w"), (str(console), "w")]
+    binds += [(str(run_dir), "w")]
     nodes = jail.base_nodes(spec.accel == "kvm", me.uid)
     shared = [spec.kernel, *([spec.initrd] if spec.initrd else [])]
     for disk in spec.disks:
@@ -74,7 +72,30 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     # User-mode networking binds the forwarded host ports inside QEMU.
     low = spec.net is not None and any(
         f.host_port < jail.unprivileged_port_start() for f in spec.net.forwards)
-    return jail.Plan(me, binds, nodes, links, procs, private_net, d, low_ports=low)
+    return jail.Plan(me, binds, nodes, links, procs, private_net, d, low_ports=low,
+                     file_size=file_size_limit(spec))
+
+
+def file_size_limit(spec: LaunchSpec) -> int:
+    """The largest file the jailed QEMU may write (RLIMIT_FSIZE): its qcow2
+    overlay grows to the disk's virtual size plus metadata (L2 tables and
+    refcounts, under 1/4096 of it with 64 KiB clusters; a sixty-fourth and
+    64 MiB are allowed), and a memory file to the guest's RAM. The overlay's
+    size comes from the VM's spec, never from its header (QEMU writes that)."""
+    biggest = max((disk.size or _device_size(disk.path)
+                   for disk in spec.disks if not disk.readonly), default=0)
+    return max(biggest + biggest // 64, spec.memory_mib << 20) + (64 << 20)
+
+
+def _device_size(path: Path) -> int:
+    """A block device's size (a volume: writes to it must not be cut short)."""
+    if not stat.S_ISBLK(os.stat(path).st_mode):
+        return 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 def host_locks(d: Path) -> list[Path]:
@@ -107,7 +128,12 @@ def launch(spec: LaunchSpec) -> None:
         listener.bind(str(qmp))
         os.chmod(qmp, 0o600)
         listener.listen(8)
-        cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno())]
+        # QEMU never sees the console log: it writes into a pipe (this fd), and
+        # the jail's console writer keeps the file bounded (ignite-jail -c).
+        fd = max((listener.fileno(), *spec.inherited_fds())) + 1
+        p = p._replace(console=(fd, consolelog.limit(), str(d / args.CONSOLE_LOG)))
+        cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno(),
+                                           console_fd=fd)]
         (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         log_fd = os.open(d / args.QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
