@@ -120,7 +120,7 @@ def start(ctx: Context, vm: VM) -> VM:
             raise InvalidInput(f"VM {vm.metadata.name!r} needs {missing!r}, which is gone",
                                hint="import it again, or remove the VM")
         kernel_path, initrd = kernels.kernel_files(ctx, kernel)
-        accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel)
+        accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel, ctx.sandbox)
         ports = [(pm.protocol or "tcp", pm.bind_address, pm.host_port, pm.vm_port)
                  for pm in vm.spec.network.ports]
         # (a CNI attachment is released if anything below fails)

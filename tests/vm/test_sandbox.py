@@ -368,3 +368,55 @@ def test_the_helper_passes_fds_through_to_the_confined_program(tmp_path: Path) -
         with contextlib.suppress(OSError):
             os.close(w)
     assert got == f"uid={me.uid} nnp=1 passwd=0 self=1 cwd={work}\n"
+
+
+def test_the_kvm_probe_runs_jailed_and_dies_with_its_caller(cli: Ignite, kernel: str) -> None:
+    """The probe's QEMU, through the same jail (here under TCG: the same command
+    line but the accelerator): not root, no capabilities, no-new-privs, seccomp,
+    its own mount namespace; it boots to the probe marker; it is killed when
+    the process that started it dies."""
+    from ignitevm.api.types import Kernel
+    from ignitevm.operations import kernels
+    from ignitevm.operations.context import Context
+    from ignitevm.providers.vmm.qemu import accel
+
+    ctx = Context(cli.root)
+    found = ctx.store.find(Kernel, kernel)
+    assert found is not None
+    kpath, initrd = kernels.kernel_files(ctx, found)
+    works, detail, definite = accel.probe_kvm(kpath, initrd, deadline=300,
+                                              jail_in=ctx.cache, accel="tcg")
+    assert works and definite, detail
+    # Started by a child that is then killed: the jailed QEMU must go too.
+    cmd = accel.probe_argv(kpath, initrd, ctx.cache, accel="tcg")
+    starter = subprocess.Popen(
+        ["python3", "-c", "import os, subprocess, sys, ctypes; "
+         "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, "
+         "preexec_fn=lambda: ctypes.CDLL(None).prctl(1, 9)); "  # PR_SET_PDEATHSIG
+         "print(p.pid, flush=True); os.kill(os.getpid(), 9)", *cmd],
+        stdout=subprocess.PIPE, text=True)
+    assert starter.stdout is not None
+    line = starter.stdout.readline()
+    starter.wait()
+    qemu = int(line)
+    gone = time.monotonic() + 30
+    while _alive(qemu) and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert not _alive(qemu), "the probe's QEMU outlived its caller"
+    # Confined while it ran: checked on one started and kept for a moment.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None
+            out = b""
+            while b"ignitevm-init: probe ok" not in out:
+                chunk = proc.stdout.read1(4096)
+                assert chunk, out[-500:]
+                out += chunk
+            st = _status(proc.pid)
+            assert st["Uid"].split() == [str(ids.SHARED_GID)] * 4
+            assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+            assert st["CapEff"] == "0000000000000000"
+            assert os.readlink(f"/proc/{proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+            assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        finally:
+            proc.kill()

@@ -77,6 +77,19 @@ class Plan(NamedTuple):
         return [*out, "--"]
 
 
+def probe_plan(qemu: str, files: list[Path], kvm: bool) -> Plan:
+    """The jail of a short-lived VMM that boots ``files`` (a kernel and its
+    initramfs) and prints to its stdout: the KVM probe. It runs as the id of
+    slot 0 (never a VM's uid), in the foreground (it dies with its caller),
+    with no network and no file to write."""
+    me = Identity(ids.SHARED_GID, ids.SHARED_GID, ())
+    binds, links = system_binds(qemu)
+    shared_readable(files)
+    binds += [(str(p), "r") for p in files]
+    return Plan(me, binds, base_nodes(kvm, me.uid), links, [], True, Path("/"),
+                foreground=True, file_size=1 << 20)
+
+
 def unprivileged_port_start() -> int:
     """The first port a process without CAP_NET_BIND_SERVICE may bind."""
     try:

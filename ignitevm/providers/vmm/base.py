@@ -58,7 +58,7 @@ class VMM(Protocol):
         ...
 
     def choose_accel(self, kernel: Path, initrd: Path | None, cache: Path,
-                     force: str | None = None) -> str:
+                     force: str | None = None, sandbox: str = "jail") -> str:
         """The accelerator to use for this kernel on this host (probed and cached)."""
         ...
 
