@@ -42,10 +42,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+FORWARD = _free_port()  # the shared VM's host port forwarded to its port 80
+
+
 @pytest.fixture(scope="module")
 def jailed(cli: Ignite, testbox: str) -> Iterator[str]:
     """One running jailed VM shared by the tests of this module."""
-    cli("run", testbox, "--name", "jailed", "--memory", "128MB", "--size", "256MB")
+    cli("run", testbox, "--name", "jailed", "--memory", "128MB", "--size", "256MB",
+        "-p", f"127.0.0.1:{FORWARD}:80")
     wait_console(cli, "jailed", "TEST-READY")
     yield "jailed"
     cli("rm", "-f", "jailed", check=False)
@@ -82,9 +94,10 @@ def test_qemu_sees_only_its_own_files(cli: Ignite, jailed: str) -> None:
         assert not (root / str(sentinel).lstrip("/")).exists()
         assert not (root / "proc/1").exists() and not (root / "sys").exists()
         inside = root / str(vm_dir).lstrip("/")
-        # Of the VM's folder: its disk, config disk, console log and run/ only
-        # (not its metadata, keys, or the other VMs).
-        assert sorted(os.listdir(inside)) == ["config.tar", "console.log", "disk.qcow2", "run"]
+        # Of the VM's folder: its disk, config disk and run/ only (not its console
+        # log, which the jail's console writer keeps; not its metadata, keys, or
+        # the other VMs).
+        assert sorted(os.listdir(inside)) == ["config.tar", "disk.qcow2", "run"]
         assert sorted(os.listdir(inside.parent)) == [uid]
         assert sorted(os.listdir(root / "dev")) in (["null", "random", "urandom", "zero"],
                                                     ["kvm", "null", "random", "urandom", "zero"])
@@ -115,9 +128,14 @@ def test_qemu_itself_cannot_open_a_host_file(cli: Ignite, jailed: str) -> None:
         res = mon.cmd_raw("chardev-add", {"id": "escape", "backend": {
             "type": "file", "data": {"out": str(cli.root / "escaped")}}})
         assert "error" in res and not (cli.root / "escaped").exists()
-        # Its own console log does open (the probe reaches the jail's files).
+        # Its own config disk does open (the probe reaches the jail's files); its
+        # console log is not there (only the console writer holds it).
         res = mon.cmd_raw("blockdev-add", {"driver": "file",
                                            "filename": str(vm_dir / "console.log"),
+                                           "node-name": "probe", "read-only": True})
+        assert "No such file or directory" in res["error"]["desc"], res
+        res = mon.cmd_raw("blockdev-add", {"driver": "file",
+                                           "filename": str(vm_dir / "config.tar"),
                                            "node-name": "probe", "read-only": True})
         assert "return" in res, res
         mon.cmd("blockdev-del", **{"node-name": "probe"})
@@ -198,6 +216,51 @@ def test_exec_and_a_hot_plugged_agent_channel_work_jailed(cli: Ignite, jailed: s
     assert (run_dir / "agent-2.sock").exists()
     ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
     assert (run_dir / "agent-2.sock").stat().st_uid == ident
+
+
+def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) -> None:
+    """With user-mode networking, slirp maps the gateway 10.0.2.2 to the host's
+    127.0.0.1: the VM's cgroup programs refuse QEMU's connections there, while
+    the guest still reaches the host's other addresses (outbound works)."""
+    import http.server
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # (no packet is sent) the host's outward address
+        outward = s.getsockname()[0]
+    hits: list[object] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            hits.append(self.client_address)
+
+    def fetch(host: str, port: int) -> str:
+        # (busybox nc: this busybox's static wget cannot resolve even an address)
+        res = cli("exec", jailed, "--", "/bin/busybox", "sh", "-c",
+                  'printf "GET / HTTP/1.0\\r\\n\\r\\n" | /bin/busybox nc -w 5 "$0" "$1"',
+                  host, str(port), check=False)
+        return res.stdout + res.stderr
+
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for host in ("127.0.0.1", outward):
+            srv = http.server.ThreadingHTTPServer((host, 0), Handler)
+            stack.callback(srv.server_close)
+            stack.callback(srv.shutdown)
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            servers[host] = srv.server_address[1]
+        out = fetch("10.0.2.2", servers["127.0.0.1"])
+        assert "HTTP/1.0 200" not in out and hits == [], out  # it never got there
+        out = fetch(outward, servers[outward])
+        assert "HTTP/1.0 200" in out and hits, out
+    # Port forwards still work: QEMU listens on the host, it does not connect.
+    cli("exec", jailed, "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+    with socket.create_connection(("127.0.0.1", FORWARD), timeout=30) as c:
+        c.sendall(b"GET /passwd HTTP/1.0\r\n\r\n")
+        got = b""
+        while chunk := c.recv(4096):
+            got += chunk
+    assert b"root:x:0:0" in got
 
 
 def test_a_socket_planted_in_run_is_not_taken_for_the_vms(cli: Ignite, jailed: str,

@@ -470,6 +470,11 @@ int main(int argc, char **argv)
 		if (writer == 0) {
 			if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
 				_exit(125);
+			/* Not to be taken for the VMM by its command line (it is ours, copied). */
+			char *end = argv[argc - 1] + strlen(argv[argc - 1]);
+			memset(argv[0], 0, (size_t)(end - argv[0]));
+			snprintf(argv[0], (size_t)(end - argv[0]) + 1, "ignite-console-writer");
+			prctl(PR_SET_NAME, "ignite-console", 0, 0, 0);
 			/* Only its own files: not the VMM's sockets, taps or the pipe's write end. */
 			for (int fd = 3; fd < 4096; fd++)
 				if (fd != con.pipe[0] && fd != con.log && fd != con.reader &&

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
-from ignitevm.providers.sandbox import build, cgroups, ids, jail
+from ignitevm.providers.sandbox import build, cgroups, ids, jail, loopback
 from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import LaunchSpec
 from ignitevm.providers.vmm.qemu import args
@@ -64,8 +64,11 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
             shared.append(disk.backing)
     jail.shared_readable(shared)
     binds += [(str(p), "r") for p in shared]
-    procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
-    if not procs:
+    found = cgroups.hierarchies()
+    procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib), found)
+    if spec.net is not None and spec.net.plugin == "user":
+        _close_loopback(d.name, found)
+    if not any(h.controllers for h in found):
         log.warning("no cgroup controllers on this host: the VM runs without memory, "
                     "CPU and task limits")
     private_net = spec.net is None or spec.net.plugin != "user"
@@ -85,6 +88,17 @@ def file_size_limit(spec: LaunchSpec) -> int:
     biggest = max((disk.size or _device_size(disk.path)
                    for disk in spec.disks if not disk.readonly), default=0)
     return max(biggest + biggest // 64, spec.memory_mib << 20) + (64 << 20)
+
+
+def _close_loopback(name: str, found: list[cgroups.Hierarchy]) -> None:
+    """User-mode networking maps the guest's gateway to the host's loopback:
+    refuse QEMU's connections there (see ignitevm.providers.sandbox.loopback)."""
+    group = cgroups.v2_group(name, found)
+    if group is None:
+        log.warning("no cgroup v2 hierarchy on this host: a guest with user-mode networking "
+                    "can reach the host's loopback services (10.0.2.2)")
+        return
+    loopback.close_loopback(group)
 
 
 def _device_size(path: Path) -> int:
