@@ -64,6 +64,11 @@ def configured(flag: str | None, config_file: str | None) -> UnpackLimits:
     return UnpackLimits(max_bytes, entries)
 
 
+def byte_limit(limits: UnpackLimits, where: str) -> int:
+    """The byte limit an unpack under ``where`` runs with."""
+    return Budget._bytes_limit(limits, where)[0]
+
+
 def reserve(fs_bytes: int) -> int:
     """Bytes left free for the host on a filesystem of ``fs_bytes``."""
     return min(RESERVE, fs_bytes // 10)

@@ -159,6 +159,14 @@ def _pull_again(ctx: Context, image: Image, ref: str) -> bool:
             and (image.status.oci_source.id or "").startswith("oci://"))
 
 
+def bounded_pull(ctx: Context, opts: PullOptions | None) -> PullOptions:
+    """``opts`` with the unpack byte limit: a pull downloads and decompresses no more."""
+    from ignitevm.images.limits import byte_limit
+
+    return (opts or PullOptions())._replace(
+        max_bytes=byte_limit(ctx.unpack_limits(), str(ctx.root)))
+
+
 def content_store(ctx: Context) -> ContentStore:
     from ignitevm.images.blobs import ContentStore
 
@@ -183,7 +191,7 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
         twin.extend(i for i in ctx.store.list(Image) if i.status.oci_source.id == identity)
         return bool(twin)
 
-    with pulling(content_store(ctx), source, opts or PullOptions(), known) as pulled:
+    with pulling(content_store(ctx), source, bounded_pull(ctx, opts), known) as pulled:
         if existing is not None and existing.status.oci_source.id == pulled.identity:
             up_to_date = existing
         else:

@@ -156,17 +156,16 @@ def is_registry_ref(text: str) -> bool:
 def pull_kernel(ctx: Context, source: str, opts: PullOptions | None = None,
                 name: str | None = None) -> Kernel:
     """Pull an Ignite-style kernel image (``/boot/vmlinux`` + ``/lib/modules``)."""
-    from ignitevm.images.registry.options import PullOptions
     from ignitevm.images.registry.pull import pulling
     from ignitevm.kernels.oci import extract_kernel_source
-    from ignitevm.operations.images import content_store
+    from ignitevm.operations.images import bounded_pull, content_store
 
     kname = refs.normalize(name) if name else refs.parse(source).familiar()
     ctx.store.ensure()
     existing = ctx.store.find(Kernel, kname)
     kernel = Kernel(metadata=ObjectMeta(name=kname, uid=new_uid(), created=now()),
                     spec=KernelSpec(oci=kname))
-    with pulling(content_store(ctx), source, opts or PullOptions(),
+    with pulling(content_store(ctx), source, bounded_pull(ctx, opts),
                  lambda identity: existing is not None) as pulled:
         if existing is not None:
             if existing.status.oci_source.id != pulled.identity:

@@ -245,3 +245,25 @@ def test_the_cli_refuses_a_bomb_in_one_line(ignite: Any, tmp_path: Path) -> None
     assert res.stderr.startswith("error: image ") and "unpacks to more than 2.0 MB" in res.stderr
     assert "Traceback" not in res.stderr
     assert ignite("image", "ls", "-q").stdout.strip() == ""
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_pulled_layer_bomb_stops_hashing_at_the_limit(kind: str) -> None:
+    """The diff_id of a pulled layer is hashed as it streams: a bomb stops at
+    the limit (its time is bounded too), whatever the compression."""
+    from ignitevm.images.registry.diffid import DiffHasher
+
+    if kind == "gzip":
+        blob = gzip_stream(zeros_after=64 * MiB)
+    else:
+        zstandard = pytest.importorskip("zstandard")
+        blob = zstandard.ZstdCompressor().compress(bytes(64 * MiB))
+    ok = DiffHasher("layer", 64 * MiB)
+    ok.feed(blob)
+    assert ok.digest().startswith("sha256:")
+    bomb = DiffHasher("layer", 8 * MiB)
+    with pytest.raises(InvalidInput, match="decompresses to more than"):
+        for i in range(0, len(blob), 4096):
+            bomb.feed(blob[i:i + 4096])
+        bomb.digest()
+    assert bomb.out <= 8 * MiB + (4 << 20) + 1
