@@ -433,6 +433,90 @@ def test_the_helper_passes_fds_through_to_the_confined_program(tmp_path: Path) -
     assert got == f"uid={me.uid} nnp=1 passwd=0 self=1 cwd={work}\n"
 
 
+FLOOD_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char line[100];
+    memset(line, 'y', sizeof(line) - 1);
+    line[sizeof(line) - 1] = '\n';
+    int con = atoi(argv[1]);
+    dprintf(con, "BOOT-LINE\n");
+    for (int i = 0; i < 20000; i++)  /* 2 MB through the console pipe */
+        if (write(con, line, sizeof(line)) != (ssize_t)sizeof(line))
+            return 2;
+    /* A file of its own past its RLIMIT_FSIZE: the write is cut short. */
+    signal(SIGXFSZ, SIG_IGN);
+    int fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    static char block[1 << 16];
+    long total = 0;
+    ssize_t n;
+    while (total < (8L << 20) && (n = write(fd, block, sizeof(block))) > 0)
+        total += n;
+    printf("wrote=%ld errno=%d\n", total, errno);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_the_console_writer_and_file_size_limit(tmp_path: Path) -> None:
+    """ignite-jail -c and -s, on a tiny program in place of QEMU: 2 MB written to
+    the console pipe leave console.log and its two companions under the cap
+    (the boot line kept in .0), with nobody looking; the program cannot grow a
+    file past its RLIMIT_FSIZE; the writer is gone when the program is."""
+    from ignitevm.providers.sandbox import build, jail
+
+    prog = tmp_path / "flood"
+    (tmp_path / "flood.c").write_text(FLOOD_C)
+    subprocess.run(["gcc", "-static", "-O1", "-o", prog, tmp_path / "flood.c"], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(tmp_path, 0o755)
+    log = tmp_path / "console.log"
+    me = jail.identity(ids.BASE + 4243)
+    os.chown(work, me.uid, me.gid)
+    cap = 64 * 1024
+    plan = jail.Plan(me, [(str(prog), "rx"), (str(work), "w")], jail.base_nodes(False, me.uid),
+                     [], [], True, work, console=(9, cap, str(log)), file_size=1 << 20)
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        proc = subprocess.run([*plan.argv(build.helper(tmp_path / "cache")), str(prog), "9",
+                               str(work / "big")], stdout=f, stderr=subprocess.STDOUT)
+    assert proc.returncode == 0, out.read_text()
+    # Detached: wait for the program (its output) and its writer (EOF on the pipe).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ("wrote=" not in out.read_text() or _writers(work)):
+        time.sleep(0.1)
+    assert not _writers(work), "the console writer outlived its program"
+    text = out.read_text()
+    assert "wrote=1048576 errno=27" in text, text  # EFBIG at 1 MiB
+    sizes = {p.name: p.stat().st_size for p in tmp_path.glob("console.log*")}
+    assert sizes["console.log"] <= cap and sizes["console.log.1"] <= cap, sizes
+    assert sum(sizes.values()) <= 2 * cap + 64 * 1024, sizes
+    assert (tmp_path / "console.log.0").read_bytes().startswith(b"BOOT-LINE\n")
+    tail = (tmp_path / "console.log.1").read_bytes() + log.read_bytes()
+    assert tail.endswith(b"y\n") and len(tail) >= cap
+
+
+def _writers(work: Path) -> list[int]:
+    """Running console writers whose folder is ``work``."""
+    found = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if ((p / "cmdline").read_bytes().rstrip(b"\0") == b"ignite-console-writer"
+                    and os.readlink(p / "cwd") == str(work) and _alive(int(p.name))):
+                found.append(int(p.name))
+        except OSError:
+            pass
+    return found
+
+
 def test_the_kvm_probe_runs_jailed_and_dies_with_its_caller(cli: Ignite, kernel: str) -> None:
     """The probe's QEMU, through the same jail (here under TCG: the same command
     line but the accelerator): not root, no capabilities, no-new-privs, seccomp,
