@@ -275,6 +275,26 @@ static void console_trim(struct console *c, off_t size)
 		return;
 }
 
+/* Close every fd from 3 up but the N in KEEP. */
+static void keep_only(int *keep, int n)
+{
+	for (int i = 1; i < n; i++)  /* sort (a handful) */
+		for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
+	unsigned from = 3;
+	for (int i = 0; i <= n; i++) {
+		unsigned to = i < n ? (unsigned)keep[i] : ~0U;
+		if (to > from && syscall(SYS_close_range, from, to - 1, 0) != 0)
+			for (unsigned fd = from; fd < to && fd < 65536; fd++)
+				close((int)fd);  /* (no close_range: before Linux 5.9) */
+		if (i < n)
+			from = (unsigned)keep[i] + 1;
+	}
+}
+
 /* The console writer's loop: until every write end of the pipe is closed. */
 static void console_drain(struct console *c)
 {
@@ -476,10 +496,8 @@ int main(int argc, char **argv)
 			snprintf(argv[0], (size_t)(end - argv[0]) + 1, "ignite-console-writer");
 			prctl(PR_SET_NAME, "ignite-console", 0, 0, 0);
 			/* Only its own files: not the VMM's sockets, taps or the pipe's write end. */
-			for (int fd = 3; fd < 4096; fd++)
-				if (fd != con.pipe[0] && fd != con.log && fd != con.reader &&
-				    fd != con.head && fd != con.older && fd != con.lock)
-					close(fd);
+			keep_only((int[]){con.pipe[0], con.log, con.reader, con.head, con.older,
+					  con.lock}, 6);
 			console_drain(&con);
 		}
 		close(con.pipe[0]);
