@@ -86,6 +86,8 @@ class Soak:
         if "Traceback (most recent call last)" in res.stderr:
             with self.report.lock:
                 self.report.bad_errors.append(f"ignite {' '.join(args)}: {res.stderr[-600:]}")
+            print(f"soak: TRACEBACK ignite {' '.join(args)}: {res.stderr[-600:]}",
+                  file=sys.stderr, flush=True)
         return res
 
     def must(self, *args: str) -> str:
