@@ -402,13 +402,19 @@ def store_root(small: bool) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run(cycles: int, workers: int, network: str, seed: int) -> tuple[Report, dict[str, object]]:
+def run(cycles: int, workers: int, network: str, seed: int, deb_cache: Path | None = None
+        ) -> tuple[Report, dict[str, object]]:
     sys.path.insert(0, str(REPO))
     from tests.helpers.images import busybox_image
 
     report = Report()
     with store_root(small=True) as root, tempfile.TemporaryDirectory() as tmp:
         soak = Soak(root, "testbox:latest", network, report, deck(cycles, seed))
+        if deb_cache is not None:  # (a run offline: apt-get download finds them there)
+            debs = root / "cache" / "debs"
+            debs.mkdir(parents=True)
+            for deb in deb_cache.glob("*.deb"):
+                shutil.copy(deb, debs)
         soak.must("kernel", "import", "debian")
         soak.must("image", "import", str(busybox_image(Path(tmp) / "testbox.tar")))
         seen = Seen(root)
@@ -474,10 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="12 cycles, 2 workers (CI)")
     parser.add_argument("--network-plugin", default="user")
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--deb-cache", type=Path, metavar="DIR",
+                        help="kernel .debs to seed the state root with (to run offline, "
+                             "e.g. in a network namespace of its own)")
     opts = parser.parse_args(argv)
     if opts.short:
         opts.cycles, opts.workers = 12, 2
-    _report, summary = run(opts.cycles, opts.workers, opts.network_plugin, opts.seed)
+    _report, summary = run(opts.cycles, opts.workers, opts.network_plugin, opts.seed,
+                           opts.deb_cache)
     print(json.dumps({"seed": opts.seed, **summary}, indent=2))
     ok = not problems(summary)
     print("soak:", "OK" if ok else "FAILED")
