@@ -273,3 +273,8 @@ def test_a_pulled_layer_bomb_stops_hashing_at_the_limit(kind: str) -> None:
             bomb.feed(blob[i:i + 4096])
         bomb.digest()
     assert bomb.out <= 8 * MiB + (4 << 20) + 1
+
+
+def test_a_bad_unpack_limit_is_refused_at_once(ignite: Any) -> None:
+    res = ignite("image", "ls", "--unpack-limit", "lots", check=False)
+    assert res.returncode == 1 and res.stderr.startswith("error: invalid --unpack-limit 'lots'")
