@@ -83,11 +83,12 @@ def file_size_limit(spec: LaunchSpec) -> int:
     """The largest file the jailed QEMU may write (RLIMIT_FSIZE): its qcow2
     overlay grows to the disk's virtual size plus metadata (L2 tables and
     refcounts, under 1/4096 of it with 64 KiB clusters; a sixty-fourth and
-    64 MiB are allowed), and a memory file to the guest's RAM. The overlay's
-    size comes from the VM's spec, never from its header (QEMU writes that)."""
+    64 MiB are allowed) plus the guest's RAM: a memory file, or a VM state
+    saved inside the overlay. The overlay's size comes from the VM's spec,
+    never from its header (QEMU writes that)."""
     biggest = max((disk.size or _device_size(disk.path)
                    for disk in spec.disks if not disk.readonly), default=0)
-    return max(biggest + biggest // 64, spec.memory_mib << 20) + (64 << 20)
+    return biggest + biggest // 64 + (spec.memory_mib << 20) + (64 << 20)
 
 
 def _close_loopback(name: str, found: list[cgroups.Hierarchy]) -> None:
