@@ -57,6 +57,7 @@ class Report:
     def fail(self, what: str) -> None:
         with self.lock:
             self.failures.append(what)
+        print(f"soak: FAILURE {what}", file=sys.stderr, flush=True)
 
 
 class Soak:
@@ -85,6 +86,8 @@ class Soak:
         if "Traceback (most recent call last)" in res.stderr:
             with self.report.lock:
                 self.report.bad_errors.append(f"ignite {' '.join(args)}: {res.stderr[-600:]}")
+            print(f"soak: TRACEBACK ignite {' '.join(args)}: {res.stderr[-600:]}",
+                  file=sys.stderr, flush=True)
         return res
 
     def must(self, *args: str) -> str:
@@ -138,6 +141,9 @@ class Soak:
             self.report.fail(f"{name}: rm -f failed: {res.stderr.strip()[-300:]}")
         with self.report.lock:
             self.report.cycles += 1
+            done = self.report.cycles
+        # A line a cycle on stderr: a long run can be followed (and read if cut short).
+        print(f"soak: cycle {done} done ({name}, {fault})", file=sys.stderr, flush=True)
 
     def steps(self, fault: str, create: list[str], name: str, rng: random.Random,
               scratch: Path) -> None:
@@ -396,13 +402,19 @@ def store_root(small: bool) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run(cycles: int, workers: int, network: str, seed: int) -> tuple[Report, dict[str, object]]:
+def run(cycles: int, workers: int, network: str, seed: int, deb_cache: Path | None = None
+        ) -> tuple[Report, dict[str, object]]:
     sys.path.insert(0, str(REPO))
     from tests.helpers.images import busybox_image
 
     report = Report()
     with store_root(small=True) as root, tempfile.TemporaryDirectory() as tmp:
         soak = Soak(root, "testbox:latest", network, report, deck(cycles, seed))
+        if deb_cache is not None:  # (a run offline: apt-get download finds them there)
+            debs = root / "cache" / "debs"
+            debs.mkdir(parents=True)
+            for deb in deb_cache.glob("*.deb"):
+                shutil.copy(deb, debs)
         soak.must("kernel", "import", "debian")
         soak.must("image", "import", str(busybox_image(Path(tmp) / "testbox.tar")))
         seen = Seen(root)
@@ -468,10 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="12 cycles, 2 workers (CI)")
     parser.add_argument("--network-plugin", default="user")
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--deb-cache", type=Path, metavar="DIR",
+                        help="kernel .debs to seed the state root with (to run offline, "
+                             "e.g. in a network namespace of its own)")
     opts = parser.parse_args(argv)
     if opts.short:
         opts.cycles, opts.workers = 12, 2
-    _report, summary = run(opts.cycles, opts.workers, opts.network_plugin, opts.seed)
+    _report, summary = run(opts.cycles, opts.workers, opts.network_plugin, opts.seed,
+                           opts.deb_cache)
     print(json.dumps({"seed": opts.seed, **summary}, indent=2))
     ok = not problems(summary)
     print("soak:", "OK" if ok else "FAILED")

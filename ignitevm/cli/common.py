@@ -15,7 +15,14 @@ def context(args: argparse.Namespace) -> Context:
     from ignitevm.operations.context import Context, default_root
 
     root = Path(args.root) if getattr(args, "root", None) else default_root()
-    return Context(root=root, accel=getattr(args, "accel", None))
+    ctx = Context(root=root, accel=getattr(args, "accel", None))
+    ctx.unpack_limit = getattr(args, "unpack_limit", None)
+    if ctx.unpack_limit is not None:  # checked now, even if nothing is unpacked
+        from ignitevm.util.sizes import parse_size
+
+        parse_size(ctx.unpack_limit, "--unpack-limit")
+    ctx.config_file = getattr(args, "ignite_config", None)
+    return ctx
 
 
 def starting_context(args: argparse.Namespace) -> Context:

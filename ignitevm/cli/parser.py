@@ -62,6 +62,9 @@ def _globals(p: argparse.ArgumentParser, *, top: bool) -> None:
                    help="show tracebacks and debug logs")
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d,
                    help="virtualisation: probe KVM and fall back to TCG (auto), or force one")
+    p.add_argument("--unpack-limit", default=d, metavar="SIZE",
+                   help="most an image may unpack to, e.g. 20GB (default: half the free "
+                        "space, less a reserve)")
     p.add_argument("--sandbox", choices=("jail", "none"), default=d,
                    help="confine each VM's QEMU (jail, the default) or not (none, "
                         "for debugging)")

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 from ignitevm.errors import IgniteError, InvalidInput, MissingTool
 from ignitevm.images.blobs import compression
+from ignitevm.images.limits import Budget, UnpackLimits
 from ignitevm.images.source import ImageSource, Layer
 from ignitevm.images.unpack import CHUNK, Fill, Stream, Unpacker
 from ignitevm.log import step
@@ -32,19 +33,22 @@ from ignitevm.util import proc
 
 
 def apply_layers(
-    source: ImageSource, dest: Path, progress: Callable[[int], None] | None = None
+    source: ImageSource, dest: Path, progress: Callable[[int], None] | None = None,
+    limits: UnpackLimits | None = None,
 ) -> None:
     """Unpack ``source``'s layers into the existing directory ``dest``.
 
     ``progress`` is called with the number of blob bytes read since its last
-    call (they add up to ``source.size``). On error ``dest`` is left half
-    filled: the caller discards it.
+    call (they add up to ``source.size``). ``limits`` bound what the image may
+    make the host write (default: from the free space under ``dest``). On
+    error ``dest`` is left half filled: the caller discards it.
     """
     root = os.path.realpath(dest)
     if not os.path.isdir(root):
         raise IgniteError(f"cannot unpack the image into {dest}: not a directory")
     label = str(source.path or source.ref or source.digest)
-    with Unpacker(root) as unpacker:
+    budget = Budget(limits or UnpackLimits(), root, f"image {label}")
+    with Unpacker(root, budget) as unpacker:
         for layer in source.layers:
             with step(f"applying layer {layer.digest} ({layer.size} bytes)"):
                 _apply_layer(layer, unpacker, f"layer {layer.digest} of {label}", progress)
@@ -62,6 +66,9 @@ def _apply_layer(
         with _decompress(head, raw, what) as (fill, initial):
             if tar_hash is not None:
                 fill = _hashed(fill, tar_hash)
+            if unpacker.budget is not None:
+                unpacker.budget.take(len(initial))
+                fill = _counted(fill, unpacker.budget)
             if head:
                 unpacker.apply_tar(Stream(fill, initial), what)
             while fill(CHUNK):  # the rest of the stream: padding, gzip trailers
@@ -93,6 +100,17 @@ def _hashed(fill: Fill, into: Any) -> Fill:
         return data
 
     return hashing_fill
+
+
+def _counted(fill: Fill, budget: Budget) -> Fill:
+    """``fill``, counting what it returns against ``budget`` (the decompressed bytes)."""
+
+    def counting_fill(n: int) -> bytes:
+        data = fill(n)
+        budget.take(len(data))
+        return data
+
+    return counting_fill
 
 
 class _Hashing:

@@ -15,6 +15,12 @@ set on fds or with AT_SYMLINK_NOFOLLOW. Directory modes and times wait for the
 end of the layer (writing children changes them); each directory is then
 reached again the same way, and only if it is still the directory that was
 made (same inode): one that a later entry replaced is left alone.
+
+What a layer may make the host write is bounded by a
+:class:`~ignitevm.images.limits.Budget` (entries counted here, decompressed
+bytes by the stream's filler, a file's announced size checked before it is
+read), and files are written sparse: runs of zeros in the data and the holes
+of a tar sparse entry become holes on disk, not blocks.
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ from typing import Any
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.beneath import CAP, Blocked, Tree, open_dir
 from ignitevm.images.blobs import BoundedTarInfo, next_member
+from ignitevm.images.limits import Budget
 from ignitevm.log import log
 
 CHUNK = 1 << 20
+_ZEROS = bytes(CHUNK)
 Fill = Callable[[int], bytes]
 
 
@@ -47,6 +55,11 @@ class Stream:
 
     def tell(self) -> int:
         return self._pos
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the filler and not yet handed out."""
+        return len(self._buf) - self._off
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
@@ -102,8 +115,9 @@ def _at(dir_fd: int, name: str) -> str:
 class Unpacker:
     """Writes tar entries under ``root`` with layer semantics; one instance per apply."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, budget: Budget | None = None):
         self.tree = Tree(root)
+        self.budget = budget
         self.chown = os.geteuid() == 0
         self.skipped: list[str] = []
         self.what = ""
@@ -254,6 +268,8 @@ class Unpacker:
                         os.close(sub)
 
     def entry(self, tf: tarfile.TarFile, info: tarfile.TarInfo, stream: Stream) -> None:
+        if self.budget is not None:
+            self.budget.entry()
         name = self.clean(info.name, info.name)
         parent, _, base = name.rpartition("/")
         if base.startswith(".wh."):
@@ -270,7 +286,7 @@ class Unpacker:
         assert pfd is not None
         self.mark(name)
         if info.isreg():
-            self.file(tf, info, stream, pfd, base, name)
+            self.file(info, stream, pfd, base, name)
         elif info.isdir():
             self.directory(info, pfd, base, name)
         elif info.issym():
@@ -315,13 +331,17 @@ class Unpacker:
 
     def file(
         self,
-        tf: tarfile.TarFile,
         info: tarfile.TarInfo,
         stream: Stream,
         pfd: int,
         base: str,
         rel: str,
     ) -> None:
+        # (offset, length) of the data the tar holds; the rest of the file is a hole.
+        regions = [(0, info.size)] if info.sparse is None else self.sparse_map(info)
+        if self.budget is not None:
+            # (what the stream already holds was counted when it was read)
+            self.budget.ahead(max(0, sum(n for _, n in regions) - stream.buffered))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(base, flags, 0o600, dir_fd=pfd)
@@ -329,21 +349,10 @@ class Unpacker:
             self.tree.remove(pfd, base, rel)
             fd = os.open(base, flags, 0o600, dir_fd=pfd)
         try:
-            if info.sparse is not None:
-                src: Any = tf.extractfile(info)
-                read = src.read
-            else:
-                stream.seek(info.offset_data)
-                read = stream.read
-            left = info.size
-            while left > 0:
-                data = read(min(left, CHUNK))
-                if not data:
-                    raise InvalidInput(f"{self.what} is truncated (inside {info.name!r})")
-                left -= len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+            stream.seek(info.offset_data)
+            for offset, length in regions:
+                self.copy(stream, fd, offset, length, info.name)
+            os.ftruncate(fd, info.size)  # a hole at the end has no data to make it
             if self.chown:
                 os.fchown(fd, info.uid, info.gid)
             os.fchmod(fd, info.mode & 0o7777)
@@ -351,6 +360,37 @@ class Unpacker:
             os.utime(fd, ns=(_ns(info), _ns(info)))
         finally:
             os.close(fd)
+
+    def sparse_map(self, info: tarfile.TarInfo) -> list[tuple[int, int]]:
+        """A tar sparse entry's data regions, checked: in order, inside the file."""
+        regions: list[tuple[int, int]] = []
+        end = 0
+        for offset, length in info.sparse or []:
+            if not length:
+                continue  # (old GNU headers list unused slots as zero-length pieces)
+            if offset < end or length < 0 or offset + length > info.size:
+                raise self.refuse(info.name, "has a sparse map out of order or past its size")
+            regions.append((offset, length))
+            end = offset + length
+        return regions
+
+    def copy(self, stream: Stream, fd: int, offset: int, length: int, name: str) -> None:
+        """``length`` bytes of ``stream`` to ``fd`` at ``offset``; chunks of zeros
+        are skipped, left as holes."""
+        pos = offset
+        while length > 0:
+            data = stream.read(min(length, CHUNK))
+            if not data:
+                raise InvalidInput(f"{self.what} is truncated (inside {name!r})")
+            n = len(data)
+            if not (data == _ZEROS if n == CHUNK else data.count(0) == n):
+                view = memoryview(data)
+                at = pos
+                while view:
+                    written = os.pwrite(fd, view, at)
+                    view, at = view[written:], at + written
+            pos += n
+            length -= n
 
     def directory(self, info: tarfile.TarInfo, pfd: int, base: str, rel: str) -> None:
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from ignitevm.errors import InvalidInput
 from ignitevm.images.archive import open_source
 from ignitevm.images.layers import apply_layers
+from ignitevm.images.limits import UnpackLimits
 from ignitevm.images.source import ImageSource
 from ignitevm.kernels.inside import resolve_inside
 from ignitevm.kernels.version import is_kernel, kernel_version
@@ -34,7 +35,8 @@ _HINT = (
 )
 
 
-def extract_kernel_image(path: Path, dest: Path) -> tuple[Path, Path | None, str]:
+def extract_kernel_image(path: Path, dest: Path, limits: UnpackLimits | None = None
+                         ) -> tuple[Path, Path | None, str]:
     """Unpack the kernel image at ``path`` into ``dest``.
 
     Returns the kernel file, the modules directory (``lib/modules/<version>``,
@@ -42,18 +44,18 @@ def extract_kernel_image(path: Path, dest: Path) -> tuple[Path, Path | None, str
     and the kernel version. Both paths are inside ``dest``.
     """
     with open_source(Path(path)) as source:
-        return extract_kernel_source(source, path, dest)
+        return extract_kernel_source(source, path, dest, limits)
 
 
-def extract_kernel_source(source: ImageSource, path: Path | str, dest: Path
-                          ) -> tuple[Path, Path | None, str]:
+def extract_kernel_source(source: ImageSource, path: Path | str, dest: Path,
+                          limits: UnpackLimits | None = None) -> tuple[Path, Path | None, str]:
     """:func:`extract_kernel_image` for an opened source (a pulled image, ...);
     ``path`` names it in messages."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = os.path.realpath(dest)
     with step(f"unpacking kernel image {path}"):
-        apply_layers(source, Path(root))
+        apply_layers(source, Path(root), limits=limits)
     kernel, name = _find_kernel(root, path)
     version = kernel_version(Path(kernel))
     if version == "<unknown>":

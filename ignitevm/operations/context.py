@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ignitevm.store.layout import DEFAULT_ROOT, default_root  # noqa: F401 (imported from here)
 
 if TYPE_CHECKING:
+    from ignitevm.images.limits import UnpackLimits
     from ignitevm.providers.vmm.base import VMM
     from ignitevm.store.store import Store
 
@@ -24,6 +25,15 @@ class Context:
         # registry ones again, "never" refuses; pull_options: images.PullOptions or None.
         self.pull_policy = "missing"
         self.pull_options: object = None
+        # Bounds on what unpacking an image may write: the --unpack-limit flag's
+        # text and the Configuration file, read only when an image is unpacked.
+        self.unpack_limit: str | None = None
+        self.config_file: str | None = None
+
+    def unpack_limits(self) -> UnpackLimits:
+        from ignitevm.images.limits import configured
+
+        return configured(self.unpack_limit, self.config_file)
 
     @cached_property
     def store(self) -> Store:

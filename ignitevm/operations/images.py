@@ -27,6 +27,7 @@ from ignitevm.util.ids import new_uid
 if TYPE_CHECKING:
     from ignitevm.images.blobs import ContentStore
     from ignitevm.images.containerd.options import ContainerdOptions
+    from ignitevm.images.limits import UnpackLimits
     from ignitevm.images.source import ImageSource
 
 IMAGE_FILE = "image.ext4"
@@ -102,14 +103,14 @@ def _import(ctx: Context, src: ImageSource, ref: str, progress: bool) -> Image:
                 shutil.copyfile(ctx.store.dir(twin) / CONFIG_FILE, stage / CONFIG_FILE)
             size = (stage / IMAGE_FILE).stat().st_size
         else:
-            size = _build(src, stage, progress)
+            size = _build(src, stage, progress, ctx.unpack_limits())
         image.status.oci_source.size = Size(size)
     log.info("Imported OCI image %r (%s) to base image with UID %r", ref, src.identity,
              image.metadata.uid)
     return image
 
 
-def _build(src: ImageSource, stage: Path, show_progress: bool) -> int:
+def _build(src: ImageSource, stage: Path, show_progress: bool, limits: UnpackLimits) -> int:
     from ignitevm.images.layers import apply_layers
     from ignitevm.images.rootfs import build_ext4, prepare_tree
     from ignitevm.util.progress import progress
@@ -117,7 +118,7 @@ def _build(src: ImageSource, stage: Path, show_progress: bool) -> int:
     tree = stage / "rootfs"
     tree.mkdir()
     with progress("Unpacking layers", src.size, enabled=show_progress) as callback:
-        apply_layers(src, tree, progress=callback)
+        apply_layers(src, tree, progress=callback, limits=limits)
     prepare_tree(tree)
     size = build_ext4(tree, stage / IMAGE_FILE)
     shutil.rmtree(tree)
@@ -173,6 +174,14 @@ def _pull_again(ctx: Context, image: Image, ref: str) -> bool:
             and (image.status.oci_source.id or "").startswith("oci://"))
 
 
+def bounded_pull(ctx: Context, opts: PullOptions | None) -> PullOptions:
+    """``opts`` with the unpack byte limit: a pull downloads and decompresses no more."""
+    from ignitevm.images.limits import byte_limit
+
+    return (opts or PullOptions())._replace(
+        max_bytes=byte_limit(ctx.unpack_limits(), str(ctx.root)))
+
+
 def content_store(ctx: Context) -> ContentStore:
     from ignitevm.images.blobs import ContentStore
 
@@ -197,7 +206,7 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
         twin.extend(i for i in ctx.store.list(Image) if i.status.oci_source.id == identity)
         return bool(twin)
 
-    with pulling(content_store(ctx), source, opts or PullOptions(), known) as pulled:
+    with pulling(content_store(ctx), source, bounded_pull(ctx, opts), known) as pulled:
         if existing is not None and existing.status.oci_source.id == pulled.identity:
             up_to_date = existing
         else:
@@ -235,7 +244,7 @@ def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
         else:
             assert source is not None
             # (layers are applied as they arrive; the download bars show progress)
-            size = _build(source, stage, False)
+            size = _build(source, stage, False, ctx.unpack_limits())
             _check_runnable(stage / IMAGE_FILE, source.config, image.metadata.name)
         image.status.oci_source.size = Size(size)
 

@@ -89,7 +89,8 @@ def _import(ctx: Context, ref: str, path: Path, is_debian: bool, bare: bool) -> 
             from ignitevm.images.archive import open_source
             from ignitevm.kernels.oci import extract_kernel_image
 
-            file, modules, kernel.status.version = extract_kernel_image(path, Path(work))
+            file, modules, kernel.status.version = extract_kernel_image(path, Path(work),
+                                                                      ctx.unpack_limits())
             _store_kernel(file, stage)
             with open_source(path) as src:
                 kernel.status.oci_source.id = src.identity
@@ -157,16 +158,15 @@ def is_registry_ref(text: str) -> bool:
 def pull_kernel(ctx: Context, source: str, opts: PullOptions | None = None,
                 name: str | None = None) -> Kernel:
     """Pull an Ignite-style kernel image (``/boot/vmlinux`` + ``/lib/modules``)."""
-    from ignitevm.images.registry.options import PullOptions
     from ignitevm.images.registry.pull import pulling
-    from ignitevm.operations.images import content_store
+    from ignitevm.operations.images import bounded_pull, content_store
 
     kname = refs.normalize(name) if name else refs.parse(source).familiar()
     ctx.store.ensure()
     existing = ctx.store.find(Kernel, kname)
     kernel = Kernel(metadata=ObjectMeta(name=kname, uid=new_uid(), created=now()),
                     spec=KernelSpec(oci=kname))
-    with pulling(content_store(ctx), source, opts or PullOptions(),
+    with pulling(content_store(ctx), source, bounded_pull(ctx, opts),
                  lambda identity: existing is not None) as pulled:
         if existing is not None:
             if existing.status.oci_source.id != pulled.identity:
@@ -206,7 +206,8 @@ def _build_from_source(ctx: Context, kernel: Kernel, source: ImageSource, label:
     from ignitevm.kernels.oci import extract_kernel_source
 
     with ctx.store.creating(kernel) as stage, ctx.store.workdir("kernel-") as work:
-        file, modules, kernel.status.version = extract_kernel_source(source, label, Path(work))
+        file, modules, kernel.status.version = extract_kernel_source(
+            source, label, Path(work), ctx.unpack_limits())
         _store_kernel(file, stage)
         if modules is not None:
             collect_modules(modules, stage / MODULES_DIR)

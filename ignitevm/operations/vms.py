@@ -126,7 +126,7 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
             raise InvalidInput(f"VM {vm.metadata.name!r} needs {missing!r}, which is gone",
                                hint="import it again, or remove the VM")
         kernel_path, initrd = kernels.kernel_files(ctx, kernel)
-        accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel)
+        accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel, ctx.sandbox)
         ports = [(pm.protocol or "tcp", pm.bind_address, pm.host_port, pm.vm_port)
                  for pm in vm.spec.network.ports]
         # (a CNI attachment is released if anything below fails)
@@ -153,7 +153,8 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
             cmdline=cmdline,
             cpus=vm.spec.cpus,
             memory_mib=vm.spec.memory.mib,
-            disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2", backing=backing, chain=chain),
+            disks=(Disk(d / "disk.qcow2", "ignite-root", "qcow2", backing=backing, chain=chain,
+                        size=vm.spec.disk_size.bytes),
                    Disk(cfg, "ignite-cfg", "raw", readonly=True),
                    *volume_disks(vm)),
             accel=accel,

@@ -252,3 +252,16 @@ def test_single_platform_image_for_another_arch(ig: Ignite, plain_registry: Regi
     plain_registry.upload("test/othersingle", layout.dir, desc, "1")
     res = ig("image", "pull", f"{plain_registry.host}/test/othersingle:1")
     assert f"is an image for linux/{other}, not {host_platform()}" in res.stderr
+
+
+def test_unpack_limit_refuses_before_download(ig: Ignite, plain_registry: Registry) -> None:
+    """Layers larger, compressed, than what an image may unpack to: refused from
+    the manifest, nothing downloaded, no image."""
+    err = fails(ig, "image", "pull", "--unpack-limit", "1KB",
+                f"{plain_registry.host}/test/busybox:1")
+    assert "more than the 1024 an image may unpack to here" in err and "downloaded" in err
+    blobs = ig.root / "content" / "blobs"
+    layers = [p for p in blobs.rglob("*") if p.is_file() and p.stat().st_size > 4096] \
+        if blobs.exists() else []
+    assert layers == []
+    assert ig("image", "ls", "-q").stdout.strip() == ""

@@ -65,7 +65,7 @@ def probes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[bool, 
     load cannot be had on demand); /dev/kvm taken as usable."""
     answers: list[tuple[bool, str, bool]] = []
     monkeypatch.setattr(accel, "kvm_usable", lambda: (True, ""))
-    monkeypatch.setattr(accel, "probe_kvm", lambda kernel, initrd: answers.pop(0))
+    monkeypatch.setattr(accel, "probe_kvm", lambda kernel, initrd, **kw: answers.pop(0))
     (tmp_path / "vmlinux").write_bytes(b"\x7fELF")
     return answers
 

@@ -36,6 +36,7 @@ def test_hybrid_host_takes_every_controller_from_v1() -> None:
         ("/sys/fs/cgroup/memory", False, ("memory",)),
         ("/sys/fs/cgroup/cpu", False, ("cpu",)),
         ("/sys/fs/cgroup/pids", False, ("pids",)),
+        ("/sys/fs/cgroup/unified", True, ()),  # for the VM's loopback programs
     ]
 
 

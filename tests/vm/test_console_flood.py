@@ -1,8 +1,10 @@
-"""A guest that floods its console cannot fill the host's disk: every look at
-the VM trims its console log (see ignitevm/providers/vmm/consolelog.py)."""
+"""A guest that floods its console cannot fill the host's disk: jailed, the
+jail's console writer bounds the log at every write, with nobody looking;
+unjailed, every look at the VM trims it (ignitevm/providers/vmm/consolelog.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,15 +54,20 @@ def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
         [sys.executable, "-m", "ignitevm", "exec", flooder, "--", "/bin/busybox", "sh", "-c",
          f"/bin/busybox yes | /bin/busybox head -c {FLOOD} > /dev/console"],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    jailed = (folder / "sandbox-id").exists()
     seen = []
     try:
         while flood.poll() is None:
-            cli("ps")  # any look at the VM trims its log
+            if not jailed:
+                cli("ps")  # unjailed, a look at the VM trims its log
             seen.append(_log_bytes(folder))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                flood.wait(0.2)
     finally:
         flood.kill()
         flood.wait()
-    cli("ps")
+    if not jailed:
+        cli("ps")
     assert flood.returncode == 0
     kept = _log_bytes(folder)
     # console.log.0 (64 KiB boot log) + console.log.1 (<= LIMIT) + console.log
@@ -69,3 +76,24 @@ def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
     out = cli("logs", flooder).stdout
     assert "TEST-READY" in out  # the boot log is kept
     assert "console output dropped" in out and out.rstrip().endswith("y")
+
+
+def test_qemu_file_size_is_bounded(cli: Ignite, flooder: str) -> None:
+    """The jailed QEMU runs with RLIMIT_FSIZE: its overlay's virtual size plus
+    metadata plus its RAM (a compromised QEMU cannot write a file past it);
+    the VM booted and runs with it."""
+    uid = cli("inspect", "vm", flooder, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+    folder = cli.root / "vm" / uid
+    if not (folder / "sandbox-id").exists():
+        pytest.skip("the VM is not jailed here")
+    pid = int((folder / "run" / "qemu.pid").read_text())
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    line = next(ln for ln in limits.splitlines() if ln.startswith("Max file size"))
+    soft = int(line.split()[3])
+    size, ram = 4 << 30, 256 << 20  # the default --size, the flooder's --memory
+    assert size + ram < soft <= size + size // 64 + ram + (64 << 20)
+    # The console writer: QEMU's child, not dumpable, as confined as QEMU.
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert kids, "no console writer"
+    status = Path(f"/proc/{kids[0]}/status").read_text()
+    assert "NoNewPrivs:\t1" in status and "CapEff:\t0000000000000000" in status

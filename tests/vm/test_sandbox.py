@@ -42,10 +42,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+FORWARD = _free_port()  # the shared VM's host port forwarded to its port 80
+
+
 @pytest.fixture(scope="module")
 def jailed(cli: Ignite, testbox: str) -> Iterator[str]:
     """One running jailed VM shared by the tests of this module."""
-    cli("run", testbox, "--name", "jailed", "--memory", "128MB", "--size", "256MB")
+    cli("run", testbox, "--name", "jailed", "--memory", "128MB", "--size", "256MB",
+        "-p", f"127.0.0.1:{FORWARD}:80")
     wait_console(cli, "jailed", "TEST-READY")
     yield "jailed"
     cli("rm", "-f", "jailed", check=False)
@@ -82,9 +94,10 @@ def test_qemu_sees_only_its_own_files(cli: Ignite, jailed: str) -> None:
         assert not (root / str(sentinel).lstrip("/")).exists()
         assert not (root / "proc/1").exists() and not (root / "sys").exists()
         inside = root / str(vm_dir).lstrip("/")
-        # Of the VM's folder: its disk, config disk, console log and run/ only
-        # (not its metadata, keys, or the other VMs).
-        assert sorted(os.listdir(inside)) == ["config.tar", "console.log", "disk.qcow2", "run"]
+        # Of the VM's folder: its disk, config disk and run/ only (not its console
+        # log, which the jail's console writer keeps; not its metadata, keys, or
+        # the other VMs).
+        assert sorted(os.listdir(inside)) == ["config.tar", "disk.qcow2", "run"]
         assert sorted(os.listdir(inside.parent)) == [uid]
         assert sorted(os.listdir(root / "dev")) in (["null", "random", "urandom", "zero"],
                                                     ["kvm", "null", "random", "urandom", "zero"])
@@ -115,9 +128,14 @@ def test_qemu_itself_cannot_open_a_host_file(cli: Ignite, jailed: str) -> None:
         res = mon.cmd_raw("chardev-add", {"id": "escape", "backend": {
             "type": "file", "data": {"out": str(cli.root / "escaped")}}})
         assert "error" in res and not (cli.root / "escaped").exists()
-        # Its own console log does open (the probe reaches the jail's files).
+        # Its own config disk does open (the probe reaches the jail's files); its
+        # console log is not there (only the console writer holds it).
         res = mon.cmd_raw("blockdev-add", {"driver": "file",
                                            "filename": str(vm_dir / "console.log"),
+                                           "node-name": "probe", "read-only": True})
+        assert "No such file or directory" in res["error"]["desc"], res
+        res = mon.cmd_raw("blockdev-add", {"driver": "file",
+                                           "filename": str(vm_dir / "config.tar"),
                                            "node-name": "probe", "read-only": True})
         assert "return" in res, res
         mon.cmd("blockdev-del", **{"node-name": "probe"})
@@ -198,6 +216,51 @@ def test_exec_and_a_hot_plugged_agent_channel_work_jailed(cli: Ignite, jailed: s
     assert (run_dir / "agent-2.sock").exists()
     ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
     assert (run_dir / "agent-2.sock").stat().st_uid == ident
+
+
+def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) -> None:
+    """With user-mode networking, slirp maps the gateway 10.0.2.2 to the host's
+    127.0.0.1: the VM's cgroup programs refuse QEMU's connections there, while
+    the guest still reaches the host's other addresses (outbound works)."""
+    import http.server
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # (no packet is sent) the host's outward address
+        outward = s.getsockname()[0]
+    hits: list[object] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            hits.append(self.client_address)
+
+    def fetch(host: str, port: int) -> str:
+        # (busybox nc: this busybox's static wget cannot resolve even an address)
+        res = cli("exec", jailed, "--", "/bin/busybox", "sh", "-c",
+                  'printf "GET / HTTP/1.0\\r\\n\\r\\n" | /bin/busybox nc -w 5 "$0" "$1"',
+                  host, str(port), check=False)
+        return res.stdout + res.stderr
+
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for host in ("127.0.0.1", outward):
+            srv = http.server.ThreadingHTTPServer((host, 0), Handler)
+            stack.callback(srv.server_close)
+            stack.callback(srv.shutdown)
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            servers[host] = srv.server_address[1]
+        out = fetch("10.0.2.2", servers["127.0.0.1"])
+        assert "HTTP/1.0 200" not in out and hits == [], out  # it never got there
+        out = fetch(outward, servers[outward])
+        assert "HTTP/1.0 200" in out and hits, out
+    # Port forwards still work: QEMU listens on the host, it does not connect.
+    cli("exec", jailed, "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+    with socket.create_connection(("127.0.0.1", FORWARD), timeout=30) as c:
+        c.sendall(b"GET /passwd HTTP/1.0\r\n\r\n")
+        got = b""
+        while chunk := c.recv(4096):
+            got += chunk
+    assert b"root:x:0:0" in got
 
 
 def test_a_socket_planted_in_run_is_not_taken_for_the_vms(cli: Ignite, jailed: str,
@@ -368,3 +431,139 @@ def test_the_helper_passes_fds_through_to_the_confined_program(tmp_path: Path) -
         with contextlib.suppress(OSError):
             os.close(w)
     assert got == f"uid={me.uid} nnp=1 passwd=0 self=1 cwd={work}\n"
+
+
+FLOOD_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char line[100];
+    memset(line, 'y', sizeof(line) - 1);
+    line[sizeof(line) - 1] = '\n';
+    int con = atoi(argv[1]);
+    dprintf(con, "BOOT-LINE\n");
+    for (int i = 0; i < 20000; i++)  /* 2 MB through the console pipe */
+        if (write(con, line, sizeof(line)) != (ssize_t)sizeof(line))
+            return 2;
+    /* A file of its own past its RLIMIT_FSIZE: the write is cut short. */
+    signal(SIGXFSZ, SIG_IGN);
+    int fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    static char block[1 << 16];
+    long total = 0;
+    ssize_t n;
+    while (total < (8L << 20) && (n = write(fd, block, sizeof(block))) > 0)
+        total += n;
+    printf("wrote=%ld errno=%d\n", total, errno);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_the_console_writer_and_file_size_limit(tmp_path: Path) -> None:
+    """ignite-jail -c and -s, on a tiny program in place of QEMU: 2 MB written to
+    the console pipe leave console.log and its two companions under the cap
+    (the boot line kept in .0), with nobody looking; the program cannot grow a
+    file past its RLIMIT_FSIZE; the writer is gone when the program is."""
+    from ignitevm.providers.sandbox import build, jail
+
+    prog = tmp_path / "flood"
+    (tmp_path / "flood.c").write_text(FLOOD_C)
+    subprocess.run(["gcc", "-static", "-O1", "-o", prog, tmp_path / "flood.c"], check=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(tmp_path, 0o755)
+    log = tmp_path / "console.log"
+    me = jail.identity(ids.BASE + 4243)
+    os.chown(work, me.uid, me.gid)
+    cap = 64 * 1024
+    plan = jail.Plan(me, [(str(prog), "rx"), (str(work), "w")], jail.base_nodes(False, me.uid),
+                     [], [], True, work, console=(9, cap, str(log)), file_size=1 << 20)
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        proc = subprocess.run([*plan.argv(build.helper(tmp_path / "cache")), str(prog), "9",
+                               str(work / "big")], stdout=f, stderr=subprocess.STDOUT)
+    assert proc.returncode == 0, out.read_text()
+    # Detached: wait for the program (its output) and its writer (EOF on the pipe).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ("wrote=" not in out.read_text() or _writers(work)):
+        time.sleep(0.1)
+    assert not _writers(work), "the console writer outlived its program"
+    text = out.read_text()
+    assert "wrote=1048576 errno=27" in text, text  # EFBIG at 1 MiB
+    sizes = {p.name: p.stat().st_size for p in tmp_path.glob("console.log*")}
+    assert sizes["console.log"] <= cap and sizes["console.log.1"] <= cap, sizes
+    assert sum(sizes.values()) <= 2 * cap + 64 * 1024, sizes
+    assert (tmp_path / "console.log.0").read_bytes().startswith(b"BOOT-LINE\n")
+    tail = (tmp_path / "console.log.1").read_bytes() + log.read_bytes()
+    assert tail.endswith(b"y\n") and len(tail) >= cap
+
+
+def _writers(work: Path) -> list[int]:
+    """Running console writers whose folder is ``work``."""
+    found = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if ((p / "cmdline").read_bytes().rstrip(b"\0") == b"ignite-console-writer"
+                    and os.readlink(p / "cwd") == str(work) and _alive(int(p.name))):
+                found.append(int(p.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_the_kvm_probe_runs_jailed_and_dies_with_its_caller(cli: Ignite, kernel: str) -> None:
+    """The probe's QEMU, through the same jail (here under TCG: the same command
+    line but the accelerator): not root, no capabilities, no-new-privs, seccomp,
+    its own mount namespace; it boots to the probe marker; it is killed when
+    the process that started it dies."""
+    from ignitevm.api.types import Kernel
+    from ignitevm.operations import kernels
+    from ignitevm.operations.context import Context
+    from ignitevm.providers.vmm.qemu import accel
+
+    ctx = Context(cli.root)
+    found = ctx.store.find(Kernel, kernel)
+    assert found is not None
+    kpath, initrd = kernels.kernel_files(ctx, found)
+    works, detail, definite = accel.probe_kvm(kpath, initrd, deadline=300,
+                                              jail_in=ctx.cache, accel="tcg")
+    assert works and definite, detail
+    # Started by a child that is then killed: the jailed QEMU must go too.
+    cmd = accel.probe_argv(kpath, initrd, ctx.cache, accel="tcg")
+    starter = subprocess.Popen(
+        ["python3", "-c", "import os, subprocess, sys, ctypes; "
+         "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, "
+         "preexec_fn=lambda: ctypes.CDLL(None).prctl(1, 9)); "  # PR_SET_PDEATHSIG
+         "print(p.pid, flush=True); os.kill(os.getpid(), 9)", *cmd],
+        stdout=subprocess.PIPE, text=True)
+    assert starter.stdout is not None
+    line = starter.stdout.readline()
+    starter.wait()
+    qemu = int(line)
+    gone = time.monotonic() + 30
+    while _alive(qemu) and time.monotonic() < gone:
+        time.sleep(0.1)
+    assert not _alive(qemu), "the probe's QEMU outlived its caller"
+    # Confined while it ran: checked on one started and kept for a moment.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None
+            out = b""
+            while b"ignitevm-init: probe ok" not in out:
+                chunk = proc.stdout.read1(4096)
+                assert chunk, out[-500:]
+                out += chunk
+            st = _status(proc.pid)
+            assert st["Uid"].split() == [str(ids.SHARED_GID)] * 4
+            assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
+            assert st["CapEff"] == "0000000000000000"
+            assert os.readlink(f"/proc/{proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+            assert os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+        finally:
+            proc.kill()

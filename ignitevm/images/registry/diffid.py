@@ -2,7 +2,8 @@
 
 gzip (several members allowed), zstd (several frames allowed) and plain
 layers; the output is hashed in bounded pieces, so a decompression bomb costs
-time, not memory.
+time, not memory, and with ``max_bytes`` it stops once the layer decompresses
+to more (the time is bounded too).
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ _PIECE = 4 << 20
 
 
 class _Sink:
-    def __init__(self, hasher: Any):
-        self._h = hasher
+    def __init__(self, owner: DiffHasher):
+        self._owner = owner
 
     def write(self, data: bytes) -> int:
-        self._h.update(data)
+        self._owner.update(data)
         return len(data)
 
 
 class DiffHasher:
-    def __init__(self, what: str):
+    def __init__(self, what: str, max_bytes: int | None = None):
         self.what = what
+        self.max_bytes = max_bytes
+        self.out = 0  # decompressed bytes so far
         self.hash = hashlib.sha256()
         self._kind: str | None = None
         self._started = False
@@ -38,7 +41,18 @@ class DiffHasher:
 
     def reset(self) -> None:
         """Forget everything fed so far."""
-        self.__init__(self.what)  # type: ignore[misc]
+        self.__init__(self.what, self.max_bytes)  # type: ignore[misc]
+
+    def update(self, data: bytes) -> None:
+        """Hash decompressed bytes, counting them against ``max_bytes``."""
+        self.out += len(data)
+        if self.max_bytes is not None and self.out > self.max_bytes:
+            raise InvalidInput(
+                f"{self.what} decompresses to more than the {self.max_bytes} bytes an image "
+                "may unpack to here; nothing was kept",
+                hint="the image may be hostile; if it is trusted, raise the limit with "
+                     "--unpack-limit or the Configuration's spec.unpackLimit")
+        self.hash.update(data)
 
     def feed(self, data: bytes) -> None:
         if not self._started:
@@ -48,12 +62,14 @@ class DiffHasher:
             data, self._head = self._head, b""
             self._start(data[:8])
         if self._kind is None:
-            self.hash.update(data)
+            self.update(data)
         elif self._kind == "gzip":
             self._gunzip(data)
         else:
             try:
                 self._zstd.write(data)
+            except InvalidInput:
+                raise  # (past max_bytes)
             except Exception as exc:  # zstandard.ZstdError
                 raise InvalidInput(f"{self.what} is not valid zstd data ({exc})") from None
 
@@ -66,7 +82,7 @@ class DiffHasher:
             import zstandard
 
             self._zstd = zstandard.ZstdDecompressor().stream_writer(
-                _Sink(self.hash), write_return_read=True, closefd=False)
+                _Sink(self), write_return_read=True, closefd=False)
         elif self._kind is not None:
             raise InvalidInput(f"{self.what} is compressed with {self._kind}, which registry "
                                "layers may not use (gzip, zstd or none)")
@@ -77,7 +93,7 @@ class DiffHasher:
                 if self._z.eof:
                     self._z = zlib.decompressobj(wbits=31)
                 out = self._z.decompress(data, _PIECE)
-                self.hash.update(out)
+                self.update(out)
                 data = self._z.unconsumed_tail or (self._z.unused_data if self._z.eof else b"")
         except zlib.error as exc:
             raise InvalidInput(f"{self.what} is not valid gzip data ({exc})") from None

@@ -10,3 +10,6 @@ class PullOptions(NamedTuple):
     config_dir: str | None = None  # --registry-config-dir
     insecure: tuple[str, ...] = ()  # --insecure-registry
     show: str = "auto"  # progress: "auto" (a terminal?), "tty", "plain", "quiet"
+    # The most the layers may take, downloaded and decompressed (each counted
+    # apart; None: unbounded here, unpacking bounds them anyway).
+    max_bytes: int | None = None

@@ -77,7 +77,8 @@ def resolve(client: Client, ref: Reference, store: ContentStore,
 
 @contextmanager
 def fetching(client: Client, res: Resolved, store: ContentStore,
-             progress: Progress | None = None) -> Iterator[ImageSource]:
+             progress: Progress | None = None, max_bytes: int | None = None
+             ) -> Iterator[ImageSource]:
     """Download the config, then start downloading the layers of ``res`` that the store
     lacks, and yield the image at once: opening a layer waits for its download, so layers
     can be applied while later ones still arrive. At the end of the block every
@@ -120,10 +121,17 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
                                    f"{diff_id}", hint="the image is corrupt")
             wanted = None  # (the blob's own check covers it)
         jobs.setdefault(digest, (size, wanted))  # a layer listed twice is fetched once
+    total = sum(size for size, _ in jobs.values())
+    if max_bytes is not None and total > max_bytes:
+        raise InvalidInput(
+            f"{where}: its layers are {total} bytes, more than the {max_bytes} an image may "
+            "unpack to here; nothing was downloaded",
+            hint="if the image is trusted, raise the limit with --unpack-limit or the "
+                 "Configuration's spec.unpackLimit, or free disk space")
     inner = config.get("config") or {}
     if not isinstance(inner, dict):
         raise InvalidInput(f'{where}: the image config\'s "config" is not an object')
-    with _Downloads(client, store, jobs, progress, where) as downloads:
+    with _Downloads(client, store, jobs, progress, where, max_bytes) as downloads:
         layers = [Layer(d, size, downloads.opener(d)) for d, size in blobs]
         yield ImageSource("registry", str(res.ref), cdigest, inner, layers,
                           sum(layer.size for layer in layers), None)
@@ -150,9 +158,9 @@ class _Downloads:
 
     def __init__(self, client: Client, store: ContentStore,
                  jobs: dict[str, tuple[int, str | None]],
-                 progress: Progress | None, where: str):
+                 progress: Progress | None, where: str, max_bytes: int | None = None):
         self.client, self.store, self.jobs = client, store, jobs
-        self.progress, self.where = progress, where
+        self.progress, self.where, self.max_bytes = progress, where, max_bytes
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pull")
         self.futures: dict[str, Future[None]] = {}
@@ -173,7 +181,7 @@ class _Downloads:
             raise _Stopped
         size, diff_id = self.jobs[digest]
         download(self.client, self.store, digest, size, diff_id,
-                 f"layer {digest} of {self.where}", self.progress, self.stop)
+                 f"layer {digest} of {self.where}", self.progress, self.stop, self.max_bytes)
 
     def wait(self) -> None:
         for f in self.futures.values():
@@ -195,14 +203,14 @@ class _Stopped(Exception):
 
 def download(client: Client, store: ContentStore, digest: str, size: int,
              diff_id: str | None, what: str, progress: Progress | None = None,
-             stop: threading.Event | None = None) -> None:
+             stop: threading.Event | None = None, max_bytes: int | None = None) -> None:
     """Make sure blob ``digest`` is in the store, fetching (or resuming) it if needed."""
     with store.ingest(digest, size) as ing:
         if ing is None:
             if progress is not None:
                 progress(digest, -1, size)  # already here
             return
-        hasher = _rehash(ing, diff_id, what)
+        hasher = _rehash(ing, diff_id, what, max_bytes)
         cuts = 0
         while True:
             if stop is not None and stop.is_set():
@@ -222,7 +230,7 @@ def download(client: Client, store: ContentStore, digest: str, size: int,
                                   "resumes)", hint="pull again: the download resumes")
             log.debug("%s: %s; resuming", what, why)
             if ing.offset == 0 and hasher is not None:
-                hasher = DiffHasher(what)
+                hasher = DiffHasher(what, max_bytes)
         ing.check()
         if hasher is not None and diff_id is not None:
             got = hasher.digest()
@@ -233,11 +241,12 @@ def download(client: Client, store: ContentStore, digest: str, size: int,
                                    hint="the image is corrupt; nothing was kept")
 
 
-def _rehash(ing: Ingest, diff_id: str | None, what: str) -> DiffHasher | None:
+def _rehash(ing: Ingest, diff_id: str | None, what: str, max_bytes: int | None
+            ) -> DiffHasher | None:
     """A diff_id hasher that has seen the bytes already on disk (a resumed download)."""
     if diff_id is None:
         return None
-    hasher = DiffHasher(what)
+    hasher = DiffHasher(what, max_bytes)
     if ing.offset:
         with open(ing.partial, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -312,7 +321,8 @@ def pulling(store: ContentStore, text: str, opts: PullOptions,
             for d in ldescs:
                 if isinstance(d.get("digest"), str) and isinstance(d.get("size"), int):
                     out.add(d["digest"], d["digest"][7:19], d["size"])
-            source = stack.enter_context(fetching(client, res, store, out.update))
+            source = stack.enter_context(fetching(client, res, store, out.update,
+                                                  opts.max_bytes))
         yield Pulled(ref, res.digest, identity, source, out)
     out.line(f"Digest: {res.digest}")
 

@@ -75,9 +75,9 @@ def hierarchies(mounts: str | None = None) -> list[Hierarchy]:
             offered = (v2 / "cgroup.controllers").read_text().split()
         except OSError:
             offered = []
-        wanted = [c for c in CONTROLLERS if c not in v1 and c in offered]
-        if wanted:
-            out[v2] = wanted
+        # (kept with no controller too: a VM's v2 group carries the programs
+        # that close the host's loopback to it, see loopback.py)
+        out[v2] = [c for c in CONTROLLERS if c not in v1 and c in offered]
     return [Hierarchy(p, p == v2, tuple(cs)) for p, cs in out.items()]
 
 
@@ -137,6 +137,12 @@ def create(name: str, lim: Limits, found: list[Hierarchy] | None = None) -> list
                 d.rmdir()
         raise
     return procs
+
+
+def v2_group(name: str, found: list[Hierarchy] | None = None) -> Path | None:
+    """The VM's group in the v2 hierarchy, if this host has one."""
+    return next((h.path / PARENT / name for h in (hierarchies() if found is None else found)
+                 if h.v2), None)
 
 
 def paths(name: str, found: list[Hierarchy] | None = None) -> list[Path]:
@@ -201,4 +207,4 @@ def members(name: str, found: list[Hierarchy] | None = None) -> set[int]:
 
 
 def available() -> bool:
-    return bool(hierarchies()) and os.geteuid() == 0
+    return any(h.controllers for h in hierarchies()) and os.geteuid() == 0

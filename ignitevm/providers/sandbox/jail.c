@@ -15,7 +15,8 @@
  *      no-new-privs, no core dumps and umask 077; with -P the one
  *      capability CAP_NET_BIND_SERVICE is kept (ambient, so it survives
  *      exec), for a VM that forwards host ports below 1024;
- *   6. execs the program after "--" with an empty environment.
+ *   6. with -c, forks the console writer (below);
+ *   7. execs the program after "--" with an empty environment.
  * Any failure prints one line "ignite-jail: <step>: <reason>" and exits 125;
  * the caller learns of it when the VMM's control socket (passed as an fd)
  * closes before greeting, and reads the line in the log.
@@ -30,6 +31,22 @@
  *   -N                              a new, empty network namespace
  *   -P                              keep CAP_NET_BIND_SERVICE (low ports)
  *   -w DIR                          working folder inside (default /)
+ *   -c FD MAX LOG                   the console writer: the VMM gets the write
+ *                                   end of a pipe as FD; a child as confined as
+ *                                   the VMM (and not dumpable, so the VMM cannot
+ *                                   trace it) appends what comes to LOG, opened
+ *                                   before the jail is built (the VMM never sees
+ *                                   the file), and keeps it under MAX bytes as
+ *                                   ignitevm/providers/vmm/consolelog.py does:
+ *                                   past MAX, the first 64 KiB go to LOG.0 (once),
+ *                                   the last MAX bytes to LOG.1, and LOG is
+ *                                   emptied; under a lock on LOG.lock
+ *   -s BYTES                        RLIMIT_FSIZE of the program: no file it writes
+ *                                   (disk overlay, log, a file in its folder) grows
+ *                                   past BYTES (the console writer is not bound by it)
+ *   -f                              foreground: no fork, no new session, and the
+ *                                   program is killed when its caller dies (a
+ *                                   short-lived VMM such as the KVM probe)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,6 +57,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -63,6 +82,9 @@ static struct node nodes[MAX_ITEMS];
 static struct link links[MAX_ITEMS];
 static const char *cgroups[8];
 static int nbinds, nnodes, nlinks, ncgroups;
+
+#define CONSOLE_HEAD (64 << 10)
+struct console { int fd, pipe[2], log, reader, head, older, lock; off_t max; const char *path; };
 
 static void die(const char *step, const char *fmt, ...)
 {
@@ -180,12 +202,130 @@ static void do_link(struct link *l)
 		die("symlink", "%s", l->path);
 }
 
+static int open_beside(const char *log, const char *suffix, int flags)
+{
+	char path[4096];
+	if ((size_t)snprintf(path, sizeof(path), "%s%s", log, suffix) >= sizeof(path)) {
+		errno = 0;
+		die("usage", "path too long: %s", log);
+	}
+	int fd = open(path, flags | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		die("console", "%s", path);
+	return fd;
+}
+
+/* Open the console files as root, while the host's tree is visible. */
+static void console_open(struct console *c)
+{
+	c->log = open_beside(c->path, "", O_WRONLY | O_APPEND | O_CREAT);
+	c->reader = open_beside(c->path, "", O_RDONLY);
+	c->head = open_beside(c->path, ".0", O_RDWR | O_CREAT);
+	c->older = open_beside(c->path, ".1", O_RDWR | O_CREAT);
+	c->lock = open_beside(c->path, ".lock", O_RDWR | O_CREAT);
+	if (pipe2(c->pipe, O_CLOEXEC) != 0)
+		die("console", "pipe");
+}
+
+static int write_all(int fd, const char *buf, size_t n, off_t at)
+{
+	while (n > 0) {
+		ssize_t w = at < 0 ? write(fd, buf, n) : pwrite(fd, buf, n, at);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		buf += w;
+		n -= (size_t)w;
+		if (at >= 0)
+			at += w;
+	}
+	return 0;
+}
+
+/* Copy N bytes of IN from FROM to OUT at 0 (for files opened without O_APPEND). */
+static void copy_range(int in, off_t from, off_t n, int out)
+{
+	char buf[65536];
+	off_t done = 0;
+	while (done < n) {
+		size_t want = (size_t)(n - done < (off_t)sizeof(buf) ? n - done : (off_t)sizeof(buf));
+		ssize_t r = pread(in, buf, want, from + done);
+		if (r <= 0 || write_all(out, buf, (size_t)r, done) != 0)
+			break;
+		done += r;
+	}
+	if (ftruncate(out, done) != 0)
+		return;
+}
+
+static void console_trim(struct console *c, off_t size)
+{
+	struct stat st;
+	if (fstat(c->head, &st) == 0 && st.st_size == 0)
+		copy_range(c->reader, 0, size < CONSOLE_HEAD ? size : CONSOLE_HEAD, c->head);
+	off_t from = size - c->max;
+	char buf[4096];
+	ssize_t r = pread(c->reader, buf, sizeof(buf), from);
+	char *nl = r > 0 ? memchr(buf, '\n', (size_t)r) : NULL;
+	if (nl)
+		from += nl - buf + 1;  /* start the older part at a line */
+	copy_range(c->reader, from, size - from, c->older);
+	if (ftruncate(c->log, 0) != 0)
+		return;
+}
+
+/* Close every fd from 3 up but the N in KEEP. */
+static void keep_only(int *keep, int n)
+{
+	for (int i = 1; i < n; i++)  /* sort (a handful) */
+		for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+			int t = keep[j];
+			keep[j] = keep[j - 1];
+			keep[j - 1] = t;
+		}
+	unsigned from = 3;
+	for (int i = 0; i <= n; i++) {
+		unsigned to = i < n ? (unsigned)keep[i] : ~0U;
+		if (to > from && syscall(SYS_close_range, from, to - 1, 0) != 0)
+			for (unsigned fd = from; fd < to && fd < 65536; fd++)
+				close((int)fd);  /* (no close_range: before Linux 5.9) */
+		if (i < n)
+			from = (unsigned)keep[i] + 1;
+	}
+}
+
+/* The console writer's loop: until every write end of the pipe is closed. */
+static void console_drain(struct console *c)
+{
+	char buf[65536];
+	for (;;) {
+		ssize_t n = read(c->pipe[0], buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		if (flock(c->lock, LOCK_EX) != 0)
+			break;
+		int ok = write_all(c->log, buf, (size_t)n, -1) == 0;
+		struct stat st;
+		if (ok && fstat(c->log, &st) == 0 && st.st_size > c->max)
+			console_trim(c, st.st_size);
+		flock(c->lock, LOCK_UN);
+		if (!ok)
+			break;  /* the disk is full or the log is gone: drop the rest */
+	}
+	_exit(0);
+}
+
 int main(int argc, char **argv)
 {
 	long uid = -1, gid = -1;
 	gid_t groups[MAX_GROUPS];
-	int ngroups = 0, newnet = 0, lowports = 0, ownproc = 0, i;
+	int ngroups = 0, newnet = 0, lowports = 0, ownproc = 0, foreground = 0, i;
+	unsigned long long fsize = 0;
 	const char *workdir = "/";
+	struct console con = {.fd = -1};
 
 	for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
 		const char *o = argv[i];
@@ -228,6 +368,23 @@ int main(int argc, char **argv)
 			lowports = 1;
 		} else if (!strcmp(o, "-p")) {
 			ownproc = 1;
+		} else if (!strcmp(o, "-s")) {
+			need(argc, i, 1);
+			char *end;
+			errno = 0;
+			fsize = strtoull(argv[++i], &end, 10);
+			if (errno || *end || fsize < 4096)
+				die("usage", "-s needs a size of at least 4096");
+		} else if (!strcmp(o, "-f")) {
+			foreground = 1;
+		} else if (!strcmp(o, "-c") && con.fd < 0) {
+			need(argc, i, 3);
+			con.fd = (int)number(argv[i + 1], 10);
+			con.max = (off_t)number(argv[i + 2], 10);
+			con.path = argv[i + 3];
+			if (con.fd < 3 || con.max < 4096)
+				die("usage", "-c needs an fd above 2 and a size of at least 4096");
+			i += 3;
 		} else if (!strcmp(o, "-w")) {
 			need(argc, i, 1);
 			workdir = argv[++i];
@@ -242,15 +399,20 @@ int main(int argc, char **argv)
 		die("usage", "-u and -g must name an unprivileged uid and gid");
 	char **program = argv + i + 1;
 
-	pid_t child = fork();
-	if (child < 0)
-		die("fork", "detach");
-	if (child > 0)
-		return 0;
-	if (setsid() < 0)
-		die("setsid", "new session");
+	pid_t parent = getppid();
+	if (!foreground) {
+		pid_t child = fork();
+		if (child < 0)
+			die("fork", "detach");
+		if (child > 0)
+			return 0;
+		if (setsid() < 0)
+			die("setsid", "new session");
+	}
 	for (int k = 0; k < ncgroups; k++)
 		join_cgroup(cgroups[k]);
+	if (con.fd >= 0)
+		console_open(&con);
 
 	int flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (newnet ? CLONE_NEWNET : 0);
 	if (unshare(flags) != 0)
@@ -331,6 +493,43 @@ int main(int argc, char **argv)
 	umask(077);
 	if (chdir(workdir) != 0)
 		die("chdir", "%s", workdir);
+	/* (changing uid cleared the death signal: set it again, as the new uid) */
+	if (foreground && (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != parent))
+		die("prctl", "die with the caller");
+	if (con.fd >= 0) {
+		pid_t writer = fork();
+		if (writer < 0)
+			die("fork", "console writer");
+		if (writer == 0) {
+			if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+				_exit(125);
+			/* Not to be taken for the VMM by its command line (it is ours, copied). */
+			char *end = argv[argc - 1] + strlen(argv[argc - 1]);
+			memset(argv[0], 0, (size_t)(end - argv[0]));
+			snprintf(argv[0], (size_t)(end - argv[0]) + 1, "ignite-console-writer");
+			prctl(PR_SET_NAME, "ignite-console", 0, 0, 0);
+			/* Only its own files: not the VMM's sockets, taps or the pipe's write end. */
+			keep_only((int[]){con.pipe[0], con.log, con.reader, con.head, con.older,
+					  con.lock}, 6);
+			console_drain(&con);
+		}
+		close(con.pipe[0]);
+		close(con.log);
+		close(con.reader);
+		close(con.head);
+		close(con.older);
+		close(con.lock);
+		if (con.pipe[1] == con.fd ? fcntl(con.fd, F_SETFD, 0) != 0
+		    : dup2(con.pipe[1], con.fd) != con.fd)
+			die("console", "pipe to fd %d", con.fd);
+		if (con.pipe[1] != con.fd)
+			close(con.pipe[1]);
+	}
+	if (fsize) {
+		struct rlimit most = {(rlim_t)fsize, (rlim_t)fsize};
+		if (setrlimit(RLIMIT_FSIZE, &most) != 0)
+			die("setrlimit", "file size");
+	}
 
 	char *env[] = {"PATH=/usr/bin:/bin", NULL};
 	execve(program[0], program, env);

@@ -46,6 +46,10 @@ class Plan(NamedTuple):
     workdir: Path
     low_ports: bool = False  # keep CAP_NET_BIND_SERVICE (and no other capability)
     own_proc: bool = False  # a /proc showing only itself (to open /proc/self/fd/N)
+    # The console writer: (the VMM's fd for the pipe, the most bytes kept, the log).
+    console: tuple[int, int, str] | None = None
+    foreground: bool = False  # no detaching; killed when the caller dies
+    file_size: int = 0  # RLIMIT_FSIZE of the VMM: no file it writes grows past it (0: none)
 
     def argv(self, helper: Path) -> list[str]:
         me = self.identity
@@ -66,7 +70,27 @@ class Plan(NamedTuple):
             out.append("-P")
         if self.own_proc:
             out.append("-p")
+        if self.console is not None:
+            fd, most, log = self.console
+            out += ["-c", str(fd), str(most), log]
+        if self.foreground:
+            out.append("-f")
+        if self.file_size:
+            out += ["-s", str(self.file_size)]
         return [*out, "--"]
+
+
+def probe_plan(qemu: str, files: list[Path], kvm: bool) -> Plan:
+    """The jail of a short-lived VMM that boots ``files`` (a kernel and its
+    initramfs) and prints to its stdout: the KVM probe. It runs as the id of
+    slot 0 (never a VM's uid), in the foreground (it dies with its caller),
+    with no network and no file to write."""
+    me = Identity(ids.SHARED_GID, ids.SHARED_GID, ())
+    binds, links = system_binds(qemu)
+    shared_readable(files)
+    binds += [(str(p), "r") for p in files]
+    return Plan(me, binds, base_nodes(kvm, me.uid), links, [], True, Path("/"),
+                foreground=True, file_size=1 << 20)
 
 
 def unprivileged_port_start() -> int:

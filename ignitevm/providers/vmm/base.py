@@ -28,6 +28,7 @@ class Disk(NamedTuple):
     # Below ``backing`` (then a qcow2 layer, e.g. a snapshot's disk state),
     # further layers down to the shared raw image.
     chain: tuple[Path, ...] = ()
+    size: int = 0  # a writable overlay's virtual size: what bounds the VMM's writes to it
 
 
 class LaunchSpec(NamedTuple):
@@ -66,7 +67,7 @@ class VMM(Protocol):
         ...
 
     def choose_accel(self, kernel: Path, initrd: Path | None, cache: Path,
-                     force: str | None = None) -> str:
+                     force: str | None = None, sandbox: str = "jail") -> str:
         """The accelerator to use for this kernel on this host (probed and cached)."""
         ...
 

@@ -1,19 +1,24 @@
 """A VM's console log, kept bounded although the guest writes it at will.
 
-The VMM appends everything the guest prints to ``console.log`` itself (no
-process of ours sits in between: no Python process per VM), so nothing can
-stop a hostile guest from writing. The bound is kept by whoever looks: every
-liveness check of a running VM (every ``ignite`` command that looks at it,
-each ``ignited`` pass over the VMs it manages, ``ignite logs -f`` five times a
-second) trims the log once it is over the limit:
+A jailed VMM writes what the guest prints into a pipe, and the jail's console
+writer (a small C loop beside QEMU, as confined as it; ``ignite-jail -c``)
+appends it to ``console.log`` and keeps the files below within bounds at
+every write, under the lock ``console.log.lock``; QEMU never sees the file.
+Unjailed (``--sandbox=none``), the VMM appends to ``console.log`` itself, and
+the bound is kept by whoever looks: every liveness check of a running VM
+(every ``ignite`` command that looks at it, each ``ignited`` pass over the VMs
+it manages, ``ignite logs -f`` five times a second) trims the log once it is
+over the limit. Either way:
 
 - ``console.log.0``: the first 64 KiB, kept once (the boot log);
 - ``console.log.1``: the last ``limit`` bytes before the latest trim;
 - ``console.log``: emptied at the trim; the VMM goes on appending to it.
 
-So the files take at most ``2 * limit + 64 KiB``, plus what the guest writes
-between two looks (its serial port moves ~100 KB/s under TCG). The limit is
-4 MiB, or ``IGNITE_CONSOLE_LOG_MAX`` bytes.
+So the files take at most ``2 * limit + 64 KiB`` (unjailed, plus what the
+guest writes between two looks: its serial port moves ~100 KB/s under TCG).
+The limit is 4 MiB, or ``IGNITE_CONSOLE_LOG_MAX`` bytes (read when the VM
+starts, for the console writer). An empty ``console.log.0`` (made by the
+console writer) means nothing was dropped yet.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def _trim(log: Path, max_bytes: int) -> bool:
         if size <= max_bytes:
             return False  # trimmed by another process just before us
         head = head_path(log)
-        if not head.exists():
+        if not head.exists() or head.stat().st_size == 0:
             atomic_write(head, os.pread(fd, HEAD, 0))
         tail = os.pread(fd, max_bytes, size - max_bytes)
         os.ftruncate(fd, 0)  # the VMM appends (O_APPEND): its next write lands at 0
@@ -101,7 +106,7 @@ def copy(log: Path, out: BinaryIO, *, follow: bool = False,
     was dropped, the older part, then the current file; with ``follow``, keep
     writing what comes until ``alive()`` turns false (it also trims the log)."""
     head, older = head_path(log), older_path(log)
-    if head.exists():
+    if head.exists() and head.stat().st_size:
         out.write(head.read_bytes())
         out.write(b"\n--- ignite: console output dropped here (the log is capped; "
                   b"IGNITE_CONSOLE_LOG_MAX) ---\n")

@@ -84,7 +84,8 @@ def _cache_key(kernel: Path, initrd: Path | None) -> str:
     return h.hexdigest()[:24]
 
 
-def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = None) -> str:
+def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = None,
+           sandbox: str = "jail") -> str:
     if force not in (None, "", "auto", "kvm", "tcg"):
         raise InvalidInput(f"invalid accelerator {force!r}", hint="use kvm, tcg or auto")
     if force == "tcg":
@@ -106,7 +107,8 @@ def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = N
         timeouts = int(cached.get("timeouts", 0))
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    works, detail, definite = probe_kvm(kernel, initrd)
+    jail_in = cache if sandbox != "none" and os.geteuid() == 0 else None
+    works, detail, definite = probe_kvm(kernel, initrd, jail_in=jail_in)
     accel = "kvm" if works else "tcg"
     log.info("KVM %s on this host (%s); using %s", "works" if works else "is not usable",
              detail, accel.upper())
@@ -119,17 +121,38 @@ def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = N
     return accel
 
 
-def probe_kvm(kernel: Path, initrd: Path | None, deadline: float = PROBE_DEADLINE
-              ) -> tuple[bool, str, bool]:
-    """Boot the kernel under KVM until our init reports in, or the deadline passes.
-    Returns (KVM works, why, whether the answer is definite). The probe QEMU
-    dies with this process, however it ends."""
+def probe_argv(kernel: Path, initrd: Path | None, jail_in: Path | None = None,
+               accel: str = "kvm") -> list[str]:
+    """The probe's command line; with ``jail_in`` (the cache folder holding the
+    jail helper), confined as VMs are (its own uid, namespaces, no capabilities,
+    no-new-privs, seccomp), dying with its caller."""
     cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on", "-nodefaults",
-           "-no-user-config", "-display", "none", "-no-reboot", "-accel", "kvm", "-cpu", "host",
+           "-no-user-config", "-display", "none", "-no-reboot", "-accel", accel, "-cpu",
+           "host" if accel == "kvm" else "max",
            "-m", "128M", "-kernel", str(kernel), "-serial", "stdio",
-           "-append", "console=ttyS0 panic=-1 reboot=k ignite.probe=1 quiet"]
+           "-append", " ".join(["console=ttyS0 panic=-1 reboot=k ignite.probe=1 quiet",
+                                *kernel_args(accel)])]
     if initrd is not None:
         cmd += ["-initrd", str(initrd)]
+    if jail_in is None:
+        return cmd
+    from ignitevm.providers.sandbox import build, jail
+    from ignitevm.providers.vmm.qemu import args
+    from ignitevm.util.proc import which
+
+    qemu = which(cmd[0])
+    files = [kernel, *([initrd] if initrd is not None else [])]
+    plan = jail.probe_plan(qemu, files, accel == "kvm")
+    return [*plan.argv(build.helper(jail_in)), qemu, *cmd[1:], *args.sandbox("jail")]
+
+
+def probe_kvm(kernel: Path, initrd: Path | None, deadline: float = PROBE_DEADLINE,
+              jail_in: Path | None = None, accel: str = "kvm") -> tuple[bool, str, bool]:
+    """Boot the kernel under KVM until our init reports in, or the deadline passes.
+    Returns (KVM works, why, whether the answer is definite). The probe QEMU
+    dies with this process, however it ends. ``jail_in``: see :func:`probe_argv`
+    (``accel`` is for tests: the same probe under TCG)."""
+    cmd = probe_argv(kernel, initrd, jail_in, accel)
     start = time.monotonic()
     output = b""
     with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -135,13 +135,19 @@ def _ipv4(text: str) -> str:
                            ) from None
 
 
-def console(workdir: Path) -> list[str]:
-    # A socket for `attach`, with everything the guest prints also logged to a
-    # file for `logs`, whether or not anyone is attached.
+CONSOLE_FDSET = 7
+
+
+def console(workdir: Path, log_fd: int | None = None) -> list[str]:
+    # A socket for `attach`, with everything the guest prints also logged for
+    # `logs`, whether or not anyone is attached: to the file itself, or (jailed)
+    # into the pipe ``log_fd`` of the jail's console writer, which bounds it.
     sock, log = workdir / CONSOLE_SOCK, workdir / CONSOLE_LOG
-    return ["-chardev",
+    fdset = [] if log_fd is None else ["-add-fd", f"fd={log_fd},set={CONSOLE_FDSET}"]
+    target = _escape(log) if log_fd is None else f"/dev/fdset/{CONSOLE_FDSET}"
+    return [*fdset, "-chardev",
             f"socket,id=console,path={_escape(sock)},server=on,wait=off,"
-            f"logfile={_escape(log)},logappend=on",
+            f"logfile={target},logappend=on",
             "-serial", "chardev:console"]
 
 
@@ -179,7 +185,8 @@ def sandbox(mode: str) -> list[str]:
     return [] if mode == "none" else ["-sandbox", SECCOMP]
 
 
-def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None) -> list[str]:
+def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None,
+         console_fd: int | None = None) -> list[str]:
     return checked([
         qemu,
         *machine(spec.accel),
@@ -188,7 +195,7 @@ def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None) -> list[
         *kernel(spec.kernel, spec.initrd, spec.cmdline),
         *disks(spec.disks),
         *network(spec.net),
-        *console(spec.workdir),
+        *console(spec.workdir, console_fd),
         *agent(spec.workdir, spec.agent_channels),
         *control(spec.workdir, qmp_fd),
         *sandbox(spec.sandbox),

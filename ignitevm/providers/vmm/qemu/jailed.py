@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
-from ignitevm.providers.sandbox import build, cgroups, ids, jail
+from ignitevm.providers.sandbox import build, cgroups, ids, jail, loopback
+from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import LaunchSpec
 from ignitevm.providers.vmm.qemu import args
 from ignitevm.util.proc import spawn, which
@@ -39,11 +40,8 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     jail.own(run_dir, 0, me.gid, 0o1770)
     for lock in host_locks(d):
         jail.host_file(lock)
-    console = d / args.CONSOLE_LOG  # (made private by QemuVMM.launch, for both modes)
-    jail.own(console, me.uid, me.gid, 0o600)
-
     binds, links = jail.system_binds(qemu)
-    binds += [(str(run_dir), "w"), (str(console), "w")]
+    binds += [(str(run_dir), "w")]
     nodes = jail.base_nodes(spec.accel == "kvm", me.uid)
     shared = [spec.kernel, *([spec.initrd] if spec.initrd else [])]
     for disk in spec.disks:
@@ -75,8 +73,11 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
         binds.append((str(spec.memory_file), "w"))
     jail.shared_readable(shared)
     binds += [(str(p), "r") for p in shared]
-    procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib))
-    if not procs:
+    found = cgroups.hierarchies()
+    procs = cgroups.create(d.name, cgroups.limits(spec.cpus, spec.memory_mib), found)
+    if spec.net is not None and spec.net.plugin == "user":
+        _close_loopback(d.name, found)
+    if not any(h.controllers for h in found):
         log.warning("no cgroup controllers on this host: the VM runs without memory, "
                     "CPU and task limits")
     private_net = spec.net is None or spec.net.plugin != "user"
@@ -84,7 +85,41 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     low = spec.net is not None and any(
         f.host_port < jail.unprivileged_port_start() for f in spec.net.forwards)
     return jail.Plan(me, binds, nodes, links, procs, private_net, d, low_ports=low,
-                     own_proc=own_proc)
+                     own_proc=own_proc, file_size=file_size_limit(spec))
+
+
+def file_size_limit(spec: LaunchSpec) -> int:
+    """The largest file the jailed QEMU may write (RLIMIT_FSIZE): its qcow2
+    overlay grows to the disk's virtual size plus metadata (L2 tables and
+    refcounts, under 1/4096 of it with 64 KiB clusters; a sixty-fourth and
+    64 MiB are allowed) plus the guest's RAM: a memory file, or a VM state
+    saved inside the overlay. The overlay's size comes from the VM's spec,
+    never from its header (QEMU writes that)."""
+    biggest = max((disk.size or _device_size(disk.path)
+                   for disk in spec.disks if not disk.readonly), default=0)
+    return biggest + biggest // 64 + (spec.memory_mib << 20) + (64 << 20)
+
+
+def _close_loopback(name: str, found: list[cgroups.Hierarchy]) -> None:
+    """User-mode networking maps the guest's gateway to the host's loopback:
+    refuse QEMU's connections there (see ignitevm.providers.sandbox.loopback)."""
+    group = cgroups.v2_group(name, found)
+    if group is None:
+        log.warning("no cgroup v2 hierarchy on this host: a guest with user-mode networking "
+                    "can reach the host's loopback services (10.0.2.2)")
+        return
+    loopback.close_loopback(group)
+
+
+def _device_size(path: Path) -> int:
+    """A block device's size (a volume: writes to it must not be cut short)."""
+    if not stat.S_ISBLK(os.stat(path).st_mode):
+        return 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 def host_locks(d: Path) -> list[Path]:
@@ -117,7 +152,12 @@ def launch(spec: LaunchSpec) -> None:
         listener.bind(str(qmp))
         os.chmod(qmp, 0o600)
         listener.listen(8)
-        cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno())]
+        # QEMU never sees the console log: it writes into a pipe (this fd), and
+        # the jail's console writer keeps the file bounded (ignite-jail -c).
+        fd = max((listener.fileno(), *spec.inherited_fds())) + 1
+        p = p._replace(console=(fd, consolelog.limit(), str(d / args.CONSOLE_LOG)))
+        cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno(),
+                                           console_fd=fd)]
         (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         log_fd = os.open(d / args.QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -47,10 +47,10 @@ class QemuVMM:
 
     # --- accelerator --------------------------------------------------------
     def choose_accel(self, kernel: Path, initrd: Path | None, cache: Path,
-                     force: str | None = None) -> str:
+                     force: str | None = None, sandbox: str = "jail") -> str:
         from ignitevm.providers.vmm.qemu import accel as accel_mod
 
-        return accel_mod.choose(kernel, initrd, cache, force)
+        return accel_mod.choose(kernel, initrd, cache, force, sandbox)
 
     def kernel_args(self, accel: str) -> list[str]:
         from ignitevm.providers.vmm.qemu import accel as accel_mod
