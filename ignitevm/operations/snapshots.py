@@ -245,7 +245,7 @@ def _detached(work: Callable[[], str]) -> str:
 
 def _save(vmm: QemuVMM, d: Path, stage: Path, *, paused: bool, stop: bool) -> None:
     """Stop the CPUs, write the state and copy the disk layer, run on."""
-    from ignitevm.providers.vmm.qemu import migration
+    from ignitevm.providers.vmm.qemu import migration, qcow2
 
     with vmm.monitor(d) as mon, contextlib.ExitStack() as undo:
         if not paused:
@@ -263,6 +263,7 @@ def _save(vmm: QemuVMM, d: Path, stage: Path, *, paused: bool, stop: bool) -> No
         # The guest's disk is flushed and idle once the state is saved: its
         # layer now is the one that matches the RAM.
         _copy(d / DISK, stage / DISK)
+        qcow2.check(stage / DISK)  # (the source's QEMU wrote it; now root reads it)
         if not paused and not stop:
             undo.pop_all()
             _resume(mon)
@@ -274,11 +275,14 @@ def _flatten(disk: Path, parent: Path, image: Path) -> None:
     from the layers' headers, which a jailed QEMU wrote)."""
     import json
 
+    from ignitevm.providers.vmm.qemu import qcow2
     from ignitevm.util.proc import run
 
     def node(path: Path, fmt: str) -> dict[str, object]:
         return {"driver": fmt, "file": {"driver": "file", "filename": str(path)}}
 
+    qcow2.check(disk)
+    qcow2.check(parent)
     chain = {**node(disk, "qcow2"), "backing": {**node(parent, "qcow2"),
                                                 "backing": node(image, "raw")}}
     run(["qemu-img", "rebase", "-q", "-b", str(image), "-F", "raw",

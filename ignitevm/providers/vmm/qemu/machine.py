@@ -59,6 +59,9 @@ class QemuVMM:
 
     # --- lifecycle ----------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> int:
+        from ignitevm.providers.vmm.qemu import qcow2
+
+        qcow2.check_disks(spec.disks)  # (a VM's QEMU wrote them: see qcow2.py)
         self.cleanup(spec.workdir)
         # Made here so that it is private (QEMU would make it group-readable).
         os.close(os.open(spec.workdir / args.CONSOLE_LOG,
