@@ -27,6 +27,7 @@ touch it without the ctime moving).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,7 +117,13 @@ def memfd(ctx: Context, snap: Snapshot) -> int:
             pid = ctx.vmm.pid(vd)
             try:
                 n = int((vd / CLONE_FD).read_text())
-                fd = os.open(f"/proc/{pid}/fd/{n}", os.O_RDONLY | os.O_CLOEXEC)
+                # (the clone's QEMU decides what its fd N is: a FIFO would
+                # block this open for good; only the very memfd is opened)
+                st = os.stat(f"/proc/{pid}/fd/{n}")
+                if not stat.S_ISREG(st.st_mode) or f"{st.st_dev} {st.st_ino}" != record:
+                    continue
+                fd = os.open(f"/proc/{pid}/fd/{n}",
+                             os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
             except (OSError, ValueError, TypeError):
                 continue
             if _is_ours(fd, record, rec.size):

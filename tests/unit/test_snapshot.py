@@ -393,3 +393,48 @@ def test_jail_plan_for_a_memfd_gives_its_own_proc(tmp_path: Path) -> None:
     plan = Plan(Identity(5, 5, ()), [], [], [], [], True, tmp_path, own_proc=True)
     assert "-p" in plan.argv(Path("/helper"))
     assert "-p" not in plan._replace(own_proc=False).argv(Path("/helper"))
+
+
+def test_a_clone_cannot_block_the_next_ones_memfd_lookup(ctx: Context, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compromised clone QEMU puts a FIFO with no writer at the number the
+    host recorded for its memfd: opening it would block the next clone (and,
+    through the held lock, every later one) for good. It is passed over and a
+    new memfd made. (The running clone's QEMU is stood in for by a process
+    holding the FIFO: its pid is what the VMM's pid lookup gives.)"""
+    import subprocess
+    import sys
+    import threading
+
+    from ignitevm.api.types import VM
+    from ignitevm.operations import sharedram
+
+    snap = _snapshot(ctx, files={"state": b"S" * 100, "disk.qcow2": b"D" * 10,
+                                 sharedram.MEMORY: b"M" * 8192})
+    d = snapshots.folder(ctx, snap)
+    (d / sharedram.MEMFD_RECORD).write_text("1 2\n")
+    vm = VM(metadata=ObjectMeta(name="clone", uid=os.urandom(8).hex(),
+                                annotations={snapshots.ANNOTATION: snap.metadata.uid}))
+    with ctx.store.creating(vm):
+        pass
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    holder = subprocess.Popen([sys.executable, "-c", "import os, sys, time\n"
+                               f"fd = os.open({str(fifo)!r}, os.O_RDONLY | os.O_NONBLOCK)\n"
+                               "os.dup2(fd, 9)\nprint(9, flush=True)\ntime.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "9"
+        (ctx.store.dir(vm) / sharedram.CLONE_FD).write_text("9")
+        monkeypatch.setattr(type(ctx.vmm), "pid", lambda self, d: holder.pid)
+        got: list[int] = []
+        worker = threading.Thread(target=lambda: got.append(sharedram.memfd(ctx, snap)),
+                                  daemon=True)
+        worker.start()
+        worker.join(120)  # (a hang detector, not a timing limit)
+        assert not worker.is_alive(), "the memfd lookup blocked on the clone's FIFO"
+        assert got and os.fstat(got[0]).st_size == 8192
+        os.close(got[0])
+    finally:
+        holder.kill()
+        holder.wait()
