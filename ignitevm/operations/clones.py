@@ -210,10 +210,17 @@ def verify(ctx: Context, snap: Snapshot) -> tuple[Image, Kernel]:
     return found[0], found[1]  # type: ignore[return-value]
 
 
-def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | None = None,
-          ports: list[Any] | None = None, plugin: str = "", memory: str = "",
-          cpus: int | None = None) -> VM:
-    """Start a new VM from snapshot ``query``."""
+def clone(ctx: Context, query: str, **kw: Any) -> VM:
+    """Start a new VM from snapshot ``query`` (see _clone for ``kw``); the
+    snapshot is held against its removal until the clone runs."""
+    snap = ctx.store.resolve(Snapshot, query)
+    with snapshots.held(ctx, snap):
+        return _clone(ctx, snap, **kw)
+
+
+def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
+           labels: dict[str, str] | None = None, ports: list[Any] | None = None,
+           plugin: str = "", memory: str = "", cpus: int | None = None) -> VM:
     import copy
 
     from ignitevm.api.defaults import now, validate_vm
@@ -221,7 +228,6 @@ def clone(ctx: Context, query: str, *, name: str = "", labels: dict[str, str] | 
     from ignitevm.operations import vms
     from ignitevm.util.ids import new_uid, random_name
 
-    snap = ctx.store.resolve(Snapshot, query)
     spec = copy.deepcopy(snap.spec.vm_spec)
     if memory and Size.parse(memory, "--memory").bytes != spec.memory.bytes:
         raise InvalidInput(f"--memory {memory} differs from snapshot {snap.metadata.name!r}'s "

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,6 +91,28 @@ def digest(path: Path) -> str:
 
 def folder(ctx: Context, snap: Snapshot) -> Path:
     return ctx.store.dir(snap)
+
+
+@contextlib.contextmanager
+def held(ctx: Context, snap: Snapshot, *, exclusive: bool = False) -> Iterator[None]:
+    """Hold a snapshot: shared while a clone is made from it, exclusive while
+    it is removed (so the clones it finds are all there are). NotFound if it
+    is gone, or goes while this waits."""
+    from ignitevm.errors import NotFound
+    from ignitevm.store.layout import METADATA
+    from ignitevm.util.fs import flock
+
+    d = folder(ctx, snap)
+    gone = NotFound(f"snapshot {snap.metadata.name!r} was removed meanwhile",
+                    hint="list snapshots with 'ignite snapshot ls'")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(flock(d / ".use", shared=not exclusive))
+        except (FileNotFoundError, NotADirectoryError):
+            raise gone from None
+        if not (d / METADATA).exists():
+            raise gone
+        yield
 
 
 def _qemu(ctx: Context) -> QemuVMM:
@@ -365,22 +387,24 @@ def clones_of(ctx: Context, snap: Snapshot) -> list[VM]:
 def remove(ctx: Context, snap: Snapshot, *, force: bool = False) -> None:
     """Remove a snapshot; refused while clones' disks read through it, unless
     ``force`` (then they are removed too)."""
+    from ignitevm.errors import NotFound
     from ignitevm.operations import vms
-
-    users = clones_of(ctx, snap)
-    if users and not force:
-        raise Conflict(f"unable to remove, snapshot {snap.metadata.name!r} is in use by VM "
-                       f"{users[0].metadata.name!r} (its disk reads through the snapshot's)",
-                       hint="remove those VMs first, or use -f to remove them too")
-    for vm in users:
-        vms.remove(ctx, vm, force=True)
-    sharedram.release(folder(ctx, snap))
     from ignitevm.util.fs import flock
 
     try:
-        with flock(folder(ctx, snap) / ".lock"):  # (not while a template joins it)
-            ctx.store.delete(snap)
-    except FileNotFoundError:
+        with held(ctx, snap, exclusive=True):  # (no clone is being made meanwhile)
+            users = clones_of(ctx, snap)
+            if users and not force:
+                raise Conflict(f"unable to remove, snapshot {snap.metadata.name!r} is in use "
+                               f"by VM {users[0].metadata.name!r} (its disk reads through the "
+                               "snapshot's)", hint="remove those VMs first, or use -f to "
+                               "remove them too")
+            for vm in users:
+                vms.remove(ctx, vm, force=True)
+            sharedram.release(folder(ctx, snap))
+            with flock(folder(ctx, snap) / ".lock"):  # (not while a template joins it)
+                ctx.store.delete(snap)
+    except (NotFound, FileNotFoundError):
         pass
     log.info("Removed snapshot %r (ID %s)", snap.metadata.name, snap.metadata.uid)
 

@@ -438,3 +438,39 @@ def test_a_clone_cannot_block_the_next_ones_memfd_lookup(ctx: Context, tmp_path:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_snapshot_rm_waits_for_a_clone_being_made(ctx: Context) -> None:
+    """`snapshot rm` while `run --from-snapshot` makes a clone: the removal
+    waits for the clone to exist, then sees it and refuses (before, it listed
+    no clone, and deleted the snapshot under the new clone's disk)."""
+    import threading
+
+    from ignitevm.api.types import VM
+
+    snap = _snapshot(ctx)
+    errors: list[BaseException] = []
+
+    def rm() -> None:
+        try:
+            snapshots.remove(ctx, snap)
+        except BaseException as exc:  # (reported below)
+            errors.append(exc)
+
+    with snapshots.held(ctx, snap):  # as clones.clone holds it
+        worker = threading.Thread(target=rm, daemon=True)
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive(), "snapshot rm did not wait for the clone being made"
+        vm = VM(metadata=ObjectMeta(name="clone", uid=os.urandom(8).hex(),
+                                    annotations={snapshots.ANNOTATION: snap.metadata.uid}))
+        with ctx.store.creating(vm):
+            pass
+    worker.join(120)  # (a hang detector, not a timing limit)
+    assert not worker.is_alive()
+    assert errors and isinstance(errors[0], Conflict)
+    assert ctx.store.find(Snapshot, "snap") is not None
+    with pytest.raises(Exception, match="removed meanwhile"):
+        snapshots.remove(ctx, snap, force=True)
+        with snapshots.held(ctx, snap):
+            pass
