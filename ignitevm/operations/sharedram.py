@@ -19,9 +19,9 @@ other clone's memory.
   compromised QEMU can put another file at that number, not that inode. When
   no clone runs, a new memfd is filled from ``memory``.
 
-The memory file's digest is checked once (then again only if the file's
-inode, size, mtime or ctime change: a root-only folder, so no one else can
-touch it without the ctime moving).
+The memory file's digest is checked once, as the snapshot's other files are
+(then again only if the file's inode, size, mtime or ctime change:
+snapshots.verified).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from ignitevm.operations.context import Context
 
 MEMORY = "memory"
-VERIFIED = ".memory.verified"
 MEMFD_RECORD = ".memfd"  # in the snapshot's folder: "<dev> <ino>" of the live memfd
 CLONE_FD = "ram-fd"  # in a clone's folder: the memfd's number in its QEMU
 SEALS = 0
@@ -49,31 +48,16 @@ except AttributeError:  # (not Linux)
     pass
 
 
-def _stamp(path: Path) -> str:
-    st = os.stat(path)
-    return f"{st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}"
-
-
 def template(ctx: Context, snap: Snapshot) -> Path:
     """The RAM file clones of ``snap`` map privately, its digest checked."""
     from ignitevm.operations.snapshots import check_files, folder
-    from ignitevm.util.fs import atomic_write
 
-    d = folder(ctx, snap)
-    path = d / MEMORY
-    try:
-        stamp = _stamp(path)
-    except FileNotFoundError:
+    path = folder(ctx, snap) / MEMORY
+    if not path.exists():
         raise InvalidInput(f"snapshot {snap.metadata.name!r} is damaged: its RAM file is "
                            "missing", hint=f"remove it (ignite snapshot rm "
-                           f"{snap.metadata.name}) and save the VM again") from None
-    try:
-        if (d / VERIFIED).read_text() == stamp:
-            return path
-    except OSError:
-        pass
-    check_files(ctx, snap, (MEMORY,))
-    atomic_write(d / VERIFIED, stamp.encode())
+                           f"{snap.metadata.name}) and save the VM again")
+    check_files(ctx, snap, (MEMORY,))  # (hashed once: snapshots.verified)
     return path
 
 

@@ -93,6 +93,32 @@ def test_damaged_files_are_refused(ctx: Context) -> None:
         clones._checked_state(ctx, snap, shared=False)
 
 
+def test_digests_are_checked_once_until_a_file_changes(ctx: Context, monkeypatch) -> None:
+    """A clone does not hash the snapshot's files again while they are unchanged
+    (they can be hundreds of MB), and still sees any change made since."""
+    snap = _snapshot(ctx)
+    d = snapshots.folder(ctx, snap)
+    calls: list[Path] = []
+    real = snapshots.digest
+    monkeypatch.setattr(snapshots, "digest", lambda p: calls.append(p) or real(p))
+    snapshots.check_files(ctx, snap)  # (just written: hashed, not recorded)
+    assert len(calls) == 2 and not (d / ".disk.qcow2.verified").exists()
+    monkeypatch.setattr(snapshots, "SETTLE_NS", 0)
+    snapshots.check_files(ctx, snap)
+    snapshots.check_files(ctx, snap)
+    assert len(calls) == 4
+    os.close(clones._checked_state(ctx, snap, shared=False))
+    assert (d / ".state.verified").exists()
+    for name, data in (("disk.qcow2", b"X" * 10), ("state", b"T" * 100)):
+        st = os.stat(d / name)
+        (d / name).write_bytes(data)  # same size, other bytes, a later time
+        os.utime(d / name, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(InvalidInput, match=r"is damaged: disk\.qcow2 changed"):
+        snapshots.check_files(ctx, snap, (snapshots.DISK,))
+    with pytest.raises(InvalidInput, match="its state file does not match its digest"):
+        clones._checked_state(ctx, snap, shared=False)
+
+
 def test_checked_state_is_the_open_file(ctx: Context) -> None:
     snap = _snapshot(ctx)
     fd = clones._checked_state(ctx, snap, shared=False)
