@@ -78,6 +78,35 @@ def _is_ours(fd: int, record: str, size: int) -> bool:
             and seals & SEALS == SEALS)
 
 
+def fill(fd: int, path: Path) -> None:
+    """Copy the file ``path`` into ``fd`` (as long, all zeros), leaving out its
+    holes and the chunks that hold only zeros (pages never written stay
+    unallocated). The holes are found with SEEK_DATA, not read: the RAM
+    file is mostly holes (~80 of 256 MiB written), read whole ~75 ms."""
+    import errno
+
+    chunk_size, zeros = 1 << 20, bytes(1 << 20)
+    with open(path, "rb", buffering=0) as f:
+        size, pos = os.fstat(f.fileno()).st_size, 0
+        while pos < size:
+            try:
+                start = os.lseek(f.fileno(), pos, os.SEEK_DATA)
+                end = min(os.lseek(f.fileno(), start, os.SEEK_HOLE), size)
+                if end <= start:
+                    end = size  # (never so; read on rather than loop)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return  # (only a hole from here on)
+                start, end = pos, size  # (no SEEK_DATA on this file system)
+            f.seek(start)
+            pos = start
+            while pos < end and (chunk := f.read(min(chunk_size, end - pos))):
+                if chunk != zeros[:len(chunk)]:
+                    os.pwrite(fd, chunk, pos)
+                pos += len(chunk)
+            pos = max(pos, end)
+
+
 def memfd(ctx: Context, snap: Snapshot) -> int:
     """A descriptor of the sealed memfd holding ``snap``'s RAM (the caller
     closes it): the one running clones map, else a new one."""
@@ -110,12 +139,7 @@ def memfd(ctx: Context, snap: Snapshot) -> int:
         fd = os.memfd_create(f"ignite-{snap.metadata.uid}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, rec.size)
-            with open(path, "rb", buffering=0) as f:
-                pos, zeros = 0, bytes(1 << 20)
-                while chunk := f.read(1 << 20):
-                    if chunk != zeros[:len(chunk)]:
-                        os.pwrite(fd, chunk, pos)
-                    pos += len(chunk)
+            fill(fd, path)
             os.fchmod(fd, 0o666)  # (sealed below: open read-write, never written)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
             st = os.fstat(fd)

@@ -119,6 +119,29 @@ def test_digests_are_checked_once_until_a_file_changes(ctx: Context, monkeypatch
         clones._checked_state(ctx, snap, shared=False)
 
 
+def test_memfd_fill_copies_data_and_skips_holes(tmp_path: Path) -> None:
+    """The shared RAM's memfd holds the file's bytes; its holes are not read
+    (the RAM file is mostly holes) and all-zero chunks are not written."""
+    from ignitevm.operations import sharedram
+
+    path = tmp_path / "memory"
+    size = 8 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, data in ((4096, b"A" * 5000), (3 << 20, b"B" * 10), (size - 3, b"end")):
+            f.seek(off)
+            f.write(data)
+    fd = os.memfd_create("test", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        sharedram.fill(fd, path)
+        assert os.pread(fd, size, 0) == path.read_bytes()
+        # (a chunk of zeros between the data is left unallocated)
+        assert os.fstat(fd).st_blocks * 512 < size // 2
+    finally:
+        os.close(fd)
+
+
 def test_checked_state_is_the_open_file(ctx: Context) -> None:
     snap = _snapshot(ctx)
     fd = clones._checked_state(ctx, snap, shared=False)
