@@ -47,7 +47,9 @@ class Request(NamedTuple):
 def parse(words: Sequence[str]) -> Request | None:
     """``[FLAG VALUE]... VM -- COMMAND...`` (the words after ``exec``), or None
     for anything else."""
-    if os.environ.get("IGNITE_DEBUG") == "1":
+    from ignitevm.cli.fastvm import debugging
+
+    if debugging():
         return None   # (tracebacks are the full path's)
     values: dict[str, str] = {}
     env: list[str] = []
@@ -126,17 +128,12 @@ def _take(root: Path, query: str, vmm: QemuVMM
     unless it is the plain case (running, not paused, a channel free, none being
     added)."""
     from ignitevm.agent.client import GROW_MARK, lock_free
-    from ignitevm.store import layout, lookup
+    from ignitevm.cli.fastvm import find
 
-    layout.secure(root)
-    headers = lookup.read_headers(str(root / "vm"))
-    if headers is None:
+    found = find(root, query)
+    if found is None:
         return None
-    try:
-        vm = headers[lookup.pick([(h.uid, h.name) for h in headers], query, "vm")]
-    except IgniteError:
-        return None
-    d = root / "vm" / vm.uid
+    vm, d = found
     if vm.paused or vmm.pid(d) is None:
         return None
     sockets = vmm.agent_sockets(d)

@@ -19,6 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _guarded(lambda: run(words[1:]), debug=False)
         if code is not None:
             return code
+    elif words[:1] in (["pause"], ["resume"]):
+        # The plain `pause VM` / `resume VM`, likewise (cli/fastvm.py)
+        from ignitevm.cli.fastvm import switch
+
+        code = _guarded(lambda: switch(words[0], words[1:]), debug=False)
+        if code is not None:
+            return code
     from ignitevm import log as logmod
     from ignitevm.cli.parser import build_parser, normalize
 

@@ -114,15 +114,22 @@ static void set_clock(struct session *s, const char *v)
         warn(s, "cannot set the clock: %s", strerror(errno));
 }
 
+/* Write ``text`` over what the file ``fd`` holds, then cut it there. Not
+   O_TRUNC: on ext4 a truncation to 0 makes the close start writing the file
+   out at once (auto_da_alloc), ~30 ms of a clone's start under TCG. */
+static int overwrite(int fd, const char *text, size_t n)
+{
+    return pwrite(fd, text, n, 0) == (ssize_t)n && ftruncate(fd, (off_t)n) == 0 ? 0 : -1;
+}
+
 /* Replace a file the guest has (never create one, never through a link). */
 static void rewrite(struct session *s, const char *path, const char *text)
 {
     struct stat st;
     if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
         return;
-    int fd = open(path, O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
-    size_t n = strlen(text);
-    if (fd < 0 || write(fd, text, n) != (ssize_t)n)
+    int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || overwrite(fd, text, strlen(text)) < 0)
         warn(s, "cannot write %s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
@@ -251,8 +258,8 @@ static void resolv(struct session *s, const char *dns, const char *search)
         len += snprintf(text + len, sizeof text - len, "nameserver %s\n", ns);
     if (len >= sizeof text)
         return;
-    int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0 || write(fd, text, len) != (ssize_t)len)
+    int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0 || overwrite(fd, text, len) < 0)
         warn(s, "cannot write /etc/resolv.conf: %s", strerror(errno));
     if (fd >= 0)
         close(fd);

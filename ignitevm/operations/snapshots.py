@@ -357,7 +357,8 @@ def _record_files(snap: Snapshot, stage: Path, known: dict[str, str]) -> None:
 
 
 def check_files(ctx: Context, snap: Snapshot, names: tuple[str, ...] = (STATE, DISK)) -> None:
-    """Every file named is there with its recorded size and digest."""
+    """Every file named is there with its recorded size and digest (hashed once,
+    then again only when the file changed: see :func:`verified`)."""
     d = folder(ctx, snap)
     recorded = {f.name: f for f in snap.status.files}
     for name in names:
@@ -367,16 +368,54 @@ def check_files(ctx: Context, snap: Snapshot, names: tuple[str, ...] = (STATE, D
         path = d / name
         bad = ""
         try:
-            if path.stat().st_size != rec.size:
-                bad = f"its size is {path.stat().st_size}, not {rec.size}"
+            st = os.stat(path)
+            if st.st_size != rec.size:
+                bad = f"its size is {st.st_size}, not {rec.size}"
+            elif verified(d, name, st, rec.digest):
+                continue
             elif digest(path) != rec.digest:
                 bad = "its digest does not match"
+            else:
+                mark_verified(d, name, st, rec.digest)
         except FileNotFoundError:
             bad = "it is missing"
         if bad:
             raise InvalidInput(f"snapshot {snap.metadata.name!r} is damaged: {name} changed "
                                f"({bad})", hint=f"remove it (ignite snapshot rm "
                                f"{snap.metadata.name}) and save the VM again")
+
+
+# A file's digest is checked once, then again only when its inode, size, mtime
+# or ctime change: the record ``.<name>.verified`` in the snapshot's folder
+# (root's alone, so no one else can change a file there without its ctime
+# moving). A file changed less than a second before it was checked is not
+# recorded: timestamps move by clock ticks, and a change right after could
+# keep them.
+SETTLE_NS = 1_000_000_000
+
+
+def _stamp(st: os.stat_result, want: str) -> str:
+    return f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {want}"
+
+
+def verified(d: Path, name: str, st: os.stat_result, want: str) -> bool:
+    """Whether the file ``name`` (``st``) was found to have digest ``want`` as it is now."""
+    try:
+        return (d / f".{name}.verified").read_text() == _stamp(st, want)
+    except OSError:
+        return False
+
+
+def mark_verified(d: Path, name: str, st: os.stat_result, want: str) -> None:
+    """Record that ``name``, as ``st`` describes it, has digest ``want``."""
+    import time
+
+    from ignitevm.util.fs import atomic_write
+
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLE_NS:
+        return
+    with contextlib.suppress(OSError):  # (a record not written: hashed again next time)
+        atomic_write(d / f".{name}.verified", _stamp(st, want).encode())
 
 
 def clones_of(ctx: Context, snap: Snapshot) -> list[VM]:

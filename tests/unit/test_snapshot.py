@@ -93,6 +93,55 @@ def test_damaged_files_are_refused(ctx: Context) -> None:
         clones._checked_state(ctx, snap, shared=False)
 
 
+def test_digests_are_checked_once_until_a_file_changes(ctx: Context, monkeypatch) -> None:
+    """A clone does not hash the snapshot's files again while they are unchanged
+    (they can be hundreds of MB), and still sees any change made since."""
+    snap = _snapshot(ctx)
+    d = snapshots.folder(ctx, snap)
+    calls: list[Path] = []
+    real = snapshots.digest
+    monkeypatch.setattr(snapshots, "digest", lambda p: calls.append(p) or real(p))
+    snapshots.check_files(ctx, snap)  # (just written: hashed, not recorded)
+    assert len(calls) == 2 and not (d / ".disk.qcow2.verified").exists()
+    monkeypatch.setattr(snapshots, "SETTLE_NS", 0)
+    snapshots.check_files(ctx, snap)
+    snapshots.check_files(ctx, snap)
+    assert len(calls) == 4
+    os.close(clones._checked_state(ctx, snap, shared=False))
+    assert (d / ".state.verified").exists()
+    for name, data in (("disk.qcow2", b"X" * 10), ("state", b"T" * 100)):
+        st = os.stat(d / name)
+        (d / name).write_bytes(data)  # same size, other bytes, a later time
+        os.utime(d / name, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(InvalidInput, match=r"is damaged: disk\.qcow2 changed"):
+        snapshots.check_files(ctx, snap, (snapshots.DISK,))
+    with pytest.raises(InvalidInput, match="its state file does not match its digest"):
+        clones._checked_state(ctx, snap, shared=False)
+
+
+def test_memfd_fill_copies_data_and_skips_holes(tmp_path: Path) -> None:
+    """The shared RAM's memfd holds the file's bytes; its holes are not read
+    (the RAM file is mostly holes) and all-zero chunks are not written."""
+    from ignitevm.operations import sharedram
+
+    path = tmp_path / "memory"
+    size = 8 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, data in ((4096, b"A" * 5000), (3 << 20, b"B" * 10), (size - 3, b"end")):
+            f.seek(off)
+            f.write(data)
+    fd = os.memfd_create("test", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        sharedram.fill(fd, path)
+        assert os.pread(fd, size, 0) == path.read_bytes()
+        # (a chunk of zeros between the data is left unallocated)
+        assert os.fstat(fd).st_blocks * 512 < size // 2
+    finally:
+        os.close(fd)
+
+
 def test_checked_state_is_the_open_file(ctx: Context) -> None:
     snap = _snapshot(ctx)
     fd = clones._checked_state(ctx, snap, shared=False)

@@ -1,0 +1,98 @@
+"""Plain commands on one VM without the command tree (CLI start-up is a
+measured figure): finding the VM for ``exec``'s fast path (cli/fastexec.py),
+and ``ignite pause VM`` / ``ignite resume VM``.
+
+Only the plain form is read here (one VM named, no flag); anything else, and
+every case that is not the plain one (the VM not found, not running, already
+paused or not paused, QEMU in another state), returns None before anything is
+changed, and the full path runs and says what it always says. The steps are
+the full path's (operations/vms.py: pause, resume): the VM's lock, the same
+QMP exchange, the record saved with its new ``paused``, the same message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ignitevm.errors import IgniteError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
+    from ignitevm.store import lookup
+
+
+def debugging() -> bool:
+    """IGNITE_DEBUG=1: tracebacks are the full path's."""
+    return os.environ.get("IGNITE_DEBUG") == "1"
+
+
+def find(root: Path, query: str) -> tuple[lookup.Header, Path] | None:
+    """The VM ``query`` names (its record's header) and its folder; None when
+    the records cannot say for sure or none or several match (the full path
+    tells). OSError where the store cannot be read."""
+    from ignitevm.store import layout, lookup
+
+    layout.secure(root)
+    headers = lookup.read_headers(str(root / "vm"))
+    if headers is None:
+        return None
+    try:
+        vm = headers[lookup.pick([(h.uid, h.name) for h in headers], query, "vm")]
+    except IgniteError:
+        return None
+    return vm, root / "vm" / vm.uid
+
+
+def switch(op: str, words: Sequence[str]) -> int | None:
+    """``pause VM`` or ``resume VM`` (``op``; ``words``: what follows it);
+    None when the full path must (nothing was done)."""
+    if len(words) != 1 or words[0].startswith("-") or debugging():
+        return None
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
+    from ignitevm.store import layout
+    from ignitevm.util.fs import flock
+
+    root = layout.default_root()
+    try:
+        found = find(root, words[0])
+    except OSError:
+        return None
+    if found is None:
+        return None
+    vm, d = found
+    if vm.paused != (op == "resume") or not d.is_dir():
+        return None
+    with flock(d / ".lock"):  # (operations/vms.py: vm_lock)
+        return _switch(op, root, vm, d, QemuVMM())
+
+
+def _switch(op: str, root: Path, vm: lookup.Header, d: Path, vmm: QemuVMM) -> int | None:
+    import json
+
+    from ignitevm.store import lookup
+    from ignitevm.store.layout import METADATA
+    from ignitevm.util.fs import atomic_write, no_space_errors
+
+    try:
+        raw = (d / METADATA).read_bytes()
+    except OSError:
+        return None
+    if lookup.read_header(raw) != vm or vmm.pid(d) is None:
+        return None   # (changed meanwhile, or not running: the full path tells)
+    pause = op == "pause"
+    # QEMU's state before; the command was sent only if it was the one named
+    state = vmm.pause(d) if pause else vmm.resume(d)
+    if state != ("running" if pause else "paused"):
+        return None   # (nothing sent: the full path asks again and says why)
+    data = json.loads(raw)
+    data["status"]["paused"] = pause
+    with no_space_errors(root):
+        atomic_write(d / METADATA, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    print(f"{'Paused' if pause else 'Resumed'} VM with name {vm.name!r} and ID {vm.uid!r}",
+          file=sys.stderr)
+    return 0
