@@ -13,6 +13,7 @@
  * shutdown and the PID 1 duties of --init.
  */
 #include "agent.h"
+#include "wipe.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -447,31 +448,6 @@ static void start_chroot(const char *dir)
         dup2(null, 2);
         close(null);
     }
-}
-
-/* Free the initramfs (as switch_root does): delete what is on its device. */
-static void wipe(int dfd, dev_t dev)
-{
-    DIR *d = fdopendir(dfd);
-    struct dirent *e;
-    struct stat st;
-    while (d && (e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
-            fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != dev)
-            continue;
-        if (S_ISDIR(st.st_mode)) {
-            int sub = openat(dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub >= 0)
-                wipe(sub, dev);
-            unlinkat(dfd, e->d_name, AT_REMOVEDIR);
-        } else {
-            unlinkat(dfd, e->d_name, 0);
-        }
-    }
-    if (d)
-        closedir(d);
-    else
-        close(dfd);
 }
 
 static void start_init(const char *dir, const char *reqfile)

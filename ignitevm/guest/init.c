@@ -14,6 +14,7 @@
  * KVM probe).
  */
 #include "init.h"
+#include "wipe.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -444,31 +445,6 @@ static void mount_newroot_fs(int root_fd)
 }
 
 /* ---- the handover ---- */
-
-/* Free the initramfs (as switch_root does): delete what is on its device. */
-static void wipe(int dfd, dev_t dev)
-{
-    DIR *d = fdopendir(dfd);
-    struct dirent *e;
-    struct stat st;
-    while (d && (e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
-            fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != dev)
-            continue;
-        if (S_ISDIR(st.st_mode)) {
-            int sub = openat(dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (sub >= 0)
-                wipe(sub, dev);
-            unlinkat(dfd, e->d_name, AT_REMOVEDIR);
-        } else {
-            unlinkat(dfd, e->d_name, 0);
-        }
-    }
-    if (d)
-        closedir(d);
-    else
-        close(dfd);
-}
 
 /* The environment the next program gets: ours, with PATH set. */
 static char **handover_env(void)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import NamedTuple
 
 from ignitevm.errors import IgniteError
@@ -92,43 +93,41 @@ def _references(store: ContentStore, digest: str) -> tuple[list[str], list[str]]
     return digests(leaves), digests(children)
 
 
-def _remove_blobs(store: ContentStore, keep: set[str]) -> list[Removed]:
-    folder = store.path / "blobs" / "sha256"
+def _names(folder: Path) -> list[str]:
     try:
-        names = sorted(os.listdir(folder))
+        return sorted(os.listdir(folder))
     except FileNotFoundError:
         return []
-    removed = []
-    for name in names:
-        digest = f"sha256:{name}"
-        if digest in keep:
-            continue
-        path = folder / name
-        with contextlib.suppress(FileNotFoundError):
-            size = path.lstat().st_size
-            path.unlink()
-            removed.append(Removed(digest, size))
+
+
+def _remove(path: Path, label: str, removed: list[Removed]) -> None:
+    """Remove one file, noted with its size (gone already: nothing to note)."""
+    with contextlib.suppress(FileNotFoundError):
+        size = path.lstat().st_size
+        path.unlink()
+        removed.append(Removed(label, size))
+
+
+def _remove_blobs(store: ContentStore, keep: set[str]) -> list[Removed]:
+    folder = store.path / "blobs" / "sha256"
+    removed: list[Removed] = []
+    for name in _names(folder):
+        if f"sha256:{name}" not in keep:
+            _remove(folder / name, f"sha256:{name}", removed)
     return removed
 
 
 def _remove_partials(store: ContentStore) -> list[Removed]:
     """Downloads a pull left unfinished (kept for it to resume): gone unless written now."""
     folder = store.path / "ingest"
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    removed = []
-    for name in names:
+    removed: list[Removed] = []
+    for name in _names(folder):
         if name.endswith(".lock"):
             continue
         lock = folder / f"{name}.lock"
         if is_locked(lock):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            size = (folder / name).lstat().st_size
-            (folder / name).unlink()
-            removed.append(Removed(f"ingest/{name}", size))
+        _remove(folder / name, f"ingest/{name}", removed)
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     return removed

@@ -140,12 +140,7 @@ def create(ctx: Context, vm: VM, name: str, *, stop: bool = False,
             raise Conflict(f"VM {vm.metadata.name!r} cannot be saved: QEMU reports it "
                            f"{state!r}", hint=f"see ignite logs {vm.metadata.name}; stop it "
                            f"with: ignite stop {vm.metadata.name}")
-        image = ctx.store.find(Image, vm.spec.image.oci)
-        kernel = ctx.store.find(Kernel, vm.spec.kernel.oci)
-        if image is None or kernel is None:
-            missing = vm.spec.image.oci if image is None else vm.spec.kernel.oci
-            raise InvalidInput(f"VM {vm.metadata.name!r} needs {missing!r}, which is gone",
-                               hint="import it again before saving the VM")
+        image, kernel = vms.bases(ctx, vm, "import it again before saving the VM")
         _describe(ctx, snap, vm, d)
         snaptemplate.sweep(ctx)  # (what a killed `snapshot create` left running)
         with ctx.store.using(image), ctx.store.using(kernel), \

@@ -119,12 +119,7 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
             raise Conflict(f"VM {vm.metadata.uid!r} is already running")
         if plugin and plugin != vm.status.network.plugin:
             network.switch(vm, plugin, ctx.root)
-        image = ctx.store.find(Image, vm.spec.image.oci)
-        kernel = ctx.store.find(Kernel, vm.spec.kernel.oci)
-        if image is None or kernel is None:
-            missing = vm.spec.image.oci if image is None else vm.spec.kernel.oci
-            raise InvalidInput(f"VM {vm.metadata.name!r} needs {missing!r}, which is gone",
-                               hint="import it again, or remove the VM")
+        image, kernel = bases(ctx, vm, "import it again, or remove the VM")
         kernel_path, initrd = kernels.kernel_files(ctx, kernel)
         accel = ctx.vmm.choose_accel(kernel_path, initrd, ctx.cache, ctx.accel, ctx.sandbox)
         ports = [(pm.protocol or "tcp", pm.bind_address, pm.host_port, pm.vm_port)
@@ -178,6 +173,17 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
         ctx.store.save(vm)
     log.info("Started VM %r (%s) with QEMU/%s", vm.metadata.name, vm.metadata.uid, accel.upper())
     return vm
+
+
+def bases(ctx: Context, vm: VM, hint: str) -> tuple[Image, Kernel]:
+    """The image and kernel a VM runs on; InvalidInput (with ``hint``) if one is gone."""
+    image = ctx.store.find(Image, vm.spec.image.oci)
+    kernel = ctx.store.find(Kernel, vm.spec.kernel.oci)
+    if image is None or kernel is None:
+        missing = vm.spec.image.oci if image is None else vm.spec.kernel.oci
+        raise InvalidInput(f"VM {vm.metadata.name!r} needs {missing!r}, which is gone",
+                           hint=hint)
+    return image, kernel
 
 
 def volume_disks(vm: VM) -> list[Disk]:

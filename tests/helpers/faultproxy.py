@@ -8,7 +8,7 @@ import http.server
 import threading
 from dataclasses import dataclass, field
 
-from tests.helpers.registry import free_port
+from tests.helpers.served import Served
 
 
 @dataclass
@@ -25,27 +25,16 @@ class Faults:
     seen: list[dict[str, str]] = field(default_factory=list)
 
 
-class FaultProxy:
+class FaultProxy(Served):
     def __init__(self, upstream: str, faults: Faults | None = None):
         self.upstream = upstream  # "127.0.0.1:PORT" of a plain-HTTP registry
         self.faults = faults or Faults()
-        self.port = free_port()
         self._lock = threading.Lock()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve()
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def _take(self, name: str) -> bool:
         with self._lock:

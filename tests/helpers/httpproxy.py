@@ -11,11 +11,10 @@ import http.client
 import http.server
 import select
 import socket
-import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
-from tests.helpers.registry import free_port
+from tests.helpers.served import Served
 
 
 @dataclass
@@ -25,29 +24,18 @@ class Seen:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class HTTPProxy:
+class HTTPProxy(Served):
     def __init__(self, routes: dict[str, str] | None = None, user: str | None = None,
                  password: str | None = None):
         self.routes = routes or {}
         self.auth = (base64.b64encode(f"{user}:{password}".encode()).decode()
                      if user is not None else None)
         self.seen: list[Seen] = []
-        self.port = free_port()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> HTTPProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def _address(self, host: str, port: int) -> tuple[str, int]:
         return self.routes.get(host, host), port
