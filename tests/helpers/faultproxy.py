@@ -8,7 +8,7 @@ import http.server
 import threading
 from dataclasses import dataclass, field
 
-from tests.helpers.served import Served
+from tests.helpers.served import QuietHandler, Served
 
 
 @dataclass
@@ -47,12 +47,7 @@ class FaultProxy(Served):
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _status(self, code: int, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 for k, v in (headers or {}).items():

@@ -14,7 +14,7 @@ import socket
 import urllib.parse
 from dataclasses import dataclass, field
 
-from tests.helpers.served import Served
+from tests.helpers.served import QuietHandler, Served
 
 
 @dataclass
@@ -43,12 +43,7 @@ class HTTPProxy(Served):
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _allowed(self) -> bool:
                 proxy.seen.append(Seen(self.command, self.path, dict(self.headers.items())))
                 if proxy.auth is None or \
