@@ -102,8 +102,6 @@ def _checked_state(ctx: Context, snap: Snapshot, shared: bool) -> int:
     """The state file, open, after its digest was checked on that very open
     file (what QEMU reads is what was checked; a file hashed before is
     known by its inode and times: snapshots.verified)."""
-    import hashlib
-
     name = snapshots.STATE_SHARED if shared else snapshots.STATE
     path = snapshots.folder(ctx, snap) / name
     rec = next((f for f in snap.status.files if f.name == name), None)
@@ -116,11 +114,8 @@ def _checked_state(ctx: Context, snap: Snapshot, shared: bool) -> int:
         if rec is not None and st.st_size == rec.size and \
                 snapshots.verified(path.parent, name, st, rec.digest):
             return fd  # (this very file was hashed before, unchanged since)
-        h, size = hashlib.sha256(), 0
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-        if rec is None or size != rec.size or f"sha256:{h.hexdigest()}" != rec.digest:
+        found, size = snapshots.digest_fd(fd)
+        if rec is None or size != rec.size or found != rec.digest:
             raise _damaged(snap, "its state file does not match its digest")
         os.lseek(fd, 0, os.SEEK_SET)
         snapshots.mark_verified(path.parent, name, st, rec.digest)

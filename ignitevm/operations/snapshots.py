@@ -82,11 +82,20 @@ def nic_count(plugin: str, vm: VM) -> int:
 
 
 def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()}"
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return digest_fd(fd)[0]
+    finally:
+        os.close(fd)
+
+
+def digest_fd(fd: int) -> tuple[str, int]:
+    """The sha256 digest of what is read from ``fd`` to its end, and how many bytes."""
+    h, size = hashlib.sha256(), 0
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+        size += len(chunk)
+    return f"sha256:{h.hexdigest()}", size
 
 
 def folder(ctx: Context, snap: Snapshot) -> Path:
