@@ -35,6 +35,19 @@ def host_address() -> str | None:
     return None
 
 
+def passt_unusable() -> str | None:
+    """Why passt cannot serve a VM on this host (None: it can)."""
+    import shutil
+
+    from ignitevm.providers.network.passt import ipv4_routable
+
+    if shutil.which("passt") is None:
+        return "passt is not installed (run scripts/setup.sh)"
+    if not ipv4_routable():
+        return "this host has no IPv4 default route, without which passt turns IPv4 off"
+    return None
+
+
 @contextlib.contextmanager
 def serving() -> Iterator[str | None]:
     """Serve on every address of the host; yields the URL a guest fetches

@@ -119,13 +119,13 @@ def test_passt_socket_pair_has_wide_buffers() -> None:
     """At the socket pair's default buffers (~208 KB) passt stalls on its
     end: host -> guest ran at a third of its speed. The real passt is started
     (it ends when the pair's other end closes)."""
-    import shutil
     import socket
 
     from ignitevm.providers.network import passt
+    from tests.helpers.hostserver import passt_unusable
 
-    if shutil.which("passt") is None:
-        pytest.skip("passt is not installed (run scripts/setup.sh)")
+    if (why := passt_unusable()) is not None:
+        pytest.skip(why)
     with passt.attached([], False) as net:
         sk = socket.socket(fileno=net.tap_fd)
         try:
@@ -156,3 +156,20 @@ def test_start_may_switch_the_network_plugin(tmp_path: Path) -> None:
     vm.spec.network.networks = [NetworkAttachment(network="lab")]
     with pytest.raises(InvalidInput, match="need --network-plugin cni"):
         network.switch(vm, "none", tmp_path)
+
+
+def test_passt_needs_an_ipv4_default_route(tmp_path: Path) -> None:
+    """passt turns IPv4 off on a host without an IPv4 default route: the
+    project says so up front (and picks user mode by default) instead of
+    starting a guest that can never be reached."""
+    from ignitevm.providers.network.passt import ipv4_routable
+
+    head = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n"
+    table = tmp_path / "route"
+    table.write_text(head + "eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n")
+    assert not ipv4_routable(table)  # (a subnet route only)
+    table.write_text(head + "eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\n")
+    assert ipv4_routable(table)
+    table.write_text(head + "eth0\t00000000\t0100A8C0\t0002\t0\t0\t0\t00000000\n")
+    assert not ipv4_routable(table)  # (not up)
+    assert ipv4_routable(tmp_path / "absent")  # (cannot tell: passt decides)

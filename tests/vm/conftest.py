@@ -59,6 +59,14 @@ def kernel(cli: Ignite) -> str:
 
 
 @pytest.fixture(scope="session")
+def kernel_debs(vm_root: Path, kernel: str) -> list[Path]:
+    """The kernel package the session's import downloaded: tests with a state
+    root of their own seed it there instead of downloading it again (the host
+    may have lost its way out since)."""
+    return sorted((vm_root / "cache" / "debs").glob("*.deb"))
+
+
+@pytest.fixture(scope="session")
 def testbox(cli: Ignite, kernel: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     archive = busybox_image(tmp_path_factory.mktemp("img") / "testbox.tar")
     cli("image", "import", str(archive))

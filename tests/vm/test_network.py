@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from ignitevm.providers.network.cni.networks import bridge_name
 from tests.conftest import Ignite, cli_env
 from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
+from tests.helpers.hostserver import passt_unusable
 from tests.vm.conftest import wait_console
 
 # (the test's own id prefix: its namespaces and rules are told apart from
@@ -271,8 +271,8 @@ def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
 
 
 def test_passt_forwards_a_port(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> None:
-    if shutil.which("passt") is None:
-        pytest.skip("passt is not installed (run scripts/setup.sh)")
+    if (why := passt_unusable()) is not None:
+        pytest.skip(why)
     port = free_port()
     cli("run", testbox, "--name", "pst", "--network-plugin", "passt", *SMALL, "-p", f"{port}:80")
     try:

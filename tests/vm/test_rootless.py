@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, Result
-from tests.helpers.hostserver import BODY, serving
+from tests.helpers.hostserver import BODY, passt_unusable, serving
 from tests.helpers.images import busybox_image
 
 USER_PREFIX = "ignr"
@@ -86,10 +86,12 @@ def _stale_users() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def rootless() -> Iterator[Rootless]:
-    for tool in ("qemu-system-x86_64", "passt", "mkfs.ext4", "ssh-keygen"):
+def rootless(kernel_debs: list[Path]) -> Iterator[Rootless]:
+    for tool in ("qemu-system-x86_64", "mkfs.ext4", "ssh-keygen"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (run scripts/setup.sh)")
+    if (why := passt_unusable()) is not None:  # (the defaults without root: passt)
+        pytest.skip(why)
     if os.geteuid() == 0 and (shutil.which("setpriv") is None or shutil.which("useradd") is None):
         pytest.skip("setpriv and useradd (util-linux, passwd) are needed to drop root")
     for name in _stale_users():
@@ -116,6 +118,13 @@ def rootless() -> Iterator[Rootless]:
         archive = busybox_image(home / "testbox.tar")
         os.chown(archive, uid, uid)
         ig = Rootless(uid, home)
+        # (the session's download of the kernel package, not a second one)
+        debs = ig.root / "cache" / "debs"
+        debs.mkdir(parents=True)
+        for deb in kernel_debs:
+            shutil.copy(deb, debs)
+        for d in (ig.root, ig.root / "cache", debs, *debs.iterdir()):
+            os.chown(d, uid, uid)
         ig("kernel", "import", "debian")
         ig("image", "import", str(archive))
         yield ig

@@ -16,6 +16,7 @@ import pytest
 
 from ignitevm.providers.sandbox import cgroups, ids
 from tests.conftest import Ignite
+from tests.helpers.hostserver import host_address
 from tests.vm.conftest import wait_console
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the jail needs root")
@@ -225,9 +226,7 @@ def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) ->
     import http.server
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("192.0.2.1", 9))  # (no packet is sent) the host's outward address
-        outward = s.getsockname()[0]
+    outward = host_address()
     hits: list[object] = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -243,7 +242,7 @@ def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) ->
 
     with contextlib.ExitStack() as stack:
         servers = {}
-        for host in ("127.0.0.1", outward):
+        for host in ("127.0.0.1", *([outward] if outward else [])):
             srv = http.server.ThreadingHTTPServer((host, 0), Handler)
             stack.callback(srv.server_close)
             stack.callback(srv.shutdown)
@@ -251,8 +250,9 @@ def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) ->
             servers[host] = srv.server_address[1]
         out = fetch("10.0.2.2", servers["127.0.0.1"])
         assert "HTTP/1.0 200" not in out and hits == [], out  # it never got there
-        out = fetch(outward, servers[outward])
-        assert "HTTP/1.0 200" in out and hits, out
+        if outward is not None:
+            out = fetch(outward, servers[outward])
+            assert "HTTP/1.0 200" in out and hits, out
     # Port forwards still work: QEMU listens on the host, it does not connect.
     cli("exec", jailed, "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
     with socket.create_connection(("127.0.0.1", FORWARD), timeout=30) as c:
@@ -261,6 +261,8 @@ def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) ->
         while chunk := c.recv(4096):
             got += chunk
     assert b"root:x:0:0" in got
+    if outward is None:
+        pytest.skip("this host has no non-loopback IPv4 address: outbound access not tested")
 
 
 def test_a_socket_planted_in_run_is_not_taken_for_the_vms(cli: Ignite, jailed: str,

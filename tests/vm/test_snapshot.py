@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import Ignite
 from tests.helpers.cninet import remove_network, require_cni, write_default
+from tests.helpers.hostserver import passt_unusable
 
 SNAP = "src-booted"
 
@@ -204,12 +205,11 @@ def test_a_passt_clone_is_reached_through_its_forwarded_port(cli: Ignite, testbo
     """A clone on passt (the template gets a stream backend like passt's) is
     reachable at once through a forwarded port: its agent sends a packet out
     after re-addressing, so passt knows the clone's new MAC."""
-    import shutil
     import socket
     import urllib.request
 
-    if shutil.which("passt") is None:
-        pytest.skip("passt is not installed (run scripts/setup.sh)")
+    if (why := passt_unusable()) is not None:
+        pytest.skip(why)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from bench import soak
 
 
-def test_the_short_soak_is_clean() -> None:
+def test_the_short_soak_is_clean(kernel_debs: list[Path], tmp_path: Path) -> None:
     for tool in ("qemu-system-x86_64", "qemu-img", "busybox", "mkfs.ext4"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (run scripts/setup.sh)")
-    _report, summary = soak.run(cycles=12, workers=2, network="user", seed=12)
+    for deb in kernel_debs:  # (the session's download of the kernel package)
+        shutil.copy(deb, tmp_path)
+    _report, summary = soak.run(cycles=12, workers=2, network="user", seed=12,
+                                deb_cache=tmp_path)
     assert soak.problems(summary) == [], json.dumps(summary, indent=2)

@@ -22,7 +22,7 @@ RECORD = "network.json"  # a VM's CNI attachment (see cni/vm.py)
 
 def default_plugin() -> str:
     """cni for root, as Ignite; passt otherwise (user if passt is not
-    installed). IGNITE_NETWORK_PLUGIN overrides."""
+    installed, or cannot serve IPv4 here). IGNITE_NETWORK_PLUGIN overrides."""
     import shutil
 
     env = os.environ.get("IGNITE_NETWORK_PLUGIN", "")
@@ -30,8 +30,11 @@ def default_plugin() -> str:
         return env
     if os.geteuid() == 0:
         return "cni"
-    return "passt" if shutil.which("passt", path=os.environ.get("PATH", "") + ":/usr/bin") \
-        else "user"
+    if shutil.which("passt", path=os.environ.get("PATH", "") + ":/usr/bin") is None:
+        return "user"
+    from ignitevm.providers.network.passt import ipv4_routable
+
+    return "passt" if ipv4_routable() else "user"
 
 
 def plan(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool) -> NetPlan | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 from ignitevm.errors import IgniteError
 from ignitevm.providers.network.base import Forward, NetPlan
@@ -61,10 +62,26 @@ def argv(fd: int, forwards: tuple[Forward, ...]) -> list[str]:
     return args
 
 
+def ipv4_routable(table: Path = Path("/proc/net/route")) -> bool:
+    """Whether the host has an IPv4 default route: passt takes its template
+    interface from it and turns IPv4 off (the guest's only protocol here)
+    without one."""
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return True  # (cannot tell: let passt say)
+    return any(len(w) > 3 and w[1] == "00000000" and int(w[3], 16) & 1
+               for w in (line.split() for line in lines))
+
+
 @contextlib.contextmanager
 def attached(ports: list[tuple[str, str, int, int]], ssh: bool) -> Iterator[NetPlan]:
     from ignitevm.util.proc import run
 
+    if not ipv4_routable():
+        raise IgniteError("passt cannot serve this VM: the host has no IPv4 default route, "
+                          "and passt turns IPv4 off without one",
+                          hint="use --network-plugin user (or cni, as root)")
     forwards = tuple(Forward(proto, ip or "0.0.0.0", hp, gp) for proto, ip, hp, gp in ports)
     ssh_port = free_port() if ssh else 0
     extra = (Forward("tcp", "127.0.0.1", ssh_port, 22),) if ssh else ()
