@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from ignitevm.log import log
 from ignitevm.util.proc import run
 
 META_PACKAGE = "linux-image-cloud-amd64"
+APT_ARCHIVES = Path("/var/cache/apt/archives")
 APT_HINT = "run 'apt-get update' first, and check that Debian's package sources are reachable"
 
 
@@ -33,11 +35,27 @@ def resolve_package(meta: str = META_PACKAGE) -> str:
     raise IgniteError(f"apt knows no package {meta}", hint=APT_HINT)
 
 
-def download(package: str, dest: Path) -> Path:
+def candidate(package: str) -> str | None:
+    """The version apt would take of ``package`` (None if it knows none)."""
+    out = run(["apt-cache", "policy", package], check=False).stdout
+    m = re.search(r"^\s*Candidate:\s*(\S+)", out, re.M)
+    return m.group(1) if m and m.group(1) != "(none)" else None
+
+
+def download(package: str, dest: Path, archives: Path = APT_ARCHIVES) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     existing = sorted(dest.glob(f"{package}_*.deb"))
     if existing:
         return existing[-1]
+    # The very version apt would download, already in apt's own cache (put
+    # there by `apt-get install --download-only`, or an install): no network.
+    version = candidate(package)
+    if version is not None:
+        for deb in sorted(archives.glob(f"{package}_{version.replace(':', '%3a')}_*.deb")):
+            if deb.is_file():
+                log.info("Taking %s from apt's cache", deb.name)
+                shutil.copyfile(deb, dest / deb.name)
+                return dest / deb.name
     log.info("Downloading %s with apt-get", package)
     run(["apt-get", "download", "-q", package], cwd=dest, hint=APT_HINT)
     debs = sorted(dest.glob(f"{package}_*.deb"))
