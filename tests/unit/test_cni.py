@@ -280,6 +280,23 @@ def filter_rules() -> list[str]:
                           text=True, check=True).stdout.splitlines()
 
 
+def test_internal_networks_get_only_the_name_servers_named(monkeypatch) -> None:
+    """A guest on an --internal network cannot reach the host's name servers:
+    it gets the ones the user named (--dns, the manifest, the conflist) or
+    none, never the host's (no root needed)."""
+    monkeypatch.setattr(vm, "host_nameservers", lambda: ["192.0.2.1"])
+    result = {"ips": [{"address": "10.248.7.2/28"}],
+              "routes": [{"dst": "10.99.0.0/16", "gw": "10.248.7.1"}]}
+    assert vm._plan(result, (), (), (), internal=True).dns == ""
+    assert vm._plan(result, (), ("10.248.7.1",), ("lab",), internal=True).dns == "10.248.7.1"
+    given = {**result, "dns": {"nameservers": ["10.248.7.9"]}}
+    assert vm._plan(given, (), (), (), internal=True).dns == "10.248.7.9"
+    plan = vm._plan({**result, "routes": [*result["routes"], {"dst": "0.0.0.0/0",
+                                                              "gw": "10.248.7.1"}]}, (), (), ())
+    assert plan.dns == "192.0.2.1" and plan.gateway == "10.248.7.1"
+    assert plan.routes == (("10.99.0.0/16", "10.248.7.1"),)  # the conflist's other routes
+
+
 def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> None:
     """Two attachments on an internal network and one on the test's default
     one. Each namespace's own stack stands in for its VM (the tap redirect is
@@ -303,6 +320,7 @@ def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> Non
                             "ingress"], check=True)
         (a, b, other), (nsa, nsb, nso) = plans, [f"{PREFIX}-{d.name}" for d in dirs]
         assert a.gateway == "" and other.gateway  # the internal guest gets no default route
+        assert a.dns == "" and other.dns == " ".join(vm.host_nameservers())  # nor host DNS
         # The project's drops come first in FORWARD and INPUT, before the firewall
         # plugin's accepts for every VM address, and are there once each.
         rules = filter_rules()
