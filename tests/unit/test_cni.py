@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -27,7 +28,15 @@ from ignitevm.providers.network.cni import (
     sweep,
     vm,
 )
-from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
+from ignitevm.util.fs import flock
+from tests.helpers.cninet import (
+    claim_network,
+    remove_network,
+    require_cni,
+    scope,
+    snapshot,
+    write_default,
+)
 
 # (the attachments' id prefix, this run's own: other runs on this host use the
 # same VM ids at the same time)
@@ -206,8 +215,8 @@ def test_host_port_in_use_is_refused(net: tuple[Path, str, str, str]) -> None:
 def lab(net: tuple[Path, str, str, str]) -> Iterator[tuple[Path, networks.Network]]:
     """A second network, /29: five addresses for VMs."""
     root = net[0]
-    n = os.getpid() % 200 + 20
-    made = networks.create(root, f"lab{n}", f"10.{251}.{n}.0/29")
+    name, n = claim_network("lab", tag=3)  # (its own name, bridge and subnet on this host)
+    made = networks.create(root, name, f"10.251.{n}.0/29")
     try:
         yield root, made
     finally:
@@ -263,11 +272,12 @@ def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
         networks.create(root, "bad", "10.252.0.0/24", gateway="10.253.0.1")
     with pytest.raises(InvalidInput, match="invalid network name"):
         networks.create(root, "default", "10.252.0.0/24")
-    networks.create(root, "inuse", "10.252.9.0/24")
+    inuse, n = claim_network("inuse", tag=6)
+    networks.create(root, inuse, f"10.252.{n}.0/24")
     with pytest.raises(Conflict, match="in use by VM 'web'"):
-        networks.remove(root, "inuse", ["web"])
-    networks.remove(root, "inuse", [])
-    assert not conflist.path(root, "inuse").exists()
+        networks.remove(root, inuse, ["web"])
+    networks.remove(root, inuse, [])
+    assert not conflist.path(root, inuse).exists()
 
 
 def reaches(ns: str, ip: str) -> bool:
@@ -305,8 +315,8 @@ def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> Non
     in its VM) they reach neither the other network, nor the host's other
     addresses, nor anything beyond; and nothing reaches them from outside."""
     root, _name, _bridge, subnet = net
-    made = networks.create(root, f"iso{os.getpid() % 200 + 20}", "10.248.7.0/28",
-                           internal=True)
+    name, n = claim_network("iso", tag=4)
+    made = networks.create(root, name, f"10.248.{n}.0/28", internal=True)
     dirs = [vmdir(root, f"a{i}23456789abcde") for i in range(3)]
     try:
         types = [p["type"] for p in made.conf["plugins"]]
@@ -364,8 +374,8 @@ def test_the_rules_of_a_vanished_internal_bridge_are_swept(
     """A bridge deleted behind the project's back (or gone with a reboot): the
     next release sweeps its rules; the next ADD puts them back."""
     root = net[0]
-    made = networks.create(root, f"isp{os.getpid() % 200 + 20}", "10.248.8.0/28",
-                           internal=True)
+    name, n = claim_network("isp", tag=5)
+    made = networks.create(root, name, f"10.247.{n}.0/28", internal=True)
     d = vmdir(root, "b123456789abcdef")
     try:
         with vm.attached(root, d, PREFIX, d.name, (), (vm.Want(made.name),)):
@@ -407,28 +417,50 @@ def test_the_plugins_shared_chains_go_with_the_last_attachment(
         net: tuple[Path, str, str, str]) -> None:
     """The firewall and portmap plugins make host-wide chains at the first ADD;
     they go when the last attachment is released, unless something else (here
-    an administrator's rule) still uses them."""
-    root, _name, _bridge, _subnet = net
+    an administrator's rule) still uses them. Other runs on this host may
+    attach and release meanwhile: a chain may stay only while one of them (or
+    the admin's rule) still has a rule in its table, which is looked at with
+    the host's CNI lock held (no ADD half-done)."""
+    root, _name, _bridge, subnet = net
     d = vmdir(root, "9123456789abcdef")
+    # (our attachment's id and addresses, the admin's rule)
+    mine = (f"{PREFIX}-", subnet.rsplit(".", 1)[0] + ".", "192.0.2.77")
 
-    def chains() -> set[str]:
-        text = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-        return {ln[1:].split()[0] for ln in text.splitlines() if ln.startswith(":CNI-")}
+    def settled() -> tuple[set[str], set[str]]:
+        """The shared chains there, and those of the tables where another run's
+        attachment has a rule of its own (not one of the plugins' fixed jumps)."""
+        with flock(sweep.HOST_LOCK):
+            text = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        there, held, table = set(), set(), ""
+        for ln in text.splitlines():
+            if ln.startswith("*"):
+                table = ln[1:]
+            elif ln.startswith(":CNI-"):
+                there.add(ln[1:].split()[0])
+            elif ln.startswith("-A ") and not any(t in ln for t in mine):
+                words = shlex.split(ln)
+                chains = sweep.SHARED.get(table, {})
+                target = words[words.index("-j") + 1] if "-j" in words else ""
+                if words[1] in chains and target not in chains[words[1]]:
+                    held |= set(chains)
+        return there & shared, held
 
-    shared = {"CNI-FORWARD", "CNI-ADMIN", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
-              "CNI-HOSTPORT-SETMARK"}
-    # (VMs of other runs on this host may hold some already: those must stay)
-    others = chains() & shared
+    shared = {c for chains in sweep.SHARED.values() for c in chains}
+    hostport = {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}
     with vm.attached(root, d, PREFIX, d.name, (Forward("tcp", "", 18939, 80),)):
-        assert shared <= chains()
+        assert shared <= settled()[0]
         admin = ["CNI-ADMIN", "-s", "192.0.2.77/32", "-j", "ACCEPT"]
         subprocess.run(["iptables", "-w", "-A", *admin], check=True)
     try:
         vm.release(d)
-        assert {"CNI-FORWARD", "CNI-ADMIN"} <= chains()   # still used by the admin's rule
-        assert not chains() & {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
-                               "CNI-HOSTPORT-SETMARK"} - others
+        there, held = settled()
+        assert {"CNI-FORWARD", "CNI-ADMIN"} <= there   # still used by the admin's rule
+        assert there & hostport <= held   # ours gone with our attachment
     finally:
         subprocess.run(["iptables", "-w", "-D", *admin], check=False)
-    sweep.shared_chains()
-    assert chains() & shared <= others
+    for _ in range(2):  # (a second sweep if another run's ADD made the first one wait)
+        sweep.shared_chains()
+        there, held = settled()
+        if there <= held:
+            break
+    assert there <= held

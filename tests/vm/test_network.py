@@ -24,7 +24,15 @@ import pytest
 
 from ignitevm.providers.network.cni.networks import bridge_name
 from tests.conftest import Ignite, cli_env
-from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
+from tests.helpers.cninet import (
+    LEASES,
+    claim_network,
+    remove_network,
+    require_cni,
+    scope,
+    snapshot,
+    write_default,
+)
 from tests.vm.conftest import wait_console
 
 # (the test's own id prefix: its namespaces and rules are told apart from
@@ -231,13 +239,13 @@ def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
     """eth0 on a network of the test's own with a fixed address, eth1 on the
     default one: the host reaches eth0's address, the VM reaches `web` over
     eth1, and the guest got the name servers and search domains asked for."""
-    n = os.getpid() % 200 + 20
+    lab, n = claim_network("lab", tag=8)  # (its own name, bridge and subnet on this host)
     subnet = f"10.249.{n}.0/24"
     fixed_ip = f"10.249.{n}.50"
-    cli("network", "create", f"lab{n}", "--subnet", subnet)
+    cli("network", "create", lab, "--subnet", subnet)
     try:
-        assert f"lab{n}" in cli("network", "ls").stdout
-        cli("run", testbox, "--name", "fixed", *CNI, *SMALL, "--network", f"lab{n}",
+        assert lab in cli("network", "ls").stdout
+        cli("run", testbox, "--name", "fixed", *CNI, *SMALL, "--network", lab,
             "--ip", fixed_ip, "--network", "default", "--dns", "192.0.2.53",
             "--dns-search", "lab.example", "--mac", "02:00:0a:f9:00:32")
         try:
@@ -255,19 +263,19 @@ def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
             assert "root:x:0:0" in out
             cli("exec", "fixed", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
             assert "root:x:0:0" in fetch(f"http://{fixed_ip}/passwd")
-            res = cli("network", "rm", f"lab{n}", check=False)
+            res = cli("network", "rm", lab, check=False)
             assert res.returncode == 1 and "in use by VM 'fixed'" in res.stderr
             cli("stop", "fixed")
             cli("start", "fixed")  # (the static address is the VM's across stop/start)
             assert ip_of(cli, "fixed") == fixed_ip
             # Asking for an address another VM holds: refused before anything is made.
-            res = cli("run", testbox, "--name", "twin", *CNI, "--network", f"lab{n}",
+            res = cli("run", testbox, "--name", "twin", *CNI, "--network", lab,
                       "--ip", fixed_ip, check=False)
             assert res.returncode == 1 and "is taken" in res.stderr
         finally:
             cli("rm", "-f", "fixed")
     finally:
-        cli("network", "rm", f"lab{n}")
+        cli("network", "rm", lab)
 
 
 def test_passt_forwards_a_port(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> None:
@@ -318,7 +326,7 @@ def test_stop_start_keeps_the_address(cli: Ignite, web: tuple[str, int]) -> None
 def outside() -> Iterator[str]:
     """An address beyond the host: a namespace of the test's own behind a
     veth pair, routed by the host like any other network. Yields its address."""
-    n = os.getpid() % 200 + 20
+    claimed, n = claim_network("out", tag=11)  # (a subnet no other run uses meanwhile)
     ns, host_end, far_end = f"{PREFIX}-out", f"{PREFIX[:9]}o", f"{PREFIX[:9]}f"
     sh = ["ip", "link"]
 
@@ -340,6 +348,7 @@ def outside() -> Iterator[str]:
         yield f"10.247.{n}.2"
     finally:
         undo()
+        (LEASES / f"ignite-{claimed}").rmdir()
 
 
 def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
@@ -350,8 +359,8 @@ def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
     even after adding a default route (they are root in their VMs) they reach
     neither `web` on the default network nor an address beyond the host, and
     `web` does not reach them. (`web` reaches that address: the control.)"""
-    n = os.getpid() % 200 + 20
-    lab, subnet = f"iso{n}", f"10.246.{n}.0/24"
+    lab, n = claim_network("iso", tag=9)
+    subnet = f"10.246.{n}.0/24"
     gw = f"10.246.{n}.1"
     mine = (*scope(PREFIX, net), f"10.246.{n}.", f"/ignite-{lab}/")
     before = snapshot(*mine, ports_of=(net[1],))
@@ -371,6 +380,9 @@ def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
         assert ping("in1", in2) and ping("in2", in1) and ping("in1", gw)
         assert ping("web", outside)
         assert "default" not in cli("exec", "in1", "--", "/bin/busybox", "ip", "route").stdout
+        # no name servers: the host's are out of reach (and none was named)
+        assert "nameserver" not in cli("exec", "in1", "--", "/bin/busybox", "cat",
+                                       "/etc/resolv.conf").stdout
         for name in names:
             cli("exec", name, "--", "/bin/busybox", "ip", "route", "add", "default", "via", gw)
         assert not ping("in1", w) and not ping("in2", outside)
@@ -391,8 +403,7 @@ def test_network_faults_at_the_cli(cli: Ignite, testbox: str,
     the network, a subnet overlapping another network's, and a plugin missing
     from a network's chain (after the bridge plugin has added its part: the
     ADD fails half-way)."""
-    n = os.getpid() % 200 + 20
-    lab = f"flt{n}"
+    lab, n = claim_network("flt", tag=10)
     mine = (*scope(PREFIX, net), f"10.245.{n}.", f"/ignite-{lab}/")
     cli("network", "create", lab, "--subnet", f"10.245.{n}.0/24")
     try:
