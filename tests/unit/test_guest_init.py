@@ -18,20 +18,13 @@ import pytest
 from ignitevm.api.types import VM, FileMapping
 from ignitevm.operations.guestconfig import env_script, write_config_disk
 from ignitevm.providers.network.base import NetPlan
-
-GUEST = Path(__file__).resolve().parents[2] / "ignitevm" / "guest"
-HARNESS = Path(__file__).resolve().parents[1] / "helpers" / "init_harness.c"
+from tests.helpers.guestc import build_driver
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (run scripts/setup.sh)")
-    out = tmp_path_factory.mktemp("harness") / "init_harness"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-I", str(GUEST), "-o", str(out), str(HARNESS),
-                    *(str(GUEST / f) for f in ("init_env.c", "init_cfg.c", "init_fs.c"))],
-                   check=True)
-    return out
+    return build_driver(tmp_path_factory, "init_harness", "init_env.c", "init_cfg.c",
+                        "init_fs.c")
 
 
 def read_env(harness: Path, path: Path) -> dict[str, str]:

@@ -17,19 +17,12 @@ import pytest
 from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.operations import clones
 from ignitevm.providers.network.base import NetPlan, guest_lines
-
-GUEST = Path(__file__).resolve().parents[2] / "ignitevm" / "guest"
-HARNESS = Path(__file__).resolve().parents[1] / "helpers" / "net_harness.c"
+from tests.helpers.guestc import build_driver
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (run scripts/setup.sh)")
-    out = tmp_path_factory.mktemp("netharness") / "net_harness"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-I", str(GUEST), "-o", str(out), str(HARNESS),
-                    str(GUEST / "net.c")], check=True)
-    return out
+    return build_driver(tmp_path_factory, "net_harness", "net.c")
 
 
 def _nic(mac: str, ip: str, **kw) -> NetPlan:
