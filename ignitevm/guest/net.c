@@ -11,7 +11,6 @@
 #include <net/if.h>
 #include <net/if_arp.h>
 #include <netinet/in.h>
-#include <netinet/ip_icmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -358,36 +357,20 @@ static void route_del_default(int nl)
     }
 }
 
-static unsigned short icmp_sum(const unsigned char *p, size_t n)
+/* One empty UDP datagram to the discard port of addr, not waiting for any
+ * answer: the host side (a bridge, passt) learns the guest's MAC before anyone
+ * connects in (passt answers nothing until it has seen one; a clone's ARP
+ * entry for the gateway, kept from the snapshot, sends no ARP request). */
+static void send_once(const char *addr, net_warn_fn warn, void *ctx)
 {
-    unsigned long sum = 0;
-    for (size_t i = 0; i + 1 < n; i += 2)
-        sum += (unsigned)(p[i] << 8 | p[i + 1]);
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return htons((unsigned short)~sum);
-}
-
-/* One ICMP echo request to addr, not waiting for the answer: the host side
- * (a bridge, passt) learns the guest's MAC before anyone connects in (passt
- * answers nothing until it has seen one). */
-static void ping_once(const char *addr, net_warn_fn warn, void *ctx)
-{
-    unsigned char bytes[16], pkt[16] = {0};
-    int prefix;
-    if (parse_addr(addr, bytes, &prefix) != AF_INET)
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(9)};
+    if (inet_pton(AF_INET, addr, &to.sin_addr) != 1)
         return;
-    int s = socket(AF_INET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_ICMP);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0)
         return;
-    pkt[0] = ICMP_ECHO;
-    pkt[4] = 0x1e, pkt[5] = 0x17, pkt[7] = 1;           /* id, sequence 1 */
-    unsigned short sum = icmp_sum(pkt, sizeof pkt);
-    memcpy(pkt + 2, &sum, 2);
-    struct sockaddr_in to = {.sin_family = AF_INET};
-    memcpy(&to.sin_addr, bytes, 4);
-    if (sendto(s, pkt, sizeof pkt, 0, (struct sockaddr *)&to, sizeof to) < 0)
-        warn(ctx, "network: cannot ping the gateway %s: %s", addr, strerror(errno));
+    if (sendto(s, "", 0, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) < 0)
+        warn(ctx, "network: cannot send to the gateway %s: %s", addr, strerror(errno));
     close(s);
 }
 
@@ -424,7 +407,7 @@ void net_apply(const struct net_cfg *c, net_warn_fn warn, void *ctx)
             warn(ctx, "network: cannot add the route to %s on %s: %s", c->route[i][1],
                  c->route[i][0], strerror(errno));
     if (*c->gw)
-        ping_once(c->gw, warn, ctx);
+        send_once(c->gw, warn, ctx);
 out:
     if (sk >= 0)
         close(sk);

@@ -4,7 +4,7 @@
  * `key=value` lines of docs/agent-protocol.md (net, gw, route, dns, search),
  * and one way to apply it: links up, MTU and MAC (ioctl), addresses and
  * routes replaced over rtnetlink (a clone loses the snapshot's address, it
- * does not get a second one), /etc/resolv.conf, and one ICMP echo to the
+ * does not get a second one), /etc/resolv.conf, and one UDP datagram to the
  * gateway so that the host side learns the guest's MAC at once.
  */
 #ifndef IGNITE_NET_H
