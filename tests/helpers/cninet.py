@@ -62,19 +62,27 @@ LEASES = Path("/var/lib/cni/networks")
 
 def claim_network(prefix: str, tag: int = 0) -> tuple[str, int]:
     """A network name ``<prefix><n>`` (n in 20..219) that no other run on this
-    host uses at the same time, claimed by making its lease folder (as
-    write_default claims its slot): its bridge, derived from the name, and a
-    subnet the test derives from n are then its own. `network rm`
-    (networks.remove) frees it with the folder."""
+    host holds at the same time, claimed by a folder of its own beside the
+    lease folders (as write_default claims its slot): a subnet the test
+    derives from n is then its own. (The bridge and lease folder of a named
+    network are the root's own anyway: networks.host_names.) free_claim
+    gives it back."""
     start = (os.getpid() + tag) % 200
     for i in range(200):
         n = (start + i) % 200 + 20
         try:
-            (LEASES / f"ignite-{prefix}{n}").mkdir(parents=True)
+            (LEASES / f"{CLAIM}{prefix}{n}").mkdir(parents=True)
         except FileExistsError:
             continue
         return f"{prefix}{n}", n
     raise AssertionError(f"no free {prefix} network slot (see {LEASES})")
+
+
+def free_claim(name: str) -> None:
+    (LEASES / f"{CLAIM}{name}").rmdir()
+
+
+CLAIM = "ignitevm-test-slot-"
 
 
 def remove_network(name: str, bridge: str) -> None:

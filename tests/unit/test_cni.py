@@ -31,6 +31,7 @@ from ignitevm.providers.network.cni import (
 from ignitevm.util.fs import flock
 from tests.helpers.cninet import (
     claim_network,
+    free_claim,
     remove_network,
     require_cni,
     scope,
@@ -221,6 +222,7 @@ def lab(net: tuple[Path, str, str, str]) -> Iterator[tuple[Path, networks.Networ
         yield root, made
     finally:
         networks.remove(root, made.name, [])
+        free_claim(made.name)
 
 
 def test_two_networks_a_mac_and_an_address(lab: tuple[Path, networks.Network]) -> None:
@@ -273,11 +275,14 @@ def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
     with pytest.raises(InvalidInput, match="invalid network name"):
         networks.create(root, "default", "10.252.0.0/24")
     inuse, n = claim_network("inuse", tag=6)
-    networks.create(root, inuse, f"10.252.{n}.0/24")
-    with pytest.raises(Conflict, match="in use by VM 'web'"):
-        networks.remove(root, inuse, ["web"])
-    networks.remove(root, inuse, [])
-    assert not conflist.path(root, inuse).exists()
+    try:
+        networks.create(root, inuse, f"10.252.{n}.0/24")
+        with pytest.raises(Conflict, match="in use by VM 'web'"):
+            networks.remove(root, inuse, ["web"])
+        networks.remove(root, inuse, [])
+        assert not conflist.path(root, inuse).exists()
+    finally:
+        free_claim(inuse)
 
 
 def reaches(ns: str, ip: str) -> bool:
@@ -364,6 +369,7 @@ def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> Non
         for d in dirs:
             vm.release(d)
         networks.remove(root, made.name, [])
+        free_claim(made.name)
     # The rules went with the network (and the chains with the last of them).
     assert not [r for r in filter_rules() if made.bridge in r]
     assert subnet  # (the test's default network stays for the fixture's check)
@@ -393,6 +399,7 @@ def test_the_rules_of_a_vanished_internal_bridge_are_swept(
     finally:
         vm.release(d)
         networks.remove(root, made.name, [])
+        free_claim(made.name)
     assert not [r for r in filter_rules() if made.bridge in r]
 
 
@@ -464,3 +471,21 @@ def test_the_plugins_shared_chains_go_with_the_last_attachment(
         if there <= held:
             break
     assert there <= held
+
+
+def test_a_named_network_has_its_own_bridge_and_leases_per_root(tmp_path: Path) -> None:
+    """Two roots (two users, two IGNITE_ROOTs) with a network of the same name:
+    a bridge (IFNAMSIZ: at most 15 characters) and a lease folder each. A
+    network made before keeps the names its conflist holds (no root needed)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    made = [networks.create(r, "lab", "10.77.0.0/24") for r in (a, b)]
+    assert made[0].bridge != made[1].bridge and max(len(m.bridge) for m in made) <= 15
+    dirs = {sweep.lease_dir(m.conf) for m in made}
+    assert len(dirs) == 2 and all(d.name.startswith("ignite-lab-") for d in dirs)
+    assert networks.get(a, "lab").bridge == made[0].bridge  # (read back, not recomputed)
+    assert networks.host_names(a, "lab") == networks.host_names(a.parent / "a", "lab")
+    old = conflist.bridge_conflist("ignite-old", "ign-0123456789", "10.78.0.0/24")
+    conflist.write(a, "old", old)
+    assert networks.get(a, "old").bridge == "ign-0123456789"
+    assert sweep.lease_dir(networks.get(a, "old").conf).name == "ignite-old"
+    assert conflist.bridge(conflist.load(a)) == conflist.bridge(conflist.load(b)) == "ignite0"

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from ignitevm.providers.network.cni.networks import bridge_name
+from ignitevm.providers.network.cni import networks
 from tests.conftest import Ignite, cli_env
 from tests.helpers.cninet import (
-    LEASES,
     claim_network,
+    free_claim,
     remove_network,
     require_cni,
     scope,
@@ -276,6 +276,7 @@ def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
             cli("rm", "-f", "fixed")
     finally:
         cli("network", "rm", lab)
+        free_claim(lab)
 
 
 def test_passt_forwards_a_port(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> None:
@@ -348,7 +349,7 @@ def outside() -> Iterator[str]:
         yield f"10.247.{n}.2"
     finally:
         undo()
-        (LEASES / f"ignite-{claimed}").rmdir()
+        free_claim(claimed)
 
 
 def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
@@ -362,7 +363,7 @@ def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
     lab, n = claim_network("iso", tag=9)
     subnet = f"10.246.{n}.0/24"
     gw = f"10.246.{n}.1"
-    mine = (*scope(PREFIX, net), f"10.246.{n}.", f"/ignite-{lab}/")
+    mine = (*scope(PREFIX, net), f"10.246.{n}.", f"/{networks.host_names(cli.root, lab)[0]}/")
     before = snapshot(*mine, ports_of=(net[1],))
     cli("network", "create", lab, "--subnet", subnet, "--internal")
     names = ["in1", "in2"]
@@ -392,9 +393,10 @@ def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
     finally:
         cli("rm", "-f", *names, check=False)
         cli("network", "rm", lab)
+        free_claim(lab)
     assert snapshot(*mine, ports_of=(net[1],)) == before
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    assert bridge_name(lab) not in rules
+    assert networks.host_names(cli.root, lab)[1] not in rules
 
 
 def test_network_faults_at_the_cli(cli: Ignite, testbox: str,
@@ -404,10 +406,11 @@ def test_network_faults_at_the_cli(cli: Ignite, testbox: str,
     from a network's chain (after the bridge plugin has added its part: the
     ADD fails half-way)."""
     lab, n = claim_network("flt", tag=10)
-    mine = (*scope(PREFIX, net), f"10.245.{n}.", f"/ignite-{lab}/")
+    cni_name, bridge = networks.host_names(cli.root, lab)
+    mine = (*scope(PREFIX, net), f"10.245.{n}.", f"/{cni_name}/")
     cli("network", "create", lab, "--subnet", f"10.245.{n}.0/24")
     try:
-        before = snapshot(*mine, ports_of=(net[1], bridge_name(lab)))
+        before = snapshot(*mine, ports_of=(net[1], bridge))
 
         def refused(*args: str) -> str:
             res = cli(*args, check=False)
@@ -429,6 +432,7 @@ def test_network_faults_at_the_cli(cli: Ignite, testbox: str,
         assert "'ignitevm-no-such-plugin' is not installed" in err
         assert "apt-get install containernetworking-plugins" in err
         assert "bad" not in cli("ps", "-a").stdout
-        assert snapshot(*mine, ports_of=(net[1], bridge_name(lab))) == before
+        assert snapshot(*mine, ports_of=(net[1], bridge)) == before
     finally:
         cli("network", "rm", lab)
+        free_claim(lab)
