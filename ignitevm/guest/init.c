@@ -373,14 +373,7 @@ static void read_network(struct net_cfg *net)
     if (fd >= 0)
         close(fd);
     text[n > 0 ? n : 0] = '\0';
-    for (char *save, *line = strtok_r(text, "\n", &save); line;
-         line = strtok_r(NULL, "\n", &save)) {
-        char *v = strchr(line, '=');
-        if (v) {
-            *v++ = '\0';
-            net_line(net, line, v, net_warn, NULL);
-        }
-    }
+    net_parse(net, text, net_warn, NULL);
 }
 
 /* /etc/resolv.conf of the new root (with the other files: the resize below

@@ -83,6 +83,18 @@ int net_line(struct net_cfg *c, const char *key, const char *value, net_warn_fn 
     return 1;
 }
 
+void net_parse(struct net_cfg *c, char *text, net_warn_fn warn, void *ctx)
+{
+    for (char *save, *line = strtok_r(text, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *v = strchr(line, '=');
+        if (v) {
+            *v++ = '\0';
+            net_line(c, line, v, warn, ctx);
+        }
+    }
+}
+
 /* ---- links (ioctl) ---- */
 
 static int ifreq_init(struct ifreq *ifr, const char *ifname)

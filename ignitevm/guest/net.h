@@ -35,6 +35,9 @@ typedef void (*net_warn_fn)(void *ctx, const char *fmt, ...) __attribute__((form
 /* Take one line's key and value; 1 if it was a network key, 0 if not, -1 if
  * it was one but malformed (warned). */
 int net_line(struct net_cfg *c, const char *key, const char *value, net_warn_fn warn, void *ctx);
+/* Every key=value line of text (changed in place); others than the
+ * network's are skipped. */
+void net_parse(struct net_cfg *c, char *text, net_warn_fn warn, void *ctx);
 /* Apply the interfaces and routes (resolv.conf is apart: its root differs). */
 void net_apply(const struct net_cfg *c, net_warn_fn warn, void *ctx);
 /* Write resolv.conf as `name` in the folder `etc_fd` (never through a link:

@@ -61,14 +61,7 @@ int main(int argc, char **argv)
     if (n < 0)
         return 2;
     text[n] = '\0';
-    for (char *save, *line = strtok_r(text, "\n", &save); line;
-         line = strtok_r(NULL, "\n", &save)) {
-        char *v = strchr(line, '=');
-        if (v) {
-            *v++ = '\0';
-            net_line(&net, line, v, warn, NULL);
-        }
-    }
+    net_parse(&net, text, warn, NULL);
     net_apply(&net, warn, NULL);
     int etc = open(argv[2], O_PATH | O_DIRECTORY);
     if (net.dns_given && net_resolv(etc, "resolv.conf", net.dns, net.search) < 0)
