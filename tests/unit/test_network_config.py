@@ -86,6 +86,17 @@ def test_bad_network_fields(field: str, value: str, message: str) -> None:
         validate_vm(vm)
 
 
+def test_at_most_eight_networks() -> None:
+    vm = VM()
+    vm.spec.image.oci = "x"
+    vm.spec.network.networks = [NetworkAttachment(network=f"n{i}") for i in range(9)]
+    default_vm(vm)
+    with pytest.raises(InvalidInput, match="at most 8 networks"):
+        validate_vm(vm)
+    vm.spec.network.networks.pop()
+    validate_vm(vm)
+
+
 def test_bad_dns_fields() -> None:
     vm = VM()
     vm.spec.image.oci = "x"
