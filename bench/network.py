@@ -91,13 +91,15 @@ def run_vm(root: Path, name: str, *flags: str) -> Path:
 
 
 def hand_config(src: Path, dest: Path) -> None:
-    """The VM's config disk with the hand-made bridge's address in vm.env."""
+    """The VM's config disk with the hand-made bridge's address in its network
+    lines (``net``, as docs/agent-protocol.md's RESTORE)."""
     with tarfile.open(src) as tin, tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tout:
         for m in tin.getmembers():
             data = tin.extractfile(m).read() if m.isfile() else None  # type: ignore[union-attr]
-            if m.name == "vm.env" and data is not None:
-                text = re.sub(r"IGNITE_IP=\S+", f"IGNITE_IP={HAND_NET}.2/24", data.decode())
-                text = re.sub(r"IGNITE_GW=\S+", f"IGNITE_GW={HAND_NET}.1", text)
+            if m.name == "net" and data is not None:
+                text = re.sub(r"^(net=eth0 \S+) \S+", rf"\1 {HAND_NET}.2/24", data.decode(),
+                              flags=re.M)
+                text = re.sub(r"^gw=\S+", f"gw={HAND_NET}.1", text, flags=re.M)
                 data = text.encode()
                 m.size = len(data)
             tout.addfile(m, io.BytesIO(data) if data is not None else None)

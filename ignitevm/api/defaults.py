@@ -168,6 +168,11 @@ def validate_networks(vm: VM) -> None:
     names = [a.network or "default" for a in vm.spec.network.networks]
     if len(set(names)) != len(names):
         raise InvalidInput("a VM can join each network once", hint="drop the repeated --network")
+    if len(names) > MAX_NETWORKS:  # (what the guest's network module takes: guest/net.h)
+        raise InvalidInput(f"a VM can join at most {MAX_NETWORKS} networks ({len(names)} given)")
+
+
+MAX_NETWORKS = 8
 
 
 _LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"

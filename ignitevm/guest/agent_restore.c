@@ -8,21 +8,16 @@
  * DATA on stream 2 and the rest goes on; EXIT carries the hooks' status.
  */
 #include "agent.h"
+#include "net.h"
 
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/random.h>
-#include <net/if.h>
-#include <net/if_arp.h>
-#include <net/route.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <stdarg.h>
 #include <sys/wait.h>
@@ -30,13 +25,6 @@
 #include <unistd.h>
 
 #define HOOK_DIR "/etc/ignitevm/restore.d"
-#define MAX_NICS 8
-
-struct nic {
-    char name[IFNAMSIZ];
-    char mac[32];
-    char ip[64];
-};
 
 static void warn(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void warn(struct session *s, const char *fmt, ...)
@@ -53,6 +41,17 @@ static void warn(struct session *s, const char *fmt, ...)
     msg[n++] = '\n';
     send_frame(s->ch, F_DATA, 2, s->id, msg, n);
     logmsg("restore: %.*s", n - 1, msg);
+}
+
+static void net_warn(void *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void net_warn(void *ctx, const char *fmt, ...)
+{
+    char msg[ERRLEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    warn(ctx, "%s", msg);
 }
 
 static int hexval(int c)
@@ -156,115 +155,6 @@ static void set_machine_id(struct session *s, const char *id)
         rewrite(s, "/var/lib/dbus/machine-id", line);
 }
 
-static int parse_mac(const char *text, unsigned char *mac)
-{
-    unsigned v[6];
-    if (sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6)
-        return -1;
-    for (int i = 0; i < 6; i++)
-        mac[i] = (unsigned char)v[i];
-    return 0;
-}
-
-static void sin_set(struct sockaddr *sa, in_addr_t a)
-{
-    struct sockaddr_in *in = (struct sockaddr_in *)sa;
-    memset(in, 0, sizeof *in);
-    in->sin_family = AF_INET;
-    in->sin_addr.s_addr = a;
-}
-
-static void address(struct session *s, int sk, const struct nic *n)
-{
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    memcpy(ifr.ifr_name, n->name, IFNAMSIZ - 1);
-    unsigned char mac[6];
-    if (n->mac[0]) {
-        if (parse_mac(n->mac, mac) < 0) {
-            warn(s, "%s: bad MAC %s", n->name, n->mac);
-        } else {
-            ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
-            memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
-            if (ioctl(sk, SIOCSIFHWADDR, &ifr) < 0)
-                warn(s, "%s: cannot set MAC %s: %s", n->name, n->mac, strerror(errno));
-        }
-    }
-    if (!n->ip[0])
-        return;
-    char ip[64];
-    snprintf(ip, sizeof ip, "%s", n->ip);
-    char *slash = strchr(ip, '/');
-    int prefix = slash ? atoi(slash + 1) : 32;
-    if (slash)
-        *slash = 0;
-    struct in_addr a;
-    if (inet_pton(AF_INET, ip, &a) != 1 || prefix < 0 || prefix > 32) {
-        warn(s, "%s: bad address %s", n->name, n->ip);
-        return;
-    }
-    sin_set(&ifr.ifr_addr, a.s_addr);
-    if (ioctl(sk, SIOCSIFADDR, &ifr) < 0)
-        warn(s, "%s: cannot set address %s: %s", n->name, n->ip, strerror(errno));
-    sin_set(&ifr.ifr_netmask, prefix ? htonl(~0u << (32 - prefix)) : 0);
-    if (ioctl(sk, SIOCSIFNETMASK, &ifr) < 0)
-        warn(s, "%s: cannot set netmask /%d: %s", n->name, prefix, strerror(errno));
-    if (ioctl(sk, SIOCGIFFLAGS, &ifr) == 0 && !(ifr.ifr_flags & IFF_UP)) {
-        ifr.ifr_flags |= IFF_UP;
-        ioctl(sk, SIOCSIFFLAGS, &ifr);
-    }
-}
-
-static void default_route(struct session *s, int sk, const char *gw)
-{
-    struct rtentry rt;
-    struct in_addr a;
-    if (inet_pton(AF_INET, gw, &a) != 1) {
-        warn(s, "bad gateway %s", gw);
-        return;
-    }
-    memset(&rt, 0, sizeof rt);
-    sin_set(&rt.rt_dst, 0);
-    sin_set(&rt.rt_genmask, 0);
-    while (ioctl(sk, SIOCDELRT, &rt) == 0)
-        ;                       /* the source's default routes */
-    sin_set(&rt.rt_gateway, a.s_addr);
-    rt.rt_flags = RTF_UP | RTF_GATEWAY;
-    if (ioctl(sk, SIOCADDRT, &rt) < 0 && errno != EEXIST)
-        warn(s, "cannot add the default route via %s: %s", gw, strerror(errno));
-    /* One packet out at once (the discard port of the gateway): the host side
-       learns the new MAC before anyone connects in (passt answers nothing
-       until it has seen one; a bridge forwards to where it last saw it). */
-    struct sockaddr_in to;
-    sin_set((struct sockaddr *)&to, a.s_addr);
-    to.sin_port = htons(9);
-    if (sendto(sk, "", 0, MSG_DONTWAIT, (struct sockaddr *)&to, sizeof to) < 0)
-        logmsg("restore: could not send to the gateway: %s", strerror(errno));
-}
-
-static void resolv(struct session *s, const char *dns, const char *search)
-{
-    struct stat st;
-    if (lstat("/etc/resolv.conf", &st) == 0 && !S_ISREG(st.st_mode))
-        return;                 /* a link (systemd-resolved...): its owner's */
-    char text[1024];
-    size_t len = 0;
-    if (search[0])
-        len += snprintf(text + len, sizeof text - len, "search %s\n", search);
-    char copy[512];
-    snprintf(copy, sizeof copy, "%s", dns);
-    for (char *save, *ns = strtok_r(copy, " ", &save); ns && len < sizeof text;
-         ns = strtok_r(NULL, " ", &save))
-        len += snprintf(text + len, sizeof text - len, "nameserver %s\n", ns);
-    if (len >= sizeof text)
-        return;
-    int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-    if (fd < 0 || overwrite(fd, text, len) < 0)
-        warn(s, "cannot write /etc/resolv.conf: %s", strerror(errno));
-    if (fd >= 0)
-        close(fd);
-}
-
 static int by_name(const struct dirent **a, const struct dirent **b)
 {
     return strcmp((*a)->d_name, (*b)->d_name);
@@ -310,10 +200,9 @@ int restore_start(struct session *s, const char *p, size_t n)
         die("out of memory");
     memcpy(text, p, n);
     text[n] = 0;
-    struct nic nics[MAX_NICS];
-    int nnics = 0;
-    const char *gw = "", *dns = "", *search = "";
-    int net = 0;
+    struct net_cfg net;
+    memset(&net, 0, sizeof net);
+    int has_net = 0;
     for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         char *v = strchr(line, '=');
         if (!v)
@@ -327,34 +216,16 @@ int restore_start(struct session *s, const char *p, size_t n)
             set_hostname(s, v);
         else if (strcmp(line, "machine_id") == 0)
             set_machine_id(s, v);
-        else if (strcmp(line, "net") == 0 && nnics < MAX_NICS) {
-            struct nic *c = &nics[nnics];
-            memset(c, 0, sizeof *c);
-            if (sscanf(v, "%15s %31s %63s", c->name, c->mac, c->ip) >= 2)
-                nnics++;
-            if (strcmp(c->ip, "-") == 0)
-                c->ip[0] = 0;
-            net = 1;
-        } else if (strcmp(line, "gw") == 0)
-            gw = v;
-        else if (strcmp(line, "dns") == 0)
-            dns = v;
-        else if (strcmp(line, "search") == 0)
-            search = v;
+        else if (net_line(&net, line, v, net_warn, s) != 0)
+            has_net = 1;
     }
-    if (net) {
-        int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (sk < 0) {
-            warn(s, "no socket for the network: %s", strerror(errno));
-        } else {
-            for (int i = 0; i < nnics; i++)
-                address(s, sk, &nics[i]);
-            if (gw[0])
-                default_route(s, sk, gw);
-            close(sk);
-        }
-        if (dns[0] || search[0])
-            resolv(s, dns, search);
+    if (has_net) {
+        net_apply(&net, net_warn, s);
+        int etc = open("/etc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (net.dns_given && etc >= 0 && net_resolv(etc, "resolv.conf", net.dns, net.search) < 0)
+            warn(s, "cannot write /etc/resolv.conf: %s", strerror(errno));
+        if (etc >= 0)
+            close(etc);
     }
     free(text);
     struct stat st;

@@ -13,11 +13,11 @@ from ignitevm.util.proc import run, which
 
 # program -> its C sources in ignitevm/guest/ (headers beside them are included).
 PROGRAMS: dict[str, tuple[str, ...]] = {
-    "ignite-init": ("init.c", "init_cfg.c", "init_env.c", "init_fs.c", "init_net.c", "wipe.c"),
+    "ignite-init": ("init.c", "init_cfg.c", "init_env.c", "init_fs.c", "net.c", "wipe.c"),
     "ignite-agent": ("agent.c", "agent_loop.c", "agent_exec.c", "agent_tar.c", "agent_untar.c",
-                     "agent_restore.c", "wipe.c"),
+                     "agent_restore.c", "net.c", "wipe.c"),
 }
-HEADERS: tuple[str, ...] = ("agent.h", "init.h", "wipe.h")
+HEADERS: tuple[str, ...] = ("agent.h", "init.h", "net.h", "wipe.h")
 CFLAGS: tuple[str, ...] = ("-static", "-Os", "-s", "-Wall", "-pthread")
 
 

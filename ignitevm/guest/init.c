@@ -14,6 +14,7 @@
  * KVM probe).
  */
 #include "init.h"
+#include "net.h"
 #include "wipe.h"
 
 #include <dirent.h>
@@ -351,63 +352,43 @@ static void mount_volumes(int root_fd, const char *list)
     }
 }
 
-static void write_resolv_conf(int root_fd, const char *dns, const char *search)
+/* The network as the host planned it (/cfg/net: the lines of a clone's
+ * RESTORE, see net.h; the kernel has no ip= autoconfiguration). */
+static void net_warn(void *ctx, const char *fmt, ...)
 {
-    struct stat st;
+    char msg[256];
+    va_list ap;
+    (void)ctx;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    say("warning: %s", msg);
+}
+
+static void read_network(struct net_cfg *net)
+{
+    static char text[8192];
+    int fd = open("/cfg/net", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? 0 : read(fd, text, sizeof text - 1);
+    if (fd >= 0)
+        close(fd);
+    text[n > 0 ? n : 0] = '\0';
+    net_parse(net, text, net_warn, NULL);
+}
+
+/* /etc/resolv.conf of the new root (with the other files: the resize below
+ * holds the filesystem's journal while it runs). */
+static void write_resolv_conf(int root_fd, const struct net_cfg *net)
+{
     const char *name;
+    if (!net->n || !net->dns_given || !is_dir_in(root_fd, "/etc"))
+        return;
     int etc = parent_in(root_fd, "/etc/resolv.conf", &name);
     if (etc < 0)
         return;
-    if (fstatat(etc, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
-        close(etc);
-        return;                 /* (the image manages it: systemd-resolved, ...) */
-    }
-    char text[2048], ns[256];
-    int n = 0;
-    if (*search)
-        n += snprintf(text + n, sizeof text - (size_t)n, "search %s\n", search);
-    for (const char *pos = dns; next_word(&pos, ns, sizeof ns) && n < (int)sizeof text;)
-        n += snprintf(text + n, sizeof text - (size_t)n, "nameserver %s\n", ns);
-    if (n > (int)sizeof text - 1)
-        n = (int)sizeof text - 1;
-    int fd = openat(etc, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
-    if (fd < 0 || write(fd, text, (size_t)n) != n)
+    if (net_resolv(etc, name, net->dns, net->search) < 0)
         say("warning: /etc/resolv.conf: %s", strerror(errno));
-    if (fd >= 0)
-        close(fd);
     close(etc);
-}
-
-/* The address and route the host chose (user mode, or the ones
- * CNI gave; the kernel has no ip= autoconfiguration). */
-static void configure_network(const struct env *env)
-{
-    const char *ip = env_get(env, "IGNITE_IP"), *gw = env_get(env, "IGNITE_GW");
-    const char *mtu = env_get(env, "IGNITE_MTU");
-    if (!*ip)
-        return;
-    if (link_up("lo") < 0)
-        say("warning: lo: %s", strerror(errno));
-    if (*mtu && link_mtu("eth0", atoi(mtu)) < 0)
-        say("warning: mtu %s on eth0: %s", mtu, strerror(errno));
-    trace("lo up");
-    if (link_up("eth0") < 0 || (trace("eth0 up"), addr_add("eth0", ip)) < 0 ||
-        (*gw && route_default(gw) < 0))
-        say("warning: could not configure eth0 (%s)", strerror(errno));
-    /* One packet out at once: the host side learns the guest's MAC before
-     * anyone connects in (passt answers nothing until it has seen one). */
-    if (*gw)
-        ping_once(gw);
-    char nic[128];
-    for (const char *pos = env_get(env, "IGNITE_MORE_NICS"); next_word(&pos, nic, sizeof nic);) {
-        char *eq = strchr(nic, '=');    /* eth1=10.77.0.5/24 (no default route) */
-        const char *addr = eq ? eq + 1 : nic;
-        if (eq)
-            *eq = '\0';
-        if (link_up(nic) < 0 || addr_add(nic, addr) < 0)
-            say("warning: could not configure %s (%s)", nic, strerror(errno));
-    }
-    trace("network");
 }
 
 /* devtmpfs in the new root too; the initramfs keeps its own /dev mount (the
@@ -557,11 +538,9 @@ int main(void)
     trace("config disk read");
 
     apply_files(root_fd, &env);
-    /* The name servers the host chose (written with the other files: the
-     * resize below holds the filesystem's journal while it runs). */
-    const char *dns = env_get(&env, "IGNITE_DNS"), *search = env_get(&env, "IGNITE_DNS_SEARCH");
-    if (*env_get(&env, "IGNITE_IP") && (*dns || *search) && is_dir_in(root_fd, "/etc"))
-        write_resolv_conf(root_fd, dns, search);
+    static struct net_cfg net;
+    read_network(&net);
+    write_resolv_conf(root_fd, &net);
     mount_volumes(root_fd, env_get(&env, "IGNITE_VOLUMES"));
     /* Grow the root filesystem in a thread while the network, the new root's
      * mounts and the agent are set up; waited for before the handover. */
@@ -570,7 +549,8 @@ int main(void)
     if (!resizing)
         resize(NULL);
     modules_wait();
-    configure_network(&env);
+    net_apply(&net, net_warn, NULL);
+    trace("network");
     mount_newroot_fs(root_fd);
     trace("new root ready");
 

@@ -2,8 +2,8 @@
  * ignite-init: the initramfs init of ignitevm. Shared declarations of its
  * parts: init.c (the boot sequence, from /init to the image's init),
  * init_cfg.c (the VM config disk, read in place: vm.env, keys, files),
- * init_fs.c (paths resolved inside the new root, modules, mounts),
- * init_net.c (addresses and routes over netlink).
+ * init_fs.c (paths resolved inside the new root, modules, mounts); the
+ * network is net.c's, shared with the agent.
  */
 #ifndef IGNITE_INIT_H
 #define IGNITE_INIT_H
@@ -68,15 +68,5 @@ int modules_open(struct modules *m, const char *dir);
 int modules_find(const struct modules *m, const char *name);
 /* Load modules [from, to) in order; 0 if all loaded (each failure says so). */
 int modules_load(const struct modules *m, int from, int to);
-
-/* ---- network ---- */
-int link_up(const char *ifname);
-int link_mtu(const char *ifname, int mtu);
-/* Add "ADDR[/PREFIX]" to ifname (as `ip addr add`). */
-int addr_add(const char *ifname, const char *cidr);
-/* Add the default route via gw (as `ip route add default via`). */
-int route_default(const char *gw);
-/* Send one ICMP echo request to addr, not waiting for the answer. */
-void ping_once(const char *addr);
 
 #endif

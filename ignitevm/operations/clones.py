@@ -163,18 +163,9 @@ def identity_fields(vm: VM, net: NetPlan | None) -> list[tuple[str, str]]:
               ("hostname", vm.metadata.uid),
               ("machine_id", secrets.token_hex(16))]
     if net is not None:
-        nics = (net, *net.more)
-        for i, nic in enumerate(nics):
-            fields.append(("net", f"eth{i} {nic.mac} {nic.guest_ip or '-'}"))
-        if net.gateway:
-            fields.append(("gw", net.gateway))
-        if net.dns:
-            fields.append(("dns", net.dns))
-        if net.dns_search:
-            fields.append(("search", net.dns_search))
-    for key, value in fields:
-        if any(ord(c) < 0x20 for c in value):
-            raise InvalidInput(f"refusing RESTORE field {key}={value!r}: control character")
+        from ignitevm.providers.network.base import guest_lines
+
+        fields += guest_lines(net)
     return fields
 
 

@@ -1,8 +1,9 @@
 """The per-VM config handed to the guest at boot, as a small read-only tar disk.
 
 The initramfs init reads it in place and applies it: ``vm.env`` (shell variables),
-``hosts`` (used when the image has no /etc/hosts) and ``files/`` (copied over
-the root: hostname, --copy-files, keys). The shared image is never written.
+``net`` (the network, as the lines of a clone's RESTORE), ``hosts`` (used when the
+image has no /etc/hosts) and ``files/`` (copied over the root: hostname,
+--copy-files, keys). The shared image is never written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from ignitevm.agent.protocol import request
 from ignitevm.api.types import VM
 from ignitevm.errors import InvalidInput
-from ignitevm.providers.network.base import NetPlan
+from ignitevm.providers.network.base import NetPlan, guest_lines
 
 CONFIG_DISK = "config.tar"
 
@@ -47,7 +48,7 @@ def entrypoint_words(config: dict[str, Any]) -> list[str]:
     return [str(w) for w in [*entry, *cmd]]
 
 
-def env_script(vm: VM, net: NetPlan | None = None) -> str:
+def env_script(vm: VM) -> str:
     uid = vm.metadata.uid
     lines = [
         f"IGNITE_UID={shlex.quote(uid)}",
@@ -58,15 +59,6 @@ def env_script(vm: VM, net: NetPlan | None = None) -> str:
     mounts = [f"{m.name}:{m.mount_path}" for m in vm.spec.storage.volume_mounts]
     if mounts:
         lines.append(f"IGNITE_VOLUMES={shlex.quote(' '.join(mounts))}")
-    if net is not None:
-        lines += [f"IGNITE_IP={net.guest_ip}", f"IGNITE_GW={net.gateway}",
-                  f"IGNITE_DNS={shlex.quote(net.dns)}",
-                  f"IGNITE_DNS_SEARCH={shlex.quote(net.dns_search)}"]
-        if net.mtu:
-            lines.append(f"IGNITE_MTU={net.mtu}")
-        more = " ".join(f"eth{i}={n.guest_ip}" for i, n in enumerate(net.more, 1))
-        if more:
-            lines.append(f"IGNITE_MORE_NICS={shlex.quote(more)}")
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +90,9 @@ def write_config_disk(vm: VM, image_config: dict[str, Any], out: Path,
     tmp = out.with_name(f".{out.name}.tmp")
     seen: set[str] = set()
     with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-        _add_bytes(tar, "vm.env", env_script(vm, net).encode())
+        _add_bytes(tar, "vm.env", env_script(vm).encode())
+        if net is not None:
+            _add_bytes(tar, "net", "".join(f"{k}={v}\n" for k, v in guest_lines(net)).encode())
         host_key = vm_dir / sshkeys.HOST_KEY
         if host_key.exists():
             _add_bytes(tar, "ssh/ssh_host_ed25519_key", host_key.read_bytes(), 0o600)

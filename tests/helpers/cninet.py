@@ -60,6 +60,31 @@ def write_default(root: Path, tag: int = 0, internal: bool = False) -> tuple[str
 LEASES = Path("/var/lib/cni/networks")
 
 
+def claim_network(prefix: str, tag: int = 0) -> tuple[str, int]:
+    """A network name ``<prefix><n>`` (n in 20..219) that no other run on this
+    host holds at the same time, claimed by a folder of its own beside the
+    lease folders (as write_default claims its slot): a subnet the test
+    derives from n is then its own. (The bridge and lease folder of a named
+    network are the root's own anyway: networks.host_names.) free_claim
+    gives it back."""
+    start = (os.getpid() + tag) % 200
+    for i in range(200):
+        n = (start + i) % 200 + 20
+        try:
+            (LEASES / f"{CLAIM}{prefix}{n}").mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return f"{prefix}{n}", n
+    raise AssertionError(f"no free {prefix} network slot (see {LEASES})")
+
+
+def free_claim(name: str) -> None:
+    (LEASES / f"{CLAIM}{name}").rmdir()
+
+
+CLAIM = "ignitevm-test-slot-"
+
+
 def remove_network(name: str, bridge: str) -> None:
     subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
     shutil.rmtree(Path("/var/lib/cni/networks") / name, ignore_errors=True)
@@ -101,7 +126,9 @@ SHARED_CHAINS = {"CNI-FORWARD", "CNI-ADMIN", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-
 
 
 def scope(prefix: str, net: tuple[str, str, str]) -> tuple[str, ...]:
-    """The tokens that name a test's objects: its VMs' id prefix, its
-    network's name and the prefix of the network's addresses."""
+    """The tokens that name a test's objects: its VMs' id prefix (with the
+    dash that ends it: `ignt12` must not match another run's `ignt123-...`),
+    its network's name and the prefix of the network's addresses."""
     name, _bridge, subnet = net
+    prefix = prefix if prefix.endswith("-") else prefix + "-"
     return (prefix, f'\\"{name}\\"', f"/{name}/", subnet.rsplit(".", 1)[0] + ".")

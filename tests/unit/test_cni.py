@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -27,7 +28,16 @@ from ignitevm.providers.network.cni import (
     sweep,
     vm,
 )
-from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
+from ignitevm.util.fs import flock
+from tests.helpers.cninet import (
+    claim_network,
+    free_claim,
+    remove_network,
+    require_cni,
+    scope,
+    snapshot,
+    write_default,
+)
 
 # (the attachments' id prefix, this run's own: other runs on this host use the
 # same VM ids at the same time)
@@ -206,12 +216,13 @@ def test_host_port_in_use_is_refused(net: tuple[Path, str, str, str]) -> None:
 def lab(net: tuple[Path, str, str, str]) -> Iterator[tuple[Path, networks.Network]]:
     """A second network, /29: five addresses for VMs."""
     root = net[0]
-    n = os.getpid() % 200 + 20
-    made = networks.create(root, f"lab{n}", f"10.{251}.{n}.0/29")
+    name, n = claim_network("lab", tag=3)  # (its own name, bridge and subnet on this host)
+    made = networks.create(root, name, f"10.251.{n}.0/29")
     try:
         yield root, made
     finally:
         networks.remove(root, made.name, [])
+        free_claim(made.name)
 
 
 def test_two_networks_a_mac_and_an_address(lab: tuple[Path, networks.Network]) -> None:
@@ -263,11 +274,15 @@ def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
         networks.create(root, "bad", "10.252.0.0/24", gateway="10.253.0.1")
     with pytest.raises(InvalidInput, match="invalid network name"):
         networks.create(root, "default", "10.252.0.0/24")
-    networks.create(root, "inuse", "10.252.9.0/24")
-    with pytest.raises(Conflict, match="in use by VM 'web'"):
-        networks.remove(root, "inuse", ["web"])
-    networks.remove(root, "inuse", [])
-    assert not conflist.path(root, "inuse").exists()
+    inuse, n = claim_network("inuse", tag=6)
+    try:
+        networks.create(root, inuse, f"10.252.{n}.0/24")
+        with pytest.raises(Conflict, match="in use by VM 'web'"):
+            networks.remove(root, inuse, ["web"])
+        networks.remove(root, inuse, [])
+        assert not conflist.path(root, inuse).exists()
+    finally:
+        free_claim(inuse)
 
 
 def reaches(ns: str, ip: str) -> bool:
@@ -280,6 +295,23 @@ def filter_rules() -> list[str]:
                           text=True, check=True).stdout.splitlines()
 
 
+def test_internal_networks_get_only_the_name_servers_named(monkeypatch) -> None:
+    """A guest on an --internal network cannot reach the host's name servers:
+    it gets the ones the user named (--dns, the manifest, the conflist) or
+    none, never the host's (no root needed)."""
+    monkeypatch.setattr(vm, "host_nameservers", lambda: ["192.0.2.1"])
+    result = {"ips": [{"address": "10.248.7.2/28"}],
+              "routes": [{"dst": "10.99.0.0/16", "gw": "10.248.7.1"}]}
+    assert vm._plan(result, (), (), (), internal=True).dns == ""
+    assert vm._plan(result, (), ("10.248.7.1",), ("lab",), internal=True).dns == "10.248.7.1"
+    given = {**result, "dns": {"nameservers": ["10.248.7.9"]}}
+    assert vm._plan(given, (), (), (), internal=True).dns == "10.248.7.9"
+    plan = vm._plan({**result, "routes": [*result["routes"], {"dst": "0.0.0.0/0",
+                                                              "gw": "10.248.7.1"}]}, (), (), ())
+    assert plan.dns == "192.0.2.1" and plan.gateway == "10.248.7.1"
+    assert plan.routes == (("10.99.0.0/16", "10.248.7.1"),)  # the conflist's other routes
+
+
 def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> None:
     """Two attachments on an internal network and one on the test's default
     one. Each namespace's own stack stands in for its VM (the tap redirect is
@@ -288,8 +320,8 @@ def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> Non
     in its VM) they reach neither the other network, nor the host's other
     addresses, nor anything beyond; and nothing reaches them from outside."""
     root, _name, _bridge, subnet = net
-    made = networks.create(root, f"iso{os.getpid() % 200 + 20}", "10.248.7.0/28",
-                           internal=True)
+    name, n = claim_network("iso", tag=4)
+    made = networks.create(root, name, f"10.248.{n}.0/28", internal=True)
     dirs = [vmdir(root, f"a{i}23456789abcde") for i in range(3)]
     try:
         types = [p["type"] for p in made.conf["plugins"]]
@@ -303,6 +335,7 @@ def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> Non
                             "ingress"], check=True)
         (a, b, other), (nsa, nsb, nso) = plans, [f"{PREFIX}-{d.name}" for d in dirs]
         assert a.gateway == "" and other.gateway  # the internal guest gets no default route
+        assert a.dns == "" and other.dns == " ".join(vm.host_nameservers())  # nor host DNS
         # The project's drops come first in FORWARD and INPUT, before the firewall
         # plugin's accepts for every VM address, and are there once each.
         rules = filter_rules()
@@ -336,6 +369,7 @@ def test_internal_network_has_no_way_out(net: tuple[Path, str, str, str]) -> Non
         for d in dirs:
             vm.release(d)
         networks.remove(root, made.name, [])
+        free_claim(made.name)
     # The rules went with the network (and the chains with the last of them).
     assert not [r for r in filter_rules() if made.bridge in r]
     assert subnet  # (the test's default network stays for the fixture's check)
@@ -346,8 +380,8 @@ def test_the_rules_of_a_vanished_internal_bridge_are_swept(
     """A bridge deleted behind the project's back (or gone with a reboot): the
     next release sweeps its rules; the next ADD puts them back."""
     root = net[0]
-    made = networks.create(root, f"isp{os.getpid() % 200 + 20}", "10.248.8.0/28",
-                           internal=True)
+    name, n = claim_network("isp", tag=5)
+    made = networks.create(root, name, f"10.247.{n}.0/28", internal=True)
     d = vmdir(root, "b123456789abcdef")
     try:
         with vm.attached(root, d, PREFIX, d.name, (), (vm.Want(made.name),)):
@@ -365,6 +399,7 @@ def test_the_rules_of_a_vanished_internal_bridge_are_swept(
     finally:
         vm.release(d)
         networks.remove(root, made.name, [])
+        free_claim(made.name)
     assert not [r for r in filter_rules() if made.bridge in r]
 
 
@@ -389,28 +424,68 @@ def test_the_plugins_shared_chains_go_with_the_last_attachment(
         net: tuple[Path, str, str, str]) -> None:
     """The firewall and portmap plugins make host-wide chains at the first ADD;
     they go when the last attachment is released, unless something else (here
-    an administrator's rule) still uses them."""
-    root, _name, _bridge, _subnet = net
+    an administrator's rule) still uses them. Other runs on this host may
+    attach and release meanwhile: a chain may stay only while one of them (or
+    the admin's rule) still has a rule in its table, which is looked at with
+    the host's CNI lock held (no ADD half-done)."""
+    root, _name, _bridge, subnet = net
     d = vmdir(root, "9123456789abcdef")
+    # (our attachment's id and addresses, the admin's rule)
+    mine = (f"{PREFIX}-", subnet.rsplit(".", 1)[0] + ".", "192.0.2.77")
 
-    def chains() -> set[str]:
-        text = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-        return {ln[1:].split()[0] for ln in text.splitlines() if ln.startswith(":CNI-")}
+    def settled() -> tuple[set[str], set[str]]:
+        """The shared chains there, and those of the tables where another run's
+        attachment has a rule of its own (not one of the plugins' fixed jumps)."""
+        with flock(sweep.HOST_LOCK):
+            text = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        there, held, table = set(), set(), ""
+        for ln in text.splitlines():
+            if ln.startswith("*"):
+                table = ln[1:]
+            elif ln.startswith(":CNI-"):
+                there.add(ln[1:].split()[0])
+            elif ln.startswith("-A ") and not any(t in ln for t in mine):
+                words = shlex.split(ln)
+                chains = sweep.SHARED.get(table, {})
+                target = words[words.index("-j") + 1] if "-j" in words else ""
+                if words[1] in chains and target not in chains[words[1]]:
+                    held |= set(chains)
+        return there & shared, held
 
-    shared = {"CNI-FORWARD", "CNI-ADMIN", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
-              "CNI-HOSTPORT-SETMARK"}
-    # (VMs of other runs on this host may hold some already: those must stay)
-    others = chains() & shared
+    shared = {c for chains in sweep.SHARED.values() for c in chains}
+    hostport = {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}
     with vm.attached(root, d, PREFIX, d.name, (Forward("tcp", "", 18939, 80),)):
-        assert shared <= chains()
+        assert shared <= settled()[0]
         admin = ["CNI-ADMIN", "-s", "192.0.2.77/32", "-j", "ACCEPT"]
         subprocess.run(["iptables", "-w", "-A", *admin], check=True)
     try:
         vm.release(d)
-        assert {"CNI-FORWARD", "CNI-ADMIN"} <= chains()   # still used by the admin's rule
-        assert not chains() & {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ",
-                               "CNI-HOSTPORT-SETMARK"} - others
+        there, held = settled()
+        assert {"CNI-FORWARD", "CNI-ADMIN"} <= there   # still used by the admin's rule
+        assert there & hostport <= held   # ours gone with our attachment
     finally:
         subprocess.run(["iptables", "-w", "-D", *admin], check=False)
-    sweep.shared_chains()
-    assert chains() & shared <= others
+    for _ in range(2):  # (a second sweep if another run's ADD made the first one wait)
+        sweep.shared_chains()
+        there, held = settled()
+        if there <= held:
+            break
+    assert there <= held
+
+
+def test_a_named_network_has_its_own_bridge_and_leases_per_root(tmp_path: Path) -> None:
+    """Two roots (two users, two IGNITE_ROOTs) with a network of the same name:
+    a bridge (IFNAMSIZ: at most 15 characters) and a lease folder each. A
+    network made before keeps the names its conflist holds (no root needed)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    made = [networks.create(r, "lab", "10.77.0.0/24") for r in (a, b)]
+    assert made[0].bridge != made[1].bridge and max(len(m.bridge) for m in made) <= 15
+    dirs = {sweep.lease_dir(m.conf) for m in made}
+    assert len(dirs) == 2 and all(d.name.startswith("ignite-lab-") for d in dirs)
+    assert networks.get(a, "lab").bridge == made[0].bridge  # (read back, not recomputed)
+    assert networks.host_names(a, "lab") == networks.host_names(a.parent / "a", "lab")
+    old = conflist.bridge_conflist("ignite-old", "ign-0123456789", "10.78.0.0/24")
+    conflist.write(a, "old", old)
+    assert networks.get(a, "old").bridge == "ign-0123456789"
+    assert sweep.lease_dir(networks.get(a, "old").conf).name == "ignite-old"
+    assert conflist.bridge(conflist.load(a)) == conflist.bridge(conflist.load(b)) == "ignite0"

@@ -18,20 +18,13 @@ import pytest
 from ignitevm.api.types import VM, FileMapping
 from ignitevm.operations.guestconfig import env_script, write_config_disk
 from ignitevm.providers.network.base import NetPlan
-
-GUEST = Path(__file__).resolve().parents[2] / "ignitevm" / "guest"
-HARNESS = Path(__file__).resolve().parents[1] / "helpers" / "init_harness.c"
+from tests.helpers.guestc import build_driver
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed (run scripts/setup.sh)")
-    out = tmp_path_factory.mktemp("harness") / "init_harness"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-I", str(GUEST), "-o", str(out), str(HARNESS),
-                    *(str(GUEST / f) for f in ("init_env.c", "init_cfg.c", "init_fs.c"))],
-                   check=True)
-    return out
+    return build_driver(tmp_path_factory, "init_harness", "init_env.c", "init_cfg.c",
+                        "init_fs.c")
 
 
 def read_env(harness: Path, path: Path) -> dict[str, str]:
@@ -58,22 +51,19 @@ def test_env_values_read_as_sh_reads_them(harness: Path, tmp_path: Path) -> None
             assert out.stdout == v
 
 
-def test_env_of_a_vm_with_network_and_volumes(harness: Path, tmp_path: Path) -> None:
+def test_env_of_a_vm_with_volumes(harness: Path, tmp_path: Path) -> None:
     from ignitevm.api.types import VolumeMount
 
     vm = VM()
     vm.metadata.uid, vm.metadata.name = "0123456789abcdef", "web"
     vm.spec.storage.volume_mounts = [VolumeMount(name="data", mount_path="/srv/da ta"),
                                      VolumeMount(name="logs", mount_path="/var/log/app")]
-    net = NetPlan(plugin="cni", mac="", guest_ip="10.61.0.2/16", gateway="10.61.0.1",
-                  dns="192.0.2.53 192.0.2.54", dns_search="lab.example example", mtu=1400)
     env = tmp_path / "vm.env"
-    env.write_text(env_script(vm, net))
+    env.write_text(env_script(vm))
     got = read_env(harness, env)
     assert got["IGNITE_HOSTNAME"] == "0123456789abcdef" and got["IGNITE_INIT"] == "/sbin/init"
     assert got["IGNITE_VOLUMES"] == "data:/srv/da ta logs:/var/log/app"
-    assert got["IGNITE_DNS"] == "192.0.2.53 192.0.2.54" and got["IGNITE_MTU"] == "1400"
-    assert got["IGNITE_DNS_SEARCH"] == "lab.example example"
+    assert not any(k.startswith(("IGNITE_IP", "IGNITE_DNS")) for k in got)  # (/cfg/net)
 
 
 @pytest.mark.parametrize("text, why", [
@@ -170,7 +160,9 @@ def test_config_disk_lands_as_tar_then_cp_a_put_it(harness: Path, tmp_path: Path
     vm_dir.mkdir()
     (vm_dir / "ssh_host_ed25519_key").write_text("PRIVATE\n")
     (vm_dir / "ssh_host_ed25519_key.pub").write_text("PUBLIC\n")
-    disk = write_config_disk(vm, {"Cmd": ["/bin/app"]}, vm_dir / "config.tar")
+    net = NetPlan(plugin="user", mac="02:00:00:00:00:01", guest_ip="10.0.2.15/24",
+                  gateway="10.0.2.2", dns="10.0.2.3")
+    disk = write_config_disk(vm, {"Cmd": ["/bin/app"]}, vm_dir / "config.tar", net)
 
     ours, cfg = image_root(tmp_path / "ours"), tmp_path / "cfg"
     cfg.mkdir()
@@ -189,6 +181,8 @@ def test_config_disk_lands_as_tar_then_cp_a_put_it(harness: Path, tmp_path: Path
     assert (ours / "etc" / "real-motd").read_text() == "from the host\n"  # written through
     assert stat.S_IMODE((ours / "usr/local/bin/tool").stat().st_mode) == 0o4755
     assert (cfg / "vm.env").read_text().startswith("IGNITE_UID=")
+    assert (cfg / "net").read_text() == ("net=eth0 02:00:00:00:00:01 10.0.2.15/24\n"
+                                         "gw=10.0.2.2\ndns=10.0.2.3\n")
 
 
 def test_an_absolute_link_of_the_image_leads_inside_the_new_root(harness: Path,

@@ -12,8 +12,7 @@ from ignitevm.api import codec
 from ignitevm.api.defaults import default_vm, validate_vm
 from ignitevm.api.types import VM, NetworkAttachment
 from ignitevm.errors import InvalidInput
-from ignitevm.operations.guestconfig import env_script
-from ignitevm.providers.network.base import Forward, NetPlan
+from ignitevm.providers.network.base import Forward, NetPlan, guest_lines
 from ignitevm.providers.network.passt import argv as passt_argv
 from ignitevm.providers.vmm.qemu import args
 
@@ -44,16 +43,15 @@ def test_passt_nic_and_its_port_forwards() -> None:
 
 
 def test_guest_config_has_dns_search_and_more_nics() -> None:
-    vm = VM()
-    vm.metadata.uid, vm.metadata.name = "0123456789abcdef", "web"
     net = _cni("02:00:00:00:00:01", "10.61.0.2/16", 7)._replace(
         gateway="10.61.0.1", dns="192.0.2.53 192.0.2.54", dns_search="lab.example example",
         more=(_cni("02:00:00:00:00:02", "10.77.0.5/24", 8),))
-    env = env_script(vm, net)
-    assert "IGNITE_IP=10.61.0.2/16\n" in env and "IGNITE_GW=10.61.0.1\n" in env
-    assert "IGNITE_DNS='192.0.2.53 192.0.2.54'\n" in env
-    assert "IGNITE_DNS_SEARCH='lab.example example'\n" in env
-    assert "IGNITE_MORE_NICS=eth1=10.77.0.5/24\n" in env
+    assert guest_lines(net) == [
+        ("net", "eth0 02:00:00:00:00:01 10.61.0.2/16"),
+        ("net", "eth1 02:00:00:00:00:02 10.77.0.5/24"), ("gw", "10.61.0.1"),
+        ("dns", "192.0.2.53 192.0.2.54"), ("search", "lab.example example")]
+    with pytest.raises(InvalidInput, match="control character"):
+        guest_lines(net._replace(dns_search="lab\ngw=192.0.2.66"))
 
 
 def test_ignite_files_read_and_write_unchanged() -> None:
@@ -86,6 +84,17 @@ def test_bad_network_fields(field: str, value: str, message: str) -> None:
     default_vm(vm)
     with pytest.raises(InvalidInput, match=message):
         validate_vm(vm)
+
+
+def test_at_most_eight_networks() -> None:
+    vm = VM()
+    vm.spec.image.oci = "x"
+    vm.spec.network.networks = [NetworkAttachment(network=f"n{i}") for i in range(9)]
+    default_vm(vm)
+    with pytest.raises(InvalidInput, match="at most 8 networks"):
+        validate_vm(vm)
+    vm.spec.network.networks.pop()
+    validate_vm(vm)
 
 
 def test_bad_dns_fields() -> None:

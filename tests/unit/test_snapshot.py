@@ -248,6 +248,7 @@ def test_identity_fields() -> None:
     assert len(a["rand"]) == 128 and a["rand"] != b["rand"]
     assert len(a["machine_id"]) == 32 and a["machine_id"] != b["machine_id"]
     assert a["gw"] == "10.9.0.1" and a["dns"] == "10.9.0.1 1.1.1.1" and a["search"] == "lan"
+    assert clones.identity_fields(vm, net._replace(dns=""))[-2] == ("dns", "")  # (none: said)
     nets = [v for k, v in clones.identity_fields(vm, net) if k == "net"]
     assert nets == ["eth0 02:00:00:00:00:09 10.9.0.5/24", "eth1 02:00:00:00:00:0a 10.8.0.5/24"]
     assert "net" not in dict(clones.identity_fields(vm, None))

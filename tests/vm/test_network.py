@@ -21,9 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from ignitevm.providers.network.cni.networks import bridge_name
+from ignitevm.providers.network.cni import networks
 from tests.conftest import Ignite, cli_env
-from tests.helpers.cninet import remove_network, require_cni, scope, snapshot, write_default
+from tests.helpers.cninet import (
+    claim_network,
+    free_claim,
+    remove_network,
+    require_cni,
+    scope,
+    snapshot,
+    write_default,
+)
 from tests.helpers.hostserver import passt_unusable
 from tests.vm.conftest import wait_console
 
@@ -231,13 +239,13 @@ def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
     """eth0 on a network of the test's own with a fixed address, eth1 on the
     default one: the host reaches eth0's address, the VM reaches `web` over
     eth1, and the guest got the name servers and search domains asked for."""
-    n = os.getpid() % 200 + 20
+    lab, n = claim_network("lab", tag=8)  # (its own name, bridge and subnet on this host)
     subnet = f"10.249.{n}.0/24"
     fixed_ip = f"10.249.{n}.50"
-    cli("network", "create", f"lab{n}", "--subnet", subnet)
+    cli("network", "create", lab, "--subnet", subnet)
     try:
-        assert f"lab{n}" in cli("network", "ls").stdout
-        cli("run", testbox, "--name", "fixed", *CNI, *SMALL, "--network", f"lab{n}",
+        assert lab in cli("network", "ls").stdout
+        cli("run", testbox, "--name", "fixed", *CNI, *SMALL, "--network", lab,
             "--ip", fixed_ip, "--network", "default", "--dns", "192.0.2.53",
             "--dns-search", "lab.example", "--mac", "02:00:0a:f9:00:32")
         try:
@@ -255,19 +263,20 @@ def test_named_network_static_ip_dns_and_two_nics(cli: Ignite, testbox: str,
             assert "root:x:0:0" in out
             cli("exec", "fixed", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
             assert "root:x:0:0" in fetch(f"http://{fixed_ip}/passwd")
-            res = cli("network", "rm", f"lab{n}", check=False)
+            res = cli("network", "rm", lab, check=False)
             assert res.returncode == 1 and "in use by VM 'fixed'" in res.stderr
             cli("stop", "fixed")
             cli("start", "fixed")  # (the static address is the VM's across stop/start)
             assert ip_of(cli, "fixed") == fixed_ip
             # Asking for an address another VM holds: refused before anything is made.
-            res = cli("run", testbox, "--name", "twin", *CNI, "--network", f"lab{n}",
+            res = cli("run", testbox, "--name", "twin", *CNI, "--network", lab,
                       "--ip", fixed_ip, check=False)
             assert res.returncode == 1 and "is taken" in res.stderr
         finally:
             cli("rm", "-f", "fixed")
     finally:
-        cli("network", "rm", f"lab{n}")
+        cli("network", "rm", lab)
+        free_claim(lab)
 
 
 def test_passt_forwards_a_port(cli: Ignite, testbox: str, net: tuple[str, str, str]) -> None:
@@ -318,7 +327,7 @@ def test_stop_start_keeps_the_address(cli: Ignite, web: tuple[str, int]) -> None
 def outside() -> Iterator[str]:
     """An address beyond the host: a namespace of the test's own behind a
     veth pair, routed by the host like any other network. Yields its address."""
-    n = os.getpid() % 200 + 20
+    claimed, n = claim_network("out", tag=11)  # (a subnet no other run uses meanwhile)
     ns, host_end, far_end = f"{PREFIX}-out", f"{PREFIX[:9]}o", f"{PREFIX[:9]}f"
     sh = ["ip", "link"]
 
@@ -340,6 +349,7 @@ def outside() -> Iterator[str]:
         yield f"10.247.{n}.2"
     finally:
         undo()
+        free_claim(claimed)
 
 
 def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
@@ -350,10 +360,10 @@ def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
     even after adding a default route (they are root in their VMs) they reach
     neither `web` on the default network nor an address beyond the host, and
     `web` does not reach them. (`web` reaches that address: the control.)"""
-    n = os.getpid() % 200 + 20
-    lab, subnet = f"iso{n}", f"10.246.{n}.0/24"
+    lab, n = claim_network("iso", tag=9)
+    subnet = f"10.246.{n}.0/24"
     gw = f"10.246.{n}.1"
-    mine = (*scope(PREFIX, net), f"10.246.{n}.", f"/ignite-{lab}/")
+    mine = (*scope(PREFIX, net), f"10.246.{n}.", f"/{networks.host_names(cli.root, lab)[0]}/")
     before = snapshot(*mine, ports_of=(net[1],))
     cli("network", "create", lab, "--subnet", subnet, "--internal")
     names = ["in1", "in2"]
@@ -371,6 +381,9 @@ def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
         assert ping("in1", in2) and ping("in2", in1) and ping("in1", gw)
         assert ping("web", outside)
         assert "default" not in cli("exec", "in1", "--", "/bin/busybox", "ip", "route").stdout
+        # no name servers: the host's are out of reach (and none was named)
+        assert "nameserver" not in cli("exec", "in1", "--", "/bin/busybox", "cat",
+                                       "/etc/resolv.conf").stdout
         for name in names:
             cli("exec", name, "--", "/bin/busybox", "ip", "route", "add", "default", "via", gw)
         assert not ping("in1", w) and not ping("in2", outside)
@@ -380,9 +393,10 @@ def test_internal_network_vms_reach_each_other_only(cli: Ignite, testbox: str,
     finally:
         cli("rm", "-f", *names, check=False)
         cli("network", "rm", lab)
+        free_claim(lab)
     assert snapshot(*mine, ports_of=(net[1],)) == before
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    assert bridge_name(lab) not in rules
+    assert networks.host_names(cli.root, lab)[1] not in rules
 
 
 def test_network_faults_at_the_cli(cli: Ignite, testbox: str,
@@ -391,12 +405,12 @@ def test_network_faults_at_the_cli(cli: Ignite, testbox: str,
     the network, a subnet overlapping another network's, and a plugin missing
     from a network's chain (after the bridge plugin has added its part: the
     ADD fails half-way)."""
-    n = os.getpid() % 200 + 20
-    lab = f"flt{n}"
-    mine = (*scope(PREFIX, net), f"10.245.{n}.", f"/ignite-{lab}/")
+    lab, n = claim_network("flt", tag=10)
+    cni_name, bridge = networks.host_names(cli.root, lab)
+    mine = (*scope(PREFIX, net), f"10.245.{n}.", f"/{cni_name}/")
     cli("network", "create", lab, "--subnet", f"10.245.{n}.0/24")
     try:
-        before = snapshot(*mine, ports_of=(net[1], bridge_name(lab)))
+        before = snapshot(*mine, ports_of=(net[1], bridge))
 
         def refused(*args: str) -> str:
             res = cli(*args, check=False)
@@ -418,6 +432,7 @@ def test_network_faults_at_the_cli(cli: Ignite, testbox: str,
         assert "'ignitevm-no-such-plugin' is not installed" in err
         assert "apt-get install containernetworking-plugins" in err
         assert "bad" not in cli("ps", "-a").stdout
-        assert snapshot(*mine, ports_of=(net[1], bridge_name(lab))) == before
+        assert snapshot(*mine, ports_of=(net[1], bridge)) == before
     finally:
         cli("network", "rm", lab)
+        free_claim(lab)

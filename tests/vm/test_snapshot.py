@@ -96,6 +96,7 @@ def test_two_clones_have_their_own_identity(cli: Ignite, source: str, plugin: st
             assert before - 1 <= clock <= after + 1, (clock, before, after)
             if plugin == "cni":
                 assert ip_of(cli, vm) and f"inet {ip_of(cli, vm)}/" in out, out
+                assert out.count("inet ") == 1, out  # the snapshot's address replaced
             seen[vm] = (hostname, mac, rnd, ip_of(cli, vm))
         a, b = seen["clone-a"], seen["clone-b"]
         assert a[0] != b[0] and a[1] != b[1] and a[2] != b[2]

@@ -24,6 +24,8 @@ class NetPlan(NamedTuple):
     dns_search: str = ""  # search domains, space-separated
     more: tuple[NetPlan, ...] = ()  # cni: eth1, eth2, … on further networks
     mtu: int = 0  # the guest's eth0 MTU, 0 = its default
+    # beyond the default route: (destination/prefix, gateway or "" for on the link)
+    routes: tuple[tuple[str, str], ...] = ()
 
     @property
     def address(self) -> str:
@@ -34,3 +36,29 @@ class NetPlan(NamedTuple):
         """Where the host reaches the guest's sshd: its own address on a
         bridge, the loopback forward in user mode."""
         return self.address if self.plugin == "cni" else "127.0.0.1"
+
+
+def guest_lines(net: NetPlan) -> list[tuple[str, str]]:
+    """The guest's network as ``key=value`` lines: the init reads them from the
+    config disk at boot, a clone's agent in RESTORE (docs/agent-protocol.md).
+    ``dns`` is always there: with no servers (an --internal network) the
+    guest's resolv.conf names none rather than keeping what it had."""
+    from ignitevm.errors import InvalidInput
+
+    lines = []
+    for i, nic in enumerate((net, *net.more)):
+        words = [f"eth{i}", nic.mac or "-", nic.guest_ip or "-"]
+        if nic.mtu:
+            words.append(str(nic.mtu))
+        lines.append(("net", " ".join(words)))
+        lines += [("route", f"eth{i} {dst} {gw}".rstrip()) for dst, gw in nic.routes]
+    if net.gateway:
+        lines.append(("gw", net.gateway))
+    lines.append(("dns", net.dns))
+    if net.dns_search:
+        lines.append(("search", net.dns_search))
+    for key, value in lines:
+        if any(ord(c) < 0x20 for c in value):
+            raise InvalidInput(f"refusing the guest's network line {key}={value!r}: "
+                               "control character")
+    return lines

@@ -38,9 +38,19 @@ class Network(NamedTuple):
         return conflist.is_internal(self.conf)
 
 
-def bridge_name(name: str) -> str:
-    """A bridge name of at most 15 characters, fixed by the network's name."""
-    return "ign-" + hashlib.sha256(name.encode()).hexdigest()[:10]
+def host_names(root: Path, name: str) -> tuple[str, str]:
+    """The host-wide names of network ``name`` of this root: its CNI network
+    name (which names its lease folder, /var/lib/cni/networks/<it>, and its
+    rules' comments) and its bridge (at most 15 characters, IFNAMSIZ). Both
+    hold a short key of the root's conflist folder: two roots (two users, two
+    IGNITE_ROOTs) with a network of the same name get a bridge and leases each.
+    (Roots that share a conflist folder through IGNITE_CNI_CONF_DIR share its
+    networks, as they should.) They are written in the conflist when the
+    network is made and read from it afterwards: a network made before keeps
+    the names it has."""
+    key = hashlib.sha256(str(conflist.conf_dir(root).resolve()).encode()).hexdigest()
+    return (f"ignite-{name}-{key[:8]}",
+            "ign-" + hashlib.sha256(f"{key}\0{name}".encode()).hexdigest()[:10])
 
 
 def listing(root: Path) -> list[Network]:
@@ -88,8 +98,8 @@ def create(root: Path, name: str, subnet: str, gateway: str = "",
             if ipaddress.ip_network(s).overlaps(net):
                 raise Conflict(f"subnet {net} overlaps {s} of network {other.name!r}",
                                hint="choose a subnet no other network uses")
-    conf = conflist.bridge_conflist(f"ignite-{name}", bridge_name(name), str(net), gateway,
-                                    internal=internal)
+    cni_name, bridge = host_names(root, name)
+    conf = conflist.bridge_conflist(cni_name, bridge, str(net), gateway, internal=internal)
     conflist.write(root, name, conf)
     return Network(name, conf)
 

@@ -237,7 +237,8 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
         for i, (want, att) in enumerate(zip(wants, atts, strict=True)):
             att["result"] = _add(att, rec, want)
             _write(d, rec)  # the result is cached before anything uses it
-            plans.append(_plan(att["result"], forwards if i == 0 else (), dns, search))
+            plans.append(_plan(att["result"], forwards if i == 0 else (), dns, search,
+                               internal=conflist.is_internal(att["conflist"])))
         (d / LAST_IP).write_text(" ".join(p.address for p in plans) + "\n")
         taps = []
         try:
@@ -279,20 +280,29 @@ def _add(att: dict[str, Any], rec: dict[str, Any], want: Want) -> dict[str, Any]
 
 
 def _plan(result: dict[str, Any], forwards: tuple[Forward, ...], dns: tuple[str, ...],
-          search: tuple[str, ...]) -> NetPlan:
+          search: tuple[str, ...], internal: bool = False) -> NetPlan:
+    """What the guest gets from one network's result. Name servers: the ones
+    the user named (--dns, the manifest, the conflist's dns), else the host's
+    for a network that reaches out; an --internal network's guest cannot reach
+    the host's, so it gets none (nor a view of the host's config)."""
     ips = [ip for ip in result.get("ips") or [] if "." in ip.get("address", "")]
     if not ips:
         raise IgniteError("the network gave the VM no IPv4 address",
                           hint="check the ipam section of the network's conflist")
     gateway = ""  # only a network with a default route gives one (not --internal)
+    routes = []  # the others a conflist's ipam names (IPv4: the guest gets no IPv6 address)
     for r in result.get("routes") or []:
-        if r.get("dst") == "0.0.0.0/0" and r.get("gw"):
+        dst = str(r.get("dst") or "")
+        if dst == "0.0.0.0/0" and r.get("gw"):
             gateway = r["gw"]
+        elif "." in dst and dst != "0.0.0.0/0":
+            routes.append((dst, str(r.get("gw") or "")))
     given = result.get("dns") or {}
-    servers = list(dns) or given.get("nameservers") or host_nameservers()
+    servers = list(dns) or given.get("nameservers") or ([] if internal else host_nameservers())
     return NetPlan(plugin="cni", mac="", guest_ip=ips[0]["address"], gateway=gateway,
                    dns=" ".join(servers), forwards=forwards,
-                   dns_search=" ".join(search or given.get("search") or []))
+                   dns_search=" ".join(search or given.get("search") or []),
+                   routes=tuple(routes))
 
 
 def host_nameservers() -> list[str]:
