@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ignitevm.agent.protocol import request
-from ignitevm.api.types import VM
+from ignitevm.api.types import VM, volume_id
 from ignitevm.errors import InvalidInput
 from ignitevm.providers.network.base import NetPlan
 
@@ -55,7 +55,8 @@ def env_script(vm: VM, net: NetPlan | None = None) -> str:
         f"IGNITE_HOSTNAME={shlex.quote(uid)}",
         "IGNITE_INIT=/sbin/init",
     ]
-    mounts = [f"{m.name}:{m.mount_path}" for m in vm.spec.storage.volume_mounts]
+    # (the guest finds each volume by its disk's serial, "ignite-vol-ID")
+    mounts = [f"{volume_id(m.name)}:{m.mount_path}" for m in vm.spec.storage.volume_mounts]
     if mounts:
         lines.append(f"IGNITE_VOLUMES={shlex.quote(' '.join(mounts))}")
     if net is not None:

@@ -59,7 +59,7 @@ def test_env_values_read_as_sh_reads_them(harness: Path, tmp_path: Path) -> None
 
 
 def test_env_of_a_vm_with_network_and_volumes(harness: Path, tmp_path: Path) -> None:
-    from ignitevm.api.types import VolumeMount
+    from ignitevm.api.types import VolumeMount, volume_id
 
     vm = VM()
     vm.metadata.uid, vm.metadata.name = "0123456789abcdef", "web"
@@ -71,7 +71,8 @@ def test_env_of_a_vm_with_network_and_volumes(harness: Path, tmp_path: Path) -> 
     env.write_text(env_script(vm, net))
     got = read_env(harness, env)
     assert got["IGNITE_HOSTNAME"] == "0123456789abcdef" and got["IGNITE_INIT"] == "/sbin/init"
-    assert got["IGNITE_VOLUMES"] == "data:/srv/da ta logs:/var/log/app"
+    assert got["IGNITE_VOLUMES"] == (f"{volume_id('data')}:/srv/da ta "
+                                     f"{volume_id('logs')}:/var/log/app")
     assert got["IGNITE_DNS"] == "192.0.2.53 192.0.2.54" and got["IGNITE_MTU"] == "1400"
     assert got["IGNITE_DNS_SEARCH"] == "lab.example example"
 

@@ -291,3 +291,46 @@ def test_volumes_mount_host_block_devices(cli: Ignite, testbox: str, tmp_path: P
             cli("rm", "-f", name)
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_a_volume_with_a_long_name_is_mounted(cli: Ignite, testbox: str, tmp_path: Path) -> None:
+    """A manifest's volume names are not bound by the 20 bytes of a disk serial."""
+    import subprocess
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "marker").write_text("long-name\n")
+    img = tmp_path / "vol.img"
+    img.write_bytes(b"")
+    os.truncate(img, 32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(img)], check=True)
+    dev = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True,
+                         text=True)
+    if dev.returncode:
+        pytest.skip(f"no loop devices on this host: {dev.stderr.strip()}")
+    loop = dev.stdout.strip()
+    manifest = tmp_path / "vm.yaml"
+    manifest.write_text(f"""apiVersion: ignite.weave.works/v1alpha4
+kind: VM
+metadata:
+  name: longvol
+spec:
+  image:
+    oci: {testbox}
+  diskSize: 256MB
+  storage:
+    volumes:
+    - name: database-files.primary
+      blockDevice:
+        path: {loop}
+    volumeMounts:
+    - name: database-files.primary
+      mountPath: /srv/db
+""")
+    try:
+        cli("create", "--config", str(manifest))
+        cli("start", "longvol")
+        assert cli("exec", "longvol", "--", "cat", "/srv/db/marker").stdout == "long-name\n"
+    finally:
+        cli("rm", "-f", "longvol", check=False)
+        subprocess.run(["losetup", "-d", loop], check=False)
