@@ -2,8 +2,7 @@
 of its own, with the defaults (passt networking, QEMU unconfined as that
 user). The VM reaches a server on the host, and a port forward reaches the
 VM. The tests run as root: the uid is a system user made for the test and
-removed after it (ssh-keygen, which makes each VM's host key, refuses a uid
-with no passwd entry).
+removed after it.
 """
 
 from __future__ import annotations
