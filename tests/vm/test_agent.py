@@ -202,12 +202,15 @@ def fresh(cli: Ignite, testbox: str) -> Iterator[str]:
     cli("rm", "-f", "fresh")
 
 
-def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str) -> None:
+@pytest.mark.parametrize("named", [True, False], ids=["socket-named", "socket-not-named"])
+def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str, named: bool) -> None:
     """What a client killed between QMP's chardev-add and device_add leaves (made
-    here by hand): the next client that needs a new channel still gets through."""
+    here by hand; its socket already renamed into place, or not yet): the next
+    client that needs a new channel still gets through."""
     import fcntl
     import json
 
+    from ignitevm.providers.vmm.qemu.jailed import listen
     from ignitevm.providers.vmm.qemu.machine import QemuVMM
 
     agentbox = fresh
@@ -220,8 +223,13 @@ def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str) -> None:
     k = len(socks) + 1
     half = folder / f"agent-{k}.sock"
     (vmdir / "agent-grow.pending").write_text(f"{len(socks)}\n")
-    QemuVMM().qmp(vmdir, "chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
-        "addr": {"type": "unix", "data": {"path": str(half)}}, "server": True, "wait": False}})
+    # (as the host adds a channel: its socket made and handed over, then chardev-add)
+    made = half if named else half.with_name(half.name + ".new")
+    with QemuVMM().monitor(vmdir) as mon, listen(made) as sock:
+        mon.cmd("getfd", fd=sock.fileno(), fdname=f"agent{k}")
+        mon.cmd("chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
+            "addr": {"type": "fd", "data": {"str": f"agent{k}"}}, "server": True,
+            "wait": False}})
     held = []
     try:
         for sock in socks:        # every whole channel busy: the half-made one is next

@@ -232,8 +232,6 @@ class QemuVMM:
         k = len(self.agent_sockets(workdir)) + 1
         if k > args.AGENT_MAX_CHANNELS or self.pid(workdir) is None:
             return None
-        from ignitevm.providers.vmm.qemu.jailed import listen
-
         path = args.agent_socket(workdir, k)
         # The host makes the socket and hands it over (a jailed QEMU cannot
         # write in run/); QEMU takes the descriptor named by getfd.
@@ -244,7 +242,19 @@ class QemuVMM:
         # (made beside, and named once QEMU listens on it: no client finds a
         # socket QEMU does not serve yet)
         new = path.with_name(path.name + ".new")
-        with self.monitor(workdir) as mon, listen(new) as sock:
+        with self.monitor(workdir) as mon:
+            if new.exists():  # a client killed before the rename: its chardev has no socket
+                with contextlib.suppress(Exception):
+                    mon.cmd("chardev-remove", id=f"agent{k}")
+            self._plug_channel(mon, k, new, path, backend, port)
+        return path
+
+    @staticmethod
+    def _plug_channel(mon: Monitor, k: int, new: Path, path: Path,
+                      backend: dict[str, object], port: dict[str, str]) -> None:
+        from ignitevm.providers.vmm.qemu.jailed import listen
+
+        with listen(new) as sock:
             try:
                 mon.cmd("getfd", fd=sock.fileno(), fdname=f"agent{k}")
                 mon.cmd("chardev-add", id=f"agent{k}", backend=backend)
@@ -264,7 +274,6 @@ class QemuVMM:
                     mon.cmd("chardev-remove", id=f"agent{k}")
                 path.unlink(missing_ok=True)
                 raise
-        return path
 
     def repair_agent_channel(self, workdir: Path, path: Path) -> None:
         """Undo a channel a client killed between chardev-add and device_add left
