@@ -25,7 +25,6 @@ from ignitevm.providers.sandbox import build, cgroups, ids, jail, loopback
 from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import LaunchSpec
 from ignitevm.providers.vmm.qemu import args
-from ignitevm.util.fs import atomic_write
 from ignitevm.util.proc import spawn, which
 
 READY_TIMEOUT = 60.0  # seconds from exec to QMP's greeting (TCG under load)
@@ -179,7 +178,7 @@ def launch(spec: LaunchSpec) -> None:
             s.close()
         if rc != 0 or pid is None or not _greeted(qmp):
             _fail(d)
-        atomic_write(d / args.PIDFILE, f"{pid}\n".encode())
+        _write_pid(d / args.PIDFILE, pid)
         undo.pop_all()
 
 
@@ -189,6 +188,17 @@ def _closing(fd: int) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def _write_pid(path: Path, pid: int) -> None:
+    """The pid file, whole or not there for readers (no fsync: after a crash
+    the launch record's boot id tells that the pid is stale anyway)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with open(fd, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
 
 
 def _read_pid(fd: int) -> int | None:
