@@ -12,7 +12,7 @@ PACKAGES=(
   e2fsprogs                       # mkfs.ext4 -d: image rootfs without mounting
   mmdebstrap                      # `ignite image build base`
   gcc libc6-dev                   # static guest helpers, built from source
-  openssh-client                  # ssh-keygen, ignite ssh
+  openssh-client                  # ignite ssh
   containernetworking-plugins     # CNI networking: bridge, host-local, portmap, firewall
   iptables iproute2               # what the CNI plugins drive; netns and links
   passt                           # rootless networking

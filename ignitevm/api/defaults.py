@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from ignitevm.api import refs
 from ignitevm.api import validation as v
-from ignitevm.api.types import VM, Size
+from ignitevm.api.types import VM, Size, volume_id
 from ignitevm.errors import InvalidInput
 
 DEFAULT_CPUS = 1
@@ -118,21 +118,28 @@ def _validate_ports(vm: VM) -> None:
         seen_ports.add(key)
 
 
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,252}")
+
+
 def _validate_storage(vm: VM) -> None:
     storage = vm.spec.storage
-    names = set()
+    names: dict[str, str] = {}  # short id -> name
     for vol in storage.volumes:
-        if not vol.name or vol.name in names:
+        if not vol.name or vol.name in names.values():
             raise InvalidInput(f"volume names must be unique and not empty: {vol.name!r}")
-        if len(vol.name) > 9 or not vol.name.replace("-", "").isalnum() \
-                or not vol.name.isascii():
-            raise InvalidInput(f"volume name {vol.name!r}: use at most 9 letters or digits")
+        # (the name reaches neither QEMU nor the guest: a short id of it does)
+        if not _VOLUME_NAME.fullmatch(vol.name):
+            raise InvalidInput(f"volume name {vol.name!r}: use letters, digits, '-', '_' "
+                               "and '.', starting with a letter or digit (at most 253)")
+        if volume_id(vol.name) in names:
+            raise InvalidInput(f"volume names {names[volume_id(vol.name)]!r} and "
+                               f"{vol.name!r} have the same short id: rename one")
         if vol.block_device is None or not vol.block_device.path:
             raise InvalidInput(f"volume {vol.name!r} names no blockDevice.path")
         v.check_abs_path(vol.block_device.path, f"volume {vol.name!r} device path")
-        names.add(vol.name)
+        names[volume_id(vol.name)] = vol.name
     for mount in storage.volume_mounts:
-        if mount.name not in names:
+        if mount.name not in names.values():
             raise InvalidInput(f"volume mount {mount.name!r} names no volume")
         v.check_abs_path(mount.mount_path, "volume mount path", guest=True)
         if any(c.isspace() or c == ":" for c in mount.mount_path):

@@ -98,6 +98,18 @@ class Volume(_Base):
     block_device: BlockDevice | None = None
 
 
+# A volume's disk serial in the guest: a virtio disk's serial holds at most
+# 20 bytes, too few for the names manifests give volumes, so it carries a
+# short stable id of the name, which the config disk's mount list names too.
+VOLUME_SERIAL = "ignite-vol-{}"
+
+
+def volume_id(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
 class VolumeMount(_Base):
     name: str = ""
     mount_path: str = ""

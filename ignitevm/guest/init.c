@@ -327,7 +327,8 @@ static void apply_files(int root_fd, const struct env *env)
     }
 }
 
-/* Volumes: host block devices, mounted where the VM spec says ("name:path ..."). */
+/* Volumes: host block devices, mounted where the VM spec says ("id:path ...": the
+ * disk with serial "ignite-vol-<id>", a short id of the volume's name). */
 static void mount_volumes(int root_fd, const char *list)
 {
     char vol[512], serial[600], dev[1][32];

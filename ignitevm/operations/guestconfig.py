@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ignitevm.agent.protocol import request
-from ignitevm.api.types import VM
+from ignitevm.api.types import VM, volume_id
 from ignitevm.errors import InvalidInput
 from ignitevm.providers.network.base import NetPlan, guest_lines
 
@@ -56,7 +56,8 @@ def env_script(vm: VM) -> str:
         f"IGNITE_HOSTNAME={shlex.quote(uid)}",
         "IGNITE_INIT=/sbin/init",
     ]
-    mounts = [f"{m.name}:{m.mount_path}" for m in vm.spec.storage.volume_mounts]
+    # (the guest finds each volume by its disk's serial, "ignite-vol-ID")
+    mounts = [f"{volume_id(m.name)}:{m.mount_path}" for m in vm.spec.storage.volume_mounts]
     if mounts:
         lines.append(f"IGNITE_VOLUMES={shlex.quote(' '.join(mounts))}")
     return "\n".join(lines) + "\n"

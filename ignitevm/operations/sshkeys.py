@@ -9,20 +9,14 @@ is pinned in the VM's ``known_hosts`` before the first connection.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from ignitevm.api.types import VM
-from ignitevm.errors import InvalidInput, MissingTool
-from ignitevm.util.proc import alongside
+from ignitevm.errors import InvalidInput
 
 HOST_KEY = "ssh_host_ed25519_key"
 KNOWN_HOSTS = "known_hosts"
-
-
-def _keygen(path: Path, comment: str) -> AbstractContextManager[None]:
-    return alongside(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
-                     hint="apt-get install openssh-client")
 
 
 def client_key(vm_dir: Path, uid: str) -> Path:
@@ -51,18 +45,13 @@ def user_public_key(spec_ssh: bool | str | None) -> str | None:
 @contextmanager
 def making_keys(vm: VM, vm_dir: Path) -> Iterator[None]:
     """Create the VM's host key, and its client key pair when --ssh asks for
-    one, while the body runs. Without ssh-keygen a VM that does not ask for
-    SSH gets no host key."""
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(_keygen(vm_dir / HOST_KEY, f"ignite-{vm.metadata.uid}"))
-            if vm.spec.ssh is True or vm.spec.ssh == "true":
-                stack.enter_context(_keygen(client_key(vm_dir, vm.metadata.uid),
-                                            f"ignite-{vm.metadata.uid}"))
-        except MissingTool:
-            if vm.spec.ssh:
-                raise
-        yield
+    one (``util.sshkey``: ssh-keygen refuses a uid with no passwd entry)."""
+    from ignitevm.util import sshkey
+
+    sshkey.generate(vm_dir / HOST_KEY, f"ignite-{vm.metadata.uid}")
+    if vm.spec.ssh is True or vm.spec.ssh == "true":
+        sshkey.generate(client_key(vm_dir, vm.metadata.uid), f"ignite-{vm.metadata.uid}")
+    yield
 
 
 def authorized_keys(vm: VM, vm_dir: Path) -> str | None:

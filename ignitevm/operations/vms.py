@@ -190,6 +190,7 @@ def volume_disks(vm: VM) -> list[Disk]:
     """Host block devices given with --volumes, checked again at each start."""
     import stat
 
+    from ignitevm.api.types import VOLUME_SERIAL, volume_id
     from ignitevm.providers.vmm.base import Disk
 
     out = []
@@ -202,7 +203,7 @@ def volume_disks(vm: VM) -> list[Disk]:
         if not ok:
             raise InvalidInput(f"volume {vol.name!r}: {path} is not a block device on this host",
                                hint="attach the device, or remove the VM and create it again")
-        out.append(Disk(Path(path), f"ignite-vol-{vol.name}", "raw"))
+        out.append(Disk(Path(path), VOLUME_SERIAL.format(volume_id(vol.name)), "raw"))
     return out
 
 

@@ -52,7 +52,7 @@ def test_env_values_read_as_sh_reads_them(harness: Path, tmp_path: Path) -> None
 
 
 def test_env_of_a_vm_with_volumes(harness: Path, tmp_path: Path) -> None:
-    from ignitevm.api.types import VolumeMount
+    from ignitevm.api.types import VolumeMount, volume_id
 
     vm = VM()
     vm.metadata.uid, vm.metadata.name = "0123456789abcdef", "web"
@@ -62,7 +62,8 @@ def test_env_of_a_vm_with_volumes(harness: Path, tmp_path: Path) -> None:
     env.write_text(env_script(vm))
     got = read_env(harness, env)
     assert got["IGNITE_HOSTNAME"] == "0123456789abcdef" and got["IGNITE_INIT"] == "/sbin/init"
-    assert got["IGNITE_VOLUMES"] == "data:/srv/da ta logs:/var/log/app"
+    assert got["IGNITE_VOLUMES"] == (f"{volume_id('data')}:/srv/da ta "
+                                     f"{volume_id('logs')}:/var/log/app")
     assert not any(k.startswith(("IGNITE_IP", "IGNITE_DNS")) for k in got)  # (/cfg/net)
 
 

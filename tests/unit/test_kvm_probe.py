@@ -111,3 +111,31 @@ def test_a_definite_no_is_kept(tmp_path: Path, probes: list[tuple[bool, str, boo
     (entry,) = (cache / "accel").iterdir()
     assert "expires" not in json.loads(entry.read_text())
     assert accel.choose(kernel, None, cache) == "tcg"
+
+
+def test_the_answer_outlives_a_new_initramfs_but_not_a_new_qemu(
+        tmp_path: Path, probes: list[tuple[bool, str, bool]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initramfs is rebuilt whenever the guest's sources change: that must
+    not cost another probe (20 s where KVM never boots). Another QEMU or
+    kernel asks again."""
+    kernel, cache = tmp_path / "vmlinux", tmp_path / "cache"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    qemu = bin_dir / "qemu-system-x86_64"
+    qemu.write_text("#!/bin/sh\n")
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    probes += [(False, "QEMU said: failed to set MSR 0x10a", True),
+               (True, "a guest booted in 0.4s", True),
+               (True, "a guest booted in 0.5s", True)]
+    for k in range(3):
+        initrd = tmp_path / f"initrd-{k}.img"  # (each guest build: its own file)
+        initrd.write_bytes(b"x" * (k + 1))
+        assert accel.choose(kernel, initrd, cache) == "tcg"
+    assert len(probes) == 2
+    qemu.write_text("#!/bin/sh\n# a QEMU upgrade\n")
+    assert accel.choose(kernel, initrd, cache) == "kvm"
+    kernel.write_bytes(b"\x7fELF another kernel")
+    assert accel.choose(kernel, initrd, cache) == "kvm"
+    assert probes == []

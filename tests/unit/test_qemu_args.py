@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import accel, args
 
@@ -79,3 +81,32 @@ def test_option_values_refuse_control_characters() -> None:
     spec = _spec("tcg")
     with pytest.raises(InvalidInput):
         args.argv(spec._replace(cmdline="a\x00b"))
+
+
+def test_long_volume_names_fit_the_disk_serial(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtio disk's serial holds 20 bytes: a volume's is a short id of its
+    name, which the config disk's mount list names too, so the guest finds
+    volumes with names as manifests give them ("database-files")."""
+    from ignitevm.api.defaults import default_vm, validate_vm
+    from ignitevm.api.types import VM, BlockDevice, Volume, VolumeMount, volume_id
+    from ignitevm.operations import vms
+    from ignitevm.operations.guestconfig import env_script
+
+    vm = VM()
+    vm.metadata.name, vm.metadata.uid = "web", "0123456789abcdef"
+    vm.spec.image.oci = "base"
+    names = ["database-files", "x" * 253, "logs"]
+    (tmp_path / "dev").touch()
+    vm.spec.storage.volumes = [Volume(name=n, block_device=BlockDevice(path=str(tmp_path / "dev")))
+                               for n in names]
+    vm.spec.storage.volume_mounts = [VolumeMount(name=n, mount_path=f"/mnt/{i}")
+                                     for i, n in enumerate(names)]
+    validate_vm(default_vm(vm))
+    monkeypatch.setattr("stat.S_ISBLK", lambda mode: True)  # (a file stands for the device)
+    env = env_script(vm)
+    found = {d.serial for d in vms.volume_disks(vm)}
+    assert len(found) == 3 and all(len(s.encode()) <= 20 for s in found)
+    for i, name in enumerate(names):
+        assert f"ignite-vol-{volume_id(name)}" in found
+        assert f"{volume_id(name)}:/mnt/{i}" in env   # what the guest looks for

@@ -253,13 +253,20 @@ def _spec(sandbox: str) -> LaunchSpec:
 
 
 def test_jailed_qemu_argv() -> None:
-    argv = args.argv(_spec("jail"), "/usr/bin/qemu-system-x86_64", qmp_fd=7)
+    spec = _spec("jail")._replace(agent_channels=2)
+    argv = args.argv(spec, "/usr/bin/qemu-system-x86_64", qmp_fd=7, console_fd=12,
+                     socket_fds=(8, 9, 10))
     joined = " ".join(argv)
     assert f"-sandbox {args.SECCOMP}" in joined
     assert "spawn=deny" in args.SECCOMP and "elevateprivileges=deny" in args.SECCOMP
     assert "-daemonize" not in argv and "-runas" not in argv
     assert "-chardev socket,id=qmp,fd=7,server=on,wait=off -mon chardev=qmp,mode=control" in joined
-    assert "-pidfile /r/vm/0123456789abcdef/run/qemu.pid" in joined
+    # QEMU names no path to write: the host made its sockets (passed as fds)
+    # and writes its pid file.
+    assert "-pidfile" not in argv and "/run/" not in joined
+    assert "socket,id=console,fd=8,server=on,wait=off,logfile=/dev/fdset/7" in joined
+    assert "socket,id=agent1,fd=9,server=on" in joined
+    assert "socket,id=agent2,fd=10,server=on" in joined
     # The overlay's backing file is named by the host, not read from its header.
     assert "backing.driver=raw,backing.file.filename=/r/image/i/image.ext4" in joined
 
@@ -267,6 +274,7 @@ def test_jailed_qemu_argv() -> None:
 def test_unconfined_qemu_argv() -> None:
     argv = args.argv(_spec("none"))
     assert "-sandbox" not in argv and argv[-1] == "-daemonize"
+    assert "-pidfile /r/vm/0123456789abcdef/run/qemu.pid" in " ".join(argv)
 
 
 @pytest.mark.parametrize("given, env, want", [

@@ -202,12 +202,15 @@ def fresh(cli: Ignite, testbox: str) -> Iterator[str]:
     cli("rm", "-f", "fresh")
 
 
-def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str) -> None:
+@pytest.mark.parametrize("named", [True, False], ids=["socket-named", "socket-not-named"])
+def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str, named: bool) -> None:
     """What a client killed between QMP's chardev-add and device_add leaves (made
-    here by hand): the next client that needs a new channel still gets through."""
+    here by hand; its socket already renamed into place, or not yet): the next
+    client that needs a new channel still gets through."""
     import fcntl
     import json
 
+    from ignitevm.providers.vmm.qemu.jailed import listen
     from ignitevm.providers.vmm.qemu.machine import QemuVMM
 
     agentbox = fresh
@@ -220,8 +223,13 @@ def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str) -> None:
     k = len(socks) + 1
     half = folder / f"agent-{k}.sock"
     (vmdir / "agent-grow.pending").write_text(f"{len(socks)}\n")
-    QemuVMM().qmp(vmdir, "chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
-        "addr": {"type": "unix", "data": {"path": str(half)}}, "server": True, "wait": False}})
+    # (as the host adds a channel: its socket made and handed over, then chardev-add)
+    made = half if named else half.with_name(half.name + ".new")
+    with QemuVMM().monitor(vmdir) as mon, listen(made) as sock:
+        mon.cmd("getfd", fd=sock.fileno(), fdname=f"agent{k}")
+        mon.cmd("chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
+            "addr": {"type": "fd", "data": {"str": f"agent{k}"}}, "server": True,
+            "wait": False}})
     held = []
     try:
         for sock in socks:        # every whole channel busy: the half-made one is next
@@ -290,4 +298,47 @@ def test_volumes_mount_host_block_devices(cli: Ignite, testbox: str, tmp_path: P
                 assert cli("exec", name, "--", "cat", "/data/new").stdout == "kept\n"
             cli("rm", "-f", name)
     finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_a_volume_with_a_long_name_is_mounted(cli: Ignite, testbox: str, tmp_path: Path) -> None:
+    """A manifest's volume names are not bound by the 20 bytes of a disk serial."""
+    import subprocess
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "marker").write_text("long-name\n")
+    img = tmp_path / "vol.img"
+    img.write_bytes(b"")
+    os.truncate(img, 32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(img)], check=True)
+    dev = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True,
+                         text=True)
+    if dev.returncode:
+        pytest.skip(f"no loop devices on this host: {dev.stderr.strip()}")
+    loop = dev.stdout.strip()
+    manifest = tmp_path / "vm.yaml"
+    manifest.write_text(f"""apiVersion: ignite.weave.works/v1alpha4
+kind: VM
+metadata:
+  name: longvol
+spec:
+  image:
+    oci: {testbox}
+  diskSize: 256MB
+  storage:
+    volumes:
+    - name: database-files.primary
+      blockDevice:
+        path: {loop}
+    volumeMounts:
+    - name: database-files.primary
+      mountPath: /srv/db
+""")
+    try:
+        cli("create", "--config", str(manifest))
+        cli("start", "longvol")
+        assert cli("exec", "longvol", "--", "cat", "/srv/db/marker").stdout == "long-name\n"
+    finally:
+        cli("rm", "-f", "longvol", check=False)
         subprocess.run(["losetup", "-d", loop], check=False)

@@ -1,9 +1,8 @@
 """A user without root: the CLI run under a throwaway uid with a state root
 of its own, with the defaults (passt networking, QEMU unconfined as that
 user). The VM reaches a server on the host, and a port forward reaches the
-VM. The tests run as root: the uid is a system user made for the test and
-removed after it (ssh-keygen, which makes each VM's host key, refuses a uid
-with no passwd entry).
+VM. The tests run as root: the uid is one with no passwd entry (nothing the
+CLI runs may need one; ssh-keygen did).
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ import pytest
 from tests.conftest import REPO, Result
 from tests.helpers.hostserver import BODY, passt_unusable, serving
 from tests.helpers.images import busybox_image
-
-USER_PREFIX = "ignr"
 
 
 @dataclass
@@ -66,45 +63,39 @@ def _pids_of(uid: int) -> list[int]:
     return out
 
 
-def _drop_user(name: str) -> None:
+def _free_uid() -> int:
+    """A uid with no passwd entry (as a user of a container or a directory
+    service may have) that runs nothing."""
+    for uid in range(61000 + os.getpid() % 1000, 63000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            if not _pids_of(uid):
+                return uid
+    raise AssertionError("no free uid in 61000-63000")
+
+
+def _kill_all(uid: int) -> None:
     from ignitevm.util.proc import kill_and_wait
 
-    try:
-        uid = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return
     for pid in _pids_of(uid):  # (the throwaway uid runs nothing but this test's CLI)
         kill_and_wait(pid)
-    subprocess.run(["userdel", name], capture_output=True, check=False)
-
-
-def _stale_users() -> list[str]:
-    """Users a killed earlier run of this test left (its pid is gone)."""
-    return [u.pw_name for u in pwd.getpwall()
-            if u.pw_name.startswith(USER_PREFIX) and u.pw_name[len(USER_PREFIX):].isdigit()
-            and not Path(f"/proc/{u.pw_name[len(USER_PREFIX):]}").exists()]
 
 
 @pytest.fixture(scope="module")
 def rootless(kernel_debs: list[Path]) -> Iterator[Rootless]:
-    for tool in ("qemu-system-x86_64", "mkfs.ext4", "ssh-keygen"):
+    for tool in ("qemu-system-x86_64", "mkfs.ext4"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (run scripts/setup.sh)")
     if (why := passt_unusable()) is not None:  # (the defaults without root: passt)
         pytest.skip(why)
-    if os.geteuid() == 0 and (shutil.which("setpriv") is None or shutil.which("useradd") is None):
-        pytest.skip("setpriv and useradd (util-linux, passwd) are needed to drop root")
-    for name in _stale_users():
-        _drop_user(name)
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root")
     home = Path(tempfile.mkdtemp(prefix="ignite-rootless-", dir="/tmp"))
-    name = f"{USER_PREFIX}{os.getpid()}"
     uid = os.geteuid()
     try:
         if uid == 0:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", str(home),
-                            "--shell", "/usr/sbin/nologin", name], check=True,
-                           capture_output=True)
-            uid = pwd.getpwnam(name).pw_uid
+            uid = _free_uid()
             os.chown(home, uid, uid)
             # The repository and its interpreter must be readable by that uid.
             probe = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}",
@@ -134,8 +125,8 @@ def rootless(kernel_debs: list[Path]) -> Iterator[Rootless]:
             ids = ig("ps", "-a", "-q", check=False).stdout.split()
             if ids:
                 ig("rm", "-f", *ids, check=False)
-        if os.geteuid() == 0:
-            _drop_user(name)
+        if os.geteuid() == 0 and uid != 0:
+            _kill_all(uid)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -95,10 +95,10 @@ def test_qemu_sees_only_its_own_files(cli: Ignite, jailed: str) -> None:
         assert not (root / str(sentinel).lstrip("/")).exists()
         assert not (root / "proc/1").exists() and not (root / "sys").exists()
         inside = root / str(vm_dir).lstrip("/")
-        # Of the VM's folder: its disk, config disk and run/ only (not its console
-        # log, which the jail's console writer keeps; not its metadata, keys, or
-        # the other VMs).
-        assert sorted(os.listdir(inside)) == ["config.tar", "disk.qcow2", "run"]
+        # Of the VM's folder: its disk and config disk only (not its console
+        # log, which the jail's console writer keeps; not run/, whose sockets
+        # the host made and handed over; not its metadata, keys, or the other VMs).
+        assert sorted(os.listdir(inside)) == ["config.tar", "disk.qcow2"]
         assert sorted(os.listdir(inside.parent)) == [uid]
         assert sorted(os.listdir(root / "dev")) in (["null", "random", "urandom", "zero"],
                                                     ["kvm", "null", "random", "urandom", "zero"])
@@ -147,36 +147,87 @@ def test_qemu_itself_cannot_open_a_host_file(cli: Ignite, jailed: str) -> None:
         sentinel.unlink()
 
 
-def test_the_vms_uid_cannot_replace_the_hosts_files(cli: Ignite, jailed: str) -> None:
-    """run/ is the one folder QEMU writes, but the host's files there (the QMP
-    socket, the agent clients' locks) and the VM's folder are not its to
-    replace: as the VM's uid, a link planted there is refused."""
-    import shutil
+# Run in a fresh interpreter (one thread: setns into a mount namespace needs
+# that): enter QEMU's mount namespace, list every folder of its jail as root,
+# then take QEMU's uid, gid and groups and try to make a file, a folder, a
+# FIFO and a link in each; print what was made, then whether the disk
+# overlay opens for writing.
+_AS_QEMU = r"""
+import ctypes, errno, json, os, sys
+pid, ident, shared, disk = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x00020000) != 0:  # CLONE_NEWNS
+    sys.exit(f"setns: {os.strerror(ctypes.get_errno())}")
+os.chdir("/")
+folders = [top for top, _, _ in os.walk("/") if not top.startswith("/proc")]
+os.setgroups([shared])
+os.setresgid(ident, ident, ident)
+os.setresuid(ident, ident, ident)
+made, why = [], set()
+def attempt(path, make):
+    try:
+        make(path)
+    except OSError as exc:
+        why.add(errno.errorcode[exc.errno])
+        return
+    made.append(path)
+for top in [*folders, sys.argv[5]]:
+    probe = os.path.join(top, ".ignite-probe")
+    attempt(probe, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
+    attempt(probe + "-dir", os.mkdir)
+    attempt(probe + "-fifo", os.mkfifo)
+    attempt(probe + "-link", lambda p: os.symlink("/etc/passwd", p))
+os.close(os.open(disk, os.O_WRONLY))
+print(json.dumps({"folders": len(folders), "made": made, "why": sorted(why)}))
+"""
+
+
+def test_qemu_can_create_nothing_in_its_jail_nor_in_run(cli: Ignite, jailed: str) -> None:
+    """As QEMU's uid in its mount namespace, no file, folder, FIFO or link can
+    be made anywhere (not in the VM's folder, not in run/, not in the jail's
+    root): a compromised QEMU can neither fill the host's disk with files nor
+    plant one for root to touch. It writes its disk overlay only. On the host,
+    run/ (the sockets and pid file) is root's alone."""
+    import json
+    import sys
 
     uid = _uid(cli, jailed)
+    pid = _pid(cli, uid)
     vm_dir = cli.root / "vm" / uid
     ident = int((vm_dir / ids.ID_FILE).read_text())
     run_dir = vm_dir / "run"
     st = run_dir.stat()
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, ident, 0o1770)
-    for name in ("qmp.sock", "agent-1.lock", "agent-2.lock", "agent-grow.lock"):
-        assert (run_dir / name).stat().st_uid == 0, name
-    assert (vm_dir.stat().st_uid, (vm_dir / "metadata.json").stat().st_uid) == (0, 0)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o700)
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert "qemu.pid" in names and "qmp.sock" in names and "console.sock" in names, names
+    for name in names:
+        assert (run_dir / name).lstat().st_uid == 0, name
+    res = subprocess.run([sys.executable, "-c", _AS_QEMU, str(pid), str(ident),
+                          str(ids.SHARED_GID), str(vm_dir / "disk.qcow2"), str(run_dir)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    found = json.loads(res.stdout)
+    assert found["folders"] >= 5 and found["made"] == [], found
+    # (EROFS: the jail's read-only root and binds; ENOENT: run/ is not in it)
+    assert set(found["why"]) <= {"EROFS", "ENOENT", "EACCES", "EPERM"}, found
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
+    # On the host too (were it to get out of its namespace), as the VM's uid:
     as_vm = ["setpriv", f"--reuid={ident}", f"--regid={ident}", "--clear-groups", "--"]
-    # Run from inside run/ (as QEMU does, it needs no access to the folders above).
-    for victim in ("agent-1.lock", "qmp.sock", "../metadata.json"):
-        res = subprocess.run([*as_vm, "ln", "-sf", "/etc/passwd", victim], cwd=run_dir,
-                             capture_output=True, text=True)
-        # (EPERM: the sticky folder; EACCES: the host's folder)
-        assert res.returncode != 0, (victim, res)
-        assert "not permitted" in res.stderr or "ermission denied" in res.stderr, res.stderr
-        assert not (run_dir / victim).is_symlink(), victim
-    # (it may create its own files there: that is how it makes its sockets)
-    res = subprocess.run([*as_vm, "touch", "probe"], cwd=run_dir, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    (run_dir / "probe").unlink()
+    for victim in (run_dir / "probe", run_dir / "agent-1.lock", vm_dir / "probe"):
+        res = subprocess.run([*as_vm, "touch", str(victim)], capture_output=True, text=True)
+        assert res.returncode != 0 and "ermission denied" in res.stderr, (victim, res)
+    assert not (run_dir / "probe").exists() and not (vm_dir / "probe").exists()
+
+
+def test_cp_and_exec_work_jailed(cli: Ignite, jailed: str, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("to the guest\n")
+    cli("cp", str(src), f"{jailed}:/tmp/in.txt")
+    out = cli("exec", jailed, "--", "/bin/busybox", "cat", "/tmp/in.txt").stdout
+    assert out == "to the guest\n"
+    cli("cp", f"{jailed}:/tmp/in.txt", str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_text() == "to the guest\n"
 
 
 def test_cgroups_limit_memory_cpu_and_pids(cli: Ignite, jailed: str) -> None:
@@ -201,8 +252,8 @@ def test_cgroups_limit_memory_cpu_and_pids(cli: Ignite, jailed: str) -> None:
 
 
 def test_exec_and_a_hot_plugged_agent_channel_work_jailed(cli: Ignite, jailed: str) -> None:
-    """A second concurrent client makes QEMU (as the VM's uid) create a new
-    socket in its run/ folder."""
+    """A second concurrent client hot-plugs a channel: the host makes its socket
+    in run/ and hands it to QEMU (over QMP, getfd), which serves it."""
     uid = _uid(cli, jailed)
     run_dir = cli.root / "vm" / uid / "run"
     slow = threading.Thread(target=cli, args=("exec", jailed, "--", "/bin/busybox", "sleep", "3"))
@@ -215,8 +266,7 @@ def test_exec_and_a_hot_plugged_agent_channel_work_jailed(cli: Ignite, jailed: s
     finally:
         slow.join()
     assert (run_dir / "agent-2.sock").exists()
-    ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
-    assert (run_dir / "agent-2.sock").stat().st_uid == ident
+    assert (run_dir / "agent-2.sock").stat().st_uid == 0
 
 
 def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) -> None:
@@ -267,9 +317,10 @@ def test_user_mode_guest_cannot_reach_host_loopback(cli: Ignite, jailed: str) ->
 
 def test_a_socket_planted_in_run_is_not_taken_for_the_vms(cli: Ignite, jailed: str,
                                                           tmp_path: Path) -> None:
-    """QEMU's uid may write in run/: a link it plants there, to a socket some
-    root service of the host listens on, must not get the host's agent client
-    (root) talking to that service."""
+    """A link found in run/ (QEMU's uid cannot write there any more, but an
+    unconfined VM's QEMU can), to a socket some root service of the host
+    listens on, must not get the host's agent client (root) talking to that
+    service: QEMU listens on its sockets itself, and the peer is checked."""
     import fcntl
     import socket
 

@@ -44,6 +44,11 @@
  *   -s BYTES                        RLIMIT_FSIZE of the program: no file it writes
  *                                   (disk overlay, log, a file in its folder) grows
  *                                   past BYTES (the console writer is not bound by it)
+ *   -i FD                           the parent writes the detached child's pid (the
+ *                                   VMM's, once it execs) in decimal and a newline
+ *                                   to FD (a pipe), as root, so that the host, not
+ *                                   the VMM, keeps the VM's pid record; the child
+ *                                   closes FD
  *   -f                              foreground: no fork, no new session, and the
  *                                   program is killed when its caller dies (a
  *                                   short-lived VMM such as the KVM probe)
@@ -322,7 +327,7 @@ int main(int argc, char **argv)
 {
 	long uid = -1, gid = -1;
 	gid_t groups[MAX_GROUPS];
-	int ngroups = 0, newnet = 0, lowports = 0, ownproc = 0, foreground = 0, i;
+	int ngroups = 0, newnet = 0, lowports = 0, ownproc = 0, foreground = 0, pidfd = -1, i;
 	unsigned long long fsize = 0;
 	const char *workdir = "/";
 	struct console con = {.fd = -1};
@@ -377,6 +382,11 @@ int main(int argc, char **argv)
 				die("usage", "-s needs a size of at least 4096");
 		} else if (!strcmp(o, "-f")) {
 			foreground = 1;
+		} else if (!strcmp(o, "-i") && pidfd < 0) {
+			need(argc, i, 1);
+			pidfd = (int)number(argv[++i], 10);
+			if (pidfd < 3)
+				die("usage", "-i needs an fd above 2");
 		} else if (!strcmp(o, "-c") && con.fd < 0) {
 			need(argc, i, 3);
 			con.fd = (int)number(argv[i + 1], 10);
@@ -404,8 +414,17 @@ int main(int argc, char **argv)
 		pid_t child = fork();
 		if (child < 0)
 			die("fork", "detach");
-		if (child > 0)
+		if (child > 0) {
+			if (pidfd >= 0) {
+				char text[32];
+				int n = snprintf(text, sizeof(text), "%d\n", (int)child);
+				if (write_all(pidfd, text, (size_t)n, -1) != 0)
+					die("pid", "write to fd %d", pidfd);
+			}
 			return 0;
+		}
+		if (pidfd >= 0)
+			close(pidfd);
 		if (setsid() < 0)
 			die("setsid", "new session");
 	}

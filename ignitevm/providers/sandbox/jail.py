@@ -2,8 +2,9 @@
 
 Inside, the VMM sees a read-only tmpfs root with, each at its host path:
 the VMM binary and the host's library folders (read-only, executable), its
-firmware folders (read-only), the VM's own files (its writable disk, console
-log and ``run/`` folder for sockets and pid file, read-only config disk),
+firmware folders (read-only), the VM's own files (its writable disk and
+read-only config disk; not its ``run/`` folder: the host makes the VMM's
+sockets there and hands them over as descriptors, and keeps its pid record),
 the shared image, kernel and initramfs (read-only), and device nodes made
 for it (null, zero, random, urandom, kvm when used, the VM's block volumes
 owned by the VM's uid). Nothing else of the host: not the store, not /etc,
@@ -50,6 +51,7 @@ class Plan(NamedTuple):
     console: tuple[int, int, str] | None = None
     foreground: bool = False  # no detaching; killed when the caller dies
     file_size: int = 0  # RLIMIT_FSIZE of the VMM: no file it writes grows past it (0: none)
+    pid_fd: int | None = None  # where the helper writes the detached VMM's pid (a pipe)
 
     def argv(self, helper: Path) -> list[str]:
         me = self.identity
@@ -77,6 +79,8 @@ class Plan(NamedTuple):
             out.append("-f")
         if self.file_size:
             out += ["-s", str(self.file_size)]
+        if self.pid_fd is not None:
+            out += ["-i", str(self.pid_fd)]
         return [*out, "--"]
 
 

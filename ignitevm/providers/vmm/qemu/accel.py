@@ -3,7 +3,8 @@
 ``/dev/kvm`` can exist and still be useless: a nested hypervisor may accept
 the VM and then never run a stock kernel to its init. So the probe boots the
 kernel and initramfs the VM will use, with KVM and a deadline, and takes KVM
-only if our init reported in. The answer is cached per kernel and host: for
+only if our init reported in. The answer is cached per kernel, QEMU and host
+(not per initramfs, which changes with the guest's sources): for
 good when it is definite (the guest booted, or QEMU refused KVM), for an hour
 when the probe only ran out of time (a busy host may do better later), then
 for twice as long after each further timeout, up to a week (a host where KVM
@@ -69,13 +70,21 @@ def kernel_args(accel: str) -> list[str]:
     return out
 
 
-def _cache_key(kernel: Path, initrd: Path | None) -> str:
+def _cache_key(kernel: Path, jailed: bool) -> str:
+    """What decides whether KVM boots a guest here: the kernel, the QEMU
+    binary, the host (its kernel and CPU) and whether the probe is jailed. Not
+    the initramfs: it is rebuilt whenever the guest's sources change, and our
+    init only prints the probe's marker (a broken init fails every boot, not
+    only KVM's)."""
+    import shutil
+
     h = hashlib.sha256()
-    for path in (kernel, initrd):
+    qemu = shutil.which("qemu-system-x86_64")
+    for path in (kernel, Path(os.path.realpath(qemu)) if qemu else None):
         if path is not None:
             st = path.stat()
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(platform.release().encode())
+    h.update(f"{platform.release()}:{'jail' if jailed else 'none'}".encode())
     try:
         with open("/proc/cpuinfo") as f:
             h.update(next((line for line in f if line.startswith("model name")), "").encode())
@@ -98,7 +107,8 @@ def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = N
     if not ok:
         log.debug("using TCG: %s", why)
         return "tcg"
-    cache_file = cache / "accel" / f"{_cache_key(kernel, initrd)}.json"
+    jail_in = cache if sandbox != "none" and os.geteuid() == 0 else None
+    cache_file = cache / "accel" / f"{_cache_key(kernel, jail_in is not None)}.json"
     timeouts = 0
     try:
         cached = json.loads(cache_file.read_text())
@@ -107,7 +117,6 @@ def choose(kernel: Path, initrd: Path | None, cache: Path, force: str | None = N
         timeouts = int(cached.get("timeouts", 0))
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    jail_in = cache if sandbox != "none" and os.geteuid() == 0 else None
     works, detail, definite = probe_kvm(kernel, initrd, jail_in=jail_in)
     accel = "kvm" if works else "tcg"
     log.info("KVM %s on this host (%s); using %s", "works" if works else "is not usable",

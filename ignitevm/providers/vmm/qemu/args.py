@@ -10,9 +10,10 @@ from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
 QEMU = "qemu-system-x86_64"
 
-# Files kept in the VM's folder while it runs. QEMU creates its sockets and
-# pid file in RUN_DIR, the one folder it may write (jailed, it is owned by
-# the VM's uid); everything else in the VM's folder stays the host's.
+# Files kept in the VM's folder while it runs. The sockets and pid file live
+# in RUN_DIR. Jailed, the host makes them all (the sockets listening, handed
+# to QEMU as descriptors) and QEMU cannot write there, nor anywhere else but
+# its disk overlay; unconfined, QEMU makes them itself.
 RUN_DIR = "run"
 PIDFILE = f"{RUN_DIR}/qemu.pid"
 QMP = f"{RUN_DIR}/qmp.sock"
@@ -138,24 +139,29 @@ def _ipv4(text: str) -> str:
 CONSOLE_FDSET = 7
 
 
-def console(workdir: Path, log_fd: int | None = None) -> list[str]:
+def console(workdir: Path, log_fd: int | None = None, sock_fd: int | None = None) -> list[str]:
     # A socket for `attach`, with everything the guest prints also logged for
     # `logs`, whether or not anyone is attached: to the file itself, or (jailed)
     # into the pipe ``log_fd`` of the jail's console writer, which bounds it.
+    # ``sock_fd``: the socket, made by the host at CONSOLE_SOCK and listening.
     sock, log = workdir / CONSOLE_SOCK, workdir / CONSOLE_LOG
     fdset = [] if log_fd is None else ["-add-fd", f"fd={log_fd},set={CONSOLE_FDSET}"]
     target = _escape(log) if log_fd is None else f"/dev/fdset/{CONSOLE_FDSET}"
+    where = f"path={_escape(sock)}" if sock_fd is None else f"fd={int(sock_fd)}"
     return [*fdset, "-chardev",
-            f"socket,id=console,path={_escape(sock)},server=on,wait=off,"
+            f"socket,id=console,{where},server=on,wait=off,"
             f"logfile={target},logappend=on",
             "-serial", "chardev:console"]
 
 
-def agent(workdir: Path, channels: int = 1) -> list[str]:
+def agent(workdir: Path, channels: int = 1, fds: tuple[int, ...] = ()) -> list[str]:
+    """The agent's bus and its first ``channels`` ports; ``fds``: their sockets,
+    made by the host and listening (else QEMU makes them)."""
     args = ["-device", f"virtio-serial-device,id={AGENT_BUS},max_ports={AGENT_MAX_CHANNELS + 1}"]
     for k in range(1, channels + 1):
-        sock = _escape(agent_socket(workdir, k))
-        args += ["-chardev", f"socket,id=agent{k},path={sock},server=on,wait=off",
+        where = (f"fd={int(fds[k - 1])}" if fds
+                 else f"path={_escape(agent_socket(workdir, k))}")
+        args += ["-chardev", f"socket,id=agent{k},{where},server=on,wait=off",
                  "-device", f"virtserialport,{agent_port(k)}"]
     return args
 
@@ -173,12 +179,12 @@ def control(workdir: Path, fd: int | None = None) -> list[str]:
 
 
 def process(spec: LaunchSpec) -> list[str]:
-    # Jailed, the jail helper detaches QEMU: -daemonize forks and calls
-    # setsid, which the seccomp filter forbids.
-    daemonize = ["-daemonize"] if spec.sandbox == "none" else []
+    # Jailed, the jail helper detaches QEMU (-daemonize forks and calls
+    # setsid, which the seccomp filter forbids) and reports its pid to the
+    # host, which writes the pid file.
     uid = _escape(spec.uid)
-    return ["-name", f"ignite-{uid},process=ignite-{uid}",
-            "-pidfile", str(spec.workdir / PIDFILE), *daemonize]
+    own = ["-pidfile", str(spec.workdir / PIDFILE), "-daemonize"] if spec.sandbox == "none" else []
+    return ["-name", f"ignite-{uid},process=ignite-{uid}", *own]
 
 
 def sandbox(mode: str) -> list[str]:
@@ -186,7 +192,9 @@ def sandbox(mode: str) -> list[str]:
 
 
 def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None,
-         console_fd: int | None = None) -> list[str]:
+         console_fd: int | None = None, socket_fds: tuple[int, ...] = ()) -> list[str]:
+    """``socket_fds``: listening sockets made by the host, the console's then
+    one per agent channel (jailed); none: QEMU makes its sockets."""
     return checked([
         qemu,
         *machine(spec.accel),
@@ -195,8 +203,8 @@ def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None,
         *kernel(spec.kernel, spec.initrd, spec.cmdline),
         *disks(spec.disks),
         *network(spec.net),
-        *console(spec.workdir, console_fd),
-        *agent(spec.workdir, spec.agent_channels),
+        *console(spec.workdir, console_fd, socket_fds[0] if socket_fds else None),
+        *agent(spec.workdir, spec.agent_channels, socket_fds[1:]),
         *control(spec.workdir, qmp_fd),
         *sandbox(spec.sandbox),
         *process(spec),

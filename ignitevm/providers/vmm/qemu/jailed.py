@@ -1,12 +1,13 @@
 """Launch QEMU confined by the jail helper (see ignitevm.providers.sandbox).
 
-The host prepares what QEMU may touch (the VM's ``run/`` folder, disk and
-console log handed to the VM's uid; the shared files made readable to the
-VMs' group), creates the VM's cgroups and QMP's listening socket, then runs
-``ignite-jail … -- qemu …``: the helper detaches, confines and execs QEMU
-and returns at once. QEMU is up when QMP greets on the socket; if QEMU (or
-the helper) dies first, the socket closes, and the reason is the last line
-of ``qemu.log``.
+The host prepares what QEMU may touch (the VM's disk overlay handed to the
+VM's uid; the shared files made readable to the VMs' group), creates the
+VM's cgroups and every socket QEMU serves (QMP, console, agent channels:
+listening, in the root-only ``run/`` folder, passed as descriptors), then
+runs ``ignite-jail … -- qemu …``: the helper detaches, confines and execs
+QEMU, reports its pid (the host writes the pid file) and returns at once.
+QEMU is up when QMP greets on the socket; if QEMU (or the helper) dies
+first, the socket closes, and the reason is the last line of ``qemu.log``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from ignitevm.errors import IgniteError
@@ -34,14 +36,15 @@ def plan(spec: LaunchSpec, qemu: str) -> jail.Plan:
     me = jail.identity(ids.allocate(d))
     run_dir = d / args.RUN_DIR
     run_dir.mkdir(exist_ok=True)
-    # QEMU may create files in run/ (its group may write), but not remove or
-    # replace the host's (sticky, root-owned): the QMP socket and the lock
-    # files the agent's host clients open there are made by the host first.
-    jail.own(run_dir, 0, me.gid, 0o1770)
+    # run/ is the host's alone (QEMU never sees it: its sockets are made by
+    # the host and handed over, its pid file written by the host): nothing
+    # there is planted by the VM, and a compromised QEMU cannot fill the
+    # host's disk with files. It writes only its disk overlay (and a
+    # template's RAM file), each bounded by RLIMIT_FSIZE.
+    jail.own(run_dir, 0, 0, 0o700)
     for lock in host_locks(d):
         jail.host_file(lock)
     binds, links = jail.system_binds(qemu)
-    binds += [(str(run_dir), "w")]
     nodes = jail.base_nodes(spec.accel == "kvm", me.uid)
     shared = [spec.kernel, *([spec.initrd] if spec.initrd else [])]
     for disk in spec.disks:
@@ -146,29 +149,84 @@ def launch(spec: LaunchSpec) -> None:
                               hint="VMs are confined as root on a host with cgroups; "
                                    "--sandbox=none runs QEMU unconfined") from None
         helper = build.helper(spec.cache or d.parent.parent / "cache")
-        listener = undo.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
         qmp = d / args.QMP
-        qmp.unlink(missing_ok=True)
-        listener.bind(str(qmp))
-        os.chmod(qmp, 0o600)
-        listener.listen(8)
-        # QEMU never sees the console log: it writes into a pipe (this fd), and
-        # the jail's console writer keeps the file bounded (ignite-jail -c).
-        fd = max((listener.fileno(), *spec.inherited_fds())) + 1
-        p = p._replace(console=(fd, consolelog.limit(), str(d / args.CONSOLE_LOG)))
-        cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno(),
-                                           console_fd=fd)]
-        (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
-        log_fd = os.open(d / args.QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        undo.callback(os.close, log_fd)
-        with spawn(cmd, stdout=log_fd, stderr=log_fd,
-                   pass_fds=(listener.fileno(), *spec.inherited_fds())) as proc:
-            rc = proc.wait()
-        listener.close()
-        if rc != 0 or not _greeted(qmp):
+        listener = undo.enter_context(listen(qmp))
+        socks = [undo.enter_context(listen(d / args.CONSOLE_SOCK))]
+        socks += [undo.enter_context(listen(args.agent_socket(d, k)))
+                  for k in range(1, spec.agent_channels + 1)]
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        undo.callback(os.close, pid_r)
+        with _closing(pid_w):
+            given = (listener.fileno(), *(s.fileno() for s in socks), pid_w,
+                     *spec.inherited_fds())
+            # QEMU never sees the console log: it writes into a pipe (this fd), and
+            # the jail's console writer keeps the file bounded (ignite-jail -c).
+            fd = max(given) + 1
+            p = p._replace(console=(fd, consolelog.limit(), str(d / args.CONSOLE_LOG)),
+                           pid_fd=pid_w)
+            cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno(),
+                                               console_fd=fd,
+                                               socket_fds=tuple(s.fileno() for s in socks))]
+            (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
+            log_fd = os.open(d / args.QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                             | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            undo.callback(os.close, log_fd)
+            with spawn(cmd, stdout=log_fd, stderr=log_fd, pass_fds=given) as proc:
+                rc = proc.wait()
+        pid = _read_pid(pid_r)
+        for s in (listener, *socks):
+            s.close()
+        if rc != 0 or pid is None or not _greeted(qmp):
             _fail(d)
+        _write_pid(d / args.PIDFILE, pid)
         undo.pop_all()
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _write_pid(path: Path, pid: int) -> None:
+    """The pid file, whole or not there for readers (no fsync: after a crash
+    the launch record's boot id tells that the pid is stale anyway)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with open(fd, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid the jail helper reported (None if it failed before forking)."""
+    data = b""
+    while chunk := os.read(fd, 32):
+        data += chunk
+        if len(data) > 32:
+            return None
+    try:
+        return int(data.decode("ascii"))
+    except ValueError:
+        return None
+
+
+def listen(path: Path) -> socket.socket:
+    """A listening socket at ``path`` in the VM's run/ folder (root's, 0600)
+    for QEMU to serve; a socket QEMU left there before is replaced."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(8)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _greeted(qmp: Path) -> bool:

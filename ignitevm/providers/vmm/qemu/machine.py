@@ -97,10 +97,10 @@ class QemuVMM:
                               hint="--log-level debug shows QEMU's full command line")
 
     def pid(self, workdir: Path) -> int | None:
-        # The host's record of the launch names the pid; QEMU's own pid file (in
-        # run/, which a jailed QEMU may write: a FIFO or a link to /dev/zero
-        # there must not hang or swamp root) is read only until that record
-        # exists, and then only as a small regular file.
+        # The host's record of the launch names the pid; the pid file (the
+        # host's when jailed, QEMU's own when not: a FIFO or a link to
+        # /dev/zero there must not hang or swamp root) is read only until that
+        # record exists, and then only as a small regular file.
         record = _read_small(workdir / args.PIDSTART)
         text = record or _read_small(workdir / args.PIDFILE)
         try:
@@ -114,10 +114,11 @@ class QemuVMM:
         return pid
 
     def connect_socket(self, workdir: Path, path: Path) -> socket.socket:
-        """Connect to one of the sockets QEMU made in the VM's run/ folder, and
-        make sure QEMU is what answers: a jailed QEMU may write in that folder,
-        so a link planted there could lead a root client to any other socket
-        of the host. The peer must run as the VM's QEMU does."""
+        """Connect to one of the sockets QEMU serves in the VM's run/ folder, and
+        make sure QEMU is what answers (QEMU listens on them itself, so their
+        peer is QEMU's uid): an unconfined VM's QEMU made them, and a link
+        found there must not lead a root client to another socket of the
+        host. The peer must run as the VM's QEMU does."""
         import socket
 
         pid = self.pid(workdir)
@@ -232,12 +233,39 @@ class QemuVMM:
         if k > args.AGENT_MAX_CHANNELS or self.pid(workdir) is None:
             return None
         path = args.agent_socket(workdir, k)
+        # The host makes the socket and hands it over (a jailed QEMU cannot
+        # write in run/); QEMU takes the descriptor named by getfd.
         backend = {"type": "socket", "data": {
-            "addr": {"type": "unix", "data": {"path": str(path)}},
+            "addr": {"type": "fd", "data": {"str": f"agent{k}"}},
             "server": True, "wait": False}}
         port = dict(item.split("=", 1) for item in args.agent_port(k).split(","))
+        # (made beside, and named once QEMU listens on it: no client finds a
+        # socket QEMU does not serve yet)
+        new = path.with_name(path.name + ".new")
         with self.monitor(workdir) as mon:
-            mon.cmd("chardev-add", id=f"agent{k}", backend=backend)
+            if new.exists():  # a client killed before the rename: its chardev has no socket
+                with contextlib.suppress(Exception):
+                    mon.cmd("chardev-remove", id=f"agent{k}")
+            self._plug_channel(mon, k, new, path, backend, port)
+        return path
+
+    @staticmethod
+    def _plug_channel(mon: Monitor, k: int, new: Path, path: Path,
+                      backend: dict[str, object], port: dict[str, str]) -> None:
+        from ignitevm.providers.vmm.qemu.jailed import listen
+
+        with listen(new) as sock:
+            try:
+                mon.cmd("getfd", fd=sock.fileno(), fdname=f"agent{k}")
+                mon.cmd("chardev-add", id=f"agent{k}", backend=backend)
+                os.rename(new, path)
+            except BaseException:
+                new.unlink(missing_ok=True)
+                with contextlib.suppress(Exception):
+                    mon.cmd("closefd", fdname=f"agent{k}")
+                with contextlib.suppress(Exception):
+                    mon.cmd("chardev-remove", id=f"agent{k}")
+                raise
             try:
                 mon.cmd("device_add", driver="virtserialport", bus=f"{args.AGENT_BUS}.0",
                         **{**port, "nr": k})
@@ -246,7 +274,6 @@ class QemuVMM:
                     mon.cmd("chardev-remove", id=f"agent{k}")
                 path.unlink(missing_ok=True)
                 raise
-        return path
 
     def repair_agent_channel(self, workdir: Path, path: Path) -> None:
         """Undo a channel a client killed between chardev-add and device_add left
