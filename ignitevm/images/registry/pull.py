@@ -34,6 +34,7 @@ from ignitevm.util.progress import Transfers
 PARALLEL = 4
 RESUMES = 5  # Range requests after cut connections, per blob
 MAX_CONFIG = 16 << 20
+SCHEMES_FILE = "http-registries"  # (in the content store) registries found without TLS
 
 # (layer digest, bytes done or -1 if already stored, total): called from download threads
 Progress = Callable[[str, int, int], None]
@@ -338,7 +339,7 @@ def _first_answer(stack: ExitStack, store: ContentStore, ref: Reference, opts: P
             client = attempt.enter_context(Client(
                 place.ref, config_dir=opts.config_dir,
                 insecure=insecure | ({place.ref.domain} if place.insecure else set()),
-                schemes=store.path / "http-registries"))
+                schemes=store.path / SCHEMES_FILE))
             try:
                 res = resolve(client, place.ref, store, opts.platform)
             except IgniteError as exc:
