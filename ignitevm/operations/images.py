@@ -243,7 +243,9 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
         twin.extend(i for i in ctx.store.list(Image) if i.status.oci_source.id == identity)
         return bool(twin)
 
-    with pulling(content_store(ctx), source, bounded_pull(ctx, opts), known) as pulled:
+    # (the image is built from every layer, each checked against its diff_id then)
+    with pulling(content_store(ctx), source, bounded_pull(ctx, opts), known,
+                 applied=True) as pulled:
         if existing is not None and existing.status.oci_source.id == pulled.identity:
             up_to_date = existing
         else:
