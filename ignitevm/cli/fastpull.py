@@ -149,7 +149,10 @@ def _image(kind_dir: str, name: str) -> tuple[str, str] | None:
 def _current(ref: Reference, schemes_file: str) -> str | None:
     """The digest of the image manifest ``ref`` names for this host's platform, from one
     GET of its tag; None when the answer is anything but plain."""
-    import hashlib
+    try:  # (built in: OpenSSL's libcrypto is not loaded to hash one manifest)
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
 
     from ignitevm.errors import IgniteError
     from ignitevm.images.registry import manifests
@@ -174,7 +177,7 @@ def _current(ref: Reference, schemes_file: str) -> str | None:
     if answer is None:
         return None
     headers, body = answer
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    digest = "sha256:" + sha256(body).hexdigest()
     if headers.get("docker-content-digest", digest) != digest:
         return None
     where = f"tag {ref.tag} of {ref.repository}"
@@ -202,7 +205,9 @@ def _get(host: str, tls: bool, path: str, extra: dict[str, str]
              "Accept-Encoding: identity", *(f"{k}: {v}" for k, v in extra.items())]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     try:
-        sock: Any = socket.create_connection((name, port or (443 if tls else 80)), TIMEOUT)
+        # (an ASCII name as bytes: the idna codec is not loaded for it)
+        address = name.encode() if name.isascii() else name
+        sock: Any = socket.create_connection((address, port or (443 if tls else 80)), TIMEOUT)
         with sock:
             if tls:
                 import ssl
