@@ -77,8 +77,10 @@ def run(words: Sequence[str]) -> int | None:
         print(uid, flush=True)
         return 0
     err = sys.stderr
-    err.write(f"{ref.tag}: Pulling from {ref.familiar_name()}\nDigest: {digest}\n"
-              f"Status: Image is up to date for {ref.familiar()}\n")
+    err.write(
+        f"{ref.tag}: Pulling from {ref.familiar_name()}\nDigest: {digest}\n"
+        f"Status: Image is up to date for {ref.familiar()}\n"
+    )
     err.flush()
     print(ref, flush=True)
     return 0
@@ -191,8 +193,9 @@ def _current(ref: Reference, schemes_file: str) -> str | None:
     return chosen if isinstance(chosen, str) else None
 
 
-def _get(host: str, tls: bool, path: str, extra: dict[str, str]
-         ) -> tuple[dict[str, str], bytes] | None:
+def _get(
+    host: str, tls: bool, path: str, extra: dict[str, str]
+) -> tuple[dict[str, str], bytes] | None:
     """One HTTP/1.1 GET: the headers (lowercase names) and body of a 200 answer with a
     Content-Length; None for anything else (or any error)."""
     import socket
@@ -201,8 +204,13 @@ def _get(host: str, tls: bool, path: str, extra: dict[str, str]
     from ignitevm.images.registry.manifests import MAX_MANIFEST
 
     name, port = split_host(host)
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close",
-             "Accept-Encoding: identity", *(f"{k}: {v}" for k, v in extra.items())]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Connection: close",
+        "Accept-Encoding: identity",
+        *(f"{k}: {v}" for k, v in extra.items()),
+    ]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     try:
         # (an ASCII name as bytes: the idna codec is not loaded for it)

@@ -30,8 +30,17 @@ def kernel(containerd: Containerd, images: Images) -> str:
 
 
 def _flags(ctrd: Containerd, *more: str) -> list[str]:
-    return ["--runtime", "containerd", "--containerd-socket", str(ctrd.socket),
-            "--kernel-image", "test/kernel:1", "--network-plugin", "none", *more]
+    return [
+        "--runtime",
+        "containerd",
+        "--containerd-socket",
+        str(ctrd.socket),
+        "--kernel-image",
+        "test/kernel:1",
+        "--network-plugin",
+        "none",
+        *more,
+    ]
 
 
 def _objects(ig: Ignite, kind: str) -> dict[str, str]:
@@ -55,7 +64,8 @@ def _fails(ig: Ignite, ctrd: Containerd, *args: str, namespace: str = "default")
 
 
 def test_create_takes_image_and_kernel_from_containerd(
-        ig: Ignite, containerd: Containerd, box: tuple[Path, str], kernel: str) -> None:
+    ig: Ignite, containerd: Containerd, box: tuple[Path, str], kernel: str
+) -> None:
     """No registry is involved (docker.io/test/box cannot be pulled): both come from
     containerd, under the same identities as `image import --runtime containerd`."""
     _, digest = box
@@ -76,29 +86,54 @@ def test_create_takes_image_and_kernel_from_containerd(
     assert len(_vms(ig)) == 3
 
 
-def test_pull_never_and_bad_input(ig: Ignite, containerd: Containerd, box: tuple[Path, str],
-                                  kernel: str, tmp_path: Path) -> None:
+def test_pull_never_and_bad_input(
+    ig: Ignite, containerd: Containerd, box: tuple[Path, str], kernel: str, tmp_path: Path
+) -> None:
     err = _fails(ig, containerd, "docker.io/test/box:1", *_flags(containerd, "--pull", "never"))
     assert "can't find image: no ID/name matches for 'test/box:1'" in err
     err = _fails(ig, containerd, "docker.io/library/alpine:3.19", *_flags(containerd))
-    assert "can't find image 'alpine:3.19' here, nor take it from containerd: containerd has" \
+    assert (
+        "can't find image 'alpine:3.19' here, nor take it from containerd: containerd has"
         " no image alpine:3.19 in namespace default" in err
+    )
     assert "ctr -n default images pull docker.io/library/alpine:3.19" in err
-    err = _fails(ig, containerd, "docker.io/test/box:1",
-                 *_flags(containerd, "--containerd-namespace", "empty"), namespace="empty")
+    err = _fails(
+        ig,
+        containerd,
+        "docker.io/test/box:1",
+        *_flags(containerd, "--containerd-namespace", "empty"),
+        namespace="empty",
+    )
     assert "in namespace empty" in err and "--containerd-namespace default" in err
     # The image is there, the kernel is not: no VM (the image, whole, stays, as a pulled
     # one does: the next try reads it no more).
-    res = ig("create", "docker.io/test/box:1", *_flags(containerd)[:4], "--kernel-image",
-             "test/nokernel:1", "--network-plugin", "none", check=False)
+    res = ig(
+        "create",
+        "docker.io/test/box:1",
+        *_flags(containerd)[:4],
+        "--kernel-image",
+        "test/nokernel:1",
+        "--network-plugin",
+        "none",
+        check=False,
+    )
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert res.returncode == 1 and len(errors) == 1 and "Traceback" not in res.stderr
     assert "can't find kernel 'test/nokernel:1' here, nor take it from containerd" in errors[0]
     assert _vms(ig) == [] and containerd.leases() == []
     ig("image", "rm", "test/box:1")
     sock = str(tmp_path / "none.sock")
-    err = fails(ig, "create", "docker.io/test/box:1", "--runtime", "containerd",
-                "--containerd-socket", sock, "--kernel-image", "test/kernel:1")
+    err = fails(
+        ig,
+        "create",
+        "docker.io/test/box:1",
+        "--runtime",
+        "containerd",
+        "--containerd-socket",
+        sock,
+        "--kernel-image",
+        "test/kernel:1",
+    )
     assert f"nor take it from containerd: no containerd socket at {sock}" in err
     assert "is containerd running?" in err
     err = fails(ig, "create", "docker.io/test/box:1", "--runtime", "docker")
@@ -106,21 +141,35 @@ def test_pull_never_and_bad_input(ig: Ignite, containerd: Containerd, box: tuple
     assert _vms(ig) == [] and ig("kernel", "ls", "-q").stdout == ""
 
 
-def test_configuration_runtime(ig: Ignite, containerd: Containerd, box: tuple[Path, str],
-                               kernel: str, tmp_path: Path) -> None:
+def test_configuration_runtime(
+    ig: Ignite, containerd: Containerd, box: tuple[Path, str], kernel: str, tmp_path: Path
+) -> None:
     """The Configuration's spec.runtime: containerd (as Ignite) sends `create` there too."""
     _, digest = box
     config = tmp_path / "config.yaml"
-    config.write_text("apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
-                      f"spec:\n  runtime: containerd\n  containerdSocket: {containerd.socket}\n")
-    res = ig("create", "--ignite-config", str(config), "docker.io/test/box:1",
-             "--kernel-image", "test/kernel:1", "--network-plugin", "none", "--name", "cfg")
+    config.write_text(
+        "apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
+        f"spec:\n  runtime: containerd\n  containerdSocket: {containerd.socket}\n"
+    )
+    res = ig(
+        "create",
+        "--ignite-config",
+        str(config),
+        "docker.io/test/box:1",
+        "--kernel-image",
+        "test/kernel:1",
+        "--network-plugin",
+        "none",
+        "--name",
+        "cfg",
+    )
     assert "ignored" not in res.stderr
     assert _objects(ig, "image") == {"test/box:1": digest}
 
 
-def test_pull_always_takes_the_new_content(ig: Ignite, containerd: Containerd,
-                                           images: Images, kernel: str) -> None:
+def test_pull_always_takes_the_new_content(
+    ig: Ignite, containerd: Containerd, images: Images, kernel: str
+) -> None:
     """A name that containerd now gives other content: --pull always replaces the image,
     unless a VM uses it (then one clear error); missing keeps what is here."""
     name = "docker.io/test/moving:1"

@@ -15,8 +15,13 @@ from tests.registry.conftest import creds_dir
 pytestmark = pytest.mark.registry
 
 
-def _fast(ig: Ignite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-          *words: str, env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
+def _fast(
+    ig: Ignite,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    *words: str,
+    env: dict[str, str] | None = None,
+) -> tuple[int | None, str, str]:
     """``fastpull.run`` in this process, in ``ig``'s environment: (code, stdout, stderr)."""
     from ignitevm.cli import fastpull
 
@@ -28,9 +33,12 @@ def _fast(ig: Ignite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
     return code, out.out, out.err
 
 
-def test_same_output_as_the_full_path(ig: Ignite, plain_registry: Registry,
-                                      monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_same_output_as_the_full_path(
+    ig: Ignite,
+    plain_registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for name in ("busybox", "multi"):  # an image manifest; an index (this host's entry)
         ref = f"{plain_registry.host}/test/{name}:1"
         ig("image", "pull", ref)
@@ -42,11 +50,15 @@ def test_same_output_as_the_full_path(ig: Ignite, plain_registry: Registry,
         assert ig("image", "pull", ref).stderr == full.stderr  # (the CLI takes it too)
 
 
-def test_anything_else_takes_the_full_path(ig: Ignite, plain_registry: Registry,
-                                           auth_registry: Registry,
-                                           test_layout: dict[str, str], tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_anything_else_takes_the_full_path(
+    ig: Ignite,
+    plain_registry: Registry,
+    auth_registry: Registry,
+    test_layout: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     ref = f"{plain_registry.host}/test/busybox:1"
 
     def full(*words: str, **env: str) -> None:
@@ -64,8 +76,10 @@ def test_anything_else_takes_the_full_path(ig: Ignite, plain_registry: Registry,
     conf.write_text(f'[[registry]]\nlocation = "{plain_registry.host}"\ninsecure = true\n')
     full(ref, CONTAINERS_REGISTRIES_CONF=str(conf))
     conf.write_text("# only comments\n\n  # here\n")
-    assert _fast(ig, monkeypatch, capsys, "-q", ref,
-                 env={"CONTAINERS_REGISTRIES_CONF": str(conf)})[0] == 0
+    assert (
+        _fast(ig, monkeypatch, capsys, "-q", ref, env={"CONTAINERS_REGISTRIES_CONF": str(conf)})[0]
+        == 0
+    )
     monkeypatch.undo()
     # A registry not known to speak plain HTTP (the full path tries TLS first).
     (ig.root / "content" / "http-registries").write_text("")
@@ -82,16 +96,19 @@ def test_anything_else_takes_the_full_path(ig: Ignite, plain_registry: Registry,
     assert "Downloaded newer image" in ig("image", "pull", moving).stderr
     # Credentials needed: 401 (no credentials are read or sent here).
     private = f"{auth_registry.host}/test/busybox:1"
-    ig.env["DOCKER_CONFIG"] = creds_dir(tmp_path / "docker", auth_registry.host, USER,
-                                        PASSWORD)
+    ig.env["DOCKER_CONFIG"] = creds_dir(tmp_path / "docker", auth_registry.host, USER, PASSWORD)
     ig("image", "pull", private)
     full(private)
     assert "Image is up to date" in ig("image", "pull", private).stderr
 
 
-def test_tls_registry_takes_the_full_path(ig: Ignite, tls_registry: Registry, home: Path,
-                                          monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_tls_registry_takes_the_full_path(
+    ig: Ignite,
+    tls_registry: Registry,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """A loopback registry over TLS, its CA in certs.d: only the full path reads that."""
     ref = f"{tls_registry.host}/test/busybox:1"
     certs = home / "certs.d" / tls_registry.host

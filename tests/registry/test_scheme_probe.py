@@ -20,8 +20,9 @@ def _client(host: str):  # type: ignore[no-untyped-def]
     return Client(parse(f"{host}/test/busybox:1"))
 
 
-def test_probe(plain_registry: Registry, tls_registry: Registry,
-               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probe(
+    plain_registry: Registry, tls_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     assert _client(plain_registry.host)._speaks_tls() is False
@@ -32,8 +33,7 @@ def test_probe(plain_registry: Registry, tls_registry: Registry,
     assert _client(f"127.0.0.1:{port}")._speaks_tls() is None  # nothing listening
 
 
-def test_plain_loopback_registry_pulls_over_http(plain_registry: Registry,
-                                                 tmp_path: Path) -> None:
+def test_plain_loopback_registry_pulls_over_http(plain_registry: Registry, tmp_path: Path) -> None:
     """The probe's answer is only a shortcut: the pull then goes over HTTP, and the
     scheme is remembered as before."""
     from ignitevm.api.refs import parse

@@ -26,13 +26,16 @@ def test_constants_match_the_full_path() -> None:
 
 def test_light_imports() -> None:
     """What the fast path loads leaves out the full client, argparse and pathlib."""
-    code = ("import sys\nfrom ignitevm.cli import fastpull, main\n"
-            "from ignitevm.images.registry import hosts, manifests, mirrors\n"
-            "import ignitevm.api.refs\n"
-            "heavy = {'httpx', 'argparse', 'pathlib', 'ssl', 'tomllib', 'msgspec'}\n"
-            "print(sorted(heavy & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout
+    code = (
+        "import sys\nfrom ignitevm.cli import fastpull, main\n"
+        "from ignitevm.images.registry import hosts, manifests, mirrors\n"
+        "import ignitevm.api.refs\n"
+        "heavy = {'httpx', 'argparse', 'pathlib', 'ssl', 'tomllib', 'msgspec'}\n"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -54,17 +57,23 @@ def _serve(answer: bytes) -> tuple[str, threading.Thread]:
     return f"127.0.0.1:{srv.getsockname()[1]}", t
 
 
-@pytest.mark.parametrize(("answer", "ok"), [
-    (b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Length: 2\r\n\r\n{}", True),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}", False),  # cut short
-    (b"HTTP/1.1 200 OK\r\n\r\n{}", False),  # no length
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n2\r\n{}\r\n",
-     False),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", False),
-    (b"HTTP/1.1 302 Found\r\nLocation: http://x/\r\nContent-Length: 0\r\n\r\n", False),
-    (b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}", False),
-    (b"garbage", False),
-])
+@pytest.mark.parametrize(
+    ("answer", "ok"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Length: 2\r\n\r\n{}", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}", False),  # cut short
+        (b"HTTP/1.1 200 OK\r\n\r\n{}", False),  # no length
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n"
+            b"2\r\n{}\r\n",
+            False,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"HTTP/1.1 302 Found\r\nLocation: http://x/\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"garbage", False),
+    ],
+)
 def test_get_takes_only_a_plain_answer(answer: bytes, ok: bool) -> None:
     from ignitevm.cli.fastpull import _get
 
