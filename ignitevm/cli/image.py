@@ -36,9 +36,12 @@ def pull_options(args: argparse.Namespace) -> PullOptions:
 
 
 def set_pull_policy(ctx: Context, args: argparse.Namespace) -> None:
-    """What run/create do with an image or kernel that is not here (--pull)."""
+    """What run/create do with an image or kernel that is not here (--pull), and where
+    they take it from: its registry, or with --runtime containerd containerd's store."""
     ctx.pull_policy = getattr(args, "pull", None) or "missing"
-    ctx.pull_options = pull_options(args)
+    ctx.containerd = containerd_options(args)
+    if ctx.containerd is None:
+        ctx.pull_options = pull_options(args)
 
 
 def is_local_source(source: str) -> bool:

@@ -19,6 +19,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _guarded(lambda: run(words[1:]), debug=False)
         if code is not None:
             return code
+    elif words[:2] == ["image", "pull"]:
+        # A second pull of a tag: one manifest request, without the command tree
+        # (cli/fastpull.py)
+        from ignitevm.cli.fastpull import run as pull
+
+        code = _guarded(lambda: pull(words[2:]), debug=False)
+        if code is not None:
+            return code
     elif words[:1] in (["pause"], ["resume"]):
         # The plain `pause VM` / `resume VM`, likewise (cli/fastvm.py)
         from ignitevm.cli.fastvm import switch

@@ -134,7 +134,7 @@ def _vm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-name", action="store_true", help="refuse to run without --name")
     p.add_argument("--sandbox-image", help="recorded as spec.sandbox.oci for Ignite "
                    "compatibility (VMs run under QEMU directly, without a sandbox)")
-    p.add_argument("--runtime", help="accepted for Ignite compatibility (this host: qemu)")
+    containerd_flags(p, "the image and kernel")
     p.add_argument("--network-plugin", metavar="cni|passt|user|none",
                    help="cni: a bridge and an address (default for root); passt: "
                    "user-mode networking without root (default otherwise); user: QEMU's "
@@ -152,8 +152,8 @@ def _vm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-prefix", help="prefix for runtime IDs (default ignite)")
     registry_flags(p)
     p.add_argument("--pull", choices=("missing", "always", "never"), default="missing",
-                   help="pull the image and kernel from their registry: when missing "
-                   "(default), always, or never")
+                   help="pull the image and kernel from their registry (or containerd): "
+                   "when missing (default), always, or never")
 
 
 def registry_flags(p: argparse.ArgumentParser, *, platform: bool = False) -> None:
@@ -169,10 +169,12 @@ def registry_flags(p: argparse.ArgumentParser, *, platform: bool = False) -> Non
                        "this host's)")
 
 
-def containerd_flags(p: argparse.ArgumentParser) -> None:
+def containerd_flags(p: argparse.ArgumentParser, what: str = "it") -> None:
+    them = "it" if what == "it" else "them"
     p.add_argument("--runtime", metavar="containerd",
-                   help="containerd: take it from a running containerd's store "
-                   "(default: pull it from its registry; also the Configuration's spec.runtime)")
+                   help=f"containerd: take {what} from a running containerd's store "
+                   f"(default: pull {them} from {'its' if them == 'it' else 'their'} "
+                   "registry; also the Configuration's spec.runtime)")
     p.add_argument("--containerd-socket", metavar="PATH",
                    help="containerd's socket (default /run/containerd/containerd.sock)")
     p.add_argument("--containerd-namespace", metavar="NS",

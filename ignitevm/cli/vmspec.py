@@ -92,7 +92,8 @@ def parse_volumes(value: str) -> tuple[list[Volume], list[VolumeMount]]:
 
 
 def _apply_configuration(args: argparse.Namespace, vm: VM) -> None:
-    """The host Configuration: vmDefaults, networkPlugin, idPrefix (runtime is ours)."""
+    """The host Configuration: vmDefaults, networkPlugin, idPrefix (runtime: containerd says
+    where images come from, see cli.image.containerd_options; VMs run under QEMU)."""
     from ignitevm.api.types import VMSpec
     from ignitevm.cli.config import load_configuration
     from ignitevm.log import log
@@ -110,7 +111,7 @@ def _apply_configuration(args: argparse.Namespace, vm: VM) -> None:
                     plugin)
     if spec.get("idPrefix"):
         vm.status.id_prefix = str(spec["idPrefix"])
-    if spec.get("runtime") not in (None, "", "qemu"):
+    if spec.get("runtime") not in (None, "", "qemu", "containerd"):
         log.warning("Configuration runtime %r is ignored: VMs run under QEMU directly",
                     spec["runtime"])
 
@@ -159,9 +160,10 @@ def vm_from_args(args: argparse.Namespace) -> VM:
         vm.metadata.labels = {**(vm.metadata.labels or {}), **parse_labels(args.label)}
     if args.id_prefix:
         vm.status.id_prefix = args.id_prefix
-    if args.runtime and args.runtime != "qemu":
+    if args.runtime and args.runtime not in ("qemu", "containerd"):
         raise InvalidInput(f"runtime {args.runtime!r} is not available here",
-                           hint="VMs run under QEMU directly; leave out --runtime")
+                           hint="VMs run under QEMU directly; --runtime containerd takes "
+                           "the image and kernel from containerd's store")
     if args.network_plugin:
         from ignitevm.providers.network import PLUGINS
 

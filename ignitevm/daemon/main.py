@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a kind: Configuration file (default /etc/ignite/config.yaml); "
                        "its spec.manifestPolicy says which host files and devices "
                        "manifests may use (default: none)")
-        p.add_argument("--runtime", default=d, help="accepted for Ignite compatibility "
-                       "(this host: qemu)")
+        p.add_argument("--runtime", default=d, help="containerd: take the images and "
+                       "kernels manifests name from a running containerd's store (also the "
+                       "Configuration's spec.runtime; default: pull them from their registry)")
         p.add_argument("--network-plugin", default=d, help="accepted for Ignite compatibility")
         p.add_argument("--id-prefix", default=d, help="accepted for Ignite compatibility")
         p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d,
@@ -143,12 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _context(args: argparse.Namespace) -> Any:
     from ignitevm.cli.common import starting_context
+    from ignitevm.cli.image import containerd_options
     from ignitevm.errors import InvalidInput
 
-    if getattr(args, "runtime", None) not in (None, "", "qemu"):
+    if getattr(args, "runtime", None) not in (None, "", "qemu", "containerd"):
         raise InvalidInput(f"runtime {args.runtime!r} is not available here",
-                           hint="VMs run under QEMU directly; leave out --runtime")
-    return starting_context(args)
+                           hint="VMs run under QEMU directly; --runtime containerd takes "
+                           "images and kernels from containerd's store")
+    ctx = starting_context(args)
+    # Missing images and kernels: from containerd with --runtime containerd or the
+    # Configuration's spec.runtime (socket and namespace: spec.containerdSocket and
+    # spec.containerdNamespace, $CONTAINERD_ADDRESS, $CONTAINERD_NAMESPACE), as `create`.
+    ctx.containerd = containerd_options(args)
+    return ctx
 
 
 def _policy(args: argparse.Namespace) -> Any:

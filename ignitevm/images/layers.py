@@ -59,7 +59,7 @@ def _apply_layer(
     layer: Layer, unpacker: Unpacker, what: str, progress: Callable[[int], None] | None
 ) -> None:
     with layer.open() as blob:
-        raw = _Hashing(blob, progress)
+        raw = _Hashing(blob, progress, hashing=not layer.verified)
         head = raw.read(8)
         # The diff_id is the sha256 of the uncompressed tar: the blob's own for a plain tar.
         tar_hash = hashlib.sha256() if compression(head) is not None else None
@@ -75,7 +75,7 @@ def _apply_layer(
                 pass
         while raw.read(CHUNK):
             pass
-    digest = "sha256:" + raw.hash.hexdigest()
+    digest = layer.digest if layer.verified else "sha256:" + raw.hash.hexdigest()
     if digest != layer.digest:
         raise InvalidInput(
             f"{what} does not match its digest (its content hashes to {digest})",
@@ -114,17 +114,21 @@ def _counted(fill: Fill, budget: Budget) -> Fill:
 
 
 class _Hashing:
-    """Read a blob, hashing it and reporting progress."""
+    """Read a blob, hashing it (unless it was checked as it was stored) and reporting
+    progress."""
 
-    def __init__(self, f: BinaryIO, progress: Callable[[int], None] | None):
+    def __init__(self, f: BinaryIO, progress: Callable[[int], None] | None,
+                 hashing: bool = True):
         self._f = f
         self._progress = progress
+        self._hashing = hashing
         self.hash = hashlib.sha256()
 
     def read(self, n: int) -> bytes:
         data = self._f.read(n)
         if data:
-            self.hash.update(data)
+            if self._hashing:
+                self.hash.update(data)
             if self._progress is not None:
                 self._progress(len(data))
         return data

@@ -13,30 +13,15 @@ from typing import Any
 
 from ignitevm.errors import InvalidInput
 from ignitevm.images.blobs import DIGEST, Store
+from ignitevm.images.mediatypes import (
+    CONFIG_TYPES,
+    INDEX_TYPES,
+    LAYER_TYPES,
+    MANIFEST_TYPES,
+)
 from ignitevm.images.source import ImageSource, Layer, make_image, ref_matches
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
-INDEX_TYPES = {
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-}
-MANIFEST_TYPES = {
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-}
-CONFIG_TYPES = {
-    "application/vnd.oci.image.config.v1+json",
-    "application/vnd.docker.container.image.v1+json",
-}
-LAYER_TYPES = {
-    f"application/vnd.oci.image.layer.{kind}v1.tar{suffix}"
-    for kind in ("", "nondistributable.")
-    for suffix in ("", "+gzip", "+zstd")
-} | {
-    f"application/vnd.docker.image.rootfs.{t}.tar{z}"
-    for t in ("diff", "foreign.diff")
-    for z in ("", ".gzip")
-}
 _MACHINE = os.uname().machine
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(_MACHINE, _MACHINE)
 

@@ -19,6 +19,9 @@ class Layer(NamedTuple):
     size: int
     open: Opener  # yields the (maybe compressed) blob
     diff_id: str | None = None  # sha256 of the uncompressed tar, from the image config
+    # Its bytes were checked against ``digest`` as they were stored (the content store
+    # commits a blob only then): applying it does not hash them a second time.
+    verified: bool = False
 
 
 class ImageSource(NamedTuple):

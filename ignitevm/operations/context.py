@@ -25,6 +25,9 @@ class Context:
         # registry ones again, "never" refuses; pull_options: images.PullOptions or None.
         self.pull_policy = "missing"
         self.pull_options: object = None
+        # With --runtime containerd (or the Configuration's spec.runtime): where missing
+        # images and kernels are read from instead (containerd.options.ContainerdOptions).
+        self.containerd: object = None
         # Bounds on what unpacking an image may write: the --unpack-limit flag's
         # text and the Configuration file, read only when an image is unpacked.
         self.unpack_limit: str | None = None

@@ -63,39 +63,52 @@ def import_image(ctx: Context, source: str, name: str | None = None,
 
 
 def import_from_containerd(ctx: Context, source: str, opts: ContainerdOptions,
-                           name: str | None = None, progress: bool = False) -> Image:
+                           name: str | None = None, progress: bool = False,
+                           replace: bool = False) -> Image:
     """Import the image named ``source`` in a running containerd's store, as if from the
-    archive it was loaded from (same checks, same identity)."""
+    archive it was loaded from (same checks, same identity). With ``replace`` (``run
+    --pull always``), an image of that name with other content is replaced, unless a VM
+    uses it."""
     from ignitevm.images.containerd.source import open_containerd
 
     with open_containerd(source, opts) as src:
-        return _import_named(ctx, src, name or src.ref or source, progress)
+        return _import_named(ctx, src, name or src.ref or source, progress, replace)
 
 
-def _import_named(ctx: Context, src: ImageSource, name: str, progress: bool) -> Image:
+def _import_named(ctx: Context, src: ImageSource, name: str, progress: bool,
+                  replace: bool = False) -> Image:
     ref = refs.normalize(name)
     # A second import of the same content waits for the first, then reuses it.
     with ctx.store.key_lock(f"image:{src.identity}"):
-        return _import(ctx, src, ref, progress)
+        return _import(ctx, src, ref, progress, replace)
 
 
-def _import(ctx: Context, src: ImageSource, ref: str, progress: bool) -> Image:
+def same_content(a: str | None, b: str | None) -> bool:
+    """Whether two identities name the same manifest (a pulled image records
+    ``oci://REPO@DIGEST``, an imported one the bare digest)."""
+    return bool(a) and bool(b) and (a or "").rpartition("@")[2] == (b or "").rpartition("@")[2]
+
+
+def _import(ctx: Context, src: ImageSource, ref: str, progress: bool,
+            replace: bool = False) -> Image:
     existing = ctx.store.find(Image, ref)
     if existing is not None:
-        if existing.status.oci_source.id == src.identity:
+        if same_content(existing.status.oci_source.id, src.identity):
             log.info("Image %r is already imported (ID %r)", ref, existing.metadata.uid)
             return existing
-        raise Conflict(
-            f"image {ref!r} already exists with other content",
-            hint=f"remove it first (ignite image rm {ref}) or import under another "
-            "name with --name",
-        )
+        if not replace:
+            raise Conflict(
+                f"image {ref!r} already exists with other content",
+                hint=f"remove it first (ignite image rm {ref}) or import under another "
+                "name with --name",
+            )
+        _check_replaceable(ctx, existing, "in containerd")
     image = Image(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
                   spec=ImageSpec(oci=ref))
     image.status.oci_source.id = src.identity
     twin = next((i for i in ctx.store.list(Image)
                  if i.status.oci_source.id == src.identity), None)
-    with ctx.store.creating(image) as stage:
+    with ctx.store.creating(image, unique_name=existing is None) as stage:
         if twin is not None:
             # Same content under another name: share the file, build nothing.
             with ctx.store.using(twin):
@@ -105,6 +118,8 @@ def _import(ctx: Context, src: ImageSource, ref: str, progress: bool) -> Image:
         else:
             size = _build(src, stage, progress, ctx.unpack_limits())
         image.status.oci_source.size = Size(size)
+    if existing is not None:
+        ctx.store.delete(existing)  # (replaced: its name is the new image's now)
     log.info("Imported OCI image %r (%s) to base image with UID %r", ref, src.identity,
              image.metadata.uid)
     return image
@@ -136,7 +151,8 @@ def _name_from_path(path: Path) -> str:
 
 def ensure_image(ctx: Context, ref: str) -> Image:
     """An image by name, ID prefix, or a local archive path to import; a registry
-    reference that is not here is pulled (``ctx.pull_policy``: missing, always, never)."""
+    reference that is not here is pulled (``ctx.pull_policy``: missing, always, never),
+    or with ``ctx.containerd`` read from containerd's store."""
     found = ctx.store.find(Image, ref)
     if found is not None and not _pull_again(ctx, found, ref):
         return found
@@ -151,27 +167,48 @@ def ensure_image(ctx: Context, ref: str) -> Image:
         if found is not None and not _pull_again(ctx, found, ref):
             return found
     if found is not None:
-        opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
-        return pull_image(ctx, ref, opts)
+        return _fetch_image(ctx, ref, again=True)
     try:
         return ctx.store.resolve(Image, ref)
     except NotFound as missing:
         if ctx.pull_policy == "never" or not refs.is_reference(ref) or ref.startswith(
                 (".", "/")):
             raise
-        opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
         try:
-            return pull_image(ctx, ref, opts)
+            return _fetch_image(ctx, ref, again=False)
         except IgniteError as exc:
+            if containerd_source(ctx) is not None:
+                raise NotFound(f"can't find image {ref!r} here, nor take it from containerd:"
+                               f" {exc.brief}", hint=exc.hint or missing.hint) from exc
             raise NotFound(f"can't find image {ref!r} here, and pulling "
                            f"{refs.parse(ref)} failed: {exc.brief}",
                            hint=exc.hint or missing.hint) from exc
 
 
+def containerd_source(ctx: Context) -> ContainerdOptions | None:
+    from ignitevm.images.containerd.options import ContainerdOptions
+
+    return ctx.containerd if isinstance(ctx.containerd, ContainerdOptions) else None
+
+
+def _fetch_image(ctx: Context, ref: str, again: bool) -> Image:
+    """Pull ``ref`` from its registry, or read it from containerd (``again``: it is here
+    already, and --pull always asks for it afresh)."""
+    containerd = containerd_source(ctx)
+    if containerd is not None:
+        return import_from_containerd(ctx, ref, containerd, replace=again)
+    opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
+    return pull_image(ctx, ref, opts)
+
+
 def _pull_again(ctx: Context, image: Image, ref: str) -> bool:
-    """With --pull always, an image that came from a registry is pulled again by name."""
-    return (ctx.pull_policy == "always" and ref != image.metadata.uid
-            and (image.status.oci_source.id or "").startswith("oci://"))
+    """With --pull always, an image that came from a registry is pulled again by name
+    (with --runtime containerd: any image named by a reference is read again)."""
+    if ctx.pull_policy != "always" or ref == image.metadata.uid:
+        return False
+    if containerd_source(ctx) is not None:
+        return refs.is_reference(ref) and not ref.startswith((".", "/"))
+    return (image.status.oci_source.id or "").startswith("oci://")
 
 
 def bounded_pull(ctx: Context, opts: PullOptions | None) -> PullOptions:
@@ -206,7 +243,9 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
         twin.extend(i for i in ctx.store.list(Image) if i.status.oci_source.id == identity)
         return bool(twin)
 
-    with pulling(content_store(ctx), source, bounded_pull(ctx, opts), known) as pulled:
+    # (the image is built from every layer, each checked against its diff_id then)
+    with pulling(content_store(ctx), source, bounded_pull(ctx, opts), known,
+                 applied=True) as pulled:
         if existing is not None and existing.status.oci_source.id == pulled.identity:
             up_to_date = existing
         else:
@@ -263,7 +302,7 @@ def _check_runnable(ext4: Path, config: dict[str, object], name: str) -> None:
                            "a command to run")
 
 
-def _check_replaceable(ctx: Context, old: Image) -> None:
+def _check_replaceable(ctx: Context, old: Image, where: str = "in its registry") -> None:
     """A tag that moved replaces the old image, unless a VM still uses it."""
     from ignitevm.api.types import VM
 
@@ -271,7 +310,7 @@ def _check_replaceable(ctx: Context, old: Image) -> None:
              if vm.spec.image.oci == old.metadata.name]
     if users:
         raise Conflict(
-            f"image {old.metadata.name!r} now names other content in its registry, and VMs "
+            f"image {old.metadata.name!r} now names other content {where}, and VMs "
             f"use the old one ({', '.join(sorted(users))})",
             hint="remove those VMs first, or pull it under another name with --name")
 

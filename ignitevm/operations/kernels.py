@@ -125,28 +125,45 @@ def _name_from_path(path: Path) -> str:
 def ensure_kernel(ctx: Context, ref: str) -> Kernel:
     """The kernel a VM names; Debian's default kernel is imported on first use, and a
     registry reference is pulled as ``ctx.pull_policy`` says (missing, always, never)."""
+    from ignitevm.operations.images import containerd_source
+
+    containerd = containerd_source(ctx)
     kernel = ctx.store.find(Kernel, ref)
     again = kernel is not None and ctx.pull_policy == "always" and ref != kernel.metadata.uid \
-        and (kernel.status.oci_source.id or "").startswith("oci://")
+        and (is_registry_ref(ref) if containerd is not None
+             else (kernel.status.oci_source.id or "").startswith("oci://"))
     if kernel is not None and not again:
         return kernel
     if ref in DEBIAN_ALIASES:
         return import_kernel(ctx, "debian")
-    from ignitevm.images.registry.options import PullOptions
-
-    opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
     if kernel is not None:
-        return pull_kernel(ctx, ref, opts)
+        return _fetch_kernel(ctx, ref)
     try:
         return ctx.store.resolve(Kernel, ref)
     except NotFound as missing:
         if ctx.pull_policy == "never" or not is_registry_ref(ref):
             raise
         try:
-            return pull_kernel(ctx, ref, opts)
+            return _fetch_kernel(ctx, ref)
         except IgniteError as exc:
+            if containerd is not None:
+                raise NotFound(f"can't find kernel {ref!r} here, nor take it from "
+                               f"containerd: {exc.brief}",
+                               hint=exc.hint or missing.hint) from exc
             raise NotFound(f"can't find kernel {ref!r} here, and pulling {refs.parse(ref)} "
                            f"failed: {exc.brief}", hint=exc.hint or missing.hint) from exc
+
+
+def _fetch_kernel(ctx: Context, ref: str) -> Kernel:
+    """Pull the kernel image ``ref`` from its registry, or read it from containerd."""
+    from ignitevm.images.registry.options import PullOptions
+    from ignitevm.operations.images import containerd_source
+
+    containerd = containerd_source(ctx)
+    if containerd is not None:
+        return import_kernel_from_containerd(ctx, ref, containerd)
+    opts = ctx.pull_options if isinstance(ctx.pull_options, PullOptions) else None
+    return pull_kernel(ctx, ref, opts)
 
 
 def is_registry_ref(text: str) -> bool:
@@ -190,7 +207,14 @@ def import_kernel_from_containerd(ctx: Context, source: str, opts: ContainerdOpt
         with ctx.store.key_lock(f"kernel:{ref}"):
             existing = ctx.store.find(Kernel, ref)
             if existing is not None:
-                log.info("Kernel %r is already imported (ID %r)", ref, existing.metadata.uid)
+                from ignitevm.operations.images import same_content
+
+                if same_content(existing.status.oci_source.id, src.identity):
+                    log.info("Kernel %r is already imported (ID %r)", ref,
+                             existing.metadata.uid)
+                else:  # (as a pull: a kernel is never replaced under its VMs)
+                    log.info("Kernel %r is already imported (ID %r) with other content; "
+                             "remove it to import it again", ref, existing.metadata.uid)
                 return existing
             kernel = Kernel(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
                             spec=KernelSpec(oci=ref))

@@ -207,6 +207,27 @@ def test_uncompressed_layers(ig: Ignite, plain_registry: Registry, tmp_path: Pat
     assert "has the diff_id" in fails(ig, "image", "pull", f"{plain_registry.host}/test/plain:bad")
 
 
+def test_compressed_layer_diff_ids(ig: Ignite, plain_registry: Registry, tmp_path: Path
+                                   ) -> None:
+    """A config whose diff_ids lie about gzip layers is refused as they are applied, also
+    when the blobs are already stored for an image whose config is right."""
+    from tests.helpers.images import OCILayout, busybox_layers
+
+    layout = OCILayout(tmp_path / "oci")
+    layers = busybox_layers()
+    good = layout.image(layers, {"Cmd": ["/sbin/init"]})
+    bad = layout.image(layers, {"Cmd": ["/sbin/init"], "Env": ["LIE=1"]},
+                       diff_ids=["sha256:" + "0" * 64] * len(layers))
+    plain_registry.upload("test/lying", layout.dir, bad, "bad")
+    plain_registry.upload("test/lying", layout.dir, good, "good")
+    ref = f"{plain_registry.host}/test/lying"
+    for _ in range(2):  # (the second time, the blobs are stored)
+        err = fails(ig, "image", "pull", f"{ref}:bad")
+        assert "is not the layer its image config names" in err
+        assert "the config's diff_id is sha256:0000" in err
+        ig("image", "pull", f"{ref}:good")
+
+
 def test_docker_schema2_list(ig: Ignite, plain_registry: Registry, tmp_path: Path) -> None:
     """Docker's own media types: a manifest list of v2 schema 2 manifests."""
     import gzip

@@ -84,3 +84,36 @@ def test_restart_backoff(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     assert start_now()
     clock[0] += 120                          # ran for a while: at once again
     assert start_now()
+
+
+def test_runtime_containerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--runtime containerd (or the Configuration's spec.runtime) sends the images and
+    kernels manifests name to containerd, as for `ignite create`; docker is refused."""
+    import argparse
+
+    from ignitevm.daemon.main import _context
+    from ignitevm.errors import InvalidInput
+    from ignitevm.images.containerd.options import ContainerdOptions
+
+    monkeypatch.delenv("CONTAINERD_ADDRESS", raising=False)
+    monkeypatch.delenv("CONTAINERD_NAMESPACE", raising=False)
+    monkeypatch.delenv("IGNITE_ACCEL", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text("apiVersion: ignite.weave.works/v1alpha4\nkind: Configuration\n"
+                      "spec:\n  runtime: containerd\n  containerdSocket: /x.sock\n"
+                      "  containerdNamespace: firecracker\n")
+
+    def ctx(**kw: str | None) -> object:
+        args = argparse.Namespace(root=str(tmp_path / "root"), accel=None, runtime=None,
+                                  ignite_config=None, unpack_limit=None, sandbox=None)
+        for k, v in kw.items():
+            setattr(args, k, v)
+        return _context(args)
+
+    assert ctx().containerd is None  # type: ignore[attr-defined]
+    assert ctx(runtime="containerd").containerd == ContainerdOptions(  # type: ignore[attr-defined]
+        "/run/containerd/containerd.sock", "default")
+    assert ctx(ignite_config=str(config)).containerd == ContainerdOptions(  # type: ignore[attr-defined]
+        "/x.sock", "firecracker")
+    with pytest.raises(InvalidInput, match="not available here"):
+        ctx(runtime="docker")

@@ -131,7 +131,10 @@ class Client:
             return
         resp = None
         known_http = self.transport.http_allowed and self.host in self._read_schemes()
-        for scheme in ("http", "https", "http") if known_http else ("https", "http"):
+        schemes = ("http", "https", "http") if known_http else ("https", "http")
+        if not known_http and self.transport.http_allowed and self._speaks_tls() is False:
+            schemes = ("http",)  # (no verified TLS context to build: ~50 ms)
+        for scheme in schemes:
             try:
                 resp = self._send("GET", f"{scheme}://{self.host}/v2/", {}, stream=False)
                 if known_http and resp.status_code == 400:  # an HTTPS server now
@@ -162,6 +165,34 @@ class Client:
         elif resp.status_code not in (200, 403):
             raise IgniteError(f"{self.host} is not an OCI registry (GET /v2/ answered "
                               f"{resp.status_code} {resp.reason_phrase})")
+
+    def _speaks_tls(self) -> bool | None:
+        """For a host that may use plain HTTP (loopback or opted in), met for the first
+        time: whether it answers a TLS hello at all, from one handshake that sends nothing
+        else and is dropped (the request that follows is verified as ever). None when
+        that cannot be told (a proxy, no connection, a timeout): HTTPS is tried first."""
+        import socket
+
+        from ignitevm.images.registry.hosts import split_host
+
+        if proxy.proxy_for(f"https://{self.host}/") is not None:
+            return None
+        name, port = split_host(self.host)
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        probe.check_hostname = False
+        probe.verify_mode = ssl.CERT_NONE  # (only whether it speaks TLS: nothing is sent)
+        try:
+            with socket.create_connection((name, port or 443), TIMEOUT.connect) as raw:
+                raw.settimeout(TIMEOUT.connect)
+                with probe.wrap_socket(raw, server_hostname=name or None):
+                    return True
+        except ssl.SSLError as exc:
+            if any(w in str(exc).upper() for w in _NOT_TLS):
+                log.debug("%s does not speak TLS; using plain HTTP", self.host)
+                return False
+            return None
+        except (OSError, ValueError):
+            return None
 
     def _read_schemes(self) -> set[str]:
         try:

@@ -11,11 +11,13 @@ import hashlib
 import json
 import os
 from contextlib import closing
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ignitevm.errors import InvalidInput
-from ignitevm.images.oci import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES
-from ignitevm.images.registry.client import Client
+from ignitevm.images.mediatypes import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES
+
+if TYPE_CHECKING:  # (not imported: the CLI's fast pull path reads this module)
+    from ignitevm.images.registry.client import Client
 
 SCHEMA1_TYPES = {
     "application/vnd.docker.distribution.manifest.v1+json",

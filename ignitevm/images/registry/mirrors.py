@@ -12,11 +12,13 @@ which references the mirrors serve.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ignitevm.api.refs import Reference, parse
 from ignitevm.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_CONF = "/etc/containers/registries.conf"
 
@@ -27,8 +29,14 @@ class Endpoint(NamedTuple):
     mirror: bool
 
 
+def conf_file() -> str:
+    return os.environ.get("CONTAINERS_REGISTRIES_CONF") or DEFAULT_CONF
+
+
 def conf_path() -> Path:
-    return Path(os.environ.get("CONTAINERS_REGISTRIES_CONF") or DEFAULT_CONF)
+    from pathlib import Path
+
+    return Path(conf_file())
 
 
 def _load(path: Path) -> list[dict[str, Any]]:

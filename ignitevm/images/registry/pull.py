@@ -10,6 +10,7 @@ resumed with a ``Range`` request after a cut connection) and returns an
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,8 @@ from ignitevm.util.progress import Transfers
 PARALLEL = 4
 RESUMES = 5  # Range requests after cut connections, per blob
 MAX_CONFIG = 16 << 20
+DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
+SCHEMES_FILE = "http-registries"  # (in the content store) registries found without TLS
 
 # (layer digest, bytes done or -1 if already stored, total): called from download threads
 Progress = Callable[[str, int, int], None]
@@ -77,12 +80,17 @@ def resolve(client: Client, ref: Reference, store: ContentStore,
 
 @contextmanager
 def fetching(client: Client, res: Resolved, store: ContentStore,
-             progress: Progress | None = None, max_bytes: int | None = None
-             ) -> Iterator[ImageSource]:
+             progress: Progress | None = None, max_bytes: int | None = None,
+             applied: bool = False) -> Iterator[ImageSource]:
     """Download the config, then start downloading the layers of ``res`` that the store
     lacks, and yield the image at once: opening a layer waits for its download, so layers
     can be applied while later ones still arrive. At the end of the block every
-    download has finished and been checked (or, if the block failed, stopped)."""
+    download has finished and been checked (or, if the block failed, stopped).
+
+    Each layer carries its diff_id, which applying it checks (a blob already stored
+    is checked against this image's config too). With ``applied`` the caller applies
+    every layer, so a download checks size and sha256 only: its diff_id is computed
+    once, as it is unpacked, not a second time as it streams in."""
     where = str(res.ref)
     for m in (res.index, res.manifest):
         if m is not None:
@@ -106,15 +114,18 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
     if not isinstance(diff_ids, list) or len(diff_ids) != len(ldescs):
         raise InvalidInput(f"{where}: the image config lists {len(diff_ids or [])} diff_ids "
                            f"for {len(ldescs)} layers")
-    blobs: list[tuple[str, int]] = []
+    blobs: list[tuple[str, int, str]] = []
     jobs: dict[str, tuple[int, str | None]] = {}
     for desc, diff_id in zip(ldescs, diff_ids, strict=True):
         media = desc.get("mediaType")
         if media not in LAYER_TYPES:
             raise InvalidInput(f"{where}: a layer has the unsupported media type {media!r}")
         digest, size = _descriptor(desc, "layer", where)
-        blobs.append((digest, size))
-        wanted: str | None = str(diff_id)
+        if not isinstance(diff_id, str) or not DIFF_ID.fullmatch(diff_id):
+            raise InvalidInput(f"{where}: the image config lists a malformed diff_id "
+                               f"{str(diff_id)[:80]!r}", hint="the image is corrupt")
+        blobs.append((digest, size, diff_id))
+        wanted: str | None = None if applied else diff_id
         if str(media).endswith(".tar"):  # uncompressed: the diff_id is the digest itself
             if diff_id != digest:
                 raise InvalidInput(f"{where}: uncompressed layer {digest} has the diff_id "
@@ -132,7 +143,9 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
     if not isinstance(inner, dict):
         raise InvalidInput(f'{where}: the image config\'s "config" is not an object')
     with _Downloads(client, store, jobs, progress, where, max_bytes) as downloads:
-        layers = [Layer(d, size, downloads.opener(d)) for d, size in blobs]
+        # (read from the content store, which commits a blob once its sha256 matches)
+        layers = [Layer(d, size, downloads.opener(d), diff_id, verified=True)
+                  for d, size, diff_id in blobs]
         yield ImageSource("registry", str(res.ref), cdigest, inner, layers,
                           sum(layer.size for layer in layers), None)
         downloads.wait()
@@ -296,9 +309,10 @@ class Pulled(NamedTuple):
 
 @contextmanager
 def pulling(store: ContentStore, text: str, opts: PullOptions,
-            known: Callable[[str], bool]) -> Iterator[Pulled]:
+            known: Callable[[str], bool], applied: bool = False) -> Iterator[Pulled]:
     """Resolve ``text`` and, unless ``known(identity)``, fetch what the store lacks
-    while the block uses the image (see :func:`fetching`)."""
+    while the block uses the image (see :func:`fetching`; ``applied``: the block
+    applies every layer of the source it gets, checking each diff_id)."""
     import sys
 
     from ignitevm.api.refs import parse
@@ -322,7 +336,7 @@ def pulling(store: ContentStore, text: str, opts: PullOptions,
                 if isinstance(d.get("digest"), str) and isinstance(d.get("size"), int):
                     out.add(d["digest"], d["digest"][7:19], d["size"])
             source = stack.enter_context(fetching(client, res, store, out.update,
-                                                  opts.max_bytes))
+                                                  opts.max_bytes, applied))
         yield Pulled(ref, res.digest, identity, source, out)
     out.line(f"Digest: {res.digest}")
 
@@ -338,7 +352,7 @@ def _first_answer(stack: ExitStack, store: ContentStore, ref: Reference, opts: P
             client = attempt.enter_context(Client(
                 place.ref, config_dir=opts.config_dir,
                 insecure=insecure | ({place.ref.domain} if place.insecure else set()),
-                schemes=store.path / "http-registries"))
+                schemes=store.path / SCHEMES_FILE))
             try:
                 res = resolve(client, place.ref, store, opts.platform)
             except IgniteError as exc:

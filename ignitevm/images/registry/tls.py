@@ -13,41 +13,27 @@ registry that does not speak TLS is the only reason to fall back.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import ssl
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ignitevm.errors import InvalidInput
+from ignitevm.images.registry.hosts import (  # noqa: F401 (imported from here)
+    CERTS_DIRS,
+    INSECURE_ENV,
+    cert_dir_names,
+    is_loopback,
+    split_host,
+)
 
-CERTS_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
-INSECURE_ENV = "IGNITE_INSECURE_REGISTRIES"
+if TYPE_CHECKING:
+    import ssl
+    from pathlib import Path
 
 
 class Transport(NamedTuple):
     host: str
     http_allowed: bool  # plain HTTP may be used if the registry does not speak TLS
     opted_in: bool  # named insecure by the user: TLS is not verified either
-
-
-def split_host(host: str) -> tuple[str, int | None]:
-    """``"[::1]:5000"`` -> ("::1", 5000); ``"ghcr.io"`` -> ("ghcr.io", None)."""
-    if host.startswith("["):
-        name, _, rest = host[1:].partition("]")
-        return name, int(rest[1:]) if rest.startswith(":") else None
-    name, _, port = host.partition(":")
-    return name, int(port) if port else None
-
-
-def is_loopback(host: str) -> bool:
-    name = split_host(host)[0]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def insecure_registries(flags: list[str] | None = None) -> set[str]:
@@ -60,9 +46,9 @@ def insecure_registries(flags: list[str] | None = None) -> set[str]:
 
 
 def certs_dirs() -> list[Path]:
-    env = os.environ.get("IGNITE_CERTS_DIRS")
-    dirs = env.split(":") if env is not None else list(CERTS_DIRS)
-    return [Path(d) for d in dirs if d]
+    from pathlib import Path
+
+    return [Path(d) for d in cert_dir_names()]
 
 
 def transport(host: str, insecure: set[str]) -> Transport:
@@ -74,6 +60,8 @@ def transport(host: str, insecure: set[str]) -> Transport:
 
 def ssl_context(t: Transport) -> ssl.SSLContext:
     """System CAs plus the host's certs.d files (made only when HTTPS is used: ~60 ms)."""
+    import ssl
+
     host, opted_in = t.host, t.opted_in
     context = ssl.create_default_context()
     context.set_alpn_protocols(["http/1.1"])

@@ -1,0 +1,39 @@
+"""Registry hosts: loopback or not, and where their certificates are looked for.
+
+Light to import (the CLI's fast pull path reads it); :mod:`tls` builds on it.
+"""
+
+from __future__ import annotations
+
+import os
+
+CERTS_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
+INSECURE_ENV = "IGNITE_INSECURE_REGISTRIES"
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    """``"[::1]:5000"`` -> ("::1", 5000); ``"ghcr.io"`` -> ("ghcr.io", None)."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") else None
+    name, _, port = host.partition(":")
+    return name, int(port) if port else None
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    name = split_host(host)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def cert_dir_names() -> list[str]:
+    """The folders whose ``HOST[:PORT]/`` subfolders hold a registry's certificates
+    (``IGNITE_CERTS_DIRS``, a colon list, replaces the default ones)."""
+    env = os.environ.get("IGNITE_CERTS_DIRS")
+    return [d for d in (env.split(":") if env is not None else CERTS_DIRS) if d]

@@ -1,0 +1,94 @@
+"""The lean second pull's own parts (cli/fastpull.py): its copies of the store's constants,
+its imports, and its one HTTP GET, which takes only a plain 200 answer."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_constants_match_the_full_path() -> None:
+    from ignitevm.cli import config, fastpull
+    from ignitevm.images.registry import pull
+    from ignitevm.store import layout
+
+    assert fastpull.DEFAULT_ROOT == layout.DEFAULT_ROOT
+    assert fastpull.METADATA == layout.METADATA
+    assert str(config.DEFAULT_PATH) == fastpull.CONFIG_FILE
+    assert fastpull._SCHEMES_FILE == pull.SCHEMES_FILE
+
+
+def test_light_imports() -> None:
+    """What the fast path loads leaves out the full client, argparse and pathlib."""
+    code = (
+        "import sys\nfrom ignitevm.cli import fastpull, main\n"
+        "from ignitevm.images.registry import hosts, manifests, mirrors\n"
+        "import ignitevm.api.refs\n"
+        "heavy = {'httpx', 'argparse', 'pathlib', 'ssl', 'tomllib', 'msgspec'}\n"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def _serve(answer: bytes) -> tuple[str, threading.Thread]:
+    """A one-shot server on loopback that reads a request and sends ``answer``."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def once() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    t = threading.Thread(target=once, daemon=True)
+    t.start()
+    return f"127.0.0.1:{srv.getsockname()[1]}", t
+
+
+@pytest.mark.parametrize(
+    ("answer", "ok"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nContent-Length: 2\r\n\r\n{}", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}", False),  # cut short
+        (b"HTTP/1.1 200 OK\r\n\r\n{}", False),  # no length
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\n\r\n"
+            b"2\r\n{}\r\n",
+            False,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"HTTP/1.1 302 Found\r\nLocation: http://x/\r\nContent-Length: 0\r\n\r\n", False),
+        (b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}", False),
+        (b"garbage", False),
+    ],
+)
+def test_get_takes_only_a_plain_answer(answer: bytes, ok: bool) -> None:
+    from ignitevm.cli.fastpull import _get
+
+    host, t = _serve(answer)
+    got = _get(host, False, "/v2/x/manifests/1", {})
+    t.join(5)
+    assert (got is not None) == ok
+    if ok:
+        assert got == ({"content-type": "a/b", "content-length": "2"}, b"{}")
+
+
+def test_nothing_listening() -> None:
+    from ignitevm.cli.fastpull import _get
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert _get(f"127.0.0.1:{port}", False, "/v2/", {}) is None
