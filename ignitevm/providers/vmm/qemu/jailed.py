@@ -140,7 +140,11 @@ def launch(spec: LaunchSpec) -> None:
         raise IgniteError(f"the VM folder {d} must be an absolute path",
                           hint="give --root as an absolute path")
     qemu = which(args.QEMU)
-    with contextlib.ExitStack() as undo:
+    # ``undo`` runs only if the launch fails (on success its callbacks are
+    # dropped: the sockets stay, the cgroups are the VM's); ``always`` holds
+    # what is closed either way (ignited launches in its own process: an fd
+    # kept per start would add up).
+    with contextlib.ExitStack() as always, contextlib.ExitStack() as undo:
         undo.callback(_release, d.name)
         try:
             p = plan(spec, qemu)
@@ -155,7 +159,7 @@ def launch(spec: LaunchSpec) -> None:
         socks += [undo.enter_context(listen(args.agent_socket(d, k)))
                   for k in range(1, spec.agent_channels + 1)]
         pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
-        undo.callback(os.close, pid_r)
+        always.callback(os.close, pid_r)
         with _closing(pid_w):
             given = (listener.fileno(), *(s.fileno() for s in socks), pid_w,
                      *spec.inherited_fds())
@@ -170,15 +174,19 @@ def launch(spec: LaunchSpec) -> None:
             (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
             log_fd = os.open(d / args.QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            undo.callback(os.close, log_fd)
+            always.callback(os.close, log_fd)
             with spawn(cmd, stdout=log_fd, stderr=log_fd, pass_fds=given) as proc:
                 rc = proc.wait()
         pid = _read_pid(pid_r)
+        if pid is not None:
+            # At once, not after the greeting: a CLI killed while QEMU starts
+            # must leave a QEMU that ps, stop and kill find.
+            _write_pid(d / args.PIDFILE, pid)
+            undo.callback(lambda: (d / args.PIDFILE).unlink(missing_ok=True))
         for s in (listener, *socks):
             s.close()
         if rc != 0 or pid is None or not _greeted(qmp):
             _fail(d)
-        _write_pid(d / args.PIDFILE, pid)
         undo.pop_all()
 
 
