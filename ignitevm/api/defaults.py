@@ -118,7 +118,9 @@ def _validate_ports(vm: VM) -> None:
         seen_ports.add(key)
 
 
-_VOLUME_NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,252}")
+# (a leading '-' is kept: names of up to 9 letters, digits and '-' were the
+# rule before, and manifests that used one must still read)
+_VOLUME_NAME = re.compile(r"[-A-Za-z0-9][-A-Za-z0-9_.]{0,252}")
 
 
 def _validate_storage(vm: VM) -> None:
@@ -130,7 +132,7 @@ def _validate_storage(vm: VM) -> None:
         # (the name reaches neither QEMU nor the guest: a short id of it does)
         if not _VOLUME_NAME.fullmatch(vol.name):
             raise InvalidInput(f"volume name {vol.name!r}: use letters, digits, '-', '_' "
-                               "and '.', starting with a letter or digit (at most 253)")
+                               "and '.', not starting with '_' or '.' (at most 253)")
         if volume_id(vol.name) in names:
             raise InvalidInput(f"volume names {names[volume_id(vol.name)]!r} and "
                                f"{vol.name!r} have the same short id: rename one")

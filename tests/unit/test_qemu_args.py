@@ -96,7 +96,7 @@ def test_long_volume_names_fit_the_disk_serial(tmp_path: Path,
     vm = VM()
     vm.metadata.name, vm.metadata.uid = "web", "0123456789abcdef"
     vm.spec.image.oci = "base"
-    names = ["database-files", "x" * 253, "logs"]
+    names = ["database-files", "x" * 253, "-logs"]  # (a leading "-" was valid before)
     (tmp_path / "dev").touch()
     vm.spec.storage.volumes = [Volume(name=n, block_device=BlockDevice(path=str(tmp_path / "dev")))
                                for n in names]
