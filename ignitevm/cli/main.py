@@ -19,6 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _guarded(lambda: run(words[1:]), debug=False)
         if code is not None:
             return code
+    elif words[:1] == ["run"] and any(w.split("=", 1)[0] == "--from-snapshot" for w in words):
+        # The plain `run --from-snapshot SNAP [...]`, likewise (cli/fastrun.py)
+        from ignitevm.cli.fastrun import run as run_clone
+
+        code = _guarded(lambda: run_clone(words[1:]), debug=False)
+        if code is not None:
+            return code
     elif words[:1] in (["pause"], ["resume"]):
         # The plain `pause VM` / `resume VM`, likewise (cli/fastvm.py)
         from ignitevm.cli.fastvm import switch
