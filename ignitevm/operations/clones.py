@@ -319,6 +319,7 @@ def _layer(base: Path, disk: Path, size: int) -> None:
     layer is a copy of that file (qemu-img's start was ~15 ms of a clone's)."""
     import hashlib
 
+    from ignitevm.util.fs import NO_SPACE
     from ignitevm.util.proc import run
 
     if not base.exists():
@@ -333,7 +334,13 @@ def _layer(base: Path, disk: Path, size: int) -> None:
             os.replace(tmp, template)   # (another clone may have made it too: the same)
         finally:
             tmp.unlink(missing_ok=True)
-    _copy_small(template, disk)
+    try:
+        _copy_small(template, disk)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise   # (the store's no_space_errors says it)
+        raise IgniteError(f"cannot make the clone's disk layer {disk}: {exc.strerror}"
+                          ) from None
 
 
 def _copy_small(src: Path, dst: Path) -> None:

@@ -43,12 +43,12 @@ def test_layers_are_qemu_imgs_bytes(tmp_path: Path) -> None:
 def test_never_overwrites_nor_follows_links(tmp_path: Path) -> None:
     base = _base(tmp_path)
     clones._layer(base, tmp_path / "a.qcow2", SIZE)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(IgniteError, match="File exists"):
         clones._layer(base, tmp_path / "a.qcow2", SIZE)
     victim = tmp_path / "victim"
     victim.write_text("keep")
     (tmp_path / "link.qcow2").symlink_to(victim)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(IgniteError, match="File exists"):
         clones._layer(base, tmp_path / "link.qcow2", SIZE)
     assert victim.read_text() == "keep"
 
