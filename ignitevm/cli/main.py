@@ -12,27 +12,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     make_private()  # nothing this program makes is for other users (the store sets modes)
     words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["exec"]:
-        # The plain `exec VM -- CMD`, without the command tree (cli/fastexec.py)
-        from ignitevm.cli.fastexec import run
-
-        code = _guarded(lambda: run(words[1:]), debug=False)
-        if code is not None:
-            return code
-    elif words[:2] == ["image", "pull"]:
-        # A second pull of a tag: one manifest request, without the command tree
-        # (cli/fastpull.py)
-        from ignitevm.cli.fastpull import run as pull
-
-        code = _guarded(lambda: pull(words[2:]), debug=False)
-        if code is not None:
-            return code
-    elif words[:1] in (["pause"], ["resume"]):
-        # The plain `pause VM` / `resume VM`, likewise (cli/fastvm.py)
-        from ignitevm.cli.fastvm import switch
-
-        code = _guarded(lambda: switch(words[0], words[1:]), debug=False)
-        if code is not None:
+    fast = _fast_path(words)
+    if fast is not None:
+        code = _guarded(fast, debug=False)
+        if code is not None:  # (None: the plain form it takes was not this one)
             return code
     from ignitevm import log as logmod
     from ignitevm.cli.parser import build_parser, normalize
@@ -52,6 +35,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = _guarded(lambda: int(handler(args) or 0), debug)
     assert code is not None
     return code
+
+
+def _fast_path(words: list[str]) -> Callable[[], int | None] | None:
+    """The lean path of a measured command, without the command tree: each
+    takes only its plain form and returns None for anything else."""
+    if words[:1] == ["exec"]:  # `exec VM -- CMD` (cli/fastexec.py)
+        from ignitevm.cli.fastexec import run as exec_run
+
+        return lambda: exec_run(words[1:])
+    if words[:2] == ["image", "pull"]:  # a second pull of a tag: one manifest request
+        from ignitevm.cli.fastpull import run as pull
+
+        return lambda: pull(words[2:])
+    if words[:1] == ["run"] and any(w.split("=", 1)[0] == "--from-snapshot" for w in words):
+        from ignitevm.cli.fastrun import run as run_clone  # (cli/fastrun.py)
+
+        return lambda: run_clone(words[1:])
+    if words[:1] in (["pause"], ["resume"]):  # `pause VM` / `resume VM` (cli/fastvm.py)
+        from ignitevm.cli.fastvm import switch
+
+        return lambda: switch(words[0], words[1:])
+    return None
 
 
 def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:

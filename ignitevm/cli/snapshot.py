@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
+from typing import TYPE_CHECKING
 
 from ignitevm.api.types import VM, Snapshot
 from ignitevm.cli.common import context, dump, emit, list_objects
 from ignitevm.util.human import age
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def cmd_create(args: argparse.Namespace) -> int:

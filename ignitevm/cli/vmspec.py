@@ -6,14 +6,16 @@ file < flags given on the command line.
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ignitevm.api import codec
 from ignitevm.api.types import VM, BlockDevice, FileMapping, PortMapping, Size, Volume, VolumeMount
 from ignitevm.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import argparse
 
 _PORT_RE = re.compile(
     r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?P<host>\d+):(?P<vm>\d+)(?:/(?P<proto>\w+))?$")

@@ -131,6 +131,7 @@ void request_free(struct request *r);
 pid_t spawn(const struct request *r, int console, int *master, int *in_w, int out_r[2],
             uint32_t *code, char *err);
 int exec_start(struct session *s, const char *p, size_t n);
+void exec_warm(void);
 void exec_stdin(struct session *s, const char *p, size_t n);
 void exec_stdin_eof(struct session *s);
 void exec_write_stdin(struct session *s);

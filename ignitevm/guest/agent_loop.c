@@ -322,6 +322,8 @@ static void put_data(struct session *s, const char *p, uint32_t n, int eof)
     }
 }
 
+static int warm_pending;     /* exec_warm due (after a RESTORE with no hooks) */
+
 static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, const char *p,
                      uint32_t n)
 {
@@ -337,8 +339,10 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
             send_error(ch, sid, 1, sid ? "session id already in use" : "session id 0 is reserved");
         } else {
             s = new_session(ch, sid, S_EXEC);   /* (its hooks: a child, reaped as a command) */
-            if (restore_start(s, p, n) < 0)
+            if (restore_start(s, p, n) < 0) {
                 session_end(s);
+                warm_pending = 1;   /* (once the reply is out: see loop) */
+            }
         }
         break;
     case F_EXEC: case F_PUT: case F_GET:
@@ -592,6 +596,11 @@ void loop(void)
 {
     for (;;) {
         int timeout = prepare();
+        if (warm_pending) {         /* (prepare has flushed RESTORE's reply) */
+            warm_pending = 0;
+            exec_warm();
+            continue;
+        }
         int n = poll(pfd, npfd, timeout);
         if (n < 0 && errno != EINTR)
             die("poll: %s", strerror(errno));

@@ -55,6 +55,9 @@ def save(mon: Monitor, fd: int, *, ignore_shared: bool = False, timeout: float =
 def load(mon: Monitor, fd: int, *, ignore_shared: bool = False, timeout: float = 120.0) -> None:
     """Read a state into a QEMU started with ``-incoming defer``; it is then paused."""
     _capabilities(mon, ignore_shared)
+    # No self-announcement once loaded: the guest still has the source's MAC
+    # and address until RESTORE, and would announce them on the clone's network.
+    mon.cmd("migrate-set-parameters", **{"announce-rounds": 0})
     mon.cmd("getfd", fd=fd, fdname=FD_NAME)
     mon.cmd("migrate-incoming", uri=f"fd:{FD_NAME}")
     try:
