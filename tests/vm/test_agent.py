@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pty
@@ -273,12 +274,14 @@ def test_image_without_init_runs_its_entrypoint(cli: Ignite, kernel: str,
     cli("rm", "app")
 
 
-def test_volumes_mount_host_block_devices(cli: Ignite, testbox: str, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _loop_volume(tmp_path: Path, marker: str) -> Iterator[str]:
+    """A loop device holding an ext4 filesystem with one file, ``marker``."""
     import subprocess
 
     tree = tmp_path / "tree"
     tree.mkdir()
-    (tree / "marker").write_text("from-the-host\n")
+    (tree / "marker").write_text(marker)
     img = tmp_path / "vol.img"
     img.write_bytes(b"")
     os.truncate(img, 32 << 20)
@@ -289,6 +292,13 @@ def test_volumes_mount_host_block_devices(cli: Ignite, testbox: str, tmp_path: P
         pytest.skip(f"no loop devices on this host: {dev.stderr.strip()}")
     loop = dev.stdout.strip()
     try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_volumes_mount_host_block_devices(cli: Ignite, testbox: str, tmp_path: Path) -> None:
+    with _loop_volume(tmp_path, "from-the-host\n") as loop:
         for name, write in (("vol1", True), ("vol2", False)):
             cli("run", testbox, "--name", name, "--size", "256MB", "--volumes", f"{loop}:/data")
             assert cli("exec", name, "--", "cat", "/data/marker").stdout == "from-the-host\n"
@@ -297,26 +307,15 @@ def test_volumes_mount_host_block_devices(cli: Ignite, testbox: str, tmp_path: P
             else:  # data written by the first VM is still there for the next
                 assert cli("exec", name, "--", "cat", "/data/new").stdout == "kept\n"
             cli("rm", "-f", name)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
 
 
 def test_a_volume_with_a_long_name_is_mounted(cli: Ignite, testbox: str, tmp_path: Path) -> None:
     """A manifest's volume names are not bound by the 20 bytes of a disk serial."""
-    import subprocess
+    with _loop_volume(tmp_path, "long-name\n") as loop:
+        _run_long_named_volume(cli, testbox, tmp_path, loop)
 
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "marker").write_text("long-name\n")
-    img = tmp_path / "vol.img"
-    img.write_bytes(b"")
-    os.truncate(img, 32 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(img)], check=True)
-    dev = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True,
-                         text=True)
-    if dev.returncode:
-        pytest.skip(f"no loop devices on this host: {dev.stderr.strip()}")
-    loop = dev.stdout.strip()
+
+def _run_long_named_volume(cli: Ignite, testbox: str, tmp_path: Path, loop: str) -> None:
     manifest = tmp_path / "vm.yaml"
     manifest.write_text(f"""apiVersion: ignite.weave.works/v1alpha4
 kind: VM
@@ -341,4 +340,3 @@ spec:
         assert cli("exec", "longvol", "--", "cat", "/srv/db/marker").stdout == "long-name\n"
     finally:
         cli("rm", "-f", "longvol", check=False)
-        subprocess.run(["losetup", "-d", loop], check=False)
