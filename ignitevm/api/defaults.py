@@ -181,7 +181,7 @@ def validate_networks(vm: VM) -> None:
         raise InvalidInput(f"a VM can join at most {MAX_NETWORKS} networks ({len(names)} given)")
 
 
-MAX_NETWORKS = 8
+MAX_NETWORKS = v.GUEST_NICS
 
 
 _LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
@@ -200,3 +200,4 @@ def validate_dns(vm: VM) -> None:
     for domain in vm.spec.network.dns_search:
         if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
             raise InvalidInput(f"invalid --dns-search {domain!r}: not a domain name")
+    v.check_guest_dns(vm.spec.network.dns, vm.spec.network.dns_search)

@@ -14,7 +14,8 @@ What is allowed (docs/cli.md repeats it for users):
   letters, digits, ``-``, ``_``, ``.``); annotations: no control characters;
 - paths (copyFiles, volumes, ssh key): absolute, printable, no NUL; guest paths
   without ``..``; mount paths without spaces or ``:``;
-- ssh: ``true`` or the path of a file that holds one OpenSSH public key line.
+- ssh: ``true`` or the path of a file that holds one OpenSSH public key line;
+- name servers and search domains: what the guest's resolv.conf takes (below).
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ MAX_CPUS = 64
 MAX_CMDLINE = 1536
 MAX_PATH = 4096
 MAX_ANNOTATION = 4096
+
+# What the guest's network module takes (ignitevm/guest/net.h, net.c, init.c):
+# it cuts or drops whatever does not fit, which the VM's user would never see,
+# so the host refuses more, here for --dns/--dns-search (every interface) and
+# in providers/network/base.guest_lines for what the networks give.
+# tests/unit/test_guest_limits.py reads the C files to keep these equal.
+GUEST_NICS = 8  # net.h NET_NICS: interfaces (--network), eth0..eth7
+GUEST_ROUTES = 16  # net.h NET_ROUTES: routes besides the default one, all interfaces together
+GUEST_WORD = 63  # net.c split(): a word of a net= or route= line, char w[][64]
+GUEST_VALUE = 511  # net.h struct net_cfg: dns[512] and search[512], each a line's value
+GUEST_NET_TEXT = 8191  # init.c read_network(): /cfg/net, one read into text[8192]
+# resolv.conf: resolvers use the first 3 name servers (glibc's and musl's MAXNS),
+# and musl reads 256 bytes of the search line (the guest would write 511: net.c
+# net_resolv's text[2048] holds it with 3 servers).
+MAX_NAMESERVERS = 3
+MAX_SEARCH = 255  # the search domains, space-separated
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -91,6 +108,24 @@ def check_bind_address(value: str) -> None:
 def check_port(value: int, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
         raise InvalidInput(f"invalid {what} {value!r}: must be between 1 and 65535")
+
+
+def check_guest_dns(servers: list[str], search: list[str], dns: str = "invalid --dns",
+                    domains: str = "invalid --dns-search") -> None:
+    """Name servers and search domains the guest takes whole: at most
+    MAX_NAMESERVERS servers in GUEST_VALUE bytes, domains in MAX_SEARCH.
+    ``dns`` and ``domains`` begin the error lines."""
+    if len(servers) > MAX_NAMESERVERS:
+        raise InvalidInput(f"{dns}: at most {MAX_NAMESERVERS} name servers "
+                           f"({len(servers)} given)",
+                           hint="a resolver uses only the first three")
+    if len(" ".join(servers).encode()) > GUEST_VALUE:
+        raise InvalidInput(f"{dns}: the name servers are longer than {GUEST_VALUE} "
+                           "characters together")
+    if len(" ".join(search).encode()) > MAX_SEARCH:
+        raise InvalidInput(f"{domains}: the search domains are longer than {MAX_SEARCH} "
+                           f"characters together ({len(search)} given)",
+                           hint="resolvers read at most 255 characters of them")
 
 
 def check_cmdline(value: str) -> None:

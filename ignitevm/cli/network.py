@@ -52,9 +52,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.output == "json":
         emit(json.dumps([_info(n, users) for n in nets], indent=2))
         return 0
-    emit(table(["NAME", "SUBNET", "GATEWAY", "BRIDGE", "INTERNAL", "VMS"],
+    emit(table(["NAME", "SUBNET", "GATEWAY", "BRIDGE", "INTERNAL", "VMS", "OWN"],
                [[n.name, n.subnet, n.gateway, n.bridge, "yes" if n.internal else "no",
-                 str(len(users.get(n.name, [])))] for n in nets]))
+                 str(len(users.get(n.name, []))), "yes" if n.own else "no"] for n in nets]))
     return 0
 
 
@@ -63,7 +63,7 @@ def _info(net: object, users: dict[str, list[str]]) -> dict[str, object]:
 
     assert isinstance(net, Network)
     return {"name": net.name, "subnet": net.subnet, "gateway": net.gateway,
-            "bridge": net.bridge, "internal": net.internal,
+            "bridge": net.bridge, "internal": net.internal, "own": net.own,
             "vms": sorted(users.get(net.name, [])), "conflist": net.conf}
 
 
@@ -98,7 +98,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ctx = context(args)
     users = _users(ctx)
     for net in networks.listing(ctx.root):
-        if net.name != conflist.DEFAULT and not users.get(net.name):
+        if net.own and net.name != conflist.DEFAULT and not users.get(net.name):
             networks.remove(ctx.root, net.name, [])
             log.info("Removed network %r", net.name)
             if args.quiet:

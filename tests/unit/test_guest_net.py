@@ -160,3 +160,39 @@ def test_the_harness_applies_nothing_outside_its_own_namespace(harness: Path,
     out = subprocess.run([str(harness), str(lines), str(tmp_path)], capture_output=True,
                          text=True, env={**os.environ, "NET_HARNESS_NS": "1"})
     assert out.returncode == 2 and "refused" in out.stdout
+
+
+def test_the_most_the_host_lets_through_reaches_the_guest_whole(harness: Path,
+                                                                tmp_path: Path) -> None:
+    """The host's limits (api/validation.py GUEST_*, MAX_NAMESERVERS,
+    MAX_SEARCH) are within what the module takes: at the limit, every route,
+    name server and search domain arrives, without a warning."""
+    from ignitevm.api import validation as v
+
+    def routes(first: int, n: int, gw: str) -> tuple[tuple[str, str], ...]:
+        return tuple((f"10.{first + i}.0.0/16", gw) for i in range(n))
+
+    search = ["a" * 63 + "." + "b" * 62, "c" * 63 + "." + "d" * 62]
+    search.append("e" * (v.MAX_SEARCH - len(" ".join(search)) - 1))
+    assert len(" ".join(search)) == v.MAX_SEARCH
+    half = v.GUEST_ROUTES // 2
+    most = _nic("02:00:00:00:00:09", "10.61.0.2/16", routes=routes(100, half, "10.61.0.1"))
+    most = most._replace(
+        gateway="10.61.0.1", dns=" ".join(["2001:db8::53", "192.0.2.53", "192.0.2.54"]
+                                          [:v.MAX_NAMESERVERS]),
+        dns_search=" ".join(search),
+        more=(_nic("02:00:00:00:00:0a", "10.77.0.5/24",
+                   routes=routes(100 + half, v.GUEST_ROUTES - half, "10.77.0.1")),))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    lines = tmp_path / "lines"
+    lines.write_text("".join(f"{k}={val}\n" for k, val in guest_lines(most)))
+    script = ("set -e; ip link add eth0 type veth peer name p0; ip link add eth1 type veth "
+              f'peer name p1; ip link set p0 up; ip link set p1 up; "$H" {lines} "$ETC"; '
+              + _state())
+    out = _run(harness, script, ETC=str(etc))
+    assert out.returncode == 0, out.stdout + out.stderr
+    (state,) = _parse(out.stdout)  # (a warning line fails the parse)
+    assert len(_routes(state)) == v.GUEST_ROUTES + 1  # (and the default one)
+    assert state["RESOLV"] == (f"search {' '.join(search)}\n" + "".join(
+        f"nameserver {ns}\n" for ns in most.dns.split()))

@@ -42,9 +42,22 @@ def guest_lines(net: NetPlan) -> list[tuple[str, str]]:
     """The guest's network as ``key=value`` lines: the init reads them from the
     config disk at boot, a clone's agent in RESTORE (docs/agent-protocol.md).
     ``dns`` is always there: with no servers (an --internal network) the
-    guest's resolv.conf names none rather than keeping what it had."""
+    guest's resolv.conf names none rather than keeping what it had. What the
+    guest could not take whole (api/validation.py GUEST_*: name servers and
+    search domains a conflist gives, its routes) is refused, not cut there."""
+    from ignitevm.api import validation as v
     from ignitevm.errors import InvalidInput
 
+    nics = (net, *net.more)
+    if len(nics) > v.GUEST_NICS:
+        raise InvalidInput(f"a VM can join at most {v.GUEST_NICS} networks ({len(nics)} given)")
+    routes = sum(len(nic.routes) for nic in nics)
+    if routes > v.GUEST_ROUTES:
+        raise InvalidInput(f"the networks give the VM {routes} routes besides the default "
+                           f"one; the guest takes at most {v.GUEST_ROUTES}",
+                           hint="name fewer routes in the networks' conflists (ipam routes)")
+    v.check_guest_dns(net.dns.split(), net.dns_search.split(),
+                      "refusing the network's name servers", "refusing its search domains")
     lines = []
     for i, nic in enumerate((net, *net.more)):
         words = [f"eth{i}", nic.mac or "-", nic.guest_ip or "-"]
@@ -61,4 +74,10 @@ def guest_lines(net: NetPlan) -> list[tuple[str, str]]:
         if any(ord(c) < 0x20 for c in value):
             raise InvalidInput(f"refusing the guest's network line {key}={value!r}: "
                                "control character")
+        if key in ("net", "route") and any(len(w) > v.GUEST_WORD for w in value.split()):
+            raise InvalidInput(f"refusing the guest's network line {key}={value!r}: a word "
+                               f"longer than {v.GUEST_WORD} characters")
+    if len("".join(f"{k}={val}\n" for k, val in lines)) > v.GUEST_NET_TEXT:
+        raise InvalidInput(f"the guest's network config is longer than {v.GUEST_NET_TEXT} "
+                           "bytes")
     return lines

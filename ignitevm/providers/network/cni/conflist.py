@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,39 @@ DEFAULT_BRIDGE = "ignite0"
 DEFAULT_SUBNET = "10.61.0.0/16"
 CNI_VERSION = "1.0.0"  # the newest the plugins Debian ships speak
 
+# A conflist's own "name", as CNI's libraries require it: it names host-local's
+# lease folder (<dataDir>/<name>), so it must stay one plain path part.
+CNI_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# A bridge (link) name: what the kernel takes (IFNAMSIZ: 15 characters and
+# the NUL; never "." or ".."), without spaces, slashes or ':' of `ip` syntax.
+LINK_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+# A network's name on the command line and in manifests, and so its file name
+# <name>.conflist in the folder ("default" included).
+NETWORK = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+
+
+def check_network(network: str) -> None:
+    """A network name, before it makes a path (``../x`` would leave the folder)."""
+    if not NETWORK.fullmatch(network):
+        raise InvalidInput(f"invalid network name {network!r}",
+                           hint="network names are up to 32 lower-case letters, digits "
+                           "and '-'; see: ignite network ls")
+
+
+def is_link_name(name: str) -> bool:
+    return bool(LINK_NAME.fullmatch(name)) and name not in (".", "..")
+
 
 def conf_dir(root: Path) -> Path:
     return Path(os.environ.get("IGNITE_CNI_CONF_DIR") or root / "cni")
 
 
 def bridge_conflist(name: str, bridge: str, subnet: str, gateway: str = "",
-                    internal: bool = False) -> dict[str, Any]:
+                    internal: bool = False, network: str = "") -> dict[str, Any]:
     """A bridge network: VMs on ``bridge`` get addresses from ``subnet``;
-    not ``internal``: they reach out through masquerade and take port maps."""
+    not ``internal``: they reach out through masquerade and take port maps.
+    ``network``: the project's name of it, written as its mark (see
+    networks.own: only marked networks are ever removed)."""
     rng: dict[str, Any] = {"subnet": subnet}
     if gateway:
         rng["gateway"] = gateway
@@ -41,8 +66,13 @@ def bridge_conflist(name: str, bridge: str, subnet: str, gateway: str = "",
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
     plugins.append({"type": "firewall"})
     conf: dict[str, Any] = {"cniVersion": CNI_VERSION, "name": name, "plugins": plugins}
-    if internal:  # (the project's own key: CNI tools ignore it; see isolate.py)
-        conf["ignitevm"] = {"internal": True}
+    own: dict[str, Any] = {}  # (the project's own key: CNI tools ignore it)
+    if network:
+        own["network"] = network
+    if internal:  # (see isolate.py)
+        own["internal"] = True
+    if own:
+        conf["ignitevm"] = own
     return conf
 
 
@@ -72,6 +102,7 @@ def gateway(conf: dict[str, Any]) -> str:
 
 
 def path(root: Path, network: str) -> Path:
+    check_network(network)
     return conf_dir(root) / f"{network}.conflist"
 
 
@@ -91,7 +122,8 @@ def load(root: Path, network: str = DEFAULT) -> dict[str, Any]:
         if network != DEFAULT:
             raise NotFound(f"network {network!r} does not exist",
                            hint=f"the networks are the .conflist files in {p.parent}")
-        write(root, network, bridge_conflist(DEFAULT_NAME, DEFAULT_BRIDGE, DEFAULT_SUBNET))
+        write(root, network, bridge_conflist(DEFAULT_NAME, DEFAULT_BRIDGE, DEFAULT_SUBNET,
+                                             network=DEFAULT))
     try:
         conf = json.loads(p.read_text())
     except ValueError as exc:
@@ -101,12 +133,24 @@ def load(root: Path, network: str = DEFAULT) -> dict[str, Any]:
 
 
 def check(conf: Any, where: Path | str) -> None:
+    """A conflist read back: its names reach paths and commands (the lease
+    folder, `ip link delete <bridge>`), so they are checked as CNI and the
+    kernel would."""
     plugins = conf.get("plugins") if isinstance(conf, dict) else None
     if (not isinstance(conf, dict) or not isinstance(conf.get("name"), str) or not conf["name"]
             or not isinstance(plugins, list) or not plugins
             or not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in plugins)):
         raise InvalidInput(f"network config {where} is not a CNI conflist",
                            hint="it needs a name and a list of plugins, each with a type")
+    if not CNI_NAME.fullmatch(conf["name"]):
+        raise InvalidInput(f"network config {where}: invalid network name {conf['name']!r}",
+                           hint="CNI names are letters, digits, '_', '.' and '-', "
+                           "starting with a letter or digit")
+    for p in plugins:
+        if p["type"] == "bridge" and "bridge" in p and not (
+                isinstance(p["bridge"], str) and is_link_name(p["bridge"])):
+            raise InvalidInput(f"network config {where}: invalid bridge name {p['bridge']!r}",
+                               hint="a link name is 1 to 15 letters, digits, '_', '.' or '-'")
 
 
 def subnets(conf: dict[str, Any]) -> list[str]:

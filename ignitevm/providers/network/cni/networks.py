@@ -1,25 +1,25 @@
 """Named networks: each one a conflist of its own in the project's folder
 (``ignite network create lab --subnet 10.77.0.0/24``). The default network
-is Ignite's and cannot be removed."""
+is Ignite's and cannot be removed. A folder shared with other tools
+(IGNITE_CNI_CONF_DIR) may hold their conflists too: they are listed and can
+be joined, but never removed (see :func:`own`)."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
-import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ignitevm.errors import Conflict, InvalidInput, NotFound
+from ignitevm.log import log
 from ignitevm.providers.network.cni import conflist
-
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 
 
 class Network(NamedTuple):
     name: str
     conf: dict[str, Any]
+    own: bool = True  # made by the project (see own()); others are never removed
 
     @property
     def bridge(self) -> str:
@@ -53,16 +53,51 @@ def host_names(root: Path, name: str) -> tuple[str, str]:
             "ign-" + hashlib.sha256(f"{key}\0{name}".encode()).hexdigest()[:10])
 
 
+def _old_bridge(name: str) -> str:
+    """The bridge name versions before host_names gave a network."""
+    return "ign-" + hashlib.sha256(name.encode()).hexdigest()[:10]
+
+
+def own(root: Path, name: str, conf: dict[str, Any]) -> bool:
+    """Whether network ``name`` is one the project made: only those are removed
+    (rm, prune), with their bridge and lease folder. Made now: its conflist
+    carries the mark ``"ignitevm": {"network": name}``. Made by an earlier
+    version (no mark): its CNI name and bridge are exactly the ones that
+    version gave ``name`` (``ignite-<name>`` on ``ign-<sha256(name)>``, or
+    host_names'), or Ignite's default, ``ignite-cni-bridge`` on ``ignite0``.
+    Another tool's conflist in a shared folder (containerd's on cni0, ...)
+    matches none of these."""
+    mark = conf.get("ignitevm")
+    if isinstance(mark, dict) and mark.get("network") == name:
+        return True
+    names = (conf.get("name"), conflist.bridge(conf))
+    if name == conflist.DEFAULT:
+        return names == (conflist.DEFAULT_NAME, conflist.DEFAULT_BRIDGE)
+    return names in ((f"ignite-{name}", _old_bridge(name)), host_names(root, name))
+
+
 def listing(root: Path) -> list[Network]:
+    """Every network in the folder, the project's and other tools' (``own``).
+    A file whose name is no network name, or that is no valid conflist, is
+    left out with a warning."""
     conflist.load(root)  # the default network exists from the first listing on
     out = []
     for p in sorted(conflist.conf_dir(root).glob("*.conflist")):
-        out.append(Network(p.stem, conflist.load(root, p.stem)))
+        if not conflist.NETWORK.fullmatch(p.stem):
+            log.warning("ignoring %s: %r is not a network name", p, p.stem)
+            continue
+        try:
+            conf = conflist.load(root, p.stem)
+        except InvalidInput as exc:
+            log.warning("ignoring %s", exc)
+            continue
+        out.append(Network(p.stem, conf, own(root, p.stem, conf)))
     return out
 
 
 def get(root: Path, name: str) -> Network:
-    return Network(name, conflist.load(root, name))
+    conf = conflist.load(root, name)
+    return Network(name, conf, own(root, name, conf))
 
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network:
@@ -79,7 +114,7 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
 
 def create(root: Path, name: str, subnet: str, gateway: str = "",
            internal: bool = False) -> Network:
-    if not _NAME.fullmatch(name) or name == conflist.DEFAULT:
+    if not conflist.NETWORK.fullmatch(name) or name == conflist.DEFAULT:
         raise InvalidInput(f"invalid network name {name!r}",
                            hint="use up to 32 lower-case letters, digits and '-' "
                            "('default' is taken)")
@@ -99,19 +134,28 @@ def create(root: Path, name: str, subnet: str, gateway: str = "",
                 raise Conflict(f"subnet {net} overlaps {s} of network {other.name!r}",
                                hint="choose a subnet no other network uses")
     cni_name, bridge = host_names(root, name)
-    conf = conflist.bridge_conflist(cni_name, bridge, str(net), gateway, internal=internal)
+    conf = conflist.bridge_conflist(cni_name, bridge, str(net), gateway, internal=internal,
+                                    network=name)
     conflist.write(root, name, conf)
     return Network(name, conf)
 
 
-def remove_check(root: Path, name: str, users: list[str]) -> None:
+def remove_check(root: Path, name: str, users: list[str]) -> Network:
+    """The network ``name`` if it may be removed: the project's, not the
+    default one, used by no VM."""
     if name == conflist.DEFAULT:
         raise InvalidInput("the default network cannot be removed")
-    if not conflist.path(root, name).exists():
+    if not conflist.path(root, name).exists():  # (checks the name first: no ../x)
         raise NotFound(f"network {name!r} does not exist", hint="see: ignite network ls")
+    net = get(root, name)
+    if not net.own:
+        raise InvalidInput(f"network {name!r} ({conflist.path(root, name)}) was not made by "
+                           "ignite: it is left alone",
+                           hint="remove it with the tool that made it")
     if users:
         raise Conflict(f"network {name!r} is in use by VM {users[0]!r}",
                        hint="remove those VMs first")
+    return net
 
 
 def remove(root: Path, name: str, users: list[str]) -> None:
@@ -119,11 +163,10 @@ def remove(root: Path, name: str, users: list[str]) -> None:
     from ignitevm.providers.network.cni import isolate, sweep
     from ignitevm.util.proc import run
 
-    remove_check(root, name, users)
-    net = get(root, name)
+    net = remove_check(root, name, users)
     if net.bridge and Path(f"/sys/class/net/{net.bridge}").exists():
         run(["ip", "link", "delete", net.bridge], check=False)
     if net.bridge:
         isolate.drop(net.bridge)
-    shutil.rmtree(sweep.lease_dir(net.conf), ignore_errors=True)
+    sweep.remove_lease_dir(net.conf)
     conflist.path(root, name).unlink()

@@ -12,18 +12,42 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
-from ignitevm.errors import IgniteError
+from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.log import log
 
 LEASE_DIR = Path("/var/lib/cni/networks")
 
 
 def lease_dir(conf: dict[str, object]) -> Path:
+    """host-local's folder of the network's leases, ``<dataDir>/<name>``; the
+    name is one path part (conflist.CNI_NAME), never ``/`` or ``..``."""
+    from ignitevm.providers.network.cni.conflist import CNI_NAME
+
+    name = str(conf["name"])
+    if not CNI_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid CNI network name {name!r}")
     for p in conf.get("plugins") or []:  # type: ignore[attr-defined]
         ipam = p.get("ipam") or {}
         if ipam.get("type") == "host-local":
-            return Path(ipam.get("dataDir") or LEASE_DIR) / str(conf["name"])
-    return LEASE_DIR / str(conf["name"])
+            return Path(ipam.get("dataDir") or LEASE_DIR) / name
+    return LEASE_DIR / name
+
+
+def remove_lease_dir(conf: dict[str, object]) -> None:
+    """Remove a network's lease folder: only if it resolves to a folder right
+    in its data folder (not a link that leads elsewhere)."""
+    import shutil
+
+    d = lease_dir(conf)
+    try:
+        real = d.resolve()
+        if real.parent != d.parent.resolve() or real.name != d.name or not real.is_dir():
+            if d.exists() or d.is_symlink():
+                log.warning("not removing %s: it is not a lease folder of %s", d, d.parent)
+            return
+    except OSError:
+        return
+    shutil.rmtree(real, ignore_errors=True)
 
 
 def leases(conf: dict[str, object], container_id: str) -> list[Path]:

@@ -306,7 +306,8 @@ def _plan(result: dict[str, Any], forwards: tuple[Forward, ...], dns: tuple[str,
 
 
 def host_nameservers() -> list[str]:
-    """The host's name servers a VM can reach (not the host's loopback ones)."""
+    """The host's name servers a VM can reach (not the host's loopback ones):
+    the first three, all the host's own resolver uses."""
     out = []
     with contextlib.suppress(OSError):
         for line in Path("/etc/resolv.conf").read_text().splitlines():
@@ -314,7 +315,9 @@ def host_nameservers() -> list[str]:
             if len(words) >= 2 and words[0] == "nameserver" and not words[1].startswith(
                     ("127.", "::1")):
                 out.append(words[1])
-    return out
+    from ignitevm.api.validation import MAX_NAMESERVERS
+
+    return out[:MAX_NAMESERVERS]
 
 
 def release_if_dead(d: Path, running: Callable[[], bool]) -> bool:
