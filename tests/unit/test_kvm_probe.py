@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,3 +289,25 @@ def test_a_new_jail_helper_or_probe_format_asks_again(
     monkeypatch.setattr(accel, "PROBE_FORMAT", accel.PROBE_FORMAT + 1)
     assert accel.choose(kernel, None, cache) == "tcg"
     assert probes == []
+
+
+@pytest.mark.skipif(not accel.kvm_usable()[0] or not shutil.which("qemu-system-x86_64"),
+                    reason="needs QEMU and an openable /dev/kvm")
+def test_an_initramfs_too_big_for_the_probe_is_not_kept(tmp_path: Path) -> None:
+    """The real QEMU, with KVM: an initramfs larger than the probe's memory
+    stops it before the guest runs. That is the initramfs's fault (and it is
+    not in the cache key): nothing is kept, the next start probes again."""
+    kernel, cache, initrd = tmp_path / "bzImage", tmp_path / "cache", tmp_path / "initrd.img"
+    header = bytearray(16384)  # a kernel's boot header, no more: QEMU stops before running it
+    header[0x1F1] = 4  # setup sectors
+    header[0x1FE:0x200] = b"\x55\xaa"
+    header[0x202:0x208] = b"HdrS\x0f\x02"  # boot protocol 2.15
+    header[0x211] = 1  # loaded high
+    header[0x22C:0x230] = (0x7FFFFFFF).to_bytes(4, "little")  # initrd_addr_max
+    kernel.write_bytes(header)
+    with open(initrd, "wb") as f:
+        f.truncate(200 << 20)  # (sparse) the probe has 128 MiB
+    found = accel.probe_kvm(kernel, initrd)
+    assert found.kind == UNCLEAR and "initrd is too large" in found.detail, found
+    assert accel.choose(kernel, initrd, cache, sandbox="none") == "tcg"
+    assert not list((cache / "accel").glob("*.json"))
