@@ -335,6 +335,28 @@ def test_helper_builds_once_and_refuses_bad_usage(tmp_path: Path) -> None:
     assert res.returncode == 125 and "absolute" in res.stderr
 
 
+@pytest.mark.skipif(not Path("/usr/bin/gcc").exists(), reason="gcc is not installed")
+def test_helper_refuses_a_pid_fd_in_the_foreground(tmp_path: Path) -> None:
+    """-i FD reports a detached child's pid; with -f there is no child, so FD
+    would stay open into the program: the pair is refused before anything is
+    done, and nothing is written to FD."""
+    helper = build.helper(tmp_path)
+    r, w = os.pipe()
+    try:
+        res = subprocess.run([str(helper), "-u", "5", "-g", "5", "-f", "-i", str(w),
+                              "--", "/bin/true"], capture_output=True, text=True, pass_fds=(w,))
+        os.close(w)
+        w = -1
+        assert res.returncode == 125, res.stderr
+        assert res.stderr.startswith("ignite-jail: usage: -i") and "-f" in res.stderr
+        assert res.stderr.count("\n") == 1
+        assert os.read(r, 64) == b""
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
 def test_host_file_replaces_links_folders_and_foreign_files(tmp_path: Path) -> None:
     target = tmp_path / "target"
     link = tmp_path / "agent-1.lock"

@@ -584,9 +584,8 @@ def test_the_kvm_probe_runs_jailed_and_dies_with_its_caller(cli: Ignite, kernel:
     found = ctx.store.find(Kernel, kernel)
     assert found is not None
     kpath, initrd = kernels.kernel_files(ctx, found)
-    works, detail, definite = accel.probe_kvm(kpath, initrd, deadline=300,
-                                              jail_in=ctx.cache, accel="tcg")
-    assert works and definite, detail
+    found = accel.probe_kvm(kpath, initrd, deadline=300, jail_in=ctx.cache, accel="tcg")
+    assert found.works and found.kind == accel.DEFINITE, found.detail
     # Started by a child that is then killed: the jailed QEMU must go too.
     cmd = accel.probe_argv(kpath, initrd, ctx.cache, accel="tcg")
     starter = subprocess.Popen(

@@ -48,7 +48,8 @@
  *                                   VMM's, once it execs) in decimal and a newline
  *                                   to FD (a pipe), as root, so that the host, not
  *                                   the VMM, keeps the VM's pid record; the child
- *                                   closes FD
+ *                                   closes FD. Refused with -f (no child: FD would
+ *                                   stay open into the program)
  *   -f                              foreground: no fork, no new session, and the
  *                                   program is killed when its caller dies (a
  *                                   short-lived VMM such as the KVM probe)
@@ -407,6 +408,8 @@ int main(int argc, char **argv)
 		die("usage", "ignite-jail OPTIONS -- /absolute/program [ARGS...]");
 	if (uid <= 0 || gid <= 0)
 		die("usage", "-u and -g must name an unprivileged uid and gid");
+	if (foreground && pidfd >= 0)  /* no parent to write it: FD would reach the program */
+		die("usage", "-i reports a detached child's pid: it cannot be combined with -f");
 	char **program = argv + i + 1;
 
 	pid_t parent = getppid();
