@@ -119,7 +119,7 @@ def _import(ctx: Context, src: ImageSource, ref: str, progress: bool,
             size = _build(src, stage, progress, ctx.unpack_limits())
         image.status.oci_source.size = Size(size)
     if existing is not None:
-        ctx.store.delete(existing)  # (replaced: its name is the new image's now)
+        _swap(ctx, existing, image, "in containerd")  # (its name is the new image's now)
     log.info("Imported OCI image %r (%s) to base image with UID %r", ref, src.identity,
              image.metadata.uid)
     return image
@@ -264,7 +264,7 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
         pulled.out.line(f"Status: Image is up to date for {image_name}")
         return up_to_date
     if existing is not None:
-        ctx.store.delete(existing)
+        _swap(ctx, existing, image)
     pulled.out.line(f"Status: Downloaded newer image for {image_name}")
     log.debug("Pulled %s as image %r (ID %s)", pulled.identity, image_name, image.metadata.uid)
     return image
@@ -303,8 +303,10 @@ def _check_runnable(ext4: Path, config: dict[str, object], name: str) -> None:
 
 
 def _check_replaceable(ctx: Context, old: Image, where: str = "in its registry") -> None:
-    """A tag that moved replaces the old image, unless a VM still uses it."""
+    """A tag that moved replaces the old image, unless a VM or a snapshot still
+    needs it."""
     from ignitevm.api.types import VM
+    from ignitevm.operations.snapshots import users_of
 
     users = [vm.metadata.name for vm in ctx.store.list(VM)
              if vm.spec.image.oci == old.metadata.name]
@@ -313,6 +315,28 @@ def _check_replaceable(ctx: Context, old: Image, where: str = "in its registry")
             f"image {old.metadata.name!r} now names other content {where}, and VMs "
             f"use the old one ({', '.join(sorted(users))})",
             hint="remove those VMs first, or pull it under another name with --name")
+    snaps = users_of(ctx, old)
+    if snaps:
+        raise Conflict(
+            f"image {old.metadata.name!r} now names other content {where}, and snapshot "
+            f"{snaps[0].metadata.name!r} needs the old one",
+            hint="remove the snapshot first (ignite snapshot rm), or pull it under another "
+            "name with --name")
+
+
+def _swap(ctx: Context, old: Image, new: Image, where: str = "in its registry") -> None:
+    """Remove ``old`` now that ``new`` holds its name: checked again while no VM
+    can be made over it (the first check came before a build that may take
+    minutes). Refused: the new image goes, the old one stays as it was."""
+    try:
+        with ctx.store.using(old, exclusive=True):
+            _check_replaceable(ctx, old, where)
+            ctx.store.delete(old)
+    except NotFound:
+        pass  # (removed meanwhile: nothing to replace)
+    except BaseException:
+        ctx.store.delete(new)
+        raise
 
 
 class Pruned(NamedTuple):

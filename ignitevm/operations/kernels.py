@@ -213,8 +213,9 @@ def import_kernel_from_containerd(ctx: Context, source: str, opts: ContainerdOpt
                     log.info("Kernel %r is already imported (ID %r)", ref,
                              existing.metadata.uid)
                 else:  # (as a pull: a kernel is never replaced under its VMs)
-                    log.info("Kernel %r is already imported (ID %r) with other content; "
-                             "remove it to import it again", ref, existing.metadata.uid)
+                    log.warning("kernel %r names other content in containerd now; the one "
+                                "imported before (ID %r) is kept: remove it (ignite kernel rm) "
+                                "to import it again", ref, existing.metadata.uid)
                 return existing
             kernel = Kernel(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
                             spec=KernelSpec(oci=ref))
