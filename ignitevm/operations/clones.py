@@ -317,8 +317,9 @@ def _layer(base: Path, disk: Path, size: int) -> None:
         raise IgniteError(f"the snapshot's disk layer {base} is missing")
     key = hashlib.sha256(f"{base}\0{size}".encode()).hexdigest()[:16]
     template = base.parent / f".layer-{key}.qcow2"
-    if not template.exists():
-        tmp = template.with_name(f".layer-{key}.{os.getpid()}.tmp")
+    if not _usable_template(template):
+        # (made again when a crash left it empty or cut: it was never synced)
+        tmp = template.with_name(f".layer-{key}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
             run(["qemu-img", "create", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b",
                  str(base), "-o", "cluster_size=65536", str(tmp), str(size)])
@@ -332,6 +333,21 @@ def _layer(base: Path, disk: Path, size: int) -> None:
             raise   # (the store's no_space_errors says it)
         raise IgniteError(f"cannot make the clone's disk layer {disk}: {exc.strerror}"
                           ) from None
+
+
+def _usable_template(template: Path) -> bool:
+    """Whether the snapshot's layer template is there and, if a regular file, a
+    qcow2 layer whose header names no other file (see qcow2.problem); anything
+    else found there is refused by the copy, not replaced."""
+    from ignitevm.providers.vmm.qemu import qcow2
+
+    try:
+        st = template.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        return st.st_size > 0 and not qcow2.problem(template)
+    except FileNotFoundError:
+        return False
 
 
 def _copy_small(src: Path, dst: Path) -> None:

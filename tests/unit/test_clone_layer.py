@@ -67,3 +67,15 @@ def test_a_template_that_is_not_a_small_file_is_refused(tmp_path: Path) -> None:
 def test_missing_base(tmp_path: Path) -> None:
     with pytest.raises(IgniteError, match="missing"):
         clones._layer(tmp_path / "nope.qcow2", tmp_path / "a.qcow2", SIZE)
+
+
+def test_a_template_a_crash_left_empty_is_made_again(tmp_path: Path) -> None:
+    """It is never synced: after a power loss it can be empty or cut short."""
+    base = _base(tmp_path)
+    clones._layer(base, tmp_path / "a.qcow2", SIZE)
+    template = next(base.parent.glob(".layer-*"))
+    for damage in (b"", b"QFI\xfb"):
+        template.write_bytes(damage)
+        out = tmp_path / f"b{len(damage)}.qcow2"
+        clones._layer(base, out, SIZE)
+        assert out.read_bytes() == (tmp_path / "a.qcow2").read_bytes()
