@@ -140,7 +140,8 @@ def _image(kind_dir: str, name: str) -> tuple[str, str] | None:
             return None
         if name not in (meta.get("name"), meta.get("uid")):
             continue
-        source = (data.get("status") or {}).get("ociSource") or {}
+        status = data.get("status")
+        source = status.get("ociSource") if isinstance(status, dict) else None
         ident = source.get("id") if isinstance(source, dict) else None
         if meta.get("uid") != uid or not isinstance(ident, str):
             return None
@@ -199,6 +200,7 @@ def _get(
     """One HTTP/1.1 GET: the headers (lowercase names) and body of a 200 answer with a
     Content-Length; None for anything else (or any error)."""
     import socket
+    import time
 
     from ignitevm.images.registry.hosts import split_host
     from ignitevm.images.registry.manifests import MAX_MANIFEST
@@ -224,7 +226,14 @@ def _get(
             sock.settimeout(TIMEOUT)
             sock.sendall(request)
             data = bytearray()
+            # (one deadline for the whole answer: a server that drips bytes ends
+            # it too, and the full path runs)
+            deadline = time.monotonic() + TIMEOUT
             while len(data) <= MAX_MANIFEST + _MAX_HEADERS:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                sock.settimeout(left)
                 piece = sock.recv(1 << 16)
                 if not piece:
                     break

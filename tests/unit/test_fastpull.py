@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,47 @@ def test_nothing_listening() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert _get(f"127.0.0.1:{port}", False, "/v2/", {}) is None
+
+
+def test_a_dripping_answer_ends_at_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timeout holds for the whole answer, not for each byte of it."""
+    import time
+
+    from ignitevm.cli import fastpull
+
+    monkeypatch.setattr(fastpull, "TIMEOUT", 0.5)
+    stop = threading.Event()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def drip() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}":
+                    if stop.wait(0.1):
+                        return
+                    conn.sendall(bytes([byte]))
+
+    t = threading.Thread(target=drip, daemon=True)
+    t.start()
+    started = time.monotonic()
+    assert fastpull._get(f"127.0.0.1:{srv.getsockname()[1]}", False, "/v2/", {}) is None
+    assert time.monotonic() - started < 3
+    stop.set()
+    t.join(5)
+
+
+@pytest.mark.parametrize("status", [["x"], "x", 1])
+def test_odd_image_records_take_the_full_path(tmp_path: Path, status: object) -> None:
+    import json
+
+    from ignitevm.cli.fastpull import _image
+
+    uid = "0123456789abcdef"
+    (tmp_path / uid).mkdir()
+    (tmp_path / uid / "metadata.json").write_text(json.dumps(
+        {"kind": "Image", "metadata": {"name": "app:1", "uid": uid}, "status": status}))
+    assert _image(str(tmp_path), "app:1") is None
