@@ -61,10 +61,15 @@ def _apply_layer(
     with layer.open() as blob:
         raw = _Hashing(blob, progress, hashing=not layer.verified)
         head = raw.read(8)
-        # The diff_id is the sha256 of the uncompressed tar: the blob's own for a plain tar.
-        tar_hash = hashlib.sha256() if compression(head) is not None else None
+        # The diff_id is the sha256 of the uncompressed tar: the blob's own for a
+        # plain tar. A verified blob (the content store hashed it as it came) is
+        # not hashed again, but its tar is: one pass that still catches a stored
+        # file damaged since, whatever its compression.
+        plain = compression(head) is None
+        tar_hash = hashlib.sha256() if not plain or layer.verified else None
         with _decompress(head, raw, what) as (fill, initial):
             if tar_hash is not None:
+                tar_hash.update(initial)
                 fill = _hashed(fill, tar_hash)
             if unpacker.budget is not None:
                 unpacker.budget.take(len(initial))
@@ -75,13 +80,18 @@ def _apply_layer(
                 pass
         while raw.read(CHUNK):
             pass
-    digest = layer.digest if layer.verified else "sha256:" + raw.hash.hexdigest()
+    if not layer.verified:
+        digest = "sha256:" + raw.hash.hexdigest()
+    elif plain and tar_hash is not None:
+        digest = "sha256:" + tar_hash.hexdigest()
+    else:
+        digest = layer.digest
     if digest != layer.digest:
         raise InvalidInput(
             f"{what} does not match its digest (its content hashes to {digest})",
             hint="the source is corrupt or was modified; fetch or export it again",
         )
-    diff_id = digest if tar_hash is None else "sha256:" + tar_hash.hexdigest()
+    diff_id = digest if plain or tar_hash is None else "sha256:" + tar_hash.hexdigest()
     if layer.diff_id is not None and diff_id != layer.diff_id:
         raise InvalidInput(
             f"{what} is not the layer its image config names: its tar hashes to {diff_id},"
