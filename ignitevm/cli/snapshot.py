@@ -66,6 +66,9 @@ def run_clone(args: argparse.Namespace) -> int:
     if args.copy_files or args.ssh:
         raise InvalidInput("--copy-files and --ssh cannot be used with --from-snapshot",
                            hint="copy files in with ignite cp once it runs")
+    if getattr(args, "require_name", False) and not args.name:
+        raise InvalidInput("must set VM name, flag --require-name set",
+                           hint="give one with --name")
     ctx = starting_context(args)
     plugin = args.network_plugin or ""
     from ignitevm.providers.network import PLUGINS

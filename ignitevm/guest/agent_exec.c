@@ -456,6 +456,7 @@ void exec_warm(void)
     memset(&r, 0, sizeof r);
     r.argv = argv;
     r.argc = 2;
+    r.cwd = "/";    /* (not the user's home: nothing of the image's is waited on) */
     char err[ERRLEN];
     uint32_t code;
     int null = open("/dev/null", O_WRONLY | O_CLOEXEC);

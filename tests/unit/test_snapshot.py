@@ -338,6 +338,16 @@ def test_snapshot_commands_parse() -> None:
     assert ns.from_snapshot == "web-booted" and ns.name == "w2" and ns.ports == ["8081:80"]
 
 
+def test_a_clone_honours_require_name() -> None:
+    from ignitevm.cli.parser import build_parser, normalize
+    from ignitevm.cli.snapshot import run_clone
+    from ignitevm.errors import InvalidInput
+
+    argv = normalize(["run", "--from-snapshot", "web-booted", "--require-name"])
+    with pytest.raises(InvalidInput, match="--require-name"):
+        run_clone(build_parser(argv).parse_args(argv))
+
+
 def test_snapshot_files_record(tmp_path: Path) -> None:
     (tmp_path / "state").write_bytes(b"abc")
     snap = Snapshot()
