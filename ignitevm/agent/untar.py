@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ignitevm.errors import IgniteError
 from ignitevm.util import beneath
+from ignitevm.util.fs import write_all
 
 BLOCK = 512
 CHUNK = 1 << 18
@@ -272,9 +273,7 @@ class Unpacker:
             fd = beneath.create_file(dfd, name)
             try:
                 for chunk in stream.data(e):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, chunk)
                 os.fchmod(fd, self._perm(e.mode))
                 os.utime(fd, ns=(e.mtime * 10**9, e.mtime * 10**9))
             finally:

@@ -49,7 +49,9 @@ def download(package: str, dest: Path, archives: Path = APT_ARCHIVES) -> Path:
         return existing[-1]
     # The very version apt would download, already in apt's own cache (put
     # there by `apt-get install --download-only`, or an install): no network.
-    version = candidate(package)
+    # (apt is asked for its candidate only when the cache holds that package at all)
+    cached = sorted(archives.glob(f"{package}_*.deb"))
+    version = candidate(package) if cached else None
     if version is not None:
         for deb in sorted(archives.glob(f"{package}_{version.replace(':', '%3a')}_*.deb")):
             if deb.is_file():

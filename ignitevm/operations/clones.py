@@ -352,6 +352,8 @@ def _usable_template(template: Path) -> bool:
 
 def _copy_small(src: Path, dst: Path) -> None:
     """Copy a small regular file to a new file (never through a link)."""
+    from ignitevm.util.fs import write_all
+
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         st = os.fstat(fd)
@@ -364,8 +366,6 @@ def _copy_small(src: Path, dst: Path) -> None:
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                   0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out, view):]
+        write_all(out, data)
     finally:
         os.close(out)

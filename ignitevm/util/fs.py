@@ -13,6 +13,13 @@ from pathlib import Path
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (os.write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     """Write a file so that readers see the old or the new content, never a mix
     (nor a short file: a failed write removes the temporary and raises)."""
@@ -21,9 +28,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
