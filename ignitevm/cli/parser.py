@@ -13,28 +13,72 @@ from ignitevm.log import LEVEL_NAMES
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors, exit code 1, and a suggestion for typos."""
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = super().parse_known_args(args, namespace)
+        # A subcommand's parser returns first: it owns words it did not know,
+        # so that `image pull --bogus` is reported for `ignite image pull`.
+        if extras and not hasattr(ns, "_flag_owner"):
+            ns._flag_owner = self
+        return ns, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extras = self.parse_known_args(args, namespace)
+        owner = vars(ns).pop("_flag_owner", self)
+        if extras:
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
     def error(self, message: str) -> NoReturn:
-        import difflib
-        import re
         import sys
 
-        hint = ""
-        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if m:
-            choices = re.findall(r"'([^']*)'", m.group(2))
-            close = difflib.get_close_matches(m.group(1), choices, n=1)
-            message = f"unknown command {m.group(1)!r} for {self.prog!r}"
-            hint = f"did you mean {close[0]!r}?" if close else f"see: {self.prog} --help"
-        m = re.search(r"unrecognized arguments: (\S+)", message)
-        if m:
-            flags = [s for a in self._actions for s in a.option_strings]
-            close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1)
-            message = f"unknown flag {m.group(1)!r} for {self.prog!r}"
-            hint = f"did you mean {close[0]!r}?" if close else f"see: {self.prog} --help"
+        message, hint = self._explain(message)
         sys.stderr.write(f"error: {message}\n")
         if hint:
             sys.stderr.write(f"  hint: {hint}\n")
         raise SystemExit(1)
+
+    def _explain(self, message: str) -> tuple[str, str]:
+        """argparse's message, said for this command: (message, hint)."""
+        import difflib
+        import re
+
+        see = f"see: {self.prog} --help"
+        m = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
+        if m:
+            name, value = m.groups()
+            action = next((a for a in self._actions
+                           if name in ("/".join(a.option_strings), a.metavar, a.dest)), None)
+            choices = [str(c) for c in action.choices or ()] if action else []
+            if name.startswith("-"):  # an option's value
+                flag = max(name.split("/"), key=len)
+                hint = (f"use {', '.join(choices[:-1])} or {choices[-1]}"
+                        if len(choices) > 1 else f"use {choices[0]}" if choices else see)
+                return f"invalid value {value!r} for {flag}", hint
+            if isinstance(getattr(action, "choices", None), dict):  # a command word
+                close = difflib.get_close_matches(value, choices, n=1)
+                return (f"unknown command {value!r} for {self.prog!r}",
+                        f"did you mean {close[0]!r}?" if close else see)
+            hint = f"use {', '.join(choices)}" if choices else see
+            return f"invalid {name} {value!r}", hint
+        m = re.match(r"argument (\S+): invalid (int|float) value: '([^']*)'", message)
+        if m:
+            flag = max(m.group(1).split("/"), key=len)
+            kind = "a whole number" if m.group(2) == "int" else "a number"
+            return f"invalid value {m.group(3)!r} for {flag}", f"use {kind}"
+        m = re.match(r"unrecognized arguments: (\S+)", message)
+        if m:
+            word = m.group(1)
+            if not word.startswith("-"):
+                return f"unexpected argument {word!r} for {self.prog!r}", see
+            # (compared without their dashes, which all flags share)
+            flags = {s.lstrip("-"): s for a in self._actions for s in a.option_strings}
+            close = difflib.get_close_matches(word.split("=")[0].lstrip("-"), flags, n=1)
+            return (f"unknown flag {word!r} for {self.prog!r}",
+                    f"did you mean {flags[close[0]]!r}?" if close else see)
+        m = re.match(r"argument (\S+): expected one argument", message)
+        if m:
+            return f"{max(m.group(1).split('/'), key=len)} needs a value", see
+        return message, ""
 
 
 def _lazy(target: str) -> Callable[[argparse.Namespace], int]:

@@ -103,6 +103,34 @@ def test_flag_errors(argv: list[str], message: str) -> None:
         vm_from_args(_vm_args(*argv))
 
 
+@pytest.mark.parametrize(("args", "message", "hint"), [
+    (["run", "--pull", "sometimes", "x"], "invalid value 'sometimes' for --pull",
+     "use missing, always or never"),
+    (["run", "--pull=sometimes", "x"], "invalid value 'sometimes' for --pull",
+     "use missing, always or never"),
+    (["ps", "-o", "xml"], "invalid value 'xml' for --output", "use table, wide, json or yaml"),
+    (["--accel", "foo", "ps"], "invalid value 'foo' for --accel", "use auto, kvm or tcg"),
+    (["ps", "--accel", "foo"], "invalid value 'foo' for --accel", "use auto, kvm or tcg"),
+    (["--sandbox", "foo", "ps"], "invalid value 'foo' for --sandbox", "use jail or none"),
+    (["ps", "--log-level", "foo"], "invalid value 'foo' for --log-level", "use panic, "),
+    (["run", "--cpus", "two", "x"], "invalid value 'two' for --cpus", "use a whole number"),
+    (["image", "pull", "--runtime", "containerd", "x"],
+     "unknown flag '--runtime' for 'ignite image pull'", "see: ignite image pull --help"),
+    (["ps", "--outptu", "json"], "unknown flag '--outptu' for 'ignite ps'",
+     "did you mean '--output'?"),
+    (["image", "lss"], "unknown command 'lss' for 'ignite image'", "did you mean 'ls'?"),
+    (["ps", "extra"], "unexpected argument 'extra' for 'ignite ps'", "see: ignite ps --help"),
+    (["network", "create", "lab", "--subnet"], "--subnet needs a value", "see: "),
+])
+def test_command_line_errors_name_the_flag_and_command(ignite: Ignite, args: list[str],
+                                                       message: str, hint: str) -> None:
+    res = ignite(*args, check=False)
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and lines[0] == f"error: {message}", res.stderr
+    assert lines[1].startswith(f"  hint: {hint}"), res.stderr
+
+
 def test_empty_ignite_config_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from ignitevm.cli.vmspec import vm_from_args
 
