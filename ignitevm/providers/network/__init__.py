@@ -45,7 +45,10 @@ def plan(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool) -> NetP
         return user_plan(ports, ssh)
     if plugin == "none":
         if ports or ssh:
-            raise InvalidInput("--network-plugin none: port forwards and --ssh need a network")
+            raise InvalidInput("--network-plugin none: port forwards (-p) and --ssh need a "
+                           "network",
+                           hint="use --network-plugin user, passt or cni, or leave out -p "
+                           "and --ssh")
         return None
     raise InvalidInput(f"network plugin {plugin!r} is not available on this host",
                        hint=f"use --network-plugin {' or '.join(PLUGINS)}")
@@ -59,6 +62,8 @@ def attached(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool, *,
     attachment is released if the body fails."""
     dns = tuple(spec.dns) if spec is not None else ()
     search = tuple(spec.dns_search) if spec is not None else ()
+    if plugin in ("", "user", "passt"):
+        check_host_ports(ports)
     if plugin == "passt":
         from ignitevm.providers.network.passt import attached as passt_attached
 
@@ -90,19 +95,34 @@ def _forwards(ports: list[tuple[str, str, int, int]]) -> tuple[Forward, ...]:
 
 def preflight(vm: VM, root: Path) -> None:
     """What can be checked before a VM is even made (start checks again): its
-    networks exist and hold the addresses asked for, its host ports are free."""
+    networks exist and hold the addresses asked for, its host ports are free
+    and on the host's own addresses, and it has a network if it maps ports."""
     net = vm.spec.network
-    if vm.status.network.plugin != "cni":
+    plugin = vm.status.network.plugin
+    ports = [(p.protocol or "tcp", p.bind_address, p.host_port, p.vm_port) for p in net.ports]
+    if plugin != "cni":
         if net.networks:
             raise InvalidInput("--network, --ip and --mac need --network-plugin cni")
+        if plugin == "none":
+            plan(plugin, ports, bool(vm.spec.ssh))  # (refuses -p and --ssh)
+        else:
+            check_host_ports(ports)
         return
     from ignitevm.providers.network.cni.vm import check_ports as cni_check_ports
     from ignitevm.providers.network.cni.vm import check_wants
 
     check_wants(root, [(a.network or "default", a.ip) for a in net.networks])
     if net.ports:
-        cni_check_ports(root, None, _forwards(
-            [(p.protocol or "tcp", p.bind_address, p.host_port, p.vm_port) for p in net.ports]))
+        cni_check_ports(root, None, _forwards(ports))
+
+
+def check_host_ports(ports: list[tuple[str, str, int, int]]) -> None:
+    """User mode and passt: QEMU or passt will listen on these host ports; a
+    bind test says now, in a line, what they would fail on at launch."""
+    from ignitevm.providers.network.base import check_port_free
+
+    for f in _forwards(ports):
+        check_port_free(f)
 
 
 def switch(vm: VM, plugin: str, root: Path) -> None:

@@ -81,3 +81,36 @@ def guest_lines(net: NetPlan) -> list[tuple[str, str]]:
         raise InvalidInput(f"the guest's network config is longer than {v.GUEST_NET_TEXT} "
                            "bytes")
     return lines
+
+
+def check_port_free(f: Forward) -> None:
+    """A bind test: can this host port be listened on here? Refused when some
+    process on the host uses it, when its address is not one of the host's,
+    and when it is a privileged port and this is not root."""
+    import errno
+    import socket
+
+    from ignitevm.errors import Conflict, InvalidInput
+
+    ip = f.host_ip if f.host_ip not in ("", "0.0.0.0") else "0.0.0.0"
+    kind = socket.SOCK_STREAM if f.proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((ip, f.host_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise InvalidInput(
+                    f"cannot forward {ip}:{f.host_port}/{f.proto}: {ip} is not an address "
+                    "of this host",
+                    hint=f"give one of its addresses (ip -4 addr), or none: "
+                    f"-p {f.host_port}:{f.guest_port}") from None
+            if exc.errno == errno.EACCES:
+                raise InvalidInput(
+                    f"host port {f.host_port}/{f.proto} is a privileged port: only root may "
+                    "listen on it here",
+                    hint="choose a host port of 1024 or more with -p, or run as root") from None
+            raise Conflict(f"host port {f.host_port}/{f.proto} is already in use on this host "
+                           f"({exc.strerror})",
+                           hint="choose another host port with -p, or stop what uses it") from None

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from ignitevm.errors import Conflict, IgniteError, InvalidInput
 from ignitevm.log import log
-from ignitevm.providers.network.base import Forward, NetPlan
+from ignitevm.providers.network.base import Forward, NetPlan, check_port_free
 from ignitevm.providers.network.cni import chain, conflist, netns, sweep
 from ignitevm.providers.network.cni.plugins import CNIError
 from ignitevm.util.fs import flock
@@ -148,22 +148,6 @@ def check_wants(root: Path, wants: list[tuple[str, str]]) -> None:
             if sweep.lease_owner(conf, ip) is not None:
                 raise Conflict(f"address {ip} in network {network!r} is taken",
                                hint="choose another --ip, or leave it out")
-
-
-def check_port_free(f: Forward) -> None:
-    """A bind test: is some process on the host using this port?"""
-    import socket
-
-    kind = socket.SOCK_STREAM if f.proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
-        if kind == socket.SOCK_STREAM:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((f.host_ip if f.host_ip not in ("", "0.0.0.0") else "0.0.0.0", f.host_port))
-        except OSError as exc:
-            raise Conflict(f"host port {f.host_port}/{f.proto} is already in use on this host "
-                           f"({exc.strerror})",
-                           hint="choose another host port with -p, or stop what uses it") from exc
 
 
 def _requested_ip(last: str, conf: dict[str, Any], cid: str, want: Want) -> str:

@@ -1,0 +1,121 @@
+"""Host ports refused before a VM is made (create) and before anything starts
+(start), for every network plugin: a port a process on the host holds, an
+address the host does not have, a port mapped with no network at all. Real
+sockets: the test takes a port to make it busy."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ignitevm.api.types import VM, ObjectMeta, PortMapping
+from ignitevm.errors import Conflict, InvalidInput
+from ignitevm.providers import network
+from tests.conftest import REPO
+
+FOREIGN = "10.9.9.9"  # (checked below not to be one of this host's addresses)
+
+
+def _vm(plugin: str, *ports: PortMapping, ssh: bool = False) -> VM:
+    vm = VM(metadata=ObjectMeta(name="web", uid="0123456789abcdef"))
+    vm.spec.network.ports = list(ports)
+    vm.spec.ssh = ssh or None
+    vm.status.network.plugin = plugin
+    return vm
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A TCP port some process on the host listens on (this test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+@pytest.fixture
+def foreign() -> str:
+    with socket.socket() as s:
+        try:
+            s.bind((FOREIGN, 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return FOREIGN
+            raise
+    pytest.skip(f"{FOREIGN} is an address of this host")
+
+
+@pytest.mark.parametrize("plugin", ["user", "passt", "cni"])
+def test_a_taken_host_port_is_refused_at_create(tmp_path: Path, taken: int,
+                                                plugin: str) -> None:
+    for ip in ("127.0.0.1", ""):  # (a port on all addresses clashes with one on loopback)
+        vm = _vm(plugin, PortMapping(bind_address=ip, host_port=taken, vm_port=80))
+        with pytest.raises(Conflict, match=f"host port {taken}/tcp is already in use"):
+            network.preflight(vm, tmp_path)
+
+
+@pytest.mark.parametrize("plugin", ["user", "passt"])
+def test_a_taken_udp_port_is_refused(tmp_path: Path, plugin: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        port = int(s.getsockname()[1])
+        vm = _vm(plugin, PortMapping(host_port=port, vm_port=53, protocol="udp"))
+        with pytest.raises(Conflict, match=f"host port {port}/udp is already in use"):
+            network.preflight(vm, tmp_path)
+
+
+@pytest.mark.parametrize("plugin", ["user", "passt", "cni"])
+def test_an_address_the_host_lacks_is_named(tmp_path: Path, foreign: str, plugin: str) -> None:
+    vm = _vm(plugin, PortMapping(bind_address=foreign, host_port=8080, vm_port=80))
+    with pytest.raises(InvalidInput, match=f"{foreign} is not an address of this host") as e:
+        network.preflight(vm, tmp_path)
+    assert "in use" not in str(e.value)
+
+
+@pytest.mark.parametrize("plugin", ["user", "passt"])
+def test_start_checks_the_ports_again(tmp_path: Path, taken: int, plugin: str) -> None:
+    """Free at create, taken by start: refused before QEMU or passt is run."""
+    with pytest.raises(Conflict, match=f"host port {taken}/tcp is already in use"), \
+            network.attached(plugin, [("tcp", "127.0.0.1", taken, 80)], ssh=False,
+                             root=tmp_path, workdir=tmp_path, prefix="", uid="x"):
+        pytest.fail("the body ran")
+
+
+def test_free_ports_pass(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    for plugin in ("user", "passt", "cni"):
+        network.preflight(_vm(plugin, PortMapping(bind_address="127.0.0.1", host_port=port,
+                                                  vm_port=80)), tmp_path)
+
+
+@pytest.mark.parametrize("vm", [
+    _vm("none", PortMapping(host_port=8080, vm_port=80)),
+    _vm("none", ssh=True),
+], ids=["ports", "ssh"])
+def test_no_network_with_ports_or_ssh_is_refused_at_create(tmp_path: Path, vm: VM) -> None:
+    with pytest.raises(InvalidInput, match="need a network"):
+        network.preflight(vm, tmp_path)
+
+
+def test_a_privileged_port_without_root_says_so() -> None:
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if start <= 80:
+        pytest.skip(f"ports from {start} need no root on this host")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the check as another user")
+    code = ("from ignitevm.providers import network\n"
+            "from ignitevm.errors import InvalidInput\n"
+            "try:\n    network.check_host_ports([('tcp', '', 80, 80)])\n"
+            "except InvalidInput as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, user=65534, group=65534,
+                         capture_output=True, text=True, check=True).stdout
+    assert "host port 80/tcp is a privileged port" in out
