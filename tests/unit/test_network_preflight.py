@@ -119,3 +119,23 @@ def test_a_privileged_port_without_root_says_so() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, user=65534, group=65534,
                          capture_output=True, text=True, check=True).stdout
     assert "host port 80/tcp is a privileged port" in out
+
+
+@pytest.mark.parametrize(("gateway", "refused", "fine"), [
+    ("", "10.77.0.1", "10.77.0.2"),          # (host-local's default: the first host)
+    ("10.77.0.254", "10.77.0.254", "10.77.0.1"),
+])
+def test_the_gateway_is_not_an_address_to_ask_for(tmp_path: Path, gateway: str, refused: str,
+                                                  fine: str) -> None:
+    from ignitevm.api.types import NetworkAttachment
+    from ignitevm.providers.network.cni import conflist
+
+    name = f"ignitevm-test-gw-{os.getpid()}"  # (no leases under that name: nothing is made)
+    conflist.write(tmp_path, "lab", conflist.bridge_conflist(name, "ignt-gw0", "10.77.0.0/24",
+                                                             gateway, network="lab"))
+    vm = _vm("cni")
+    vm.spec.network.networks = [NetworkAttachment(network="lab", ip=refused)]
+    with pytest.raises(InvalidInput, match=f"--ip {refused} is the gateway of network 'lab'"):
+        network.preflight(vm, tmp_path)
+    vm.spec.network.networks = [NetworkAttachment(network="lab", ip=fine)]
+    network.preflight(vm, tmp_path)

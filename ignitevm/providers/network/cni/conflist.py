@@ -6,6 +6,7 @@ port maps and the firewall plugin."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -99,6 +100,26 @@ def gateway(conf: dict[str, Any]) -> str:
                     return str(r["gateway"])
     nets = subnets(conf)
     return str(next(ipaddress.ip_network(nets[0]).hosts())) if nets else ""
+
+
+def gateways(conf: dict[str, Any]) -> set[str]:
+    """Every range's gateway (given, else its subnet's first host, as
+    host-local takes it): addresses no VM may ask for."""
+    import ipaddress
+
+    out = set()
+    for p in conf["plugins"]:
+        ipam = p.get("ipam") or {}
+        ranges = [r for rs in ipam.get("ranges") or [] for r in rs if isinstance(r, dict)]
+        if "subnet" in ipam:
+            ranges.append(ipam)
+        for r in ranges:
+            if r.get("gateway"):
+                out.add(str(r["gateway"]))
+            elif r.get("subnet"):
+                with contextlib.suppress(ValueError, StopIteration):
+                    out.add(str(next(ipaddress.ip_network(r["subnet"], strict=False).hosts())))
+    return out
 
 
 def path(root: Path, network: str) -> Path:

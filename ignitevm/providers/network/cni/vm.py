@@ -145,6 +145,11 @@ def check_wants(root: Path, wants: list[tuple[str, str]]) -> None:
                     n.network_address, n.broadcast_address) for s in subnets):
                 raise InvalidInput(f"--ip {ip} is not in network {network!r} "
                                    f"({', '.join(subnets)})")
+            if str(addr) in conflist.gateways(conf):
+                raise InvalidInput(f"--ip {ip} is the gateway of network {network!r} "
+                                   "(the host's own address on it)",
+                                   hint="choose another address in "
+                                   f"{', '.join(subnets)}, or leave --ip out")
             if sweep.lease_owner(conf, ip) is not None:
                 raise Conflict(f"address {ip} in network {network!r} is taken",
                                hint="choose another --ip, or leave it out")
