@@ -94,6 +94,28 @@ def _loader() -> type:
     return NoAliasLoader
 
 
+def yaml_problem(exc: Exception, text: str = "") -> tuple[str, str]:
+    """PyYAML's error as ``(":line:column", problem)``, on one line: its own
+    message spans lines and quotes the file. ``text``: what was parsed (to
+    place a character the reader refused)."""
+    import yaml
+
+    where, problem = "", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            where = f":{mark.line + 1}:{mark.column + 1}"
+        problem = exc.problem or exc.context or problem
+        if exc.problem and exc.context and exc.context_mark is not None:
+            cm = exc.context_mark
+            problem = f"{problem} ({exc.context} at {cm.line + 1}:{cm.column + 1})"
+    elif isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.position, int) and text:
+        before = text[:exc.position]
+        where = f":{before.count(chr(10)) + 1}:{exc.position - before.rfind(chr(10))}"
+    problem = " ".join(str(problem).split())
+    return where, "".join(c if c.isprintable() else repr(c)[1:-1] for c in problem)[:300]
+
+
 def load_manifest(text: str, source: str) -> dict[str, Any]:
     """Parse a YAML or JSON manifest into a dict and check its apiVersion/kind."""
     import yaml
@@ -101,7 +123,8 @@ def load_manifest(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_loader())  # a SafeLoader
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{source} is not valid YAML or JSON: {exc}") from None
+        where, problem = yaml_problem(exc, text)
+        raise InvalidInput(f"{source}{where}: not valid YAML or JSON: {problem}") from None
     meta = data.get("metadata") if isinstance(data, dict) else None
     if isinstance(meta, dict):
         _keep_strings(meta, text)

@@ -18,11 +18,19 @@ def load_configuration(path: str | None) -> dict[str, Any] | None:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
     except OSError as exc:
         raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"config file {path} is not UTF-8 text (byte {exc.start + 1})",
+                           hint="a Configuration is YAML in UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"config file {path} is not valid YAML: {exc}") from None
+        from ignitevm.api.codec import yaml_problem
+
+        where, problem = yaml_problem(exc, text)
+        raise InvalidInput(f"config file {path}{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict) or not data.get("kind") or not data.get("apiVersion"):
         raise InvalidInput(f"invalid config file {path}, Kind and APIVersion must be set")
     if data["kind"] != "Configuration":

@@ -26,6 +26,9 @@ def load_vm_manifest(path: str) -> VM:
         text = Path(path).read_text()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start + 1})",
+                           hint="a manifest is YAML or JSON in UTF-8") from None
     data = codec.load_manifest(text, path)
     if data.get("kind") != "VM":
         raise InvalidInput(f"{path} is a {data.get('kind')}, not a VM")

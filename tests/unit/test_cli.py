@@ -268,3 +268,25 @@ def test_prune_sizes_read_as_dockers(n: int, text: str) -> None:
     from ignitevm.cli.image import _docker_size
 
     assert _docker_size(n) == text
+
+
+@pytest.mark.parametrize(("text", "where", "problem"), [
+    (b"not: [yaml\n", ":2:1", "expected ',' or ']', but got '<stream end>' "
+     "(while parsing a flow sequence at 1:6)"),
+    (b"a: *x\n", ":1:4", "alias"),  # (manifests take none; a Configuration has no x)
+    (b"kind: VM\nspec:\n  cpus: 1\n bad: x\n", ":4:2", ""),
+    (b"kind: VM\nname: \"a\x1bb\"\n", ":2:9", "unacceptable character #x001b"),
+    (b"\xff\xfekind: VM\n", "", "is not UTF-8 text (byte 1)"),
+])
+def test_a_broken_manifest_is_one_line(ignite: Ignite, tmp_path, text: bytes,  # type: ignore[no-untyped-def]
+                                       where: str, problem: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(text)
+    for args in (["create", "--config", str(bad)], ["rm", "--config", str(bad)],
+                 ["create", "img", "--ignite-config", str(bad)]):
+        res = ignite(*args, check=False)
+        assert res.returncode == 1, res
+        errors = [line for line in res.stderr.splitlines() if not line.startswith("  hint: ")]
+        assert len(errors) == 1 and errors[0].startswith("error: "), res.stderr
+        assert f"{bad}{where}" in errors[0] and problem in errors[0], res.stderr
+    assert not (ignite.root / "vm").exists() or not any((ignite.root / "vm").iterdir())
