@@ -176,7 +176,8 @@ def vm_from_args(args: argparse.Namespace) -> VM:
             raise InvalidInput(
                 f"unknown network plugin {args.network_plugin!r}",
                 hint="use --network-plugin cni (the default for root: a bridge, as Ignite), "
-                "user (QEMU user-mode networking) or none")
+                "passt (user-mode networking without root, the default otherwise), user "
+                "(QEMU's slirp NAT) or none")
         vm.status.network.plugin = args.network_plugin
     if not s.image.oci:
         raise InvalidInput("no image given", hint="ignite run <image> (see: ignite image ls)")

@@ -131,6 +131,15 @@ def test_command_line_errors_name_the_flag_and_command(ignite: Ignite, args: lis
     assert lines[1].startswith(f"  hint: {hint}"), res.stderr
 
 
+def test_an_unknown_network_plugin_lists_every_plugin() -> None:
+    from ignitevm.cli.vmspec import vm_from_args
+    from ignitevm.providers.network import PLUGINS
+
+    with pytest.raises(InvalidInput, match="unknown network plugin 'foo'") as e:
+        vm_from_args(_vm_args("img", "--network-plugin", "foo"))
+    assert e.value.hint and all(p in e.value.hint for p in PLUGINS), e.value.hint
+
+
 def test_empty_ignite_config_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from ignitevm.cli.vmspec import vm_from_args
 

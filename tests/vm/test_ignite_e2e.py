@@ -807,9 +807,13 @@ def test_TestPortmapCleanup(cli: Ignite, e2ebox: str,
 # ---- multinet_test.go --------------------------------------------------------------
 
 MULTINET = (f"{NO_DOCKER}: the test adds veth interfaces inside the VM's sandbox container "
-            "(`docker exec ignite-<uid> ip link add ...`) while the VM starts; ignitevm has no "
-            "sandbox container or network namespace to inject them into, and no "
-            "`ignite.weave.works/interface/<if>: tc-redirect` annotations")
+            "(`docker exec ignite-<uid> ip link add ...`) while the VM starts, and Ignite "
+            "redirects into the VM those its `ignite.weave.works/interface/<if>: tc-redirect` "
+            "annotations name. A CNI VM here has a network namespace (/run/netns/<prefix>-<uid>), "
+            "but ignitevm reads no such annotations and waits for no interface added to it: its "
+            "taps are made for its CNI networks before QEMU starts. More interfaces come from "
+            "a repeated --network instead (tests/vm/test_network.py::"
+            "test_named_network_static_ip_dns_and_two_nics)")
 
 
 @pytest.mark.skip(reason=MULTINET)
