@@ -38,6 +38,14 @@ def _state(root: Path) -> set[str]:
         (["--mac", "01:00:00:00:00:01"], "invalid --mac"),
         (["--dns", "nameserver"], "invalid --dns"),
         (["-p", "80:80:80:80"], "invalid port mapping"),
+        (["--pull", "sometimes"], "invalid value 'sometimes' for --pull"),
+        (["--network-plugin", "cni", "--ip", "10.61.0.1"], "is the gateway of network"),
+        (["--network-plugin", "user", "-p", "10.9.9.9:8080:80"],
+         "10.9.9.9 is not an address of this host"),
+        (["--network-plugin", "passt", "-p", "10.9.9.9:8080:80"],
+         "10.9.9.9 is not an address of this host"),
+        (["--network-plugin", "none", "-p", "8080:80"], "need a network"),
+        (["--network-plugin", "none", "--ssh"], "need a network"),
     ],
 )
 def test_bad_run_flags(cli: Ignite, testbox: str, args: list[str], message: str) -> None:
