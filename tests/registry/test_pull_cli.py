@@ -71,9 +71,29 @@ def test_unreachable(ig: Ignite, tmp_path: Path) -> None:
     assert "unknown registry host" in fails(ig, "image", "pull", "registry.invalid/x:1")
 
 
-@pytest.mark.parametrize("ref", ["Bad/Name:x", "x:", "app@sha256:12", "a//b"])
+@pytest.mark.parametrize("ref", ["Bad/Name:x", "x:", "app@sha256:12", "a//b",
+                                 "localhost:99999/x", "127.0.0.1:0/x:1"])
 def test_malformed(ig: Ignite, ref: str) -> None:
     assert "invalid image reference" in fails(ig, "image", "pull", ref)
+
+
+@pytest.mark.parametrize("args", [
+    ["image", "import", "localhost:99999/x"],
+    ["kernel", "import", "localhost:99999/k:1"],
+    ["create", "localhost:99999/x:1"],
+    ["run", "localhost:99999/x:1"],
+    ["create", "--kernel-image", "localhost:99999/k:1", "localhost:5000/x:1", "--pull", "never"],
+])
+def test_port_out_of_range(ig: Ignite, args: list[str]) -> None:
+    """Everywhere a reference is taken: one line, not a traceback from the HTTP layer."""
+    err = fails(ig, *args)
+    assert "port 99999 of registry host 'localhost:99999' is out of range (1-65535)" in err
+
+
+def test_lowercase_hint(ig: Ignite) -> None:
+    err = fails(ig, "create", "--kernel-image", "localhost:5000/K:1", "127.0.0.1:1/x:1")
+    assert "repository names must be lowercase" in err and "use 'localhost:5000/k:1'" in err
+    assert "use 'alpine:3'" in fails(ig, "image", "pull", "Alpine:3")
 
 
 def test_kernel_import_from_registry(ig: Ignite, plain_registry: Registry) -> None:

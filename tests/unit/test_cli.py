@@ -38,6 +38,22 @@ def test_errors_are_one_line(ignite: Ignite, args: list[str], message: str) -> N
     assert "Traceback" not in res.stderr
 
 
+def test_unexpected_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug (any exception that is not an IgniteError) is one line and exit 1 too; its
+    traceback only in debug mode."""
+    from ignitevm.cli.main import _guarded
+
+    def bug() -> int:
+        raise ValueError("Port out of range\x1b[2J")
+
+    assert _guarded(bug, debug=False) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "error: unexpected ValueError: Port out of range\\x1b[2J"
+    assert len(lines) == 2 and "--debug-trace" in lines[1] and "Traceback" not in lines[1]
+    with pytest.raises(ValueError):
+        _guarded(bug, debug=True)
+
+
 def _vm() -> VM:
     vm = VM(metadata=ObjectMeta(name="web", uid="0123456789abcdef", labels={"a": "b"}))
     vm.spec.cpus = 2
