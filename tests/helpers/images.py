@@ -128,12 +128,15 @@ class OCILayout:
 
     def image(self, layers: list[bytes], config: dict[str, object] | None = None, *,
               arch: str = "amd64", compression: str | None = "gzip",
-              diff_ids: list[str] | None = None) -> dict[str, object]:
+              diff_ids: list[str] | None = None, variant: str | None = None
+              ) -> dict[str, object]:
         """Store one image (layers given uncompressed); return its manifest descriptor.
         ``diff_ids`` replaces the true ones (to make a config that lies)."""
         diff_ids = diff_ids or ["sha256:" + hashlib.sha256(layer).hexdigest()
                                 for layer in layers]
-        cfg = json.dumps({"architecture": arch, "os": "linux", "config": config or {},
+        platform = {"architecture": arch, "os": "linux",
+                    **({"variant": variant} if variant else {})}
+        cfg = json.dumps({**platform, "config": config or {},
                           "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
         descs = [self.blob(*_compress(layer, compression)) for layer in layers]
         manifest = json.dumps({
@@ -141,7 +144,7 @@ class OCILayout:
             "config": self.blob(cfg, "application/vnd.oci.image.config.v1+json"),
             "layers": descs}).encode()
         return self.blob(manifest, "application/vnd.oci.image.manifest.v1+json",
-                         platform={"architecture": arch, "os": "linux"})
+                         platform=platform)
 
     def index(self, manifests: list[dict[str, object]]) -> dict[str, object]:
         data = json.dumps({"schemaVersion": 2,

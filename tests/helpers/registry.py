@@ -317,7 +317,9 @@ if pytest is not None:
 
         layout = OCILayout(tmp_path_factory.mktemp("layout") / "oci")
         layers = busybox_layers()
-        box = layout.image(layers, {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"]})
+        box = layout.image(layers, {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"],
+                                    "ExposedPorts": {"80/tcp": {}},
+                                    "Labels": {"org.example.role": "test"}})
         arm = layout.image(layers[:1], {"Cmd": ["/bin/sh"]}, arch="arm64")
         amd = layout.image(layers, {"Cmd": ["/sbin/init"]}, arch="amd64")
         return {

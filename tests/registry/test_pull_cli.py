@@ -39,6 +39,48 @@ def test_multi_arch(ig: Ignite, plain_registry: Registry) -> None:
     assert amd != arm and amd.startswith("oci://") and arm.startswith("oci://")
 
 
+def test_image_inspect(ig: Ignite, plain_registry: Registry) -> None:
+    """`image inspect` shows what a Docker user looks for: digest, platform, run config."""
+    import yaml
+
+    host = plain_registry.host
+    ref = f"{host}/test/busybox:1"
+    pulled = ig("image", "pull", ref)
+    [doc] = json.loads(ig("image", "inspect", "-o", "json", ref).stdout)
+    digest = doc["digest"]
+    assert f"Digest: {digest}" in pulled.stderr
+    assert doc["status"]["ociSource"]["id"] == f"oci://{host}/test/busybox@{digest}"
+    assert doc["repoDigests"] == [f"{host}/test/busybox@{digest}"]
+    assert doc["platform"] == doc["status"]["platform"] == "linux/amd64"
+    assert doc["metadata"]["name"] == ref and doc["kind"] == "Image"
+    assert doc["config"] == {"Entrypoint": None, "Cmd": ["/sbin/init"], "Env": ["PATH=/bin"],
+                             "ExposedPorts": {"80/tcp": {}},
+                             "Labels": {"org.example.role": "test"}, "WorkingDir": "",
+                             "User": ""}
+    # (`ignite inspect image` prints the object alone, as Ignite's did)
+    assert json.loads(ig("inspect", "image", ref).stdout)["status"]["platform"] == "linux/amd64"
+
+    multi = f"{host}/test/multi:1"
+    ig("image", "pull", "--platform", "linux/arm64", "--name", "multi-arm", multi)
+    shown = ig("image", "inspect", "multi-arm").stdout
+    fields = {line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+              for line in shown.splitlines() if line[:1].strip()}
+    assert fields["Platform"] == "linux/arm64" and fields["Cmd"] == '["/bin/sh"]'
+    assert fields["Entrypoint"] == "<none>" and fields["Labels"] == "<none>"
+    assert fields["Digest"].startswith("sha256:") and fields["Name"] == "multi-arm:latest"
+    both = yaml.safe_load(ig("image", "inspect", "-o", "yaml", "multi-arm", ref).stdout)
+    assert [d["platform"] for d in both] == ["linux/arm64", "linux/amd64"]
+    assert both[0]["digest"] != both[1]["digest"]
+
+    kernel = f"{host}/test/kernel:1"
+    ig("kernel", "import", kernel)
+    [k] = json.loads(ig("kernel", "inspect", "-o", "json", kernel).stdout)
+    assert k["kind"] == "Kernel" and k["platform"] == "linux/amd64"
+    assert k["status"]["ociSource"]["id"] == f"oci://{host}/test/kernel@{k['digest']}"
+    assert "Version:" in ig("kernel", "inspect", kernel).stdout
+    assert "can't find image" in fails(ig, "image", "inspect", ref, "nosuch")
+
+
 def test_no_platform(ig: Ignite, plain_registry: Registry) -> None:
     from ignitevm.images.registry.manifests import host_platform
 
