@@ -51,7 +51,23 @@ def _link(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
     return info, None
 
 
+def _hardlink(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE
+    info.linkname = target
+    return info, None
+
+
+# What busybox_layers' second layer does to the first, for tests of the unpacked tree:
+LOWER_ONLY = ("srv/old/lower-a", "srv/old/lower-b")  # hidden by srv/old's opaque whiteout
+UPPER_FILE = "srv/old/upper"  # the one file srv/old holds in the image
+WHITED_OUT = "etc/junk"  # removed by a whiteout
+HARD_LINKS = ("etc/motd", "etc/motd.hard")  # one file (one inode) under two names
+
+
 def busybox_layers(init: str = TEST_INIT) -> list[bytes]:
+    """Two layers: busybox, then /sbin/init. The second one also removes a file (a
+    whiteout), hides a folder's lower files (an opaque whiteout) and adds a hard link."""
     base = [_dir(d) for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root")]
     base.append(_file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755))
     base.append(_link("bin/sh", "busybox"))
@@ -62,8 +78,11 @@ def busybox_layers(init: str = TEST_INIT) -> list[bytes]:
     for applet in ("cat", "echo", "env", "id", "pwd", "sleep", "tee", "tty", "stty", "kill",
                    "true", "false", "sha256sum", "ls", "mkdir", "stat", "head", "wc"):
         base.append(_link(f"bin/{applet}", "busybox"))
+    base += [_dir("srv"), _dir("srv/old"), *(_file(n, b"lower\n") for n in LOWER_ONLY)]
     top = [_dir("sbin"), _file("sbin/init", init.encode(), 0o755),
-           _file("etc/.wh.junk", b""), _file("etc/os-release", b"ID=ignitevm-test\n")]
+           _file("etc/.wh.junk", b""), _file("etc/os-release", b"ID=ignitevm-test\n"),
+           _dir("srv/old"), _file("srv/old/.wh..wh..opq", b""), _file(UPPER_FILE, b"upper\n"),
+           _file(HARD_LINKS[0], b"one file, two names\n"), _hardlink(*reversed(HARD_LINKS))]
     return [_tar_bytes(base), _tar_bytes(top)]
 
 

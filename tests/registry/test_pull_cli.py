@@ -29,6 +29,65 @@ def test_pull_then_up_to_date(ig: Ignite, plain_registry: Registry) -> None:
     assert ig("image", "pull", "-q", ref).stdout.strip() == ig("image", "ls", "-q").stdout.strip()
 
 
+def _debugfs(image: Path, request: str) -> str:
+    import subprocess
+
+    res = subprocess.run(["debugfs", "-R", request, str(image)], capture_output=True,
+                         text=True, check=True)
+    return res.stdout
+
+
+def test_unpacked_tree(ig: Ignite, plain_registry: Registry) -> None:
+    """The pulled layers as the root file system has them: a whiteout removes, an opaque
+    whiteout hides what the lower layer put in its folder, a hard link stays one."""
+    import re
+
+    from tests.helpers.images import HARD_LINKS, LOWER_ONLY, UPPER_FILE, WHITED_OUT
+
+    uid = ig("image", "pull", "-q", f"{plain_registry.host}/test/busybox:1").stdout.strip()
+    ext4 = ig.root / "image" / uid / "image.ext4"
+    listing = _debugfs(ext4, "ls -p /srv/old").split()
+    names = {entry.split("/")[5] for entry in listing if entry.count("/") >= 6}
+    assert names == {".", "..", UPPER_FILE.rsplit("/", 1)[1]}, listing
+    assert not {n.rsplit("/", 1)[1] for n in LOWER_ONLY} & names
+    assert WHITED_OUT.rsplit("/", 1)[1] not in _debugfs(ext4, "ls -p /etc")
+    stats = [_debugfs(ext4, f"stat /{name}") for name in HARD_LINKS]
+    inodes = [re.search(r"Inode: (\d+)", st) for st in stats]
+    assert all(inodes) and inodes[0].group(1) == inodes[1].group(1)  # type: ignore[union-attr]
+    assert "Links: 2" in stats[0]
+    assert _debugfs(ext4, f"cat /{HARD_LINKS[1]}") == "one file, two names\n"
+
+
+def test_pull_by_digest(ig: Ignite, plain_registry: Registry,
+                        test_layout: dict[str, str]) -> None:
+    """repo@sha256:<digest> pulls that manifest; repo:tag@<digest> too (the digest wins
+    over the tag), named as given."""
+    host = plain_registry.host
+    plain_registry.push(test_layout["busybox"], "test/digests:1")
+    plain_registry.push(test_layout["zstd"], "test/digests:2")
+    digests = {}
+    for tag in ("1", "2"):
+        ig("image", "pull", f"{host}/test/digests:{tag}")
+        [doc] = json.loads(ig("image", "inspect", "-o", "json",
+                              f"{host}/test/digests:{tag}").stdout)
+        digests[tag] = doc["digest"]
+    assert digests["1"] != digests["2"]
+    by_digest = f"{host}/test/digests@{digests['1']}"
+    res = ig("image", "pull", by_digest)
+    assert res.stdout.strip() == by_digest and f"Digest: {digests['1']}" in res.stderr
+    both = f"{host}/test/digests:1@{digests['2']}"
+    res = ig("image", "pull", both)
+    assert res.stdout.strip() == both and f"Digest: {digests['2']}" in res.stderr
+    shown = {d["metadata"]["name"]: d["status"]["ociSource"]["id"] for d in json.loads(
+        ig("image", "inspect", "-o", "json", by_digest, both).stdout)}
+    assert shown == {by_digest: f"oci://{host}/test/digests@{digests['1']}",
+                     both: f"oci://{host}/test/digests@{digests['2']}"}
+    # (the same content as the tags' images: their files are shared, not built again)
+    assert len(set(ig("image", "ls", "-q").stdout.split())) == 4
+    wrong = "sha256:" + "0" * 64
+    assert "has no manifest" in fails(ig, "image", "pull", f"{host}/test/digests@{wrong}")
+
+
 def test_multi_arch(ig: Ignite, plain_registry: Registry) -> None:
     ig("image", "pull", f"{plain_registry.host}/test/multi:1")
     inspect = json.loads(ig("inspect", "image", f"{plain_registry.host}/test/multi:1").stdout)
