@@ -20,7 +20,11 @@ class Parser(argparse.ArgumentParser):
 
         hint = ""
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if m:
+        flag = re.match(r"argument (-[^:]*): ", message)
+        if m and flag:  # (a flag's value, not a command)
+            message = f"invalid value {m.group(1)!r} for {flag.group(1)}"
+            hint = f"choose from {m.group(2)}"
+        elif m:
             choices = re.findall(r"'([^']*)'", m.group(2))
             close = difflib.get_close_matches(m.group(1), choices, n=1)
             message = f"unknown command {m.group(1)!r} for {self.prog!r}"
