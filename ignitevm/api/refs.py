@@ -9,6 +9,7 @@
 - With neither tag nor digest the tag is ``latest``; with both, the digest
   decides what is pulled (the tag is kept for display).
 - Repository names are lowercase; a reference with an uppercase repository is refused.
+- A registry host's port is 1-65535.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def parse(ref: str) -> Reference:
         if not _DOMAIN_RE.fullmatch(domain):
             raise InvalidInput(f"invalid image reference {ref!r}: bad registry host {domain!r}",
                                hint=_HINT)
+        port = domain.rpartition("]")[2].partition(":")[2]  # ("[::1]:5000": its last part)
+        if port and not 0 < int(port) < 65536:
+            raise InvalidInput(f"invalid image reference {ref!r}: port {port} of registry "
+                               f"host {domain!r} is out of range (1-65535)", hint=_HINT)
     else:
         domain, path = DOCKER_HUB, rest
     if domain in _HUB_ALIASES:
@@ -108,8 +113,12 @@ def parse(ref: str) -> Reference:
     if not path:
         raise InvalidInput(f"invalid image reference {ref!r}: no repository name", hint=_HINT)
     if path != path.lower() and _PATH_RE.fullmatch(path.lower()):
+        if domain != DOCKER_HUB and not _looks_like_domain(domain.lower()):
+            # (a host only for its capitals, as in 'Team/App': meant for Docker Hub)
+            domain, path = DOCKER_HUB, f"{domain}/{path}"
+        lowered = Reference(domain.lower(), path.lower(), tag, digest if at else None)
         raise InvalidInput(f"invalid image reference {ref!r}: repository names must be "
-                           "lowercase", hint=f"use {path.lower()!r}")
+                           "lowercase", hint=f"use {lowered.familiar()!r}")
     if not _PATH_RE.fullmatch(path):
         raise InvalidInput(f"invalid image reference {ref!r}", hint=_HINT)
     if len(domain) + 1 + len(path) > _NAME_MAX:

@@ -179,8 +179,11 @@ class ImageSpec(_Base):
     oci: str = ""
 
 
-class ImageStatus(msgspec.Struct, rename="camel", kw_only=True):
+class ImageStatus(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     oci_source: OCISource = msgspec.field(default_factory=OCISource)
+    # Ours, not Ignite's: "os/arch[/variant]" from the image config ("" when unknown, as
+    # in records made before it was kept). Untrusted on read: images.source.checked_platform.
+    platform: str = ""
 
 
 class Image(msgspec.Struct, rename="camel", kw_only=True):
@@ -195,9 +198,10 @@ class KernelSpec(_Base):
     oci: str = ""
 
 
-class KernelStatus(msgspec.Struct, rename="camel", kw_only=True):
+class KernelStatus(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     version: str = ""
     oci_source: OCISource = msgspec.field(default_factory=OCISource)
+    platform: str = ""  # (as ImageStatus.platform; "" for a kernel file or Debian's)
 
 
 class Kernel(msgspec.Struct, rename="camel", kw_only=True):

@@ -54,6 +54,19 @@ def is_local_source(source: str) -> bool:
             or source.endswith((".tar", ".tgz", ".tar.gz")) or not is_reference(source))
 
 
+def refuse_bad_reference(source: str) -> None:
+    """A source that is no file and does not look like a path was meant as a registry
+    reference: if it is a malformed one, say why (not that no such file exists)."""
+    from pathlib import Path
+
+    from ignitevm.api.refs import parse
+
+    if Path(source).exists() or source.startswith((".", "/", "~")) or source.endswith(
+            (".tar", ".tgz", ".tar.gz")) or not any(c in source for c in ":/@"):
+        return
+    parse(source)
+
+
 def containerd_options(args: argparse.Namespace) -> ContainerdOptions | None:
     """Where to read images from with ``--runtime containerd`` (or the Configuration's
     ``spec.runtime: containerd``, as Ignite); None to pull them from their registry.
@@ -86,6 +99,7 @@ def containerd_options(args: argparse.Namespace) -> ContainerdOptions | None:
 def cmd_import(args: argparse.Namespace) -> int:
     from ignitevm.operations.images import import_from_containerd, import_image, pull_image
 
+    refuse_bad_reference(args.source)
     ctx = context(args)
     if is_local_source(args.source):  # (whatever the runtime: a file is a file)
         image = import_image(ctx, args.source, args.name, progress=sys.stderr.isatty())

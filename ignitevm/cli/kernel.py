@@ -11,14 +11,17 @@ from ignitevm.util.human import age
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ignitevm.cli.image import containerd_options, pull_options
+    from ignitevm.cli.image import containerd_options, pull_options, refuse_bad_reference
     from ignitevm.operations.kernels import (
+        DEBIAN_ALIASES,
         import_kernel,
         import_kernel_from_containerd,
         is_registry_ref,
         pull_kernel,
     )
 
+    if args.source not in DEBIAN_ALIASES:
+        refuse_bad_reference(args.source)
     ctx = context(args)
     if is_registry_ref(args.source) and not Path(args.source).exists():
         if (containerd := containerd_options(args)) is not None:

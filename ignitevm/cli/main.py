@@ -14,7 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     fast = _fast_path(words)
     if fast is not None:
-        code = _guarded(fast, debug=False)
+        code = _guarded(fast, debug=os.environ.get("IGNITE_DEBUG") == "1")
         if code is not None:  # (None: the plain form it takes was not this one)
             return code
     from ignitevm import log as logmod
@@ -60,7 +60,8 @@ def _fast_path(words: list[str]) -> Callable[[], int | None] | None:
 
 
 def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
-    """``call()``, with a user-facing error as one line (and its hint) and exit code."""
+    """``call()``, with a user-facing error as one line (and its hint) and exit code;
+    any other exception too (a bug), its traceback only with ``debug``."""
     from ignitevm.errors import IgniteError
 
     try:
@@ -78,4 +79,15 @@ def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback only when asked for
+        if debug:
+            raise
+        from ignitevm.api.validation import printable
+
+        text = printable(str(exc))[:300]
+        print(f"error: unexpected {type(exc).__name__}" + (f": {text}" if text else ""),
+              file=sys.stderr)
+        print("  hint: this is a bug in ignite; run again with --debug-trace (or "
+              "IGNITE_DEBUG=1) for the traceback, and report it", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ class ImageSource(NamedTuple):
     size: int  # total of the layer sizes
     path: Path | None = None  # where the source was opened from, for messages
     manifest: str | None = None  # digest of its manifest (carried or canonical); see identity
+    platform: str = ""  # "os/arch[/variant]" from its image config ("" when it names none)
 
     @property
     def identity(self) -> str:
@@ -76,7 +77,31 @@ def make_image(
         )
     layers = [layer._replace(diff_id=d) for layer, d in zip(layers, diff_ids, strict=True)]
     total = sum(layer.size for layer in layers)
-    return ImageSource(kind, ref, digest, inner, layers, total, path, manifest)
+    return ImageSource(kind, ref, digest, inner, layers, total, path, manifest,
+                       config_platform(config))
+
+
+_PLATFORM_PART = r"[a-z0-9][a-z0-9_.-]{0,31}"
+_PART = re.compile(_PLATFORM_PART)
+_PLATFORM = re.compile(rf"{_PLATFORM_PART}/{_PLATFORM_PART}(?:/{_PLATFORM_PART})?")
+
+
+def checked_platform(text: object) -> str:
+    """``text`` if it is a platform (``os/arch[/variant]``, lowercase words), else "":
+    what an image config or a stored record says is untrusted (it is shown to people)."""
+    return text if isinstance(text, str) and _PLATFORM.fullmatch(text) else ""
+
+
+def config_platform(config: object) -> str:
+    """The platform an image config (the whole document) is for, or "" if it says none
+    (or something that is not one)."""
+    if not isinstance(config, dict):
+        return ""
+    keys = ("os", "architecture", "variant") if config.get("variant") else ("os",
+                                                                           "architecture")
+    parts = [config.get(key) for key in keys]
+    words = [p for p in parts if isinstance(p, str) and _PART.fullmatch(p)]
+    return "/".join(words) if len(words) == len(parts) else ""
 
 
 def ref_matches(wanted: str, name: str) -> bool:

@@ -106,6 +106,7 @@ def _import(ctx: Context, src: ImageSource, ref: str, progress: bool,
     image = Image(metadata=ObjectMeta(name=ref, uid=new_uid(), created=now()),
                   spec=ImageSpec(oci=ref))
     image.status.oci_source.id = src.identity
+    image.status.platform = src.platform
     twin = next((i for i in ctx.store.list(Image)
                  if i.status.oci_source.id == src.identity), None)
     with ctx.store.creating(image, unique_name=existing is None) as stage:
@@ -273,6 +274,8 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
 def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
                   source: ImageSource | None) -> None:
     """Build (or share with a twin) the pulled image's file; the object appears at the end."""
+    from ignitevm.images.source import checked_platform
+
     with ctx.store.creating(image, unique_name=unique) as stage:
         if twin:
             # (held: an `image rm` or `image prune -a` meanwhile is a clear error)
@@ -280,8 +283,10 @@ def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
                 os.link(image_file(ctx, twin[0]), stage / IMAGE_FILE)
                 shutil.copyfile(ctx.store.dir(twin[0]) / CONFIG_FILE, stage / CONFIG_FILE)
             size = (stage / IMAGE_FILE).stat().st_size
+            image.status.platform = checked_platform(twin[0].status.platform)
         else:
             assert source is not None
+            image.status.platform = source.platform
             # (layers are applied as they arrive; the download bars show progress)
             size = _build(source, stage, False, ctx.unpack_limits())
             _check_runnable(stage / IMAGE_FILE, source.config, image.metadata.name)

@@ -94,6 +94,7 @@ def _import(ctx: Context, ref: str, path: Path, is_debian: bool, bare: bool) -> 
             _store_kernel(file, stage)
             with open_source(path) as src:
                 kernel.status.oci_source.id = src.identity
+                kernel.status.platform = src.platform
         if modules is not None:
             collect_modules(modules, stage / MODULES_DIR)
         size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
@@ -237,5 +238,6 @@ def _build_from_source(ctx: Context, kernel: Kernel, source: ImageSource, label:
         if modules is not None:
             collect_modules(modules, stage / MODULES_DIR)
         kernel.status.oci_source.id = identity
+        kernel.status.platform = source.platform
         size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file())
         kernel.status.oci_source.size = Size(size)

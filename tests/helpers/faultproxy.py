@@ -21,6 +21,7 @@ class Faults:
     expire: int = 0  # forward this many blob requests without Authorization (a stale token)
     redirect_blobs: bool = False  # 307 blob GETs to the other origin (localhost vs 127.0.0.1)
     manifest_body: bytes | None = None  # serve this instead of every manifest
+    forbidden: bool = False  # answer 403 to every request for a repository's content
     last_auth: str = ""  # what a redirected request gets upstream (as a signed URL would)
     seen: list[dict[str, str]] = field(default_factory=list)
 
@@ -65,6 +66,8 @@ class FaultProxy(Served):
                     return self._status(503, {"Retry-After": "0"})
                 if proxy._take("too_many"):
                     return self._status(429, {"Retry-After": "0"})
+                if f.forbidden and self.path.rstrip("/") != "/v2":
+                    return self._status(403)
                 if blob and f.redirect_blobs and self.headers.get("Host", "").startswith("127."):
                     where = f"http://localhost:{proxy.port}{self.path}"
                     return self._status(307, {"Location": where})

@@ -51,7 +51,23 @@ def _link(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
     return info, None
 
 
+def _hardlink(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE
+    info.linkname = target
+    return info, None
+
+
+# What busybox_layers' second layer does to the first, for tests of the unpacked tree:
+LOWER_ONLY = ("srv/old/lower-a", "srv/old/lower-b")  # hidden by srv/old's opaque whiteout
+UPPER_FILE = "srv/old/upper"  # the one file srv/old holds in the image
+WHITED_OUT = "etc/junk"  # removed by a whiteout
+HARD_LINKS = ("etc/motd", "etc/motd.hard")  # one file (one inode) under two names
+
+
 def busybox_layers(init: str = TEST_INIT) -> list[bytes]:
+    """Two layers: busybox, then /sbin/init. The second one also removes a file (a
+    whiteout), hides a folder's lower files (an opaque whiteout) and adds a hard link."""
     base = [_dir(d) for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "root")]
     base.append(_file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755))
     base.append(_link("bin/sh", "busybox"))
@@ -62,8 +78,11 @@ def busybox_layers(init: str = TEST_INIT) -> list[bytes]:
     for applet in ("cat", "echo", "env", "id", "pwd", "sleep", "tee", "tty", "stty", "kill",
                    "true", "false", "sha256sum", "ls", "mkdir", "stat", "head", "wc"):
         base.append(_link(f"bin/{applet}", "busybox"))
+    base += [_dir("srv"), _dir("srv/old"), *(_file(n, b"lower\n") for n in LOWER_ONLY)]
     top = [_dir("sbin"), _file("sbin/init", init.encode(), 0o755),
-           _file("etc/.wh.junk", b""), _file("etc/os-release", b"ID=ignitevm-test\n")]
+           _file("etc/.wh.junk", b""), _file("etc/os-release", b"ID=ignitevm-test\n"),
+           _dir("srv/old"), _file("srv/old/.wh..wh..opq", b""), _file(UPPER_FILE, b"upper\n"),
+           _file(HARD_LINKS[0], b"one file, two names\n"), _hardlink(*reversed(HARD_LINKS))]
     return [_tar_bytes(base), _tar_bytes(top)]
 
 
@@ -128,12 +147,15 @@ class OCILayout:
 
     def image(self, layers: list[bytes], config: dict[str, object] | None = None, *,
               arch: str = "amd64", compression: str | None = "gzip",
-              diff_ids: list[str] | None = None) -> dict[str, object]:
+              diff_ids: list[str] | None = None, variant: str | None = None
+              ) -> dict[str, object]:
         """Store one image (layers given uncompressed); return its manifest descriptor.
         ``diff_ids`` replaces the true ones (to make a config that lies)."""
         diff_ids = diff_ids or ["sha256:" + hashlib.sha256(layer).hexdigest()
                                 for layer in layers]
-        cfg = json.dumps({"architecture": arch, "os": "linux", "config": config or {},
+        platform = {"architecture": arch, "os": "linux",
+                    **({"variant": variant} if variant else {})}
+        cfg = json.dumps({**platform, "config": config or {},
                           "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
         descs = [self.blob(*_compress(layer, compression)) for layer in layers]
         manifest = json.dumps({
@@ -141,7 +163,7 @@ class OCILayout:
             "config": self.blob(cfg, "application/vnd.oci.image.config.v1+json"),
             "layers": descs}).encode()
         return self.blob(manifest, "application/vnd.oci.image.manifest.v1+json",
-                         platform={"architecture": arch, "os": "linux"})
+                         platform=platform)
 
     def index(self, manifests: list[dict[str, object]]) -> dict[str, object]:
         data = json.dumps({"schemaVersion": 2,

@@ -96,14 +96,20 @@ class TokenServer:
     """A Bearer token server for docker-registry's `auth: token:` (RS256 JWTs with x5c).
 
     Users are checked with Basic auth; anonymous callers get pull access to the
-    repositories in ``public``. Every request is recorded in ``requests``.
+    repositories in ``public``, a user named in ``allow`` to the repositories listed
+    there (as a registry's per-user access rules), any other user to every repository.
+    A user in ``deny`` is answered 403 Forbidden. Every request is recorded in
+    ``requests``.
     """
 
     def __init__(self, ca: TestCA, users: dict[str, str], public: set[str] | None = None,
                  service: str = "ignitevm-test-registry", issuer: str = "ignitevm-test-issuer",
-                 lifetime: int = 300):
+                 lifetime: int = 300, allow: dict[str, set[str]] | None = None,
+                 deny: set[str] | None = None):
         self.users = users
         self.public = public or set()
+        self.allow = allow or {}
+        self.deny = deny or set()
         self.service = service
         self.issuer = issuer
         self.lifetime = lifetime
@@ -143,7 +149,10 @@ class TokenServer:
             if kind != "repository":
                 continue
             wanted = [a for a in actions.split(",") if a]
-            allowed = wanted if user else [a for a in wanted if a == "pull" and name in self.public]
+            if user and (user not in self.allow or name in self.allow[user]):
+                allowed = wanted
+            else:
+                allowed = [a for a in wanted if a == "pull" and name in self.public]
             if allowed:
                 access.append({"type": "repository", "name": name, "actions": allowed})
         return access
@@ -164,8 +173,8 @@ class TokenServer:
                 user = None
                 if auth.startswith("Basic "):
                     name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-                    if server.users.get(name) != password:
-                        self.send_response(401)
+                    if server.users.get(name) != password or name in server.deny:
+                        self.send_response(403 if name in server.deny else 401)
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
@@ -297,6 +306,10 @@ except ImportError:  # imported by the bench, outside pytest
     pytest = None  # type: ignore[assignment]
 
 USER, PASSWORD = "alice", "wonderland"
+# Token registry users besides USER: one who may pull public/* only, one the token server
+# answers 403 Forbidden.
+LIMITED, LIMITED_PASSWORD = "bob", "builder"
+BARRED, BARRED_PASSWORD = "mallory", "locked-out"
 
 if pytest is not None:
 
@@ -317,7 +330,9 @@ if pytest is not None:
 
         layout = OCILayout(tmp_path_factory.mktemp("layout") / "oci")
         layers = busybox_layers()
-        box = layout.image(layers, {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"]})
+        box = layout.image(layers, {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"],
+                                    "ExposedPorts": {"80/tcp": {}},
+                                    "Labels": {"org.example.role": "test"}})
         arm = layout.image(layers[:1], {"Cmd": ["/bin/sh"]}, arch="arm64")
         amd = layout.image(layers, {"Cmd": ["/sbin/init"]}, arch="amd64")
         return {
@@ -386,7 +401,9 @@ if pytest is not None:
     @pytest.fixture(scope="session")
     def token_registry(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
                        test_layout: dict[str, str]) -> Iterator[tuple[Registry, TokenServer]]:
-        tokens = TokenServer(test_ca, {USER: PASSWORD}, public={"public/busybox"}).start()
+        tokens = TokenServer(test_ca, {USER: PASSWORD, LIMITED: LIMITED_PASSWORD,
+                                       BARRED: BARRED_PASSWORD}, public={"public/busybox"},
+                             allow={LIMITED: {"public/busybox"}}, deny={BARRED}).start()
         try:
             with running_registry(tmp_path_factory.mktemp("reg-token"), token=tokens) as reg:
                 reg.user, reg.password = USER, PASSWORD

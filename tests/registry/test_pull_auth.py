@@ -11,6 +11,10 @@ import pytest
 from tests.conftest import Ignite
 from tests.helpers.faultproxy import FaultProxy, Faults
 from tests.helpers.registry import (
+    BARRED,
+    BARRED_PASSWORD,
+    LIMITED,
+    LIMITED_PASSWORD,
     PASSWORD,
     USER,
     Registry,
@@ -59,7 +63,8 @@ def test_token_auth(ig: Ignite, token_registry: tuple[Registry, TokenServer],
                     tmp_path: Path) -> None:
     reg, tokens = token_registry
     ig("image", "pull", f"{reg.host}/public/busybox:1")  # an anonymous token
-    assert "wants credentials" in fails(ig, "image", "pull", f"{reg.host}/private/busybox:1")
+    assert "credentials may be needed" in fails(ig, "image", "pull",
+                                                f"{reg.host}/private/busybox:1")
     wrong = creds_dir(tmp_path / "wrong", reg.host, USER, "nope")
     assert "refused the credentials" in fails(ig, "image", "pull", "--registry-config-dir",
                                               wrong, f"{reg.host}/private/busybox:1")
@@ -68,6 +73,45 @@ def test_token_auth(ig: Ignite, token_registry: tuple[Registry, TokenServer],
     ig("image", "pull", "--registry-config-dir", good, f"{reg.host}/private/busybox:1")
     # One token for the scope, reused for the manifest, the config and every layer.
     assert len(tokens.requests) - before == 1
+
+
+def test_denied_scope(ig: Ignite, token_registry: tuple[Registry, TokenServer],
+                      tmp_path: Path) -> None:
+    """Good credentials without access to the repository (the registry's second 401 says
+    error="insufficient_scope"): not a wrong password."""
+    reg, _ = token_registry
+    limited = creds_dir(tmp_path / "limited", reg.host, LIMITED, LIMITED_PASSWORD)
+    ig("image", "pull", "--registry-config-dir", limited, f"{reg.host}/public/busybox:1")
+    for repo in ("private/busybox", "private/nothing"):
+        err = fails(ig, "image", "pull", "--registry-config-dir", limited, f"{reg.host}/{repo}:1")
+        assert f"registry {reg.host}: {LIMITED} may not pull {repo} (or it does not exist)" \
+            in err
+        assert "refused the credentials" not in err and LIMITED_PASSWORD not in err
+    err = fails(ig, "kernel", "import", "--registry-config-dir", limited,
+                f"{reg.host}/private/busybox:1")
+    assert f"{LIMITED} may not pull private/busybox" in err
+    err = fails(ig, "image", "pull", f"{reg.host}/private/busybox:1")
+    assert (f"registry {reg.host} does not let anonymous users pull private/busybox (or it "
+            "does not exist): credentials may be needed") in err and "docker login" in err
+
+
+def test_forbidden(ig: Ignite, token_registry: tuple[Registry, TokenServer],
+                   plain_registry: Registry, tmp_path: Path) -> None:
+    """403 Forbidden, from the token server or the registry: access denied, said as such."""
+    reg, _ = token_registry
+    barred = creds_dir(tmp_path / "barred", reg.host, BARRED, BARRED_PASSWORD)
+    err = fails(ig, "image", "pull", "--registry-config-dir", barred,
+                f"{reg.host}/public/busybox:1")
+    assert (f"the token server of registry {reg.host} denies access to public/busybox for "
+            f"{BARRED} (403 Forbidden)") in err and BARRED_PASSWORD not in err
+    with FaultProxy(plain_registry.host, Faults(forbidden=True)) as proxy:
+        err = fails(ig, "image", "pull", f"{proxy.host}/test/busybox:1")
+        assert f"registry {proxy.host} denies access to test/busybox (403 Forbidden)" in err
+        assert "credentials may be needed" in err
+        good = creds_dir(tmp_path / "good", proxy.host, USER, PASSWORD)
+        err = fails(ig, "image", "pull", "--registry-config-dir", good,
+                    f"{proxy.host}/test/busybox:1")
+        assert f"denies access to test/busybox for {USER} (403 Forbidden)" in err
 
 
 def test_tls(ig: Ignite, tls_registry: Registry, home: Path) -> None:

@@ -29,6 +29,65 @@ def test_pull_then_up_to_date(ig: Ignite, plain_registry: Registry) -> None:
     assert ig("image", "pull", "-q", ref).stdout.strip() == ig("image", "ls", "-q").stdout.strip()
 
 
+def _debugfs(image: Path, request: str) -> str:
+    import subprocess
+
+    res = subprocess.run(["debugfs", "-R", request, str(image)], capture_output=True,
+                         text=True, check=True)
+    return res.stdout
+
+
+def test_unpacked_tree(ig: Ignite, plain_registry: Registry) -> None:
+    """The pulled layers as the root file system has them: a whiteout removes, an opaque
+    whiteout hides what the lower layer put in its folder, a hard link stays one."""
+    import re
+
+    from tests.helpers.images import HARD_LINKS, LOWER_ONLY, UPPER_FILE, WHITED_OUT
+
+    uid = ig("image", "pull", "-q", f"{plain_registry.host}/test/busybox:1").stdout.strip()
+    ext4 = ig.root / "image" / uid / "image.ext4"
+    listing = _debugfs(ext4, "ls -p /srv/old").split()
+    names = {entry.split("/")[5] for entry in listing if entry.count("/") >= 6}
+    assert names == {".", "..", UPPER_FILE.rsplit("/", 1)[1]}, listing
+    assert not {n.rsplit("/", 1)[1] for n in LOWER_ONLY} & names
+    assert WHITED_OUT.rsplit("/", 1)[1] not in _debugfs(ext4, "ls -p /etc")
+    stats = [_debugfs(ext4, f"stat /{name}") for name in HARD_LINKS]
+    inodes = [re.search(r"Inode: (\d+)", st) for st in stats]
+    assert all(inodes) and inodes[0].group(1) == inodes[1].group(1)  # type: ignore[union-attr]
+    assert "Links: 2" in stats[0]
+    assert _debugfs(ext4, f"cat /{HARD_LINKS[1]}") == "one file, two names\n"
+
+
+def test_pull_by_digest(ig: Ignite, plain_registry: Registry,
+                        test_layout: dict[str, str]) -> None:
+    """repo@sha256:<digest> pulls that manifest; repo:tag@<digest> too (the digest wins
+    over the tag), named as given."""
+    host = plain_registry.host
+    plain_registry.push(test_layout["busybox"], "test/digests:1")
+    plain_registry.push(test_layout["zstd"], "test/digests:2")
+    digests = {}
+    for tag in ("1", "2"):
+        ig("image", "pull", f"{host}/test/digests:{tag}")
+        [doc] = json.loads(ig("image", "inspect", "-o", "json",
+                              f"{host}/test/digests:{tag}").stdout)
+        digests[tag] = doc["digest"]
+    assert digests["1"] != digests["2"]
+    by_digest = f"{host}/test/digests@{digests['1']}"
+    res = ig("image", "pull", by_digest)
+    assert res.stdout.strip() == by_digest and f"Digest: {digests['1']}" in res.stderr
+    both = f"{host}/test/digests:1@{digests['2']}"
+    res = ig("image", "pull", both)
+    assert res.stdout.strip() == both and f"Digest: {digests['2']}" in res.stderr
+    shown = {d["metadata"]["name"]: d["status"]["ociSource"]["id"] for d in json.loads(
+        ig("image", "inspect", "-o", "json", by_digest, both).stdout)}
+    assert shown == {by_digest: f"oci://{host}/test/digests@{digests['1']}",
+                     both: f"oci://{host}/test/digests@{digests['2']}"}
+    # (the same content as the tags' images: their files are shared, not built again)
+    assert len(set(ig("image", "ls", "-q").stdout.split())) == 4
+    wrong = "sha256:" + "0" * 64
+    assert "has no manifest" in fails(ig, "image", "pull", f"{host}/test/digests@{wrong}")
+
+
 def test_multi_arch(ig: Ignite, plain_registry: Registry) -> None:
     ig("image", "pull", f"{plain_registry.host}/test/multi:1")
     inspect = json.loads(ig("inspect", "image", f"{plain_registry.host}/test/multi:1").stdout)
@@ -37,6 +96,48 @@ def test_multi_arch(ig: Ignite, plain_registry: Registry) -> None:
        f"{plain_registry.host}/test/multi:1")
     arm = json.loads(ig("inspect", "image", "multi-arm").stdout)["status"]["ociSource"]["id"]
     assert amd != arm and amd.startswith("oci://") and arm.startswith("oci://")
+
+
+def test_image_inspect(ig: Ignite, plain_registry: Registry) -> None:
+    """`image inspect` shows what a Docker user looks for: digest, platform, run config."""
+    import yaml
+
+    host = plain_registry.host
+    ref = f"{host}/test/busybox:1"
+    pulled = ig("image", "pull", ref)
+    [doc] = json.loads(ig("image", "inspect", "-o", "json", ref).stdout)
+    digest = doc["digest"]
+    assert f"Digest: {digest}" in pulled.stderr
+    assert doc["status"]["ociSource"]["id"] == f"oci://{host}/test/busybox@{digest}"
+    assert doc["repoDigests"] == [f"{host}/test/busybox@{digest}"]
+    assert doc["platform"] == doc["status"]["platform"] == "linux/amd64"
+    assert doc["metadata"]["name"] == ref and doc["kind"] == "Image"
+    assert doc["config"] == {"Entrypoint": None, "Cmd": ["/sbin/init"], "Env": ["PATH=/bin"],
+                             "ExposedPorts": {"80/tcp": {}},
+                             "Labels": {"org.example.role": "test"}, "WorkingDir": "",
+                             "User": ""}
+    # (`ignite inspect image` prints the object alone, as Ignite's did)
+    assert json.loads(ig("inspect", "image", ref).stdout)["status"]["platform"] == "linux/amd64"
+
+    multi = f"{host}/test/multi:1"
+    ig("image", "pull", "--platform", "linux/arm64", "--name", "multi-arm", multi)
+    shown = ig("image", "inspect", "multi-arm").stdout
+    fields = {line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+              for line in shown.splitlines() if line[:1].strip()}
+    assert fields["Platform"] == "linux/arm64" and fields["Cmd"] == '["/bin/sh"]'
+    assert fields["Entrypoint"] == "<none>" and fields["Labels"] == "<none>"
+    assert fields["Digest"].startswith("sha256:") and fields["Name"] == "multi-arm:latest"
+    both = yaml.safe_load(ig("image", "inspect", "-o", "yaml", "multi-arm", ref).stdout)
+    assert [d["platform"] for d in both] == ["linux/arm64", "linux/amd64"]
+    assert both[0]["digest"] != both[1]["digest"]
+
+    kernel = f"{host}/test/kernel:1"
+    ig("kernel", "import", kernel)
+    [k] = json.loads(ig("kernel", "inspect", "-o", "json", kernel).stdout)
+    assert k["kind"] == "Kernel" and k["platform"] == "linux/amd64"
+    assert k["status"]["ociSource"]["id"] == f"oci://{host}/test/kernel@{k['digest']}"
+    assert "Version:" in ig("kernel", "inspect", kernel).stdout
+    assert "can't find image" in fails(ig, "image", "inspect", ref, "nosuch")
 
 
 def test_no_platform(ig: Ignite, plain_registry: Registry) -> None:
@@ -71,9 +172,29 @@ def test_unreachable(ig: Ignite, tmp_path: Path) -> None:
     assert "unknown registry host" in fails(ig, "image", "pull", "registry.invalid/x:1")
 
 
-@pytest.mark.parametrize("ref", ["Bad/Name:x", "x:", "app@sha256:12", "a//b"])
+@pytest.mark.parametrize("ref", ["Bad/Name:x", "x:", "app@sha256:12", "a//b",
+                                 "localhost:99999/x", "127.0.0.1:0/x:1"])
 def test_malformed(ig: Ignite, ref: str) -> None:
     assert "invalid image reference" in fails(ig, "image", "pull", ref)
+
+
+@pytest.mark.parametrize("args", [
+    ["image", "import", "localhost:99999/x"],
+    ["kernel", "import", "localhost:99999/k:1"],
+    ["create", "localhost:99999/x:1"],
+    ["run", "localhost:99999/x:1"],
+    ["create", "--kernel-image", "localhost:99999/k:1", "localhost:5000/x:1", "--pull", "never"],
+])
+def test_port_out_of_range(ig: Ignite, args: list[str]) -> None:
+    """Everywhere a reference is taken: one line, not a traceback from the HTTP layer."""
+    err = fails(ig, *args)
+    assert "port 99999 of registry host 'localhost:99999' is out of range (1-65535)" in err
+
+
+def test_lowercase_hint(ig: Ignite) -> None:
+    err = fails(ig, "create", "--kernel-image", "localhost:5000/K:1", "127.0.0.1:1/x:1")
+    assert "repository names must be lowercase" in err and "use 'localhost:5000/k:1'" in err
+    assert "use 'alpine:3'" in fails(ig, "image", "pull", "Alpine:3")
 
 
 def test_kernel_import_from_registry(ig: Ignite, plain_registry: Registry) -> None:

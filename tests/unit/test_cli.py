@@ -30,12 +30,31 @@ def test_empty_store_lists(ignite: Ignite) -> None:
     (["image", "import", "/nonexistent.tar"], "unknown image"),
     (["kernel", "import", "/nonexistent"], "unknown kernel"),
     (["version", "-o", "xml"], "invalid output format"),
+    (["image", "inspect", "-o", "xml", "x"], "invalid value 'xml' for -o/--output"),
+    (["image", "ls", "-o", "xml"], "invalid value 'xml' for -o/--output"),
+    (["imagee", "ls"], "unknown command 'imagee' for 'ignite'"),
 ])
 def test_errors_are_one_line(ignite: Ignite, args: list[str], message: str) -> None:
     res = ignite(*args, check=False)
     assert res.returncode == 1
     assert res.stderr.startswith("error: ") and message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_unexpected_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug (any exception that is not an IgniteError) is one line and exit 1 too; its
+    traceback only in debug mode."""
+    from ignitevm.cli.main import _guarded
+
+    def bug() -> int:
+        raise ValueError("Port out of range\x1b[2J")
+
+    assert _guarded(bug, debug=False) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "error: unexpected ValueError: Port out of range\\x1b[2J"
+    assert len(lines) == 2 and "--debug-trace" in lines[1] and "Traceback" not in lines[1]
+    with pytest.raises(ValueError):
+        _guarded(bug, debug=True)
 
 
 def _vm() -> VM:

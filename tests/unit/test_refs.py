@@ -65,9 +65,38 @@ def test_digest_wins_over_tag() -> None:
     ("bad_host-.io/app", "bad registry host"),
     ("host:port:5000/app", "bad"),
     ("app with space", "invalid"),
+    ("localhost:99999/x", "port 99999 of registry host 'localhost:99999' is out of range"),
+    ("localhost:0/x:1", "out of range"),
+    ("127.0.0.1:65536/x", "out of range"),
+    ("[::1]:70000/x", "out of range"),
+    (f"registry.example:123456/app@{D}", "out of range"),
 ])
 def test_refused(ref: str, why: str) -> None:
     with pytest.raises(InvalidInput) as err:
         refs.parse(ref)
     assert why in str(err.value)
     assert not refs.is_reference(ref)
+
+
+@pytest.mark.parametrize("ref", ["localhost:1/x", "localhost:65535/x:1", "[::1]:443/app",
+                                 "[::1]/app", "registry.example:05000/app"])
+def test_ports_in_range(ref: str) -> None:
+    assert refs.parse(ref).domain == ref.split("/")[0]
+
+
+@pytest.mark.parametrize(("ref", "hint"), [
+    ("Alpine:3", "alpine:3"),
+    ("Alpine", "alpine"),
+    ("docker.io/Library/Alpine:3.19", "alpine:3.19"),
+    ("localhost:5000/K:1", "localhost:5000/k:1"),
+    ("ghcr.io/Org/App:1", "ghcr.io/org/app:1"),
+    ("Team/App:v2", "team/app:v2"),  # (the uppercase first word is a host, as Docker reads it)
+    (f"localhost:5000/Team/App:1@{D}", f"localhost:5000/team/app:1@{D}"),
+])
+def test_lowercase_hint(ref: str, hint: str) -> None:
+    """The hint is the whole reference to type instead: host, repository and tag."""
+    with pytest.raises(InvalidInput) as err:
+        refs.parse(ref)
+    assert "must be lowercase" in err.value.brief
+    assert err.value.hint == f"use {hint!r}"
+    assert refs.parse(hint)  # (and it parses)

@@ -119,6 +119,31 @@ def test_challenge() -> None:
     assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
 
 
+def test_refusals_say_which() -> None:
+    """A second 401 whose challenge says insufficient_scope is a denied repository, not a
+    wrong password; a 403 is a denial; a plain second 401 is a wrong password."""
+    from ignitevm.images.registry.auth import Auth
+    from ignitevm.images.registry.credentials import Credentials
+
+    scope = "repository:team/app:pull"
+    denied = ('Bearer realm="https://auth.example/token",service="reg",'
+              f'scope="{scope}",error="insufficient_scope"')
+    creds = Credentials("bob", "secret", origin="/x/config.json")
+    user = Auth("reg.example", creds, lambda *a, **k: None, "log in with 'docker login'")
+    anon = Auth("reg.example", Credentials(), lambda *a, **k: None, "log in with 'docker login'")
+    assert user.refused(denied, scope).brief == \
+        "registry reg.example: bob may not pull team/app (or it does not exist)"
+    assert "credentials may be needed" in anon.refused(denied, scope).brief
+    assert "refused the credentials for bob" in user.refused(
+        denied.replace("insufficient_scope", "invalid_token"), scope).brief
+    assert "refused the credentials for bob" in user.refused('Basic realm="r"', scope).brief
+    assert "wants credentials" in anon.refused(None, scope).brief
+    assert user.denied("team/app").brief == \
+        "registry reg.example denies access to team/app for bob (403 Forbidden)"
+    assert "credentials may be needed" in (anon.denied("team/app").hint or "")
+    assert "secret" not in str(user.refused(denied, scope).hint)
+
+
 @pytest.mark.parametrize(("host", "loopback"), [
     ("localhost:5000", True), ("127.0.0.1:5000", True), ("127.9.9.9", True),
     ("[::1]:5000", True), ("192.0.2.2:5000", False), ("localhost.example", False),

@@ -94,7 +94,9 @@ class Auth:
                 headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
             query["client_id"] = "ignitevm"
             resp = self._fetch("GET", realm, params=query, headers=headers)
-        if resp.status_code in (401, 403):
+        if resp.status_code == 403:
+            raise self.denied(_repository(scope), by="the token server of ")
+        if resp.status_code == 401:
             raise self.refused()
         if resp.status_code != 200:
             raise IgniteError(f"the token server of {self.host} answered {resp.status_code} "
@@ -109,7 +111,24 @@ class Auth:
             raise IgniteError(f"the token server of {self.host} sent no token")
         return token, time.monotonic() + max(lifetime - EARLY, 1)
 
-    def refused(self) -> Unauthorized:
+    def refused(self, challenge: str | None = None, scope: str | None = None) -> Unauthorized:
+        """The error for a request the registry still answers 401 to. ``challenge`` is that
+        answer's ``WWW-Authenticate``: ``error="insufficient_scope"`` means the credentials
+        (or anonymous access) are good, but not for this repository."""
+        error = parse_challenge(challenge)[1].get("error") if challenge else None
+        if error == "insufficient_scope" and scope:
+            repo = _repository(scope)
+            if self.creds:
+                who = self.creds.username or "the identity token's user"
+                return Unauthorized(
+                    f"registry {self.host}: {who} may not pull {repo} (or it does not exist)",
+                    hint=f"check the name, and that {who} (credentials from "
+                         f"{self.creds.origin}) has pull access to {repo}")
+            return Unauthorized(
+                f"registry {self.host} does not let anonymous users pull {repo} (or it "
+                "does not exist): credentials may be needed",
+                hint=f"check the name; {self.login_hint}, or give --registry-config-dir DIR "
+                     "holding a config.json with its auths")
         if self.creds:
             return Unauthorized(
                 f"registry {self.host} refused the credentials for "
@@ -119,3 +138,21 @@ class Auth:
             f"registry {self.host} wants credentials (401 Unauthorized) and none were found",
             hint=f"{self.login_hint}, or give --registry-config-dir DIR holding a config.json "
                  "with its auths")
+
+    def denied(self, repository: str, by: str = "") -> Unauthorized:
+        """The error for a 403 Forbidden (from the registry, or ``by`` its token server)."""
+        if self.creds:
+            who = self.creds.username or "the identity token's user"
+            return Unauthorized(
+                f"{by}registry {self.host} denies access to {repository} for {who} "
+                "(403 Forbidden)",
+                hint=f"check that {who} (credentials from {self.creds.origin}) may pull it")
+        return Unauthorized(
+            f"{by}registry {self.host} denies access to {repository} (403 Forbidden)",
+            hint=f"credentials may be needed: {self.login_hint}, or give "
+                 "--registry-config-dir DIR holding a config.json with its auths")
+
+
+def _repository(scope: str) -> str:
+    """``repository:team/app:pull`` -> ``team/app``."""
+    return scope.partition(":")[2].rpartition(":")[0] or scope

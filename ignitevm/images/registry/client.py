@@ -20,7 +20,7 @@ import httpx
 from ignitevm.api.refs import Reference
 from ignitevm.errors import IgniteError, NotFound
 from ignitevm.images.registry import credentials, proxy, tls
-from ignitevm.images.registry.auth import Auth, Unauthorized
+from ignitevm.images.registry.auth import Auth
 from ignitevm.log import log
 from ignitevm.util.fs import atomic_write
 
@@ -225,17 +225,16 @@ class Client:
             resp = self._send("GET", url, sent, stream=stream)
             if resp.status_code == 401:
                 resp.close()
-                if retried or not resp.headers.get("www-authenticate"):
-                    raise self.auth.refused()
-                self.auth.challenge(resp.headers.get("www-authenticate"))
+                challenge = resp.headers.get("www-authenticate")
+                if retried or not challenge:
+                    raise self.auth.refused(challenge, self.scope)
+                self.auth.challenge(challenge)
                 self.auth.forget(self.scope)
                 retried = True
                 continue
             if resp.status_code == 403:
                 resp.close()
-                raise Unauthorized(f"registry {self.domain} denies access to {self.repository}"
-                                   " (403 Forbidden)",
-                                   hint="check that these credentials may pull it")
+                raise self.auth.denied(self.repository)
             return resp
 
     def error(self, resp: httpx.Response, what: str) -> IgniteError:

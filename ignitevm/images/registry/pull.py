@@ -28,7 +28,7 @@ from ignitevm.images.registry.client import Client, NetworkError
 from ignitevm.images.registry.diffid import DiffHasher
 from ignitevm.images.registry.manifests import Manifest
 from ignitevm.images.registry.options import PullOptions
-from ignitevm.images.source import ImageSource, Layer, Opener
+from ignitevm.images.source import ImageSource, Layer, Opener, config_platform
 from ignitevm.log import log
 from ignitevm.util.progress import Transfers
 
@@ -147,7 +147,8 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
         layers = [Layer(d, size, downloads.opener(d), diff_id, verified=True)
                   for d, size, diff_id in blobs]
         yield ImageSource("registry", str(res.ref), cdigest, inner, layers,
-                          sum(layer.size for layer in layers), None)
+                          sum(layer.size for layer in layers), None,
+                          platform=config_platform(config))
         downloads.wait()
 
 
