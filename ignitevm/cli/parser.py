@@ -367,8 +367,8 @@ def _network_commands(t: _Tree) -> None:
 # The command words, for reading a command line before the tree is built
 # (tests/unit check them against the tree).
 GROUPS = {
-    "image": {"import", "pull", "ls", "list", "rm", "build", "prune"},
-    "kernel": {"import", "ls", "list", "rm"},
+    "image": {"import", "pull", "ls", "list", "inspect", "rm", "build", "prune"},
+    "kernel": {"import", "ls", "list", "inspect", "rm"},
     "vm": {"run", "create", "start", "stop", "pause", "resume", "kill", "rm", "ps", "ls",
            "list", "logs", "exec", "ssh", "cp", "attach"},
     "network": {"create", "ls", "list", "inspect", "rm", "prune"},
@@ -466,6 +466,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             registry_flags(p, platform=True)
         p = t.command(gs, "ls", f"{group}:cmd_ls", f"List {group}s", aliases=("list",))
         p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+        p = t.command(gs, "inspect", f"describe:cmd_{group}_inspect",
+                      f"Show {group}s: the object, digest and platform" +
+                      (", and the image config's Entrypoint, Cmd, Env, ExposedPorts, Labels"
+                       if group == "image" else ""))
+        p.add_argument(f"{group}s", nargs="+", metavar=group)
+        p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
+                       help="text (default), or a list as json or yaml")
         p = t.command(gs, "rm", f"{group}:cmd_rm", f"Remove {group}s")
         p.add_argument(f"{group}s", nargs="+", metavar=group)
         p.add_argument("-f", "--force", action="store_true", help="also remove VMs that use it")

@@ -30,8 +30,8 @@ def test_empty_store_lists(ignite: Ignite) -> None:
     (["image", "import", "/nonexistent.tar"], "unknown image"),
     (["kernel", "import", "/nonexistent"], "unknown kernel"),
     (["version", "-o", "xml"], "invalid output format"),
-    (["image", "inspect", "-o", "xml", "x"], "invalid value 'xml' for -o/--output"),
-    (["image", "ls", "-o", "xml"], "invalid value 'xml' for -o/--output"),
+    (["image", "inspect", "-o", "xml", "x"], "invalid value 'xml' for --output"),
+    (["image", "ls", "-o", "xml"], "invalid value 'xml' for --output"),
     (["imagee", "ls"], "unknown command 'imagee' for 'ignite'"),
 ])
 def test_errors_are_one_line(ignite: Ignite, args: list[str], message: str) -> None:
