@@ -1,4 +1,5 @@
-/* ignite-jail: confine one VMM process, then exec it.
+/* ignite-jail: confine one VMM process, then exec it (with -n: only start
+ * its console writer, then exec it unconfined, as any user).
  *
  * Run as root by the host CLI (so no Python runs between fork and exec). It
  * forks at once: the parent exits 0, leaving the child detached from the
