@@ -391,8 +391,11 @@ def test_unconfined_console_writer_bounds_the_log_without_privilege(tmp_path: Pa
         log = work / "console.log"
         flood = 300_000
         # The program's first child is the writer (forked before the exec).
+        # (its stat once it is set up: it names itself after taking its session)
         script = ("read kids < /proc/$$/task/$$/children; echo $kids; "
-                  "read st < /proc/$kids/stat; echo $st; "
+                  "while read st < /proc/$kids/stat; do "
+                  "case $st in *'(ignite-console)'*) break;; esac; done; "
+                  "echo $st; "
                   f"/usr/bin/yes | /usr/bin/head -c {flood} >&5")
         res = subprocess.run([*as_user, str(mine), "-n", "-c", "5", "8192", str(log),
                               "--", "/bin/sh", "-c", script],
