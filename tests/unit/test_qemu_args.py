@@ -21,7 +21,7 @@ def _spec(accel_name: str, sandbox: str = "none") -> LaunchSpec:
 
 
 def test_tcg_argv() -> None:
-    argv = args.argv(_spec("tcg"))
+    argv = args.argv(_spec("tcg"), console_fd=9)
     joined = " ".join(argv)
     assert argv[0] == "qemu-system-x86_64"
     assert "-M microvm," in joined
@@ -30,13 +30,16 @@ def test_tcg_argv() -> None:
     assert "-kernel /k/vmlinuz -append console=ttyS0 -initrd /k/initramfs.img" in joined
     assert "virtio-blk-device,drive=disk0,serial=ignite-root" in joined
     assert "format=raw,if=none,discard=unmap,readonly=on" in joined
-    assert "logfile=/r/vm/0123456789abcdef/console.log" in joined
+    # QEMU writes the console into the console writer's pipe, never the log itself.
+    assert "-add-fd fd=9,set=7 -chardev socket,id=console,path=/r/vm/0123456789abcdef/run/" \
+        "console.sock,server=on,wait=off,logfile=/dev/fdset/7,logappend=on" in joined
+    assert "console.log" not in joined
     assert "-qmp unix:/r/vm/0123456789abcdef/run/qmp.sock,server=on,wait=off" in joined
     assert argv[-1] == "-daemonize" and "-no-reboot" in argv
 
 
 def test_kvm_argv() -> None:
-    assert "-accel kvm -cpu host" in " ".join(args.argv(_spec("kvm")))
+    assert "-accel kvm -cpu host" in " ".join(args.argv(_spec("kvm"), console_fd=9))
 
 
 def test_commas_in_paths_are_escaped() -> None:
@@ -80,7 +83,7 @@ def test_option_values_refuse_control_characters() -> None:
         args.checked(["qemu", "-append", "console=ttyS0\ninit=/bin/sh"])
     spec = _spec("tcg")
     with pytest.raises(InvalidInput):
-        args.argv(spec._replace(cmdline="a\x00b"))
+        args.argv(spec._replace(cmdline="a\x00b"), console_fd=9)
 
 
 def test_long_volume_names_fit_the_disk_serial(tmp_path: Path,

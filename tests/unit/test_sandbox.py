@@ -272,7 +272,7 @@ def test_jailed_qemu_argv() -> None:
 
 
 def test_unconfined_qemu_argv() -> None:
-    argv = args.argv(_spec("none"))
+    argv = args.argv(_spec("none"), console_fd=9)
     assert "-sandbox" not in argv and argv[-1] == "-daemonize"
     assert "-pidfile /r/vm/0123456789abcdef/run/qemu.pid" in " ".join(argv)
 
@@ -355,6 +355,69 @@ def test_helper_refuses_a_pid_fd_in_the_foreground(tmp_path: Path) -> None:
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/gcc").exists(), reason="gcc is not installed")
+def test_unconfined_console_writer_bounds_the_log_without_privilege(tmp_path: Path) -> None:
+    """``ignite-jail -n -c``: no jail, only the console writer, as an unconfined
+    VMM (--sandbox=none) gets it; it needs no privilege (run as nobody when
+    the tests run as root). A program flooding the pipe with nobody looking
+    leaves the files bounded; the writer runs in a session of its own, without
+    the caller's stdio, and exits once the pipe's last write end is closed."""
+    import shutil
+    import tempfile
+
+    from ignitevm.providers.vmm.qemu.machine import wait_pid
+
+    helper = build.helper(tmp_path)
+    res = subprocess.run([str(helper), "-n", "-u", "5", "-c", "5", "8192", "/x/console.log",
+                          "--", "/bin/true"], capture_output=True, text=True)
+    assert res.returncode == 125 and "-n takes -c" in res.stderr
+    res = subprocess.run([str(helper), "-n", "--", "/bin/true"], capture_output=True, text=True)
+    assert res.returncode == 125 and "-n takes -c" in res.stderr
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root")
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    # (a folder that uid can reach: pytest's tmp_path is root's alone)
+    work = Path(tempfile.mkdtemp(prefix="ignite-console-", dir="/tmp"))
+    try:
+        mine = work / "ignite-jail"
+        shutil.copy(helper, mine)
+        mine.chmod(0o755)
+        if as_user:
+            os.chown(work, 65534, 65534)
+        log = work / "console.log"
+        flood = 300_000
+        # The program's first child is the writer (forked before the exec).
+        # (its stat once it is set up: it names itself after taking its session)
+        script = ("read kids < /proc/$$/task/$$/children; echo $kids; "
+                  "while read st < /proc/$kids/stat; do "
+                  "case $st in *'(ignite-console)'*) break;; esac; done; "
+                  "echo $st; "
+                  f"/usr/bin/yes | /usr/bin/head -c {flood} >&5")
+        res = subprocess.run([*as_user, str(mine), "-n", "-c", "5", "8192", str(log),
+                              "--", "/bin/sh", "-c", script],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        writer = int(lines[0])
+        stat = lines[1].rsplit(")", 1)[1].split()  # (state, ppid, pgrp, session, ...)
+        assert int(stat[3]) == writer, lines  # the leader of a session of its own
+        assert wait_pid(writer, 60), "the console writer outlived the pipe"
+        names = sorted(p.name for p in work.iterdir())
+        assert names == ["console.log", "console.log.0", "console.log.1", "console.log.lock",
+                         "ignite-jail"], names
+        sizes = {p.name: p.stat().st_size for p in work.glob("console.log*")}
+        assert sum(sizes.values()) <= 2 * 8192 + (64 << 10), sizes
+        assert 0 < sizes["console.log.1"] <= 8192 and sizes["console.log.0"] > 0, sizes
+        kept = (work / "console.log.1").read_bytes() + log.read_bytes()
+        assert kept.endswith(b"y\n") and set(kept) == set(b"y\n")
+        if as_user:  # written by the unprivileged writer
+            assert all(p.stat().st_uid == 65534 for p in work.glob("console.log*"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_host_file_replaces_links_folders_and_foreign_files(tmp_path: Path) -> None:

@@ -222,7 +222,7 @@ def test_restore_arguments() -> None:
                                   chain=(Path("/r/image/i/image.ext4"),)),),
                       accel="tcg", incoming=True, memory_file=Path("/r/snapshot/s/memory"),
                       agent_channels=3)
-    argv = args.argv(spec)
+    argv = args.argv(spec, console_fd=9)
     drive = argv[argv.index("-drive") + 1]
     assert ("backing.driver=qcow2,backing.file.filename=/r/snapshot/s/disk.qcow2,"
             "backing.backing.driver=raw,backing.backing.file.filename=/r/image/i/image.ext4"
@@ -232,7 +232,7 @@ def test_restore_arguments() -> None:
     assert f"id={args.RAM_ID}" in mem and f"memory-backend={args.RAM_ID}" in argv
     assert argv[argv.index("-incoming") + 1] == "defer"
     assert sum(1 for w in argv if w.startswith("virtserialport,")) == 3
-    plain = args.argv(spec._replace(incoming=False, memory_file=None))
+    plain = args.argv(spec._replace(incoming=False, memory_file=None), console_fd=9)
     assert "-incoming" not in plain and "-object" not in plain
 
 

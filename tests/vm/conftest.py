@@ -88,3 +88,24 @@ def wait_console(cli: Ignite, vm: str, marker: str, timeout: float = 120) -> str
             raise AssertionError(f"guest failed before {marker!r}:\n{text[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"no {marker!r} on the console of {vm} within {timeout}s")
+
+
+def kvm_unusable(cli: Ignite, kernel: str) -> str | None:
+    """Why KVM cannot boot a guest of ``kernel`` on this host (None: it can),
+    as the provider decides it: /dev/kvm must open, and its probe must boot a
+    real guest to its init (a nested hypervisor may offer /dev/kvm and never
+    run a stock kernel; see ignitevm/providers/vmm/qemu/accel.py)."""
+    from ignitevm.api.types import Kernel
+    from ignitevm.operations import kernels
+    from ignitevm.operations.context import Context
+    from ignitevm.providers.vmm.qemu import accel
+
+    ok, why = accel.kvm_usable()
+    if not ok:
+        return why
+    ctx = Context(cli.root)
+    found = ctx.store.find(Kernel, kernel)
+    assert found is not None
+    kpath, initrd = kernels.kernel_files(ctx, found)
+    outcome = accel.probe_kvm(kpath, initrd, jail_in=ctx.cache if os.geteuid() == 0 else None)
+    return None if outcome.works else f"KVM cannot boot a guest on this host: {outcome.detail}"

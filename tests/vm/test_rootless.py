@@ -138,9 +138,10 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _vm_processes(uid: int) -> list[bytes]:
-    """The QEMU and passt processes of ``uid``."""
+    """The QEMU, passt and console writer processes of ``uid``."""
     return [c for c in map(_cmdline, _pids_of(uid))
-            if b"qemu-system" in c or c.startswith(b"passt") or b"/passt\0" in c]
+            if b"qemu-system" in c or c.startswith(b"passt") or b"/passt\0" in c
+            or c.startswith(b"ignite-console-writer")]
 
 
 def _free_port() -> int:
@@ -172,8 +173,10 @@ def test_a_user_without_root_runs_a_vm_with_passt(rootless: Rootless) -> None:
                "-p", f"{port}:80")
             row = ig("ps", "-o", "wide").stdout
             assert " passt " in row and f"0.0.0.0:{port}->80/tcp" in row, row
-            procs = _vm_processes(ig.uid)  # (both run as the user)
+            procs = _vm_processes(ig.uid)  # (all three run as the user)
             assert any(b"passt" in c for c in procs) and any(b"qemu" in c for c in procs), procs
+            # The console log is bounded by its writer, unconfined too (no privilege needed).
+            assert any(c.startswith(b"ignite-console-writer") for c in procs), procs
             _wait_console(ig, "rl", "TEST-READY")
             # A port forward reaches the guest...
             ig("exec", "rl", "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
@@ -184,7 +187,8 @@ def test_a_user_without_root_runs_a_vm_with_passt(rootless: Rootless) -> None:
                 got = ig("exec", "rl", "--", "/bin/busybox", "wget", "-q", "-O", "-", url)
                 assert got.stdout == BODY.decode()
             ig("rm", "-f", "rl")
-            deadline = time.monotonic() + 30  # (passt ends once QEMU's end of the pair closes)
+            # (passt ends once QEMU's end of the pair closes, the writer once its pipe's does)
+            deadline = time.monotonic() + 30
             while _vm_processes(ig.uid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert not _vm_processes(ig.uid)

@@ -1,6 +1,7 @@
 """Snapshots and clones on real QEMU guests: one booted source VM and one
 snapshot of it are shared by the tests of this module (TCG boots cost
-seconds; the machine has two cores)."""
+seconds; the machine has two cores), once under TCG and once under KVM
+(skipped, with the probe's reason, where KVM cannot boot a guest)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from tests.conftest import Ignite
 from tests.helpers.cninet import remove_network, require_cni, write_default
 from tests.helpers.hostserver import passt_unusable
+from tests.vm.conftest import kvm_unusable
 
 SNAP = "src-booted"
 
@@ -40,10 +42,18 @@ def plugin(cli: Ignite) -> Iterator[str]:
     remove_network(name, bridge)
 
 
+@pytest.fixture(scope="module", params=["tcg", "kvm"])
+def accel(request: pytest.FixtureRequest, cli: Ignite, kernel: str) -> str:
+    """The source's accelerator (its clones take the snapshot's)."""
+    if request.param == "kvm" and (why := kvm_unusable(cli, kernel)) is not None:
+        pytest.skip(why)
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def source(cli: Ignite, testbox: str, plugin: str) -> Iterator[str]:
+def source(cli: Ignite, testbox: str, plugin: str, accel: str) -> Iterator[str]:
     cli("run", testbox, "--name", "src", "--memory", "256MB", "--size", "256MB",
-        "--network-plugin", plugin)
+        "--network-plugin", plugin, "--accel", accel)
     assert cli("exec", "src", "--", "true").returncode == 0  # (waits for the agent)
     cli("snapshot", "create", "src", SNAP)
     yield "src"
@@ -114,12 +124,22 @@ def test_two_clones_have_their_own_identity(cli: Ignite, source: str, plugin: st
         # A clone saved in turn: its clone has both layers' files (the saved
         # layer is made to stand on the image alone).
         cli("snapshot", "create", "clone-a", "of-a", "--no-shared-memory")
+        assert sh(cli, "clone-b", "cat /only-in-b").strip() == "b"  # (undisturbed)
         cli("run", "--from-snapshot", "of-a", "--name", "clone-aa")
         assert sh(cli, "clone-aa", "sync; echo 3 > /proc/sys/vm/drop_caches; cat /only-in-a"
                   ).strip() == "a"
+        # The source saved again while its clones run: they run on, each with
+        # its own files and identity, and still write to their disks.
+        cli("snapshot", "create", "src", "src-again")
+        for vm, mine, other in (("clone-a", "a", "b"), ("clone-b", "b", "a")):
+            out = sh(cli, vm, f"cat /only-in-{mine}; test -e /only-in-{other} && echo {other}; "
+                     f"echo {mine}2 > /again; sync; cat /again /proc/sys/kernel/hostname")
+            assert out.split() == [mine, f"{mine}2", uid_of(cli, vm)], out
+        assert cli("exec", source, "--", "true").returncode == 0
     finally:
         cli("rm", "-f", "clone-a", "clone-b", "clone-aa", check=False)
         cli("snapshot", "rm", "of-a", check=False)
+        cli("snapshot", "rm", "-f", "src-again", check=False)
 
 
 def test_restore_hook_runs_in_the_clone(cli: Ignite, source: str) -> None:

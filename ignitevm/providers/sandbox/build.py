@@ -15,7 +15,8 @@ SOURCE = Path(__file__).with_name("jail.c")
 
 
 def helper(cache: Path) -> Path:
-    """The path of the built ``ignite-jail`` (root-owned, in the root-only cache)."""
+    """The path of the built ``ignite-jail`` (in the state root's cache: root's
+    only, or the user's without root, who runs it unconfined: ``-n``)."""
     src = SOURCE.read_bytes()
     out = cache / "sandbox" / f"ignite-jail-{hashlib.sha256(src).hexdigest()[:16]}"
     if out.exists():
@@ -27,8 +28,8 @@ def helper(cache: Path) -> Path:
         (Path(work) / "jail.c").write_bytes(src)
         tmp = Path(work) / "ignite-jail"
         run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", tmp, Path(work) / "jail.c"],
-            hint="the jail helper needs gcc and libc6-dev: apt-get install gcc libc6-dev "
-                 "(or run VMs unconfined with --sandbox=none)")
+            hint="the jail helper (also every VM's console writer) needs gcc and "
+                 "libc6-dev: apt-get install gcc libc6-dev")
         os.chmod(tmp, 0o700)
         os.replace(tmp, out)
     return out

@@ -1,4 +1,5 @@
-/* ignite-jail: confine one VMM process, then exec it.
+/* ignite-jail: confine one VMM process, then exec it (with -n: only start
+ * its console writer, then exec it unconfined, as any user).
  *
  * Run as root by the host CLI (so no Python runs between fork and exec). It
  * forks at once: the parent exits 0, leaving the child detached from the
@@ -53,6 +54,18 @@
  *   -f                              foreground: no fork, no new session, and the
  *                                   program is killed when its caller dies (a
  *                                   short-lived VMM such as the KVM probe)
+ *   -n                              no jail, only the console writer (-c, the one
+ *                                   other option allowed): as the caller, with
+ *                                   nothing confined or detached (the program
+ *                                   detaches itself: QEMU's -daemonize), the writer
+ *                                   is forked and the program exec'd with the
+ *                                   caller's environment. For an unconfined VMM
+ *                                   (--sandbox=none); it needs no privilege.
+ *
+ * The console writer is a child in a session of its own (no signal of the
+ * caller's terminal reaches it), with no stdin, stdout or stderr (a caller
+ * waiting for the program's output does not wait for it); it exits when every
+ * write end of the pipe is closed, i.e. with the VMM.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -324,11 +337,47 @@ static void console_drain(struct console *c)
 	_exit(0);
 }
 
+/* Fork the console writer (-c) and give the program the pipe's write end as
+ * C->fd (the console files stay the writer's alone). */
+static void console_start(struct console *c, int argc, char **argv)
+{
+	pid_t writer = fork();
+	if (writer < 0)
+		die("fork", "console writer");
+	if (writer == 0) {
+		if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 || setsid() < 0)
+			_exit(125);
+		/* Not to be taken for the VMM by its command line (it is ours, copied). */
+		char *end = argv[argc - 1] + strlen(argv[argc - 1]);
+		memset(argv[0], 0, (size_t)(end - argv[0]));
+		snprintf(argv[0], (size_t)(end - argv[0]) + 1, "ignite-console-writer");
+		prctl(PR_SET_NAME, "ignite-console", 0, 0, 0);
+		/* Only its own files: not the caller's stdio, the VMM's sockets, taps
+		 * or the pipe's write end. */
+		close(0);
+		close(1);
+		close(2);
+		keep_only((int[]){c->pipe[0], c->log, c->reader, c->head, c->older, c->lock}, 6);
+		console_drain(c);
+	}
+	close(c->pipe[0]);
+	close(c->log);
+	close(c->reader);
+	close(c->head);
+	close(c->older);
+	close(c->lock);
+	if (c->pipe[1] == c->fd ? fcntl(c->fd, F_SETFD, 0) != 0
+	    : dup2(c->pipe[1], c->fd) != c->fd)
+		die("console", "pipe to fd %d", c->fd);
+	if (c->pipe[1] != c->fd)
+		close(c->pipe[1]);
+}
+
 int main(int argc, char **argv)
 {
 	long uid = -1, gid = -1;
 	gid_t groups[MAX_GROUPS];
-	int ngroups = 0, newnet = 0, lowports = 0, ownproc = 0, foreground = 0, pidfd = -1, i;
+	int ngroups = 0, newnet = 0, lowports = 0, ownproc = 0, foreground = 0, pidfd = -1, bare = 0, i;
 	unsigned long long fsize = 0;
 	const char *workdir = "/";
 	struct console con = {.fd = -1};
@@ -383,6 +432,8 @@ int main(int argc, char **argv)
 				die("usage", "-s needs a size of at least 4096");
 		} else if (!strcmp(o, "-f")) {
 			foreground = 1;
+		} else if (!strcmp(o, "-n")) {
+			bare = 1;
 		} else if (!strcmp(o, "-i") && pidfd < 0) {
 			need(argc, i, 1);
 			pidfd = (int)number(argv[++i], 10);
@@ -406,11 +457,21 @@ int main(int argc, char **argv)
 	errno = 0;
 	if (i + 1 >= argc || argv[i + 1][0] != '/')
 		die("usage", "ignite-jail OPTIONS -- /absolute/program [ARGS...]");
+	char **program = argv + i + 1;
+	if (bare) {
+		if (con.fd < 0 || uid >= 0 || gid >= 0 || ngroups || ncgroups || nbinds || nnodes ||
+		    nlinks || newnet || lowports || ownproc || fsize || foreground || pidfd >= 0 ||
+		    strcmp(workdir, "/") != 0)
+			die("usage", "-n takes -c and no other option");
+		console_open(&con);
+		console_start(&con, argc, argv);
+		execv(program[0], program);
+		die("exec", "%s", program[0]);
+	}
 	if (uid <= 0 || gid <= 0)
 		die("usage", "-u and -g must name an unprivileged uid and gid");
 	if (foreground && pidfd >= 0)  /* no parent to write it: FD would reach the program */
 		die("usage", "-i reports a detached child's pid: it cannot be combined with -f");
-	char **program = argv + i + 1;
 
 	pid_t parent = getppid();
 	if (!foreground) {
@@ -518,35 +579,8 @@ int main(int argc, char **argv)
 	/* (changing uid cleared the death signal: set it again, as the new uid) */
 	if (foreground && (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != parent))
 		die("prctl", "die with the caller");
-	if (con.fd >= 0) {
-		pid_t writer = fork();
-		if (writer < 0)
-			die("fork", "console writer");
-		if (writer == 0) {
-			if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-				_exit(125);
-			/* Not to be taken for the VMM by its command line (it is ours, copied). */
-			char *end = argv[argc - 1] + strlen(argv[argc - 1]);
-			memset(argv[0], 0, (size_t)(end - argv[0]));
-			snprintf(argv[0], (size_t)(end - argv[0]) + 1, "ignite-console-writer");
-			prctl(PR_SET_NAME, "ignite-console", 0, 0, 0);
-			/* Only its own files: not the VMM's sockets, taps or the pipe's write end. */
-			keep_only((int[]){con.pipe[0], con.log, con.reader, con.head, con.older,
-					  con.lock}, 6);
-			console_drain(&con);
-		}
-		close(con.pipe[0]);
-		close(con.log);
-		close(con.reader);
-		close(con.head);
-		close(con.older);
-		close(con.lock);
-		if (con.pipe[1] == con.fd ? fcntl(con.fd, F_SETFD, 0) != 0
-		    : dup2(con.pipe[1], con.fd) != con.fd)
-			die("console", "pipe to fd %d", con.fd);
-		if (con.pipe[1] != con.fd)
-			close(con.pipe[1]);
-	}
+	if (con.fd >= 0)
+		console_start(&con, argc, argv);
 	if (fsize) {
 		struct rlimit most = {(rlim_t)fsize, (rlim_t)fsize};
 		if (setrlimit(RLIMIT_FSIZE, &most) != 0)

@@ -73,8 +73,7 @@ class Plan(NamedTuple):
         if self.own_proc:
             out.append("-p")
         if self.console is not None:
-            fd, most, log = self.console
-            out += ["-c", str(fd), str(most), log]
+            out += console_options(self.console)
         if self.foreground:
             out.append("-f")
         if self.file_size:
@@ -82,6 +81,18 @@ class Plan(NamedTuple):
         if self.pid_fd is not None:
             out += ["-i", str(self.pid_fd)]
         return [*out, "--"]
+
+
+def console_options(console: tuple[int, int, str]) -> list[str]:
+    """``-c``: the console writer (the VMM's fd for the pipe, the most bytes kept, the log)."""
+    fd, most, log = console
+    return ["-c", str(fd), str(most), log]
+
+
+def unconfined_argv(helper: Path, console: tuple[int, int, str]) -> list[str]:
+    """``ignite-jail -n``: no jail, only the console writer, for a VMM run as
+    the caller (``--sandbox=none``; no privilege needed) that detaches itself."""
+    return [str(helper), "-n", *console_options(console), "--"]
 
 
 def probe_plan(qemu: str, files: list[Path], kvm: bool) -> Plan:

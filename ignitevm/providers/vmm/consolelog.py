@@ -1,21 +1,19 @@
 """A VM's console log, kept bounded although the guest writes it at will.
 
-A jailed VMM writes what the guest prints into a pipe, and the jail's console
-writer (a small C loop beside QEMU, as confined as it; ``ignite-jail -c``)
-appends it to ``console.log`` and keeps the files below within bounds at
-every write, under the lock ``console.log.lock``; QEMU never sees the file.
-Unjailed (``--sandbox=none``), the VMM appends to ``console.log`` itself, and
-the bound is kept by whoever looks: every liveness check of a running VM
-(every ``ignite`` command that looks at it, each ``ignited`` pass over the VMs
-it manages, ``ignite logs -f`` five times a second) trims the log once it is
-over the limit. Either way:
+The VMM writes what the guest prints into a pipe, and the console writer (a
+small C loop beside QEMU; ``ignite-jail -c``: as confined as QEMU when
+jailed, ``ignite-jail -n -c`` as the caller with ``--sandbox=none``) appends
+it to ``console.log`` and keeps the files below within bounds at every
+write, under the lock ``console.log.lock``; QEMU never sees the file. The
+trim here is the same, for a look at a VM launched by an older version
+(whose unconfined QEMU appended to the log itself): every liveness check of
+a running VM trims its log once it is over the limit. Either way:
 
 - ``console.log.0``: the first 64 KiB, kept once (the boot log);
 - ``console.log.1``: the last ``limit`` bytes before the latest trim;
-- ``console.log``: emptied at the trim; the VMM goes on appending to it.
+- ``console.log``: emptied at the trim; the writer goes on appending to it.
 
-So the files take at most ``2 * limit + 64 KiB`` (unjailed, plus what the
-guest writes between two looks: its serial port moves ~100 KB/s under TCG).
+So the files take at most ``2 * limit + 64 KiB``.
 The limit is 4 MiB, or ``IGNITE_CONSOLE_LOG_MAX`` bytes (read when the VM
 starts, for the console writer). An empty ``console.log.0`` (made by the
 console writer) means nothing was dropped yet.

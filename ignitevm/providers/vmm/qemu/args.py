@@ -139,18 +139,17 @@ def _ipv4(text: str) -> str:
 CONSOLE_FDSET = 7
 
 
-def console(workdir: Path, log_fd: int | None = None, sock_fd: int | None = None) -> list[str]:
+def console(workdir: Path, log_fd: int, sock_fd: int | None = None) -> list[str]:
     # A socket for `attach`, with everything the guest prints also logged for
-    # `logs`, whether or not anyone is attached: to the file itself, or (jailed)
-    # into the pipe ``log_fd`` of the jail's console writer, which bounds it.
+    # `logs`, whether or not anyone is attached: into the pipe ``log_fd`` of
+    # the console writer (``ignite-jail -c``, jailed or not), which keeps the
+    # log bounded; QEMU never opens the log itself.
     # ``sock_fd``: the socket, made by the host at CONSOLE_SOCK and listening.
-    sock, log = workdir / CONSOLE_SOCK, workdir / CONSOLE_LOG
-    fdset = [] if log_fd is None else ["-add-fd", f"fd={log_fd},set={CONSOLE_FDSET}"]
-    target = _escape(log) if log_fd is None else f"/dev/fdset/{CONSOLE_FDSET}"
+    sock = workdir / CONSOLE_SOCK
     where = f"path={_escape(sock)}" if sock_fd is None else f"fd={int(sock_fd)}"
-    return [*fdset, "-chardev",
+    return ["-add-fd", f"fd={int(log_fd)},set={CONSOLE_FDSET}", "-chardev",
             f"socket,id=console,{where},server=on,wait=off,"
-            f"logfile={target},logappend=on",
+            f"logfile=/dev/fdset/{CONSOLE_FDSET},logappend=on",
             "-serial", "chardev:console"]
 
 
@@ -191,10 +190,11 @@ def sandbox(mode: str) -> list[str]:
     return [] if mode == "none" else ["-sandbox", SECCOMP]
 
 
-def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None,
-         console_fd: int | None = None, socket_fds: tuple[int, ...] = ()) -> list[str]:
-    """``socket_fds``: listening sockets made by the host, the console's then
-    one per agent channel (jailed); none: QEMU makes its sockets."""
+def argv(spec: LaunchSpec, qemu: str = QEMU, qmp_fd: int | None = None, *,
+         console_fd: int, socket_fds: tuple[int, ...] = ()) -> list[str]:
+    """``console_fd``: the console writer's pipe; ``socket_fds``: listening
+    sockets made by the host, the console's then one per agent channel
+    (jailed); none: QEMU makes its sockets."""
     return checked([
         qemu,
         *machine(spec.accel),

@@ -163,13 +163,10 @@ def launch(spec: LaunchSpec) -> None:
         with _closing(pid_w):
             given = (listener.fileno(), *(s.fileno() for s in socks), pid_w,
                      *spec.inherited_fds())
-            # QEMU never sees the console log: it writes into a pipe (this fd), and
-            # the jail's console writer keeps the file bounded (ignite-jail -c).
-            fd = max(given) + 1
-            p = p._replace(console=(fd, consolelog.limit(), str(d / args.CONSOLE_LOG)),
-                           pid_fd=pid_w)
+            console = console_writer(d, given)
+            p = p._replace(console=console, pid_fd=pid_w)
             cmd = [*p.argv(helper), *args.argv(spec, qemu, qmp_fd=listener.fileno(),
-                                               console_fd=fd,
+                                               console_fd=console[0],
                                                socket_fds=tuple(s.fileno() for s in socks))]
             (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
             log_fd = os.open(d / args.QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -188,6 +185,14 @@ def launch(spec: LaunchSpec) -> None:
         if rc != 0 or pid is None or not _greeted(qmp):
             _fail(d)
         undo.pop_all()
+
+
+def console_writer(d: Path, given: tuple[int, ...]) -> tuple[int, int, str]:
+    """The console writer of the VM in ``d`` (``ignite-jail -c``), jailed or not:
+    QEMU never sees the console log, it writes into a pipe (its fd: the first
+    above the fds ``given`` to the helper), and the writer keeps the file
+    bounded at every write (see ignitevm.providers.vmm.consolelog)."""
+    return (max(given, default=2) + 1, consolelog.limit(), str(d / args.CONSOLE_LOG))
 
 
 @contextlib.contextmanager

@@ -82,17 +82,29 @@ class QemuVMM:
         return pid
 
     def _launch_unconfined(self, spec: LaunchSpec) -> None:
-        (spec.workdir / args.RUN_DIR).mkdir(exist_ok=True)
-        from ignitevm.util.proc import run
+        """QEMU as the caller, detaching itself (-daemonize); what the guest
+        prints goes through the same console writer as a jailed VM's
+        (``ignite-jail -n``: no jail, no privilege needed), which keeps the
+        log bounded at every write, whether or not anyone looks."""
+        from ignitevm.providers.sandbox import build, jail
+        from ignitevm.providers.vmm.qemu import jailed
+        from ignitevm.util.proc import run, which
 
-        cmd = args.argv(spec)
-        (spec.workdir / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
+        d = spec.workdir
+        (d / args.RUN_DIR).mkdir(exist_ok=True)
+        qemu = which(args.QEMU)
+        helper = build.helper(spec.cache or d.parent.parent / "cache")
         # An fd QEMU takes over (the tap of a CNI attachment) survives -daemonize.
-        result = run(cmd, check=False, timeout=60, pass_fds=spec.inherited_fds())
+        given = spec.inherited_fds()
+        console = jailed.console_writer(d, given)
+        cmd = [*jail.unconfined_argv(helper, console),
+               *args.argv(spec, qemu, console_fd=console[0])]
+        (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
+        result = run(cmd, check=False, timeout=60, pass_fds=given)
         if result.returncode != 0:
             msg = (result.stderr or result.stdout).strip().splitlines()
             why = msg[-1] if msg else f"exit code {result.returncode}"
-            why = why.removeprefix(f"{args.QEMU}: ")
+            why = why.removeprefix(f"{qemu}: ").removeprefix(f"{args.QEMU}: ")
             raise IgniteError(f"QEMU failed to start: {why}", details=result.stderr,
                               hint="--log-level debug shows QEMU's full command line")
 
@@ -109,7 +121,9 @@ class QemuVMM:
             return None
         if pid <= 0 or not is_our_qemu(pid, workdir, record):
             return None
-        # Every look at a running VM keeps its console log bounded (one stat).
+        # (One stat. The console writer keeps the log bounded; this trims the
+        # log of an unconfined VM launched by an older version, whose QEMU
+        # appends to it itself.)
         consolelog.trim(workdir / args.CONSOLE_LOG)
         return pid
 
