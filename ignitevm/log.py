@@ -1,10 +1,10 @@
 """Logging set-up: messages go to stderr so that stdout stays for results.
 
 The logging module (with traceback, threading and the rest it loads, ~8 ms of
-a CLI start) is imported with the first message shown at the level set up:
-a command that logs nothing at that level (a clone's start, say) does not load
-it. Once it is loaded, by the first such message or by anything else (a
-library, pytest), every message goes through it as before.
+a CLI start) is not imported for the CLI's messages: once set up, a message
+below the level is dropped and one at or above it is written to stderr as the
+handler below would write it. Once logging is loaded, by anything (a library,
+pytest, a message with ``exc_info``), every message goes through it.
 """
 
 from __future__ import annotations
@@ -34,39 +34,65 @@ LEVEL_NAMES = tuple(_LEVELS)
 
 
 class _Logger:
-    """The ``ignitevm`` logger: :mod:`logging`'s, loaded when first needed."""
+    """The ``ignitevm`` logger: :mod:`logging`'s once it is loaded; until then a
+    shown message is written as its handler would write it."""
 
     def __init__(self) -> None:
         self._level: int | None = None  # set up, logging not loaded yet
         self._real: logging.Logger | None = None
 
-    def _get(self, levelno: int) -> logging.Logger | None:
-        """The logger to hand a message at ``levelno`` to; None: it would not show."""
-        if self._real is None:
-            if self._level is not None and levelno < self._level and (
-                    "logging" not in sys.modules):
-                return None
-            self._real = _load(self._level)
-        return self._real
-
     def debug(self, msg: object, *args: object, **kwargs: object) -> None:
-        if (real := self._get(10)) is not None:
-            real.debug(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        self._emit(10, msg, args, kwargs)
 
     def info(self, msg: object, *args: object, **kwargs: object) -> None:
-        if (real := self._get(20)) is not None:
-            real.info(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        self._emit(20, msg, args, kwargs)
 
     def warning(self, msg: object, *args: object, **kwargs: object) -> None:
-        if (real := self._get(30)) is not None:
-            real.warning(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        self._emit(30, msg, args, kwargs)
 
     def error(self, msg: object, *args: object, **kwargs: object) -> None:
-        if (real := self._get(40)) is not None:
-            real.error(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        self._emit(40, msg, args, kwargs)
+
+    def _emit(self, levelno: int, msg: object, args: tuple[object, ...],
+              kwargs: dict[str, object]) -> None:
+        real, level = self._real, self._level
+        if real is None and level is not None and "logging" not in sys.modules:
+            if levelno < level:
+                return
+            if not kwargs:  # (exc_info and the like: logging's)
+                try:
+                    err = sys.stderr
+                    err.write(_line(levelno, _message(msg, args)) + "\n")
+                    err.flush()
+                    return
+                except Exception:
+                    pass  # (logging then says what it says of it)
+        if real is None:
+            real = self._real = _load(level)
+        real.log(levelno, msg, *args, stacklevel=3, **kwargs)  # type: ignore[arg-type]
 
 
 log = _Logger()
+
+
+def _message(msg: object, args: tuple[object, ...]) -> str:
+    """``msg % args``, as logging.LogRecord.getMessage makes it."""
+    from collections.abc import Mapping
+
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        return str(msg) % args[0]
+    return str(msg) % args if args else str(msg)
+
+
+def _line(levelno: int, msg: str) -> str:
+    """A message as it is shown."""
+    if levelno >= 40:
+        return f"error: {msg}"
+    if levelno >= 30:
+        return f"warning: {msg}"
+    if levelno <= 10:
+        return f"debug: {msg}"
+    return msg
 
 
 def _load(level: int | None) -> logging.Logger:
@@ -75,14 +101,7 @@ def _load(level: int | None) -> logging.Logger:
 
     class Formatter(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
-            msg = record.getMessage()
-            if record.levelno >= logging.ERROR:
-                return f"error: {msg}"
-            if record.levelno >= logging.WARNING:
-                return f"warning: {msg}"
-            if record.levelno <= logging.DEBUG:
-                return f"debug: {msg}"
-            return msg
+            return _line(record.levelno, record.getMessage())
 
     real = logging.getLogger("ignitevm")
     if level is not None:
