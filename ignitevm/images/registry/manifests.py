@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections import namedtuple
-from contextlib import closing
 
 from ignitevm.errors import InvalidInput
 from ignitevm.images.mediatypes import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES
@@ -72,7 +71,8 @@ def parse(raw: bytes, digest: str, where: str, content_type: str = "") -> Manife
 
 def fetch(client: Client, reference: str, expected: str | None = None) -> Manifest:
     """GET ``manifests/<reference>``; ``expected`` is the digest it must have."""
-    from hashlib import sha256  # (not at the top: the CLI's fast pull path reads this module)
+    from contextlib import closing  # (these two not at the top: the CLI's fast pull
+    from hashlib import sha256  # path reads this module)
 
     what = f"manifest {reference}" if reference.startswith("sha256:") else f"tag {reference}"
     with closing(client.get(f"manifests/{reference}", {"Accept": ACCEPT}, stream=True)) as resp:
