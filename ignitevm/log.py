@@ -9,6 +9,7 @@ pytest, a message with ``exc_info``), every message goes through it.
 
 from __future__ import annotations
 
+import _thread
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ _LEVELS = {
 }
 
 LEVEL_NAMES = tuple(_LEVELS)
+_WRITING = _thread.allocate_lock()  # (one line at a time, as logging's handler lock)
 
 
 class _Logger:
@@ -61,9 +63,10 @@ class _Logger:
                 return
             if not kwargs:  # (exc_info and the like: logging's)
                 try:
-                    err = sys.stderr
-                    err.write(_line(levelno, _message(msg, args)) + "\n")
-                    err.flush()
+                    text = _line(levelno, _message(msg, args)) + "\n"
+                    with _WRITING:
+                        sys.stderr.write(text)
+                        sys.stderr.flush()
                     return
                 except Exception:
                     pass  # (logging then says what it says of it)
