@@ -99,3 +99,11 @@ def test_the_same_bytes_as_cryptography_writes() -> None:
     loaded = ser.load_ssh_private_key(private, None)
     assert loaded.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH) \
         + b" x\n" == pub
+
+
+def test_key_making_leaves_out_the_serialization_package() -> None:
+    code = ("import sys\nfrom ignitevm.util import sshkey\nsshkey.key_pair('c')\n"
+            "print(sorted(m for m in sys.modules if 'serialization' in m or 'bcrypt' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
