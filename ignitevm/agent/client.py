@@ -14,7 +14,6 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Protocol
 
 from ignitevm.agent import protocol as p
 from ignitevm.errors import IgniteError
@@ -206,21 +205,25 @@ def _peek(buf: bytearray, at: int) -> p.Frame | None:
     return p.Frame(p.READY, 0, bytes(buf[at + p.HEADER.size:end]))
 
 
-class Ports(Protocol):
-    """Where a VM's agent channels are, and how to ask for one more."""
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:  # (a type only: typing costs exec's fast path ~3 ms)
+    from typing import Protocol
 
-    def sockets(self) -> list[Path]:
-        """The channels' host-side sockets, in order."""
-        ...
+    class Ports(Protocol):
+        """Where a VM's agent channels are, and how to ask for one more."""
 
-    def grow(self) -> Path | None:
-        """Add a channel to the running VM; None if it can have no more."""
-        ...
+        def sockets(self) -> list[Path]:
+            """The channels' host-side sockets, in order."""
+            ...
 
-    def repair(self, path: Path) -> None:
-        """Undo the adding of channel ``path`` that a dead client left half-done
-        (nothing if it is whole)."""
-        ...
+        def grow(self) -> Path | None:
+            """Add a channel to the running VM; None if it can have no more."""
+            ...
+
+        def repair(self, path: Path) -> None:
+            """Undo the adding of channel ``path`` that a dead client left half-done
+            (nothing if it is whole)."""
+            ...
 
 
 def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:

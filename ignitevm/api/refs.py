@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from collections import namedtuple
 
 from ignitevm.errors import InvalidInput
 
@@ -35,7 +35,9 @@ _HINT = "use a name like 'alpine', 'app:1.0', 'registry.example:5000/team/app:ta
         "'name@sha256:<64 hex digits>'"
 
 
-class Reference(NamedTuple):
+# (collections.namedtuple, not typing.NamedTuple: typing is ~3 ms of the CLI's fast pull)
+class Reference(namedtuple("Reference", "domain path tag digest")):
+    __slots__ = ()
     domain: str  # "docker.io", "ghcr.io", "localhost:5000"
     path: str  # "library/alpine", "team/app"
     tag: str | None  # None only when a digest is given

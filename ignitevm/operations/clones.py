@@ -12,7 +12,6 @@ fails on the way, the clone is removed (nothing half-made stays).
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -159,10 +158,10 @@ def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> list[s
 def identity_fields(vm: VM, net: NetPlan | None) -> list[tuple[str, str]]:
     """The RESTORE request's fields (docs/agent-protocol.md)."""
     now = time.time_ns()
-    fields = [("rand", secrets.token_hex(64)),
+    fields = [("rand", os.urandom(64).hex()),
               ("time", f"{now // 1_000_000_000}.{now % 1_000_000_000:09d}"),
               ("hostname", vm.metadata.uid),
-              ("machine_id", secrets.token_hex(16))]
+              ("machine_id", os.urandom(16).hex())]
     if net is not None:
         from ignitevm.providers.network.base import guest_lines
 

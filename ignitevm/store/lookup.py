@@ -11,8 +11,8 @@ store writes), it says None and the caller takes the full path.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from ignitevm.store.layout import METADATA
 
@@ -24,10 +24,11 @@ _HINTS = {"vm": "list VMs with: ignite ps -a",
           "snapshot": "list snapshots with 'ignite snapshot ls'"}
 
 
-class Header(NamedTuple):
+class Header(namedtuple("Header", "uid name paused", defaults=(False,))):
+    __slots__ = ()  # (not typing.NamedTuple: see agent/protocol.py Frame)
     uid: str
     name: str
-    paused: bool = False
+    paused: bool  # False by default
 
 
 def read_header(raw: bytes) -> Header | None:

@@ -149,3 +149,22 @@ def test_an_unreadable_folder_means_the_full_path(tmp_path: Path) -> None:
     (tmp_path / "vm").write_text("not a folder")
     assert lookup.read_headers(str(tmp_path / "vm")) is None
     assert lookup.read_headers(str(tmp_path / "none")) == []
+
+
+def test_light_imports() -> None:
+    """What exec's and pause/resume's fast paths load (their lazy imports too) leaves
+    out the command tree, msgspec, logging, typing (which loads re) and the VMM's and
+    network's record types (their start-up is a figure)."""
+    code = (
+        "import sys\nfrom ignitevm.cli import fastexec, fastvm, main\n"
+        "from ignitevm.agent import client, session\n"
+        "from ignitevm.providers.vmm.qemu import machine, qmp\n"
+        "from ignitevm.store import layout, lookup\n"
+        "from ignitevm.util import fs\n"
+        "heavy = {'argparse', 'msgspec', 'logging', 'typing', 'ignitevm.providers.vmm.base',\n"
+        "         'ignitevm.providers.network.base', 'ignitevm.operations.context'}\n"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"

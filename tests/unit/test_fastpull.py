@@ -26,12 +26,14 @@ def test_constants_match_the_full_path() -> None:
 
 
 def test_light_imports() -> None:
-    """What the fast path loads leaves out the full client, argparse and pathlib."""
+    """What the fast path loads leaves out the full client, argparse and pathlib, and
+    typing (which loads re), logging, hashlib (OpenSSL), ipaddress, contextlib."""
     code = (
         "import sys\nfrom ignitevm.cli import fastpull, main\n"
         "from ignitevm.images.registry import hosts, manifests, mirrors\n"
         "import ignitevm.api.refs\n"
-        "heavy = {'httpx', 'argparse', 'pathlib', 'ssl', 'tomllib', 'msgspec'}\n"
+        "heavy = {'httpx', 'argparse', 'pathlib', 'ssl', 'tomllib', 'msgspec', 'typing',\n"
+        "         'logging', 'hashlib', 'ipaddress', 'contextlib'}\n"
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run(

@@ -154,6 +154,37 @@ def test_loopback(host: str, loopback: bool) -> None:
     assert t.http_allowed is loopback and not t.opted_in
 
 
+def test_loopback_as_ipaddress_reads_it() -> None:
+    """is_loopback reads plain IPv4 itself (ipaddress costs the CLI ~1 ms): the
+    same answer as ipaddress for every name, odd ones too."""
+    import ipaddress
+    import random
+
+    def by_ipaddress(name: str) -> bool:
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    names = ["127.0.0.1", "127.255.255.255", "128.0.0.1", "0.0.0.0", "1.2.3.4", "127.0.0.01",
+             "127.00.0.1", "0127.0.0.1", "127.0.0.256", "127.0.0", "127.0.0.1.", ".127.0.0.1",
+             "127.0.0.1.5", "127..0.1", "1270.0.0.1", "127.0.0.+1", "127.0.0.\u0661",
+             "\u0661\u0662\u0667.0.0.1", "127.0.0.1 ", " 127.0.0.1", "", "::1", "::2",
+             "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", "fe80::1%eth0", "1e3", "1", "127",
+             "2130706433", "0x7f.0.0.1", "127.0.0.1%lo", "localhost", "Localhost", "reg.example"]
+    rng = random.Random(7)
+    for _ in range(3000):
+        names.append(".".join(rng.choice(["127", "0", "00", "255", "256", "1", "01", "99", "",
+                                          "a", "1a", "\u0661", "300", "-1", "+1"])
+                              for _ in range(rng.choice([3, 4, 4, 4, 5]))))
+    for name in names:
+        host = f"[{name}]" if ":" in name else name  # (a host as a reference has it)
+        assert tls.is_loopback(host) is by_ipaddress(name), name
+        assert tls.is_loopback(f"{host}:5000") is by_ipaddress(name), name
+
+
 def test_insecure_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(tls.INSECURE_ENV, "a.example:5000, b.example")
     names = tls.insecure_registries(["c.example"])

@@ -7,16 +7,17 @@ was asked by (or the registry's ``Docker-Content-Digest``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from contextlib import closing
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections import namedtuple
 
 from ignitevm.errors import InvalidInput
 from ignitevm.images.mediatypes import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
 if TYPE_CHECKING:  # (not imported: the CLI's fast pull path reads this module)
+    from typing import Any
+
     from ignitevm.images.registry.client import Client
 
 SCHEMA1_TYPES = {
@@ -28,7 +29,8 @@ MAX_MANIFEST = 4 << 20
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
 
-class Manifest(NamedTuple):
+class Manifest(namedtuple("Manifest", "digest media raw doc")):
+    __slots__ = ()
     digest: str
     media: str
     raw: bytes
@@ -69,6 +71,9 @@ def parse(raw: bytes, digest: str, where: str, content_type: str = "") -> Manife
 
 def fetch(client: Client, reference: str, expected: str | None = None) -> Manifest:
     """GET ``manifests/<reference>``; ``expected`` is the digest it must have."""
+    from contextlib import closing  # (these two not at the top: the CLI's fast pull
+    from hashlib import sha256  # path reads this module)
+
     what = f"manifest {reference}" if reference.startswith("sha256:") else f"tag {reference}"
     with closing(client.get(f"manifests/{reference}", {"Accept": ACCEPT}, stream=True)) as resp:
         if resp.status_code != 200:
@@ -83,7 +88,7 @@ def fetch(client: Client, reference: str, expected: str | None = None) -> Manife
         raw = b"".join(chunks)
         content_type = resp.headers.get("content-type", "")
         claimed = resp.headers.get("docker-content-digest", "")
-    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    digest = "sha256:" + sha256(raw).hexdigest()
     where = f"{what} of {client.domain}/{client.repository}"
     if expected is None and claimed.startswith("sha256:"):
         expected = claimed

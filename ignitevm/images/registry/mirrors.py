@@ -12,18 +12,21 @@ which references the mirrors serve.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections import namedtuple
 
 from ignitevm.api.refs import Reference, parse
 from ignitevm.errors import InvalidInput
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 DEFAULT_CONF = "/etc/containers/registries.conf"
 
 
-class Endpoint(NamedTuple):
+class Endpoint(namedtuple("Endpoint", "ref insecure mirror")):
+    __slots__ = ()
     ref: Reference  # the reference rewritten for this place
     insecure: bool
     mirror: bool

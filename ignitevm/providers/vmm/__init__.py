@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from ignitevm.errors import InvalidInput
-from ignitevm.providers.vmm.base import VMM
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:
+    from ignitevm.providers.vmm.base import VMM
 
 
 def get(name: str = "qemu") -> VMM:

@@ -26,9 +26,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from ignitevm.util.fs import atomic_write, flock
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 DEFAULT_MAX = 4 << 20
 HEAD = 64 << 10

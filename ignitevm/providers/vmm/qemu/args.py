@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ignitevm.errors import InvalidInput
-from ignitevm.providers.network.base import NetPlan
-from ignitevm.providers.vmm.base import Disk, LaunchSpec
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:  # (exec's fast path reads this module)
+    from ignitevm.providers.network.base import NetPlan
+    from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
 QEMU = "qemu-system-x86_64"
 

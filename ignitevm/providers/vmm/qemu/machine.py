@@ -11,17 +11,17 @@ import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ignitevm.errors import IgniteError
 from ignitevm.providers.vmm import consolelog
-from ignitevm.providers.vmm.base import Disk, LaunchSpec
 from ignitevm.providers.vmm.qemu import args
 from ignitevm.util.fs import atomic_write
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:  # (exec's fast path reads this module: not the VMM's types)
     import socket
 
+    from ignitevm.providers.vmm.base import Disk, LaunchSpec
     from ignitevm.providers.vmm.qemu.qmp import Monitor
 
 RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
@@ -43,6 +43,8 @@ class QemuVMM:
         disk = workdir / "disk.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
              "-b", str(image), "-o", "cluster_size=65536", str(disk), str(size)])
+        from ignitevm.providers.vmm.base import Disk
+
         return Disk(disk, "ignite-root", "qcow2")
 
     # --- accelerator --------------------------------------------------------

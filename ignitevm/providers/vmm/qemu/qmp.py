@@ -12,7 +12,10 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:  # (pause/resume's fast path reads this module)
+    from typing import Any
 
 MAX_LINE = 16 << 20  # bytes in one QMP message (a qom-list of many devices stays far below)
 
