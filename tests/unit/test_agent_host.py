@@ -25,6 +25,7 @@ import pytest
 from ignitevm.errors import IgniteError
 from ignitevm.guest.build import build
 from tests.helpers.agentclient import (
+    DATA,
     EOF,
     EXIT,
     HEADER,
@@ -448,6 +449,48 @@ def test_lost_framing_is_recovered_at_the_next_hello(agent: Agent) -> None:
         assert info["version"] == "1"
         assert s.pid and gone(s.pid)
         assert c.run(["echo", "back"]).stdout == b"back\n"
+
+
+@pytest.mark.parametrize("cut", ["payload-1", "payload-5", "payload-12", "header-1", "header-4",
+                                 "header-8"])
+def test_a_hello_that_ends_a_dead_clients_cut_frame_is_said_again(agent: Agent,
+                                                                  cut: str) -> None:
+    """A client killed mid-frame leaves the agent a frame to finish. When the
+    next client's HELLO finishes it (the rest of the HELLO then reads as
+    padding) and its PING is read, that PONG alone must not pass for a reset
+    channel: the dead client's sessions would run on under the ids the next
+    client picks (a CI run once got "session id already in use")."""
+    from ignitevm.agent import protocol as p
+    from ignitevm.agent.client import Channel
+
+    old = agent.client()
+    s = old.started(old.exec(["sleep", "1000"]))
+    frame = HEADER.pack(DATA, 0, 0, s.id, 100) + bytes(100)
+    where, n = cut.split("-")
+    old.sock.sendall(frame[:-int(n)] if where == "payload" else frame[:int(n)])
+    # The next client, on the same byte stream (as on a port after a kill -9).
+    with Channel(old.sock, os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)) as ch:
+        ch._handshake(time.monotonic() + 10, "the test agent", 10)
+        ch.send(p.Frame(p.EXEC, s.id, p.request(["true"])))
+        got = ch.recv(time.monotonic() + 10)
+        while got is not None and got.session != s.id:
+            got = ch.recv(time.monotonic() + 10)
+        assert got is not None and got.type == p.STARTED, got
+        assert s.pid and gone(s.pid)
+        assert ch.info["version"] == "1"
+
+
+def test_session_ids_differ_between_clients() -> None:
+    from ignitevm.agent.client import Channel
+
+    a, b = (Channel(socket.socket(socket.AF_UNIX), -1) for _ in range(2))
+    first = [a.new_session() for _ in range(3)]
+    assert 0 not in first and len(set(first)) == 3
+    assert b.new_session() not in first
+    a._next = 0xFFFFFFFF
+    assert [a.new_session(), a.new_session()] == [0xFFFFFFFF, 1]
+    for ch in (a, b):
+        ch.sock.close()
 
 
 class _OnePort:
