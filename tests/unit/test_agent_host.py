@@ -6,6 +6,7 @@ on the host as the current user, so these tests need root (users, ownership).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -124,6 +125,43 @@ def test_exit_codes_and_exec_errors(client: AgentClient, tmp_path: Path) -> None
     assert client.run([str(script)]).error == (126, f"{script}: permission denied")
     assert client.run(["true"], cwd="/no/such/dir").error[0] == 1
     assert client.run(["true"], user="no-such-user").error[0] == 1
+
+
+@pytest.mark.parametrize("passwd,group", [("fifo", "fifo"), ("huge", "huge"), (None, "fifo")])
+def test_passwd_and_group_that_are_fifos_or_huge_do_not_hold_the_agent(
+        binary: Path, tmp_path: Path, passwd: str | None, group: str) -> None:
+    """/etc/passwd and /etc/group are the guest's: a FIFO there (its open waits
+    for a writer) or a huge file must not hold up the agent, which waits for
+    an exec's child to look its user up (every exec, the warm-up too)."""
+    fifo, huge = tmp_path / "fifo", tmp_path / "huge"
+    os.mkfifo(fifo)
+    with open(huge, "wb") as f:
+        f.truncate(5 << 30)     # (sparse)
+    files = {"fifo": fifo, "huge": huge}
+    binds = [f"mount --bind {files[name]} /etc/{what}"
+             for name, what in ((passwd, "passwd"), (group, "group")) if name]
+    sock = tmp_path / "agent.sock"
+    # (its own mount namespace: the host's files stay as they are)
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             " && ".join(binds) + ' && exec "$0" --socket "$1"', binary, sock],
+                            stderr=subprocess.DEVNULL)
+    try:
+        with AgentClient(sock) as c:
+            c.hello()
+            s = c.run(["sh", "-c", "id -u; echo $HOME"])
+            assert (s.error, bytes(s.stdout)) == (None, b"0\n/root\n")
+            assert c.run(["id", "-u"], user="65534:65534").stdout == b"65534\n"
+            s = c.run(["id", "-u"], user="nobody")
+            if passwd is None:
+                assert s.stdout == b"65534\n"
+            else:
+                why = "not a regular file" if passwd == "fifo" else "larger than 4 MiB"
+                assert s.error == (1, f"unable to find user nobody: /etc/passwd: {why}")
+    finally:
+        proc.kill()
+        proc.wait()
+        with contextlib.suppress(OSError):   # (a reader left waiting on the FIFO: let it go)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_stdout_and_stderr_are_kept_apart(client: AgentClient) -> None:
