@@ -239,12 +239,15 @@ class QemuVMM:
             "addr": {"type": "fd", "data": {"str": f"agent{k}"}},
             "server": True, "wait": False}}
         port = dict(item.split("=", 1) for item in args.agent_port(k).split(","))
-        # (made beside, and named once QEMU listens on it: no client finds a
-        # socket QEMU does not serve yet)
+        # (made beside, and named only once its port is there: no client finds
+        # a socket that leads to no port, where it would wait for nothing)
         new = path.with_name(path.name + ".new")
         with self.monitor(workdir) as mon:
-            if new.exists():  # a client killed before the rename: its chardev has no socket
-                with contextlib.suppress(Exception):
+            if new.exists():  # a client killed before the rename...
+                if _has_port(mon, k):      # ... after device_add: the channel is whole
+                    os.rename(new, path)
+                    return path
+                with contextlib.suppress(Exception):  # ... before: its chardev has no port
                     mon.cmd("chardev-remove", id=f"agent{k}")
             self._plug_channel(mon, k, new, path, backend, port)
         return path
@@ -258,7 +261,6 @@ class QemuVMM:
             try:
                 mon.cmd("getfd", fd=sock.fileno(), fdname=f"agent{k}")
                 mon.cmd("chardev-add", id=f"agent{k}", backend=backend)
-                os.rename(new, path)
             except BaseException:
                 new.unlink(missing_ok=True)
                 with contextlib.suppress(Exception):
@@ -272,17 +274,19 @@ class QemuVMM:
             except BaseException:  # (also Ctrl-C: no socket may stay without a port)
                 with contextlib.suppress(Exception):
                     mon.cmd("chardev-remove", id=f"agent{k}")
-                path.unlink(missing_ok=True)
+                new.unlink(missing_ok=True)
                 raise
+            os.rename(new, path)
 
     def repair_agent_channel(self, workdir: Path, path: Path) -> None:
         """Undo a channel a client killed between chardev-add and device_add left
         half-made: a socket with no port behind it (its chardev and socket go;
-        the next client adds the channel anew). Nothing if the port is there."""
+        the next client adds the channel anew). Nothing if the port is there.
+        (This host names a socket only once its port is there; one that an
+        older one named before may lead to no port.)"""
         k = int(path.stem.rsplit("-", 1)[1])         # agent-K.sock
         with self.monitor(workdir) as mon:
-            devices = mon.cmd("qom-list", path="/machine/peripheral")
-            if any(d.get("name") == f"agentport{k}" for d in devices):
+            if _has_port(mon, k):
                 return
             with contextlib.suppress(Exception):     # (gone already, or never made)
                 mon.cmd("chardev-remove", id=f"agent{k}")
@@ -293,6 +297,12 @@ class QemuVMM:
 
     def console_log(self, workdir: Path) -> Path:
         return workdir / args.CONSOLE_LOG
+
+
+def _has_port(mon: Monitor, k: int) -> bool:
+    """Is agent port ``k`` (its virtserialport) in the VM?"""
+    devices = mon.cmd("qom-list", path="/machine/peripheral")
+    return any(d.get("name") == f"agentport{k}" for d in devices)
 
 
 def process_start(pid: int) -> str | None:
