@@ -95,3 +95,39 @@ def test_a_channel_a_dead_client_left_unnamed_is_finished(
         assert names == ["qom-list", "chardev-remove", "getfd", "chardev-add", "device_add"]
     assert stat.S_ISSOCK(path.lstat().st_mode) and not new.exists()
     os.unlink(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a process of another uid is needed: run as root")
+def test_a_socket_is_accepted_from_the_vms_qemu_or_from_the_host_itself(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SO_PEERCRED names whoever called listen() last: QEMU >= 6.1 listens again
+    on the socket the host hands it; an older one leaves the host's name there.
+    The host's own socket counts only in a folder no one else may write."""
+    import subprocess
+
+    qemu = subprocess.Popen(["sleep", "300"], user=65534, group=65534)
+    try:
+        monkeypatch.setattr(QemuVMM, "pid", lambda self, workdir: qemu.pid)
+        folder = tmp_path / "run"
+        folder.mkdir(mode=0o700)
+        path = folder / "agent-1.sock"
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))
+            server.listen(8)
+            QemuVMM().connect_socket(tmp_path, path).close()     # (QEMU < 6.1, jailed)
+            folder.chmod(0o777)
+            with pytest.raises(PermissionError, match="served by uid 0, not by the VM's QEMU"):
+                QemuVMM().connect_socket(tmp_path, path)
+            pid = os.fork()
+            if pid == 0:  # (QEMU >= 6.1: listen() again, as the VM's uid)
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    server.listen(8)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            QemuVMM().connect_socket(tmp_path, path).close()
+    finally:
+        qemu.kill()
+        qemu.wait()

@@ -203,10 +203,11 @@ def fresh(cli: Ignite, testbox: str) -> Iterator[str]:
     cli("rm", "-f", "fresh")
 
 
-@pytest.mark.parametrize("named", [True, False], ids=["socket-named", "socket-not-named"])
-def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str, named: bool) -> None:
-    """What a client killed between QMP's chardev-add and device_add leaves (made
-    here by hand; its socket already renamed into place, or not yet): the next
+@pytest.mark.parametrize("state", ["socket-named", "socket-not-named", "port-added"])
+def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str, state: str) -> None:
+    """What a client killed while it added a channel leaves (made here by hand):
+    after chardev-add, its socket renamed into place (as an older host did) or
+    not yet; or after device_add too, its socket not yet renamed. The next
     client that needs a new channel still gets through."""
     import fcntl
     import json
@@ -225,12 +226,16 @@ def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str, named: bool) 
     half = folder / f"agent-{k}.sock"
     (vmdir / "agent-grow.pending").write_text(f"{len(socks)}\n")
     # (as the host adds a channel: its socket made and handed over, then chardev-add)
-    made = half if named else half.with_name(half.name + ".new")
+    made = half if state == "socket-named" else half.with_name(half.name + ".new")
     with QemuVMM().monitor(vmdir) as mon, listen(made) as sock:
         mon.cmd("getfd", fd=sock.fileno(), fdname=f"agent{k}")
         mon.cmd("chardev-add", id=f"agent{k}", backend={"type": "socket", "data": {
             "addr": {"type": "fd", "data": {"str": f"agent{k}"}}, "server": True,
             "wait": False}})
+        if state == "port-added":
+            mon.cmd("device_add", driver="virtserialport", bus="agentbus.0",
+                    id=f"agentport{k}", chardev=f"agent{k}",
+                    name=f"org.ignitevm.agent.{k}", nr=k)
     held = []
     try:
         for sock in socks:        # every whole channel busy: the half-made one is next

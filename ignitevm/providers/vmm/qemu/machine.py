@@ -118,7 +118,10 @@ class QemuVMM:
         make sure QEMU is what answers (QEMU listens on them itself, so their
         peer is QEMU's uid): an unconfined VM's QEMU made them, and a link
         found there must not lead a root client to another socket of the
-        host. The peer must run as the VM's QEMU does."""
+        host. The peer must run as the VM's QEMU does, or be the host itself
+        for a socket in a folder only the host may write (a jailed VM's run/:
+        the host made the socket and handed it to QEMU, and a QEMU older than
+        6.1 does not listen() on it again, which makes it name QEMU)."""
         import socket
 
         pid = self.pid(workdir)
@@ -131,7 +134,7 @@ class QemuVMM:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                     struct.calcsize("3i"))
             _peer_pid, peer_uid, _peer_gid = struct.unpack("3i", creds)
-            if peer_uid != want:
+            if peer_uid != want and not (peer_uid == os.geteuid() and _host_made(path)):
                 raise PermissionError(errno.EPERM, f"{path.name} is served by uid {peer_uid}, "
                                       f"not by the VM's QEMU (uid {want})")
         except BaseException:
@@ -297,6 +300,17 @@ class QemuVMM:
 
     def console_log(self, workdir: Path) -> Path:
         return workdir / args.CONSOLE_LOG
+
+
+def _host_made(path: Path) -> bool:
+    """Is ``path`` a socket of the host's own, in a folder no one else may write?"""
+    me = os.geteuid()
+    try:
+        folder, sock = os.lstat(path.parent), os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(folder.st_mode) and folder.st_uid == me
+            and not folder.st_mode & 0o022 and stat.S_ISSOCK(sock.st_mode) and sock.st_uid == me)
 
 
 def _has_port(mon: Monitor, k: int) -> bool:
