@@ -166,6 +166,22 @@ def test_clients_killed_mid_transfer_leave_the_agent_usable(cli: Ignite, agentbo
         time.sleep(0.5)
 
 
+def test_a_fifo_for_passwd_does_not_hold_up_the_agent(cli: Ignite, agentbox: str) -> None:
+    """The guest's /etc/passwd made a FIFO: exec (which looks the user up) still
+    answers, and a user name is refused saying why."""
+    cli("exec", agentbox, "--", "sh", "-c",
+        "mv /etc/passwd /etc/passwd.real && mkfifo /etc/passwd")
+    try:
+        assert cli("exec", agentbox, "--", "echo", "still here", timeout=60).stdout == \
+            "still here\n"
+        res = cli("exec", "-u", "nobody", agentbox, "--", "true", check=False, timeout=60)
+        assert res.returncode == 1 and "/etc/passwd: not a regular file" in res.stderr
+        assert cli("exec", "-u", "65534", agentbox, "--", "id", "-u").stdout == "65534\n"
+    finally:
+        cli("exec", agentbox, "--", "sh", "-c",
+            "rm -f /etc/passwd && mv /etc/passwd.real /etc/passwd")
+
+
 def test_cp_out_merges_as_cp_r_and_refuses_links_out(cli: Ignite, agentbox: str,
                                                       tmp_path: Path) -> None:
     cli("exec", agentbox, "--", "sh", "-c",
