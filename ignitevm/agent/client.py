@@ -39,7 +39,7 @@ class Channel:
         # Session ids start anywhere: should a dead client's sessions outlive
         # it (its HELLO lost), the next client's frames are still not taken
         # for theirs, nor theirs for its.
-        self._next = int.from_bytes(os.urandom(4), "little") or 1
+        self._next = first_session()
 
     # --- connecting ---------------------------------------------------------
     @classmethod
@@ -203,6 +203,11 @@ class Channel:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+
+def first_session() -> int:
+    """A random session id to start from (never 0)."""
+    return int.from_bytes(os.urandom(4), "little") or 1
 
 
 def _ready_before(buf: bytearray, end: int) -> bytes | None:
