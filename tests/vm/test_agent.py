@@ -166,6 +166,38 @@ def test_clients_killed_mid_transfer_leave_the_agent_usable(cli: Ignite, agentbo
         time.sleep(0.5)
 
 
+def test_a_hello_that_ends_a_killed_clients_cut_frame_is_said_again(cli: Ignite,
+                                                                    agentbox: str) -> None:
+    """A client left a frame 12 bytes short on a real port, its command running;
+    the next client's HELLO then ends that frame and its PING alone is answered:
+    it must still get a reset channel (it got "session id already in use")."""
+    import json
+
+    from ignitevm.agent import protocol as p
+    from ignitevm.agent.client import Channel, lock_free
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
+
+    vmdir = cli.root / "vm" / json.loads(cli("inspect", "vm", agentbox).stdout)["metadata"]["uid"]
+    vmm = QemuVMM()
+    taken = lock_free(vmm.agent_sockets(vmdir))
+    assert taken is not None
+    ch = Channel(vmm.connect_socket(vmdir, taken[1]), taken[0])
+    with ch:
+        ch._handshake(time.monotonic() + 120, agentbox, 120)
+        sid = ch.new_session()
+        ch.send(p.Frame(p.EXEC, sid, p.request(["sleep", "1000"])))
+        while (frame := ch.recv()) is not None and frame.session != sid:
+            pass
+        assert frame is not None and frame.type == p.STARTED
+        ch.sock.sendall(p.Frame(p.DATA, sid, bytes(100)).encode()[:-12])
+        # the next client, on the same stream (as after a kill -9)
+        ch._handshake(time.monotonic() + 120, agentbox, 120)
+        ch.send(p.Frame(p.EXEC, sid, p.request(["true"])))
+        while (frame := ch.recv()) is not None and frame.session != sid:
+            pass
+        assert frame is not None and frame.type == p.STARTED, frame
+
+
 def test_a_fifo_for_passwd_does_not_hold_up_the_agent(cli: Ignite, agentbox: str) -> None:
     """The guest's /etc/passwd made a FIFO: exec (which looks the user up) still
     answers, and a user name is refused saying why."""
