@@ -22,8 +22,6 @@ from ignitevm.util.fs import atomic_write, flock
 HELLO_RETRY = 0.5
 GROW_MARK = "agent-grow.pending"
 RECV_SIZE = 1 << 18
-# What the handshake keeps while it looks for its PONG: one whole READY frame.
-HANDSHAKE_KEEP = p.HEADER.size + p.MAX_PAYLOAD
 
 
 class AgentError(IgniteError):
@@ -37,7 +35,10 @@ class Channel:
         self.buf = bytearray()      # at most one read and one partial frame
         self.last_rx = time.monotonic()
         self.info: dict[str, str] = {}
-        self._next = 1
+        # Session ids start anywhere: should a dead client's sessions outlive
+        # it (its HELLO lost), the next client's frames are still not taken
+        # for theirs, nor theirs for its.
+        self._next = first_session()
 
     # --- connecting ---------------------------------------------------------
     @classmethod
@@ -75,32 +76,40 @@ class Channel:
         return ch
 
     def _handshake(self, deadline: float, what: str, timeout: float) -> None:
-        """HELLO, then a PING with a fresh nonce: its PONG proves that every frame
-        after it belongs to this client (bytes left in flight by an earlier client
-        are skipped). HELLO is idempotent before any session, so it is said again
-        while no answer comes (a channel just released can lose the first)."""
+        """HELLO, then a PING with a fresh nonce: its PONG, right after the READY
+        that answers the HELLO, proves that every frame after it belongs to
+        this client (bytes left in flight by an earlier client are skipped).
+        HELLO is idempotent before any session, so it is said again while no
+        answer comes (a channel just released can lose the first)."""
         nonce = os.urandom(16)
         hello = p.Frame(p.HELLO, 0).encode() + p.Frame(p.PING, 0, nonce).encode()
         pong = p.Frame(p.PONG, 0, nonce).encode()
+        keep = p.HEADER.size + p.MAX_PAYLOAD + len(pong)   # one READY and the PONG
         self._send_raw(hello, deadline)
         self.hellos = 1
         resend = time.monotonic() + HELLO_RETRY
         while True:
-            ready = self.buf.find(p.READY_PREFIX)
-            if ready >= 0 and not self.info:
-                frame = _peek(self.buf, ready)
-                if frame is not None and frame.payload.startswith(b"version="):
-                    text = frame.payload.decode(errors="replace")
+            idx = self.buf.find(pong)
+            while idx >= 0:
+                ready = _ready_before(self.buf, idx)
+                del self.buf[: idx + len(pong)]
+                if ready is not None:
+                    text = ready.decode(errors="replace")
                     self.info = dict(line.split("=", 1) for line in text.splitlines()
                                      if "=" in line)
-            idx = self.buf.find(pong)
-            if idx >= 0:
-                del self.buf[: idx + len(pong)]
-                return
-            # Only the tail can still hold a partial PONG or READY: the buffer
-            # stays bounded however much a guest sends.
-            if len(self.buf) > HANDSHAKE_KEEP:
-                del self.buf[: len(self.buf) - HANDSHAKE_KEEP]
+                    return
+                # A PONG with no READY just before it: the agent took the
+                # HELLO's first bytes as the end of a frame a killed client
+                # left cut, and the rest as padding, but read the PING: the
+                # channel was not reset (that client's sessions still run).
+                # Say it again after the padding (below).
+                if self.hellos == 1:
+                    resend = 0.0
+                idx = self.buf.find(pong)
+            # Only the tail can still hold a partial PONG or its READY: the
+            # buffer stays bounded however much a guest sends.
+            if len(self.buf) > keep:
+                del self.buf[: len(self.buf) - keep]
             now = time.monotonic()
             if now >= deadline:
                 raise AgentError(
@@ -115,6 +124,7 @@ class Channel:
                 self._send_raw(pad + hello, deadline)
                 self.hellos += 1
                 resend = time.monotonic() + HELLO_RETRY
+                continue
             self._fill(min(deadline, resend))
 
     def close(self) -> None:
@@ -136,7 +146,7 @@ class Channel:
     # --- frames ---------------------------------------------------------------
     def new_session(self) -> int:
         sid = self._next
-        self._next += 1
+        self._next = sid % 0xFFFFFFFF + 1      # (0 is the channel's own)
         return sid
 
     def send(self, frame: p.Frame) -> None:
@@ -194,15 +204,21 @@ class Channel:
         return self.sock.fileno()
 
 
-def _peek(buf: bytearray, at: int) -> p.Frame | None:
-    """The whole frame at ``buf[at:]`` without taking it, if it is complete and sane."""
-    if len(buf) - at < p.HEADER.size:
-        return None
-    _typ, _flags, _res, _sid, length = p.HEADER.unpack_from(buf, at)
-    end = at + p.HEADER.size + length
-    if length > p.MAX_PAYLOAD or len(buf) < end:
-        return None
-    return p.Frame(p.READY, 0, bytes(buf[at + p.HEADER.size:end]))
+def first_session() -> int:
+    """A random session id to start from (never 0)."""
+    return int.from_bytes(os.urandom(4), "little") or 1
+
+
+def _ready_before(buf: bytearray, end: int) -> bytes | None:
+    """The payload of the READY frame that ends exactly at ``buf[end]``, if one does."""
+    at = buf.rfind(p.READY_PREFIX, 0, end)
+    while at >= 0:
+        if end - at >= p.HEADER.size:
+            length = p.read_u32(bytes(buf[at + 8:at + 12]))
+            if at + p.HEADER.size + length == end:
+                return bytes(buf[at + p.HEADER.size:end])
+        at = buf.rfind(p.READY_PREFIX, 0, at)
+    return None
 
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)

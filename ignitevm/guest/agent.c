@@ -107,10 +107,26 @@ static void strset(char *d, size_t n, const char *s)
     d[l] = '\0';
 }
 
+/* A regular file opened for reading, never a FIFO or a device (whose open or
+ * read could block the agent: the guest may have made one of the files it
+ * reads so); a link is followed only when ``follow``. */
+static int open_regular(int dir, const char *path, int follow, struct stat *st)
+{
+    int fd = openat(dir, path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC |
+                    (follow ? 0 : O_NOFOLLOW));
+    if (fd >= 0 && (fstat(fd, st) < 0 || !S_ISREG(st->st_mode))) {
+        close(fd);
+        errno = EINVAL;     /* (read as "not a regular file") */
+        return -1;
+    }
+    return fd;
+}
+
 /* A small text file (its first line), relative to ``dir`` (AT_FDCWD: as is). */
 static int read_at(int dir, const char *path, char *out, size_t len)
 {
-    int fd = openat(dir, path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    int fd = open_regular(dir, path, 0, &st);
     if (fd < 0)
         return -1;
     ssize_t n = read(fd, out, len - 1);
@@ -120,6 +136,41 @@ static int read_at(int dir, const char *path, char *out, size_t len)
     out[n] = '\0';
     out[strcspn(out, "\n")] = '\0';
     return 0;
+}
+
+/* The whole of a regular file of at most max bytes (links followed), NUL-
+ * terminated, *len bytes; NULL with errno set (ENOENT..., EINVAL: not a regular
+ * file, EFBIG: larger than max). The caller frees it. */
+char *read_small(const char *path, size_t max, size_t *len)
+{
+    struct stat st;
+    int fd = open_regular(AT_FDCWD, path, 1, &st);
+    if (fd < 0)
+        return NULL;
+    char *text = (uint64_t)st.st_size <= max ? malloc(max + 2) : NULL;
+    size_t n = 0;
+    int err = text ? 0 : (uint64_t)st.st_size > max ? EFBIG : ENOMEM;
+    while (!err && n <= max) {      /* (one byte more than max tells a file that grew) */
+        ssize_t k = read(fd, text + n, max + 1 - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            err = errno;
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    close(fd);
+    if (!err && n > max)
+        err = EFBIG;
+    if (err) {
+        free(text);
+        errno = err;
+        return NULL;
+    }
+    text[n] = '\0';
+    *len = n;
+    return text;
 }
 
 /* PID 1's comm and the basename of its executable. Without /proc (--chroot,

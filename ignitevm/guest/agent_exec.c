@@ -22,6 +22,9 @@
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_GROUPS 256
+/* The most of /etc/passwd or /etc/group read (they are the guest's: one that
+ * is huge, or a FIFO, must not hold up the agent, which waits on this child). */
+#define DB_MAX (4 << 20)
 #define TTY_GRACE_MS 200
 
 int request_parse(struct request *r, const char *p, size_t n, char *err)
@@ -113,37 +116,59 @@ static int fields(char *line, char **f, int max)
     return n;
 }
 
-/* Find a passwd/group entry by name (key) or by id; fills f[], returns 1 if found. */
-static int db_find(const char *file, const char *key, unsigned long id, int idfield,
-                   char **line, size_t *cap, char **f, int nf)
+/* A passwd/group file, whole (read_small: a regular file, at most DB_MAX). */
+static char *db_load(const char *file)
 {
-    FILE *fp = fopen(file, "re");
-    if (!fp)
-        return 0;
-    unsigned long v;
-    while (getline(line, cap, fp) > 0) {
-        if (fields(*line, f, nf) < nf)
-            continue;
-        if (key ? strcmp(f[0], key) == 0 : (number(f[idfield], &v) && v == id)) {
-            fclose(fp);
+    size_t n;
+    return read_small(file, DB_MAX, &n);
+}
+
+/* The next line of *cur with at least nf fields, split into f[]; 0 at the end. */
+static int db_line(char **cur, char **f, int nf)
+{
+    while (*cur && **cur) {
+        char *line = *cur, *nl = strchr(line, '\n');
+        *cur = nl ? nl + 1 : line + strlen(line);
+        if (nl)
+            *nl = '\0';
+        if (fields(line, f, nf) >= nf)
             return 1;
-        }
     }
-    fclose(fp);
     return 0;
+}
+
+/* Find a passwd/group entry by name (key) or by id; fills f[] (pointing into
+ * *mem, which the caller frees), returns 1 if found, 0 if not, -1 if the file
+ * cannot be read (errno). */
+static int db_find(const char *file, const char *key, unsigned long id, int idfield,
+                   char **mem, char **f, int nf)
+{
+    free(*mem);
+    if (!(*mem = db_load(file)))
+        return -1;
+    unsigned long v;
+    for (char *cur = *mem; db_line(&cur, f, nf);)
+        if (key ? strcmp(f[0], key) == 0 : (number(f[idfield], &v) && v == id))
+            return 1;
+    return 0;
+}
+
+static const char *db_why(int e)
+{
+    return e == EINVAL ? "not a regular file" : e == EFBIG ? "larger than 4 MiB" : strerror(e);
 }
 
 static int user_lookup(const char *spec, struct ident *id, char *err)
 {
-    char user[256], *group = NULL, *line = NULL, *f[7];
-    size_t cap = 0;
+    char user[256], *group = NULL, *mem = NULL, *f[7];
     unsigned long v;
     memset(id, 0, sizeof *id);
     snprintf(user, sizeof user, "%s", spec);
     if ((group = strchr(user, ':')))
         *group++ = '\0';
     int numeric = number(user, &v);
-    if (db_find("/etc/passwd", numeric ? NULL : user, v, 2, &line, &cap, f, 7)) {
+    int found = db_find("/etc/passwd", numeric ? NULL : user, v, 2, &mem, f, 7);
+    if (found == 1) {
         unsigned long uid = 0, gid = 0;
         number(f[2], &uid);
         number(f[3], &gid);
@@ -156,26 +181,32 @@ static int user_lookup(const char *spec, struct ident *id, char *err)
         id->uid = v;    /* a uid without an entry: group root, home / (as Docker does) */
         snprintf(id->home, sizeof id->home, "/");
     } else {
-        snprintf(err, ERRLEN, "unable to find user %s: no matching entries in /etc/passwd", user);
-        free(line);
+        if (found < 0 && errno != ENOENT)
+            snprintf(err, ERRLEN, "unable to find user %s: /etc/passwd: %s", user,
+                     db_why(errno));
+        else
+            snprintf(err, ERRLEN, "unable to find user %s: no matching entries in /etc/passwd",
+                     user);
+        free(mem);
         return -1;
     }
     if (group && *group) {
         if (number(group, &v)) {
             id->gid = v;
-        } else if (db_find("/etc/group", group, 0, 2, &line, &cap, f, 4) && number(f[2], &v)) {
+        } else if (db_find("/etc/group", group, 0, 2, &mem, f, 4) == 1 && number(f[2], &v)) {
             id->gid = v;
         } else {
             snprintf(err, ERRLEN, "unable to find group %s: no matching entries in /etc/group",
                      group);
-            free(line);
+            free(mem);
             return -1;
         }
     }
+    free(mem);
     id->groups[id->ngroups++] = id->gid;
-    FILE *fp = id->known ? fopen("/etc/group", "re") : NULL;
-    while (fp && getline(&line, &cap, fp) > 0 && id->ngroups < MAX_GROUPS) {
-        if (fields(line, f, 4) < 4 || !number(f[2], &v) || v == id->gid)
+    char *groups = id->known ? db_load("/etc/group") : NULL;
+    for (char *cur = groups; id->ngroups < MAX_GROUPS && db_line(&cur, f, 4);) {
+        if (!number(f[2], &v) || v == id->gid)
             continue;
         for (char *m = strtok(f[3], ","); m; m = strtok(NULL, ","))
             if (strcmp(m, id->name) == 0) {
@@ -183,9 +214,7 @@ static int user_lookup(const char *spec, struct ident *id, char *err)
                 break;
             }
     }
-    if (fp)
-        fclose(fp);
-    free(line);
+    free(groups);
     return 0;
 }
 
@@ -275,6 +304,18 @@ static const char *env_get(char **env, int n, const char *name)
     return NULL;
 }
 
+/* /dev/null, if it is the device (the guest may have put a FIFO there). */
+static int open_null(int flags)
+{
+    struct stat st;
+    int fd = open("/dev/null", flags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode))) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static void __attribute__((noreturn))
 child(const struct request *r, int console, int st, int m, const char *pts, int in, int out,
       int er)
@@ -296,7 +337,7 @@ child(const struct request *r, int console, int st, int m, const char *pts, int 
     } else if (console >= 0) {
         out = er = console;
     }
-    if (in < 0 && (in = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+    if (in < 0 && (in = open_null(O_RDONLY)) < 0) {
         int p[2];   /* no /dev/null in the guest: an empty pipe also reads as EOF */
         if (pipe2(p, O_CLOEXEC) == 0) {
             close(p[1]);
@@ -459,7 +500,7 @@ void exec_warm(void)
     r.cwd = "/";    /* (not the user's home: nothing of the image's is waited on) */
     char err[ERRLEN];
     uint32_t code;
-    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    int null = open_null(O_WRONLY);
     if (null < 0)
         return;
     spawn(&r, null, NULL, NULL, NULL, &code, err);

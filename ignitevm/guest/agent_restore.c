@@ -87,7 +87,7 @@ static void reseed(struct session *s, const char *hex)
     }
     info->entropy_count = (int)(8 * n);
     info->buf_size = (int)n;
-    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    int fd = open("/dev/urandom", O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0 || ioctl(fd, RNDADDENTROPY, info) < 0)
         warn(s, "cannot add entropy: %s", strerror(errno));
     else if (ioctl(fd, RNDRESEEDCRNG) < 0)
@@ -127,7 +127,12 @@ static void rewrite(struct session *s, const char *path, const char *text)
     struct stat st;
     if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
         return;
-    int fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* (O_NONBLOCK: should it be a FIFO by now, the open does not wait for a reader) */
+    int fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+        close(fd);
+        return;
+    }
     if (fd < 0 || overwrite(fd, text, strlen(text)) < 0)
         warn(s, "cannot write %s: %s", path, strerror(errno));
     if (fd >= 0)

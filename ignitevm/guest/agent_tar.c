@@ -178,7 +178,13 @@ static int add_entry(struct tar_out *t, int dirfd, const char *name, const char 
                 return 0;
             }
     }
-    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+    /* (O_NONBLOCK: made a FIFO since the lstat, it must not block the agent) */
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    struct stat now;
+    if (fd >= 0 && (fstat(fd, &now) < 0 || !S_ISREG(now.st_mode))) {
+        close(fd);
+        return -1;
+    }
     if (fd < 0) {
         note_error(t, "open", arch);
         return -1;

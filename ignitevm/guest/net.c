@@ -447,9 +447,14 @@ int net_resolv(int etc_fd, const char *name, const char *dns, const char *search
         errno = E2BIG;
         return -1;
     }
-    int fd = openat(etc_fd, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    int fd = openat(etc_fd, name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+                    O_CLOEXEC, 0644);
     if (fd < 0)
         return -1;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {   /* (made a FIFO meanwhile) */
+        close(fd);
+        return 1;
+    }
     /* Not O_TRUNC: on ext4 a truncation to 0 makes the close start writing
        the file out at once (auto_da_alloc), ~30 ms of a clone's start under TCG. */
     int rc = pwrite(fd, text, n, 0) == (ssize_t)n && ftruncate(fd, (off_t)n) == 0 ? 0 : -1;

@@ -6,6 +6,7 @@ on the host as the current user, so these tests need root (users, ownership).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -25,6 +26,7 @@ import pytest
 from ignitevm.errors import IgniteError
 from ignitevm.guest.build import build
 from tests.helpers.agentclient import (
+    DATA,
     EOF,
     EXIT,
     HEADER,
@@ -123,6 +125,43 @@ def test_exit_codes_and_exec_errors(client: AgentClient, tmp_path: Path) -> None
     assert client.run([str(script)]).error == (126, f"{script}: permission denied")
     assert client.run(["true"], cwd="/no/such/dir").error[0] == 1
     assert client.run(["true"], user="no-such-user").error[0] == 1
+
+
+@pytest.mark.parametrize("passwd,group", [("fifo", "fifo"), ("huge", "huge"), (None, "fifo")])
+def test_passwd_and_group_that_are_fifos_or_huge_do_not_hold_the_agent(
+        binary: Path, tmp_path: Path, passwd: str | None, group: str) -> None:
+    """/etc/passwd and /etc/group are the guest's: a FIFO there (its open waits
+    for a writer) or a huge file must not hold up the agent, which waits for
+    an exec's child to look its user up (every exec, the warm-up too)."""
+    fifo, huge = tmp_path / "fifo", tmp_path / "huge"
+    os.mkfifo(fifo)
+    with open(huge, "wb") as f:
+        f.truncate(5 << 30)     # (sparse)
+    files = {"fifo": fifo, "huge": huge}
+    binds = [f"mount --bind {files[name]} /etc/{what}"
+             for name, what in ((passwd, "passwd"), (group, "group")) if name]
+    sock = tmp_path / "agent.sock"
+    # (its own mount namespace: the host's files stay as they are)
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             " && ".join(binds) + ' && exec "$0" --socket "$1"', binary, sock],
+                            stderr=subprocess.DEVNULL)
+    try:
+        with AgentClient(sock) as c:
+            c.hello()
+            s = c.run(["sh", "-c", "id -u; echo $HOME"])
+            assert (s.error, bytes(s.stdout)) == (None, b"0\n/root\n")
+            assert c.run(["id", "-u"], user="65534:65534").stdout == b"65534\n"
+            s = c.run(["id", "-u"], user="nobody")
+            if passwd is None:
+                assert s.stdout == b"65534\n"
+            else:
+                why = "not a regular file" if passwd == "fifo" else "larger than 4 MiB"
+                assert s.error == (1, f"unable to find user nobody: /etc/passwd: {why}")
+    finally:
+        proc.kill()
+        proc.wait()
+        with contextlib.suppress(OSError):   # (a reader left waiting on the FIFO: let it go)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_stdout_and_stderr_are_kept_apart(client: AgentClient) -> None:
@@ -448,6 +487,48 @@ def test_lost_framing_is_recovered_at_the_next_hello(agent: Agent) -> None:
         assert info["version"] == "1"
         assert s.pid and gone(s.pid)
         assert c.run(["echo", "back"]).stdout == b"back\n"
+
+
+@pytest.mark.parametrize("cut", ["payload-1", "payload-5", "payload-12", "header-1", "header-4",
+                                 "header-8"])
+def test_a_hello_that_ends_a_dead_clients_cut_frame_is_said_again(agent: Agent,
+                                                                  cut: str) -> None:
+    """A client killed mid-frame leaves the agent a frame to finish. When the
+    next client's HELLO finishes it (the rest of the HELLO then reads as
+    padding) and its PING is read, that PONG alone must not pass for a reset
+    channel: the dead client's sessions would run on under the ids the next
+    client picks (a CI run once got "session id already in use")."""
+    from ignitevm.agent import protocol as p
+    from ignitevm.agent.client import Channel
+
+    old = agent.client()
+    s = old.started(old.exec(["sleep", "1000"]))
+    frame = HEADER.pack(DATA, 0, 0, s.id, 100) + bytes(100)
+    where, n = cut.split("-")
+    old.sock.sendall(frame[:-int(n)] if where == "payload" else frame[:int(n)])
+    # The next client, on the same byte stream (as on a port after a kill -9).
+    with Channel(old.sock, os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)) as ch:
+        ch._handshake(time.monotonic() + 10, "the test agent", 10)
+        ch.send(p.Frame(p.EXEC, s.id, p.request(["true"])))
+        got = ch.recv(time.monotonic() + 10)
+        while got is not None and got.session != s.id:
+            got = ch.recv(time.monotonic() + 10)
+        assert got is not None and got.type == p.STARTED, got
+        assert s.pid and gone(s.pid)
+        assert ch.info["version"] == "1"
+
+
+def test_session_ids_differ_between_clients() -> None:
+    from ignitevm.agent.client import Channel
+
+    a, b = (Channel(socket.socket(socket.AF_UNIX), -1) for _ in range(2))
+    first = [a.new_session() for _ in range(3)]
+    assert 0 not in first and len(set(first)) == 3
+    assert b.new_session() not in first
+    a._next = 0xFFFFFFFF
+    assert [a.new_session(), a.new_session()] == [0xFFFFFFFF, 1]
+    for ch in (a, b):
+        ch.sock.close()
 
 
 class _OnePort:

@@ -73,6 +73,12 @@ def zeros_forever(chunk: int = 1 << 16) -> Iterator[bytes]:
 
 
 # --- the harness ------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def first_session_is_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripted frames name session 1: the client's first session."""
+    monkeypatch.setattr("ignitevm.agent.client.first_session", lambda: 1)
+
+
 @pytest.fixture
 def guest_socket(tmp_path: Path) -> Path:
     return tmp_path / "agent-1.sock"

@@ -134,7 +134,10 @@ class QemuVMM:
         make sure QEMU is what answers (QEMU listens on them itself, so their
         peer is QEMU's uid): an unconfined VM's QEMU made them, and a link
         found there must not lead a root client to another socket of the
-        host. The peer must run as the VM's QEMU does."""
+        host. The peer must run as the VM's QEMU does, or be the host itself
+        for a socket in a folder only the host may write (a jailed VM's run/:
+        the host made the socket and handed it to QEMU, and a QEMU older than
+        6.1 does not listen() on it again, which makes it name QEMU)."""
         import socket
 
         pid = self.pid(workdir)
@@ -147,7 +150,7 @@ class QemuVMM:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                     struct.calcsize("3i"))
             _peer_pid, peer_uid, _peer_gid = struct.unpack("3i", creds)
-            if peer_uid != want:
+            if peer_uid != want and not (peer_uid == os.geteuid() and _host_made(path)):
                 raise PermissionError(errno.EPERM, f"{path.name} is served by uid {peer_uid}, "
                                       f"not by the VM's QEMU (uid {want})")
         except BaseException:
@@ -255,12 +258,15 @@ class QemuVMM:
             "addr": {"type": "fd", "data": {"str": f"agent{k}"}},
             "server": True, "wait": False}}
         port = dict(item.split("=", 1) for item in args.agent_port(k).split(","))
-        # (made beside, and named once QEMU listens on it: no client finds a
-        # socket QEMU does not serve yet)
+        # (made beside, and named only once its port is there: no client finds
+        # a socket that leads to no port, where it would wait for nothing)
         new = path.with_name(path.name + ".new")
         with self.monitor(workdir) as mon:
-            if new.exists():  # a client killed before the rename: its chardev has no socket
-                with contextlib.suppress(Exception):
+            if new.exists():  # a client killed before the rename...
+                if _has_port(mon, k):      # ... after device_add: the channel is whole
+                    os.rename(new, path)
+                    return path
+                with contextlib.suppress(Exception):  # ... before: its chardev has no port
                     mon.cmd("chardev-remove", id=f"agent{k}")
             self._plug_channel(mon, k, new, path, backend, port)
         return path
@@ -274,7 +280,6 @@ class QemuVMM:
             try:
                 mon.cmd("getfd", fd=sock.fileno(), fdname=f"agent{k}")
                 mon.cmd("chardev-add", id=f"agent{k}", backend=backend)
-                os.rename(new, path)
             except BaseException:
                 new.unlink(missing_ok=True)
                 with contextlib.suppress(Exception):
@@ -288,17 +293,19 @@ class QemuVMM:
             except BaseException:  # (also Ctrl-C: no socket may stay without a port)
                 with contextlib.suppress(Exception):
                     mon.cmd("chardev-remove", id=f"agent{k}")
-                path.unlink(missing_ok=True)
+                new.unlink(missing_ok=True)
                 raise
+            os.rename(new, path)
 
     def repair_agent_channel(self, workdir: Path, path: Path) -> None:
         """Undo a channel a client killed between chardev-add and device_add left
         half-made: a socket with no port behind it (its chardev and socket go;
-        the next client adds the channel anew). Nothing if the port is there."""
+        the next client adds the channel anew). Nothing if the port is there.
+        (This host names a socket only once its port is there; one that an
+        older one named before may lead to no port.)"""
         k = int(path.stem.rsplit("-", 1)[1])         # agent-K.sock
         with self.monitor(workdir) as mon:
-            devices = mon.cmd("qom-list", path="/machine/peripheral")
-            if any(d.get("name") == f"agentport{k}" for d in devices):
+            if _has_port(mon, k):
                 return
             with contextlib.suppress(Exception):     # (gone already, or never made)
                 mon.cmd("chardev-remove", id=f"agent{k}")
@@ -309,6 +316,23 @@ class QemuVMM:
 
     def console_log(self, workdir: Path) -> Path:
         return workdir / args.CONSOLE_LOG
+
+
+def _host_made(path: Path) -> bool:
+    """Is ``path`` a socket of the host's own, in a folder no one else may write?"""
+    me = os.geteuid()
+    try:
+        folder, sock = os.lstat(path.parent), os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(folder.st_mode) and folder.st_uid == me
+            and not folder.st_mode & 0o022 and stat.S_ISSOCK(sock.st_mode) and sock.st_uid == me)
+
+
+def _has_port(mon: Monitor, k: int) -> bool:
+    """Is agent port ``k`` (its virtserialport) in the VM?"""
+    devices = mon.cmd("qom-list", path="/machine/peripheral")
+    return any(d.get("name") == f"agentport{k}" for d in devices)
 
 
 def process_start(pid: int) -> str | None:
