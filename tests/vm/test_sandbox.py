@@ -554,7 +554,9 @@ def test_the_console_writer_and_file_size_limit(tmp_path: Path) -> None:
     assert sum(sizes.values()) <= 2 * cap + 64 * 1024, sizes
     assert (tmp_path / "console.log.0").read_bytes().startswith(b"BOOT-LINE\n")
     tail = (tmp_path / "console.log.1").read_bytes() + log.read_bytes()
-    assert tail.endswith(b"y\n") and len(tail) >= cap
+    # At least the last cap bytes but the start of a cut line: the older part starts
+    # at a line (100 bytes here), and the flood may end just after a trim.
+    assert tail.endswith(b"y\n") and len(tail) > cap - 100
 
 
 def _writers(work: Path) -> list[int]:
