@@ -69,9 +69,12 @@ def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
     except IgniteError as exc:
         if debug:
             raise
-        print(f"error: {exc.brief}", file=sys.stderr)
+        from ignitevm.api.validation import printable
+
+        # (a brief may quote what a registry, an image or a guest said: escaped)
+        print(f"error: {printable(exc.brief)}", file=sys.stderr)
         if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+            print(f"  hint: {printable(exc.hint)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

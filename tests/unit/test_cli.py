@@ -318,3 +318,18 @@ def test_a_broken_manifest_is_one_line(ignite: Ignite, tmp_path, text: bytes,  #
         assert len(errors) == 1 and errors[0].startswith("error: "), res.stderr
         assert f"{bad}{where}" in errors[0] and problem in errors[0], res.stderr
     assert not (ignite.root / "vm").exists() or not any((ignite.root / "vm").iterdir())
+
+
+def test_an_error_line_escapes_what_it_quotes(capsys: pytest.CaptureFixture[str]) -> None:
+    """An error's brief and hint may quote a registry, an image or a guest: the line
+    shows their control characters as escapes, never raw to the terminal."""
+    from ignitevm.cli.main import _guarded
+    from ignitevm.errors import IgniteError
+
+    def fail() -> int:
+        raise IgniteError("registry said \x1b]0;owned\x07 \x9b2J", hint="try \x1b[31magain\n")
+
+    assert _guarded(fail, debug=False) == 1
+    err = capsys.readouterr().err
+    assert err == ("error: registry said \\x1b]0;owned\\x07 \\x9b2J\n"
+                   "  hint: try \\x1b[31magain\\n\n")

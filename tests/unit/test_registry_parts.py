@@ -323,3 +323,28 @@ def test_small_bodies_are_capped() -> None:
 
     resp = httpx.Response(200, content=b"x" * (3 << 20))
     assert len(read_small(resp)) == 1 << 20
+
+
+@pytest.mark.parametrize(("body", "shown"), [
+    (b'{"errors": [{"code": "DENIED"}, {"code": "TOOMANYREQUESTS"}]}',
+     " (DENIED, TOOMANYREQUESTS)"),
+    (b'{"errors": [{"code": "\\u001b]0;owned\\u0007\\u001b[2J"}, {"code": "DENIED"}]}',
+     " (DENIED)"),
+    (b'{"errors": [{"code": "lower"}, {"code": 5}, {"code": "' + b"A" * 65 + b'"}]}', ""),
+    (b'{"errors": {"code": "DENIED"}}', ""),
+    (b'{"errors": [7]}', ""),
+])
+def test_registry_error_codes_are_shown_only_when_well_formed(body: bytes, shown: str) -> None:
+    """A registry's error document is the registry's text: only codes of the spec's form
+    (capitals and underscores) reach the error line, never its escapes."""
+    import httpx
+
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry.client import Client
+
+    client = Client(parse("registry.example/a"))
+    try:
+        err = client.error(httpx.Response(418, content=body), "tag latest")
+    finally:
+        client.close()
+    assert err.brief == f"registry registry.example answered 418 I'm a teapot for tag latest{shown}"
