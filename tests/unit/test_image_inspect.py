@@ -114,3 +114,34 @@ def test_import_keeps_the_platform_and_old_records_read(ignite: Ignite, tmp_path
     record.write_text(json.dumps(data))
     shown = ignite("image", "inspect", "box:1").stdout
     assert "Platform:     unknown" in shown and "\x1b" not in shown
+
+
+HOSTILE = "x\x9b2J\u202eevil\x7f\u2028\u2029\u200b\ufeff\x1b[0m\x00 é\xa0😀"
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_structured_output_escapes_hostile_text(fmt: str) -> None:
+    """`-o json` / `-o yaml` write an image config's text with every control, format or
+    non-ASCII character escaped (nothing raw for a terminal), and it reads back the same."""
+    import yaml
+
+    from ignitevm.cli.common import dump
+
+    view = image_view(_image("linux/amd64"), {"Labels": {"k\u202e": HOSTILE},
+                                              "Cmd": [HOSTILE]})
+    out = dump([view], fmt)
+    assert out.isascii() and "\x7f" not in out and "\x1b" not in out and "\x00" not in out
+    doc = json.loads(out) if fmt == "json" else yaml.safe_load(out)
+    assert doc[0]["config"]["Labels"] == {"k\u202e": HOSTILE}
+    assert doc[0]["config"]["Cmd"] == [HOSTILE]
+
+
+def test_printable_escapes_controls_format_and_separators() -> None:
+    from ignitevm.api.validation import printable
+
+    assert printable(HOSTILE) == ("x\\x9b2J\\u202eevil\\x7f\\u2028\\u2029\\u200b\\ufeff"
+                                  "\\x1b[0m\\x00 é\xa0😀")
+    assert printable("plain text, é ü 😀") == "plain text, é ü 😀"
+    assert printable("a\tb\nc\u0085\ud800") == "a\\tb\\nc\\x85\\ud800"
+    shown = text(image_view(_image("linux/amd64"), {"Labels": {"k": HOSTILE}}))
+    assert "\u202e" not in shown and "k=x\\x9b2J\\u202eevil" in shown
