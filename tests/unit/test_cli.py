@@ -333,3 +333,29 @@ def test_an_error_line_escapes_what_it_quotes(capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert err == ("error: registry said \\x1b]0;owned\\x07 \\x9b2J\n"
                    "  hint: try \\x1b[31magain\\n\n")
+
+
+@pytest.mark.parametrize(("args", "message", "hint"), [
+    (["kernel", "import", "out/bzImage"],
+     "unknown kernel 'out/bzImage': no such file, and not a valid image reference "
+     "(repository names must be lowercase)", "check the path of the bzImage/vmlinux file"),
+    (["image", "import", "build/Rootfs.img"],
+     "unknown image 'build/Rootfs.img': no such file, and not a valid image reference "
+     "(repository names must be lowercase)", "check the path of the archive or folder"),
+    (["kernel", "import", "out/vmlinux.bin@v1"],
+     "unknown kernel 'out/vmlinux.bin@v1': no such file, and not a valid image reference "
+     "(bad digest 'v1')", "check the path"),
+    (["kernel", "import", "localhost:99999/k:1"],
+     "invalid image reference 'localhost:99999/k:1': port 99999 of registry host "
+     "'localhost:99999' is out of range (1-65535)", "use a name like"),
+])
+def test_a_missing_file_is_not_only_a_bad_reference(ignite: Ignite, args: list[str],
+                                                    message: str, hint: str) -> None:
+    """A path that is no file is not read as a reference only: the line says both
+    (and no lowercase name to pull from Docker Hub); a real reference's own fault
+    stays as it is."""
+    res = ignite(*args, check=False)
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and lines[0] == f"error: {message}", res.stderr
+    assert lines[1].startswith(f"  hint: {hint}") and "bzimage" not in lines[1], res.stderr
