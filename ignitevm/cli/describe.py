@@ -57,7 +57,7 @@ def digest_of(source_id: str | None) -> str | None:
 
 def _common(obj: Image | Kernel) -> dict[str, Any]:
     from ignitevm.api import codec
-    from ignitevm.images.source import checked_platform
+    from ignitevm.api.platform import checked_platform
 
     view: dict[str, Any] = codec.to_builtins(obj)
     source = obj.status.oci_source.id or ""
