@@ -359,3 +359,28 @@ def test_a_missing_file_is_not_only_a_bad_reference(ignite: Ignite, args: list[s
     lines = res.stderr.splitlines()
     assert len(lines) == 2 and lines[0] == f"error: {message}", res.stderr
     assert lines[1].startswith(f"  hint: {hint}") and "bzimage" not in lines[1], res.stderr
+
+
+@pytest.mark.parametrize(("exc", "line", "hint"), [
+    (OSError(28, "No space left on device", "/var/lib/ignite/image/x"),
+     "error: No space left on device: /var/lib/ignite/image/x", "free space there"),
+    (PermissionError(13, "Permission denied", b"/var/lib/ignite\x1b[2J"),
+     "error: Permission denied: /var/lib/ignite\\x1b[2J", "check its permissions"),
+    (OSError(18, "Invalid cross-device link", "/a", None, "/b"),
+     "error: Invalid cross-device link: /a -> /b", "run again with --debug-trace"),
+])
+def test_the_host_refusing_is_not_a_bug(capsys: pytest.CaptureFixture[str], exc: OSError,
+                                        line: str, hint: str) -> None:
+    """An OSError the host raises (a full disk, permissions on the state root) is said
+    as such, with a hint, and not called a bug in ignite."""
+    from ignitevm.cli.main import _guarded
+
+    def fail() -> int:
+        raise exc
+
+    assert _guarded(fail, debug=False) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == line and lines[1].startswith(f"  hint: {hint}"), lines
+    assert "a bug in ignite" not in "".join(lines)
+    with pytest.raises(OSError):
+        _guarded(fail, debug=True)

@@ -87,3 +87,16 @@ def test_no_secret_crosses_a_proxy_in_the_clear(monkeypatch: pytest.MonkeyPatch,
             with pytest.raises(IgniteError, match="refusing to send credentials") as err:
                 client._plain("POST", "http://tokens.example/token", **kwargs)
             assert "secret" not in str(err.value) and "proxy.invalid:3128" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+@pytest.mark.parametrize("value", ["http://u:secret@[bad/", "u:secret@[::1", "http://[::1"])
+def test_a_malformed_proxy_url_is_named_not_shown(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                  value: str) -> None:
+    """A proxy URL the URL parser refuses is the user's input: one line naming the
+    variable, never its value (it may hold a password)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInput) as err:
+        proxy.proxy_for("https://r.example/")
+    assert err.value.brief == f"invalid proxy URL in ${name}: not a URL"
+    assert "secret" not in f"{err.value.brief} {err.value.hint}"
