@@ -100,3 +100,18 @@ def test_a_malformed_proxy_url_is_named_not_shown(monkeypatch: pytest.MonkeyPatc
         proxy.proxy_for("https://r.example/")
     assert err.value.brief == f"invalid proxy URL in ${name}: not a URL"
     assert "secret" not in f"{err.value.brief} {err.value.hint}"
+
+
+def test_ports_of_many_digits_are_no_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NO_PROXY entry or a realm's host with a port of thousands of digits (int()
+    refuses those) is read as a port it is not, without an exception."""
+    from ignitevm.images.registry.hosts import is_loopback, split_host
+
+    many = "9" * 5000
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", f"r.example:{many},[fd00::1]:{many},q.example:\u00b2")
+    assert proxy.proxy_for("https://r.example/") == "http://proxy.example:3128"
+    assert split_host(f"auth.example:{many}") == ("auth.example", None)
+    assert split_host(f"[::1]:{many}") == ("::1", None)
+    assert is_loopback(f"127.0.0.1:{many}") and not is_loopback(f"auth.example:{many}")
+    assert split_host("[::1]:5000") == ("::1", 5000) and split_host("h:443") == ("h", 443)

@@ -22,6 +22,7 @@ import os
 import urllib.parse
 
 from ignitevm.errors import InvalidInput
+from ignitevm.images.registry.hosts import port_number
 
 
 def _env(*names: str) -> str:
@@ -110,14 +111,16 @@ def bypassed(host: str, port: int, no_proxy: str) -> bool:
 
 
 def _split(entry: str) -> tuple[str, int | None]:
-    """``"[::1]:5000"``, ``"host:80"``, ``"10.0.0.0/8"``, ``"::1"`` -> (name, port)."""
+    """``"[::1]:5000"``, ``"host:80"``, ``"10.0.0.0/8"``, ``"::1"`` -> (name, port);
+    a port that is none (``host:x``, thousands of digits) is -1: no port matches it."""
     if entry.startswith("["):
         name, _, rest = entry[1:].partition("]")
-        return name, int(rest[1:]) if rest[1:].isdigit() else None
-    if entry.count(":") == 1:
+        port = rest[1:]
+    elif entry.count(":") == 1:
         name, _, port = entry.partition(":")
-        return name, int(port) if port.isdigit() else None
-    return entry, None
+    else:
+        return entry, None
+    return name, (-1 if (n := port_number(port)) is None else n) if port else None
 
 
 def _is_loopback(host: str) -> bool:
