@@ -18,10 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is not None:  # (None: the plain form it takes was not this one)
             return code
     from ignitevm import log as logmod
-    from ignitevm.cli.parser import build_parser, normalize
+    from ignitevm.cli.parser import build_parser, hoisted, normalize
 
-    words = normalize(words)
+    given, words = words, normalize(words)
     parser = build_parser(words)
+    parser.leading = hoisted(given)  # type: ignore[attr-defined]
     args = parser.parse_args(words)
     debug = bool(getattr(args, "debug_trace", False)) or os.environ.get("IGNITE_DEBUG") == "1"
     level = getattr(args, "log_level", "info") or "info"

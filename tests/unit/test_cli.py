@@ -140,6 +140,15 @@ def test_flag_errors(argv: list[str], message: str) -> None:
     (["image", "lss"], "unknown command 'lss' for 'ignite image'", "did you mean 'ls'?"),
     (["ps", "extra"], "unexpected argument 'extra' for 'ignite ps'", "see: ignite ps --help"),
     (["network", "create", "lab", "--subnet"], "--subnet needs a value", "see: "),
+    (["--bogus", "ps"], "unknown flag '--bogus' for 'ignite'", "see: ignite --help"),
+    (["ps", "--bogus"], "unknown flag '--bogus' for 'ignite ps'", "see: ignite ps --help"),
+    (["run", "--pull", "a\x1b[2Jb", "x"], "invalid value 'a\\x1b[2Jb' for --pull",
+     "use missing, always or never"),
+    (["run", "--pull", "it's", "x"], 'invalid value "it\'s" for --pull',
+     "use missing, always or never"),
+    (["run", "--cpus", "it's\u202e", "x"], 'invalid value "it\'s\\u202e" for --cpus',
+     "use a whole number"),
+    (["ps", "x\u202ey"], "unexpected argument 'x\\u202ey' for 'ignite ps'", "see: "),
 ])
 def test_command_line_errors_name_the_flag_and_command(ignite: Ignite, args: list[str],
                                                        message: str, hint: str) -> None:
