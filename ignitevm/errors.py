@@ -53,6 +53,21 @@ class CommandError(IgniteError):
         self.returncode = returncode
         self.stderr = stderr
 
+    @classmethod
+    def not_started(cls, argv: list[str], exc: OSError, *,
+                    hint: str | None = None) -> CommandError:
+        """The program could not be started (exec failed: not executable, a file
+        system mounted noexec, not a program...): exit code 126 or 127, as a shell's."""
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        what = exc.filename or (argv[0] if argv else "?")
+        err = cls(argv, code, f"{exc.strerror or exc}", hint=hint or (
+            "check that it is executable and that its file system is not mounted noexec"
+            if isinstance(exc, PermissionError) else None))
+        prog = argv[0].rsplit("/", 1)[-1] if argv else "?"
+        err.brief = f"cannot run {prog} ({what}): {exc.strerror or exc}"
+        err.args = (err.brief,)
+        return err
+
 
 class MissingTool(IgniteError):
     """A host program the project needs is not installed."""

@@ -103,7 +103,7 @@ def parse(ref: str) -> Reference:
             raise InvalidInput(f"invalid image reference {ref!r}: bad registry host {domain!r}",
                                hint=_HINT)
         port = domain.rpartition("]")[2].partition(":")[2]  # ("[::1]:5000": its last part)
-        if port and not 0 < int(port) < 65536:
+        if port and (len(port) > 5 or not 0 < int(port) < 65536):  # (int(): 4300 digits)
             raise InvalidInput(f"invalid image reference {ref!r}: port {port} of registry "
                                f"host {domain!r} is out of range (1-65535)", hint=_HINT)
     else:

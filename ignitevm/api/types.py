@@ -6,8 +6,11 @@ Field names are snake_case here and camelCase on the wire (``disk_size`` ->
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
+from ignitevm.api.platform import checked_platform
 from ignitevm.util.sizes import format_size, human_size, parse_size
 
 GROUP = "ignite.weave.works"
@@ -182,8 +185,13 @@ class ImageSpec(_Base):
 class ImageStatus(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
     oci_source: OCISource = msgspec.field(default_factory=OCISource)
     # Ours, not Ignite's: "os/arch[/variant]" from the image config ("" when unknown, as
-    # in records made before it was kept). Untrusted on read: images.source.checked_platform.
-    platform: str = ""
+    # in records made before it was kept; omitted then). Read as anything (a damaged
+    # record, a later form), then checked: what is not a platform reads as unknown.
+    platform: Any = ""
+
+    def __post_init__(self) -> None:
+        if self.platform != "":
+            self.platform = checked_platform(self.platform)
 
 
 class Image(msgspec.Struct, rename="camel", kw_only=True):
@@ -198,10 +206,14 @@ class KernelSpec(_Base):
     oci: str = ""
 
 
-class KernelStatus(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
-    version: str = ""
+class KernelStatus(msgspec.Struct, rename="camel", kw_only=True):
+    version: str = ""  # (always written, as Ignite does: so is platform then)
     oci_source: OCISource = msgspec.field(default_factory=OCISource)
-    platform: str = ""  # (as ImageStatus.platform; "" for a kernel file or Debian's)
+    platform: Any = ""  # (as ImageStatus.platform; "" for a kernel file or Debian's)
+
+    def __post_init__(self) -> None:
+        if self.platform != "":
+            self.platform = checked_platform(self.platform)
 
 
 class Kernel(msgspec.Struct, rename="camel", kw_only=True):

@@ -69,11 +69,17 @@ def has_control(text: str) -> bool:
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters written as escapes, for logs and terminals
-    (a manifest's file name or field must not forge log lines or move the cursor)."""
-    if not has_control(text):
+    """``text`` with control and format characters written as escapes, for logs and
+    terminals (a manifest's file name or field must not forge log lines, move the
+    cursor or reorder what follows): Unicode's C categories (C0 and C1 controls, DEL,
+    format characters such as bidi overrides and zero-width ones, surrogates, private
+    use, unassigned) and the line and paragraph separators. Spaces stay."""
+    if text.isprintable():  # (the common case: no space but U+0020 needs a look)
         return text
-    return "".join(c if not has_control(c) else repr(c)[1:-1] for c in text)
+    import unicodedata
+
+    return "".join(c if c.isprintable() or unicodedata.category(c) == "Zs"
+                   else repr(c)[1:-1] for c in text)
 
 
 def check_text(value: str, what: str, *, limit: int = MAX_PATH) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
+    import re
 
     from ignitevm.operations.context import Context
 
@@ -97,8 +98,29 @@ def dump(objs: Any, fmt: str) -> str:
     if fmt == "yaml":
         import yaml
 
+        # (PyYAML writes what is not printable ASCII as escapes: allow_unicode stays off)
         return yaml.safe_dump(codec.to_builtins(objs), sort_keys=True)
-    return codec.to_json(objs)
+    return ascii_json(codec.to_json(objs))
+
+
+def ascii_json(text: str) -> str:
+    """JSON text with every character past ``~`` (DEL, C1 controls, bidi overrides and
+    the rest of non-ASCII) written as ``\\uXXXX``: a record or an image config's text
+    reaches the terminal as escapes (the encoder escapes C0 controls itself). Outside
+    strings JSON is ASCII, so this escapes only inside them; the value reads the same."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    import re
+
+    return re.sub(r"[^\x00-\x7e]", _u_escape, text)
+
+
+def _u_escape(match: re.Match[str]) -> str:
+    n = ord(match.group())
+    if n <= 0xFFFF:
+        return f"\\u{n:04x}"
+    n -= 0x10000
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
 
 
 def list_objects(args: argparse.Namespace, typ: type, headers: list[str],

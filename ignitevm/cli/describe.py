@@ -7,7 +7,8 @@ inspect``): each the object as ``ignite inspect`` prints it, plus ``digest``,
 Entrypoint, Cmd, Env, ExposedPorts, Labels, WorkingDir and User. The default is
 the same as aligned text. What a record or an image config holds is untrusted:
 values of the wrong type are left out, a malformed platform reads as unknown, and
-text is printed with control characters escaped.
+text is printed with control and format characters escaped (JSON and YAML: every
+character that is not printable ASCII, as ``\\uXXXX`` / YAML escapes).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def digest_of(source_id: str | None) -> str | None:
 
 def _common(obj: Image | Kernel) -> dict[str, Any]:
     from ignitevm.api import codec
-    from ignitevm.images.source import checked_platform
+    from ignitevm.api.platform import checked_platform
 
     view: dict[str, Any] = codec.to_builtins(obj)
     source = obj.status.oci_source.id or ""

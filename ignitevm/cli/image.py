@@ -54,17 +54,38 @@ def is_local_source(source: str) -> bool:
             or source.endswith((".tar", ".tgz", ".tar.gz")) or not is_reference(source))
 
 
-def refuse_bad_reference(source: str) -> None:
-    """A source that is no file and does not look like a path was meant as a registry
-    reference: if it is a malformed one, say why (not that no such file exists)."""
+def refuse_bad_reference(source: str, what: str = "image") -> None:
+    """A source that is no file, is not plainly a path and holds ``:``, ``/`` or ``@``
+    was meant as a registry reference: if it is a malformed one, say why. If it looks
+    like a path all the same (``out/bzImage``, ``build/rootfs.img``), say both: that
+    there is no such file, and why it is no reference either."""
     from pathlib import Path
 
     from ignitevm.api.refs import parse
+    from ignitevm.errors import InvalidInput
 
     if Path(source).exists() or source.startswith((".", "/", "~")) or source.endswith(
             (".tar", ".tgz", ".tar.gz")) or not any(c in source for c in ":/@"):
         return
-    parse(source)
+    try:
+        parse(source)
+    except InvalidInput as exc:
+        if not _looks_like_path(source):
+            raise
+        why = exc.brief.removeprefix(f"invalid image reference {source!r}").lstrip(": ")
+        raise InvalidInput(
+            f"unknown {what} {source!r}: no such file, and not a valid image reference"
+            + (f" ({why})" if why else ""),
+            hint="check the path" + (" of the bzImage/vmlinux file" if what == "kernel"
+                                     else " of the archive or folder")
+            + ", or name an image like 'registry.example/team/app:1'") from None
+
+
+def _looks_like_path(source: str) -> bool:
+    """Whether ``source`` reads as a file's path: an uppercase letter (references are
+    lowercase but for a host), or a file extension in its last part."""
+    last = source.rpartition("/")[2]
+    return source != source.lower() or ("." in last and ":" not in last)
 
 
 def containerd_options(args: argparse.Namespace) -> ContainerdOptions | None:

@@ -21,7 +21,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
 
     if args.source not in DEBIAN_ALIASES:
-        refuse_bad_reference(args.source)
+        refuse_bad_reference(args.source, "kernel")
     ctx = context(args)
     if is_registry_ref(args.source) and not Path(args.source).exists():
         if (containerd := containerd_options(args)) is not None:

@@ -18,10 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is not None:  # (None: the plain form it takes was not this one)
             return code
     from ignitevm import log as logmod
-    from ignitevm.cli.parser import build_parser, normalize
+    from ignitevm.cli.parser import build_parser, hoisted, normalize
 
-    words = normalize(words)
+    given, words = words, normalize(words)
     parser = build_parser(words)
+    parser.leading = hoisted(given)  # type: ignore[attr-defined]
     args = parser.parse_args(words)
     debug = bool(getattr(args, "debug_trace", False)) or os.environ.get("IGNITE_DEBUG") == "1"
     level = getattr(args, "log_level", "info") or "info"
@@ -69,9 +70,12 @@ def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
     except IgniteError as exc:
         if debug:
             raise
-        print(f"error: {exc.brief}", file=sys.stderr)
+        from ignitevm.api.validation import printable
+
+        # (a brief may quote what a registry, an image or a guest said: escaped)
+        print(f"error: {printable(exc.brief)}", file=sys.stderr)
         if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+            print(f"  hint: {printable(exc.hint)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -79,6 +83,12 @@ def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # the host refused (a full disk, permissions): not a bug
+        if debug:
+            raise
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        print(f"  hint: {_os_hint(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug: still one line, the traceback only when asked for
         if debug:
@@ -91,3 +101,28 @@ def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
         print("  hint: this is a bug in ignite; run again with --debug-trace (or "
               "IGNITE_DEBUG=1) for the traceback, and report it", file=sys.stderr)
         return 1
+
+
+def _os_error(exc: OSError) -> str:
+    """``No space left on device: /var/lib/ignite/image/…`` (the files, escaped)."""
+    from ignitevm.api.validation import printable
+
+    names = [os.fsdecode(f) if isinstance(f, (str, bytes)) else str(f)
+             for f in (exc.filename, exc.filename2) if f is not None]
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return printable(text + (f": {' -> '.join(names)}" if names else ""))[:500]
+
+
+def _os_hint(exc: OSError) -> str:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ("free space there (ignite image rm / rm unused VMs), or move the state "
+                "root with --root / IGNITE_ROOT")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "check its permissions (most ignite commands need root)"
+    if exc.errno == errno.EROFS:
+        return "that file system is mounted read-only; move the state root with --root"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return "raise the limit on open files (ulimit -n)"
+    return "run again with --debug-trace (or IGNITE_DEBUG=1) to see where it happened"

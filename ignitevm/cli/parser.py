@@ -21,9 +21,15 @@ class Parser(argparse.ArgumentParser):
             ns._flag_owner = self
         return ns, extras
 
+    # The flags a command line gave before its command's name (normalize moves them
+    # after it): one the command does not know either is reported for the top.
+    leading: frozenset[str] = frozenset()
+
     def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
         ns, extras = self.parse_known_args(args, namespace)
         owner = vars(ns).pop("_flag_owner", self)
+        if extras and extras[0] in self.leading:
+            owner = self
         if extras:
             owner.error(f"unrecognized arguments: {' '.join(extras)}")
         return ns
@@ -31,10 +37,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         import sys
 
+        from ignitevm.api.validation import printable
+
         message, hint = self._explain(message)
-        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(f"error: {printable(message)}\n")
         if hint:
-            sys.stderr.write(f"  hint: {hint}\n")
+            sys.stderr.write(f"  hint: {printable(hint)}\n")
         raise SystemExit(1)
 
     def _explain(self, message: str) -> tuple[str, str]:
@@ -43,9 +51,9 @@ class Parser(argparse.ArgumentParser):
         import re
 
         see = f"see: {self.prog} --help"
-        m = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
+        m = re.match(rf"argument (\S+): invalid choice: ({_REPR})", message)
         if m:
-            name, value = m.groups()
+            name, value = m.group(1), _unrepr(m.group(2))
             action = next((a for a in self._actions
                            if name in ("/".join(a.option_strings), a.metavar, a.dest)), None)
             choices = [str(c) for c in action.choices or ()] if action else []
@@ -60,11 +68,11 @@ class Parser(argparse.ArgumentParser):
                         f"did you mean {close[0]!r}?" if close else see)
             hint = f"use {', '.join(choices)}" if choices else see
             return f"invalid {name} {value!r}", hint
-        m = re.match(r"argument (\S+): invalid (int|float) value: '([^']*)'", message)
+        m = re.match(rf"argument (\S+): invalid (int|float) value: ({_REPR})", message)
         if m:
             flag = max(m.group(1).split("/"), key=len)
             kind = "a whole number" if m.group(2) == "int" else "a number"
-            return f"invalid value {m.group(3)!r} for {flag}", f"use {kind}"
+            return f"invalid value {_unrepr(m.group(3))!r} for {flag}", f"use {kind}"
         m = re.match(r"unrecognized arguments: (\S+)", message)
         if m:
             word = m.group(1)
@@ -79,6 +87,21 @@ class Parser(argparse.ArgumentParser):
         if m:
             return f"{max(m.group(1).split('/'), key=len)} needs a value", see
         return message, ""
+
+
+# A value as argparse quotes it in a message: its repr() (quoted with " when it holds ').
+_REPR = r"'(?:[^'\\]|\\.)*'" + r'|"(?:[^"\\]|\\.)*"'
+
+
+def _unrepr(text: str) -> str:
+    """The value a repr() in argparse's message stands for (quoted once again by us)."""
+    import ast
+
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, str) else text
 
 
 def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
@@ -387,6 +410,16 @@ def normalize(argv: Sequence[str]) -> list[str]:
     """Read a command line as Ignite's did: a command's flags may come before the
     command's name (``ignite --runtime=qemu run img``), and ``--ssh`` takes a
     value only as ``--ssh=PATH`` (``run --ssh img``: img is the image)."""
+    return _normalized(argv)[0]
+
+
+def hoisted(argv: Sequence[str]) -> frozenset[str]:
+    """The words of ``argv`` before its command's name that normalize moves after it
+    (an unknown flag among them is the top's: ``ignite --bogus ps``)."""
+    return frozenset(_normalized(argv)[1])
+
+
+def _normalized(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     argv = list(argv)
     i, hoisted = 0, []
     lead: list[str] = []
@@ -418,7 +451,7 @@ def normalize(argv: Sequence[str]) -> list[str]:
         end = tail.index("--")
         tail = ["--exec-dashdash", *(f"--exec-argv=:{w}" for w in tail[end + 1:]),
                 *tail[:end]]
-    return [*lead, *path, *hoisted, *tail]
+    return [*lead, *path, *hoisted, *tail], hoisted
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

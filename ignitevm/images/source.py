@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+from ignitevm.api.platform import is_part
 from ignitevm.errors import InvalidInput
 
 Opener = Callable[[], AbstractContextManager[BinaryIO]]
@@ -81,17 +82,6 @@ def make_image(
                        config_platform(config))
 
 
-_PLATFORM_PART = r"[a-z0-9][a-z0-9_.-]{0,31}"
-_PART = re.compile(_PLATFORM_PART)
-_PLATFORM = re.compile(rf"{_PLATFORM_PART}/{_PLATFORM_PART}(?:/{_PLATFORM_PART})?")
-
-
-def checked_platform(text: object) -> str:
-    """``text`` if it is a platform (``os/arch[/variant]``, lowercase words), else "":
-    what an image config or a stored record says is untrusted (it is shown to people)."""
-    return text if isinstance(text, str) and _PLATFORM.fullmatch(text) else ""
-
-
 def config_platform(config: object) -> str:
     """The platform an image config (the whole document) is for, or "" if it says none
     (or something that is not one)."""
@@ -100,7 +90,7 @@ def config_platform(config: object) -> str:
     keys = ("os", "architecture", "variant") if config.get("variant") else ("os",
                                                                            "architecture")
     parts = [config.get(key) for key in keys]
-    words = [p for p in parts if isinstance(p, str) and _PART.fullmatch(p)]
+    words = [p for p in parts if is_part(p)]
     return "/".join(words) if len(words) == len(parts) else ""
 
 

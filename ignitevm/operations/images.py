@@ -274,7 +274,7 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
 def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],
                   source: ImageSource | None) -> None:
     """Build (or share with a twin) the pulled image's file; the object appears at the end."""
-    from ignitevm.images.source import checked_platform
+    from ignitevm.api.platform import checked_platform
 
     with ctx.store.creating(image, unique_name=unique) as stage:
         if twin:

@@ -111,6 +111,8 @@ def run(
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandError(cmd, -9, f"timed out after {timeout}s", hint=hint) from exc
+    except OSError as exc:  # (exec failed: the program never ran)
+        raise CommandError.not_started(cmd, exc, hint=hint) from exc
     err, out = _text(proc.stderr), _text(proc.stdout)
     if check and proc.returncode != 0:
         raise CommandError(cmd, proc.returncode, err or out, hint=hint)
@@ -139,16 +141,19 @@ def spawn(
     if env is not None:
         full_env = dict(os.environ)
         full_env.update(env)
-    proc = subprocess.Popen(
-        cmd,
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        pass_fds=pass_fds,
-        env=full_env,
-        start_new_session=start_new_session,
-        preexec_fn=_death_signal(os.getpid()) if die_with_parent else None,
-    )
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            env=full_env,
+            start_new_session=start_new_session,
+            preexec_fn=_death_signal(os.getpid()) if die_with_parent else None,
+        )
+    except OSError as exc:  # (exec failed: the program never ran)
+        raise CommandError.not_started(cmd, exc) from exc
     try:
         yield proc
     except BaseException:

@@ -140,6 +140,15 @@ def test_flag_errors(argv: list[str], message: str) -> None:
     (["image", "lss"], "unknown command 'lss' for 'ignite image'", "did you mean 'ls'?"),
     (["ps", "extra"], "unexpected argument 'extra' for 'ignite ps'", "see: ignite ps --help"),
     (["network", "create", "lab", "--subnet"], "--subnet needs a value", "see: "),
+    (["--bogus", "ps"], "unknown flag '--bogus' for 'ignite'", "see: ignite --help"),
+    (["ps", "--bogus"], "unknown flag '--bogus' for 'ignite ps'", "see: ignite ps --help"),
+    (["run", "--pull", "a\x1b[2Jb", "x"], "invalid value 'a\\x1b[2Jb' for --pull",
+     "use missing, always or never"),
+    (["run", "--pull", "it's", "x"], 'invalid value "it\'s" for --pull',
+     "use missing, always or never"),
+    (["run", "--cpus", "it's\u202e", "x"], 'invalid value "it\'s\\u202e" for --cpus',
+     "use a whole number"),
+    (["ps", "x\u202ey"], "unexpected argument 'x\\u202ey' for 'ignite ps'", "see: "),
 ])
 def test_command_line_errors_name_the_flag_and_command(ignite: Ignite, args: list[str],
                                                        message: str, hint: str) -> None:
@@ -318,3 +327,69 @@ def test_a_broken_manifest_is_one_line(ignite: Ignite, tmp_path, text: bytes,  #
         assert len(errors) == 1 and errors[0].startswith("error: "), res.stderr
         assert f"{bad}{where}" in errors[0] and problem in errors[0], res.stderr
     assert not (ignite.root / "vm").exists() or not any((ignite.root / "vm").iterdir())
+
+
+def test_an_error_line_escapes_what_it_quotes(capsys: pytest.CaptureFixture[str]) -> None:
+    """An error's brief and hint may quote a registry, an image or a guest: the line
+    shows their control characters as escapes, never raw to the terminal."""
+    from ignitevm.cli.main import _guarded
+    from ignitevm.errors import IgniteError
+
+    def fail() -> int:
+        raise IgniteError("registry said \x1b]0;owned\x07 \x9b2J", hint="try \x1b[31magain\n")
+
+    assert _guarded(fail, debug=False) == 1
+    err = capsys.readouterr().err
+    assert err == ("error: registry said \\x1b]0;owned\\x07 \\x9b2J\n"
+                   "  hint: try \\x1b[31magain\\n\n")
+
+
+@pytest.mark.parametrize(("args", "message", "hint"), [
+    (["kernel", "import", "out/bzImage"],
+     "unknown kernel 'out/bzImage': no such file, and not a valid image reference "
+     "(repository names must be lowercase)", "check the path of the bzImage/vmlinux file"),
+    (["image", "import", "build/Rootfs.img"],
+     "unknown image 'build/Rootfs.img': no such file, and not a valid image reference "
+     "(repository names must be lowercase)", "check the path of the archive or folder"),
+    (["kernel", "import", "out/vmlinux.bin@v1"],
+     "unknown kernel 'out/vmlinux.bin@v1': no such file, and not a valid image reference "
+     "(bad digest 'v1')", "check the path"),
+    (["kernel", "import", "localhost:99999/k:1"],
+     "invalid image reference 'localhost:99999/k:1': port 99999 of registry host "
+     "'localhost:99999' is out of range (1-65535)", "use a name like"),
+])
+def test_a_missing_file_is_not_only_a_bad_reference(ignite: Ignite, args: list[str],
+                                                    message: str, hint: str) -> None:
+    """A path that is no file is not read as a reference only: the line says both
+    (and no lowercase name to pull from Docker Hub); a real reference's own fault
+    stays as it is."""
+    res = ignite(*args, check=False)
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and lines[0] == f"error: {message}", res.stderr
+    assert lines[1].startswith(f"  hint: {hint}") and "bzimage" not in lines[1], res.stderr
+
+
+@pytest.mark.parametrize(("exc", "line", "hint"), [
+    (OSError(28, "No space left on device", "/var/lib/ignite/image/x"),
+     "error: No space left on device: /var/lib/ignite/image/x", "free space there"),
+    (PermissionError(13, "Permission denied", b"/var/lib/ignite\x1b[2J"),
+     "error: Permission denied: /var/lib/ignite\\x1b[2J", "check its permissions"),
+    (OSError(18, "Invalid cross-device link", "/a", None, "/b"),
+     "error: Invalid cross-device link: /a -> /b", "run again with --debug-trace"),
+])
+def test_the_host_refusing_is_not_a_bug(capsys: pytest.CaptureFixture[str], exc: OSError,
+                                        line: str, hint: str) -> None:
+    """An OSError the host raises (a full disk, permissions on the state root) is said
+    as such, with a hint, and not called a bug in ignite."""
+    from ignitevm.cli.main import _guarded
+
+    def fail() -> int:
+        raise exc
+
+    assert _guarded(fail, debug=False) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == line and lines[1].startswith(f"  hint: {hint}"), lines
+    assert "a bug in ignite" not in "".join(lines)
+    with pytest.raises(OSError):
+        _guarded(fail, debug=True)

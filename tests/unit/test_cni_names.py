@@ -190,3 +190,50 @@ def test_a_broken_foreign_conflist_does_not_break_the_listing(
         networks.get(tmp_path, "slash")
     with pytest.raises(NotFound):
         networks.get(tmp_path, "nothing")
+
+
+def _lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ipam: object) -> Path:
+    monkeypatch.delenv("IGNITE_CNI_CONF_DIR", raising=False)
+    conf = conflist.bridge_conflist("ignite-lab", "ign-lab", "10.77.0.0/24", network="lab")
+    conf["plugins"][0]["ipam"] = ipam
+    conflist.write(tmp_path, "lab", conf)
+    return tmp_path
+
+
+@pytest.mark.parametrize("ipam", [
+    {"type": "host-local", "ranges": [[{"subnet": "fd00::/64", "gateway": "fd00:0::0001"}]]},
+    {"type": "host-local", "ranges": [[{"subnet": "fd00::/64"}]]},
+    {"type": "host-local", "subnet": "FD00::/64", "gateway": "FD00::1"},
+])
+def test_the_gateway_is_refused_however_it_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ipam: object) -> None:
+    from ignitevm.providers.network.cni.vm import check_wants
+
+    root = _lab(tmp_path, monkeypatch, ipam)
+    for ip in ("fd00::1", "fd00:0:0::1"):
+        with pytest.raises(InvalidInput, match="is the gateway of network 'lab'"):
+            check_wants(root, [("lab", ip)])
+    check_wants(root, [("lab", "fd00::2")])
+
+
+@pytest.mark.parametrize("ipam", [
+    "host-local",
+    {"type": "host-local", "ranges": 5},
+    {"type": "host-local", "ranges": {"subnet": "10.77.0.0/24"}},
+    {"type": "host-local", "ranges": [5]},
+    {"type": "host-local", "ranges": [[5]]},
+    {"type": "host-local", "ranges": [[{"subnet": 5}]]},
+    {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/33"}]]},
+    {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/24", "gateway": "gw"}]]},
+    {"type": "host-local", "subnet": ["10.77.0.0/24"]},
+])
+def test_a_malformed_ipam_is_no_conflist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         ipam: object) -> None:
+    """A hand-edited ipam section of the wrong shape is one clear error when the
+    network is used, not a TypeError; the listing leaves it out."""
+    from ignitevm.providers.network.cni.vm import check_wants
+
+    root = _lab(tmp_path, monkeypatch, ipam)
+    with pytest.raises(InvalidInput, match="is not a CNI conflist: the ipam of its 'bridge'"):
+        check_wants(root, [("lab", "10.77.0.5")])
+    assert [n.name for n in networks.listing(root)] == ["default"]

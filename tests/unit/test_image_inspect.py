@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from ignitevm.api.platform import checked_platform
 from ignitevm.api.types import Image, ObjectMeta
 from ignitevm.cli.describe import digest_of, image_view, run_config, text
-from ignitevm.images.source import checked_platform, config_platform
+from ignitevm.images.source import config_platform
 from tests.conftest import Ignite
 
 D = "sha256:" + "ab" * 32
@@ -114,3 +115,66 @@ def test_import_keeps_the_platform_and_old_records_read(ignite: Ignite, tmp_path
     record.write_text(json.dumps(data))
     shown = ignite("image", "inspect", "box:1").stdout
     assert "Platform:     unknown" in shown and "\x1b" not in shown
+
+
+HOSTILE = "x\x9b2J\u202eevil\x7f\u2028\u2029\u200b\ufeff\x1b[0m\x00 é\xa0😀"
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_structured_output_escapes_hostile_text(fmt: str) -> None:
+    """`-o json` / `-o yaml` write an image config's text with every control, format or
+    non-ASCII character escaped (nothing raw for a terminal), and it reads back the same."""
+    import yaml
+
+    from ignitevm.cli.common import dump
+
+    view = image_view(_image("linux/amd64"), {"Labels": {"k\u202e": HOSTILE},
+                                              "Cmd": [HOSTILE]})
+    out = dump([view], fmt)
+    assert out.isascii() and "\x7f" not in out and "\x1b" not in out and "\x00" not in out
+    doc = json.loads(out) if fmt == "json" else yaml.safe_load(out)
+    assert doc[0]["config"]["Labels"] == {"k\u202e": HOSTILE}
+    assert doc[0]["config"]["Cmd"] == [HOSTILE]
+
+
+def test_printable_escapes_controls_format_and_separators() -> None:
+    from ignitevm.api.validation import printable
+
+    assert printable(HOSTILE) == ("x\\x9b2J\\u202eevil\\x7f\\u2028\\u2029\\u200b\\ufeff"
+                                  "\\x1b[0m\\x00 é\xa0😀")
+    assert printable("plain text, é ü 😀") == "plain text, é ü 😀"
+    assert printable("a\tb\nc\u0085\ud800") == "a\\tb\\nc\\x85\\ud800"
+    shown = text(image_view(_image("linux/amd64"), {"Labels": {"k": HOSTILE}}))
+    assert "\u202e" not in shown and "k=x\\x9b2J\\u202eevil" in shown
+
+
+@pytest.mark.parametrize("platform", [5, None, {"os": "linux", "architecture": "amd64"},
+                                      ["linux/amd64"], "linux/amd64\x1b[2J", "linux/amd64"])
+def test_a_platform_of_another_form_does_not_hide_the_record(ignite: Ignite,
+                                                             platform: object) -> None:
+    """A record's platform that is no string (damaged, or a later form) reads as unknown:
+    the image and the kernel stay listed and inspectable. A kernel's version is written
+    even when empty, as Ignite's records have it."""
+    from ignitevm.api import codec
+    from ignitevm.api.types import Kernel
+
+    for kind, uid, name in (("image", "00000000000000a1", "app:1"),
+                            ("kernel", "00000000000000b1", "k:1")):
+        obj: dict[str, object] = {
+            "kind": kind.capitalize(), "apiVersion": "ignite.weave.works/v1alpha4",
+            "metadata": {"name": name, "uid": uid, "created": "2026-01-01T00:00:00Z"},
+            "spec": {"oci": name},
+            "status": {"ociSource": {"id": f"oci://localhost:5000/{name.split(':')[0]}@{D}",
+                                     "size": "1MB"}, "platform": platform}}
+        if kind == "kernel":
+            obj["status"]["version"] = ""  # type: ignore[index]
+        folder = ignite.root / kind / uid
+        folder.mkdir(parents=True)
+        (folder / "metadata.json").write_text(json.dumps(obj))
+        assert ignite(kind, "ls", "-q").stdout.split() == [uid]
+        [doc] = json.loads(ignite(kind, "inspect", "-o", "json", uid).stdout)
+        want = "linux/amd64" if platform == "linux/amd64" else None
+        assert doc["platform"] == want and doc["status"].get("platform", "") == (want or "")
+        [listed] = json.loads(ignite(kind, "ls", "-o", "json").stdout)
+        assert listed["metadata"]["uid"] == uid
+    assert json.loads(codec.to_json(Kernel()))["status"]["version"] == ""

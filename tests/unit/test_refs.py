@@ -70,6 +70,8 @@ def test_digest_wins_over_tag() -> None:
     ("127.0.0.1:65536/x", "out of range"),
     ("[::1]:70000/x", "out of range"),
     (f"registry.example:123456/app@{D}", "out of range"),
+    ("a:" + "9" * 5000 + "/x", "out of range"),  # (int() of so many digits: ValueError)
+    ("[::1]:" + "0" * 4400 + "1/x", "out of range"),
 ])
 def test_refused(ref: str, why: str) -> None:
     with pytest.raises(InvalidInput) as err:

@@ -323,3 +323,44 @@ def test_small_bodies_are_capped() -> None:
 
     resp = httpx.Response(200, content=b"x" * (3 << 20))
     assert len(read_small(resp)) == 1 << 20
+
+
+@pytest.mark.parametrize(("body", "shown"), [
+    (b'{"errors": [{"code": "DENIED"}, {"code": "TOOMANYREQUESTS"}]}',
+     " (DENIED, TOOMANYREQUESTS)"),
+    (b'{"errors": [{"code": "\\u001b]0;owned\\u0007\\u001b[2J"}, {"code": "DENIED"}]}',
+     " (DENIED)"),
+    (b'{"errors": [{"code": "lower"}, {"code": 5}, {"code": "' + b"A" * 65 + b'"}]}', ""),
+    (b'{"errors": {"code": "DENIED"}}', ""),
+    (b'{"errors": [7]}', ""),
+])
+def test_registry_error_codes_are_shown_only_when_well_formed(body: bytes, shown: str) -> None:
+    """A registry's error document is the registry's text: only codes of the spec's form
+    (capitals and underscores) reach the error line, never its escapes."""
+    import httpx
+
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry.client import Client
+
+    client = Client(parse("registry.example/a"))
+    try:
+        err = client.error(httpx.Response(418, content=body), "tag latest")
+    finally:
+        client.close()
+    assert err.brief == f"registry registry.example answered 418 I'm a teapot for tag latest{shown}"
+
+
+@pytest.mark.parametrize("expires", ["1e999", "-1e999", '"' + "9" * 5000 + '"'])
+def test_a_token_lifetime_of_no_number_is_no_crash(expires: str) -> None:
+    """A token server's expires_in that is no usable number (inf, thousands of digits)
+    is the token server's fault, said in one line, not an exception read as a bug."""
+    from ignitevm.images.registry.auth import Auth
+    from ignitevm.images.registry.client import Small
+    from ignitevm.images.registry.credentials import Credentials
+
+    body = f'{{"token": "t", "expires_in": {expires}}}'.encode()
+    auth = Auth("reg.example", Credentials(), lambda *a, **k: Small(200, "OK", body),
+                "log in")
+    auth.challenge('Bearer realm="https://auth.example/token",service="reg"')
+    with pytest.raises(IgniteError, match="sent no token"):
+        auth.header("repository:a/b:pull")

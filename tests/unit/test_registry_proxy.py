@@ -87,3 +87,31 @@ def test_no_secret_crosses_a_proxy_in_the_clear(monkeypatch: pytest.MonkeyPatch,
             with pytest.raises(IgniteError, match="refusing to send credentials") as err:
                 client._plain("POST", "http://tokens.example/token", **kwargs)
             assert "secret" not in str(err.value) and "proxy.invalid:3128" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+@pytest.mark.parametrize("value", ["http://u:secret@[bad/", "u:secret@[::1", "http://[::1"])
+def test_a_malformed_proxy_url_is_named_not_shown(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                  value: str) -> None:
+    """A proxy URL the URL parser refuses is the user's input: one line naming the
+    variable, never its value (it may hold a password)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidInput) as err:
+        proxy.proxy_for("https://r.example/")
+    assert err.value.brief == f"invalid proxy URL in ${name}: not a URL"
+    assert "secret" not in f"{err.value.brief} {err.value.hint}"
+
+
+def test_ports_of_many_digits_are_no_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NO_PROXY entry or a realm's host with a port of thousands of digits (int()
+    refuses those) is read as a port it is not, without an exception."""
+    from ignitevm.images.registry.hosts import is_loopback, split_host
+
+    many = "9" * 5000
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", f"r.example:{many},[fd00::1]:{many},q.example:\u00b2")
+    assert proxy.proxy_for("https://r.example/") == "http://proxy.example:3128"
+    assert split_host(f"auth.example:{many}") == ("auth.example", None)
+    assert split_host(f"[::1]:{many}") == ("::1", None)
+    assert is_loopback(f"127.0.0.1:{many}") and not is_loopback(f"auth.example:{many}")
+    assert split_host("[::1]:5000") == ("::1", 5000) and split_host("h:443") == ("h", 443)

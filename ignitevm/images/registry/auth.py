@@ -105,7 +105,7 @@ class Auth:
             body: Any = json.loads(resp.content)
             token = body.get("token") or body.get("access_token")
             lifetime = int(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, OverflowError):  # (1e999: inf)
             token = None
         if not isinstance(token, str) or not token:
             raise IgniteError(f"the token server of {self.host} sent no token")

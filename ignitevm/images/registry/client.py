@@ -9,6 +9,7 @@ HTTPS to plain HTTP is refused unless the registry may use HTTP anyway.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 import urllib.parse
@@ -34,6 +35,7 @@ MAX_SMALL = 1 << 20  # token answers and error documents
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD LAYER FAILURE", "PACKET LENGTH TOO LONG",
             "HTTP REQUEST", "UNEXPECTED EOF", "EOF OCCURRED IN VIOLATION")
 READ_SIZE = 1 << 20
+_CODE = re.compile(r"[A-Z_]{1,64}")  # an error code (NAME_UNKNOWN, DENIED...)
 TIMEOUT = httpx.Timeout(connect=15.0, read=60.0, write=60.0, pool=120.0)
 
 
@@ -242,9 +244,11 @@ class Client:
         codes: list[str] = []
         try:
             body: Any = json.loads(read_small(resp))
-            codes = [str(e.get("code")) for e in body.get("errors") or []]
-        except (ValueError, AttributeError, httpx.HTTPError):
+            codes = [e.get("code") for e in body.get("errors") or []]
+        except (ValueError, AttributeError, TypeError, httpx.HTTPError):
             pass
+        # (the registry's own words: only codes of the distribution spec's form are shown)
+        codes = [c for c in codes if isinstance(c, str) and _CODE.fullmatch(c)][:8]
         if resp.status_code == 404:
             if "NAME_UNKNOWN" in codes or (what.startswith("tag ") and self._no_repository()):
                 return NotFound(f"registry {self.domain} has no repository {self.repository}",

@@ -15,9 +15,15 @@ def split_host(host: str) -> tuple[str, int | None]:
     """``"[::1]:5000"`` -> ("::1", 5000); ``"ghcr.io"`` -> ("ghcr.io", None)."""
     if host.startswith("["):
         name, _, rest = host[1:].partition("]")
-        return name, int(rest[1:]) if rest.startswith(":") else None
+        return name, port_number(rest[1:]) if rest.startswith(":") else None
     name, _, port = host.partition(":")
-    return name, int(port) if port else None
+    return name, port_number(port)
+
+
+def port_number(text: str) -> int | None:
+    """A port written in ASCII digits (at most 5: a realm or a setting is untrusted,
+    and int() of thousands of digits raises), or None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else None
 
 
 def is_loopback(host: str) -> bool:

@@ -22,15 +22,21 @@ import os
 import urllib.parse
 
 from ignitevm.errors import InvalidInput
+from ignitevm.images.registry.hosts import port_number
 
 
 def _env(*names: str) -> str:
+    return _find(*names)[1]
+
+
+def _find(*names: str) -> tuple[str, str]:
+    """The first of ``names`` set (either case): its name as set and its value."""
     for name in names:
         for variant in (name.lower(), name.upper()):
             value = os.environ.get(variant, "").strip()
             if value:
-                return value
-    return ""
+                return variant, value
+    return "", ""
 
 
 def proxy_for(url: str) -> str | None:
@@ -40,15 +46,21 @@ def proxy_for(url: str) -> str | None:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     if _is_loopback(host) or bypassed(host, port, _env("NO_PROXY")):
         return None
-    value = _env("HTTPS_PROXY" if parts.scheme == "https" else "HTTP_PROXY", "ALL_PROXY")
-    return normalize(value) if value else None
+    name, value = _find("HTTPS_PROXY" if parts.scheme == "https" else "HTTP_PROXY",
+                        "ALL_PROXY")
+    return normalize(value, name) if value else None
 
 
-def normalize(value: str) -> str:
-    """A proxy URL from an environment value (``host:port`` means ``http://host:port``)."""
+def normalize(value: str, name: str = "HTTPS_PROXY") -> str:
+    """A proxy URL from the environment variable ``name``'s value (``host:port`` means
+    ``http://host:port``)."""
     if "://" not in value:
         value = "http://" + value
-    parts = urllib.parse.urlsplit(value)
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # (a bracket left open...: not shown, it may hold a password)
+        raise InvalidInput(f"invalid proxy URL in ${name}: not a URL",
+                           hint=f"set {name} to http://HOST:PORT, or unset it") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidInput(f"unsupported proxy {redact(value)!r}: only http:// and https:// "
                            "proxies are supported", hint="set HTTPS_PROXY/HTTP_PROXY to an "
@@ -99,14 +111,16 @@ def bypassed(host: str, port: int, no_proxy: str) -> bool:
 
 
 def _split(entry: str) -> tuple[str, int | None]:
-    """``"[::1]:5000"``, ``"host:80"``, ``"10.0.0.0/8"``, ``"::1"`` -> (name, port)."""
+    """``"[::1]:5000"``, ``"host:80"``, ``"10.0.0.0/8"``, ``"::1"`` -> (name, port);
+    a port that is none (``host:x``, thousands of digits) is -1: no port matches it."""
     if entry.startswith("["):
         name, _, rest = entry[1:].partition("]")
-        return name, int(rest[1:]) if rest[1:].isdigit() else None
-    if entry.count(":") == 1:
+        port = rest[1:]
+    elif entry.count(":") == 1:
         name, _, port = entry.partition(":")
-        return name, int(port) if port.isdigit() else None
-    return entry, None
+    else:
+        return entry, None
+    return name, (-1 if (n := port_number(port)) is None else n) if port else None
 
 
 def _is_loopback(host: str) -> bool:

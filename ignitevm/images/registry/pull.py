@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, NamedTuple
 import httpx
 
 from ignitevm.api.refs import Reference
+from ignitevm.api.validation import printable
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.blobs import ContentStore, Ingest
 from ignitevm.images.oci import LAYER_TYPES
@@ -359,7 +360,8 @@ def _first_answer(stack: ExitStack, store: ContentStore, ref: Reference, opts: P
             except IgniteError as exc:
                 if n == len(places) - 1 or not place.mirror:
                     raise
-                log.info("Mirror %s failed (%s); trying the next place", place.ref.domain, exc)
+                log.info("Mirror %s failed (%s); trying the next place", place.ref.domain,
+                         printable(exc.brief))
                 continue
             stack.enter_context(attempt.pop_all())
             return client, res

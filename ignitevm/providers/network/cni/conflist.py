@@ -11,9 +11,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ignitevm.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    import ipaddress
 
 DEFAULT = "default"
 DEFAULT_NAME = "ignite-cni-bridge"
@@ -99,12 +102,13 @@ def gateway(conf: dict[str, Any]) -> str:
                 if isinstance(r, dict) and r.get("gateway"):
                     return str(r["gateway"])
     nets = subnets(conf)
-    return str(next(ipaddress.ip_network(nets[0]).hosts())) if nets else ""
+    return str(next(ipaddress.ip_network(nets[0], strict=False).hosts())) if nets else ""
 
 
-def gateways(conf: dict[str, Any]) -> set[str]:
+def gateways(conf: dict[str, Any]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Every range's gateway (given, else its subnet's first host, as
-    host-local takes it): addresses no VM may ask for."""
+    host-local takes it): addresses no VM may ask for. Addresses, not text
+    (``fd00::0001`` is ``fd00::1``)."""
     import ipaddress
 
     out = set()
@@ -114,11 +118,11 @@ def gateways(conf: dict[str, Any]) -> set[str]:
         if "subnet" in ipam:
             ranges.append(ipam)
         for r in ranges:
-            if r.get("gateway"):
-                out.add(str(r["gateway"]))
-            elif r.get("subnet"):
-                with contextlib.suppress(ValueError, StopIteration):
-                    out.add(str(next(ipaddress.ip_network(r["subnet"], strict=False).hosts())))
+            with contextlib.suppress(ValueError, StopIteration):
+                if r.get("gateway"):
+                    out.add(ipaddress.ip_address(r["gateway"]))
+                elif r.get("subnet"):
+                    out.add(next(ipaddress.ip_network(r["subnet"], strict=False).hosts()))
     return out
 
 
@@ -172,6 +176,35 @@ def check(conf: Any, where: Path | str) -> None:
                 isinstance(p["bridge"], str) and is_link_name(p["bridge"])):
             raise InvalidInput(f"network config {where}: invalid bridge name {p['bridge']!r}",
                                hint="a link name is 1 to 15 letters, digits, '_', '.' or '-'")
+        if p.get("ipam") is not None and not _ipam_ok(p["ipam"]):
+            raise InvalidInput(f"network config {where} is not a CNI conflist: the ipam of "
+                               f"its {p['type']!r} plugin is malformed",
+                               hint='ipam.ranges is a list of lists of ranges, each like '
+                               '{"subnet": "10.77.0.0/24", "gateway": "10.77.0.1"}')
+
+
+def _ipam_ok(ipam: object) -> bool:
+    """An ipam section as host-local reads it (other IPAM types: only its shape):
+    ``ranges`` a list of lists of objects; each ``subnet`` a network, each
+    ``gateway`` an address (they are read for checks and messages)."""
+    import ipaddress
+
+    if not isinstance(ipam, dict):
+        return False
+    ranges = ipam.get("ranges") or []
+    if not isinstance(ranges, list) or not all(
+            isinstance(rs, list) and all(isinstance(r, dict) for r in rs) for rs in ranges):
+        return False
+    for r in [ipam, *(r for rs in ranges for r in rs)]:
+        try:
+            if "subnet" in r:
+                ipaddress.ip_network(r["subnet"] if isinstance(r["subnet"], str) else "-",
+                                     strict=False)
+            if r.get("gateway") not in (None, ""):
+                ipaddress.ip_address(r["gateway"] if isinstance(r["gateway"], str) else "-")
+        except ValueError:
+            return False
+    return True
 
 
 def subnets(conf: dict[str, Any]) -> list[str]:

@@ -130,7 +130,7 @@ def create(root: Path, name: str, subnet: str, gateway: str = "",
         raise Conflict(f"network {name!r} already exists")
     for other in listing(root):
         for s in conflist.subnets(other.conf):
-            if ipaddress.ip_network(s).overlaps(net):
+            if ipaddress.ip_network(s, strict=False).overlaps(net):
                 raise Conflict(f"subnet {net} overlaps {s} of network {other.name!r}",
                                hint="choose a subnet no other network uses")
     cni_name, bridge = host_names(root, name)

@@ -65,9 +65,13 @@ def leases(conf: dict[str, object], container_id: str) -> list[Path]:
 
 
 def lease_owner(conf: dict[str, object], ip: str) -> str | None:
+    """Who holds the lease of ``ip`` (host-local names its file by the address as
+    it writes it: ``fd00::1``, never ``fd00::0001``)."""
+    import ipaddress
+
     try:
-        lines = (lease_dir(conf) / ip).read_text().splitlines()
-    except OSError:
+        lines = (lease_dir(conf) / str(ipaddress.ip_address(ip))).read_text().splitlines()
+    except (OSError, ValueError):
         return None
     return lines[0] if lines else ""
 

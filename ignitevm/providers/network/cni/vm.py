@@ -141,11 +141,11 @@ def check_wants(root: Path, wants: list[tuple[str, str]]) -> None:
         if ip:
             subnets = conflist.subnets(conf)
             addr = ipaddress.ip_address(ip)
-            if not any(addr in (n := ipaddress.ip_network(s)) and addr not in (
+            if not any(addr in (n := ipaddress.ip_network(s, strict=False)) and addr not in (
                     n.network_address, n.broadcast_address) for s in subnets):
                 raise InvalidInput(f"--ip {ip} is not in network {network!r} "
                                    f"({', '.join(subnets)})")
-            if str(addr) in conflist.gateways(conf):
+            if addr in conflist.gateways(conf):
                 raise InvalidInput(f"--ip {ip} is the gateway of network {network!r} "
                                    "(the host's own address on it)",
                                    hint="choose another address in "
@@ -166,7 +166,7 @@ def _requested_ip(last: str, conf: dict[str, Any], cid: str, want: Want) -> str:
     if not last:
         return ""
     owner = sweep.lease_owner(conf, last)
-    in_subnet = any(ipaddress.ip_address(last) in ipaddress.ip_network(s)
+    in_subnet = any(ipaddress.ip_address(last) in ipaddress.ip_network(s, strict=False)
                     for s in conflist.subnets(conf))
     return last if in_subnet and owner in (None, cid) else ""  # else a new one
 
