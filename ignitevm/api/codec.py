@@ -116,13 +116,23 @@ def yaml_problem(exc: Exception, text: str = "") -> tuple[str, str]:
     return where, "".join(c if c.isprintable() else repr(c)[1:-1] for c in problem)[:300]
 
 
+# What PyYAML's constructors let through from Python on a value they cannot
+# build (a date, a number); a bug of ours (NameError...) is not a user's error.
+CONSTRUCTOR_ERRORS = (ValueError, TypeError, ArithmeticError)
+
+
 def load_manifest(text: str, source: str) -> dict[str, Any]:
-    """Parse a YAML or JSON manifest into a dict and check its apiVersion/kind."""
+    """Parse a YAML or JSON manifest into a dict and check its apiVersion/kind.
+    Every failure of the reader is one InvalidInput line: a syntax error, and
+    what its recursion and constructors raise on a hostile file (5,000 ``[``:
+    RecursionError; ``2001-13-45`` or a 5,000-digit number: ValueError)."""
     import yaml
 
     try:
         data = yaml.load(text, Loader=_loader())  # a SafeLoader
-    except yaml.YAMLError as exc:
+    except RecursionError:
+        raise InvalidInput(f"{source}: not valid YAML or JSON: nested too deeply") from None
+    except (yaml.YAMLError, *CONSTRUCTOR_ERRORS) as exc:
         where, problem = yaml_problem(exc, text)
         raise InvalidInput(f"{source}{where}: not valid YAML or JSON: {problem}") from None
     meta = data.get("metadata") if isinstance(data, dict) else None

@@ -26,7 +26,10 @@ def load_configuration(path: str | None) -> dict[str, Any] | None:
                            hint="a Configuration is YAML in UTF-8") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except RecursionError:  # ``[[[[...``: PyYAML recurses per level
+        raise InvalidInput(f"config file {path}: not valid YAML: nested too deeply") from None
+    except (yaml.YAMLError, ValueError, TypeError, ArithmeticError) as exc:
+        # also a constructor's error (2001-13-45: ValueError), as codec.CONSTRUCTOR_ERRORS
         from ignitevm.api.codec import yaml_problem
 
         where, problem = yaml_problem(exc, text)

@@ -4,7 +4,8 @@ As Ignite's manifest storage read them: every ``.yaml``, ``.yml`` and
 ``.json`` file below the folder is one object; only ``kind: VM`` counts, and
 only with a ``metadata.uid`` (the VM's identity across edits and renames).
 Files that cannot be read are skipped with a warning, said once per version
-of the file, so one bad file never stops the others from being reconciled.
+of the file, so one bad file never stops the others from being reconciled
+(whatever it makes the reader raise).
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ class ManifestReader:
         for path in sorted(self.folder.rglob("*")):
             if path.suffix not in SUFFIXES or ".git" in path.relative_to(self.folder).parts:
                 continue
-            vm = self._one(path)
+            try:
+                vm = self._one(path)
+            except Exception as exc:  # a reader's failure this file found: the others go on
+                log.debug("reading %s", path, exc_info=True)
+                said = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+                self._warn(path, f"skipping {path}: cannot be read ({said})")
+                continue
             if vm is None:
                 continue
             uid = vm.metadata.uid

@@ -110,8 +110,10 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
     from ignitevm.operations import images, kernels, sshkeys
     from ignitevm.operations.guestconfig import CONFIG_DISK, write_config_disk
     from ignitevm.providers import network
+    from ignitevm.providers.vmm import consolelog
     from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
+    consolelog.limit()  # a bad IGNITE_CONSOLE_LOG_MAX: said before anything is made
     with vm_lock(ctx, vm), no_space_errors(ctx.root), contextlib.ExitStack() as stack:
         vm = ctx.store.get(VM, vm.metadata.uid)
         d = workdir(ctx, vm)
@@ -343,6 +345,10 @@ def stop(ctx: Context, vm: VM, *, force: bool = False, timeout: float = STOP_TIM
             log.warning("VM %r did not power off within %.0fs, killing it",
                         vm.metadata.name, timeout)
             ctx.vmm.kill(d)
+        if pid is not None:
+            from ignitevm.providers.vmm import consolelog
+
+            consolelog.wait_writer(ctx.vmm.console_log(d))  # its last lines, for `logs`
         _mark_stopped(ctx, vm)
     log.info("Stopped VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
 

@@ -117,3 +117,64 @@ def test_runtime_containerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         "/x.sock", "firecracker")
     with pytest.raises(InvalidInput, match="not available here"):
         ctx(runtime="docker")
+
+
+def test_one_hostile_file_does_not_stop_the_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """5,000 ``[`` in one file made the reader raise RecursionError, so every pass
+    of ignited stopped before reconciling any VM: now that file is reported and
+    skipped, and the VM of the next file is started (vms.start is replaced: no
+    QEMU in the unit layer)."""
+    from ignitevm.api.types import VM, ObjectMeta
+    from ignitevm.daemon import reconcile
+    from ignitevm.operations.context import Context
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "a-hostile.yaml").write_text("[" * 5000)
+    (folder / "b.yaml").write_text(VM_FILE.format(name="b", uid="uid: 0000000000000002"))
+    source = f"dir:{folder}"
+    ctx = Context(root=tmp_path / "root")
+    have = VM(metadata=ObjectMeta(name="b", uid="0000000000000002",
+                                  created="2000-01-01T00:00:00Z",
+                                  annotations={reconcile.MANAGED_BY: source}))
+    have.spec.image.oci = "base:latest"
+    with ctx.store.creating(have):
+        pass
+    started: list[str] = []
+    monkeypatch.setattr(reconcile.vms, "start",
+                        lambda _ctx, vm: started.append(vm.metadata.uid) or vm)
+    reader, rec = ManifestReader(folder), reconcile.Reconciler(ctx, source)
+    with caplog.at_level(logging.WARNING, logger="ignitevm"):
+        rec.sync(reader.read())  # ignited's pass, as daemon.main runs it
+    assert started == ["0000000000000002"]
+    said = [r.getMessage() for r in caplog.records]
+    assert any("a-hostile.yaml" in w and "nested too deeply" in w for w in said), said
+
+
+def test_any_failure_reading_one_file_skips_only_that_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever reading one file raises (here a stand-in bug in the decoder), it is
+    said once, on one line, and the other files are read."""
+    from ignitevm.api import codec
+
+    (tmp_path / "a.yaml").write_text(VM_FILE.format(name="a", uid="uid: 0000000000000001"))
+    (tmp_path / "b.yaml").write_text(VM_FILE.format(name="b", uid="uid: 0000000000000002"))
+    real = codec.load_manifest
+
+    def load(text: str, source: str) -> dict:
+        if source.endswith("a.yaml"):
+            raise RuntimeError("a bug\nover two lines")
+        return real(text, source)
+
+    monkeypatch.setattr(codec, "load_manifest", load)
+    reader = ManifestReader(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ignitevm"):
+        assert list(reader.read()) == ["0000000000000002"]
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and "a.yaml" in said[0] and "RuntimeError: a bug over" in said[0]
+        caplog.clear()
+        reader.read()
+        assert not caplog.records

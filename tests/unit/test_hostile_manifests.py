@@ -252,3 +252,26 @@ def test_manifest_names_and_uids_cannot_forge_log_lines(
     assert len(said) == 2
     assert all("\n" not in line and "\x1b" not in line for line in said), said
     assert any("invalid uid" in line for line in said)
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("[" * 5000, "nested too deeply"),                     # RecursionError in PyYAML
+    ("{" * 5000, "nested too deeply"),
+    ("- " * 5000, "nested too deeply"),
+    ("a: 2001-13-45\n", "month must be in 1..12"),         # a constructor's ValueError
+    ("a: " + "1" * 5000 + "\n", "4300 digits"),            # int() of a huge number
+])
+def test_any_reader_failure_is_one_line(tmp_path: Path, text: str, said: str) -> None:
+    """Not only PyYAML's own errors: what its recursion and constructors raise on
+    a hostile file is one InvalidInput line, for manifests and the Configuration."""
+    from ignitevm.cli.config import load_configuration
+
+    with pytest.raises(InvalidInput, match="not valid YAML or JSON") as info:
+        codec.load_manifest(text, "vm.yaml")
+    assert said in str(info.value) and "\n" not in str(info.value)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(text)
+    with pytest.raises(InvalidInput, match=f"config file {cfg}.*: not valid YAML") as info:
+        load_configuration(str(cfg))
+    assert said in str(info.value) and "\n" not in str(info.value)
+

@@ -408,7 +408,7 @@ def test_unconfined_console_writer_bounds_the_log_without_privilege(tmp_path: Pa
         assert wait_pid(writer, 60), "the console writer outlived the pipe"
         names = sorted(p.name for p in work.iterdir())
         assert names == ["console.log", "console.log.0", "console.log.1", "console.log.lock",
-                         "ignite-jail"], names
+                         "console.log.writer", "ignite-jail"], names
         sizes = {p.name: p.stat().st_size for p in work.glob("console.log*")}
         assert sum(sizes.values()) <= 2 * 8192 + (64 << 10), sizes
         assert 0 < sizes["console.log.1"] <= 8192 and sizes["console.log.0"] > 0, sizes

@@ -52,7 +52,8 @@ def _holders(log: Path) -> list[int]:
 
 
 @pytest.mark.parametrize("flooder", ["jail", "none"], indirect=True)
-def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
+def test_console_flood_stays_bounded(cli: Ignite, flooder: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """No command looks at the VM while its guest floods the console (the
     flood is one `exec`, started before): the writer alone keeps the cap."""
     uid = cli("inspect", "vm", flooder, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
@@ -96,6 +97,34 @@ def test_console_flood_stays_bounded(cli: Ignite, flooder: str) -> None:
     out = cli("logs", flooder).stdout
     assert "TEST-READY" in out  # the boot log is kept
     assert "console output dropped" in out and out.rstrip().endswith("y")
+    _no_trim_under_the_writer(cli, flooder, folder, monkeypatch)
+
+
+def _console(cli: Ignite, vm: str, script: str) -> None:
+    cli("exec", vm, "--", "/bin/busybox", "sh", "-c", f"{script} > /dev/console")
+
+
+def _no_trim_under_the_writer(cli: Ignite, vm: str, folder: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command given a smaller IGNITE_CONSOLE_LOG_MAX than the VM's launch
+    (here `ps`) trimmed the log in Python, renaming new files over
+    console.log.0 and .1 while the writer kept the old ones open: what it
+    wrote next went to unlinked files. Now the writer's files stay its own."""
+    log = folder / "console.log"
+    for _ in range(40):  # (over the smaller limit, under the VM's)
+        if log.stat().st_size > 4096:
+            break
+        _console(cli, vm, "/bin/busybox yes | /bin/busybox head -c 3000")
+    assert log.stat().st_size > 4096
+    kept = {p.name: p.stat().st_ino for p in folder.glob("console.log.[01]")}
+    size = log.stat().st_size
+    monkeypatch.setenv("IGNITE_CONSOLE_LOG_MAX", "4096")
+    cli("ps")
+    cli("logs", vm)
+    assert {p.name: p.stat().st_ino for p in folder.glob("console.log.[01]")} == kept
+    assert log.stat().st_size >= size
+    _console(cli, vm, "echo AFTER-PS")
+    assert "AFTER-PS" in cli("logs", vm).stdout
 
 
 def test_qemu_file_size_is_bounded(cli: Ignite, flooder: str) -> None:

@@ -41,7 +41,10 @@
  *                                   ignitevm/providers/vmm/consolelog.py does:
  *                                   past MAX, the first 64 KiB go to LOG.0 (once),
  *                                   the last MAX bytes to LOG.1, and LOG is
- *                                   emptied; under a lock on LOG.lock
+ *                                   emptied; under a lock on LOG.lock. For as
+ *                                   long as it runs it holds a lock on LOG.writer
+ *                                   (a command waits on it for the last lines).
+ *                                   MAX: from 4096 to 2^62
  *   -s BYTES                        RLIMIT_FSIZE of the program: no file it writes
  *                                   (disk overlay, log, a file in its folder) grows
  *                                   past BYTES (the console writer is not bound by it)
@@ -103,7 +106,7 @@ static const char *cgroups[8];
 static int nbinds, nnodes, nlinks, ncgroups;
 
 #define CONSOLE_HEAD (64 << 10)
-struct console { int fd, pipe[2], log, reader, head, older, lock; off_t max; const char *path; };
+struct console { int fd, pipe[2], log, reader, head, older, lock, alive; off_t max; const char *path; };
 
 static void die(const char *step, const char *fmt, ...)
 {
@@ -117,6 +120,19 @@ static void die(const char *step, const char *fmt, ...)
 		fprintf(stderr, ": %s", strerror(err));
 	fputc('\n', stderr);
 	exit(125);
+}
+
+/* A size in bytes: any the host asks for (a console log's limit may pass 4 GiB). */
+static off_t size_number(const char *s)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *s < '0' || *s > '9' || *end != '\0' || v > (1ULL << 62)) {
+		errno = 0;
+		die("usage", "bad size %s", s);
+	}
+	return (off_t)v;
 }
 
 static unsigned number(const char *s, int base)
@@ -242,6 +258,11 @@ static void console_open(struct console *c)
 	c->head = open_beside(c->path, ".0", O_RDWR | O_CREAT);
 	c->older = open_beside(c->path, ".1", O_RDWR | O_CREAT);
 	c->lock = open_beside(c->path, ".lock", O_RDWR | O_CREAT);
+	c->alive = open_beside(c->path, ".writer", O_RDONLY | O_CREAT);
+	/* Taken before the writer is forked (it shares the open file, and so the
+	 * lock, which goes when it exits). Not taken: a writer of the VM's last
+	 * run still drains; a command then does not wait for this one. */
+	flock(c->alive, LOCK_EX | LOCK_NB);
 	if (pipe2(c->pipe, O_CLOEXEC) != 0)
 		die("console", "pipe");
 }
@@ -357,7 +378,8 @@ static void console_start(struct console *c, int argc, char **argv)
 		close(0);
 		close(1);
 		close(2);
-		keep_only((int[]){c->pipe[0], c->log, c->reader, c->head, c->older, c->lock}, 6);
+		keep_only((int[]){c->pipe[0], c->log, c->reader, c->head, c->older, c->lock,
+			   c->alive}, 7);
 		console_drain(c);
 	}
 	close(c->pipe[0]);
@@ -366,6 +388,7 @@ static void console_start(struct console *c, int argc, char **argv)
 	close(c->head);
 	close(c->older);
 	close(c->lock);
+	close(c->alive);
 	if (c->pipe[1] == c->fd ? fcntl(c->fd, F_SETFD, 0) != 0
 	    : dup2(c->pipe[1], c->fd) != c->fd)
 		die("console", "pipe to fd %d", c->fd);
@@ -442,7 +465,7 @@ int main(int argc, char **argv)
 		} else if (!strcmp(o, "-c") && con.fd < 0) {
 			need(argc, i, 3);
 			con.fd = (int)number(argv[i + 1], 10);
-			con.max = (off_t)number(argv[i + 2], 10);
+			con.max = size_number(argv[i + 2]);
 			con.path = argv[i + 3];
 			if (con.fd < 3 || con.max < 4096)
 				die("usage", "-c needs an fd above 2 and a size of at least 4096");

@@ -5,18 +5,24 @@ small C loop beside QEMU; ``ignite-jail -c``: as confined as QEMU when
 jailed, ``ignite-jail -n -c`` as the caller with ``--sandbox=none``) appends
 it to ``console.log`` and keeps the files below within bounds at every
 write, under the lock ``console.log.lock``; QEMU never sees the file. The
-trim here is the same, for a look at a VM launched by an older version
-(whose unconfined QEMU appended to the log itself): every liveness check of
-a running VM trims its log once it is over the limit. Either way:
+writer holds a lock on ``console.log.writer`` for as long as it runs, so
+that a command can wait for the last lines it drains after QEMU exits. The
+trim here is the same, only for a VM launched by an older version whose
+unconfined QEMU appends to the log itself (its command line says so): every
+liveness check of such a VM trims its log once it is over the limit. A log
+with a writer is never trimmed here: the writer keeps ``console.log.1`` and
+``.0`` open, and a file swapped under it would take what it writes next.
+Either way:
 
 - ``console.log.0``: the first 64 KiB, kept once (the boot log);
 - ``console.log.1``: the last ``limit`` bytes before the latest trim;
 - ``console.log``: emptied at the trim; the writer goes on appending to it.
 
 So the files take at most ``2 * limit + 64 KiB``.
-The limit is 4 MiB, or ``IGNITE_CONSOLE_LOG_MAX`` bytes (read when the VM
-starts, for the console writer). An empty ``console.log.0`` (made by the
-console writer) means nothing was dropped yet.
+The limit is 4 MiB, or ``IGNITE_CONSOLE_LOG_MAX`` bytes, from 4096 to 1 TiB
+(read when the VM starts, for its console writer; a bad value is refused
+then). An empty ``console.log.0`` (made by the console writer) means nothing
+was dropped yet.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ignitevm.errors import InvalidInput
 from ignitevm.util.fs import atomic_write, flock
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
@@ -38,11 +45,70 @@ HEAD = 64 << 10
 FOLLOW_EVERY = 0.2  # seconds between looks while following
 
 
+MIN_LIMIT, MAX_LIMIT = 4096, 1 << 40
+WRITER_WAIT = 2.0  # seconds a command waits for the writer to drain once QEMU is gone
+
+
 def limit() -> int:
-    try:
-        return max(int(os.environ.get("IGNITE_CONSOLE_LOG_MAX", "")), 4096)
-    except ValueError:
+    """``IGNITE_CONSOLE_LOG_MAX`` (bytes), else 4 MiB; InvalidInput when it is not
+    a whole number from 4096 to 1 TiB (as the console writer takes it)."""
+    text = os.environ.get("IGNITE_CONSOLE_LOG_MAX", "").strip()
+    if not text:
         return DEFAULT_MAX
+    value = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else -1
+    if not MIN_LIMIT <= value <= MAX_LIMIT:
+        shown = "".join(c if c.isprintable() else "?" for c in text[:40])
+        raise InvalidInput(f"invalid IGNITE_CONSOLE_LOG_MAX {shown!r}: the console log's "
+                           f"limit is a number of bytes from {MIN_LIMIT} to {MAX_LIMIT} (1 TiB)",
+                           hint="unset it for the default, 4 MiB (4194304)")
+    return value
+
+
+def _limit_or_default() -> int:
+    """For a look at a VM, not a launch: a bad value is said when a VM starts."""
+    try:
+        return limit()
+    except InvalidInput:
+        return DEFAULT_MAX
+
+
+def over_limit(log: Path) -> bool:
+    """Is ``log`` over the limit? (One stat.)"""
+    try:
+        return os.stat(log).st_size > _limit_or_default()
+    except OSError:
+        return False
+
+
+def writer_path(log: Path) -> Path:
+    """Locked by the console writer for as long as it runs (ignite-jail -c)."""
+    return log.with_name(log.name + ".writer")
+
+
+def wait_writer(log: Path, timeout: float | None = None) -> bool:
+    """Once the VMM is gone, wait (at most ``timeout``) for its console writer
+    to drain the pipe and exit, so that a look at the log finds the last
+    lines; True if no writer runs now. (None for a VM launched before the
+    writer made this file: nothing to wait for.)"""
+    import fcntl
+
+    try:
+        fd = os.open(writer_path(log), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC)
+    except OSError:
+        return True
+    deadline = time.monotonic() + (WRITER_WAIT if timeout is None else timeout)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+    finally:
+        os.close(fd)
 
 
 def head_path(log: Path) -> Path:
@@ -56,7 +122,7 @@ def older_path(log: Path) -> Path:
 def trim(log: Path, max_bytes: int | None = None) -> bool:
     """Trim ``log`` if it is over the limit; True if this call trimmed it. One
     stat when it is not; another process trimming it meanwhile is left to it."""
-    max_bytes = max_bytes or limit()
+    max_bytes = max_bytes or _limit_or_default()
     try:
         if os.stat(log).st_size <= max_bytes:
             return False
@@ -105,7 +171,12 @@ def copy(log: Path, out: BinaryIO, *, follow: bool = False,
          alive: Callable[[], bool] = lambda: False) -> None:
     """Write the whole kept log to ``out``: the boot log, a mark where output
     was dropped, the older part, then the current file; with ``follow``, keep
-    writing what comes until ``alive()`` turns false (it also trims the log)."""
+    writing what comes until ``alive()`` turns false. Once the VMM is gone,
+    what its console writer still drains is waited for (a little while).
+    (The log is never trimmed here: its writer does, or for a VM launched by
+    an older version, the liveness check, machine.QemuVMM.pid.)"""
+    if not follow and not alive():
+        wait_writer(log)  # the VMM is gone: its writer may still drain the pipe
     head, older = head_path(log), older_path(log)
     if head.exists() and head.stat().st_size:
         out.write(head.read_bytes())
@@ -113,6 +184,7 @@ def copy(log: Path, out: BinaryIO, *, follow: bool = False,
                   b"IGNITE_CONSOLE_LOG_MAX) ---\n")
     with contextlib.suppress(FileNotFoundError):
         out.write(older.read_bytes())
+    running = follow
     with open(log, "rb") as f:
         while True:
             chunk = f.read(1 << 16)
@@ -120,12 +192,13 @@ def copy(log: Path, out: BinaryIO, *, follow: bool = False,
                 out.write(chunk)
                 continue
             out.flush()
-            if not follow:
+            if not running:
                 break
-            trim(log)  # at its end: nothing unread goes to the older part
-            if not alive():
-                break
+            running = alive()  # (a liveness check trims the log of an older VM)
+            if not running:
+                wait_writer(log)  # then one more read, to the end of what it wrote
             if os.fstat(f.fileno()).st_size < f.tell():
                 f.seek(0)  # trimmed since we read to its end: go on from its start
                 continue
-            time.sleep(FOLLOW_EVERY)
+            if running:
+                time.sleep(FOLLOW_EVERY)

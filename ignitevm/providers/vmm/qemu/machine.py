@@ -125,8 +125,10 @@ class QemuVMM:
             return None
         # (One stat. The console writer keeps the log bounded; this trims the
         # log of an unconfined VM launched by an older version, whose QEMU
-        # appends to it itself.)
-        consolelog.trim(workdir / args.CONSOLE_LOG)
+        # appends to it itself, and never one a writer holds: see consolelog.)
+        log = workdir / args.CONSOLE_LOG
+        if consolelog.over_limit(log) and qemu_writes_log(pid):
+            consolelog.trim(log)
         return pid
 
     def connect_socket(self, workdir: Path, path: Path) -> socket.socket:
@@ -219,6 +221,7 @@ class QemuVMM:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             wait_gone(self, workdir, 5.0)
+        consolelog.wait_writer(workdir / args.CONSOLE_LOG)  # its last lines, for `logs`
 
     def cleanup(self, workdir: Path) -> None:
         for name in RUNTIME_FILES:
@@ -347,6 +350,18 @@ def process_start(pid: int) -> str | None:
     if fields[0] == "Z":  # exited, not yet reaped
         return None
     return f"{boot} {fields[19]}"
+
+
+def qemu_writes_log(pid: int) -> bool:
+    """Does QEMU ``pid`` append to the console log itself (an unconfined VM
+    launched before the console writer: its chardev's ``logfile=`` is the
+    file, not the writer's pipe ``/dev/fdset/N``)?"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(a.startswith(b"socket,id=console,") and b",logfile=" in a
+               and b",logfile=/dev/fdset/" not in a for a in argv)
 
 
 def _read_small(path: Path, limit: int = 128) -> str:
