@@ -130,9 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmd == "gitops":
             return _gitops(args)
     except IgniteError as exc:
-        print(f"error: {exc.brief}", file=sys.stderr)
+        from ignitevm.api.validation import printable
+
+        # (a registry's or a manifest's text may be in it: no terminal escapes)
+        print(f"error: {printable(exc.brief)}", file=sys.stderr)
         if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+            print(f"  hint: {printable(exc.hint)}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # e.g. the state folder cannot be made (a full disk)
         print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),

@@ -40,7 +40,7 @@ def open_docker(store: TarIndex, path: Path, ref: str | None) -> ImageSource:
         raise InvalidInput(f"{path}: config {config_name} does not match its digest")
     try:
         config = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested too deeply)
         raise InvalidInput(f"{path}: config {config_name} is not valid JSON") from None
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") if isinstance(config, dict) else []
     layer_names = entry.get("Layers") or []

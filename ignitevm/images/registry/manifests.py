@@ -50,7 +50,7 @@ def parse(raw: bytes, digest: str, where: str, content_type: str = "") -> Manife
     """Check a manifest's type; ``where`` names it in messages."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested too deeply)
         raise InvalidInput(f"{where} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"{where} is not a JSON object")

@@ -103,7 +103,7 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
     download(client, store, cdigest, csize, None, f"config {cdigest} of {where}")
     try:
         config = json.loads(store.read(store.blob_name(cdigest)))
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested too deeply)
         raise InvalidInput(f"{where}: the image config is not valid JSON") from None
     if not isinstance(config, dict):
         raise InvalidInput(f"{where}: the image config is not an object")
