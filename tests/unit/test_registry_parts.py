@@ -364,3 +364,10 @@ def test_a_token_lifetime_of_no_number_is_no_crash(expires: str) -> None:
     auth.challenge('Bearer realm="https://auth.example/token",service="reg"')
     with pytest.raises(IgniteError, match="sent no token"):
         auth.header("repository:a/b:pull")
+
+
+def test_a_manifest_nested_too_deeply_is_one_error() -> None:
+    """A hostile registry's manifest of 100,000 '[' is refused as not JSON (it
+    made json.loads raise RecursionError, a traceback)."""
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        manifests.parse(b"[" * 100_000, "sha256:" + "0" * 64, "the manifest")
