@@ -236,9 +236,13 @@ if TYPE_CHECKING:  # (a type only: typing costs exec's fast path ~3 ms)
             """Add a channel to the running VM; None if it can have no more."""
             ...
 
+        def pending(self) -> Path | None:
+            """The socket of a channel a dead client left unnamed (None: none)."""
+            ...
+
         def repair(self, path: Path) -> None:
             """Undo the adding of channel ``path`` that a dead client left half-done
-            (nothing if it is whole)."""
+            (nothing if it is whole); a pending one is named if its port is there."""
             ...
 
 
@@ -313,6 +317,7 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
         from ignitevm.log import log
 
         repair = getattr(ports, "repair", None)
+        pending = getattr(ports, "pending", None)
         for path in ports.sockets()[before:]:
             log.debug("repairing agent channel %s, half-added by a client that died", path)
             try:
@@ -320,6 +325,18 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
                     repair(path)
             except Exception as exc:
                 log.warning("could not repair agent channel %s: %s", path, exc)
+                return
+        # Killed between device_add and the socket's naming: the VM has the port
+        # but no client finds its socket (and a snapshot would lack it).
+        if pending is not None and repair is not None:
+            try:
+                new = pending()
+                if new is not None:
+                    log.debug("finishing agent channel %s, half-added by a client that "
+                              "died", new)
+                    repair(new)
+            except Exception as exc:
+                log.warning("could not finish a half-added agent channel: %s", exc)
                 return
         mark.unlink(missing_ok=True)
 
