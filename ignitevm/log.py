@@ -10,6 +10,7 @@ pytest, a message with ``exc_info``), every message goes through it.
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +33,19 @@ _LEVELS = {
 }
 
 LEVEL_NAMES = tuple(_LEVELS)
-_WRITING = _thread.allocate_lock()  # (one line at a time, as logging's handler lock)
+# One line at a time, as logging's handler lock; re-entrant (a signal handler
+# may log while the line it interrupted is being written), and made anew in a
+# forked child (another thread may have held it at the fork: no one would
+# release the child's copy).
+_WRITING = _thread.RLock()
+
+
+def _after_fork() -> None:
+    global _WRITING
+    _WRITING = _thread.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Logger:
@@ -61,21 +74,33 @@ class _Logger:
         if real is None and level is not None and "logging" not in sys.modules:
             if levelno < level:
                 return
-            if not kwargs:  # (exc_info and the like: logging's)
-                try:
-                    text = _line(levelno, _message(msg, args)) + "\n"
-                    with _WRITING:
-                        sys.stderr.write(text)
-                        sys.stderr.flush()
-                    return
-                except Exception:
-                    pass  # (logging then says what it says of it)
+            # (exc_info and the like: logging's; a line not written: logging
+            # then says what it says of it)
+            if not kwargs and _write(levelno, msg, args):
+                return
         if real is None:
             real = self._real = _load(level)
         real.log(levelno, msg, *args, stacklevel=3, **kwargs)  # type: ignore[arg-type]
 
 
 log = _Logger()
+
+
+def _write(levelno: int, msg: object, args: tuple[object, ...]) -> bool:
+    """Write a message's line to stderr; False if it could not be (the line is
+    not written). Written but not flushed is written: it stays buffered, and
+    is not to be written a second time."""
+    try:
+        text = _line(levelno, _message(msg, args)) + "\n"
+        with _WRITING:
+            sys.stderr.write(text)
+            try:
+                sys.stderr.flush()
+            except Exception:
+                pass
+    except Exception:
+        return False
+    return True
 
 
 def _message(msg: object, args: tuple[object, ...]) -> str:

@@ -85,7 +85,12 @@ class Channel:
         hello = p.Frame(p.HELLO, 0).encode() + p.Frame(p.PING, 0, nonce).encode()
         pong = p.Frame(p.PONG, 0, nonce).encode()
         keep = p.HEADER.size + p.MAX_PAYLOAD + len(pong)   # one READY and the PONG
-        self._send_raw(hello, deadline)
+        late = AgentError(f"the guest agent of {what} did not answer within {timeout:.0f}s",
+                          hint="check that the VM has booted (ignite logs); the agent starts "
+                          "before the image's init")
+        # (a guest that stops reading holds a send until the deadline: that is
+        # its not answering too)
+        self._send_raw(hello, deadline, late)
         self.hellos = 1
         resend = time.monotonic() + HELLO_RETRY
         while True:
@@ -112,16 +117,13 @@ class Channel:
                 del self.buf[: len(self.buf) - keep]
             now = time.monotonic()
             if now >= deadline:
-                raise AgentError(
-                    f"the guest agent of {what} did not answer within {timeout:.0f}s",
-                    hint="check that the VM has booted (ignite logs); the agent starts "
-                    "before the image's init")
+                raise late
             if now >= resend:
                 # A client killed mid-frame may have left the agent waiting for
                 # the rest of it: zero bytes complete any such frame (and are
                 # skipped as padding where a frame would start), then HELLO.
                 pad = bytes(p.HEADER.size + p.MAX_PAYLOAD) if self.hellos == 1 else b""
-                self._send_raw(pad + hello, deadline)
+                self._send_raw(pad + hello, deadline, late)
                 self.hellos += 1
                 resend = time.monotonic() + HELLO_RETRY
                 continue
@@ -152,15 +154,18 @@ class Channel:
     def send(self, frame: p.Frame) -> None:
         self._send_raw(frame.encode(), None)
 
-    def _send_raw(self, data: bytes, deadline: float | None) -> None:
+    def _send_raw(self, data: bytes, deadline: float | None,
+                  late: AgentError | None = None) -> None:
+        """Send ``data`` by ``deadline``; ``late``: the error if it cannot."""
         try:
             # (reads set their own timeouts; a send waits as long as it may)
             self.sock.settimeout(None if deadline is None
                                  else max(0.1, deadline - time.monotonic()))
             self.sock.sendall(data)
         except TimeoutError:
-            raise AgentError("the guest agent does not read what is sent to it",
-                             hint="check that the VM has booted (ignite logs)") from None
+            raise (late or AgentError("the guest agent does not read what is sent to it",
+                                      hint="check that the VM has booted (ignite logs)")
+                   ) from None
         except OSError as exc:
             raise AgentError(f"lost the connection to the guest agent: {exc.strerror}") from None
 
@@ -236,9 +241,13 @@ if TYPE_CHECKING:  # (a type only: typing costs exec's fast path ~3 ms)
             """Add a channel to the running VM; None if it can have no more."""
             ...
 
+        def pending(self) -> Path | None:
+            """The socket of a channel a dead client left unnamed (None: none)."""
+            ...
+
         def repair(self, path: Path) -> None:
             """Undo the adding of channel ``path`` that a dead client left half-done
-            (nothing if it is whole)."""
+            (nothing if it is whole); a pending one is named if its port is there."""
             ...
 
 
@@ -313,6 +322,7 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
         from ignitevm.log import log
 
         repair = getattr(ports, "repair", None)
+        pending = getattr(ports, "pending", None)
         for path in ports.sockets()[before:]:
             log.debug("repairing agent channel %s, half-added by a client that died", path)
             try:
@@ -320,6 +330,18 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
                     repair(path)
             except Exception as exc:
                 log.warning("could not repair agent channel %s: %s", path, exc)
+                return
+        # Killed between device_add and the socket's naming: the VM has the port
+        # but no client finds its socket (and a snapshot would lack it).
+        if pending is not None and repair is not None:
+            try:
+                new = pending()
+                if new is not None:
+                    log.debug("finishing agent channel %s, half-added by a client that "
+                              "died", new)
+                    repair(new)
+            except Exception as exc:
+                log.warning("could not finish a half-added agent channel: %s", exc)
                 return
         mark.unlink(missing_ok=True)
 

@@ -114,12 +114,21 @@ static int open_regular(int dir, const char *path, int follow, struct stat *st)
 {
     int fd = openat(dir, path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC |
                     (follow ? 0 : O_NOFOLLOW));
-    if (fd >= 0 && (fstat(fd, st) < 0 || !S_ISREG(st->st_mode))) {
+    if (fd >= 0 && (fstat(fd, st) < 0 || !S_ISREG(st->st_mode) || blocking(fd) < 0)) {
         close(fd);
         errno = EINVAL;     /* (read as "not a regular file") */
         return -1;
     }
     return fd;
+}
+
+/* Clear O_NONBLOCK on ``fd`` (opened so for fear of a FIFO, found to be a file
+ * or a device): it is read as such (a network file system's reads must not
+ * fail with EAGAIN; a command given it must find it as it would be opened). */
+int blocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 }
 
 /* A small text file (its first line), relative to ``dir`` (AT_FDCWD: as is). */

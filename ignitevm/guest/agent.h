@@ -95,6 +95,7 @@ struct request {
 extern int agent_mode;
 int64_t now_ms(void);
 char *read_small(const char *path, size_t max, size_t *len);
+int blocking(int fd);
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 void on_signals(void);

@@ -116,19 +116,23 @@ static int fields(char *line, char **f, int max)
     return n;
 }
 
-/* A passwd/group file, whole (read_small: a regular file, at most DB_MAX). */
-static char *db_load(const char *file)
+/* A passwd/group file, whole (read_small: a regular file, at most DB_MAX);
+ * *end: where it ends (a NUL byte in it ends only its own line). */
+static char *db_load(const char *file, char **end)
 {
     size_t n;
-    return read_small(file, DB_MAX, &n);
+    char *text = read_small(file, DB_MAX, &n);
+    *end = text ? text + n : NULL;
+    return text;
 }
 
-/* The next line of *cur with at least nf fields, split into f[]; 0 at the end. */
-static int db_line(char **cur, char **f, int nf)
+/* The next line of *cur (up to end) with at least nf fields, split into f[]
+ * (up to a NUL byte in it); 0 at the end. */
+static int db_line(char **cur, char *end, char **f, int nf)
 {
-    while (*cur && **cur) {
-        char *line = *cur, *nl = strchr(line, '\n');
-        *cur = nl ? nl + 1 : line + strlen(line);
+    while (*cur && *cur < end) {
+        char *line = *cur, *nl = memchr(line, '\n', (size_t)(end - line));
+        *cur = nl ? nl + 1 : end;
         if (nl)
             *nl = '\0';
         if (fields(line, f, nf) >= nf)
@@ -143,11 +147,12 @@ static int db_line(char **cur, char **f, int nf)
 static int db_find(const char *file, const char *key, unsigned long id, int idfield,
                    char **mem, char **f, int nf)
 {
+    char *end;
     free(*mem);
-    if (!(*mem = db_load(file)))
+    if (!(*mem = db_load(file, &end)))
         return -1;
     unsigned long v;
-    for (char *cur = *mem; db_line(&cur, f, nf);)
+    for (char *cur = *mem; db_line(&cur, end, f, nf);)
         if (key ? strcmp(f[0], key) == 0 : (number(f[idfield], &v) && v == id))
             return 1;
     return 0;
@@ -193,19 +198,24 @@ static int user_lookup(const char *spec, struct ident *id, char *err)
     if (group && *group) {
         if (number(group, &v)) {
             id->gid = v;
-        } else if (db_find("/etc/group", group, 0, 2, &mem, f, 4) == 1 && number(f[2], &v)) {
+        } else if ((found = db_find("/etc/group", group, 0, 2, &mem, f, 4)) == 1
+                   && number(f[2], &v)) {
             id->gid = v;
         } else {
-            snprintf(err, ERRLEN, "unable to find group %s: no matching entries in /etc/group",
-                     group);
+            if (found < 0 && errno != ENOENT)
+                snprintf(err, ERRLEN, "unable to find group %s: /etc/group: %s", group,
+                         db_why(errno));
+            else
+                snprintf(err, ERRLEN, "unable to find group %s: no matching entries in "
+                         "/etc/group", group);
             free(mem);
             return -1;
         }
     }
     free(mem);
     id->groups[id->ngroups++] = id->gid;
-    char *groups = id->known ? db_load("/etc/group") : NULL;
-    for (char *cur = groups; id->ngroups < MAX_GROUPS && db_line(&cur, f, 4);) {
+    char *end = NULL, *groups = id->known ? db_load("/etc/group", &end) : NULL;
+    for (char *cur = groups; id->ngroups < MAX_GROUPS && db_line(&cur, end, f, 4);) {
         if (!number(f[2], &v) || v == id->gid)
             continue;
         for (char *m = strtok(f[3], ","); m; m = strtok(NULL, ","))
@@ -309,7 +319,7 @@ static int open_null(int flags)
 {
     struct stat st;
     int fd = open("/dev/null", flags | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode))) {
+    if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISCHR(st.st_mode) || blocking(fd) < 0)) {
         close(fd);
         return -1;
     }

@@ -181,7 +181,7 @@ static int add_entry(struct tar_out *t, int dirfd, const char *name, const char 
     /* (O_NONBLOCK: made a FIFO since the lstat, it must not block the agent) */
     int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     struct stat now;
-    if (fd >= 0 && (fstat(fd, &now) < 0 || !S_ISREG(now.st_mode))) {
+    if (fd >= 0 && (fstat(fd, &now) < 0 || !S_ISREG(now.st_mode) || blocking(fd) < 0)) {
         close(fd);
         return -1;
     }

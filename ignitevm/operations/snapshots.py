@@ -37,6 +37,7 @@ DISK = "disk.qcow2"
 MEMORY = "memory"
 # A clone's VM object names the snapshot its disk is layered over.
 ANNOTATION = "ignitevm.io/snapshot"
+GROW_WAIT = 30.0  # seconds a save waits for a client adding an agent channel
 
 
 def qemu_version(cache: Path | None = None) -> str:
@@ -150,29 +151,34 @@ def create(ctx: Context, vm: VM, name: str, *, stop: bool = False,
                            f"{state!r}", hint=f"see ignite logs {vm.metadata.name}; stop it "
                            f"with: ignite stop {vm.metadata.name}")
         image, kernel = vms.bases(ctx, vm, "import it again before saving the VM")
-        _describe(ctx, snap, vm, d)
-        snaptemplate.sweep(ctx)  # (what a killed `snapshot create` left running)
-        with ctx.store.using(image), ctx.store.using(kernel), \
-                ctx.store.creating(snap) as stage:
-            why = snaptemplate.eligible(vm, snap.spec.nics) if shared else "not asked for"
-            kernel_path, initrd = kernels.kernel_files(ctx, kernel)
+        # No agent channel is added while the VM is described and saved: the
+        # saved state and the port count the snapshot records must agree (the
+        # saving child inherits the lock and holds it to its end).
+        with contextlib.ExitStack() as grow:
+            _agent_grow_lock(grow, d)
+            _describe(ctx, snap, vm, d)
+            snaptemplate.sweep(ctx)  # (what a killed `snapshot create` left running)
+            with ctx.store.using(image), ctx.store.using(kernel), \
+                    ctx.store.creating(snap) as stage:
+                why = snaptemplate.eligible(vm, snap.spec.nics) if shared else "not asked for"
+                kernel_path, initrd = kernels.kernel_files(ctx, kernel)
 
-            layers = disk_layers(ctx, vm, images.image_file(ctx, image))
+                layers = disk_layers(ctx, vm, images.image_file(ctx, image))
 
-            def work() -> str:
-                _save(vmm, d, stage, paused=state == "paused", stop=stop)
-                if layers[1]:  # a clone: its layer reads through its snapshot's
-                    _flatten(stage / DISK, layers[0], layers[1][-1])
-                if not why:
-                    full = os.open(stage / STATE, os.O_RDONLY)  # (valid after the rename)
-                    snaptemplate.in_background(ctx, snap, vm, kernel_path, initrd, full)
-                    os.close(full)
-                return ""
+                def work() -> str:
+                    _save(vmm, d, stage, paused=state == "paused", stop=stop)
+                    if layers[1]:  # a clone: its layer reads through its snapshot's
+                        _flatten(stage / DISK, layers[0], layers[1][-1])
+                    if not why:
+                        full = os.open(stage / STATE, os.O_RDONLY)  # (valid after the rename)
+                        snaptemplate.in_background(ctx, snap, vm, kernel_path, initrd, full)
+                        os.close(full)
+                    return ""
 
-            _detached(work)
-            if why and shared:
-                log.info("Clones of %r will not share RAM: %s", name, why)
-            _record_files(snap, stage, {})
+                _detached(work)
+                if why and shared:
+                    log.info("Clones of %r will not share RAM: %s", name, why)
+                _record_files(snap, stage, {})
     if stop:
         vms.stop(ctx, vm, force=True)
     log.info("Saved VM %r as snapshot %r (ID %s, %s)", vm.metadata.name, name,
@@ -188,7 +194,9 @@ def _describe(ctx: Context, snap: Snapshot, vm: VM, d: Path) -> None:
     s.vm_spec = copy.deepcopy(vm.spec)
     s.network_plugin = vm.status.network.plugin
     s.nics = nic_count(s.network_plugin, vm)
-    s.agent_channels = max(1, len(ctx.vmm.agent_sockets(d)))
+    # (QEMU's ports, not the named sockets: a client killed after it added a
+    # port, before it named its socket, leaves one more port than sockets)
+    s.agent_channels = max(1, _qemu(ctx).agent_ports(d))
     s.image, s.kernel = vm.status.image, vm.status.kernel
     s.qemu_version = qemu_version(ctx.cache)
     s.accel = vm.status.runtime.accel or "tcg"
@@ -200,6 +208,16 @@ def _describe(ctx: Context, snap: Snapshot, vm: VM, d: Path) -> None:
         # (for people: the saved disk layer stands on the image alone)
         snap.metadata.annotations = {"ignitevm.io/from-snapshot":
                                      vm.metadata.annotations[ANNOTATION]}
+
+
+def _agent_grow_lock(held: contextlib.ExitStack, d: Path) -> None:
+    """Hold the lock under which clients add agent channels to VM folder ``d``."""
+    import time
+
+    from ignitevm.agent.client import _grow_lock
+    from ignitevm.providers.vmm.qemu import args
+
+    _grow_lock(held, args.agent_socket(d, 1).parent, time.monotonic() + GROW_WAIT)
 
 
 def _kernel_cmdline(d: Path) -> str:

@@ -236,6 +236,9 @@ class AgentPorts:
     def connect(self, path: Path) -> socket.socket:
         return self.ctx.vmm.connect_socket(self.workdir, path)
 
+    def pending(self) -> Path | None:
+        return self.ctx.vmm.pending_agent_channel(self.workdir)
+
     def repair(self, path: Path) -> None:
         self.ctx.vmm.repair_agent_channel(self.workdir, path)
 

@@ -97,6 +97,84 @@ def test_a_channel_a_dead_client_left_unnamed_is_finished(
     os.unlink(path)
 
 
+class _Ports:
+    """A VM's channels as the host's clients see them (operations/vms.py:
+    AgentPorts, without a Context)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.vmm = workdir, QemuVMM()
+
+    def sockets(self) -> list[Path]:
+        return self.vmm.agent_sockets(self.workdir)
+
+    def grow(self) -> Path | None:
+        return self.vmm.add_agent_channel(self.workdir)
+
+    def pending(self) -> Path | None:
+        return self.vmm.pending_agent_channel(self.workdir)
+
+    def repair(self, path: Path) -> None:
+        self.vmm.repair_agent_channel(self.workdir, path)
+
+
+@pytest.mark.parametrize("port", [True, False], ids=["port-added", "no-port"])
+def test_the_repair_finishes_a_channel_left_unnamed(
+        vm: Path, monkeypatch: pytest.MonkeyPatch, port: bool) -> None:
+    """A client killed between device_add and the naming of its socket: the
+    next client's repair names it (the VM has the port: its socket must be
+    found, and counted); killed before device_add: its chardev and socket go."""
+    import time
+
+    from ignitevm.agent.client import GROW_MARK, _repair
+
+    path = args.agent_socket(vm, 2)
+    new = path.with_name(path.name + ".new")
+    (vm / GROW_MARK).write_text("1\n")
+    with socket.socket(socket.AF_UNIX) as left:
+        left.bind(str(new))
+        mon = FakeMonitor(path, ports=("agentport1", "agentport2") if port else ("agentport1",))
+        _use(monkeypatch, mon)
+        _repair(_Ports(vm), path.parent, vm, time.monotonic() + 30)
+    names = [name for name, _ in mon.log]
+    assert not new.exists() and not (vm / GROW_MARK).exists()
+    if port:
+        assert names == ["qom-list"]
+        assert stat.S_ISSOCK(path.lstat().st_mode)
+        assert QemuVMM().agent_sockets(vm) == [args.agent_socket(vm, 1), path]
+        os.unlink(path)
+    else:
+        assert names == ["qom-list", "chardev-remove", "closefd"]
+        assert not path.exists()
+        assert QemuVMM().agent_sockets(vm) == [args.agent_socket(vm, 1)]
+
+
+def test_a_snapshot_counts_the_ports_qemu_has(vm: Path, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """The port count a snapshot records is QEMU's: a socket still named
+    ``.new`` (its client killed after device_add) has its port in the saved
+    state, and a clone restored with one port fewer would not load."""
+    from ignitevm.api.types import VM
+    from ignitevm.operations import snapshots
+    from ignitevm.operations.context import Context
+
+    path = args.agent_socket(vm, 2)
+    path.with_name(path.name + ".new").touch()
+    mon = FakeMonitor(path, ports=("agentport1", "agentport2", "netdev0"))
+    _use(monkeypatch, mon)
+    assert QemuVMM().agent_ports(vm) == 2
+    ctx = Context(root=tmp_path / "root")
+    snap = snapshots.Snapshot()
+    snapshots._describe(ctx, snap, VM(), vm)
+    assert snap.spec.agent_channels == 2
+
+
+def test_a_stopped_vms_unnamed_channel_socket_is_cleaned_up(vm: Path) -> None:
+    path = args.agent_socket(vm, 2)
+    path.with_name(path.name + ".new").touch()
+    QemuVMM().cleanup(vm)
+    assert list((vm / args.RUN_DIR).iterdir()) == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a process of another uid is needed: run as root")
 def test_a_socket_is_accepted_from_the_vms_qemu_or_from_the_host_itself(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -157,11 +157,50 @@ def test_passwd_and_group_that_are_fifos_or_huge_do_not_hold_the_agent(
             else:
                 why = "not a regular file" if passwd == "fifo" else "larger than 4 MiB"
                 assert s.error == (1, f"unable to find user nobody: /etc/passwd: {why}")
+            # (a group by name: the error says why it could not be looked up)
+            s = c.run(["id", "-g"], user="65534:staff")
+            why = "not a regular file" if group == "fifo" else "larger than 4 MiB"
+            assert s.error == (1, f"unable to find group staff: /etc/group: {why}")
     finally:
         proc.kill()
         proc.wait()
         with contextlib.suppress(OSError):   # (a reader left waiting on the FIFO: let it go)
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_nul_byte_in_passwd_or_group_hides_only_its_own_line(binary: Path,
+                                                                 tmp_path: Path) -> None:
+    """The guest's /etc/passwd and /etc/group may hold a NUL byte: the entries
+    after its line are still found."""
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/sh\nbro\0ken:x:1:1::/:/bin/sh\n"
+                       b"late:x:4242:4243:late:/late:/bin/sh\n")
+    group.write_bytes(b"root:x:0:\nbro\0ken:x:1:late\nlategrp:x:4343:\n"
+                      b"extra:x:4444:late\n")
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             'mount --bind "$2" /etc/passwd && mount --bind "$3" /etc/group '
+                             '&& exec "$0" --socket "$1"', binary, sock, passwd, group],
+                            stderr=subprocess.DEVNULL)
+    try:
+        with AgentClient(sock) as c:
+            c.hello()
+            s = c.run(["sh", "-c", 'id -u; id -g; id -G; echo "$HOME"'], user="late")
+            assert (s.error, bytes(s.stdout)) == (None, b"4242\n4243\n4243 4444\n/late\n")
+            s = c.run(["id", "-g"], user="late:lategrp")
+            assert (s.error, bytes(s.stdout)) == (None, b"4343\n")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_commands_null_stdin_is_not_non_blocking(client: AgentClient) -> None:
+    """The agent opens /dev/null with O_NONBLOCK (a FIFO put there must not
+    block it); the command gets it as it would open it itself."""
+    s = client.run(["sh", "-c", "grep ^flags: /proc/$$/fdinfo/0"])
+    assert s.exit == 0, s.stderr
+    flags = int(bytes(s.stdout).split()[1], 8)
+    assert not flags & os.O_NONBLOCK
 
 
 def test_stdout_and_stderr_are_kept_apart(client: AgentClient) -> None:

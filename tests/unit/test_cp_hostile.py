@@ -321,6 +321,37 @@ def test_a_silent_handshake_ends_at_its_deadline(guest_socket: Path) -> None:
         Channel.connect(g, 0.5)
 
 
+def test_a_guest_that_pongs_but_reads_no_more_did_not_answer() -> None:
+    """A PONG with no READY makes the host send padding before its HELLO; a
+    guest that then reads nothing more holds that send until the deadline:
+    the error is the handshake's, that it did not answer."""
+    import socket
+    import threading
+
+    host, guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # (the padding cannot fit)
+    done = threading.Event()
+
+    def pong_then_stall() -> None:
+        buf = b""
+        while (at := buf.find(bytes([p.PING, 0, 0, 0]))) < 0 or len(buf) < at + 28:
+            buf += guest.recv(1 << 16)
+        guest.sendall(p.Frame(p.PONG, 0, buf[at + 12:at + 28]).encode())
+        done.wait()
+
+    t = threading.Thread(target=pong_then_stall, daemon=True)
+    t.start()
+    ch = Channel(host, os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    try:
+        with pytest.raises(AgentError, match="did not answer within 1s"):
+            ch._handshake(time.monotonic() + 1.0, "the VM", 1.0)
+    finally:
+        done.set()
+        t.join()
+        ch.close()
+        guest.close()
+
+
 def test_exec_may_be_silent_but_a_partial_frame_may_not(guest_socket: Path,
                                                         tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -54,3 +54,50 @@ def test_through_logging_once_it_is_loaded(caplog) -> None:  # type: ignore[no-u
         log.debug("seen %s", "here")
     assert [r.getMessage() for r in caplog.records] == ["seen here"]
     assert caplog.records[0].filename == "test_log_lazy.py"  # (the caller, not log.py)
+
+
+def test_a_line_written_but_not_flushed_is_not_written_again() -> None:
+    """stderr takes the line but its flush fails: the line is not written a
+    second time through logging (whose handler would flush it again)."""
+    script = """
+import sys
+from ignitevm import log as L
+class Stream:
+    lines = []
+    def write(self, text):
+        self.lines.append(text)
+        return len(text)
+    def flush(self):
+        raise OSError(5, "Input/output error")
+real, sys.stderr = sys.stderr, Stream()
+L.setup("info")
+L.log.info("once %s", 1)
+L.log.warning("and once")
+got, sys.stderr = sys.stderr, real
+print(repr(got.lines))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, check=True)
+    assert res.stdout.strip() == repr(["once 1\n", "warning: and once\n"])
+
+
+def test_the_write_lock_is_reentrant_and_free_in_a_forked_child() -> None:
+    """A signal handler may log while its thread writes a line; a child forked
+    while another thread wrote one must not find the lock held for ever."""
+    script = """
+import os, sys
+from ignitevm import log as L
+L.setup("info")
+with L._WRITING:
+    if L._WRITING.acquire(blocking=False):      # (a plain lock: logging here would hang)
+        L._WRITING.release()
+        L.log.info("inside")
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if L._WRITING.acquire(blocking=False) else 3)
+    _, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "0\n", "inside\n")

@@ -108,3 +108,17 @@ def test_key_making_leaves_out_the_serialization_package() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
+
+
+def test_the_cryptography_requirement_has_the_raw_key_methods() -> None:
+    """sshkey uses Ed25519's private_bytes_raw/public_bytes_raw, new in
+    cryptography 40: the declared requirement may not allow an older one
+    (Debian 12's python3-cryptography, 38.0.4, has neither: AttributeError on
+    every VM made)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (spec,) = [d for d in project["dependencies"] if re.match(r"cryptography\b", d)]
+    low = re.search(r">=\s*(\d+)", spec)
+    assert low is not None and int(low.group(1)) >= 40, spec

@@ -298,6 +298,11 @@ def test_a_half_added_channel_is_repaired(cli: Ignite, fresh: str, state: str) -
             os.close(fd)
     assert (res.returncode, res.stdout) == (0, "through\n"), res.stderr
     assert not (vmdir / "agent-grow.pending").exists()
+    # Every port QEMU has has its named socket (what a snapshot records is
+    # QEMU's count: they must agree), and none is left half-named.
+    named = QemuVMM().agent_sockets(vmdir)
+    assert QemuVMM().agent_ports(vmdir) == len(named) >= k
+    assert not list(folder.glob("agent-*.sock.new"))
 
 
 def test_cp_errors(cli: Ignite, agentbox: str, tmp_path: Path) -> None:

@@ -116,8 +116,14 @@ class VMM(Protocol):
         """Give the running VM one more agent channel; None if it cannot have more."""
         ...
 
+    def pending_agent_channel(self, workdir: Path) -> Path | None:
+        """The socket of a channel a client killed half-way left not yet named
+        (None if there is none)."""
+        ...
+
     def repair_agent_channel(self, workdir: Path, path: Path) -> None:
-        """Undo the adding of channel ``path`` that a client killed half-way left."""
+        """Finish or undo the adding of channel ``path`` (a named socket, or the
+        pending one) that a client killed half-way left."""
         ...
 
     def console_socket(self, workdir: Path) -> Path:

@@ -25,8 +25,8 @@ if TYPE_CHECKING:  # (exec's fast path reads this module: not the VMM's types)
     from ignitevm.providers.vmm.qemu.qmp import Monitor
 
 RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
-                 *(str(args.agent_socket(Path(), k))
-                   for k in range(1, args.AGENT_MAX_CHANNELS + 1)))
+                 *(str(args.agent_socket(Path(), k)) + new
+                   for k in range(1, args.AGENT_MAX_CHANNELS + 1) for new in ("", ".new")))
 
 
 QMP_TIMEOUT = 10.0  # seconds for one QMP exchange (QEMU serves one client at a time)
@@ -300,18 +300,45 @@ class QemuVMM:
                 raise
             os.rename(new, path)
 
+    def agent_ports(self, workdir: Path) -> int:
+        """How many agent ports the VM's QEMU has (1..N, in order): the channels
+        a restore must give it, whether or not a client got to name each one's
+        socket. The caller holds the channel-growing lock."""
+        with self.monitor(workdir) as mon:
+            names = {d.get("name") for d in mon.cmd("qom-list", path="/machine/peripheral")}
+        n = 0
+        while f"agentport{n + 1}" in names:
+            n += 1
+        return n
+
+    def pending_agent_channel(self, workdir: Path) -> Path | None:
+        """The socket of the channel being added, still under its ``.new`` name
+        (a client killed before it named it), if there is one."""
+        new = args.agent_socket(workdir, len(self.agent_sockets(workdir)) + 1)
+        new = new.with_name(new.name + ".new")
+        return new if os.path.lexists(new) else None
+
     def repair_agent_channel(self, workdir: Path, path: Path) -> None:
         """Undo a channel a client killed between chardev-add and device_add left
         half-made: a socket with no port behind it (its chardev and socket go;
         the next client adds the channel anew). Nothing if the port is there.
         (This host names a socket only once its port is there; one that an
-        older one named before may lead to no port.)"""
-        k = int(path.stem.rsplit("-", 1)[1])         # agent-K.sock
+        older one named before may lead to no port.) A socket still named
+        ``.new`` (see :meth:`pending_agent_channel`) is named if its port is
+        there (the client was killed after device_add), else undone."""
+        pending = path.name.endswith(".new")
+        name = path.name.removesuffix(".new")                  # agent-K.sock
+        k = int(name.removesuffix(".sock").rsplit("-", 1)[1])
         with self.monitor(workdir) as mon:
             if _has_port(mon, k):
+                if pending:
+                    os.rename(path, path.with_name(name))
                 return
             with contextlib.suppress(Exception):     # (gone already, or never made)
                 mon.cmd("chardev-remove", id=f"agent{k}")
+            if pending:
+                with contextlib.suppress(Exception):  # (getfd done, chardev-add not)
+                    mon.cmd("closefd", fdname=f"agent{k}")
         path.unlink(missing_ok=True)
 
     def console_socket(self, workdir: Path) -> Path:
