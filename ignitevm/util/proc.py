@@ -75,6 +75,11 @@ def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
     return out
 
 
+def _full_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The environment a program gets: ours with ``env`` over it (None: ours as is)."""
+    return None if env is None else {**os.environ, **env}
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -91,10 +96,6 @@ def run(
     """Run a program to completion; raise CommandError if it fails and ``check``."""
     cmd = _argv(argv)
     log.debug("+ %s", shlex.join(cmd))
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
     try:
         proc = subprocess.run(
             cmd,
@@ -102,7 +103,7 @@ def run(
             stdin=subprocess.DEVNULL if input is None else None,
             stdout=stdout,
             stderr=subprocess.PIPE,
-            env=full_env,
+            env=_full_env(env),
             cwd=cwd,
             timeout=timeout,
             text=text,
@@ -137,10 +138,6 @@ def spawn(
     first, even by SIGKILL (which runs no cleanup here)."""
     cmd = _argv(argv)
     log.debug("+ %s", shlex.join(cmd))
-    full_env = None
-    if env is not None:
-        full_env = dict(os.environ)
-        full_env.update(env)
     try:
         proc = subprocess.Popen(
             cmd,
@@ -148,7 +145,7 @@ def spawn(
             stdout=stdout,
             stderr=stderr,
             pass_fds=pass_fds,
-            env=full_env,
+            env=_full_env(env),
             start_new_session=start_new_session,
             preexec_fn=_death_signal(os.getpid()) if die_with_parent else None,
         )
