@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from typing import Any
 
 from ignitevm.api.types import Image, Kernel
 from ignitevm.cli.common import context, dump, emit
 
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _LISTS = ("Entrypoint", "Cmd")
 
 
@@ -51,8 +49,10 @@ def _show(views: list[dict[str, Any]], fmt: str) -> None:
 def digest_of(source_id: str | None) -> str | None:
     """The manifest digest an ``ociSource.id`` names (``oci://REPO@sha256:…`` or a bare
     ``sha256:…``), or None (a Debian kernel, a kernel file, a malformed record)."""
+    from ignitevm.images.blobs import DIGEST
+
     digest = (source_id or "").rpartition("@")[2]
-    return digest if _SHA256.fullmatch(digest) else None
+    return digest if DIGEST.fullmatch(digest) else None
 
 
 def _common(obj: Image | Kernel) -> dict[str, Any]:
