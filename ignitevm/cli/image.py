@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ignitevm.api.types import Image
@@ -63,6 +65,7 @@ def refuse_bad_reference(source: str, what: str = "image") -> None:
 
     from ignitevm.api.refs import parse
     from ignitevm.errors import InvalidInput
+    from ignitevm.operations.images import looks_like_path
 
     if Path(source).exists() or source.startswith((".", "/", "~")) or source.endswith(
             (".tar", ".tgz", ".tar.gz")) or not any(c in source for c in ":/@"):
@@ -70,7 +73,7 @@ def refuse_bad_reference(source: str, what: str = "image") -> None:
     try:
         parse(source)
     except InvalidInput as exc:
-        if not _looks_like_path(source):
+        if not looks_like_path(source):
             raise
         why = exc.brief.removeprefix(f"invalid image reference {source!r}").lstrip(": ")
         raise InvalidInput(
@@ -79,13 +82,6 @@ def refuse_bad_reference(source: str, what: str = "image") -> None:
             hint="check the path" + (" of the bzImage/vmlinux file" if what == "kernel"
                                      else " of the archive or folder")
             + ", or name an image like 'registry.example/team/app:1'") from None
-
-
-def _looks_like_path(source: str) -> bool:
-    """Whether ``source`` reads as a file's path: an uppercase letter (references are
-    lowercase but for a host), or a file extension in its last part."""
-    last = source.rpartition("/")[2]
-    return source != source.lower() or ("." in last and ":" not in last)
 
 
 def containerd_options(args: argparse.Namespace) -> ContainerdOptions | None:
@@ -128,10 +124,26 @@ def cmd_import(args: argparse.Namespace) -> int:
         image = import_from_containerd(ctx, args.source, containerd, args.name,
                                        progress=sys.stderr.isatty())
     else:
-        image = pull_image(ctx, args.source, pull_options(args), args.name)
+        with as_path_too(args.source, "image"):
+            image = pull_image(ctx, args.source, pull_options(args), args.name)
     if args.quiet:
         emit(image.metadata.uid)
     return 0
+
+
+@contextmanager
+def as_path_too(source: str, what: str) -> Iterator[None]:
+    """An import's pull of ``source`` failed: if ``source`` reads as a path, say
+    that no such file exists either (``image import out/rootfs.img``)."""
+    from ignitevm.errors import IgniteError
+    from ignitevm.operations.images import looks_like_path, not_fetched
+
+    try:
+        yield
+    except IgniteError as exc:
+        if not looks_like_path(source):
+            raise
+        raise not_fetched(what, source, exc) from exc
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

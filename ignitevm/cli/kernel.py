@@ -11,7 +11,12 @@ from ignitevm.util.human import age
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from ignitevm.cli.image import containerd_options, pull_options, refuse_bad_reference
+    from ignitevm.cli.image import (
+        as_path_too,
+        containerd_options,
+        pull_options,
+        refuse_bad_reference,
+    )
     from ignitevm.operations.kernels import (
         DEBIAN_ALIASES,
         import_kernel,
@@ -27,7 +32,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         if (containerd := containerd_options(args)) is not None:
             kernel = import_kernel_from_containerd(ctx, args.source, containerd, args.name)
         else:
-            kernel = pull_kernel(ctx, args.source, pull_options(args), args.name)
+            with as_path_too(args.source, "kernel"):
+                kernel = pull_kernel(ctx, args.source, pull_options(args), args.name)
     else:
         kernel = import_kernel(ctx, args.source, args.name)
     if args.quiet:

@@ -178,12 +178,31 @@ def ensure_image(ctx: Context, ref: str) -> Image:
         try:
             return _fetch_image(ctx, ref, again=False)
         except IgniteError as exc:
-            if containerd_source(ctx) is not None:
-                raise NotFound(f"can't find image {ref!r} here, nor take it from containerd:"
-                               f" {exc.brief}", hint=exc.hint or missing.hint) from exc
-            raise NotFound(f"can't find image {ref!r} here, and pulling "
-                           f"{refs.parse(ref)} failed: {exc.brief}",
-                           hint=exc.hint or missing.hint) from exc
+            raise not_fetched("image", ref, exc, missing.hint,
+                              containerd_source(ctx) is not None) from exc
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether ``source`` reads as a file's path: an uppercase letter (references are
+    lowercase but for a host), or a file extension in its last part."""
+    last = source.rpartition("/")[2]
+    return source != source.lower() or ("." in last and ":" not in last)
+
+
+def not_fetched(what: str, ref: str, exc: IgniteError, hint: str | None = None,
+                containerd: bool = False) -> NotFound:
+    """The error for a ``what`` (image, kernel) ``ref`` that is not here and could not
+    be fetched (``exc``) from its registry or containerd. A ``ref`` that reads as a
+    path (``out/rootfs.img``) and names no file says that too: it was most likely
+    meant as one."""
+    where = ("nor take it from containerd" if containerd
+             else f"and pulling {refs.parse(ref)} failed")
+    hint = exc.hint or hint
+    path = ref.removesuffix(":latest")  # (a VM's spec holds the reference normalized)
+    if looks_like_path(path) and not Path(path).exists():
+        hint = (f"there is no file or folder {path!r} either: check the path"
+                + (f"; or: {hint}" if hint else ""))
+    return NotFound(f"can't find {what} {ref!r} here, {where}: {exc.brief}", hint=hint)
 
 
 def containerd_source(ctx: Context) -> ContainerdOptions | None:

@@ -147,12 +147,9 @@ def ensure_kernel(ctx: Context, ref: str) -> Kernel:
         try:
             return _fetch_kernel(ctx, ref)
         except IgniteError as exc:
-            if containerd is not None:
-                raise NotFound(f"can't find kernel {ref!r} here, nor take it from "
-                               f"containerd: {exc.brief}",
-                               hint=exc.hint or missing.hint) from exc
-            raise NotFound(f"can't find kernel {ref!r} here, and pulling {refs.parse(ref)} "
-                           f"failed: {exc.brief}", hint=exc.hint or missing.hint) from exc
+            from ignitevm.operations.images import not_fetched
+
+            raise not_fetched("kernel", ref, exc, missing.hint, containerd is not None) from exc
 
 
 def _fetch_kernel(ctx: Context, ref: str) -> Kernel:

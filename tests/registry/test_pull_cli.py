@@ -296,6 +296,22 @@ def test_missing_image_or_kernel_says_both(ig: Ignite, plain_registry: Registry)
     assert "can't find kernel" in err and "has no repository test/nokernel" in err
 
 
+@pytest.mark.parametrize("args", [
+    ["image", "import", "out/rootfs.img"],
+    ["kernel", "import", "out/vmlinux.bin"],
+    ["create", "out/rootfs.img"],
+    ["run", "build/app.tar.zst"],
+])
+def test_missing_path_says_so(ig: Ignite, args: list[str]) -> None:
+    """A missing file whose name is also a valid reference: the pull is tried (and fails
+    here, offline), and the hint says that no such file exists either."""
+    err = fails(ig, *args)
+    path = args[-1]
+    assert f"can't find {'kernel' if args[0] == 'kernel' else 'image'} " in err
+    assert f"there is no file or folder {path!r} either: check the path" in err
+    assert ig("ps", "-a", "-q").stdout == "" and ig("image", "ls", "-q").stdout == ""
+
+
 def test_moved_tag(ig: Ignite, plain_registry: Registry, test_layout: dict[str, str]) -> None:
     """A tag that moved: pull replaces the image, unless a VM uses it (then one clear error)."""
     ref = f"{plain_registry.host}/test/moving:1"
