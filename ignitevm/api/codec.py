@@ -77,10 +77,10 @@ def _keep_strings(meta: dict[str, Any], text: str) -> None:
 
 
 @functools.cache
-def _loader() -> type:
+def safe_loader() -> type:
     """PyYAML's SafeLoader without aliases: ``*ref`` lets a small hostile file
     expand into an exponentially large object ("billion laughs"); manifests
-    never need them."""
+    and the host Configuration never need them."""
     import yaml
 
     class NoAliasLoader(yaml.SafeLoader):
@@ -88,7 +88,7 @@ def _loader() -> type:
             if self.check_event(yaml.AliasEvent):
                 mark = self.peek_event().start_mark
                 raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not "
-                                                  "allowed in manifests", mark)
+                                                  "allowed here", mark)
             return super().compose_node(parent, index)
 
     return NoAliasLoader
@@ -129,7 +129,7 @@ def load_manifest(text: str, source: str) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.load(text, Loader=_loader())  # a SafeLoader
+        data = yaml.load(text, Loader=safe_loader())  # a SafeLoader
     except RecursionError:
         raise InvalidInput(f"{source}: not valid YAML or JSON: nested too deeply") from None
     except (yaml.YAMLError, *CONSTRUCTOR_ERRORS) as exc:

@@ -24,8 +24,10 @@ def load_configuration(path: str | None) -> dict[str, Any] | None:
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"config file {path} is not UTF-8 text (byte {exc.start + 1})",
                            hint="a Configuration is YAML in UTF-8") from None
+    from ignitevm.api.codec import safe_loader
+
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=safe_loader())  # (a SafeLoader without aliases)
     except RecursionError:  # ``[[[[...``: PyYAML recurses per level
         raise InvalidInput(f"config file {path}: not valid YAML: nested too deeply") from None
     except (yaml.YAMLError, ValueError, TypeError, ArithmeticError) as exc:

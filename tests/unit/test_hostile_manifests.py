@@ -174,8 +174,11 @@ def test_refused_from_an_ignited_folder(tmp_path: Path,
     assert ctx.store.list(VM) == []
 
 
-def test_yaml_aliases_are_refused() -> None:
-    """A few lines of aliases would expand to billions of list items when decoded."""
+def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    """A few lines of aliases would expand to billions of list items when decoded:
+    refused in manifests and in the host Configuration."""
+    from ignitevm.cli.config import load_configuration
+
     bomb = "apiVersion: ignite.weave.works/v1alpha4\nkind: VM\na: &a [x, x, x, x, x, x, x]\n"
     prev = "a"
     for i in range(9):
@@ -183,6 +186,10 @@ def test_yaml_aliases_are_refused() -> None:
         prev = f"l{i}"
     with pytest.raises(InvalidInput, match="aliases"):
         codec.load_manifest(bomb, "bomb.yaml")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(bomb.replace("kind: VM", "kind: Configuration"))
+    with pytest.raises(InvalidInput, match=r"config file .*:4:\d+: not valid YAML: YAML aliases"):
+        load_configuration(str(cfg))
 
 
 def test_ignited_reads_no_link_out_of_its_folder(tmp_path: Path,
