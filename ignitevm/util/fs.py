@@ -69,14 +69,7 @@ def flock(path: Path, *, shared: bool = False, blocking: bool = True,
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, op)
-                    break
-                except BlockingIOError:
-                    if deadline is None or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
+            wait_lock(fd, op, deadline)
             # A lock file removed (by a sweeper holding it) while we waited is
             # no lock: take the one now at ``path``.
             try:
@@ -93,6 +86,20 @@ def flock(path: Path, *, shared: bool = False, blocking: bool = True,
         yield fd
     finally:
         os.close(fd)
+
+
+def wait_lock(fd: int, op: int, deadline: float | None, step: float = 0.02) -> None:
+    """``flock(fd, op)``; with ``LOCK_NB`` in ``op`` and a ``deadline``
+    (time.monotonic()), try again every ``step`` seconds until then, then
+    BlockingIOError."""
+    while True:
+        try:
+            fcntl.flock(fd, op)
+            return
+        except BlockingIOError:
+            if deadline is None or time.monotonic() > deadline:
+                raise
+            time.sleep(step)
 
 
 def unlink_if_unlocked(path: Path) -> bool:

@@ -92,21 +92,19 @@ def wait_writer(log: Path, timeout: float | None = None) -> bool:
     writer made this file: nothing to wait for.)"""
     import fcntl
 
+    from ignitevm.util.fs import wait_lock
+
     try:
         fd = os.open(writer_path(log), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
                      | os.O_CLOEXEC)
     except OSError:
         return True
     deadline = time.monotonic() + (WRITER_WAIT if timeout is None else timeout)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
+    try:  # (not util.fs.flock: that creates the file, and follows a link)
+        wait_lock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, deadline, step=0.01)
+        return True
+    except BlockingIOError:
+        return False
     finally:
         os.close(fd)
 
