@@ -366,16 +366,13 @@ def restore(ch: Channel, fields: list[tuple[str, str]],
             continue
         if frame.type == p.DATA and len(warnings) < 32:
             text = frame.payload.decode(errors="replace")
-            warnings += [printable(w) for w in text.splitlines() if w.strip()][:32]
+            from ignitevm.api.validation import printable
+
+            warnings += [printable(w)[:300] for w in text.splitlines() if w.strip()][:32]
         elif frame.type == p.ERROR:
             raise _error(frame)
         elif frame.type == p.EXIT:
             return _status(frame.payload) if len(frame.payload) >= 4 else 0, warnings
-
-
-def printable(text: str) -> str:
-    """A guest's text, safe to show on a terminal."""
-    return "".join(c if c.isprintable() else "?" for c in text)[:300]
 
 
 def stdin_is_tty() -> bool:

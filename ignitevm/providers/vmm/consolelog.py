@@ -57,8 +57,10 @@ def limit() -> int:
         return DEFAULT_MAX
     value = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else -1
     if not MIN_LIMIT <= value <= MAX_LIMIT:
-        shown = "".join(c if c.isprintable() else "?" for c in text[:40])
-        raise InvalidInput(f"invalid IGNITE_CONSOLE_LOG_MAX {shown!r}: the console log's "
+        from ignitevm.api.validation import printable
+
+        shown = printable(text[:40])
+        raise InvalidInput(f"invalid IGNITE_CONSOLE_LOG_MAX '{shown}': the console log's "
                            f"limit is a number of bytes from {MIN_LIMIT} to {MAX_LIMIT} (1 TiB)",
                            hint="unset it for the default, 4 MiB (4194304)")
     return value
