@@ -50,25 +50,31 @@ if TYPE_CHECKING:
 
     from ignitevm.api.refs import Reference
 
-# (as store.layout, cli.config, mirrors, hosts and registry.pull have them: not
-# imported, they load pathlib or re; tests/unit/test_fastpull.py holds them equal)
+# (as store.layout, cli.config, mirrors, hosts, manifests and registry.pull have them:
+# not imported, they load pathlib, re or json, or cost packages' imports;
+# tests/unit/test_fastpull.py holds them equal)
 DEFAULT_ROOT = "/var/lib/ignite"
 METADATA = "metadata.json"
 CONFIG_FILE = "/etc/ignite/config.yaml"
 REGISTRIES_CONF = "/etc/containers/registries.conf"
 INSECURE_ENV = "IGNITE_INSECURE_REGISTRIES"
 _SCHEMES_FILE = "http-registries"  # (content/): registries the full path found without TLS
+MAX_MANIFEST = 4 << 20  # (a recorded manifest is no larger)
+ACCEPT = (  # the full path's manifest request asks for the same
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+)
 
 RECORDS = ("cache", "pulled")  # under the state root
 FORMAT = "ignite pull record 1"
 TIMEOUT = 10.0  # seconds for the connection and the answer (then the full path runs)
-MAX_MANIFEST = 4 << 20  # (as manifests.MAX_MANIFEST: a recorded manifest is no larger)
 _MAX_HEADERS = 64 << 10
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 _READ = {"content-length", "content-type", "docker-content-digest", "transfer-encoding"}
 _FIELDS = (  # the record's lines after FORMAT, in order
-    "text", "shown", "tag", "name", "image", "host", "path", "top", "media", "digest",
-    "machine", "scheme", "uid", "stat",
+    "text", "shown", "tag", "name", "image", "host", "address", "port", "path", "top",
+    "media", "digest", "machine", "scheme", "uid", "stat",
 )
 
 
@@ -126,7 +132,7 @@ def _read(root: str, text: str) -> dict[str, str] | None:
     rec = dict(zip(_FIELDS, lines[1:-1], strict=True))
     uid = rec["uid"]
     if (rec["text"] != text or rec["scheme"] not in ("http", "https") or not uid.isalnum()
-            or rec["machine"] != os.uname().machine):
+            or not rec["port"].isdigit() or rec["machine"] != os.uname().machine):
         return None
     try:
         st = os.stat(os.path.join(root, "image", uid, METADATA))
@@ -175,9 +181,8 @@ def _answer_unchanged(root: str, rec: dict[str, str]) -> bool:
                     return False
         except OSError:
             return False
-    from ignitevm.images.mediatypes import ACCEPT
-
-    answer = _get(host, tls, f"/v2/{rec['path']}/manifests/{rec['tag']}", {"Accept": ACCEPT})
+    answer = _get(rec["address"], int(rec["port"]), host, tls,
+                  f"/v2/{rec['path']}/manifests/{rec['tag']}", {"Accept": ACCEPT})
     if answer is None:
         return False
     headers, body = answer
@@ -189,16 +194,14 @@ def _answer_unchanged(root: str, rec: dict[str, str]) -> bool:
 
 
 def _get(
-    host: str, tls: bool, path: str, extra: dict[str, str]
+    name: str, port: int, host: str, tls: bool, path: str, extra: dict[str, str]
 ) -> tuple[dict[str, str], bytes] | None:
-    """One HTTP/1.1 GET: the headers (lowercase names) and body of a 200 answer with a
-    Content-Length; None for anything else (or any error)."""
+    """One HTTP/1.1 GET from ``host`` (at ``name``, ``port``): the headers (lowercase
+    names) and body of a 200 answer with a Content-Length; None for anything else (or
+    any error)."""
     import _socket
     import time
 
-    from ignitevm.images.registry.hosts import split_host
-
-    name, port = split_host(host)
     lines = [
         f"GET {path} HTTP/1.1",
         f"Host: {host}",
@@ -210,7 +213,7 @@ def _get(
     data = bytearray()
     sock = None
     try:
-        sock = _connect(name, port or (443 if tls else 80))
+        sock = _connect(name, port)
         if tls:
             import socket
             import ssl
@@ -288,7 +291,7 @@ def write(root: Path, text: str, ref: Reference, top: str, media: str, digest: s
     path runs next time)."""
     import json
 
-    from ignitevm.images.registry.hosts import is_loopback
+    from ignitevm.images.registry.hosts import is_loopback, split_host
     from ignitevm.log import log
     from ignitevm.store.layout import DIR_MODE
     from ignitevm.util.fs import atomic_write
@@ -306,9 +309,11 @@ def write(root: Path, text: str, ref: Reference, top: str, media: str, digest: s
             return
     except (OSError, ValueError, RecursionError, KeyError, TypeError):
         return
+    address, port = split_host(ref.domain)
     values = {
         "text": text, "shown": str(ref), "tag": ref.tag, "name": ref.familiar_name(),
-        "image": ref.familiar(), "host": ref.domain, "path": ref.path, "top": top,
+        "image": ref.familiar(), "host": ref.domain, "address": address,
+        "port": str(port or (80 if http else 443)), "path": ref.path, "top": top,
         "media": media, "digest": digest, "machine": os.uname().machine,
         "scheme": "http" if http else "https", "uid": uid, "stat": _stat_identity(st),
     }

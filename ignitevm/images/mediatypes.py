@@ -9,8 +9,6 @@ MANIFEST_TYPES = {
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 }
-# (what a manifest request accepts: the full path's and the fast pull path's)
-ACCEPT = ", ".join(sorted(INDEX_TYPES | MANIFEST_TYPES))
 CONFIG_TYPES = {
     "application/vnd.oci.image.config.v1+json",
     "application/vnd.docker.container.image.v1+json",

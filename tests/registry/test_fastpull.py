@@ -149,7 +149,7 @@ def _served(reg: Registry, repo: str, tag: str) -> tuple[bytes, str]:
     """The tag's manifest as the registry serves it: (body, media type)."""
     import urllib.request
 
-    from ignitevm.images.mediatypes import ACCEPT
+    from ignitevm.images.registry.manifests import ACCEPT
 
     req = urllib.request.Request(f"http://{reg.host}/v2/{repo}/manifests/{tag}",
                                  headers={"Accept": ACCEPT})
@@ -175,7 +175,9 @@ def test_a_pull_leaves_a_record(ig: Ignite, plain_registry: Registry) -> None:
         st = meta_file.stat()
         assert rec == {
             "text": ref, "shown": ref, "tag": "1", "name": f"{plain_registry.host}/test/{name}",
-            "image": ref, "host": plain_registry.host, "path": f"test/{name}",
+            "image": ref, "host": plain_registry.host,
+            "address": plain_registry.host.partition(":")[0],
+            "port": plain_registry.host.partition(":")[2], "path": f"test/{name}",
             "top": "sha256:" + hashlib.sha256(body).hexdigest(), "media": media,
             "digest": meta["status"]["ociSource"]["id"].rpartition("@")[2],
             "machine": os.uname().machine, "scheme": "http", "uid": uid,
@@ -240,6 +242,7 @@ def test_a_record_not_as_written_takes_the_full_path(
     full({"text": ref + "x"})  # another reference's
     full({"machine": "m68k"})  # chosen for another machine
     full({"scheme": "ftp"})
+    full({"port": "x"})
     full({"uid": "../" + uid})
     full({"stat": "1 2 3"})
     full(raw=good.replace(b"\n", b"\r\n"))
@@ -316,7 +319,8 @@ def test_only_the_recorded_bytes_are_up_to_date(
         answer = b"\x00garbage\r\n\r\n" + body
     host, t = _serve(answer)
     text = f"{host}/test/multi:1"
-    _write_fields(_record_path(ig, text), {**rec, "text": text, "host": host})
+    _write_fields(_record_path(ig, text), {**rec, "text": text, "host": host,
+                                           "port": host.partition(":")[2]})
     (ig.root / "content" / "http-registries").write_text(f"{plain_registry.host}\n{host}\n")
     want = (0, f"{uid}\n", "") if not lie else (None, "", "")
     assert _fast(ig, monkeypatch, capsys, "-q", text) == want

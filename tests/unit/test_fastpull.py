@@ -25,6 +25,7 @@ def test_constants_match_the_full_path() -> None:
     assert fastpull.REGISTRIES_CONF == mirrors.DEFAULT_CONF
     assert fastpull.INSECURE_ENV == hosts.INSECURE_ENV
     assert fastpull.MAX_MANIFEST == manifests.MAX_MANIFEST
+    assert fastpull.ACCEPT == manifests.ACCEPT
 
 
 def test_light_imports() -> None:
@@ -33,8 +34,6 @@ def test_light_imports() -> None:
     ipaddress, contextlib, collections."""
     code = (
         "import sys\nfrom ignitevm.cli import fastpull, main\n"
-        "from ignitevm.images.registry import hosts\n"
-        "from ignitevm.images import mediatypes\n"
         "heavy = {'httpx', 'argparse', 'pathlib', 'ssl', 'tomllib', 'msgspec', 'typing',\n"
         "         'logging', 'hashlib', 'ipaddress', 'contextlib', 're', 'json', 'enum',\n"
         "         'socket', 'collections', 'ignitevm.errors', 'ignitevm.api.refs'}\n"
@@ -44,6 +43,11 @@ def test_light_imports() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
     assert out.strip() == "[]"
+
+
+def _at(host: str) -> tuple[str, int]:
+    name, _, port = host.partition(":")
+    return name, int(port)
 
 
 def _serve(answer: bytes) -> tuple[str, threading.Thread]:
@@ -85,7 +89,7 @@ def test_get_takes_only_a_plain_answer(answer: bytes, ok: bool) -> None:
     from ignitevm.cli.fastpull import _get
 
     host, t = _serve(answer)
-    got = _get(host, False, "/v2/x/manifests/1", {})
+    got = _get(*_at(host), host, False, "/v2/x/manifests/1", {})
     t.join(5)
     assert (got is not None) == ok
     if ok:
@@ -98,7 +102,7 @@ def test_nothing_listening() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert _get(f"127.0.0.1:{port}", False, "/v2/", {}) is None
+    assert _get("127.0.0.1", port, f"127.0.0.1:{port}", False, "/v2/", {}) is None
 
 
 def test_a_dripping_answer_ends_at_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +130,7 @@ def test_a_dripping_answer_ends_at_one_deadline(monkeypatch: pytest.MonkeyPatch)
     t = threading.Thread(target=drip, daemon=True)
     t.start()
     started = time.monotonic()
-    assert fastpull._get(f"127.0.0.1:{srv.getsockname()[1]}", False, "/v2/", {}) is None
+    assert fastpull._get("127.0.0.1", srv.getsockname()[1], "x", False, "/v2/", {}) is None
     assert time.monotonic() - started < 3
     stop.set()
     t.join(5)

@@ -12,7 +12,7 @@ import os
 from collections import namedtuple
 
 from ignitevm.errors import InvalidInput
-from ignitevm.images.mediatypes import ACCEPT, CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES
+from ignitevm.images.mediatypes import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
 if TYPE_CHECKING:  # (not imported: the CLI's fast pull path reads this module)
@@ -24,6 +24,7 @@ SCHEMA1_TYPES = {
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 }
+ACCEPT = ", ".join(sorted(INDEX_TYPES | MANIFEST_TYPES))
 MAX_MANIFEST = 4 << 20
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
