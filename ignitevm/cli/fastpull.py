@@ -47,6 +47,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
+    from typing import Any
 
     from ignitevm.api.refs import Reference
 
@@ -124,15 +125,17 @@ def _read(root: str, text: str) -> dict[str, str] | None:
     image it names is as it was then."""
     try:
         with open(record_file(root, text), "rb") as f:
-            lines = f.read(64 << 10).decode().split("\n")
+            data = f.read(64 << 10)
+        lines = data.decode().split("\n")
     except (OSError, ValueError):
         return None
-    if len(lines) != len(_FIELDS) + 2 or lines[0] != FORMAT or lines[-1]:
+    if len(lines) != len(_FIELDS) + 2 or lines[0] != FORMAT or lines[-1] or b"\r" in data:
         return None
     rec = dict(zip(_FIELDS, lines[1:-1], strict=True))
-    uid = rec["uid"]
-    if (rec["text"] != text or rec["scheme"] not in ("http", "https") or not uid.isalnum()
-            or not rec["port"].isdigit() or rec["machine"] != os.uname().machine):
+    uid, port = rec["uid"], rec["port"]
+    if (rec["text"] != text or rec["scheme"] not in ("http", "https")
+            or not (uid.isascii() and uid.isalnum() and port.isascii() and port.isdigit())
+            or rec["machine"] != os.uname().machine):
         return None
     try:
         st = os.stat(os.path.join(root, "image", uid, METADATA))
@@ -199,7 +202,6 @@ def _get(
     """One HTTP/1.1 GET from ``host`` (at ``name``, ``port``): the headers (lowercase
     names) and body of a 200 answer with a Content-Length; None for anything else (or
     any error)."""
-    import _socket
     import time
 
     lines = [
@@ -211,15 +213,15 @@ def _get(
     ]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     data = bytearray()
-    sock = None
+    sock: Any = None
     try:
         sock = _connect(name, port)
-        if tls:
+        if tls:  # (verified against the system CAs, as the full path without certs.d)
             import socket
             import ssl
 
-            sock = ssl.create_default_context().wrap_socket(
-                socket.socket(fileno=sock.detach()), server_hostname=name)
+            sock = socket.socket(fileno=sock.detach())
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=name)
         sock.settimeout(TIMEOUT)
         sock.sendall(request)
         # (one deadline for the whole answer: a server that drips bytes ends it too,
@@ -234,7 +236,7 @@ def _get(
             if not piece:
                 break
             data += piece
-    except (OSError, ValueError, UnicodeError, _socket.gaierror):
+    except (OSError, ValueError, OverflowError):  # (ssl.SSLError, _socket.gaierror: OSError)
         return None
     finally:
         if sock is not None:
@@ -257,7 +259,7 @@ def _get(
     return headers, body
 
 
-def _connect(name: str, port: int) -> object:
+def _connect(name: str, port: int) -> Any:
     """A connected ``_socket.socket`` (socket.create_connection without the socket
     module: its enums cost ~2 ms), each address of ``name`` tried in turn."""
     import _socket

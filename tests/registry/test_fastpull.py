@@ -243,6 +243,9 @@ def test_a_record_not_as_written_takes_the_full_path(
     full({"machine": "m68k"})  # chosen for another machine
     full({"scheme": "ftp"})
     full({"port": "x"})
+    full({"port": "\u00b2"})
+    full({"port": "99999999999999999999"})
+    full({"uid": uid + "\r"})
     full({"uid": "../" + uid})
     full({"stat": "1 2 3"})
     full(raw=good.replace(b"\n", b"\r\n"))
@@ -325,3 +328,18 @@ def test_only_the_recorded_bytes_are_up_to_date(
     want = (0, f"{uid}\n", "") if not lie else (None, "", "")
     assert _fast(ig, monkeypatch, capsys, "-q", text) == want
     t.join(5)
+
+
+def test_https_get_is_verified(
+    tls_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTPS form of the one GET: answered when the registry's certificate is one
+    the system's trust (here its CA given as SSL_CERT_FILE), refused otherwise."""
+    from ignitevm.cli.fastpull import _get
+
+    name, _, port = tls_registry.host.partition(":")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
+    assert _get(name, int(port), tls_registry.host, True, "/v2/", {}) is None
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.ca))
+    got = _get(name, int(port), tls_registry.host, True, "/v2/", {})
+    assert got is not None and got[1] == b"{}"
