@@ -68,9 +68,10 @@ if [[ ! -x .venv/bin/python || $have_home != "$want_home" \
 fi
 stamp=.venv/.ignitevm-installed
 # (compat: the project folder on sys.path by a .pth line, no import hook to
-# cost every CLI start-up ~10 ms)
+# cost every CLI start-up ~10 ms; bin/ignite is copied into .venv/bin at install,
+# so a change to it installs again, as one to pyproject.toml does)
 pipargs=(-q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat)
-want=$( { cat pyproject.toml; echo "${pipargs[*]}"; } | sha256sum | cut -d' ' -f1)
+want=$( { cat pyproject.toml bin/ignite; echo "${pipargs[*]}"; } | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "setup: installing Python dependencies into .venv"
   .venv/bin/python -m pip install "${pipargs[@]}"

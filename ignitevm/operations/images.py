@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ignitevm.images.blobs import ContentStore
     from ignitevm.images.containerd.options import ContainerdOptions
     from ignitevm.images.limits import UnpackLimits
+    from ignitevm.images.registry.pull import Pulled
     from ignitevm.images.source import ImageSource
 
 IMAGE_FILE = "image.ext4"
@@ -282,12 +283,30 @@ def pull_image(ctx: Context, source: str, opts: PullOptions | None = None,
                     raise
     if up_to_date is not None:
         pulled.out.line(f"Status: Image is up to date for {image_name}")
+        _record_pull(ctx, source, name, pulled, up_to_date)
         return up_to_date
     if existing is not None:
         _swap(ctx, existing, image)
     pulled.out.line(f"Status: Downloaded newer image for {image_name}")
     log.debug("Pulled %s as image %r (ID %s)", pulled.identity, image_name, image.metadata.uid)
+    _record_pull(ctx, source, name, pulled, image)
     return image
+
+
+def _record_pull(ctx: Context, source: str, name: str | None, pulled: Pulled,
+                 image: Image) -> None:
+    """The record that lets the next ``image pull SOURCE`` of the unchanged tag answer
+    with one manifest request (cli/fastpull.py): for the plain form only (no --name,
+    this host's platform, a tag), not for Docker Hub (which asks for a token)."""
+    from ignitevm.cli import fastpull
+    from ignitevm.images.registry.manifests import host_platform
+
+    ref = pulled.ref
+    if (name is not None or pulled.wanted != host_platform() or not ref.tag or ref.digest
+            or ref.domain == "docker.io"):
+        return
+    fastpull.write(ctx.root, source, ref, pulled.top.digest, pulled.top.media, pulled.digest,
+                   pulled.http, image.metadata.uid, pulled.identity)
 
 
 def _store_pulled(ctx: Context, image: Image, unique: bool, twin: list[Image],

@@ -412,3 +412,7 @@ def remove_base(ctx: Context, obj: Image | Kernel, force: bool = False) -> None:
         for vm in users:
             remove(ctx, vm, force=True)
         ctx.store.delete(obj)
+    if what == "image":  # (its pull records: harmless once it is gone, but no use)
+        from ignitevm.cli.fastpull import forget
+
+        forget(ctx.root, obj.metadata.uid)

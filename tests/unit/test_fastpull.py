@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -16,30 +15,39 @@ from tests.conftest import REPO
 
 def test_constants_match_the_full_path() -> None:
     from ignitevm.cli import config, fastpull
-    from ignitevm.images.registry import pull
+    from ignitevm.images.registry import hosts, manifests, mirrors, pull
     from ignitevm.store import layout
 
     assert fastpull.DEFAULT_ROOT == layout.DEFAULT_ROOT
     assert fastpull.METADATA == layout.METADATA
     assert str(config.DEFAULT_PATH) == fastpull.CONFIG_FILE
     assert fastpull._SCHEMES_FILE == pull.SCHEMES_FILE
+    assert fastpull.REGISTRIES_CONF == mirrors.DEFAULT_CONF
+    assert fastpull.INSECURE_ENV == hosts.INSECURE_ENV
+    assert fastpull.MAX_MANIFEST == manifests.MAX_MANIFEST
+    assert fastpull.ACCEPT == manifests.ACCEPT
 
 
 def test_light_imports() -> None:
     """What the fast path loads leaves out the full client, argparse and pathlib, and
-    typing (which loads re), logging, hashlib (OpenSSL), ipaddress, contextlib."""
+    re (typing, the reference parser), json, enum, socket, logging, hashlib (OpenSSL),
+    ipaddress, contextlib, collections."""
     code = (
         "import sys\nfrom ignitevm.cli import fastpull, main\n"
-        "from ignitevm.images.registry import hosts, manifests, mirrors\n"
-        "import ignitevm.api.refs\n"
         "heavy = {'httpx', 'argparse', 'pathlib', 'ssl', 'tomllib', 'msgspec', 'typing',\n"
-        "         'logging', 'hashlib', 'ipaddress', 'contextlib'}\n"
+        "         'logging', 'hashlib', 'ipaddress', 'contextlib', 're', 'json', 'enum',\n"
+        "         'socket', 'collections', 'ignitevm.errors', 'ignitevm.api.refs'}\n"
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
     assert out.strip() == "[]"
+
+
+def _at(host: str) -> tuple[str, int]:
+    name, _, port = host.partition(":")
+    return name, int(port)
 
 
 def _serve(answer: bytes) -> tuple[str, threading.Thread]:
@@ -81,7 +89,7 @@ def test_get_takes_only_a_plain_answer(answer: bytes, ok: bool) -> None:
     from ignitevm.cli.fastpull import _get
 
     host, t = _serve(answer)
-    got = _get(host, False, "/v2/x/manifests/1", {})
+    got = _get(*_at(host), host, False, "/v2/x/manifests/1", {})
     t.join(5)
     assert (got is not None) == ok
     if ok:
@@ -94,7 +102,7 @@ def test_nothing_listening() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert _get(f"127.0.0.1:{port}", False, "/v2/", {}) is None
+    assert _get("127.0.0.1", port, f"127.0.0.1:{port}", False, "/v2/", {}) is None
 
 
 def test_a_dripping_answer_ends_at_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,20 +130,7 @@ def test_a_dripping_answer_ends_at_one_deadline(monkeypatch: pytest.MonkeyPatch)
     t = threading.Thread(target=drip, daemon=True)
     t.start()
     started = time.monotonic()
-    assert fastpull._get(f"127.0.0.1:{srv.getsockname()[1]}", False, "/v2/", {}) is None
+    assert fastpull._get("127.0.0.1", srv.getsockname()[1], "x", False, "/v2/", {}) is None
     assert time.monotonic() - started < 3
     stop.set()
     t.join(5)
-
-
-@pytest.mark.parametrize("status", [["x"], "x", 1])
-def test_odd_image_records_take_the_full_path(tmp_path: Path, status: object) -> None:
-    import json
-
-    from ignitevm.cli.fastpull import _image
-
-    uid = "0123456789abcdef"
-    (tmp_path / uid).mkdir()
-    (tmp_path / uid / "metadata.json").write_text(json.dumps(
-        {"kind": "Image", "metadata": {"name": "app:1", "uid": uid}, "status": status}))
-    assert _image(str(tmp_path), "app:1") is None

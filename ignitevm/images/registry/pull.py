@@ -307,6 +307,9 @@ class Pulled(NamedTuple):
     identity: str  # "oci://<repository>@<digest>": what an Image or Kernel records
     source: ImageSource | None  # None when ``known`` said it is already here
     out: Transfers  # for the last status lines
+    top: Manifest  # the tag's (or digest's) manifest as served: an index, or ``digest``'s
+    wanted: str  # the platform an index entry was chosen for
+    http: bool  # the registry itself (no mirror) answered over plain HTTP
 
 
 @contextmanager
@@ -339,7 +342,9 @@ def pulling(store: ContentStore, text: str, opts: PullOptions,
                     out.add(d["digest"], d["digest"][7:19], d["size"])
             source = stack.enter_context(fetching(client, res, store, out.update,
                                                   opts.max_bytes, applied))
-        yield Pulled(ref, res.digest, identity, source, out)
+        http = (client.base or "").startswith("http:") and client.host == ref.domain
+        yield Pulled(ref, res.digest, identity, source, out, res.index or res.manifest,
+                     res.wanted, http)
     out.line(f"Digest: {res.digest}")
 
 
