@@ -4,9 +4,7 @@ Each layer blob is streamed once: its sha256 is computed on the way in and
 checked against the digest the source names, it is decompressed by its magic
 bytes (gzip, zstd, xz, bzip2 or none) and its tar entries are written by
 :class:`~ignitevm.images.unpack.Unpacker`, with OCI layer semantics and
-never through a symbolic link. Reading, decompressing and hashing run in a
-thread of their own, a few chunks ahead of the writing (both are mostly C
-code that lets go of the GIL: two cores share a layer).
+never through a symbolic link.
 """
 
 from __future__ import annotations
@@ -17,12 +15,11 @@ import gzip
 import hashlib
 import lzma
 import os
-import queue
 import subprocess
 import threading
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,8 +30,6 @@ from ignitevm.images.source import ImageSource, Layer
 from ignitevm.images.unpack import CHUNK, Fill, Stream, Unpacker
 from ignitevm.log import step
 from ignitevm.util import proc
-
-AHEAD = 8  # decompressed chunks (of up to CHUNK bytes) read ahead of the unpacker
 
 
 def apply_layers(
@@ -63,7 +58,7 @@ def apply_layers(
 def _apply_layer(
     layer: Layer, unpacker: Unpacker, what: str, progress: Callable[[int], None] | None
 ) -> None:
-    with layer.open() as blob, ExitStack() as stack:
+    with layer.open() as blob:
         raw = _Hashing(blob, progress, hashing=not layer.verified)
         head = raw.read(8)
         # The diff_id is the sha256 of the uncompressed tar: the blob's own for a
@@ -76,7 +71,6 @@ def _apply_layer(
             if tar_hash is not None:
                 tar_hash.update(initial)
                 fill = _hashed(fill, tar_hash)
-            fill = stack.enter_context(_read_ahead(fill))
             if unpacker.budget is not None:
                 unpacker.budget.take(len(initial))
                 fill = _counted(fill, unpacker.budget)
@@ -84,7 +78,6 @@ def _apply_layer(
                 unpacker.apply_tar(Stream(fill, initial), what)
             while fill(CHUNK):  # the rest of the stream: padding, gzip trailers
                 pass
-            stack.close()  # (the reading thread is done with the blob)
         while raw.read(CHUNK):
             pass
     if not layer.verified:
@@ -117,67 +110,6 @@ def _hashed(fill: Fill, into: Any) -> Fill:
         return data
 
     return hashing_fill
-
-
-@contextmanager
-def _read_ahead(fill: Fill) -> Iterator[Fill]:
-    """``fill`` called in a thread of its own, up to AHEAD chunks ahead of the caller.
-    Its errors are raised to the caller. When the block ends early (an error), the
-    thread stops at its next chunk; it is not waited for (it may be waiting for a
-    download, which the caller's error stops)."""
-    chunks: queue.Queue[bytes | BaseException] = queue.Queue(AHEAD)
-    stop = threading.Event()
-
-    def put(item: bytes | BaseException) -> None:
-        while not stop.is_set():
-            try:
-                chunks.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            while not stop.is_set():
-                data = fill(CHUNK)
-                put(data)
-                if not data:
-                    return
-        except BaseException as exc:  # (raised again in the caller's thread)
-            put(exc)
-
-    reader = threading.Thread(target=produce, name="layer-read", daemon=True)
-    left = b""
-    failed: BaseException | None = None
-    ended = False
-
-    def ahead_fill(n: int) -> bytes:
-        nonlocal left, failed, ended
-        if failed is not None:
-            raise failed
-        if not left:
-            if ended:
-                return b""
-            item = chunks.get()
-            if isinstance(item, BaseException):
-                failed = item
-                raise item
-            if not item:
-                ended = True
-                return b""
-            left = item
-        data, left = (left, b"") if len(left) <= n else (left[:n], left[n:])
-        return data
-
-    reader.start()
-    try:
-        yield ahead_fill
-    except BaseException:
-        stop.set()
-        raise
-    stop.set()
-    if ended:
-        reader.join()
 
 
 def _counted(fill: Fill, budget: Budget) -> Fill:

@@ -232,11 +232,10 @@ class _Downloads:
                     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise IgniteError(f"cannot read {name}: {exc.strerror}") from None
-            following = _Following(fd, arriving, f"layer {digest} of {self.where}")
             try:
-                yield cast(BinaryIO, following)
+                yield cast(BinaryIO, _Following(fd, arriving, f"layer {digest} of {self.where}"))
             finally:
-                following.close()
+                os.close(fd)
 
         return open_when_ready
 
@@ -308,13 +307,6 @@ class _Following:
         self.fd, self.arriving, self.what = fd, arriving, what
         self.pos = 0
         self.restarts = arriving.restarts
-        self.lock = threading.Lock()  # (a reading thread may outlive the reader's block)
-
-    def close(self) -> None:
-        with self.lock:
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
 
     def read(self, n: int = -1) -> bytes:
         left = self.arriving.size - self.pos
@@ -323,16 +315,11 @@ class _Following:
             self.arriving.wait_done()
             return b""
         self.arriving.wait_for(self.pos + want)
-        with self.lock:
-            if self.fd < 0:
-                raise ValueError("read of a closed blob")
-            out = [os.pread(self.fd, want, self.pos)]
-            got = len(out[0])
-            while out[-1] and got < want:
-                out.append(os.pread(self.fd, want - got, self.pos + got))
-                got += len(out[-1])
-        if got < want:  # (a download that fails its checks empties the part: its error)
-            self.arriving.wait_done()
+        out = [os.pread(self.fd, want, self.pos)]
+        got = len(out[0])
+        while out[-1] and got < want:
+            out.append(os.pread(self.fd, want - got, self.pos + got))
+            got += len(out[-1])
         if self.arriving.restarts != self.restarts:
             # (the registry ignored a Range request: the part was written again from 0)
             raise IgniteError(f"{self.what} started downloading again while it was being "
