@@ -255,11 +255,6 @@ class ContentStore(DirStore):
             return False
         return size is None or st.st_size == size
 
-    def partial(self, digest: str) -> Path:
-        """Where blob ``digest`` grows while it downloads (see :meth:`ingest`)."""
-        self.blob_name(digest)  # (sha256 only)
-        return self.path / "ingest" / digest[7:]
-
     @contextmanager
     def ingest(self, digest: str, size: int) -> Iterator[Ingest | None]:
         """Yield None when the blob is already here; else an :class:`Ingest` to append to
@@ -270,10 +265,10 @@ class ContentStore(DirStore):
         if self.has(digest, size):
             yield None
             return
-        partial = self.partial(digest)
-        work = partial.parent
+        work = self.path / "ingest"
         (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         work.mkdir(exist_ok=True)
+        partial = work / digest[7:]
         lock = work / f"{digest[7:]}.lock"
         with flock(lock):
             if self.has(digest, size):  # another pull finished it meanwhile

@@ -10,13 +10,12 @@ resumed with a ``Range`` request after a cut connection) and returns an
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
-from typing import Any, BinaryIO, NamedTuple, cast
+from typing import Any, BinaryIO, NamedTuple
 
 import httpx
 
@@ -85,10 +84,9 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
              progress: Progress | None = None, max_bytes: int | None = None,
              applied: bool = False) -> Iterator[ImageSource]:
     """Download the config, then start downloading the layers of ``res`` that the store
-    lacks, and yield the image at once: a layer opened while it downloads is read as it
-    arrives (its end waits for the download's checks), so layers are applied while they
-    and later ones still arrive. At the end of the block every download has finished and
-    been checked (or, if the block failed, stopped).
+    lacks, and yield the image at once: opening a layer waits for its download, so layers
+    can be applied while later ones still arrive. At the end of the block every
+    download has finished and been checked (or, if the block failed, stopped).
 
     Each layer carries its diff_id, which applying it checks (a blob already stored
     is checked against this image's config too). With ``applied`` the caller applies
@@ -181,13 +179,10 @@ class _Downloads:
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pull")
         self.futures: dict[str, Future[None]] = {}
-        self.arriving = {digest: _Arriving(size) for digest, (size, _) in jobs.items()}
 
     def __enter__(self) -> _Downloads:
         for digest in self.jobs:
-            future = self.pool.submit(self._one, digest)
-            future.add_done_callback(self.arriving[digest].finished)
-            self.futures[digest] = future
+            self.futures[digest] = self.pool.submit(self._one, digest)
         return self
 
     def __exit__(self, typ: object, *exc: object) -> None:
@@ -200,15 +195,8 @@ class _Downloads:
         if self.stop.is_set():
             raise _Stopped
         size, diff_id = self.jobs[digest]
-        arriving = self.arriving[digest]
-
-        def progress(digest: str, done: int, total: int) -> None:
-            arriving.grew(done)
-            if self.progress is not None:
-                self.progress(digest, done, total)
-
         download(self.client, self.store, digest, size, diff_id,
-                 f"layer {digest} of {self.where}", progress, self.stop, self.max_bytes)
+                 f"layer {digest} of {self.where}", self.progress, self.stop, self.max_bytes)
 
     def wait(self) -> None:
         for f in self.futures.values():
@@ -217,117 +205,11 @@ class _Downloads:
     def opener(self, digest: str) -> Opener:
         @contextmanager
         def open_when_ready() -> Iterator[BinaryIO]:
-            arriving = self.arriving[digest]
-            partial = arriving.wait_start()  # raises the download's error
-            name = self.store.path / self.store.blob_name(digest)
-            fd = None
-            if partial:
-                try:
-                    fd = os.open(self.store.partial(digest), os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:  # it was complete and renamed meanwhile
-                    pass
-            try:
-                if fd is None:
-                    arriving.wait_done()
-                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise IgniteError(f"cannot read {name}: {exc.strerror}") from None
-            try:
-                yield cast(BinaryIO, _Following(fd, arriving, f"layer {digest} of {self.where}"))
-            finally:
-                os.close(fd)
+            self.futures[digest].result()  # raises the download's error
+            with self.store.opener(self.store.blob_name(digest))() as f:
+                yield f
 
         return open_when_ready
-
-
-class _Arriving:
-    """How far one blob's download has come, for a reader that follows it (the download
-    thread says; the thread applying layers waits)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.cond = threading.Condition()
-        self.started = False  # this pull holds the blob's ingest (its partial file is ours)
-        self.stored = False  # it was in the store already
-        self.offset = 0  # bytes in the partial file
-        self.restarts = 0  # times the partial file went back to fewer bytes
-        self.future: Future[None] | None = None  # once the download ended
-        self.awaited = 0  # the offset a reader waits for (it is woken once there)
-
-    def grew(self, done: int) -> None:
-        with self.cond:
-            if done < 0:
-                self.stored = True
-            else:
-                if done < self.offset:
-                    self.restarts += 1
-                self.started, self.offset = True, done
-                if done < self.awaited:
-                    return  # (a reader waits for more: no wake-up for every socket read)
-            self.cond.notify_all()
-
-    def finished(self, future: Future[None]) -> None:
-        with self.cond:
-            self.future = future
-            self.cond.notify_all()
-
-    def wait_start(self) -> bool:
-        """Whether to read the partial file (else the blob is complete in the store)."""
-        with self.cond:
-            while not (self.started or self.stored or self.future):
-                self.cond.wait()
-            if self.future is not None:
-                self.future.result()
-                return False
-            return self.started
-
-    def wait_for(self, end: int) -> None:
-        """Until bytes [0, end) are on disk (or the download has ended well)."""
-        with self.cond:
-            self.awaited = end
-            while self.offset < end and self.future is None:
-                self.cond.wait()
-            self.awaited = 0
-            if self.future is not None:
-                self.future.result()
-
-    def wait_done(self) -> None:
-        """Until the download has ended and checked the blob; raises its error."""
-        with self.cond:
-            while self.future is None:
-                self.cond.wait()
-        self.future.result()
-
-
-class _Following:
-    """A blob read as it downloads: read(n) returns n bytes as a file would (waiting for
-    them), and the end of the blob only once its download has checked size and sha256."""
-
-    def __init__(self, fd: int, arriving: _Arriving, what: str):
-        self.fd, self.arriving, self.what = fd, arriving, what
-        self.pos = 0
-        self.restarts = arriving.restarts
-
-    def read(self, n: int = -1) -> bytes:
-        left = self.arriving.size - self.pos
-        want = left if n < 0 else min(n, left)
-        if want <= 0:
-            self.arriving.wait_done()
-            return b""
-        self.arriving.wait_for(self.pos + want)
-        out = [os.pread(self.fd, want, self.pos)]
-        got = len(out[0])
-        while out[-1] and got < want:
-            out.append(os.pread(self.fd, want - got, self.pos + got))
-            got += len(out[-1])
-        if self.arriving.restarts != self.restarts:
-            # (the registry ignored a Range request: the part was written again from 0)
-            raise IgniteError(f"{self.what} started downloading again while it was being "
-                              "unpacked", hint="pull again: the download resumes")
-        if got < want:
-            raise IgniteError(f"{self.what} is shorter on disk than its download said")
-        self.pos += got
-        return out[0] if len(out) == 1 else b"".join(out)
 
 
 class _Stopped(Exception):
