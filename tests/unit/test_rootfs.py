@@ -133,3 +133,37 @@ def test_plan_grows_with_inodes_and_data() -> None:
     assert inodes >= usage.inodes and size > usage.blocks * 4096 + journal * 4096
     bigger, more_inodes, _ = plan(usage, growth=1.5)
     assert bigger > size and more_inodes > inodes
+
+
+def test_flushing_syncs_the_file_while_it_is_written_and_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While mkfs writes the image, its data goes to the disk from a thread (mkfs's own
+    final fsync stays what makes it durable); the thread and its descriptor end with the
+    block, and a file that cannot be opened is left to the writer."""
+    import threading
+
+    from ignitevm.images import rootfs
+
+    out = tmp_path / "image"
+    out.write_bytes(b"")
+    synced: list[int] = []
+    seen = threading.Event()
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real(fd)
+        assert os.fstat(fd).st_ino == out.stat().st_ino
+        synced.append(fd)
+        seen.set()
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    fds = len(os.listdir("/proc/self/fd"))
+    with rootfs.flushing(out, every=0.001):
+        out.write_bytes(b"data" * 1024)
+        assert seen.wait(30)  # (a liveness bound, not a timing limit)
+    count = len(synced)
+    assert count and not any(t.name == "mkfs-flush" for t in threading.enumerate())
+    assert len(os.listdir("/proc/self/fd")) == fds
+    with rootfs.flushing(tmp_path / "missing"):
+        pass
+    assert len(synced) == count
