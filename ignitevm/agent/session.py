@@ -77,21 +77,26 @@ class _SignalPipe:
 
     def __enter__(self) -> int:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old_fd: int | None = None
+        self.old: dict[int, object] = {}
         try:
             self.old_fd = _signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+            for s in self.signals:
+                self.old[s] = _signal.signal(s, _ignore)
         except BaseException:
-            os.close(self.r)
-            os.close(self.w)
+            self.__exit__()
             raise
-        self.old = {s: _signal.signal(s, _ignore) for s in self.signals}
         return self.r
 
     def __exit__(self, *exc: object) -> None:
-        _signal.set_wakeup_fd(self.old_fd)
-        for s, h in self.old.items():
-            _signal.signal(s, h)
-        os.close(self.r)
-        os.close(self.w)
+        try:
+            if self.old_fd is not None:
+                _signal.set_wakeup_fd(self.old_fd)
+            for s, h in self.old.items():
+                _signal.signal(s, h)  # type: ignore[arg-type]
+        finally:
+            os.close(self.r)
+            os.close(self.w)
 
 
 def _ignore(*_: object) -> None:
