@@ -7,17 +7,19 @@ scanning, so a previous client that died mid-frame cannot desynchronise us.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
-import socket
 import time
-from pathlib import Path
 
 from ignitevm.agent import protocol as p
 from ignitevm.errors import IgniteError
-from ignitevm.util.fs import atomic_write, flock
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:  # (exec's fast path reads this module: no pathlib, socket or contextlib)
+    import contextlib
+    import socket
+    from pathlib import Path
 
 HELLO_RETRY = 0.5
 GROW_MARK = "agent-grow.pending"
@@ -29,6 +31,9 @@ class AgentError(IgniteError):
 
 
 class Channel:
+    """``sock``: a ``socket.socket``, or the ``_socket.socket`` it is built on
+    (exec's fast path): only what both have is used here."""
+
     def __init__(self, sock: socket.socket, lock_fd: int):
         self.sock = sock
         self.lock_fd = lock_fd
@@ -57,6 +62,8 @@ class Channel:
             if connect is not None:
                 sock = connect(path)   # (checks that the VM's VMM answers)
             else:
+                import socket
+
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
                 try:
                     sock.connect(str(path))
@@ -131,13 +138,19 @@ class Channel:
 
     def close(self) -> None:
         """Say BYE (the agent ends this client's sessions at once), then let go."""
-        with contextlib.suppress(OSError):
+        try:
             self.sock.settimeout(1.0)
             self.sock.sendall(p.Frame(p.BYE, 0).encode())
-        with contextlib.suppress(OSError):
+        except OSError:
+            pass
+        try:
             self.sock.close()
-        with contextlib.suppress(OSError):
+        except OSError:
+            pass
+        try:
             os.close(self.lock_fd)
+        except OSError:
+            pass
 
     def __enter__(self) -> Channel:
         return self
@@ -254,6 +267,9 @@ if TYPE_CHECKING:  # (a type only: typing costs exec's fast path ~3 ms)
 def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
     """Lock a free channel; when all are busy, add one (one client at a time
     grows a VM), else wait for one to be free."""
+    import contextlib
+
+    from ignitevm.util.fs import atomic_write
     repaired = False
     while True:
         sockets = ports.sockets()
@@ -299,6 +315,8 @@ def _take_channel(ports: Ports, deadline: float, what: str) -> tuple[int, Path]:
 
 
 def _grow_lock(held: contextlib.ExitStack, folder: Path, deadline: float) -> None:
+    from ignitevm.util.fs import flock
+
     try:
         held.enter_context(flock(folder / "agent-grow.lock", deadline=deadline))
     except BlockingIOError:
@@ -310,6 +328,8 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
     """A client was killed while it added a channel (say between QMP's
     chardev-add and device_add): its socket may lead to no port, and would be
     handed out for ever. Once any live grower is done, let the VMM undo it."""
+    import contextlib
+
     with contextlib.ExitStack() as held:
         _grow_lock(held, folder, deadline)
         mark = markdir / GROW_MARK
@@ -347,8 +367,11 @@ def _repair(ports: Ports, folder: Path, markdir: Path, deadline: float) -> None:
 
 
 def lock_free(sockets: list[Path]) -> tuple[int, Path] | None:
+    """The first of ``sockets`` (Paths or strs) whose lock (``agent-K.lock``
+    beside ``agent-K.sock``) this process could take: its descriptor and the
+    socket; None when every one is held."""
     for path in sockets:
-        lock = path.with_suffix(".lock")
+        lock = os.path.splitext(os.fspath(path))[0] + ".lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
+# (_signal: signal.py's functions less its enums; neither signal.py, socket nor selectors,
+# whose enum classes cost exec's fast path ~3 ms)
+import _signal
 import os
 import select
-import selectors
-import signal
-import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
 
 from ignitevm.agent import protocol as p
 from ignitevm.agent.client import AgentError, Channel
@@ -70,22 +68,60 @@ class ExecRequest:
         self.tty, self.stdin = tty, stdin
 
 
-@contextlib.contextmanager
-def _signal_pipe(signals: tuple[int, ...]) -> Iterator[socket.socket]:
-    """Deliver the given signals as bytes on a socket the event loop can watch."""
-    rsock, wsock = socket.socketpair()
-    rsock.setblocking(False)
-    wsock.setblocking(False)
-    old_fd = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
-    old = {s: signal.signal(s, lambda *_: None) for s in signals}
-    try:
-        yield rsock
-    finally:
-        signal.set_wakeup_fd(old_fd)
-        for s, h in old.items():
-            signal.signal(s, h)
-        rsock.close()
-        wsock.close()
+class _SignalPipe:
+    """Deliver the given signals as bytes on a pipe the event loop can watch
+    (``with``: its reading end)."""
+
+    def __init__(self, signals: tuple[int, ...]):
+        self.signals = signals
+
+    def __enter__(self) -> int:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old_fd: int | None = None
+        self.old: dict[int, object] = {}
+        try:
+            self.old_fd = _signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+            for s in self.signals:
+                self.old[s] = _signal.signal(s, _ignore)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self.r
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.old_fd is not None:
+                _signal.set_wakeup_fd(self.old_fd)
+            for s, h in self.old.items():
+                _signal.signal(s, h)  # type: ignore[arg-type]
+        finally:
+            os.close(self.r)
+            os.close(self.w)
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+class _Poll:
+    """selectors.PollSelector's few calls used here, on select.poll (poll, not
+    epoll: stdin may be a regular file or /dev/null, which epoll refuses)."""
+
+    def __init__(self) -> None:
+        self.poll, self.names = select.poll(), {}  # type: ignore[var-annotated]
+
+    def register(self, fd: int, name: str) -> None:
+        self.poll.register(fd, select.POLLIN)
+        self.names[fd] = name
+
+    def unregister(self, fd: int) -> None:
+        self.poll.unregister(fd)
+        del self.names[fd]
+
+    def select(self, timeout: float) -> list[str]:
+        """The names of the sources ready (to read, or hung up) within ``timeout`` s."""
+        ms = max(0, -int(-timeout * 1000 // 1))  # (rounded up, as selectors does)
+        return [self.names[fd] for fd, _ in self.poll.poll(ms)]
 
 
 def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
@@ -102,19 +138,18 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
     ch.send(p.Frame(p.EXEC, sid, p.request(req.argv, req.env, req.cwd, req.user, req.tty,
                                             req.stdin and stdin_fd is not None)))
     flow = _Flow()
-    # poll, not epoll: stdin may be a regular file or /dev/null, which epoll refuses.
-    sel = selectors.PollSelector()
-    sel.register(ch.sock, selectors.EVENT_READ, "agent")
+    sel = _Poll()
+    sel.register(ch.fileno(), "agent")
     stdin_open = req.stdin and stdin_fd is not None
     interrupts = 0
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
-    with _signal_pipe(forwarded) as sigsock:
-        sel.register(sigsock, selectors.EVENT_READ, "signal")
+    forwarded = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGWINCH)
+    with _SignalPipe(forwarded) as sig_fd:
+        sel.register(sig_fd, "signal")
         stdin_registered = False
         while True:
             want_stdin = stdin_open and flow.send_window > 0
             if want_stdin and not stdin_registered:
-                sel.register(stdin_fd, selectors.EVENT_READ, "stdin")  # type: ignore[arg-type]
+                sel.register(stdin_fd, "stdin")  # type: ignore[arg-type]
                 stdin_registered = True
             elif not want_stdin and stdin_registered:
                 sel.unregister(stdin_fd)  # type: ignore[arg-type]
@@ -141,14 +176,18 @@ def run_exec(ch: Channel, req: ExecRequest, stdin_fd: int | None = None,
                     if wait <= 0:
                         ch.send(p.Frame(p.PING, 0, b"alive?"))
                         pinged, wait = now, frame_timeout
-                events = [key.data for key, _ in sel.select(wait)]
+                events = sel.select(wait)
             for what in events:
                 if what == "signal":
-                    for num in sigsock.recv(64):
-                        if num == signal.SIGWINCH and req.tty:
+                    try:
+                        nums = os.read(sig_fd, 64)
+                    except BlockingIOError:
+                        nums = b""
+                    for num in nums:
+                        if num == _signal.SIGWINCH and req.tty:
                             rows, cols = _terminal_size(stdout_fd)
                             ch.send(p.Frame(p.RESIZE, sid, struct.pack("<HH", rows, cols)))
-                        elif num != signal.SIGWINCH:
+                        elif num != _signal.SIGWINCH:
                             # The first interrupt goes to the command; a second one
                             # gives up here (closing the channel ends the command).
                             interrupts += 1
@@ -202,9 +241,11 @@ def _terminal_size(fd: int) -> tuple[int, int]:
 
 def terminal_size() -> tuple[int, int]:
     for fd in (0, 1, 2):
-        with contextlib.suppress(OSError):
+        try:
             size = os.get_terminal_size(fd)
-            return size.lines, size.columns
+        except OSError:
+            continue
+        return size.lines, size.columns
     return 24, 80
 
 

@@ -9,6 +9,13 @@ a channel being added) returns None before anything is changed: the full
 path then runs and says what it always says. From the taking of a channel on,
 the work is the full path's own code (the same channel, handshake and
 session), and so are its errors.
+
+Built-in modules only on the way to the guest's answer (no ``pathlib``,
+``socket``, ``json``, ``enum``, ``contextlib``, ``collections``, ``typing``):
+the store is read by cli/fastvm.py, the VM's QEMU and its channels' peer
+checked by providers/vmm/qemu/running.py (as QemuVMM checks them), and the
+channel is a ``_socket.socket`` (agent/client.py, agent/session.py).
+tests/unit/test_fastexec.py holds what is loaded.
 """
 
 from __future__ import annotations
@@ -16,18 +23,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import namedtuple
-from collections.abc import Sequence
-
-from ignitevm.errors import IgniteError
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
 if TYPE_CHECKING:
-    import socket
-    from pathlib import Path
+    from _socket import socket
+    from collections.abc import Sequence
 
     from ignitevm.agent.client import AgentError
-    from ignitevm.providers.vmm.qemu.machine import QemuVMM
     from ignitevm.store import lookup
 
 # exec's flags that take a value, as the full parser spells them (cli/parser.py)
@@ -35,16 +37,16 @@ _VALUE_FLAGS = {"-e": "env", "--env": "env", "-w": "workdir", "--workdir": "work
                 "-u": "user", "--user": "user", "--timeout": "timeout", "--root": "root"}
 
 
-# (collections.namedtuple, not typing.NamedTuple: typing would cost this path ~3 ms)
-class Request(namedtuple("Request", "vm command env workdir user timeout root")):
-    __slots__ = ()
-    vm: str
-    command: list[str]
-    env: list[str]
-    workdir: str
-    user: str
-    timeout: float
-    root: str | None
+class Request:
+    """What the words ask for. (A plain class: typing.NamedTuple and
+    collections.namedtuple cost this path ~3 ms and ~1.5 ms.)"""
+
+    __slots__ = ("command", "env", "root", "timeout", "user", "vm", "workdir")
+
+    def __init__(self, vm: str, command: list[str], env: list[str], workdir: str, user: str,
+                 timeout: float, root: str | None):
+        self.vm, self.command, self.env, self.workdir = vm, command, env, workdir
+        self.user, self.timeout, self.root = user, timeout, root
 
 
 def parse(words: Sequence[str]) -> Request | None:
@@ -91,16 +93,12 @@ def run(words: Sequence[str]) -> int | None:
     req = parse(words)
     if req is None:
         return None
-    from pathlib import Path
-
     from ignitevm.agent.client import AgentError, Channel
-    from ignitevm.providers.vmm.qemu.machine import QemuVMM
     from ignitevm.store import layout
 
-    root = Path(req.root) if req.root else layout.default_root()
-    vmm = QemuVMM()
+    root = req.root or layout.root_text()
     try:
-        found = _take(root, req.vm, vmm)
+        found = _take(root, req.vm)
     except OSError:
         return None   # (a folder it may not read, say: the full path's to tell)
     if found is None:
@@ -112,7 +110,7 @@ def run(words: Sequence[str]) -> int | None:
 
     what = f"VM {vm.name!r}"
     try:
-        ch = Channel.open(_Ports(vmm, d), *taken, deadline, what, req.timeout)
+        ch = Channel.open(_Ports(d), *taken, deadline, what, req.timeout)
     except AgentError as exc:
         _explain(root, vm.uid, exc)
         raise
@@ -125,34 +123,37 @@ def run(words: Sequence[str]) -> int | None:
                                 frame_timeout=req.timeout)
 
 
-def _take(root: Path, query: str, vmm: QemuVMM
-          ) -> tuple[lookup.Header, Path, tuple[int, Path]] | None:
+def _take(root: str, query: str) -> tuple[lookup.Header, str, tuple[int, str]] | None:
     """The VM ``query`` names, its folder and a free agent channel, locked; None
     unless it is the plain case (running, not paused, a channel free, none being
     added)."""
     from ignitevm.agent.client import GROW_MARK, lock_free
-    from ignitevm.cli.fastvm import find
+    from ignitevm.cli.fastvm import find, qemu_pid
+    from ignitevm.providers.vmm.qemu import running
 
     found = find(root, query)
     if found is None:
         return None
     vm, d = found
-    if vm.paused or vmm.pid(d) is None:
+    if vm.paused or qemu_pid(d) is None:
         return None
-    sockets = vmm.agent_sockets(d)
-    if not sockets or (d / GROW_MARK).exists():
+    sockets = running.agent_sockets(d)
+    if not sockets or os.path.exists(os.path.join(d, GROW_MARK)):
         return None
     taken = lock_free(sockets)
     return None if taken is None else (vm, d, taken)
 
 
-def _explain(root: Path, uid: str, exc: AgentError) -> None:
+def _explain(root: str, uid: str, exc: AgentError) -> None:
     """What the full path says when the agent does not answer (operations/guest.py)."""
+    from pathlib import Path
+
     from ignitevm.api.types import VM
+    from ignitevm.errors import IgniteError
     from ignitevm.operations import guest
     from ignitevm.operations.context import Context
 
-    ctx = Context(root)
+    ctx = Context(Path(root))
     try:
         vm = ctx.store.get(VM, uid)
     except IgniteError:
@@ -161,19 +162,31 @@ def _explain(root: Path, uid: str, exc: AgentError) -> None:
 
 
 class _Ports:
-    """A VM's agent channels (operations/vms.py: AgentPorts, without a Context)."""
+    """A VM's agent channels (operations/vms.py: AgentPorts, without a Context;
+    QemuVMM's steps, providers/vmm/qemu/running.py)."""
 
-    def __init__(self, vmm: QemuVMM, workdir: Path):
-        self.vmm, self.workdir = vmm, workdir
+    def __init__(self, workdir: str):
+        self.workdir = workdir
 
-    def sockets(self) -> list[Path]:
-        return self.vmm.agent_sockets(self.workdir)
+    def sockets(self) -> list[str]:
+        from ignitevm.providers.vmm.qemu import running
 
-    def grow(self) -> Path | None:
+        return running.agent_sockets(self.workdir)
+
+    def grow(self) -> str | None:
         return None   # (never asked: a free channel is taken before)
 
-    def repair(self, path: Path) -> None:
+    def repair(self, path: str) -> None:
         pass
 
-    def connect(self, path: Path) -> socket.socket:
-        return self.vmm.connect_socket(self.workdir, path)
+    def connect(self, path: str) -> socket:
+        """QemuVMM.connect_socket: the VM's QEMU running, and its peer checked."""
+        import errno
+
+        from ignitevm.cli.fastvm import qemu_pid
+        from ignitevm.providers.vmm.qemu import running
+
+        pid = qemu_pid(self.workdir)
+        if pid is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "the VM is not running")
+        return running.connect(pid, path)

@@ -7,22 +7,23 @@ every case that is not the plain one (the VM not found, not running, already
 paused or not paused, QEMU in another state), returns None before anything is
 changed, and the full path runs and says what it always says. The steps are
 the full path's (operations/vms.py: pause, resume): the VM's lock, the same
-QMP exchange, the record saved with its new ``paused``, the same message.
+QMP exchange (providers/vmm/qemu/running.py, which QemuVMM runs too), the
+record saved with its new ``paused``, the same message.
+
+Built-in modules only, as cli/fastpull.py: no ``pathlib``, ``socket``,
+``json`` (util/jsonlite.py reads and writes the record as ``json`` does),
+``contextlib`` or ``collections``; tests/unit/test_fastexec.py holds that.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-
-from ignitevm.errors import IgniteError
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Sequence
 
-    from ignitevm.providers.vmm.qemu.machine import QemuVMM
     from ignitevm.store import lookup
 
 
@@ -31,21 +32,37 @@ def debugging() -> bool:
     return os.environ.get("IGNITE_DEBUG") == "1"
 
 
-def find(root: Path, query: str) -> tuple[lookup.Header, Path] | None:
+def find(root: str, query: str) -> tuple[lookup.Header, str] | None:
     """The VM ``query`` names (its record's header) and its folder; None when
     the records cannot say for sure or none or several match (the full path
     tells). OSError where the store cannot be read."""
+    from ignitevm.errors import IgniteError
     from ignitevm.store import layout, lookup
 
     layout.secure(root)
-    headers = lookup.read_headers(str(root / "vm"))
+    headers = lookup.read_headers(os.path.join(root, "vm"))
     if headers is None:
         return None
     try:
         vm = headers[lookup.pick([(h.uid, h.name) for h in headers], query, "vm")]
     except IgniteError:
         return None
-    return vm, root / "vm" / vm.uid
+    return vm, os.path.join(root, "vm", vm.uid)
+
+
+def qemu_pid(d: str) -> int | None:
+    """QemuVMM.pid: the VM's QEMU, and a look at its console log where it may be
+    past its limit (then with QemuVMM itself)."""
+    from ignitevm.providers.vmm.qemu import running
+
+    pid = running.pid(d)
+    if pid is not None and running.log_looked_at(d):
+        from pathlib import Path
+
+        from ignitevm.providers.vmm.qemu.machine import QemuVMM
+
+        pid = QemuVMM().pid(Path(d))
+    return pid
 
 
 def switch(op: str, words: Sequence[str]) -> int | None:
@@ -53,11 +70,10 @@ def switch(op: str, words: Sequence[str]) -> int | None:
     None when the full path must (nothing was done)."""
     if len(words) != 1 or words[0].startswith("-") or debugging():
         return None
-    from ignitevm.providers.vmm.qemu.machine import QemuVMM
     from ignitevm.store import layout
-    from ignitevm.util.fs import flock
+    from ignitevm.util.files import lock
 
-    root = layout.default_root()
+    root = layout.root_text()
     try:
         found = find(root, words[0])
     except OSError:
@@ -65,34 +81,44 @@ def switch(op: str, words: Sequence[str]) -> int | None:
     if found is None:
         return None
     vm, d = found
-    if vm.paused != (op == "resume") or not d.is_dir():
+    if vm.paused != (op == "resume") or not os.path.isdir(d):
         return None
-    with flock(d / ".lock"):  # (operations/vms.py: vm_lock)
-        return _switch(op, root, vm, d, QemuVMM())
+    fd = lock(os.path.join(d, ".lock"))  # (operations/vms.py: vm_lock)
+    try:
+        return _switch(op, root, vm, d)
+    finally:
+        os.close(fd)
 
 
-def _switch(op: str, root: Path, vm: lookup.Header, d: Path, vmm: QemuVMM) -> int | None:
-    import json
-
+def _switch(op: str, root: str, vm: lookup.Header, d: str) -> int | None:
+    from ignitevm.providers.vmm.qemu import running
     from ignitevm.store import lookup
     from ignitevm.store.layout import METADATA
-    from ignitevm.util.fs import atomic_write, no_space_errors
+    from ignitevm.util import jsonlite
+    from ignitevm.util.files import atomic_write, no_space
 
+    meta = os.path.join(d, METADATA)
     try:
-        raw = (d / METADATA).read_bytes()
+        with open(meta, "rb") as f:
+            raw = f.read()
     except OSError:
         return None
-    if lookup.read_header(raw) != vm or vmm.pid(d) is None:
+    if lookup.read_header(raw) != vm or qemu_pid(d) is None:
         return None   # (changed meanwhile, or not running: the full path tells)
     pause = op == "pause"
     # QEMU's state before; the command was sent only if it was the one named
-    state = vmm.pause(d) if pause else vmm.resume(d)
+    state = running.pause(d) if pause else running.resume(d)
     if state != ("running" if pause else "paused"):
         return None   # (nothing sent: the full path asks again and says why)
-    data = json.loads(raw)
-    data["status"]["paused"] = pause
-    with no_space_errors(root):
-        atomic_write(d / METADATA, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    data = jsonlite.loads(raw)
+    data["status"]["paused"] = pause  # type: ignore[index]
+    try:  # (util/fs.py: no_space_errors)
+        atomic_write(meta, jsonlite.dumps(data) + "\n")
+    except OSError as exc:
+        error = no_space(root, exc)
+        if error is None:
+            raise
+        raise error from None
     print(f"{'Paused' if pause else 'Resumed'} VM with name {vm.name!r} and ID {vm.uid!r}",
           file=sys.stderr)
     return 0

@@ -1,11 +1,15 @@
-"""The store's folders and their modes (light to import: exec's fast path uses it)."""
+"""The store's folders and their modes (light to import: the fast paths of
+``exec`` and ``pause``/``resume`` use it, with no ``pathlib`` or ``contextlib``)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from pathlib import Path
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:
+    from os import PathLike
+    from pathlib import Path
 
 DEFAULT_ROOT = "/var/lib/ignite"
 METADATA = "metadata.json"
@@ -15,10 +19,17 @@ DIR_MODE = 0o700   # every folder below the root: objects, tmp, cache, locks
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("IGNITE_ROOT") or DEFAULT_ROOT)
+    from pathlib import Path
+
+    return Path(root_text())
 
 
-def secure(root: Path) -> None:
+def root_text() -> str:
+    """The state root, as given (IGNITE_ROOT, else the default): default_root's."""
+    return os.environ.get("IGNITE_ROOT") or DEFAULT_ROOT
+
+
+def secure(root: str | PathLike[str]) -> None:
     """Put right the modes of a root made loosely (by an older version, or by
     hand): one stat when all is well, a walk over the object folders when not."""
     try:
@@ -31,11 +42,17 @@ def secure(root: Path) -> None:
     if mode & (stat.S_ISVTX | stat.S_IWOTH):
         return  # a shared folder (/tmp) given as the root: never tighten it
     for d in SUBDIRS:
-        sub = root / d
-        with contextlib.suppress(FileNotFoundError):
+        sub = os.path.join(root, d)
+        try:
             os.chmod(sub, DIR_MODE)
-            for name in os.listdir(sub):
-                with contextlib.suppress(FileNotFoundError):
-                    if (sub / name).is_dir() and not (sub / name).is_symlink():
-                        os.chmod(sub / name, DIR_MODE)
+            names = os.listdir(sub)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            path = os.path.join(sub, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.chmod(path, DIR_MODE)
+            except FileNotFoundError:
+                pass
     os.chmod(root, ROOT_MODE)  # last: the marker that all the rest is done

@@ -4,17 +4,21 @@
 for :meth:`Store.resolve` and for ``ignite exec``'s fast path, which reads
 only each record's header (UID, name, paused) with :func:`read_header`
 instead of decoding whole objects (msgspec and the API types cost exec's
-start-up ~15 ms). The header is read from the same ``metadata.json`` the
+start-up ~15 ms), with json's own scanner but not the ``json`` package
+(util/jsonlite.py). The header is read from the same ``metadata.json`` the
 store writes; where it cannot say for sure (a field of another type than the
 store writes), it says None and the caller takes the full path.
 """
 
 from __future__ import annotations
 
-from collections import namedtuple
-from collections.abc import Sequence
+import os
 
 from ignitevm.store.layout import METADATA
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _HINTS = {"vm": "list VMs with: ignite ps -a",
           "image": "list images with 'ignite image ls'; import one with "
@@ -24,21 +28,33 @@ _HINTS = {"vm": "list VMs with: ignite ps -a",
           "snapshot": "list snapshots with 'ignite snapshot ls'"}
 
 
-class Header(namedtuple("Header", "uid name paused", defaults=(False,))):
-    __slots__ = ()  # (not typing.NamedTuple: see agent/protocol.py Frame)
-    uid: str
-    name: str
-    paused: bool  # False by default
+class Header(tuple):  # type: ignore[type-arg]
+    """(uid, name, paused): a named tuple written out (see agent/protocol.py Frame)."""
+
+    __slots__ = ()
+
+    def __new__(cls, uid: str, name: str, paused: bool = False) -> Header:
+        return tuple.__new__(cls, (uid, name, paused))
+
+    uid: str = property(lambda self: self[0])  # type: ignore[assignment]
+    name: str = property(lambda self: self[1])  # type: ignore[assignment]
+    paused: bool = property(lambda self: self[2])  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Header(uid={self[0]!r}, name={self[1]!r}, paused={self[2]!r})"
+
+    def __getnewargs__(self) -> tuple[str, str, bool]:
+        return tuple(self)  # type: ignore[return-value]
 
 
 def read_header(raw: bytes) -> Header | None:
     """``metadata.uid``, ``metadata.name`` and ``status.paused`` of a stored
     object (their defaults when absent, as the API types have them), or None
     when the record is not JSON or holds them as other types."""
-    import json
+    from ignitevm.util import jsonlite
 
     try:
-        data = json.loads(raw)
+        data = jsonlite.loads(raw)
     except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
@@ -56,8 +72,6 @@ def read_headers(kind_dir: str) -> list[Header] | None:
     """The headers of every object in a kind's folder, in the order the store
     lists them; a record that cannot be read at all is left out, as the store
     leaves it out. None if some record's header cannot be told for sure."""
-    import os
-
     try:
         names = sorted(os.listdir(kind_dir))
     except FileNotFoundError:

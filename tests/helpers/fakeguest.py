@@ -57,6 +57,7 @@ class FakeGuest:
     handshake: Callable[[bytes], Iterable[bytes | Raw | Stall | p.Frame]] | None = None
     windows: bool = True        # False: never grant more than the first window
     received: dict[int, bytearray] = field(default_factory=dict)
+    signals: list[tuple[int, int]] = field(default_factory=list)  # (session, signal) sent
     sent: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -159,6 +160,8 @@ class FakeGuest:
                         self._thread(conn, frame.session,
                                      self.on_session(frame.type, frame.session, frame.payload),
                                      True, senders, gone)
+                elif frame.type == p.SIGNAL:
+                    self.signals.append((frame.session, p.read_u32(frame.payload)))
                 elif frame.type == p.DATA:
                     self.received.setdefault(frame.session, bytearray()).extend(frame.payload)
                     if not self.windows:

@@ -176,26 +176,38 @@ def test_a_stopped_vms_unnamed_channel_socket_is_cleaned_up(vm: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a process of another uid is needed: run as root")
+@pytest.mark.parametrize("side", ["vmm", "fast"])
 def test_a_socket_is_accepted_from_the_vms_qemu_or_from_the_host_itself(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: str) -> None:
     """SO_PEERCRED names whoever called listen() last: QEMU >= 6.1 listens again
     on the socket the host hands it; an older one leaves the host's name there.
-    The host's own socket counts only in a folder no one else may write."""
+    The host's own socket counts only in a folder no one else may write. (QemuVMM,
+    and exec's fast path: the same checks, providers/vmm/qemu/running.py.)"""
     import subprocess
+
+    from ignitevm.cli import fastexec
+    from ignitevm.providers.vmm.qemu import running
+
+    def connect(folder: Path, path: Path) -> None:
+        if side == "vmm":
+            QemuVMM().connect_socket(folder, path).close()
+        else:
+            fastexec._Ports(str(folder)).connect(str(path)).close()
 
     qemu = subprocess.Popen(["sleep", "300"], user=65534, group=65534)
     try:
         monkeypatch.setattr(QemuVMM, "pid", lambda self, workdir: qemu.pid)
+        monkeypatch.setattr(running, "pid", lambda workdir, check=None: qemu.pid)
         folder = tmp_path / "run"
         folder.mkdir(mode=0o700)
         path = folder / "agent-1.sock"
         with socket.socket(socket.AF_UNIX) as server:
             server.bind(str(path))
             server.listen(8)
-            QemuVMM().connect_socket(tmp_path, path).close()     # (QEMU < 6.1, jailed)
+            connect(tmp_path, path)     # (QEMU < 6.1, jailed)
             folder.chmod(0o777)
             with pytest.raises(PermissionError, match="served by uid 0, not by the VM's QEMU"):
-                QemuVMM().connect_socket(tmp_path, path)
+                connect(tmp_path, path)
             pid = os.fork()
             if pid == 0:  # (QEMU >= 6.1: listen() again, as the VM's uid)
                 try:
@@ -205,7 +217,7 @@ def test_a_socket_is_accepted_from_the_vms_qemu_or_from_the_host_itself(
                 finally:
                     os._exit(0)
             os.waitpid(pid, 0)
-            QemuVMM().connect_socket(tmp_path, path).close()
+            connect(tmp_path, path)
     finally:
         qemu.kill()
         qemu.wait()

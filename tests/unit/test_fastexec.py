@@ -151,20 +151,78 @@ def test_an_unreadable_folder_means_the_full_path(tmp_path: Path) -> None:
     assert lookup.read_headers(str(tmp_path / "none")) == []
 
 
-def test_light_imports() -> None:
-    """What exec's and pause/resume's fast paths load (their lazy imports too) leaves
-    out the command tree, msgspec, logging, typing (which loads re) and the VMM's and
-    network's record types (their start-up is a figure)."""
+def test_light_imports(tmp_path: Path) -> None:
+    """What exec's and pause/resume's fast paths load (their lazy imports too, the
+    store read, a QMP message written and read) is built-in modules and the
+    project's own light ones: not the command tree, msgspec, logging, nor typing,
+    re, json, enum, pathlib, socket, selectors, signal, contextlib or collections
+    (the interpreter's own start-up loads none of them either)."""
+    _store(tmp_path, [_vm("web", "0a1"), _vm("db", "0b2", True)])
     code = (
-        "import sys\nfrom ignitevm.cli import fastexec, fastvm, main\n"
-        "from ignitevm.agent import client, session\n"
-        "from ignitevm.providers.vmm.qemu import machine, qmp\n"
+        "import sys\nbefore = set(sys.modules)\n"
+        "from ignitevm.cli import fastexec, fastvm, main\n"
+        "from ignitevm.agent import client, protocol, session\n"
+        "from ignitevm.providers.vmm.qemu import qmp, running\n"
         "from ignitevm.store import layout, lookup\n"
-        "from ignitevm.util import fs\n"
-        "heavy = {'argparse', 'msgspec', 'logging', 'typing', 'ignitevm.providers.vmm.base',\n"
+        "from ignitevm.util import files, jsonlite\n"
+        f"found = fastvm.find({str(tmp_path)!r}, 'web')\n"
+        "assert found is not None and found[0].name == 'web'\n"
+        "assert fastvm.qemu_pid(found[1]) is None\n"
+        "assert fastexec.run(['web', '--', 'true']) is None\n"
+        "assert running.agent_sockets(found[1]) == []\n"
+        "assert client.lock_free([]) is None\n"
+        "qmp._message('query-status', {})\n"
+        "jsonlite.dumps(jsonlite.loads(b'{\"return\": {\"status\": \"running\"}}'))\n"
+        "heavy = {'argparse', 'msgspec', 'logging', 'typing', 're', 'json', 'enum',\n"
+        "         'pathlib', 'socket', 'selectors', 'signal', 'contextlib', 'collections',\n"
+        "         'ignitevm.providers.vmm.base', 'ignitevm.providers.vmm.qemu.machine',\n"
         "         'ignitevm.providers.network.base', 'ignitevm.operations.context'}\n"
-        "print(sorted(heavy & set(sys.modules)))"
+        "print(sorted(heavy & (set(sys.modules) - before)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout
+                         check=True, cwd=REPO, env={"IGNITE_ROOT": str(tmp_path),
+                                                    "PATH": "/usr/bin:/bin"}).stdout
     assert out.strip() == "[]"
+
+
+def test_constants_held_equal() -> None:
+    """running.py's and lookup's copies of what heavier modules define."""
+    from ignitevm.providers.vmm import consolelog
+    from ignitevm.providers.vmm.qemu import args, running
+    from ignitevm.store import layout
+
+    assert running.LOG_DEFAULT_MAX == consolelog.DEFAULT_MAX
+    assert (args.CONSOLE_LOG, args.PIDSTART, args.QMP) == \
+        (running.CONSOLE_LOG, running.PIDSTART, running.QMP)
+    assert lookup.METADATA == layout.METADATA
+    assert layout.default_root() == Path(layout.root_text())
+
+
+@pytest.mark.parametrize("command,arguments", [
+    ("query-status", {}), ("qmp_capabilities", {}), ("cont", {}), ("x-é\"", {}),
+    ("migrate", {"uri": "exec:cat > /tmp/é"}), ("qom-list", {"path": "/machine"}),
+])
+def test_qmp_messages_are_json_dumps(command: str, arguments: dict[str, object]) -> None:
+    from ignitevm.providers.vmm.qemu import qmp
+
+    msg: dict[str, object] = {"execute": command}
+    if arguments:
+        msg["arguments"] = arguments
+    assert qmp._message(command, arguments) == json.dumps(msg)
+
+
+def test_frames_and_headers_are_named_tuples() -> None:
+    import copy
+    import pickle
+
+    from ignitevm.agent import protocol as p
+
+    f = p.Frame(p.EXEC, 7, b"x")
+    assert (f.type, f.session, f.payload, f.flags) == (p.EXEC, 7, b"x", 0) == f
+    assert pickle.loads(pickle.dumps(f)) == copy.copy(f) == f
+    assert type(pickle.loads(pickle.dumps(f))) is p.Frame
+    assert repr(f) == "Frame(type=3, session=7, payload=b'x', flags=0)"
+    h = lookup.Header("0a1", "web")
+    assert (h.uid, h.name, h.paused) == ("0a1", "web", False) == h
+    assert h != lookup.Header("0a1", "web", True)
+    assert pickle.loads(pickle.dumps(h)) == h

@@ -13,7 +13,7 @@ import pytest
 from ignitevm.api import codec
 from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.cli import fastvm
-from ignitevm.providers.vmm.qemu.machine import QemuVMM
+from ignitevm.providers.vmm.qemu import running
 from tests.conftest import REPO
 
 
@@ -27,15 +27,15 @@ def _store(root: Path, name: str, uid: str, paused: bool = False) -> Path:
 
 
 class _QEMU:
-    """QEMU's side (no QEMU here: the QMP exchange itself is the full path's
-    code, tested in tests/vm/test_snapshot.py): its pid, and the state it reports."""
+    """QEMU's side (no QEMU here: the QMP exchange itself is QemuVMM's code,
+    providers/vmm/qemu/running.py, tested in tests/vm/test_pause.py and
+    tests/unit/test_jsonlite.py): its pid, and the state it reports."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, state: str, pid: int | None = 1):
         self.sent: list[str] = []
-        monkeypatch.setattr(QemuVMM, "pid", lambda _self, d: pid)
+        monkeypatch.setattr(running, "pid", lambda d, check=None: pid)
         for op in ("pause", "resume"):
-            monkeypatch.setattr(QemuVMM, op, lambda _self, d, op=op: self.sent.append(op)
-                                or state)
+            monkeypatch.setattr(running, op, lambda d, op=op: self.sent.append(op) or state)
 
 
 @pytest.fixture

@@ -75,6 +75,44 @@ def test_exec_names_a_pause_made_behind_the_store(cli: Ignite, pbox: str) -> Non
     assert cli("exec", pbox, "--", "true").returncode == 0
 
 
+def test_exec_pause_and_resume_answer_on_built_in_modules(cli: Ignite, pbox: str) -> None:
+    """Through the installed script's source (bin/ignite) on a real VM: exec's and
+    pause/resume's fast paths answer (their modules loaded, the VM paused and
+    running again) without re, json, enum, pathlib, socket, typing, contextlib,
+    collections or the command tree (the interpreter's own imports aside)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    def loaded(*words: str) -> set[str]:
+        proc = subprocess.run([sys.executable, "-X", "importtime", *words],
+                              env={**cli_env(cli.root), **cli.env},
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr
+        return {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")} - own
+
+    own: set[str] = set()
+    own = loaded("-c", "pass")  # (the interpreter's own start-up: its site hooks)
+    ignite = str(REPO / "bin" / "ignite")
+
+    heavy = {"re", "json", "enum", "pathlib", "socket", "selectors", "signal", "typing",
+             "contextlib", "collections", "argparse", "msgspec", "ignitevm.cli.parser",
+             "ignitevm.providers.vmm.qemu.machine"}
+    mods = loaded(ignite, "exec", pbox, "--", "true")
+    assert "ignitevm.agent.session" in mods and not mods & heavy, mods & heavy
+    mods = loaded(ignite, "pause", pbox)
+    assert "ignitevm.providers.vmm.qemu.qmp" in mods and not mods & heavy, mods & heavy
+    assert _qemu_state(cli, pbox) == "paused"
+    assert json.loads(cli("inspect", "vm", pbox).stdout)["status"]["paused"] is True
+    mods = loaded(ignite, "resume", pbox)
+    assert "ignitevm.providers.vmm.qemu.qmp" in mods and not mods & heavy, mods & heavy
+    assert _qemu_state(cli, pbox) == "running"
+    assert json.loads(cli("inspect", "vm", pbox).stdout)["status"]["paused"] is False
+    assert cli("exec", pbox, "--", "true").returncode == 0
+
+
 def test_pause_and_resume_of_a_vm_that_does_not_run(cli: Ignite, testbox: str) -> None:
     cli("create", testbox, "--name", "pcold", "--memory", "128MB", "--size", "256MB")
     try:
@@ -114,3 +152,4 @@ def test_rm_force_of_a_paused_vm(cli: Ignite, pbox: str) -> None:
         except OSError:  # (gone meanwhile)
             pass
     assert not left, f"QEMU of the removed VM still runs: {left}"
+

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ignitevm.errors import InvalidInput
+from ignitevm.providers.vmm.qemu.running import AGENT_MAX_CHANNELS, PIDFILE, QMP, RUN_DIR
+from ignitevm.providers.vmm.qemu.running import CONSOLE_LOG as CONSOLE_LOG
+from ignitevm.providers.vmm.qemu.running import PIDSTART as PIDSTART
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
 if TYPE_CHECKING:  # (exec's fast path reads this module)
@@ -17,12 +20,8 @@ QEMU = "qemu-system-x86_64"
 # in RUN_DIR. Jailed, the host makes them all (the sockets listening, handed
 # to QEMU as descriptors) and QEMU cannot write there, nor anywhere else but
 # its disk overlay; unconfined, QEMU makes them itself.
-RUN_DIR = "run"
-PIDFILE = f"{RUN_DIR}/qemu.pid"
-QMP = f"{RUN_DIR}/qmp.sock"
+# (running.py, which the fast paths read, holds those it needs)
 CONSOLE_SOCK = f"{RUN_DIR}/console.sock"
-PIDSTART = "qemu.pid.start"  # "<pid> <boot id> <start ticks>", by the host at launch
-CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 # QEMU's own seccomp filter for a jailed VM: no obsolete syscalls, no
 # set*id/setsid, no fork/exec, no scheduler or rlimit changes.
@@ -30,7 +29,6 @@ SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=de
 # The guest agent's channels: one virtio-serial port per concurrent host
 # client. A VM boots with one (each port costs the guest ~35 ms of boot under
 # TCG); clients hot-plug more while it runs, up to this many.
-AGENT_MAX_CHANNELS = 15
 AGENT_PORT_NAME = "org.ignitevm.agent"
 AGENT_BUS = "agentbus"
 

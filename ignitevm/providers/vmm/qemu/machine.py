@@ -7,14 +7,17 @@ import errno
 import os
 import select
 import signal
-import stat
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 from ignitevm.errors import IgniteError
 from ignitevm.providers.vmm import consolelog
-from ignitevm.providers.vmm.qemu import args
+from ignitevm.providers.vmm.qemu import args, running
+from ignitevm.providers.vmm.qemu.running import (  # (for those who import them from here)
+    QMP_TIMEOUT,
+    is_our_qemu,
+    process_start,
+)
 from ignitevm.util.fs import atomic_write
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
@@ -29,7 +32,6 @@ RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
                    for k in range(1, args.AGENT_MAX_CHANNELS + 1) for new in ("", ".new")))
 
 
-QMP_TIMEOUT = 10.0  # seconds for one QMP exchange (QEMU serves one client at a time)
 
 
 class QemuVMM:
@@ -111,17 +113,8 @@ class QemuVMM:
                               hint="--log-level debug shows QEMU's full command line")
 
     def pid(self, workdir: Path) -> int | None:
-        # The host's record of the launch names the pid; the pid file (the
-        # host's when jailed, QEMU's own when not: a FIFO or a link to
-        # /dev/zero there must not hang or swamp root) is read only until that
-        # record exists, and then only as a small regular file.
-        record = _read_small(workdir / args.PIDSTART)
-        text = record or _read_small(workdir / args.PIDFILE)
-        try:
-            pid = int(text.split()[0]) if text else 0
-        except ValueError:
-            return None
-        if pid <= 0 or not is_our_qemu(pid, workdir, record):
+        pid = running.pid(workdir, is_our_qemu)  # (the launch record's checks)
+        if pid is None:
             return None
         # (One stat. The console writer keeps the log bounded; this trims the
         # log of an unconfined VM launched by an older version, whose QEMU
@@ -145,20 +138,7 @@ class QemuVMM:
         pid = self.pid(workdir)
         if pid is None:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "the VM is not running")
-        want = os.stat(f"/proc/{pid}").st_uid
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(str(path))
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                    struct.calcsize("3i"))
-            _peer_pid, peer_uid, _peer_gid = struct.unpack("3i", creds)
-            if peer_uid != want and not (peer_uid == os.geteuid() and _host_made(path)):
-                raise PermissionError(errno.EPERM, f"{path.name} is served by uid {peer_uid}, "
-                                      f"not by the VM's QEMU (uid {want})")
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return socket.socket(fileno=running.connect(pid, path).detach())
 
     @contextlib.contextmanager
     def monitor(self, workdir: Path) -> Iterator[Monitor]:
@@ -183,23 +163,13 @@ class QemuVMM:
 
     def pause(self, workdir: Path) -> str:
         """Stop the guest's CPUs if they run; the state found before (QMP stop)."""
-        return self._switch(workdir, "running", "stop")
+        return running.pause(workdir)
 
     def resume(self, workdir: Path) -> str:
         """Let a paused guest's CPUs run again; the state found before (QMP cont).
         Only a guest paused by `stop` is resumed (not one QEMU stopped on an
         error or a panic)."""
-        return self._switch(workdir, ("paused", "postmigrate"), "cont")
-
-    def _switch(self, workdir: Path, when: str | tuple[str, ...], command: str) -> str:
-        """Send ``command`` if QEMU reports the state ``when`` (or one of them);
-        the state found. ("postmigrate": a snapshot's save ended without its
-        `cont`.)"""
-        with self.monitor(workdir) as mon:
-            state = str(mon.cmd("query-status").get("status", ""))
-            if state == when or (isinstance(when, tuple) and state in when):
-                mon.cmd(command)
-        return "paused" if state == "postmigrate" else state
+        return running.resume(workdir)
 
     def powerdown(self, workdir: Path) -> bool:
         try:
@@ -238,14 +208,7 @@ class QemuVMM:
             log.warning("removing the cgroups of VM %s: %s", workdir.name, exc)
 
     def agent_sockets(self, workdir: Path) -> list[Path]:
-        # Channels are numbered from 1 and added in order.
-        found = []
-        for k in range(1, args.AGENT_MAX_CHANNELS + 1):
-            path = args.agent_socket(workdir, k)
-            if not path.exists():
-                break
-            found.append(path)
-        return found
+        return [Path(p) for p in running.agent_sockets(workdir)]
 
     def add_agent_channel(self, workdir: Path) -> Path | None:
         """Hot-plug one more agent port (chardev + virtserialport) into the running
@@ -348,35 +311,10 @@ class QemuVMM:
         return workdir / args.CONSOLE_LOG
 
 
-def _host_made(path: Path) -> bool:
-    """Is ``path`` a socket of the host's own, in a folder no one else may write?"""
-    me = os.geteuid()
-    try:
-        folder, sock = os.lstat(path.parent), os.lstat(path)
-    except OSError:
-        return False
-    return (stat.S_ISDIR(folder.st_mode) and folder.st_uid == me
-            and not folder.st_mode & 0o022 and stat.S_ISSOCK(sock.st_mode) and sock.st_uid == me)
-
-
 def _has_port(mon: Monitor, k: int) -> bool:
     """Is agent port ``k`` (its virtserialport) in the VM?"""
     devices = mon.cmd("qom-list", path="/machine/peripheral")
     return any(d.get("name") == f"agentport{k}" for d in devices)
-
-
-def process_start(pid: int) -> str | None:
-    """When ``pid`` started, as "<boot id> <start time in clock ticks>": unique to
-    one process across reboots (pids and tick counts start again at each boot)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # exited, not yet reaped
-        return None
-    return f"{boot} {fields[19]}"
 
 
 def qemu_writes_log(pid: int) -> bool:
@@ -389,49 +327,6 @@ def qemu_writes_log(pid: int) -> bool:
         return False
     return any(a.startswith(b"socket,id=console,") and b",logfile=" in a
                and b",logfile=/dev/fdset/" not in a for a in argv)
-
-
-def _read_small(path: Path, limit: int = 128) -> str:
-    """The text of a small regular file, never through a link or from a FIFO or
-    device ("" when there is none)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return os.read(fd, limit).decode("ascii", errors="replace")
-    finally:
-        os.close(fd)
-
-
-def is_our_qemu(pid: int, workdir: Path, record: str | None = None) -> bool:
-    """Is ``pid`` the QEMU launched for ``workdir`` (not a reused pid, nor after a
-    reboot another process whose command line happens to name the folder)?
-    ``record``: the launch record's text, when the caller has read it already."""
-    started = process_start(pid)
-    if started is None:
-        return False
-    try:
-        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except PermissionError:  # another user's process: the checks below still hold
-        exe = "qemu-system"
-    except OSError:
-        return False
-    if not exe.startswith("qemu-system"):
-        return False
-    # (none: launched by an older version, or killed before it could record)
-    if record is None:
-        record = _read_small(workdir / args.PIDSTART)
-    recorded = record.split()
-    if recorded:
-        return recorded == [str(pid), *started.split()]
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return str(workdir).encode() in cmdline
 
 
 def wait_gone(vmm: QemuVMM, workdir: Path, timeout: float) -> bool:

@@ -3,18 +3,23 @@
 QMP is JSON lines over a Unix socket: a greeting, `qmp_capabilities`, then
 each command answered by one `return` or `error` message, with events
 (`STOP`, `RESUME`, ...) in between, which are skipped. It imports nothing
-heavy (the qemu.qmp package pulls in asyncio, ~50 ms on the CLI path).
+heavy (the qemu.qmp package pulls in asyncio, ~50 ms on the CLI path), and
+for pause/resume's fast path (cli/fastvm.py) not even ``json`` or ``socket``:
+QEMU's answers are read by json's own C scanner (util/jsonlite.py), a
+command without arguments is written as ``json.dumps`` writes it, and the
+connection is a ``_socket.socket``.
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import _socket
 import time
-from collections.abc import Callable
+
+from ignitevm.util import jsonlite
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without typing: see cli/fastpull.py)
 if TYPE_CHECKING:  # (pause/resume's fast path reads this module)
+    from collections.abc import Callable
     from typing import Any
 
 MAX_LINE = 16 << 20  # bytes in one QMP message (a qom-list of many devices stays far below)
@@ -30,7 +35,7 @@ class QMPError(Exception):
 
 class Monitor:
     def __init__(self, timeout: float):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
         self._buf = b""
         self.events: list[dict[str, Any]] = []
@@ -48,14 +53,13 @@ class Monitor:
     def cmd(self, command: str, *, fd: int | None = None, **arguments: Any) -> Any:
         """Run ``command``; its `return` value, or QMPError. ``fd`` is passed with
         it (SCM_RIGHTS), as `getfd` wants."""
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        data = json.dumps(msg).encode() + b"\n"
+        data = _message(command, arguments).encode() + b"\n"
         if fd is None:
             self.sock.sendall(data)
         else:
-            sent = socket.send_fds(self.sock, [data], [fd])
+            import socket
+
+            sent = socket.send_fds(self.sock, [data], [fd])  # type: ignore[arg-type]
             if sent < len(data):
                 self.sock.sendall(data[sent:])
         while True:
@@ -106,10 +110,28 @@ class Monitor:
                 raise ConnectionError("QMP connection closed")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
-        value = json.loads(line)
+        value = jsonlite.loads(line)
         if not isinstance(value, dict):
             raise ConnectionError("QMP sent something other than an object")
         return value
+
+
+def _message(command: str, arguments: dict[str, Any]) -> str:
+    """``json.dumps({"execute": command, "arguments": arguments})`` (without
+    arguments: no ``json`` import, the same text)."""
+    if not arguments:
+        try:
+            from _json import encode_basestring_ascii  # (json.dumps's own, ensure_ascii)
+        except ImportError:
+            pass
+        else:
+            return '{"execute": ' + encode_basestring_ascii(command) + "}"
+    import json
+
+    msg: dict[str, Any] = {"execute": command}
+    if arguments:
+        msg["arguments"] = arguments
+    return json.dumps(msg)
 
 
 def connect(path: str, timeout: float) -> Monitor:
