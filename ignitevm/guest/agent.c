@@ -233,7 +233,7 @@ void send_ready(struct channel *ch, uint32_t sid)
     struct timespec ts;
     pid1_info(comm, sizeof comm, exe, sizeof exe);
     clock_gettime(CLOCK_BOOTTIME, &ts);
-    int n = snprintf(msg, sizeof msg, "version=1\npid1=%s\nuptime_ms=%lld\n", comm,
+    int n = snprintf(msg, sizeof msg, "version=1\nrestore=2\npid1=%s\nuptime_ms=%lld\n", comm,
                      (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
     send_frame(ch, F_READY, 0, sid, msg, n);
 }
