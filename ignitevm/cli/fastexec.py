@@ -119,8 +119,11 @@ def run(words: Sequence[str]) -> int | None:
         forward = stdin_fd is not None and not os.isatty(stdin_fd)
         request = session.ExecRequest(req.command, req.env, req.workdir, req.user, None,
                                       forward)
-        return session.run_exec(ch, request, stdin_fd if forward else None,
+        code = session.run_exec(ch, request, stdin_fd if forward else None,
                                 frame_timeout=req.timeout)
+    from ignitevm.cli.fastvm import finish
+
+    return finish(code)
 
 
 def _take(root: str, query: str) -> tuple[lookup.Header, str, tuple[int, str]] | None:

@@ -85,8 +85,9 @@ def run(words: Sequence[str]) -> int | None:
     if args is None:
         return None
     from ignitevm import log as logmod
+    from ignitevm.cli.fastvm import finish
     from ignitevm.cli.snapshot import run_clone
 
     level = args.log_level
     logmod.setup("warning" if args.quiet and level == "info" else level)
-    return int(run_clone(args) or 0)  # type: ignore[arg-type]
+    return finish(int(run_clone(args) or 0))  # type: ignore[arg-type]

@@ -189,9 +189,10 @@ static void pid1_info(char *comm, size_t clen, char *exe, size_t elen)
     char path[PATH_MAX];
     ssize_t n;
     snprintf(comm, clen, "unknown");
-    exe[0] = '\0';
+    if (elen)
+        exe[0] = '\0';
     if (read_at(AT_FDCWD, "/proc/1/comm", comm, clen) == 0) {
-        if ((n = readlink("/proc/1/exe", path, sizeof path - 1)) > 0) {
+        if (elen && (n = readlink("/proc/1/exe", path, sizeof path - 1)) > 0) {
             path[n] = '\0';
             strset(exe, elen, strrchr(path, '/') ? strrchr(path, '/') + 1 : path);
         }
@@ -206,7 +207,7 @@ static void pid1_info(char *comm, size_t clen, char *exe, size_t elen)
         if (unshare(CLONE_NEWNS) == 0 && mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0 &&
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) == 0) {
             pid1_info(comm, clen, exe, elen);
-            dprintf(p[1], "%s\n%s", comm, exe);
+            dprintf(p[1], "%s\n%s", comm, elen ? exe : "");
         }
         _exit(0);
     }
@@ -221,7 +222,8 @@ static void pid1_info(char *comm, size_t clen, char *exe, size_t elen)
         char *nl = strchr(buf, '\n');
         if (nl) {
             *nl = '\0';
-            strset(exe, elen, nl + 1);
+            if (elen)
+                strset(exe, elen, nl + 1);
         }
         strset(comm, clen, buf);
     }
@@ -229,11 +231,13 @@ static void pid1_info(char *comm, size_t clen, char *exe, size_t elen)
 
 void send_ready(struct channel *ch, uint32_t sid)
 {
-    char comm[64], exe[64], msg[256];
+    char comm[64], msg[256];
     struct timespec ts;
-    pid1_info(comm, sizeof comm, exe, sizeof exe);
+    /* (not its executable: READY does not say it, and under TCG a clone's
+       first HELLO would translate the kernel's path for the link anew) */
+    pid1_info(comm, sizeof comm, NULL, 0);
     clock_gettime(CLOCK_BOOTTIME, &ts);
-    int n = snprintf(msg, sizeof msg, "version=1\npid1=%s\nuptime_ms=%lld\n", comm,
+    int n = snprintf(msg, sizeof msg, "version=1\nrestore=2\npid1=%s\nuptime_ms=%lld\n", comm,
                      (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
     send_frame(ch, F_READY, 0, sid, msg, n);
 }

@@ -113,12 +113,17 @@ static void set_clock(struct session *s, const char *v)
         warn(s, "cannot set the clock: %s", strerror(errno));
 }
 
-/* Write ``text`` over what the file ``fd`` holds, then cut it there. Not
-   O_TRUNC: on ext4 a truncation to 0 makes the close start writing the file
-   out at once (auto_da_alloc), ~30 ms of a clone's start under TCG. */
-static int overwrite(int fd, const char *text, size_t n)
+/* Write ``text`` over what the file ``fd`` (of ``size`` bytes) holds, then
+   cut it there. Not O_TRUNC: on ext4 a truncation to 0 makes the close start
+   writing the file out at once (auto_da_alloc), ~30 ms of a clone's start
+   under TCG; and no truncation at all when the length stays (a new hostname
+   or machine-id of the same length: the usual case), which spares the guest
+   ext4's setattr path. */
+static int overwrite(int fd, const char *text, size_t n, off_t size)
 {
-    return pwrite(fd, text, n, 0) == (ssize_t)n && ftruncate(fd, (off_t)n) == 0 ? 0 : -1;
+    if (pwrite(fd, text, n, 0) != (ssize_t)n)
+        return -1;
+    return size == (off_t)n || ftruncate(fd, (off_t)n) == 0 ? 0 : -1;
 }
 
 /* Replace a file the guest has (never create one, never through a link). */
@@ -133,7 +138,7 @@ static void rewrite(struct session *s, const char *path, const char *text)
         close(fd);
         return;
     }
-    if (fd < 0 || overwrite(fd, text, strlen(text)) < 0)
+    if (fd < 0 || overwrite(fd, text, strlen(text), st.st_size) < 0)
         warn(s, "cannot write %s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);

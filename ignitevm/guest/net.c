@@ -72,6 +72,17 @@ int net_line(struct net_cfg *c, const char *key, const char *value, net_warn_fn 
         for (int i = 0; i < 3; i++)
             copy(c->route[c->nroutes][i], sizeof c->route[0][0], w[i]);
         c->nroutes++;
+    } else if (strcmp(key, "mac") == 0) {
+        if (split(value, w, 3) != 2 || c->nmacs >= NET_NICS || strlen(w[0]) >= sizeof c->mac[0][0] ||
+            strlen(w[1]) >= sizeof c->mac[0][1]) {
+            warn(ctx, "network: cannot take mac=%s", value);
+            return -1;
+        }
+        memcpy(c->mac[c->nmacs][0], w[0], strlen(w[0]) + 1);
+        memcpy(c->mac[c->nmacs][1], w[1], strlen(w[1]) + 1);
+        c->nmacs++;
+    } else if (strcmp(key, "notify") == 0) {
+        copy(c->notify, sizeof c->notify, value);
     } else if (strcmp(key, "dns") == 0) {
         copy(c->dns, sizeof c->dns, value);
         c->dns_given = 1;
@@ -408,6 +419,10 @@ void net_apply(const struct net_cfg *c, net_warn_fn warn, void *ctx)
             warn(ctx, "network: %s: cannot set address %s: %s", n->name, n->cidr,
                  strerror(errno));
     }
+    for (int i = 0; i < c->nmacs; i++)
+        if (link_mac(sk, c->mac[i][0], c->mac[i][1]) < 0)
+            warn(ctx, "network: %s: cannot set MAC %s: %s", c->mac[i][0], c->mac[i][1],
+                 strerror(errno));
     if (*c->gw) {
         if (route_set(nl, "", "", c->gw) < 0)
             warn(ctx, "network: cannot route through %s: %s", c->gw, strerror(errno));
@@ -420,6 +435,8 @@ void net_apply(const struct net_cfg *c, net_warn_fn warn, void *ctx)
                  c->route[i][0], strerror(errno));
     if (*c->gw)
         send_once(c->gw, warn, ctx);
+    if (*c->notify && strcmp(c->notify, c->gw) != 0)
+        send_once(c->notify, warn, ctx);
 out:
     if (sk >= 0)
         close(sk);

@@ -1,7 +1,9 @@
 /*
  * Shared by ignite-init (at boot, from /cfg/net) and ignite-agent (RESTORE
  * of a clone): the guest's network as the host planned it. One format, the
- * `key=value` lines of docs/agent-protocol.md (net, gw, route, dns, search),
+ * `key=value` lines of docs/agent-protocol.md (net, gw, route, dns, search;
+ * and mac, notify: only a MAC and a datagram, for a clone whose address,
+ * routes and name servers are its snapshot's),
  * and one way to apply it: links up, MTU and MAC (ioctl), addresses and
  * routes replaced over rtnetlink (a clone loses the snapshot's address, it
  * does not get a second one), /etc/resolv.conf, and one UDP datagram to the
@@ -21,12 +23,14 @@ struct net_nic {
 };
 
 struct net_cfg {
-    int n, nroutes;
+    int n, nroutes, nmacs;
     int dns_given;              /* a dns= line came (even empty): resolv.conf is written */
     struct net_nic nic[NET_NICS];
     char gw[64];
     char route[NET_ROUTES][3][64];      /* ifname, destination/prefix, gateway or "" */
     char dns[512], search[512];
+    char mac[NET_NICS][2][18];  /* mac= lines: ifname, MAC (nothing else of the link) */
+    char notify[64];            /* notify=: "" = none */
 };
 
 /* Warnings: one line each, without the newline. */

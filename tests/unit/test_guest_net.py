@@ -196,3 +196,57 @@ def test_the_most_the_host_lets_through_reaches_the_guest_whole(harness: Path,
     assert len(_routes(state)) == v.GUEST_ROUTES + 1  # (and the default one)
     assert state["RESOLV"] == (f"search {' '.join(search)}\n" + "".join(
         f"nameserver {ns}\n" for ns in most.dns.split()))
+
+
+def test_a_clone_on_user_networking_changes_its_mac_alone(harness: Path,
+                                                          tmp_path: Path) -> None:
+    """A clone whose plugin gives every VM the same address (user, passt) is
+    sent only its new MAC (and for passt one datagram): the address, the
+    default route and resolv.conf stay as the snapshot had them."""
+    from ignitevm.providers.network import usermode
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    source = usermode.plan([], ssh=False)._replace(mac="02:00:00:00:00:21")
+    assert usermode.plan([], ssh=False)._replace(mac="") == source._replace(mac="")
+    vm = VM(metadata=ObjectMeta(name="c", uid="0123456789abcdef"))
+    lines = {"boot": guest_lines(source)}
+    for plugin in ("user", "passt"):
+        clone = source._replace(plugin=plugin, mac="02:00:00:00:00:22")
+        got = clones.identity_fields(vm, clone, mac_only=True)[4:]
+        want = [("mac", "eth0 02:00:00:00:00:22")]
+        assert got == want + ([("notify", "10.0.2.2")] if plugin == "passt" else [])
+        lines[plugin] = got
+    # (an agent that does not say restore=2, or a CNI clone: every line, as before)
+    assert clones.identity_fields(vm, source, mac_only=False)[4:] == guest_lines(source)
+    cni = source._replace(plugin="cni")
+    assert clones.identity_fields(vm, cni, mac_only=True)[4:] == guest_lines(cni)
+    files = {}
+    for name, got in lines.items():
+        files[name] = tmp_path / name
+        files[name].write_text("".join(f"{k}={v}\n" for k, v in got))
+    script = ("set -e; ip link add eth0 type veth peer name p0; ip link set p0 up; "
+              + "; ".join(f'"$H" {files[n]} "$ETC"; {_state()}'
+                          for n in ("boot", "user", "passt")))
+    out = _run(harness, script, ETC=str(etc))
+    assert out.returncode == 0, out.stdout + out.stderr
+    boot, user, passt = _parse(out.stdout)
+    assert _link(boot, "eth0")["address"] == "02:00:00:00:00:21"
+    for clone in (user, passt):
+        assert _link(clone, "eth0")["address"] == "02:00:00:00:00:22"
+        assert _addrs(clone, "eth0") == ["10.0.2.15/24"]
+        assert _routes(clone) == {"default 10.0.2.2 eth0"}
+        assert clone["RESOLV"] == boot["RESOLV"] == "nameserver 10.0.2.3\n"
+        assert "UP" in _link(clone, "eth0")["flags"]
+
+
+def test_a_mac_line_it_cannot_take_is_a_warning(harness: Path, tmp_path: Path) -> None:
+    lines = tmp_path / "lines"
+    lines.write_text("mac=eth0\nmac=eth0 02:00:00:00:00:22 extra\nmac=eth0 not-a-mac\n")
+    script = ('set -e; ip link add eth0 type veth peer name p0; ip link set p0 up; '
+              f'"$H" {lines} "$ETC"; ip -j link show eth0')
+    out = _run(harness, script, ETC=str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("cannot take mac=") == 2
+    assert "eth0: cannot set MAC not-a-mac" in out.stdout
+    assert not (tmp_path / "resolv.conf").exists()  # (no dns= line: not written)

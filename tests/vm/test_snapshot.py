@@ -249,6 +249,51 @@ def test_a_passt_clone_is_reached_through_its_forwarded_port(cli: Ignite, testbo
         cli("snapshot", "rm", "psnap", check=False)
 
 
+def test_user_networking_clones_get_a_new_mac_and_the_same_network(cli: Ignite,
+                                                                    testbox: str) -> None:
+    """With user networking a clone is sent its new MAC alone (the address,
+    route and name server are every VM's): each clone has its own MAC, keeps
+    the snapshot's address, default route and resolv.conf, is reached through
+    a forwarded port and reaches its gateway."""
+    import socket
+    import urllib.request
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+    cli("run", testbox, "--name", "usrc", "--network-plugin", "user", "--memory", "256MB",
+        "--size", "256MB")
+    names = ["uclone-0", "uclone-1"]
+    try:
+        assert cli("exec", "usrc", "--", "true").returncode == 0
+        cli("snapshot", "create", "usrc", "usnap")
+        probe = ("cat /sys/class/net/eth0/address; busybox ip -4 addr show eth0; "
+                 "busybox ip route; cat /etc/resolv.conf")
+        src = sh(cli, "usrc", probe).splitlines()
+        macs = {src[0]}
+        for n, port in zip(names, ports, strict=True):
+            cli("run", "--from-snapshot", "usnap", "--name", n, "-p", f"{port}:80")
+            out = sh(cli, n, probe).splitlines()
+            macs.add(out[0])
+            # (the MAC the host gave the clone's QEMU, now the guest's)
+            cmdline = (cli.root / "vm" / uid_of(cli, n) / "qemu.cmdline").read_text()
+            assert f"mac={out[0]}\n" in cmdline, (out[0], cmdline)
+            assert out[1:] == src[1:], (out, src)  # (address, routes, resolv.conf)
+            assert "inet 10.0.2.15/24" in "\n".join(out)
+            assert "default via 10.0.2.2" in "\n".join(out)
+            assert "nameserver 10.0.2.3" in out
+            sh(cli, n, "busybox ping -c 1 -W 5 10.0.2.2 >/dev/null")  # (out, by ARP anew)
+            cli("exec", n, "--", "/bin/busybox", "httpd", "-p", "80", "-h", "/etc")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/hostname", timeout=30) as r:
+                assert r.read().decode().strip() == uid_of(cli, n)
+        assert len(macs) == 3, macs
+    finally:
+        cli("rm", "-f", "usrc", *names, check=False)
+        cli("snapshot", "rm", "usnap", check=False)
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
