@@ -147,9 +147,17 @@ def drop_hand_bridge() -> None:
         subprocess.run(["ip", "link", "del", dev], capture_output=True, check=False)
 
 
-def bare_add_del(conf: dict[str, object], ns: str) -> float:
+def _cpu() -> float:
+    """CPU (user + sys) of this process and the programs it waited for."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bare_add_del(conf: dict[str, object], ns: str) -> None:
     """The baseline: the steps any CNI runtime takes, done by hand."""
-    start = time.monotonic()
     subprocess.run(["ip", "netns", "add", ns], check=True)
     env = dict(os.environ, CNI_CONTAINERID=ns, CNI_NETNS=f"/run/netns/{ns}", CNI_IFNAME="eth0",
                CNI_PATH="/usr/lib/cni")
@@ -167,34 +175,44 @@ def bare_add_del(conf: dict[str, object], ns: str) -> float:
                        env={**env, "CNI_COMMAND": "DEL"}, check=True, capture_output=True,
                        text=True)
     subprocess.run(["ip", "netns", "delete", ns], check=True)
-    return time.monotonic() - start
 
 
-def ours_add_del(root: Path, d: Path) -> float:
+def ours_add_del(root: Path, d: Path) -> None:
     from ignitevm.providers.network.cni import vm
 
-    start = time.monotonic()
     with vm.attached(root, d, "ignite-bench", "0123456789abcdef", ()):
         pass
     vm.release(d)
-    return time.monotonic() - start
 
 
 def setup_teardown(root: Path, rounds: int) -> None:
+    """In turns, each first every other round; wall and CPU (user + sys, with
+    the programs run) of each, and the median of the rounds' ratios."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from ignitevm.providers.network.cni import conflist
 
     conf = conflist.load(root)
     d = root / "vm" / "0123456789abcdef"
     d.mkdir(parents=True, exist_ok=True)
-    ours_add_del(root, d)  # warm: imports, the bridge, page cache of the plugins
-    bare_add_del(conf, "ignite-bench-bare")
-    ours, base = [], []
-    for _ in range(rounds):
-        base.append(bare_add_del(conf, "ignite-bench-bare"))
-        ours.append(ours_add_del(root, d))
+    steps = {"ours": lambda: ours_add_del(root, d),
+             "bare": lambda: bare_add_del(conf, "ignite-bench-bare")}
+    for step in steps.values():  # warm: imports, the bridge, page cache of the plugins
+        step()
+    wall: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(rounds):
+        for k in list(steps)[::1 if r % 2 else -1]:
+            c0, t0 = _cpu(), time.monotonic()
+            steps[k]()
+            wall[k].append(time.monotonic() - t0)
+            cpu[k].append(_cpu() - c0)
     report("network setup + teardown per VM vs bare netns + CNI ADD/DEL (target <= 1.2)",
-           ours, base)
+           wall["ours"], wall["bare"])
+    xs = sorted(o / b for o, b in zip(wall["ours"], wall["bare"], strict=True))
+    print(f"  median of the rounds' ratios {median(xs):.3f} (quartiles {xs[len(xs) // 4]:.3f}-"
+          f"{xs[(3 * len(xs)) // 4]:.3f}); CPU (user + sys, with the programs run) "
+          f"{median(cpu['ours']) * 1000:.1f} ms vs {median(cpu['bare']) * 1000:.1f} ms; "
+          f"load {os.getloadavg()[0]:.1f}")
 
 
 PATHS = ("CNI", "bridge", "slirp", "passt")
