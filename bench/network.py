@@ -17,7 +17,7 @@ guest's vCPUs bound every path, so on a shared host the figures follow the
 CPU the VMs get: ratios of runs seconds apart are what can be trusted.
 
 Needs root and the CNI plugins. The bench network has its own bridge and
-subnet. Usage: python -m bench.network [setup|throughput] [setup rounds
+subnet. Usage: python -m bench.network [all|setup|throughput] [setup rounds
 (15)] [throughput rounds (8)] [seconds per run (4)]
 """
 
@@ -279,7 +279,7 @@ def main(root: Path) -> None:
     # compare network paths, not the jail (bench/sandbox.py measures that).
     os.environ["IGNITE_SANDBOX"] = "none"
     args = sys.argv[1:]
-    what = args.pop(0) if args and args[0] in ("setup", "throughput") else "all"
+    what = args.pop(0) if args and args[0] in ("all", "setup", "throughput") else "all"
     rounds = int(args[0]) if args else 15
     tp_rounds = int(args[1]) if len(args) > 1 else 8
     seconds = int(args[2]) if len(args) > 2 else 4
