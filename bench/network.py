@@ -1,16 +1,24 @@
-"""Networking figures, ratios measured in the same run (iperf3, one stream, 5 s):
+"""Networking figures, ratios measured in the same run:
 
-- host <-> VM throughput with CNI (bridge + tc redirect to a tap) against a
-  tap on a plain bridge set up by hand (same image, kernel, disk, QEMU):
-  target >= 0.9x;
+- host <-> VM throughput (iperf3, one stream) with CNI (bridge + tc redirect
+  to a tap) against a tap on a plain bridge set up by hand (same image,
+  kernel, disk, QEMU command line): target >= 0.9x;
 - CNI against user mode (QEMU slirp, through a forwarded port): target >= 3x;
 - passt against user mode: target >= 2x;
 - network setup + teardown per VM (namespace, record, CNI chain, tap and tc,
   release) against the bare steps any CNI runtime takes (``ip netns add``,
   each plugin's ADD, each plugin's DEL, ``ip netns delete``): target <= 1.2x.
 
+Throughput: the four VMs run side by side (an idle one costs ~1 % of a
+core) and each round measures every path both ways, in an order that turns
+from round to round; each ratio is taken within a round and the median of
+the rounds' ratios is printed with its quartiles and range. Under TCG the
+guest's vCPUs bound every path, so on a shared host the figures follow the
+CPU the VMs get: ratios of runs seconds apart are what can be trusted.
+
 Needs root and the CNI plugins. The bench network has its own bridge and
-subnet. Usage: python -m bench.network [rounds]
+subnet. Usage: python -m bench.network [all|setup|throughput] [setup rounds
+(15)] [throughput rounds (8)] [seconds per run (4)]
 """
 
 from __future__ import annotations
@@ -60,9 +68,11 @@ def iperf_image(out: Path) -> Path:
                                        {"Cmd": ["/sbin/init"], "Env": ["PATH=/bin"]})
 
 
-def iperf(host: str, port: int = 5201, reverse: bool = False) -> float:
-    """Mb/s received, one stream, 5 s (reverse: the guest sends)."""
-    argv = ["iperf3", "-c", host, "-p", str(port), "-t", "5", "-J", *(["-R"] if reverse else [])]
+def iperf(host: str, port: int = 5201, reverse: bool = False, seconds: int = 4) -> float:
+    """Mb/s received, one stream, ``seconds`` after a first second left out
+    (TCP's slow start; reverse: the guest sends)."""
+    argv = ["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-O", "1", "-J",
+            *(["-R"] if reverse else [])]
     for _ in range(5):  # (the server may still be closing the previous test)
         out = json.loads(subprocess.run(argv, capture_output=True, text=True).stdout)
         if "error" not in out:
@@ -71,11 +81,6 @@ def iperf(host: str, port: int = 5201, reverse: bool = False) -> float:
     else:
         raise RuntimeError(f"iperf3 {' '.join(argv[1:])}: {out['error']}")
     return float(out["end"]["sum_received"]["bits_per_second"]) / 1e6
-
-
-def both_ways(host: str, port: int = 5201) -> tuple[float, float]:
-    iperf(host, port)  # warm up (TCG translates the guest's network path once)
-    return iperf(host, port, reverse=True), iperf(host, port)
 
 
 def vm_uid(root: Path, name: str) -> str:
@@ -142,9 +147,17 @@ def drop_hand_bridge() -> None:
         subprocess.run(["ip", "link", "del", dev], capture_output=True, check=False)
 
 
-def bare_add_del(conf: dict[str, object], ns: str) -> float:
+def _cpu() -> float:
+    """CPU (user + sys) of this process and the programs it waited for."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bare_add_del(conf: dict[str, object], ns: str) -> None:
     """The baseline: the steps any CNI runtime takes, done by hand."""
-    start = time.monotonic()
     subprocess.run(["ip", "netns", "add", ns], check=True)
     env = dict(os.environ, CNI_CONTAINERID=ns, CNI_NETNS=f"/run/netns/{ns}", CNI_IFNAME="eth0",
                CNI_PATH="/usr/lib/cni")
@@ -162,34 +175,101 @@ def bare_add_del(conf: dict[str, object], ns: str) -> float:
                        env={**env, "CNI_COMMAND": "DEL"}, check=True, capture_output=True,
                        text=True)
     subprocess.run(["ip", "netns", "delete", ns], check=True)
-    return time.monotonic() - start
 
 
-def ours_add_del(root: Path, d: Path) -> float:
+def ours_add_del(root: Path, d: Path) -> None:
     from ignitevm.providers.network.cni import vm
 
-    start = time.monotonic()
     with vm.attached(root, d, "ignite-bench", "0123456789abcdef", ()):
         pass
     vm.release(d)
-    return time.monotonic() - start
 
 
 def setup_teardown(root: Path, rounds: int) -> None:
+    """In turns, each first every other round; wall and CPU (user + sys, with
+    the programs run) of each, and the median of the rounds' ratios."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from ignitevm.providers.network.cni import conflist
 
     conf = conflist.load(root)
     d = root / "vm" / "0123456789abcdef"
     d.mkdir(parents=True, exist_ok=True)
-    ours_add_del(root, d)  # warm: imports, the bridge, page cache of the plugins
-    bare_add_del(conf, "ignite-bench-bare")
-    ours, base = [], []
-    for _ in range(rounds):
-        base.append(bare_add_del(conf, "ignite-bench-bare"))
-        ours.append(ours_add_del(root, d))
+    steps = {"ours": lambda: ours_add_del(root, d),
+             "bare": lambda: bare_add_del(conf, "ignite-bench-bare")}
+    for step in steps.values():  # warm: imports, the bridge, page cache of the plugins
+        step()
+    wall: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(rounds):
+        for k in list(steps)[::1 if r % 2 else -1]:
+            c0, t0 = _cpu(), time.monotonic()
+            steps[k]()
+            wall[k].append(time.monotonic() - t0)
+            cpu[k].append(_cpu() - c0)
     report("network setup + teardown per VM vs bare netns + CNI ADD/DEL (target <= 1.2)",
-           ours, base)
+           wall["ours"], wall["bare"])
+    xs = sorted(o / b for o, b in zip(wall["ours"], wall["bare"], strict=True))
+    print(f"  median of the rounds' ratios {median(xs):.3f} (quartiles {xs[len(xs) // 4]:.3f}-"
+          f"{xs[(3 * len(xs)) // 4]:.3f}); CPU (user + sys, with the programs run) "
+          f"{median(cpu['ours']) * 1000:.1f} ms vs {median(cpu['bare']) * 1000:.1f} ms; "
+          f"load {os.getloadavg()[0]:.1f}")
+
+
+PATHS = ("CNI", "bridge", "slirp", "passt")
+RATIOS = (("CNI", "bridge", 0.9), ("CNI", "slirp", 3.0), ("passt", "slirp", 2.0))
+WAYS = ("guest -> host", "host -> guest")
+
+
+def throughput(root: Path, rounds: int, seconds: int) -> None:
+    """The four paths side by side, all four VMs up, measured in turns: each
+    round runs every path both ways in an order that turns from round to
+    round, and the ratios are taken within a round (the load of this shared
+    machine drifts from minute to minute far more than within a round)."""
+    ignite(root, "kernel", "import", "debian")
+    ignite(root, "image", "import", str(iperf_image(root.parent / "iperfbox.tar")))
+    # The hand-made VM: a user-mode VM's command line with its NIC moved to a
+    # tap on a plain bridge (the VM itself stopped: its folder is borrowed).
+    d = run_vm(root, "h", "--network-plugin", "user")
+    ignite(root, "stop", "h")
+    try:
+        proc = hand_bridge_vm(d)
+        try:
+            run_vm(root, "u", "--network-plugin", "user", "-p", "15201:5201")
+            run_vm(root, "p", "--network-plugin", "passt", "-p", "15202:5201")
+            run_vm(root, "c", "--network-plugin", "cni")
+            ip = json.loads(ignite(root, "inspect", "vm", "c").stdout)["status"][
+                "network"]["ipAddresses"][0]
+            where = {"CNI": (ip, 5201), "bridge": (f"{HAND_NET}.2", 5201),
+                     "slirp": ("127.0.0.1", 15201), "passt": ("127.0.0.1", 15202)}
+            for host, port in where.values():  # (TCG translates each guest's path once)
+                iperf(host, port, seconds=1)
+                iperf(host, port, reverse=True, seconds=1)
+            got: dict[tuple[str, str], list[float]] = {(p, w): [] for p in PATHS for w in WAYS}
+            for r in range(rounds):
+                order = PATHS[r % 4:] + PATHS[:r % 4]
+                for path in order[::-1] if r % 8 >= 4 else order:
+                    for way in WAYS if r % 2 else WAYS[::-1]:
+                        got[(path, way)].append(iperf(*where[path], reverse=way == WAYS[0],
+                                                      seconds=seconds))
+                print(f"round {r + 1}: " + "; ".join(
+                    f"{p} " + "/".join(f"{got[(p, w)][-1]:.0f}" for w in WAYS) for p in PATHS),
+                    file=sys.stderr)
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        drop_hand_bridge()
+    ignite(root, "rm", "-f", "u", "p", "c", "h")
+    for way in WAYS:
+        mbps = ", ".join(f"{p} {median(got[(p, way)]):.0f} ({min(got[(p, way)]):.0f}-"
+                         f"{max(got[(p, way)]):.0f})" for p in PATHS)
+        print(f"iperf3 {way}, Mb/s, median (range) of {rounds} rounds of {seconds} s: {mbps}")
+        for a, b, target in RATIOS:
+            xs = sorted(x / y for x, y in zip(got[(a, way)], got[(b, way)], strict=True))
+            q1, q3 = xs[len(xs) // 4], xs[(3 * len(xs)) // 4]
+            print(f"  {way} {a}/{b}: median of the rounds' ratios {median(xs):.2f} "
+                  f"(quartiles {q1:.2f}-{q3:.2f}, range {xs[0]:.2f}-{xs[-1]:.2f}; "
+                  f"target >= {target:g})")
 
 
 def main(root: Path) -> None:
@@ -198,49 +278,17 @@ def main(root: Path) -> None:
     # Every VM unconfined, as the hand-made baseline's QEMU is: the figures
     # compare network paths, not the jail (bench/sandbox.py measures that).
     os.environ["IGNITE_SANDBOX"] = "none"
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
+    args = sys.argv[1:]
+    what = args.pop(0) if args and args[0] in ("all", "setup", "throughput") else "all"
+    rounds = int(args[0]) if args else 15
+    tp_rounds = int(args[1]) if len(args) > 1 else 8
+    seconds = int(args[2]) if len(args) > 2 else 4
     name, bridge, _subnet = write_default(root, tag=11)
     try:
-        setup_teardown(root, rounds)
-        ignite(root, "kernel", "import", "debian")
-        ignite(root, "image", "import", str(iperf_image(root.parent / "iperfbox.tar")))
-
-        # One VM at a time for slirp; then the CNI VM and the hand-made one
-        # side by side, measured in turns (this machine's load drifts).
-        d = run_vm(root, "u", "--network-plugin", "user", "-p", "15201:5201")
-        user = [both_ways("127.0.0.1", 15201) for _ in range(2)]
-        ignite(root, "stop", "u")
-        run_vm(root, "p", "--network-plugin", "passt", "-p", "15202:5201")
-        passt = [both_ways("127.0.0.1", 15202) for _ in range(2)]
-        ignite(root, "rm", "-f", "p")
-        cni: list[tuple[float, float]] = []
-        hand: list[tuple[float, float]] = []
-        try:
-            proc = hand_bridge_vm(d)
-            try:
-                run_vm(root, "c", "--network-plugin", "cni")
-                ip = json.loads(ignite(root, "inspect", "vm", "c").stdout)["status"][
-                    "network"]["ipAddresses"][0]
-                for i in range(4):  # (in turns, each first every other round: the
-                    # load of this shared machine drifts within a round too)
-                    for who in ((cni, ip), (hand, f"{HAND_NET}.2"))[::1 if i % 2 else -1]:
-                        who[0].append(both_ways(who[1]))
-            finally:
-                proc.kill()
-                proc.wait()
-        finally:
-            drop_hand_bridge()
-        ignite(root, "rm", "-f", "u", "c")
-        for i, way in enumerate(("guest -> host", "host -> guest")):
-            c, h, u, p = (median([x[i] for x in xs]) for xs in (cni, hand, user, passt))
-            spread = "; ".join(f"{what} {min(x[i] for x in xs):.0f}-{max(x[i] for x in xs):.0f}"
-                               for what, xs in (("CNI", cni), ("bridge", hand),
-                                                ("slirp", user), ("passt", passt)))
-            print(f"iperf3 {way}, Mb/s (medians of {len(cni)}, {len(hand)}, {len(user)}, "
-                  f"{len(passt)} runs of 5 s): CNI {c:.0f}, hand-made bridge + tap {h:.0f}, "
-                  f"user mode (slirp) {u:.0f}, passt {p:.0f}; CNI/bridge {c / h:.2f} "
-                  f"(target >= 0.9), CNI/slirp {c / u:.2f} (target >= 3), passt/slirp "
-                  f"{p / u:.2f} (target >= 2); range {spread}")
+        if what in ("all", "setup"):
+            setup_teardown(root, rounds)
+        if what in ("all", "throughput"):
+            throughput(root, tp_rounds, seconds)
     finally:
         remove_network(name, bridge)
 

@@ -182,3 +182,34 @@ def test_passt_needs_an_ipv4_default_route(tmp_path: Path) -> None:
     table.write_text(head + "eth0\t00000000\t0100A8C0\t0002\t0\t0\t0\t00000000\n")
     assert not ipv4_routable(table)  # (not up)
     assert ipv4_routable(tmp_path / "absent")  # (cannot tell: passt decides)
+
+
+def test_the_shared_chain_sweep_starts_once_their_plugins_released(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Release sweeps the plugins' shared chains beside the last DEL only once
+    firewall and portmap have released theirs; else after every DEL."""
+    import json
+
+    from ignitevm.providers.network.cni import chain, conflist, netns, plugins, sweep, vm
+
+    events: list[str] = []
+    monkeypatch.setattr(plugins, "invoke", lambda cmd, conf, **_: events.append(
+        f"{cmd} {conf['type']}"))
+    monkeypatch.setattr(chain, "invoke", plugins.invoke)
+    monkeypatch.setattr(sweep, "shared_chains", lambda: events.append("sweep"))
+    monkeypatch.setattr(sweep, "leases_of", lambda *_: None)
+    monkeypatch.setattr(netns, "exists", lambda _: True)
+    monkeypatch.setattr(netns, "delete", lambda _: None)
+    for first, want in (("bridge", ["DEL firewall", "DEL portmap", "sweep", "DEL bridge"]),
+                        ("firewall", ["DEL portmap", "DEL bridge", "DEL firewall", "sweep"])):
+        conf = conflist.bridge_conflist("n", "igx0", "10.250.0.0/24")
+        conf["plugins"].sort(key=lambda p: p["type"] != first)
+        att = {"conflist": conf, "ifname": "eth0",
+               "result": {"ips": [{"address": "10.250.0.2/24"}]}}
+        (tmp_path / vm.RECORD).write_text(json.dumps(
+            {"containerID": "c", "netns": "c", "state": "ready", "attachments": [att]}))
+        events.clear()
+        vm.release(tmp_path)
+        # (the thread's sweep runs beside the last DEL: in either order of the two)
+        assert sorted(events) == sorted(want)
+        assert events[:want.index("sweep")] == want[:want.index("sweep")]

@@ -7,6 +7,7 @@ and raises the first failure at the end; DEL is safe to repeat.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ignitevm.errors import IgniteError
@@ -52,10 +53,15 @@ def add(conflist: dict[str, Any], att: Attachment) -> dict[str, Any]:
     return result
 
 
-def delete(conflist: dict[str, Any], att: Attachment, result: dict[str, Any] | None) -> None:
-    """Run the chain's DEL in reverse order with the cached ``result``."""
+def delete(conflist: dict[str, Any], att: Attachment, result: dict[str, Any] | None,
+           before_last: Callable[[], None] | None = None) -> None:
+    """Run the chain's DEL in reverse order with the cached ``result``;
+    ``before_last`` is called right before the last DEL (the chain's first
+    plugin)."""
     first: IgniteError | None = None
-    for plugin in reversed(conflist["plugins"]):
+    for i, plugin in enumerate(reversed(conflist["plugins"])):
+        if before_last is not None and i == len(conflist["plugins"]) - 1:
+            before_last()
         try:
             invoke("DEL", plugin_config(conflist, plugin, result, att.runtime or {}),
                    container_id=att.container_id, netns=att.netns, ifname=att.ifname,

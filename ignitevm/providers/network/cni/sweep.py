@@ -153,6 +153,8 @@ SHARED = {
     "nat": {"CNI-HOSTPORT-DNAT": set(), "CNI-HOSTPORT-MASQ": {"MASQUERADE"},
             "CNI-HOSTPORT-SETMARK": {"MARK"}},
 }
+# The plugins that make them: the sweep runs only once these have released.
+SHARED_OWNERS = ("firewall", "portmap")
 HOST_LOCK = Path("/run/ignitevm-cni.lock")  # iptables are the host's, whatever the root
 
 

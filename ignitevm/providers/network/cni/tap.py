@@ -3,10 +3,15 @@ to the interface CNI made by tc ingress + mirred redirect both ways (what one
 side receives leaves by the other). The guest takes that interface's MAC and
 address, so no DHCP server and no second bridge are needed.
 
-The tap is made by opening /dev/net/tun inside the namespace and not made
-persistent: it lives as long as an fd to it is open (QEMU's), and goes with
-QEMU. The fd is passed to QEMU (``-netdev tap,fd=N``), so QEMU needs neither
-the namespace nor any privilege to get its network.
+The tap is made by opening /dev/net/tun inside the namespace and made
+persistent: it lives as long as the namespace, and goes with it when the
+release deletes the namespace (the kernel then removes every device in it,
+in the background). A tap that went with its last fd instead would cost
+whoever closes that fd (QEMU at its exit, or the CLI on a failed start) an
+unregistration the kernel waits ~14 ms for; and the namespace is deleted on
+every path anyway (it is what the record and the sweep are about). The fd is
+passed to QEMU (``-netdev tap,fd=N``), so QEMU needs neither the namespace
+nor any privilege to get its network.
 
 Interface settings go through ioctls on a socket made in the namespace and
 the filters through one ``tc -batch``: a netlink library costs more to
@@ -25,6 +30,7 @@ from ignitevm.providers.network.cni import netns
 
 TAP = "tap0"
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -112,6 +118,7 @@ def open_tap(ns: str, ifname: str, tap: str = TAP, mac: str = "", ip: str = "") 
     with netns.entered(ns):
         fd = _open_tun(tap)
         try:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)  # (it goes with the namespace: see above)
             mac, mtu = _configure(ifname, tap, mac)
         except BaseException:
             os.close(fd)

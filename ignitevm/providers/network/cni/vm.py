@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ignitevm.errors import Conflict, IgniteError, InvalidInput
 from ignitevm.log import log
@@ -25,6 +25,9 @@ from ignitevm.providers.network.base import Forward, NetPlan, check_port_free
 from ignitevm.providers.network.cni import chain, conflist, netns, sweep
 from ignitevm.providers.network.cni.plugins import CNIError
 from ignitevm.util.fs import flock
+
+if TYPE_CHECKING:
+    import threading
 
 RECORD = "network.json"
 LAST_IP = "network.ip"  # the addresses to ask for again at the next start
@@ -80,16 +83,63 @@ def release(d: Path) -> None:
 
         stop_strays(cid)  # the CLI that made it was killed, maybe in the middle of ADD
     present = netns.exists(rec["netns"])
-    for att in reversed(_attachments(rec)):
-        _release_one(rec, att, present)
+    atts = _attachments(rec)
+    shared = _SharedSweep()
+    complete = True
+    try:
+        for i, att in enumerate(reversed(atts)):
+            complete &= _release_one(rec, att, present,
+                                     shared.start if i == len(atts) - 1 else None)
+    finally:
+        shared.finish()
+    if not complete:  # (a sweep by id may have emptied the shared chains only now)
+        sweep.shared_chains()
     netns.delete(rec["netns"])
     (d / RECORD).unlink(missing_ok=True)
-    sweep.shared_chains()  # (the last attachment gone: the host as before the first)
     log.debug("released the network of %s", cid)
 
 
-def _release_one(rec: dict[str, Any], att: dict[str, Any], present: bool) -> None:
+class _SharedSweep:
+    """sweep.shared_chains (the last attachment gone: the host's iptables as
+    before the first), run in a thread beside the last plugin's DEL once the
+    firewall and portmap plugins, whose chains they are, have released theirs.
+    Both mostly wait for the kernel (each program that removed netfilter
+    objects waits ~14 ms for them to be freed as it ends), so side by side
+    they take the time of one. Run by ``finish`` if it was not started."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        import threading
+
+        def body() -> None:
+            try:
+                sweep.shared_chains()
+            except BaseException as exc:  # (raised in the caller's thread by finish)
+                self.error = exc
+
+        self.thread = threading.Thread(target=body, name="cni-shared-sweep")
+        self.thread.start()
+
+    def finish(self) -> None:
+        if self.thread is None:
+            sweep.shared_chains()
+            return
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _release_one(rec: dict[str, Any], att: dict[str, Any], present: bool,
+                 before_last: Callable[[], None] | None = None) -> bool:
+    """DEL one attachment (sweeping what DEL could not release); whether DEL
+    ran completely. ``before_last``: see chain.delete; not called if the
+    chain's first plugin makes shared chains itself."""
     conf, cid = att["conflist"], rec["containerID"]
+    if before_last is not None and conf["plugins"][0].get("type") in sweep.SHARED_OWNERS:
+        before_last = None
     result = att.get("result")
     addresses = [ip["address"] for ip in (result or {}).get("ips") or []]
     if not addresses:  # killed before the result was cached: the leases tell
@@ -99,7 +149,7 @@ def _release_one(rec: dict[str, Any], att: dict[str, Any], present: bool) -> Non
                       "ips": [{"address": a} for a in addresses]}
     complete = result is not None and present
     try:
-        chain.delete(conf, _attachment(rec, att), result)
+        chain.delete(conf, _attachment(rec, att), result, before_last)
     except IgniteError as exc:
         log.debug("CNI DEL of %s on %s: %s (sweeping instead)", cid, conf["name"], exc)
         complete = False
@@ -107,6 +157,7 @@ def _release_one(rec: dict[str, Any], att: dict[str, Any], present: bool) -> Non
         sweep.leases_of(conf, cid)
     else:
         sweep.all_for(conf, cid, addresses)
+    return complete
 
 
 def held_ports(vm_dirs: Iterator[Path], skip: Path | None) -> dict[tuple[str, int], str]:
