@@ -126,8 +126,9 @@ static int overwrite(int fd, const char *text, size_t n, off_t size)
     return size == (off_t)n || ftruncate(fd, (off_t)n) == 0 ? 0 : -1;
 }
 
-/* Replace a file the guest has (never create one, never through a link). */
-static void rewrite(struct session *s, const char *path, const char *text)
+/* Replace a file the guest has (never create one, never through a link) with
+   the ``n`` bytes of ``data``; ``mode`` >= 0: the file gets that mode too. */
+static void rewrite_n(struct session *s, const char *path, const char *data, size_t n, int mode)
 {
     struct stat st;
     if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
@@ -138,10 +139,49 @@ static void rewrite(struct session *s, const char *path, const char *text)
         close(fd);
         return;
     }
-    if (fd < 0 || overwrite(fd, text, strlen(text), st.st_size) < 0)
+    if (fd < 0 || overwrite(fd, data, n, st.st_size) < 0 ||
+        (mode >= 0 && (st.st_mode & 07777) != (mode_t)mode && fchmod(fd, (mode_t)mode) < 0))
         warn(s, "cannot write %s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
+}
+
+static void rewrite(struct session *s, const char *path, const char *text)
+{
+    rewrite_n(s, path, text, strlen(text), -1);
+}
+
+/* A clone's SSH identity (the host's ssh_* lines, hex): its own host key and
+   root's authorized_keys over the snapshot's, where the init put them at boot
+   (init.c, apply_files) and with the modes it gives them. Only files the guest
+   has are replaced (an image without /etc/ssh had none). sshd reads its host
+   key again for each connection (it re-executes itself): no restart. The
+   decoded bytes (a private key) are wiped. */
+#define SSH_FILE_MAX 16384
+
+static void ssh_file(struct session *s, const char *path, const char *hex, int mode)
+{
+    size_t n = strlen(hex) / 2;
+    if (n == 0 || n > SSH_FILE_MAX || strlen(hex) % 2) {
+        warn(s, "%s: want 1 to %d bytes in hexadecimal", path, SSH_FILE_MAX);
+        return;
+    }
+    char *b = malloc(n);
+    if (!b)
+        die("out of memory");
+    size_t i = 0;
+    for (; i < n; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            break;
+        b[i] = (char)(hi << 4 | lo);
+    }
+    if (i < n)
+        warn(s, "%s: not hexadecimal", path);
+    else
+        rewrite_n(s, path, b, n, mode);
+    explicit_bzero(b, n);
+    free(b);
 }
 
 static void set_hostname(struct session *s, const char *name)
@@ -226,6 +266,12 @@ int restore_start(struct session *s, const char *p, size_t n)
             set_hostname(s, v);
         else if (strcmp(line, "machine_id") == 0)
             set_machine_id(s, v);
+        else if (strcmp(line, "ssh_host_key") == 0)
+            ssh_file(s, "/etc/ssh/ssh_host_ed25519_key", v, 0600);
+        else if (strcmp(line, "ssh_host_key_pub") == 0)
+            ssh_file(s, "/etc/ssh/ssh_host_ed25519_key.pub", v, 0644);
+        else if (strcmp(line, "ssh_authorized_keys") == 0)
+            ssh_file(s, "/root/.ssh/authorized_keys", v, 0600);
         else if (net_line(&net, line, v, net_warn, s) != 0)
             has_net = 1;
     }
@@ -237,6 +283,7 @@ int restore_start(struct session *s, const char *p, size_t n)
         if (etc >= 0)
             close(etc);
     }
+    explicit_bzero(text, n);   /* (it held a private key: ssh_host_key) */
     free(text);
     struct stat st;
     if (stat(HOOK_DIR, &st) < 0 || !S_ISDIR(st.st_mode)) {

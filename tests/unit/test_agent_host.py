@@ -616,3 +616,62 @@ def test_the_host_reader_takes_what_the_agent_sends(agent: Agent, tmp_path: Path
     with Channel.connect(_OnePort(agent.sock), 10) as ch, pytest.raises(IgniteError):
         receive(ch, str(tmp_path / "no-such"), str(dest))
     assert sorted(os.listdir(dest)) == ["merged", "src", "status"]
+
+
+def test_restore_gives_a_clone_its_own_ssh_keys(binary: Path, tmp_path: Path) -> None:
+    """RESTORE's ssh_* lines replace the host key pair and root's
+    authorized_keys where the init put them, with the init's modes; a link
+    there is not written through; the agent says restore=3. The agent runs in
+    a mount namespace of its own where /etc/ssh and /root are folders of the
+    test (the host's are never touched)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    etc_ssh, root = tmp_path / "etc-ssh", tmp_path / "root"
+    (root / ".ssh").mkdir(parents=True)
+    etc_ssh.mkdir()
+    key, pub = etc_ssh / "ssh_host_ed25519_key", etc_ssh / "ssh_host_ed25519_key.pub"
+    key.write_bytes(b"the snapshot's private key, longer than the clone's one\n" * 20)
+    key.chmod(0o644)
+    pub.write_text("ssh-ed25519 SNAPSHOT\n")
+    outside = tmp_path / "outside"
+    outside.write_text("not the guest's\n")
+    (root / ".ssh" / "authorized_keys").symlink_to(outside)
+    sock = tmp_path / "agent.sock"
+    script = (f"mount --bind {etc_ssh} /etc/ssh && mount --bind {root} /root && "
+              f'exec "$0" --socket {sock}')
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script, str(binary)], stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 10)
+        line = proc.stderr.readline() if ready else b""
+        if b"ignitevm-agent: ready" not in line:
+            pytest.skip(f"no agent in a mount namespace of its own: {line!r}")
+        new_key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nclone\n-----END OPENSSH PRIVATE KEY-----\n"
+        with AgentClient(sock) as c:
+            assert c.hello()["restore"] == "3"
+            fields = [("ssh_host_key", new_key.hex()),
+                      ("ssh_host_key_pub", b"ssh-ed25519 CLONE ignite-x\n".hex()),
+                      ("ssh_authorized_keys", b"ssh-ed25519 CLIENT\n".hex())]
+            s = c.open(18, "".join(f"{k}={v}\n" for k, v in fields).encode())  # RESTORE
+            c.wait(s)
+            assert (s.exit, s.error, bytes(s.stderr)) == (0, None, b"")
+            assert key.read_bytes() == new_key and key.stat().st_mode & 0o7777 == 0o600
+            assert pub.read_text() == "ssh-ed25519 CLONE ignite-x\n"
+            assert pub.stat().st_mode & 0o7777 == 0o644
+            assert outside.read_text() == "not the guest's\n"  # (a link: left alone)
+            # A bad value is one warning; the file stays as it was.
+            s = c.open(18, b"ssh_host_key_pub=zz\nssh_host_key=\n")
+            c.wait(s)
+            assert s.exit == 0 and bytes(s.stderr).count(b"\n") == 2, s.stderr
+            assert pub.read_text() == "ssh-ed25519 CLONE ignite-x\n"
+            (root / ".ssh" / "authorized_keys").unlink()
+            (root / ".ssh" / "authorized_keys").write_text("ssh-ed25519 SNAPSHOT-CLIENT\n")
+            s = c.open(18, f"ssh_authorized_keys={b'ssh-ed25519 CLIENT'.hex()}\n".encode())
+            c.wait(s)
+            assert s.exit == 0
+            assert (root / ".ssh" / "authorized_keys").read_text() == "ssh-ed25519 CLIENT"
+            assert (root / ".ssh" / "authorized_keys").stat().st_mode & 0o7777 == 0o600
+    finally:
+        proc.terminate()
+        proc.wait(5)
