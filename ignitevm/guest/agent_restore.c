@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/random.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,10 +155,48 @@ static void rewrite(struct session *s, const char *path, const char *text)
 /* A clone's SSH identity (the host's ssh_* lines, hex): its own host key and
    root's authorized_keys over the snapshot's, where the init put them at boot
    (init.c, apply_files) and with the modes it gives them. Only files the guest
-   has are replaced (an image without /etc/ssh had none). sshd reads its host
-   key again for each connection (it re-executes itself): no restart. The
-   decoded bytes (a private key) are wiped. */
+   has are replaced (an image without /etc/ssh had none). sshd up to OpenSSH
+   9.7 reads its host keys again for each connection (it re-executes itself):
+   no restart (ssh_reload). The decoded bytes (a private key) are wiped. */
 #define SSH_FILE_MAX 16384
+
+/* OpenSSH 9.8 and later (known by their sshd-session program) load the host
+   keys once, in the listener, which hands them to each connection's
+   sshd-session: that listener is told to load them again (SIGHUP: it
+   re-executes itself), found by its pid file (a regular file, not through a
+   link at its end). Older ones need nothing (no signal, no file read). */
+static void ssh_reload(struct session *s)
+{
+    static const char *const session_bin[] = {"/usr/lib/openssh/sshd-session",
+                                              "/usr/libexec/openssh/sshd-session",
+                                              "/usr/libexec/sshd-session"};
+    static const char *const pidfile[] = {"/run/sshd.pid", "/var/run/sshd.pid"};
+    size_t i = 0;
+    while (i < sizeof session_bin / sizeof *session_bin && access(session_bin[i], F_OK) < 0)
+        i++;
+    if (i == sizeof session_bin / sizeof *session_bin)
+        return;
+    for (i = 0; i < sizeof pidfile / sizeof *pidfile; i++) {
+        char text[24];
+        struct stat st;
+        int fd = open(pidfile[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, text, sizeof text - 1)
+                                                              : -1;
+        close(fd);
+        if (n <= 0)
+            continue;
+        text[n] = 0;
+        char *end;
+        long pid = strtol(text, &end, 10);
+        if (pid > 1 && pid <= 0x400000 && (*end == '\n' || !*end)) {
+            if (kill((pid_t)pid, SIGHUP) < 0)
+                warn(s, "cannot tell sshd (%ld) its new host key: %s", pid, strerror(errno));
+            return;
+        }
+    }
+}
 
 static void ssh_file(struct session *s, const char *path, const char *hex, int mode)
 {
@@ -252,7 +291,7 @@ int restore_start(struct session *s, const char *p, size_t n)
     text[n] = 0;
     struct net_cfg net;
     memset(&net, 0, sizeof net);
-    int has_net = 0;
+    int has_net = 0, host_key = 0;
     for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         char *v = strchr(line, '=');
         if (!v)
@@ -267,7 +306,7 @@ int restore_start(struct session *s, const char *p, size_t n)
         else if (strcmp(line, "machine_id") == 0)
             set_machine_id(s, v);
         else if (strcmp(line, "ssh_host_key") == 0)
-            ssh_file(s, "/etc/ssh/ssh_host_ed25519_key", v, 0600);
+            ssh_file(s, "/etc/ssh/ssh_host_ed25519_key", v, 0600), host_key = 1;
         else if (strcmp(line, "ssh_host_key_pub") == 0)
             ssh_file(s, "/etc/ssh/ssh_host_ed25519_key.pub", v, 0644);
         else if (strcmp(line, "ssh_authorized_keys") == 0)
@@ -285,6 +324,8 @@ int restore_start(struct session *s, const char *p, size_t n)
     }
     explicit_bzero(text, n);   /* (it held a private key: ssh_host_key) */
     free(text);
+    if (host_key)
+        ssh_reload(s);
     struct stat st;
     if (stat(HOOK_DIR, &st) < 0 || !S_ISDIR(st.st_mode)) {
         send_u32(s->ch, F_EXIT, s->id, 0);
