@@ -152,14 +152,6 @@ static void rewrite(struct session *s, const char *path, const char *text)
     rewrite_n(s, path, text, strlen(text), -1);
 }
 
-/* A clone's SSH identity (the host's ssh_* lines, hex): its own host key and
-   root's authorized_keys over the snapshot's, where the init put them at boot
-   (init.c, apply_files) and with the modes it gives them. Only files the guest
-   has are replaced (an image without /etc/ssh had none). sshd up to OpenSSH
-   9.7 reads its host keys again for each connection (it re-executes itself):
-   no restart (ssh_reload). The decoded bytes (a private key) are wiped. */
-#define SSH_FILE_MAX 16384
-
 /* OpenSSH 9.8 and later (known by their sshd-session program) load the host
    keys once, in the listener, which hands them to each connection's
    sshd-session: that listener is told to load them again (SIGHUP: it
@@ -197,6 +189,14 @@ static void ssh_reload(struct session *s)
         }
     }
 }
+
+/* A clone's SSH identity (the host's ssh_* lines, hex): its own host key and
+   root's authorized_keys over the snapshot's, where the init put them at boot
+   (init.c, apply_files) and with the modes it gives them. Only files the guest
+   has are replaced (an image without /etc/ssh had none). sshd up to OpenSSH
+   9.7 reads its host keys again for each connection (it re-executes itself):
+   no restart (ssh_reload). The decoded bytes (a private key) are wiped. */
+#define SSH_FILE_MAX 16384
 
 static void ssh_file(struct session *s, const char *path, const char *hex, int mode)
 {
