@@ -237,7 +237,7 @@ void send_ready(struct channel *ch, uint32_t sid)
        first HELLO would translate the kernel's path for the link anew) */
     pid1_info(comm, sizeof comm, NULL, 0);
     clock_gettime(CLOCK_BOOTTIME, &ts);
-    int n = snprintf(msg, sizeof msg, "version=1\nrestore=2\npid1=%s\nuptime_ms=%lld\n", comm,
+    int n = snprintf(msg, sizeof msg, "version=1\nrestore=3\npid1=%s\nuptime_ms=%lld\n", comm,
                      (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
     send_frame(ch, F_READY, 0, sid, msg, n);
 }

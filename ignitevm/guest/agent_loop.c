@@ -339,7 +339,9 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
             send_error(ch, sid, 1, sid ? "session id already in use" : "session id 0 is reserved");
         } else {
             s = new_session(ch, sid, S_EXEC);   /* (its hooks: a child, reaped as a command) */
-            if (restore_start(s, p, n) < 0) {
+            int hooks = restore_start(s, p, n);
+            explicit_bzero((char *)p, n);   /* (the request may hold a private key) */
+            if (hooks < 0) {
                 session_end(s);
                 warm_pending = 1;   /* (once the reply is out: see loop) */
             }

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/random.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,8 +127,9 @@ static int overwrite(int fd, const char *text, size_t n, off_t size)
     return size == (off_t)n || ftruncate(fd, (off_t)n) == 0 ? 0 : -1;
 }
 
-/* Replace a file the guest has (never create one, never through a link). */
-static void rewrite(struct session *s, const char *path, const char *text)
+/* Replace a file the guest has (never create one, never through a link) with
+   the ``n`` bytes of ``data``; ``mode`` >= 0: the file gets that mode too. */
+static void rewrite_n(struct session *s, const char *path, const char *data, size_t n, int mode)
 {
     struct stat st;
     if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
@@ -138,10 +140,87 @@ static void rewrite(struct session *s, const char *path, const char *text)
         close(fd);
         return;
     }
-    if (fd < 0 || overwrite(fd, text, strlen(text), st.st_size) < 0)
+    if (fd < 0 || overwrite(fd, data, n, st.st_size) < 0 ||
+        (mode >= 0 && (st.st_mode & 07777) != (mode_t)mode && fchmod(fd, (mode_t)mode) < 0))
         warn(s, "cannot write %s: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
+}
+
+static void rewrite(struct session *s, const char *path, const char *text)
+{
+    rewrite_n(s, path, text, strlen(text), -1);
+}
+
+/* OpenSSH 9.8 and later (known by their sshd-session program) load the host
+   keys once, in the listener, which hands them to each connection's
+   sshd-session: that listener is told to load them again (SIGHUP: it
+   re-executes itself), found by its pid file (a regular file, not through a
+   link at its end). Older ones need nothing (no signal, no file read). */
+static void ssh_reload(struct session *s)
+{
+    static const char *const session_bin[] = {"/usr/lib/openssh/sshd-session",
+                                              "/usr/libexec/openssh/sshd-session",
+                                              "/usr/libexec/sshd-session"};
+    static const char *const pidfile[] = {"/run/sshd.pid", "/var/run/sshd.pid"};
+    size_t i = 0;
+    while (i < sizeof session_bin / sizeof *session_bin && access(session_bin[i], F_OK) < 0)
+        i++;
+    if (i == sizeof session_bin / sizeof *session_bin)
+        return;
+    for (i = 0; i < sizeof pidfile / sizeof *pidfile; i++) {
+        char text[24];
+        struct stat st;
+        int fd = open(pidfile[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, text, sizeof text - 1)
+                                                              : -1;
+        close(fd);
+        if (n <= 0)
+            continue;
+        text[n] = 0;
+        char *end;
+        long pid = strtol(text, &end, 10);
+        if (pid > 1 && pid <= 0x400000 && (*end == '\n' || !*end)) {
+            if (kill((pid_t)pid, SIGHUP) < 0)
+                warn(s, "cannot tell sshd (%ld) its new host key: %s", pid, strerror(errno));
+            return;
+        }
+    }
+}
+
+/* A clone's SSH identity (the host's ssh_* lines, hex): its own host key and
+   root's authorized_keys over the snapshot's, where the init put them at boot
+   (init.c, apply_files) and with the modes it gives them. Only files the guest
+   has are replaced (an image without /etc/ssh had none). sshd up to OpenSSH
+   9.7 reads its host keys again for each connection (it re-executes itself):
+   no restart (ssh_reload). The decoded bytes (a private key) are wiped. */
+#define SSH_FILE_MAX 16384
+
+static void ssh_file(struct session *s, const char *path, const char *hex, int mode)
+{
+    size_t n = strlen(hex) / 2;
+    if (n == 0 || n > SSH_FILE_MAX || strlen(hex) % 2) {
+        warn(s, "%s: want 1 to %d bytes in hexadecimal", path, SSH_FILE_MAX);
+        return;
+    }
+    char *b = malloc(n);
+    if (!b)
+        die("out of memory");
+    size_t i = 0;
+    for (; i < n; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            break;
+        b[i] = (char)(hi << 4 | lo);
+    }
+    if (i < n)
+        warn(s, "%s: not hexadecimal", path);
+    else
+        rewrite_n(s, path, b, n, mode);
+    explicit_bzero(b, n);
+    free(b);
 }
 
 static void set_hostname(struct session *s, const char *name)
@@ -212,7 +291,7 @@ int restore_start(struct session *s, const char *p, size_t n)
     text[n] = 0;
     struct net_cfg net;
     memset(&net, 0, sizeof net);
-    int has_net = 0;
+    int has_net = 0, host_key = 0;
     for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         char *v = strchr(line, '=');
         if (!v)
@@ -226,6 +305,12 @@ int restore_start(struct session *s, const char *p, size_t n)
             set_hostname(s, v);
         else if (strcmp(line, "machine_id") == 0)
             set_machine_id(s, v);
+        else if (strcmp(line, "ssh_host_key") == 0)
+            ssh_file(s, "/etc/ssh/ssh_host_ed25519_key", v, 0600), host_key = 1;
+        else if (strcmp(line, "ssh_host_key_pub") == 0)
+            ssh_file(s, "/etc/ssh/ssh_host_ed25519_key.pub", v, 0644);
+        else if (strcmp(line, "ssh_authorized_keys") == 0)
+            ssh_file(s, "/root/.ssh/authorized_keys", v, 0600);
         else if (net_line(&net, line, v, net_warn, s) != 0)
             has_net = 1;
     }
@@ -237,7 +322,10 @@ int restore_start(struct session *s, const char *p, size_t n)
         if (etc >= 0)
             close(etc);
     }
+    explicit_bzero(text, n);   /* (it held a private key: ssh_host_key) */
     free(text);
+    if (host_key)
+        ssh_reload(s);
     struct stat st;
     if (stat(HOOK_DIR, &st) < 0 || !S_ISDIR(st.st_mode)) {
         send_u32(s->ch, F_EXIT, s->id, 0);

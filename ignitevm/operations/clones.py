@@ -5,7 +5,8 @@ channels, config disk); its disk is a qcow2 layer over the snapshot's disk
 layer. QEMU starts with ``-incoming defer``; the host checks the snapshot's
 files, feeds QEMU the saved state, runs the CPUs, then tells the guest agent
 its new identity (RESTORE: fresh RNG seed, the host's clock, hostname,
-machine-id, network address) before the VM is reported running. Whatever
+machine-id, network address, and with --ssh its own SSH host key and
+authorized key) before the VM is reported running. Whatever
 fails on the way, the clone is removed (nothing half-made stays).
 """
 
@@ -155,10 +156,18 @@ def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> list[s
     """Send the agent RESTORE; the warnings it reported."""
     from ignitevm.agent.client import Channel
     from ignitevm.agent.session import GuestError, restore
+    from ignitevm.operations import sshkeys
     from ignitevm.operations.vms import AgentPorts
 
+    ssh = sshkeys.restore_fields(vm, d)
     with Channel.connect(AgentPorts(ctx, d), AGENT_TIMEOUT, f"VM {vm.metadata.name!r}") as ch:
-        fields = identity_fields(vm, net, mac_only=ch.info.get("restore") == "2")
+        level = restore_level(ch.info)
+        if ssh and level < 3:
+            raise IgniteError("the guest agent in the snapshot cannot give a clone its own SSH "
+                              "host key and authorized key (it predates them in RESTORE)",
+                              hint="restart the source VM with this version of ignite and "
+                              "save it again")
+        fields = identity_fields(vm, net, mac_only=level >= 2) + ssh
         try:
             status, warnings = restore(ch, fields, AGENT_TIMEOUT)
         except GuestError as exc:
@@ -173,6 +182,15 @@ def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> list[s
     if status != 0:
         log.warning("VM %r: a restore hook failed (status %d)", vm.metadata.name, status)
     return warnings
+
+
+def restore_level(info: dict[str, str]) -> int:
+    """What the agent's RESTORE takes (READY's ``restore=``): 0 unknown, 2
+    ``mac=`` and ``notify=``, 3 also the ``ssh_*`` lines."""
+    try:
+        return int(info.get("restore", "0"))
+    except ValueError:
+        return 0
 
 
 # Plugins that give every VM the same guest address, gateway, name server and

@@ -69,3 +69,19 @@ def pin_host_key(vm_dir: Path, port: int, host: str = "127.0.0.1") -> None:
     pub = (vm_dir / f"{HOST_KEY}.pub").read_text().split()
     name = host if port == 22 else f"[{host}]:{port}"
     (vm_dir / KNOWN_HOSTS).write_text(f"{name} {pub[0]} {pub[1]}\n")
+
+
+def restore_fields(vm: VM, vm_dir: Path) -> list[tuple[str, str]]:
+    """A clone's SSH identity for its RESTORE (docs/agent-protocol.md), when it
+    has SSH set up (--ssh): its host key pair and root's authorized_keys, each
+    file's bytes in hexadecimal. The private key goes to the guest over the
+    agent channel only (never an argument, the environment or a log)."""
+    if not vm.spec.ssh:
+        return []
+    key = vm_dir / HOST_KEY
+    fields = [("ssh_host_key", key.read_bytes().hex()),
+              ("ssh_host_key_pub", key.with_suffix(".pub").read_bytes().hex())]
+    keys = authorized_keys(vm, vm_dir)
+    if keys:
+        fields.append(("ssh_authorized_keys", keys.encode().hex()))
+    return fields

@@ -616,3 +616,106 @@ def test_the_host_reader_takes_what_the_agent_sends(agent: Agent, tmp_path: Path
     with Channel.connect(_OnePort(agent.sock), 10) as ch, pytest.raises(IgniteError):
         receive(ch, str(tmp_path / "no-such"), str(dest))
     assert sorted(os.listdir(dest)) == ["merged", "src", "status"]
+
+
+@contextlib.contextmanager
+def agent_with_binds(binary: Path, tmp_path: Path, binds: dict[str, Path]
+                     ) -> Iterator[Path]:
+    """The agent (its socket's path) in a mount namespace of its own where
+    each guest folder of ``binds`` is a folder of the test (bind mounts: the
+    host's are never touched)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    sock = tmp_path / "agent.sock"
+    script = "".join(f"mount --bind {src} {dst} && " for dst, src in binds.items())
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script + f'exec "$0" --socket {sock}', str(binary)],
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 10)
+        line = proc.stderr.readline() if ready else b""
+        if b"ignitevm-agent: ready" not in line:
+            pytest.skip(f"no agent in a mount namespace of its own: {line!r}")
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_restore_gives_a_clone_its_own_ssh_keys(binary: Path, tmp_path: Path) -> None:
+    """RESTORE's ssh_* lines replace the host key pair and root's
+    authorized_keys where the init put them, with the init's modes; a link
+    there is not written through; the agent says restore=3. The agent runs in
+    a mount namespace of its own where /etc/ssh and /root are folders of the
+    test (the host's are never touched)."""
+    etc_ssh, root = tmp_path / "etc-ssh", tmp_path / "root"
+    (root / ".ssh").mkdir(parents=True)
+    etc_ssh.mkdir()
+    key, pub = etc_ssh / "ssh_host_ed25519_key", etc_ssh / "ssh_host_ed25519_key.pub"
+    key.write_bytes(b"the snapshot's private key, longer than the clone's one\n" * 20)
+    key.chmod(0o644)
+    pub.write_text("ssh-ed25519 SNAPSHOT\n")
+    outside = tmp_path / "outside"
+    outside.write_text("not the guest's\n")
+    (root / ".ssh" / "authorized_keys").symlink_to(outside)
+    run = tmp_path / "run"  # (no pid file: the host's sshd, if any, is never signalled)
+    run.mkdir()
+    with agent_with_binds(binary, tmp_path, {"/etc/ssh": etc_ssh, "/root": root,
+                                             "/run": run}) as sock:
+        new_key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nclone\n-----END OPENSSH PRIVATE KEY-----\n"
+        with AgentClient(sock) as c:
+            assert c.hello()["restore"] == "3"
+            fields = [("ssh_host_key", new_key.hex()),
+                      ("ssh_host_key_pub", b"ssh-ed25519 CLONE ignite-x\n".hex()),
+                      ("ssh_authorized_keys", b"ssh-ed25519 CLIENT\n".hex())]
+            s = c.open(18, "".join(f"{k}={v}\n" for k, v in fields).encode())  # RESTORE
+            c.wait(s)
+            assert (s.exit, s.error, bytes(s.stderr)) == (0, None, b"")
+            assert key.read_bytes() == new_key and key.stat().st_mode & 0o7777 == 0o600
+            assert pub.read_text() == "ssh-ed25519 CLONE ignite-x\n"
+            assert pub.stat().st_mode & 0o7777 == 0o644
+            assert outside.read_text() == "not the guest's\n"  # (a link: left alone)
+            # A bad value is one warning; the file stays as it was.
+            s = c.open(18, b"ssh_host_key_pub=zz\nssh_host_key=\n")
+            c.wait(s)
+            assert s.exit == 0 and bytes(s.stderr).count(b"\n") == 2, s.stderr
+            assert pub.read_text() == "ssh-ed25519 CLONE ignite-x\n"
+            (root / ".ssh" / "authorized_keys").unlink()
+            (root / ".ssh" / "authorized_keys").write_text("ssh-ed25519 SNAPSHOT-CLIENT\n")
+            s = c.open(18, f"ssh_authorized_keys={b'ssh-ed25519 CLIENT'.hex()}\n".encode())
+            c.wait(s)
+            assert s.exit == 0
+            assert (root / ".ssh" / "authorized_keys").read_text() == "ssh-ed25519 CLIENT"
+            assert (root / ".ssh" / "authorized_keys").stat().st_mode & 0o7777 == 0o600
+
+
+def test_restore_tells_a_listener_sshd_to_load_its_new_host_key(binary: Path,
+                                                                 tmp_path: Path) -> None:
+    """OpenSSH 9.8 and later (an sshd-session program) load the host keys in the
+    listener alone: a new host key sends SIGHUP to the pid in /run/sshd.pid."""
+    if not Path("/usr/lib/openssh").is_dir():
+        pytest.skip("no /usr/lib/openssh on this host to stand for the guest's")
+    etc_ssh, libexec, run = tmp_path / "etc-ssh", tmp_path / "openssh", tmp_path / "run"
+    for d in (etc_ssh, libexec, run):
+        d.mkdir()
+    (etc_ssh / "ssh_host_ed25519_key").write_text("old\n")
+    (libexec / "sshd-session").write_text("")
+    got = tmp_path / "got-hup"
+    sshd = subprocess.Popen(["sh", "-c", f'trap "echo hup > {got}; exit 0" HUP; echo up; '
+                             "while :; do sleep 0.05; done"], stdout=subprocess.PIPE)
+    try:
+        assert sshd.stdout is not None and sshd.stdout.readline() == b"up\n"
+        (run / "sshd.pid").write_text(f"{sshd.pid}\n")
+        with agent_with_binds(binary, tmp_path, {"/etc/ssh": etc_ssh, "/run": run,
+                                                 "/usr/lib/openssh": libexec}) as sock, \
+                AgentClient(sock) as c:
+            c.hello()
+            s = c.open(18, f"ssh_host_key={b'new'.hex()}\n".encode())  # RESTORE
+            c.wait(s)
+            assert (s.exit, bytes(s.stderr)) == (0, b"")
+            assert sshd.wait(10) == 0 and got.read_text() == "hup\n"
+            assert (etc_ssh / "ssh_host_ed25519_key").read_text() == "new"
+    finally:
+        sshd.kill()
+        sshd.wait()

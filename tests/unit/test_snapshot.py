@@ -256,6 +256,79 @@ def test_identity_fields() -> None:
         clones.identity_fields(vm, net._replace(dns="1.1.1.1\nhostname=evil"))
 
 
+
+def test_ssh_restore_fields(tmp_path: Path) -> None:
+    """A clone with --ssh is sent its host key pair and authorized_keys (each
+    file's bytes in hex: one line each); one without --ssh nothing of it."""
+    import shutil
+
+    from ignitevm.operations import sshkeys
+
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    vm = VM(metadata=ObjectMeta(name="c", uid="0123456789abcdef"))
+    vm.spec.ssh = True
+    with sshkeys.making_keys(vm, tmp_path):
+        pass
+    fields = sshkeys.restore_fields(vm, tmp_path)
+    got = {k: bytes.fromhex(v) for k, v in fields}
+    assert [k for k, _ in fields] == ["ssh_host_key", "ssh_host_key_pub", "ssh_authorized_keys"]
+    assert got["ssh_host_key"] == (tmp_path / sshkeys.HOST_KEY).read_bytes()
+    assert got["ssh_host_key"].startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert got["ssh_host_key_pub"] == (tmp_path / f"{sshkeys.HOST_KEY}.pub").read_bytes()
+    client_pub = sshkeys.client_key(tmp_path, vm.metadata.uid).with_suffix(".pub")
+    assert got["ssh_authorized_keys"] == client_pub.read_bytes()
+    payload = "".join(f"{k}={v}\n" for k, v in fields)
+    assert payload.count("\n") == 3
+    # --ssh=PATH: the key the user named is root's authorized key.
+    vm.spec.ssh = str(client_pub)
+    assert dict(sshkeys.restore_fields(vm, tmp_path))["ssh_authorized_keys"] == \
+        (client_pub.read_text().strip() + "\n").encode().hex()
+    vm.spec.ssh = None
+    assert sshkeys.restore_fields(vm, tmp_path) == []
+
+
+class _Channel:
+    def __init__(self, info: dict[str, str]):
+        self.info = info
+
+    def __enter__(self) -> _Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ready,ssh,outcome", [
+    ({"restore": "3"}, True, "sent"), ({"restore": "2"}, True, "refused"),
+    ({}, True, "refused"), ({"restore": "x"}, True, "refused"),
+    ({"restore": "2"}, False, "sent"), ({}, False, "sent")])
+def test_an_ssh_clone_needs_an_agent_that_takes_its_keys(
+        ctx: Context, tmp_path: Path, monkeypatch, ready: dict, ssh: bool, outcome: str) -> None:
+    """An agent older than the ssh_* lines would ignore them and leave the
+    clone serving its snapshot's host key: such a clone fails, saying why (it
+    is then removed), before RESTORE is sent. Without --ssh nothing changes."""
+    from ignitevm.agent import client, session
+    from ignitevm.errors import IgniteError
+
+    sent: list[list[tuple[str, str]]] = []
+    monkeypatch.setattr(client.Channel, "connect",
+                        classmethod(lambda cls, *a, **kw: _Channel(ready)))
+    monkeypatch.setattr(session, "restore",
+                        lambda ch, fields, timeout: (sent.append(fields), (0, []))[1])
+    monkeypatch.setattr("ignitevm.operations.sshkeys.restore_fields",
+                        lambda vm, d: [("ssh_host_key", "61")] if ssh else [])
+    vm = VM(metadata=ObjectMeta(name="c", uid="0123456789abcdef"))
+    if outcome == "refused":
+        with pytest.raises(IgniteError, match="cannot give a clone its own SSH host key"):
+            clones.renew_identity(ctx, vm, tmp_path, None)
+        assert sent == []
+        return
+    assert clones.renew_identity(ctx, vm, tmp_path, None) == []
+    (fields,) = sent
+    assert ("ssh_host_key", "61") in fields if ssh else "ssh_host_key" not in dict(fields)
+
+
 def _qmp_peer(tmp_path: Path, script) -> str:
     path = tmp_path / "qmp.sock"
     listener = socket.socket(socket.AF_UNIX)

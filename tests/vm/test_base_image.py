@@ -87,3 +87,47 @@ def test_ssh_over_cni_uses_the_vms_address(cli: Ignite, base: str) -> None:
         cli("rm", "-f", "sshcni", check=False)
         (cli.root / "cni" / "default.conflist").unlink(missing_ok=True)
         remove_network(name, bridge)
+
+
+def _presented_host_key(port: int) -> list[str]:
+    """The ed25519 host key the sshd behind ``port`` presents (ssh-keyscan)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ssh-keyscan") is None:
+        pytest.skip("ssh-keyscan is not installed")
+    out = subprocess.run(["ssh-keyscan", "-p", str(port), "-t", "ed25519", "-T", "30",
+                          "127.0.0.1"], capture_output=True, text=True, timeout=120).stdout
+    lines = [ln.split()[1:3] for ln in out.splitlines() if ln and not ln.startswith("#")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_clones_of_an_ssh_vm_have_their_own_ssh_identity(cli: Ignite, base: str) -> None:
+    """A clone of a VM run with --ssh answers `exec --ssh` with the host key made
+    for it (the one pinned in its known_hosts), not its snapshot's, and takes
+    its own client key; two clones of one snapshot have different host keys."""
+    names = ("sshsrc", "sshclone-a", "sshclone-b")
+    try:
+        cli("run", base, "--name", "sshsrc", "--memory", "256MB", "--ssh")
+        wait_console(cli, "sshsrc", "Multi-User System", timeout=240)
+        assert cli("exec", "--ssh", "sshsrc", "--", "true", timeout=240).returncode == 0
+        cli("snapshot", "create", "sshsrc", "ssh-snap")
+        seen = {}
+        for vm in names:
+            if vm != "sshsrc":
+                cli("run", "--from-snapshot", "ssh-snap", "--name", vm)
+            res = cli("exec", "--ssh", vm, "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub",
+                      check=False, timeout=240)
+            assert res.returncode == 0, res.stderr
+            uid = cli("inspect", "vm", vm, "-t", "{{.ObjectMeta.UID}}").stdout.strip()
+            vm_dir = cli.root / "vm" / uid
+            made = (vm_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+            pinned = (vm_dir / "known_hosts").read_text().split()[1:3]
+            port = int((vm_dir / "ssh-port").read_text())
+            assert res.stdout.split()[:2] == made == pinned == _presented_host_key(port)
+            seen[vm] = made[1]
+        assert len(set(seen.values())) == 3, seen
+    finally:
+        cli("rm", "-f", *names, check=False)
+        cli("snapshot", "rm", "-f", "ssh-snap", check=False)
