@@ -85,4 +85,4 @@ if .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(not u.find_spe
 fi
 # Byte-compiled once here: with PYTHONDONTWRITEBYTECODE set, every start-up
 # would compile the sources again
-.venv/bin/python -m compileall -q -j0 ignitevm >/dev/null
+.venv/bin/python -m compileall -q -j0 ignitevm

@@ -39,8 +39,12 @@ class _Flow:
 
 
 def _status(payload: bytes) -> int:
+    """EXIT's status as an exit code: 0-255 as sent, a signal -N as 128+N; anything
+    else (a guest's agent may send any i32) 255."""
     st = p.read_i32(payload)
-    return 128 - st if st < 0 else st
+    if 0 <= st <= 255:
+        return st
+    return 128 - st if -127 <= st < 0 else 255
 
 
 def _error(frame: p.Frame) -> GuestError:

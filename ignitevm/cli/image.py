@@ -136,14 +136,15 @@ def as_path_too(source: str, what: str) -> Iterator[None]:
     """An import's pull of ``source`` failed: if ``source`` reads as a path, say
     that no such file exists either (``image import out/rootfs.img``)."""
     from ignitevm.errors import IgniteError
-    from ignitevm.operations.images import looks_like_path, not_fetched
+    from ignitevm.operations.images import not_fetched
 
     try:
         yield
     except IgniteError as exc:
-        if not looks_like_path(source):
+        failed = not_fetched(what, source, exc)
+        if failed.hint == exc.hint:  # (not a path's name, or not a failure to find it)
             raise
-        raise not_fetched(what, source, exc) from exc
+        raise failed from exc
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

@@ -40,11 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     code = _guarded(lambda: int(handler(args) or 0), debug)
     assert code is not None
-    import gc
+    if argv is None:  # (the process's own command line: it ends when this returns)
+        import gc
 
-    # The objects left are the process's to the end: frozen, the interpreter's
-    # last collection at exit does not walk them (~8 ms of a command like `ps`).
-    gc.freeze()
+        # The objects left are the process's to the end: frozen, the interpreter's
+        # last collection at exit does not walk them (~8 ms of a command like `ps`).
+        gc.freeze()
     return code
 
 

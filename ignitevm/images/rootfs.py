@@ -169,8 +169,11 @@ def flushing(path: Path, every: float = FLUSH_EVERY) -> Iterator[None]:
         yield
     finally:
         done.set()
-        flusher.join()
-        os.close(fd)
+        try:
+            flusher.join()
+        finally:  # (^C in the join: closed only once no fdatasync can be using it)
+            if not flusher.is_alive():
+                os.close(fd)
 
 
 def _new_sparse(out: Path, size: int) -> None:

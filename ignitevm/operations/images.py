@@ -200,10 +200,25 @@ def not_fetched(what: str, ref: str, exc: IgniteError, hint: str | None = None,
              else f"and pulling {refs.parse(ref)} failed")
     hint = exc.hint or hint
     path = ref.removesuffix(":latest")  # (a VM's spec holds the reference normalized)
-    if looks_like_path(path) and not Path(path).exists():
+    if looks_like_path(path) and _unreachable(exc) and not _exists(path):
         hint = (f"there is no file or folder {path!r} either: check the path"
                 + (f"; or: {hint}" if hint else ""))
     return NotFound(f"can't find {what} {ref!r} here, {where}: {exc.brief}", hint=hint)
+
+
+def _unreachable(exc: IgniteError) -> bool:
+    """Whether ``exc`` says the reference leads nowhere (no such image, registry or
+    host), rather than that something went wrong with what it names."""
+    from ignitevm.images.registry.client import NetworkError
+
+    return isinstance(exc, (NotFound, NetworkError))
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:  # (a folder on the way this user may not read: say nothing of it)
+        return True
 
 
 def containerd_source(ctx: Context) -> ContainerdOptions | None:
