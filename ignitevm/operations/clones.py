@@ -159,10 +159,12 @@ def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> list[s
     from ignitevm.operations import sshkeys
     from ignitevm.operations.vms import AgentPorts
 
-    ssh = sshkeys.restore_fields(vm, d)
     with Channel.connect(AgentPorts(ctx, d), AGENT_TIMEOUT, f"VM {vm.metadata.name!r}") as ch:
         level = restore_level(ch.info)
-        if ssh and level < 3:
+        # (an older agent ignores the ssh_* lines: without --ssh the clone keeps its
+        # snapshot's host key, as before; with --ssh it could not be reached)
+        ssh = sshkeys.restore_fields(vm, d) if level >= 3 else []
+        if vm.spec.ssh and level < 3:
             raise IgniteError("the guest agent in the snapshot cannot give a clone its own SSH "
                               "host key and authorized key (it predates them in RESTORE)",
                               hint="restart the source VM with this version of ignite and "

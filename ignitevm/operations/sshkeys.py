@@ -72,13 +72,15 @@ def pin_host_key(vm_dir: Path, port: int, host: str = "127.0.0.1") -> None:
 
 
 def restore_fields(vm: VM, vm_dir: Path) -> list[tuple[str, str]]:
-    """A clone's SSH identity for its RESTORE (docs/agent-protocol.md), when it
-    has SSH set up (--ssh): its host key pair and root's authorized_keys, each
-    file's bytes in hexadecimal. The private key goes to the guest over the
-    agent channel only (never an argument, the environment or a log)."""
-    if not vm.spec.ssh:
-        return []
+    """A clone's SSH identity for its RESTORE (docs/agent-protocol.md): its host
+    key pair (every VM has one, and init installs it wherever the image has
+    /etc/ssh, --ssh or not; the agent rewrites only files that exist), and with
+    --ssh root's authorized_keys; each file's bytes in hexadecimal. The private
+    key goes to the guest over the agent channel only (never an argument, the
+    environment or a log)."""
     key = vm_dir / HOST_KEY
+    if not key.exists():
+        return []
     fields = [("ssh_host_key", key.read_bytes().hex()),
               ("ssh_host_key_pub", key.with_suffix(".pub").read_bytes().hex())]
     keys = authorized_keys(vm, vm_dir)

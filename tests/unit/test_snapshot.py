@@ -259,7 +259,8 @@ def test_identity_fields() -> None:
 
 def test_ssh_restore_fields(tmp_path: Path) -> None:
     """A clone with --ssh is sent its host key pair and authorized_keys (each
-    file's bytes in hex: one line each); one without --ssh nothing of it."""
+    file's bytes in hex: one line each); one without --ssh its host key pair
+    (an image's own sshd gets the VM's key from init, --ssh or not)."""
     import shutil
 
     from ignitevm.operations import sshkeys
@@ -285,6 +286,9 @@ def test_ssh_restore_fields(tmp_path: Path) -> None:
     assert dict(sshkeys.restore_fields(vm, tmp_path))["ssh_authorized_keys"] == \
         (client_pub.read_text().strip() + "\n").encode().hex()
     vm.spec.ssh = None
+    assert [k for k, _ in sshkeys.restore_fields(vm, tmp_path)] == ["ssh_host_key",
+                                                                    "ssh_host_key_pub"]
+    (tmp_path / sshkeys.HOST_KEY).unlink()
     assert sshkeys.restore_fields(vm, tmp_path) == []
 
 
@@ -302,12 +306,13 @@ class _Channel:
 @pytest.mark.parametrize("ready,ssh,outcome", [
     ({"restore": "3"}, True, "sent"), ({"restore": "2"}, True, "refused"),
     ({}, True, "refused"), ({"restore": "x"}, True, "refused"),
-    ({"restore": "2"}, False, "sent"), ({}, False, "sent")])
+    ({"restore": "2"}, False, "old"), ({}, False, "old"), ({"restore": "3"}, False, "sent")])
 def test_an_ssh_clone_needs_an_agent_that_takes_its_keys(
         ctx: Context, tmp_path: Path, monkeypatch, ready: dict, ssh: bool, outcome: str) -> None:
     """An agent older than the ssh_* lines would ignore them and leave the
     clone serving its snapshot's host key: such a clone fails, saying why (it
-    is then removed), before RESTORE is sent. Without --ssh nothing changes."""
+    is then removed), before RESTORE is sent. Without --ssh the host key goes to
+    an agent that takes it, and an older one is sent nothing of it."""
     from ignitevm.agent import client, session
     from ignitevm.errors import IgniteError
 
@@ -317,8 +322,9 @@ def test_an_ssh_clone_needs_an_agent_that_takes_its_keys(
     monkeypatch.setattr(session, "restore",
                         lambda ch, fields, timeout: (sent.append(fields), (0, []))[1])
     monkeypatch.setattr("ignitevm.operations.sshkeys.restore_fields",
-                        lambda vm, d: [("ssh_host_key", "61")] if ssh else [])
+                        lambda vm, d: [("ssh_host_key", "61")])
     vm = VM(metadata=ObjectMeta(name="c", uid="0123456789abcdef"))
+    vm.spec.ssh = ssh
     if outcome == "refused":
         with pytest.raises(IgniteError, match="cannot give a clone its own SSH host key"):
             clones.renew_identity(ctx, vm, tmp_path, None)
@@ -326,7 +332,8 @@ def test_an_ssh_clone_needs_an_agent_that_takes_its_keys(
         return
     assert clones.renew_identity(ctx, vm, tmp_path, None) == []
     (fields,) = sent
-    assert ("ssh_host_key", "61") in fields if ssh else "ssh_host_key" not in dict(fields)
+    assert ("ssh_host_key", "61") in fields if outcome == "sent" \
+        else "ssh_host_key" not in dict(fields)
 
 
 def _qmp_peer(tmp_path: Path, script) -> str:
