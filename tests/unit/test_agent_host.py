@@ -15,6 +15,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -702,8 +703,16 @@ def test_restore_tells_a_listener_sshd_to_load_its_new_host_key(binary: Path,
     (etc_ssh / "ssh_host_ed25519_key").write_text("old\n")
     (libexec / "sshd-session").write_text("")
     got = tmp_path / "got-hup"
-    sshd = subprocess.Popen(["sh", "-c", f'trap "echo hup > {got}; exit 0" HUP; echo up; '
-                             "while :; do sleep 0.05; done"], stdout=subprocess.PIPE)
+    # (Python, not sh: a shell started with SIGHUP ignored, as under nohup, cannot trap it)
+    stand_in = ("import signal, sys, time\n"
+                "def hup(*_):\n"
+                "    open(sys.argv[1], 'w').write('hup\\n')\n"
+                "    sys.exit(0)\n"
+                "signal.signal(signal.SIGHUP, hup)\n"
+                "print('up', flush=True)\n"
+                "while True:\n"
+                "    time.sleep(0.05)\n")
+    sshd = subprocess.Popen([sys.executable, "-c", stand_in, str(got)], stdout=subprocess.PIPE)
     try:
         assert sshd.stdout is not None and sshd.stdout.readline() == b"up\n"
         (run / "sshd.pid").write_text(f"{sshd.pid}\n")
