@@ -38,6 +38,25 @@ def missing_tools() -> str | None:
     return None
 
 
+def serve_once(answer: bytes) -> tuple[str, threading.Thread]:
+    """A one-shot server on loopback (a stand-in registry that says one thing): it
+    reads a request and sends ``answer``."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def once() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    t = threading.Thread(target=once, daemon=True)
+    t.start()
+    return f"127.0.0.1:{srv.getsockname()[1]}", t
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

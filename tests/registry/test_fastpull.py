@@ -5,14 +5,12 @@ else, with nothing changed first."""
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Ignite
-from tests.helpers.registry import PASSWORD, USER, Registry
+from tests.helpers.registry import PASSWORD, USER, Registry, serve_once
 from tests.registry.conftest import creds_dir
 
 pytestmark = pytest.mark.registry
@@ -276,24 +274,6 @@ def test_a_record_not_as_written_takes_the_full_path(
     monkeypatch.undo()
 
 
-def _serve(answer: bytes) -> tuple[str, threading.Thread]:
-    """A one-shot server on loopback that reads a request and sends ``answer``."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-
-    def once() -> None:
-        with srv:
-            conn, _ = srv.accept()
-            with conn:
-                conn.recv(65536)
-                conn.sendall(answer)
-
-    t = threading.Thread(target=once, daemon=True)
-    t.start()
-    return f"127.0.0.1:{srv.getsockname()[1]}", t
-
-
 @pytest.mark.parametrize("lie", ["", "media", "digest header", "body", "garbage", "status"])
 def test_only_the_recorded_bytes_are_up_to_date(
     ig: Ignite,
@@ -320,7 +300,7 @@ def test_only_the_recorded_bytes_are_up_to_date(
               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     if lie == "garbage":
         answer = b"\x00garbage\r\n\r\n" + body
-    host, t = _serve(answer)
+    host, t = serve_once(answer)
     text = f"{host}/test/multi:1"
     _write_fields(_record_path(ig, text), {**rec, "text": text, "host": host,
                                            "port": host.partition(":")[2]})

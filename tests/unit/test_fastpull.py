@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers.registry import serve_once
 
 
 def test_constants_match_the_full_path() -> None:
@@ -50,24 +51,6 @@ def _at(host: str) -> tuple[str, int]:
     return name, int(port)
 
 
-def _serve(answer: bytes) -> tuple[str, threading.Thread]:
-    """A one-shot server on loopback that reads a request and sends ``answer``."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-
-    def once() -> None:
-        with srv:
-            conn, _ = srv.accept()
-            with conn:
-                conn.recv(65536)
-                conn.sendall(answer)
-
-    t = threading.Thread(target=once, daemon=True)
-    t.start()
-    return f"127.0.0.1:{srv.getsockname()[1]}", t
-
-
 @pytest.mark.parametrize(
     ("answer", "ok"),
     [
@@ -88,7 +71,7 @@ def _serve(answer: bytes) -> tuple[str, threading.Thread]:
 def test_get_takes_only_a_plain_answer(answer: bytes, ok: bool) -> None:
     from ignitevm.cli.fastpull import _get
 
-    host, t = _serve(answer)
+    host, t = serve_once(answer)
     got = _get(*_at(host), host, False, "/v2/x/manifests/1", {})
     t.join(5)
     assert (got is not None) == ok
