@@ -21,3 +21,15 @@ def checked_platform(text: object) -> str:
         return ""
     parts = text.split("/")
     return text if 2 <= len(parts) <= 3 and all(is_part(p) for p in parts) else ""
+
+
+def config_platform(config: object) -> str:
+    """The platform a document says (an image config, or an index entry's ``platform``),
+    or "" if it says none (or something that is not one)."""
+    if not isinstance(config, dict):
+        return ""
+    keys = ("os", "architecture", "variant") if config.get("variant") else ("os",
+                                                                           "architecture")
+    parts = [config.get(key) for key in keys]
+    words = [p for p in parts if is_part(p)]
+    return "/".join(words) if len(words) == len(parts) else ""

@@ -29,7 +29,9 @@ _DOMAIN_RE = re.compile(
 _PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
-_SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
+# A sha256 digest as every store and image document of the project writes it (the one
+# pattern: images/blobs, source and the registry pull use it too).
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME_MAX = 255
 _HINT = "use a name like 'alpine', 'app:1.0', 'registry.example:5000/team/app:tag' or " \
         "'name@sha256:<64 hex digits>'"
@@ -86,7 +88,7 @@ def parse(ref: str) -> Reference:
     if at and not _DIGEST_RE.fullmatch(digest):
         raise InvalidInput(f"invalid image reference {ref!r}: bad digest {digest!r}",
                            hint="a digest looks like sha256:<64 hex digits>")
-    if at and digest.startswith("sha256:") and not _SHA256_RE.fullmatch(digest):
+    if at and digest.startswith("sha256:") and not DIGEST.fullmatch(digest):
         raise InvalidInput(f"invalid image reference {ref!r}: a sha256 digest has 64 "
                            "lowercase hex digits", hint=_HINT)
     tag = None

@@ -13,18 +13,17 @@ import io
 import json
 import os
 import posixpath
-import re
 import tarfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ignitevm.api.refs import DIGEST
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.source import Opener
 from ignitevm.log import log
 
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 _MAX_JSON = 64 << 20
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from ignitevm.api.platform import is_part
+from ignitevm.api.platform import config_platform
+from ignitevm.api.refs import DIGEST
 from ignitevm.errors import InvalidInput
 
 Opener = Callable[[], AbstractContextManager[BinaryIO]]
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class Layer(NamedTuple):
@@ -69,7 +68,7 @@ def make_image(
     if (
         not isinstance(diff_ids, list)
         or len(diff_ids) != len(layers)
-        or not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in diff_ids)
+        or not all(isinstance(d, str) and DIGEST.fullmatch(d) for d in diff_ids)
     ):
         raise InvalidInput(
             f"{path}: the image config's rootfs.diff_ids do not list one sha256 digest for each"
@@ -80,18 +79,6 @@ def make_image(
     total = sum(layer.size for layer in layers)
     return ImageSource(kind, ref, digest, inner, layers, total, path, manifest,
                        config_platform(config))
-
-
-def config_platform(config: object) -> str:
-    """The platform an image config (the whole document) is for, or "" if it says none
-    (or something that is not one)."""
-    if not isinstance(config, dict):
-        return ""
-    keys = ("os", "architecture", "variant") if config.get("variant") else ("os",
-                                                                           "architecture")
-    parts = [config.get(key) for key in keys]
-    words = [p for p in parts if is_part(p)]
-    return "/".join(words) if len(words) == len(parts) else ""
 
 
 def ref_matches(wanted: str, name: str) -> bool:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ignitevm.api.platform import checked_platform
+from ignitevm.api.platform import checked_platform, config_platform
 from ignitevm.api.types import Image, ObjectMeta
 from ignitevm.cli.describe import digest_of, image_view, run_config, text
-from ignitevm.images.source import config_platform
 from tests.conftest import Ignite
 
 D = "sha256:" + "ab" * 32

@@ -218,6 +218,18 @@ def test_platform_choice() -> None:
     assert manifests.check_platform("Linux/AMD64") == "linux/amd64"
 
 
+def test_index_platforms_read_as_untrusted() -> None:
+    """An index entry whose platform is missing a word or is not one (a registry is
+    untrusted: its words end up in an error message) is passed over, not printed."""
+    idx = index("linux/amd64", "Linux\x1b[2J/arm64", "linux/" + "x" * 40)
+    idx.doc["manifests"].append({"digest": "sha256:" + "0" * 64,
+                                 "platform": {"architecture": "arm64"}})
+    assert [manifests.platform_of(d) for d in idx.doc["manifests"]] == [
+        "linux/amd64", None, None, None]
+    with pytest.raises(InvalidInput, match=r"\(it has: linux/amd64\)"):
+        manifests.choose(idx, "linux/arm64", "t")
+
+
 def test_schema1_refused() -> None:
     with pytest.raises(InvalidInput, match="schema 1"):
         manifests.parse(b'{"schemaVersion": 1, "fsLayers": []}', "sha256:x", "test")

@@ -11,6 +11,7 @@ import json
 import os
 from collections import namedtuple
 
+from ignitevm.api.platform import config_platform
 from ignitevm.errors import InvalidInput
 from ignitevm.images.mediatypes import CONFIG_TYPES, INDEX_TYPES, MANIFEST_TYPES
 
@@ -100,11 +101,8 @@ def fetch(client: Client, reference: str, expected: str | None = None) -> Manife
 
 
 def platform_of(desc: dict[str, Any]) -> str | None:
-    p = desc.get("platform")
-    if not isinstance(p, dict):
-        return None
-    text = f"{p.get('os')}/{p.get('architecture')}"
-    return text + f"/{p['variant']}" if p.get("variant") else text
+    """The platform an index entry is for; None if it says none (or not one)."""
+    return config_platform(desc.get("platform")) or None
 
 
 def choose(index: Manifest, wanted: str, where: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ resumed with a ``Range`` request after a cut connection) and returns an
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +18,8 @@ from typing import Any, BinaryIO, NamedTuple
 
 import httpx
 
-from ignitevm.api.refs import Reference
+from ignitevm.api.platform import config_platform
+from ignitevm.api.refs import DIGEST, Reference
 from ignitevm.api.validation import printable
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.blobs import ContentStore, Ingest
@@ -29,14 +29,13 @@ from ignitevm.images.registry.client import Client, NetworkError
 from ignitevm.images.registry.diffid import DiffHasher
 from ignitevm.images.registry.manifests import Manifest
 from ignitevm.images.registry.options import PullOptions
-from ignitevm.images.source import ImageSource, Layer, Opener, config_platform
+from ignitevm.images.source import ImageSource, Layer, Opener
 from ignitevm.log import log
 from ignitevm.util.progress import Transfers
 
 PARALLEL = 4
 RESUMES = 5  # Range requests after cut connections, per blob
 MAX_CONFIG = 16 << 20
-DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
 SCHEMES_FILE = "http-registries"  # (in the content store) registries found without TLS
 
 # (layer digest, bytes done or -1 if already stored, total): called from download threads
@@ -122,7 +121,7 @@ def fetching(client: Client, res: Resolved, store: ContentStore,
         if media not in LAYER_TYPES:
             raise InvalidInput(f"{where}: a layer has the unsupported media type {media!r}")
         digest, size = _descriptor(desc, "layer", where)
-        if not isinstance(diff_id, str) or not DIFF_ID.fullmatch(diff_id):
+        if not isinstance(diff_id, str) or not DIGEST.fullmatch(diff_id):
             raise InvalidInput(f"{where}: the image config lists a malformed diff_id "
                                f"{str(diff_id)[:80]!r}", hint="the image is corrupt")
         blobs.append((digest, size, diff_id))
