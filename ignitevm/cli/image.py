@@ -136,15 +136,14 @@ def as_path_too(source: str, what: str) -> Iterator[None]:
     """An import's pull of ``source`` failed: if ``source`` reads as a path, say
     that no such file exists either (``image import out/rootfs.img``)."""
     from ignitevm.errors import IgniteError
-    from ignitevm.operations.images import not_fetched
+    from ignitevm.operations.images import not_fetched, path_hint
 
     try:
         yield
     except IgniteError as exc:
-        failed = not_fetched(what, source, exc)
-        if failed.hint == exc.hint:  # (not a path's name, or not a failure to find it)
+        if path_hint(source, exc) is None:  # (not a path's name, or not a failure to find it)
             raise
-        raise failed from exc
+        raise not_fetched(what, source, exc) from exc
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

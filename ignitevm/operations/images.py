@@ -199,11 +199,19 @@ def not_fetched(what: str, ref: str, exc: IgniteError, hint: str | None = None,
     where = ("nor take it from containerd" if containerd
              else f"and pulling {refs.parse(ref)} failed")
     hint = exc.hint or hint
+    missing = path_hint(ref, exc)
+    if missing:
+        hint = missing + (f"; or: {hint}" if hint else "")
+    return NotFound(f"can't find {what} {ref!r} here, {where}: {exc.brief}", hint=hint)
+
+
+def path_hint(ref: str, exc: IgniteError) -> str | None:
+    """What to say when ``ref``, which fetching failed with ``exc``, reads as a path
+    and names no file: it was most likely meant as one. None otherwise."""
     path = ref.removesuffix(":latest")  # (a VM's spec holds the reference normalized)
     if looks_like_path(path) and _unreachable(exc) and not _exists(path):
-        hint = (f"there is no file or folder {path!r} either: check the path"
-                + (f"; or: {hint}" if hint else ""))
-    return NotFound(f"can't find {what} {ref!r} here, {where}: {exc.brief}", hint=hint)
+        return f"there is no file or folder {path!r} either: check the path"
+    return None
 
 
 def _unreachable(exc: IgniteError) -> bool:
