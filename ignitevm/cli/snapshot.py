@@ -66,6 +66,19 @@ def run_clone(args: argparse.Namespace) -> int:
     if args.copy_files or args.ssh:
         raise InvalidInput("--copy-files and --ssh cannot be used with --from-snapshot",
                            hint="copy files in with ignite cp once it runs")
+    for flag in ("network", "dns", "dns_search", "id_prefix"):
+        if getattr(args, flag, None):
+            raise InvalidInput(f"--{flag.replace('_', '-')} cannot be used with "
+                               "--from-snapshot", hint="a clone joins its snapshot's networks "
+                               "with their name servers (each with a new address and MAC); "
+                               "run the image instead for others")
+    for flag in ("pull", "runtime", "containerd_socket", "containerd_namespace",
+                 "registry_config_dir", "insecure_registry", "sandbox_image"):
+        value = getattr(args, flag, None)
+        if value and not (flag == "pull" and value == "missing"):  # (--pull's default)
+            raise InvalidInput(f"--{flag.replace('_', '-')} cannot be used with "
+                               "--from-snapshot", hint="a clone pulls nothing: it starts "
+                               "from the snapshot's own files")
     if getattr(args, "require_name", False) and not args.name:
         raise InvalidInput("must set VM name, flag --require-name set",
                            hint="give one with --name")

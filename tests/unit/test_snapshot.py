@@ -428,6 +428,24 @@ def test_a_clone_honours_require_name() -> None:
         run_clone(build_parser(argv).parse_args(argv))
 
 
+@pytest.mark.parametrize("flag", [
+    ["--network", "lab"], ["--dns", "10.0.0.1"], ["--dns-search", "lab"],
+    ["--id-prefix", "x"], ["--pull", "always"], ["--runtime", "containerd"],
+    ["--containerd-namespace", "k8s.io"], ["--registry-config-dir", "/tmp"],
+    ["--insecure-registry", "r.example:5000"], ["--sandbox-image", "x"],
+    ["--ip", "10.61.0.9"], ["--size", "1GB"], ["--kernel-args", "quiet"]])
+def test_a_clone_refuses_what_it_cannot_honour(flag: list[str]) -> None:
+    """Every `run` flag a clone cannot apply is refused before anything is made, never
+    silently dropped."""
+    from ignitevm.cli.parser import build_parser, normalize
+    from ignitevm.cli.snapshot import run_clone
+    from ignitevm.errors import InvalidInput
+
+    argv = normalize(["run", "--from-snapshot", "web-booted", *flag])
+    with pytest.raises(InvalidInput, match=f"^{flag[0]} cannot be used with --from-snapshot"):
+        run_clone(build_parser(argv).parse_args(argv))
+
+
 def test_snapshot_files_record(tmp_path: Path) -> None:
     (tmp_path / "state").write_bytes(b"abc")
     snap = Snapshot()
