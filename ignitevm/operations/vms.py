@@ -57,10 +57,17 @@ def release_network_if_dead(ctx: Context, vm: VM) -> bool:
 def create(ctx: Context, vm: VM) -> VM:
     """Make a VM object and its disk; nothing is left behind if any step fails."""
     from ignitevm.api.defaults import default_vm, validate_vm
-    from ignitevm.operations import images, kernels
+    from ignitevm.operations import images, kernels, sshkeys
+    from ignitevm.providers.network import default_plugin, preflight
 
     default_vm(vm)
     validate_vm(vm)
+    if not vm.status.network.plugin:
+        vm.status.network.plugin = default_plugin()
+    # Unknown networks, taken ports, a bad --ssh=PATH: refused before anything is
+    # pulled or made (start checks the ports again).
+    preflight(vm, ctx.root)
+    sshkeys.user_public_key(vm.spec.ssh)
     image = images.ensure_image(ctx, vm.spec.image.oci)
     vm.spec.image.oci = image.metadata.name
     kernel = kernels.ensure_kernel(ctx, vm.spec.kernel.oci)
@@ -88,14 +95,6 @@ def _create(ctx: Context, vm: VM, image: Image, kernel: Kernel) -> VM:
     vm.status.image = image.status.oci_source
     vm.status.kernel = kernel.status.oci_source
     vm.status.runtime.name = ctx.vmm.name
-    if not vm.status.network.plugin:
-        from ignitevm.providers.network import default_plugin
-
-        vm.status.network.plugin = default_plugin()
-    from ignitevm.providers.network import preflight
-
-    preflight(vm, ctx.root)  # unknown networks, taken ports: refused before anything is made
-    sshkeys.user_public_key(vm.spec.ssh)  # a bad --ssh=PATH fails before anything is made
     with ctx.store.creating(vm, rename=generated) as stage, sshkeys.making_keys(vm, stage):
         ctx.vmm.create_disk(images.image_file(ctx, image), stage, vm.spec.disk_size.bytes)
     log.info("Created VM with ID %r and name %r", vm.metadata.uid, vm.metadata.name)

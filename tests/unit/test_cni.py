@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ignitevm.errors import Conflict, IgniteError, InvalidInput, MissingTool, NotFound
+from ignitevm.providers import network
 from ignitevm.providers.network.base import Forward
 from ignitevm.providers.network.cni import (
     chain,
@@ -208,8 +209,22 @@ def test_host_port_in_use_is_refused(net: tuple[Path, str, str, str]) -> None:
     with pytest.raises(Conflict, match="already mapped"), vm.attached(
             root, d2, PREFIX, "7123456789abcdef", (Forward("tcp", "", 18934, 80),)):
         pass
+    # A user-mode or passt VM's listener there would never see a connection: the
+    # port map's DNAT takes them (and a bind test alone does not see a DNAT rule).
+    with pytest.raises(Conflict, match="already mapped to VM"):
+        network.check_host_ports([("tcp", "", 18934, 80)], root)
+    # Nor may a VM of another root (or containerd, Kubernetes) map it: only the host's
+    # iptables say so.
+    other = root.parent / "other-root"
+    with pytest.raises(Conflict, match=rf"already mapped on this host by a CNI port map "
+                       rf"\({PREFIX}-6123456789abcdef"):
+        vm.check_ports(other, None, (Forward("tcp", "", 18934, 80),))
+    with pytest.raises(Conflict, match="already mapped on this host"):
+        network.check_host_ports([("tcp", "", 18934, 80)], other)
+    network.check_host_ports([("udp", "", 18934, 80)], other)  # (another protocol: free)
     vm.release(d1)
     assert not (d2 / vm.RECORD).exists()
+    vm.check_ports(other, None, (Forward("tcp", "", 18934, 80),))  # (released: free again)
 
 
 @pytest.fixture

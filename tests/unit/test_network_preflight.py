@@ -114,7 +114,8 @@ def test_a_privileged_port_without_root_says_so() -> None:
         pytest.skip("needs root to run the check as another user")
     code = ("from ignitevm.providers import network\n"
             "from ignitevm.errors import InvalidInput\n"
-            "try:\n    network.check_host_ports([('tcp', '', 80, 80)])\n"
+            "from pathlib import Path\n"
+            "try:\n    network.check_host_ports([('tcp', '', 80, 80)], Path('/nonexistent'))\n"
             "except InvalidInput as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, user=65534, group=65534,
                          capture_output=True, text=True, check=True).stdout
@@ -139,3 +140,21 @@ def test_the_gateway_is_not_an_address_to_ask_for(tmp_path: Path, gateway: str, 
         network.preflight(vm, tmp_path)
     vm.spec.network.networks = [NetworkAttachment(network="lab", ip=fine)]
     network.preflight(vm, tmp_path)
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--network-plugin", "cni", "--network", "nope"], "nope"),
+    (["--network-plugin", "none", "-p", "8080:80"], "need a network"),
+    (["--network-plugin", "user", "--ip", "10.1.2.3"], "--network-plugin cni"),
+])
+def test_network_mistakes_are_said_before_any_pull(tmp_path: Path, flags: list[str],
+                                                   said: str) -> None:
+    """A typo in the network flags must not cost a download first: it is refused before
+    the image is looked for (here an image that is nowhere, with --pull never)."""
+    from tests.conftest import Ignite
+
+    res = Ignite(tmp_path)("run", *flags, "--pull", "never", "example.invalid/none:1",
+                           check=False)
+    assert res.returncode == 1 and said in res.stderr, res.stderr
+    assert "example.invalid" not in res.stderr
+    assert not (tmp_path / "vm").is_dir() or not any((tmp_path / "vm").iterdir())

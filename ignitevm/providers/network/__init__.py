@@ -63,7 +63,7 @@ def attached(plugin: str, ports: list[tuple[str, str, int, int]], ssh: bool, *,
     dns = tuple(spec.dns) if spec is not None else ()
     search = tuple(spec.dns_search) if spec is not None else ()
     if plugin in ("", "user", "passt"):
-        check_host_ports(ports)
+        check_host_ports(ports, root)
     if plugin == "passt":
         from ignitevm.providers.network.passt import attached as passt_attached
 
@@ -106,7 +106,7 @@ def preflight(vm: VM, root: Path) -> None:
         if plugin == "none":
             plan(plugin, ports, bool(vm.spec.ssh))  # (refuses -p and --ssh)
         else:
-            check_host_ports(ports)
+            check_host_ports(ports, root)
         return
     from ignitevm.providers.network.cni.vm import check_ports as cni_check_ports
     from ignitevm.providers.network.cni.vm import check_wants
@@ -116,13 +116,17 @@ def preflight(vm: VM, root: Path) -> None:
         cni_check_ports(root, None, _forwards(ports))
 
 
-def check_host_ports(ports: list[tuple[str, str, int, int]]) -> None:
-    """User mode and passt: QEMU or passt will listen on these host ports; a
-    bind test says now, in a line, what they would fail on at launch."""
-    from ignitevm.providers.network.base import check_port_free
+def check_host_ports(ports: list[tuple[str, str, int, int]], root: Path) -> None:
+    """User mode and passt: QEMU or passt will listen on these host ports. The
+    checks a CNI VM's ports get (cni/vm.check_ports): another VM's port map on
+    one of them would take its connections (a DNAT rule does not listen, so a
+    bind test alone misses it), and a bind test says now, in a line, what they
+    would fail on at launch."""
+    if not ports:
+        return
+    from ignitevm.providers.network.cni.vm import check_ports
 
-    for f in _forwards(ports):
-        check_port_free(f)
+    check_ports(root, None, _forwards(ports))
 
 
 def switch(vm: VM, plugin: str, root: Path) -> None:

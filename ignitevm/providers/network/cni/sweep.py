@@ -83,6 +83,29 @@ def _iptables_save(table: str) -> list[str]:
     return res.stdout.splitlines() if res.returncode == 0 else []
 
 
+def mapped_ports() -> dict[tuple[str, int], str]:
+    """The host ports portmap maps on this host, whoever asked for them (a VM of
+    any root, containerd, Kubernetes), by ``(proto, port)``: the attachment's
+    id, or the chain's name. Read from its per-attachment chains' DNAT rules;
+    empty when iptables cannot be read (not root, not installed)."""
+    owners, ports = {}, []
+    for line in _iptables_save("nat"):
+        if line.startswith("-A CNI-HOSTPORT-DNAT "):  # the jump to an attachment's chain
+            words = shlex.split(line)
+            target = words[words.index("-j") + 1] if "-j" in words else ""
+            if target.startswith("CNI-DN-") and "--comment" in words:
+                comment = words[words.index("--comment") + 1]
+                _, found, rest = comment.partition('id: "')
+                owners[target] = rest.partition('"')[0] if found else target
+        elif line.startswith("-A CNI-DN-") and " -j DNAT" in line:
+            words = shlex.split(line)
+            if "-p" in words and "--dport" in words:
+                proto, port = words[words.index("-p") + 1], words[words.index("--dport") + 1]
+                if port.isdigit():
+                    ports.append((proto, int(port), words[1]))
+    return {(proto, port): owners.get(chain, chain) for proto, port, chain in ports}
+
+
 def _iptables_save_all() -> dict[str, list[str]]:
     """Every table's lines, by table name."""
     out: dict[str, list[str]] = {}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ignitevm.api.validation import printable
 from ignitevm.errors import Conflict, IgniteError, InvalidInput
 from ignitevm.log import log
 from ignitevm.providers.network.base import Forward, NetPlan, check_port_free
@@ -173,15 +174,26 @@ def held_ports(vm_dirs: Iterator[Path], skip: Path | None) -> dict[tuple[str, in
 
 
 def check_ports(root: Path, d: Path | None, forwards: tuple[Forward, ...]) -> None:
-    """Refuse a host port another VM maps (portmap would take a second rule
-    and silently lose it) or any process on the host uses."""
+    """Refuse a host port another VM of this root maps, or any port map on the
+    host does (portmap would take a second rule and silently lose it; a VM's
+    own listener on it would never see a connection), or any process on the
+    host uses (every network plugin's check)."""
+    if not forwards:
+        return
     vm_dirs = root / "vm"
     held = held_ports(vm_dirs.iterdir() if vm_dirs.is_dir() else iter(()), d)
+    mapped = sweep.mapped_ports()
     for f in forwards:
         other = held.get((f.proto, f.host_port))
         if other is not None:
             raise Conflict(f"host port {f.host_port}/{f.proto} is already mapped to "
                            f"VM {other!r}", hint="choose another host port with -p")
+        owner = mapped.get((f.proto, f.host_port))
+        if owner is not None:
+            raise Conflict(f"host port {f.host_port}/{f.proto} is already mapped on this "
+                           f"host by a CNI port map ({printable(owner)}: a VM of another "
+                           "root, containerd or Kubernetes)",
+                           hint="choose another host port with -p")
         check_port_free(f)
 
 
