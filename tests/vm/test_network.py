@@ -98,6 +98,20 @@ def test_guest_server_by_ip_and_by_mapped_port(cli: Ignite, net: tuple[str, str,
     assert resolv is not None
 
 
+def test_mapped_port_reached_from_another_host(web: tuple[str, int],
+                                                outside: str) -> None:
+    """"So does another host": from a namespace beyond the host (its own veth and
+    subnet, routed by the host), the mapped port on the host's address reaches the
+    guest's server through portmap's DNAT."""
+    host_side = outside.rsplit(".", 1)[0] + ".1"  # (the host's address towards it)
+    code = ("import sys, urllib.request\n"
+            "print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())\n")
+    got = subprocess.run(["ip", "netns", "exec", f"{PREFIX}-out", sys.executable, "-c", code,
+                          f"http://{host_side}:{web[1]}/passwd"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert "root:x:0:0" in got.stdout, got.stderr
+
+
 def test_vm_to_vm_on_the_bridge(cli: Ignite, testbox: str, web: tuple[str, int],
                                 net: tuple[str, str, str]) -> None:
     cli("run", testbox, "--name", "client", *CNI, *SMALL)
