@@ -504,3 +504,31 @@ def test_a_named_network_has_its_own_bridge_and_leases_per_root(tmp_path: Path) 
     assert networks.get(a, "old").bridge == "ign-0123456789"
     assert sweep.lease_dir(networks.get(a, "old").conf).name == "ignite-old"
     assert conflist.bridge(conflist.load(a)) == conflist.bridge(conflist.load(b)) == "ignite0"
+
+
+def test_ignited_frees_the_network_of_a_vm_whose_qemu_died(
+        net: tuple[Path, str, str, str]) -> None:
+    """An `ignited` pass that finds a managed VM's QEMU gone releases the VM's network
+    (the attachment is real, made by the plugins; only no QEMU runs, as after it died)."""
+    import copy
+
+    from ignitevm.api.types import VM, ObjectMeta
+    from ignitevm.daemon import reconcile
+    from ignitevm.operations.context import Context
+
+    root, *_ = net
+    ctx, uid, source = Context(root=root), "8123456789abcdef", "dir:/x"
+    have = VM(metadata=ObjectMeta(name="died", uid=uid,
+                                  annotations={reconcile.MANAGED_BY: source}))
+    d = ctx.store.dir(have)
+    d.mkdir()
+    ctx.store.save(have)
+    with vm.attached(root, d, PREFIX, uid, (Forward("tcp", "", 18936, 80),)):
+        pass
+    ns = json.loads((d / vm.RECORD).read_text())["netns"]
+    assert netns.exists(ns) and (("tcp", 18936) in sweep.mapped_ports())
+    want = copy.deepcopy(have)
+    want.status.running = False
+    reconcile.Reconciler(ctx, source)._one(want, have)
+    assert not (d / vm.RECORD).exists() and not netns.exists(ns)
+    assert ("tcp", 18936) not in sweep.mapped_ports()
