@@ -632,3 +632,26 @@ def test_snapshot_rm_waits_for_a_clone_being_made(ctx: Context) -> None:
         snapshots.remove(ctx, snap, force=True)
         with snapshots.held(ctx, snap):
             pass
+
+
+@pytest.mark.parametrize("state", ["io-error", "internal-error", "guest-panicked", "shutdown"])
+def test_a_vm_qemu_stopped_on_an_error_is_not_saved(ctx: Context, monkeypatch,
+                                                    state: str) -> None:
+    """A VM whose QEMU stopped it on an error (or a panic) is refused, saying what QEMU
+    reports, and nothing is made. (QEMU's report is stood in for: a real QEMU cannot be
+    brought to each of these states on demand here; the VM tests cover running VMs.)"""
+    from ignitevm.api.types import VM
+    from ignitevm.operations import vms
+    from ignitevm.providers.vmm.qemu.machine import QemuVMM
+
+    vm = VM(metadata=ObjectMeta(name="sick", uid=os.urandom(8).hex()))
+    d = ctx.store.dir(vm)
+    d.mkdir(parents=True)
+    ctx.store.save(vm)
+    monkeypatch.setattr(vms, "_running", lambda ctx, vm: (vm, d))
+    monkeypatch.setattr(QemuVMM, "run_state", lambda self, workdir: state)
+    with pytest.raises(Conflict, match=rf"cannot be saved: QEMU reports it '{state}'"):
+        snapshots.create(ctx, vm, "sick-snap")
+    assert ctx.store.list(Snapshot) == []
+    assert not (ctx.root / "tmp").is_dir() or not [
+        p for p in (ctx.root / "tmp").iterdir() if p.is_dir()]

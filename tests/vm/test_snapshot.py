@@ -186,6 +186,68 @@ def test_bad_restores_leave_nothing(cli: Ignite, source: str, testbox: str) -> N
     assert not [p for p in (cli.root / "tmp").iterdir() if p.is_dir()]
 
 
+def test_a_state_qemu_refuses_leaves_nothing(cli: Ignite, source: str) -> None:
+    """A state the host's checks pass (size and digest match: here made to) but that
+    QEMU cannot load: one clear error, exit 1, no VM, no staging folder, no QEMU left."""
+    import hashlib
+
+    from tests.vm.conftest import _qemu_pids
+
+    cli("snapshot", "create", source, "unloadable", "--no-shared-memory")
+    sid = json.loads(cli("snapshot", "inspect", "unloadable").stdout)["metadata"]["uid"]
+    d = cli.root / "snapshot" / sid
+    state = d / "state"
+    with open(state, "r+b") as f:
+        assert f.read(4) == b"QEVM"  # (QEMU's migration stream starts with its magic)
+        f.seek(0)
+        f.write(b"XXXX")
+    meta = d / "metadata.json"
+    obj = json.loads(meta.read_text())
+    for rec in obj["status"]["files"]:
+        if rec["name"] == "state":
+            rec["digest"] = "sha256:" + hashlib.sha256(state.read_bytes()).hexdigest()
+    meta.write_text(json.dumps(obj))
+    (d / ".state.verified").unlink(missing_ok=True)
+    before, qemus = set(cli("ps", "-a", "-q").stdout.split()), set(_qemu_pids(cli.root))
+    def staged() -> set[Path]:  # (not the RAM templates of the source's snapshots,
+        # made in the background there: they come and go on their own)
+        return {p for p in (cli.root / "tmp").iterdir()
+                if p.is_dir() and not p.name.endswith("-tpl")}
+
+    staging = staged()
+    try:
+        res = cli("run", "--from-snapshot", "unloadable", check=False)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert "error: QEMU could not restore the snapshot's state" in res.stderr, res.stderr
+        assert set(cli("ps", "-a", "-q").stdout.split()) == before
+        assert set(_qemu_pids(cli.root)) == qemus
+        assert not staged() - staging
+        assert cli("exec", source, "--", "true").returncode == 0
+    finally:
+        cli("snapshot", "rm", "unloadable")
+
+
+def test_a_full_disk_while_saving_leaves_no_snapshot(cli: Ignite, source: str) -> None:
+    """The file system filling up while the state is written (a real one: a small
+    tmpfs over the store's staging folder): one `no space left` error, exit 1, no
+    snapshot listed, nothing left in the staging folder, and the source runs on."""
+    import subprocess
+
+    staging = cli.root / "tmp"
+    staging.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(staging)],
+                   check=True)
+    try:
+        res = cli("snapshot", "create", source, "too-big", "--no-shared-memory", check=False)
+        assert res.returncode == 1 and "no space left" in res.stderr.lower(), res.stderr
+        assert "Traceback" not in res.stderr
+        assert not [p for p in staging.iterdir() if p.is_dir()], list(staging.iterdir())
+    finally:
+        subprocess.run(["umount", str(staging)], check=True)
+    assert "too-big" not in cli("snapshot", "ls").stdout
+    assert cli("exec", source, "--", "true").returncode == 0
+
+
 def test_a_save_killed_midway_leaves_the_source_running(cli: Ignite, source: str) -> None:
     """SIGKILL to `snapshot create` while it writes: the source runs on, and no
     snapshot of that name is listed (its staging folder is swept later)."""
