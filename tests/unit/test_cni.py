@@ -289,6 +289,13 @@ def test_network_create_checks(net: tuple[Path, str, str, str]) -> None:
         networks.create(root, "bad", "10.252.0.0/24", gateway="10.253.0.1")
     with pytest.raises(InvalidInput, match="invalid network name"):
         networks.create(root, "default", "10.252.0.0/24")
+    # A subnet the host already routes somewhere (its LAN here) would cut it off.
+    routes = [(r, dev) for r, dev in networks.host_routes() if not dev.startswith("ig")]
+    if routes:
+        route, dev = routes[0]
+        with pytest.raises(Conflict, match=rf"overlaps {route}, which this host routes to "
+                           rf"{dev}"):
+            networks.create(root, "lan", str(route))
     inuse, n = claim_network("inuse", tag=6)
     try:
         networks.create(root, inuse, f"10.252.{n}.0/24")

@@ -158,3 +158,20 @@ def test_network_mistakes_are_said_before_any_pull(tmp_path: Path, flags: list[s
     assert res.returncode == 1 and said in res.stderr, res.stderr
     assert "example.invalid" not in res.stderr
     assert not (tmp_path / "vm").is_dir() or not any((tmp_path / "vm").iterdir())
+
+
+def test_host_routes_are_read_from_the_kernels_table(tmp_path: Path) -> None:
+    from ipaddress import IPv4Network
+
+    from ignitevm.providers.network.cni.networks import host_routes
+
+    table = tmp_path / "route"
+    table.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"      # default: skipped
+        "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"      # 192.0.2.0/24
+        "wg0\t0000A8C0\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n"       # 192.168.0.0/16
+        "junk\tzz\n")
+    assert host_routes(str(table)) == [(IPv4Network("192.0.2.0/24"), "eth0"),
+                                       (IPv4Network("192.168.0.0/16"), "wg0")]
+    assert host_routes(str(tmp_path / "none")) == []

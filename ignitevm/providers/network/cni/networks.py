@@ -112,6 +112,33 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
     return net
 
 
+def host_routes(table: str = "/proc/net/route") -> list[tuple[ipaddress.IPv4Network, str]]:
+    """The host's IPv4 routes but the default one: (destination, device). A new
+    network must not take addresses the host already reaches some other way (its
+    LAN, a VPN, another runtime's bridge)."""
+    import socket
+    import struct
+
+    out = []
+    try:
+        lines = Path(table).read_text().splitlines()[1:]
+    except OSError:
+        return []
+    for line in lines:
+        words = line.split()
+        if len(words) < 8:
+            continue
+        try:
+            dest, mask = (socket.inet_ntoa(struct.pack("<I", int(w, 16)))
+                          for w in (words[1], words[7]))
+            route = ipaddress.IPv4Network(f"{dest}/{mask}", strict=False)
+        except (ValueError, OSError, struct.error):
+            continue
+        if route.prefixlen:
+            out.append((route, words[0]))
+    return out
+
+
 def create(root: Path, name: str, subnet: str, gateway: str = "",
            internal: bool = False) -> Network:
     if not conflist.NETWORK.fullmatch(name) or name == conflist.DEFAULT:
@@ -134,6 +161,10 @@ def create(root: Path, name: str, subnet: str, gateway: str = "",
                 raise Conflict(f"subnet {net} overlaps {s} of network {other.name!r}",
                                hint="choose a subnet no other network uses")
     cni_name, bridge = host_names(root, name)
+    for route, dev in host_routes():
+        if route.overlaps(net) and dev != bridge:  # (its own bridge, left by a killed run)
+            raise Conflict(f"subnet {net} overlaps {route}, which this host routes to {dev}",
+                           hint="choose a subnet the host does not use (see: ip -4 route)")
     conf = conflist.bridge_conflist(cni_name, bridge, str(net), gateway, internal=internal,
                                     network=name)
     conflist.write(root, name, conf)
