@@ -21,6 +21,11 @@ class Faults:
     expire: int = 0  # forward this many blob requests without Authorization (a stale token)
     redirect_blobs: bool = False  # 307 blob GETs to the other origin (localhost vs 127.0.0.1)
     manifest_body: bytes | None = None  # serve this instead of every manifest
+    # add a byte (a newline: still the same JSON) to the manifests whose path holds this
+    # ("/manifests/": all; "/manifests/sha256:": those asked by digest)
+    alter_manifests: str = ""
+    drop_digest: bool = False  # leave out the Docker-Content-Digest header
+    retry_after: str = "0"  # the Retry-After of the busy and too_many answers
     forbidden: bool = False  # answer 403 to every request for a repository's content
     last_auth: str = ""  # what a redirected request gets upstream (as a signed URL would)
     seen: list[dict[str, str]] = field(default_factory=list)
@@ -63,9 +68,9 @@ class FaultProxy(Served):
                                "auth": self.headers.get("Authorization", ""),
                                "range": self.headers.get("Range", "")})
                 if proxy._take("busy"):
-                    return self._status(503, {"Retry-After": "0"})
+                    return self._status(503, {"Retry-After": f.retry_after})
                 if proxy._take("too_many"):
-                    return self._status(429, {"Retry-After": "0"})
+                    return self._status(429, {"Retry-After": f.retry_after})
                 if f.forbidden and self.path.rstrip("/") != "/v2":
                     return self._status(403)
                 if blob and f.redirect_blobs and self.headers.get("Host", "").startswith("127."):
@@ -96,9 +101,14 @@ class FaultProxy(Served):
                                                               or proxy._take("cut_blobs"))
                 if blob and f.corrupt_blobs and body:
                     body = bytes([body[0] ^ 0xFF]) + body[1:]
+                if f.alter_manifests and f.alter_manifests in self.path and resp.status == 200:
+                    body += b"\n"
+                dropped = ["content-length", "connection", "transfer-encoding"]
+                if f.drop_digest:
+                    dropped.append("docker-content-digest")
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    if k.lower() not in dropped:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -81,12 +81,27 @@ def read_small(resp: httpx.Response, limit: int = MAX_SMALL) -> bytes:
     return bytes(data[:limit])
 
 
-def retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after", "")
+def retry_after(resp: httpx.Response, now: float | None = None) -> float | None:
+    """The wait a 429 or 503 asks for, in seconds (``Retry-After``: a number of seconds,
+    or an HTTP date), never more than MAX_WAIT; None when it says nothing usable."""
+    value = resp.headers.get("retry-after", "").strip()
     try:
-        return min(max(float(value), 0.0), MAX_WAIT)
+        wait = float(value)
     except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # ("-0000": UTC, as HTTP dates are)
+            import datetime
+
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        wait = when.timestamp() - (time.time() if now is None else now)
+    if wait != wait:  # NaN
         return None
+    return min(max(wait, 0.0), MAX_WAIT)
 
 
 class Client:
