@@ -97,7 +97,7 @@ def retry_after(resp: httpx.Response, now: float | None = None) -> float | None:
         if when.tzinfo is None:  # ("-0000": UTC, as HTTP dates are)
             import datetime
 
-            when = when.replace(tzinfo=datetime.timezone.utc)
+            when = when.replace(tzinfo=datetime.UTC)
         wait = when.timestamp() - (time.time() if now is None else now)
     if wait != wait:  # NaN
         return None
