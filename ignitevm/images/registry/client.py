@@ -190,9 +190,10 @@ class Client:
         return resp
 
     def _not_a_registry(self, resp: httpx.Response) -> IgniteError | None:
-        """For an unexpected answer: the error saying the host is no registry at all
-        (its ``GET /v2/`` answers neither 200, 401 nor 403), or None. Asked only on
-        this error path, so a pull that works costs no ``GET /v2/``."""
+        """For a 404: the error saying the host is no registry at all (its ``GET /v2/``
+        answers neither 200, 401 nor 403), or None (a registry without that name). Asked
+        only on this error path, so a pull that works costs no ``GET /v2/``; a 5xx is
+        the registry's (or its proxy's) trouble, said as it is."""
         if resp.headers.get("docker-distribution-api-version") or self.base is None:
             return None
         try:
@@ -284,7 +285,7 @@ class Client:
 
     def error(self, resp: httpx.Response, what: str) -> IgniteError:
         """An error for an unexpected answer to a request for ``what``."""
-        not_registry = self._not_a_registry(resp) if resp.status_code != 200 else None
+        not_registry = self._not_a_registry(resp) if resp.status_code == 404 else None
         if not_registry is not None:
             resp.close()
             return not_registry
