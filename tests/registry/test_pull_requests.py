@@ -103,3 +103,15 @@ def test_a_host_that_is_not_a_registry(ig: Ignite, tmp_path: Path) -> None:
         srv.shutdown()
         srv.server_close()
     assert "is not an OCI registry (GET /v2/ answered 404" in err
+
+
+def test_create_pull_always(ig: Ignite, plain_registry: Registry) -> None:
+    """``create --pull always`` (as ``run --pull always``) of an image and a kernel already
+    here: one manifest request each."""
+    with FaultProxy(plain_registry.host) as proxy:
+        image, kernel = f"{proxy.host}/test/busybox:1", f"{proxy.host}/test/kernel:1"
+        ig("create", image, "--kernel-image", kernel, "--name", "vm1")
+        proxy.faults.seen.clear()
+        ig("create", image, "--kernel-image", kernel, "--name", "vm2", "--pull", "always")
+        assert sorted(_paths(proxy)) == ["/v2/test/busybox/manifests/1",
+                                          "/v2/test/kernel/manifests/1"]
