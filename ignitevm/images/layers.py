@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import lzma
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,6 +190,7 @@ class _Prefixed:
 
 
 ZSTD_MAX_WINDOW = 1 << 27  # 128 MiB: what the zstd program allows without --memory
+AHEAD = 4  # decompressed pieces (of CHUNK) a zstd layer is read ahead
 
 
 @contextmanager
@@ -197,7 +199,12 @@ def _unzstd(head: bytes, raw: _Hashing, what: str) -> Iterator[Fill]:
     was asked (a bomb costs time, not memory; the unpack budget counts the output as
     for gzip), frames are decoded one after another, a frame asking for a window over
     :data:`ZSTD_MAX_WINDOW` is refused, and data that ends inside a frame (which the
-    library's reader would take as a clean end) is said truncated."""
+    library's reader would take as a clean end) is said truncated. A thread decompresses
+    up to :data:`AHEAD` pieces ahead (the library lets go of the GIL meanwhile), so the
+    tar is applied while the next piece is decompressed, as the zstd program did in a
+    process of its own."""
+    import queue
+
     import zstandard
 
     frames = _ZstdFrames()
@@ -214,18 +221,57 @@ def _unzstd(head: bytes, raw: _Hashing, what: str) -> Iterator[Fill]:
     dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     reader = dctx.stream_reader(Source(), read_size=CHUNK, read_across_frames=True,
                                 closefd=False)
+    pieces: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=AHEAD)
+    stop = threading.Event()
+
+    def produce() -> None:
+        item: bytes | BaseException
+        while not stop.is_set():
+            try:
+                item = reader.read(CHUNK)
+                if not item and not frames.complete():
+                    raise InvalidInput(f"{what} is truncated (its zstd data ends early)")
+            except zstandard.ZstdError as exc:
+                item = InvalidInput(f"{what} is not valid zstd data ({exc})")
+            except BaseException as exc:
+                item = exc
+            while not stop.is_set():
+                try:
+                    pieces.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    left = b""
+    done = False
 
     def fill(n: int) -> bytes:
-        try:
-            data = reader.read(n)
-        except zstandard.ZstdError as exc:
-            raise InvalidInput(f"{what} is not valid zstd data ({exc})") from None
-        if not data and not frames.complete():
-            raise InvalidInput(f"{what} is truncated (its zstd data ends early)")
+        nonlocal left, done
+        if not left and not done:
+            item = pieces.get()
+            if isinstance(item, BaseException):
+                done = True
+                raise item
+            done = not item
+            left = item
+        data, left = left[:n], left[n:]
         return data
 
-    with reader:
+    thread = threading.Thread(target=produce, name="unzstd", daemon=True)
+    thread.start()
+    try:
         yield fill
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                pieces.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+        reader.close()
 
 
 class _ZstdFrames:
