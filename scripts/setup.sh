@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   qemu-system-x86 qemu-utils      # the VMM and qemu-img (qcow2 overlays)
   busybox-static kmod             # the generated initramfs; depmod for kernel modules
-  lz4 xz-utils zstd               # unpacking kernels and image layers
+  lz4 xz-utils zstd               # unpacking kernels (bzImage payloads; zstd layers: the zstandard library)
   e2fsprogs                       # mkfs.ext4 -d: image rootfs without mounting
   mmdebstrap                      # `ignite image build base`
   gcc libc6-dev                   # static guest helpers, built from source

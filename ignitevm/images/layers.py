@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import lzma
 import os
-import subprocess
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,13 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ignitevm.errors import IgniteError, InvalidInput, MissingTool
+from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.blobs import compression
 from ignitevm.images.limits import Budget, UnpackLimits
 from ignitevm.images.source import ImageSource, Layer
 from ignitevm.images.unpack import CHUNK, Fill, Stream, Unpacker
 from ignitevm.log import step
-from ignitevm.util import proc
 
 
 def apply_layers(
@@ -191,60 +189,164 @@ class _Prefixed:
         return self._raw.read(n)
 
 
+ZSTD_MAX_WINDOW = 1 << 27  # 128 MiB: what the zstd program allows without --memory
+AHEAD = 4  # decompressed pieces (of CHUNK) a zstd layer is read ahead
+
+
 @contextmanager
 def _unzstd(head: bytes, raw: _Hashing, what: str) -> Iterator[Fill]:
-    """Decompress through the zstd program (Python 3.11 has no zstd module)."""
-    try:
-        proc.which("zstd")
-    except MissingTool:
-        raise MissingTool(
-            f"{what} is compressed with zstd, and the zstd program is not installed",
-            hint="install it with: apt-get install zstd",
-        ) from None
-    errors: list[BaseException] = []
-    feeder = None
-    pipe = subprocess.PIPE
-    try:
-        with proc.spawn(["zstd", "-dcq"], stdin=pipe, stdout=pipe, stderr=pipe) as child:
-            stdin, stdout, stderr = child.stdin, child.stdout, child.stderr
-            assert stdin is not None and stdout is not None and stderr is not None
+    """Decompress with the zstandard library, streaming: each read returns at most what
+    was asked (a bomb costs time, not memory; the unpack budget counts the output as
+    for gzip), frames are decoded one after another, a frame asking for a window over
+    :data:`ZSTD_MAX_WINDOW` is refused, and data that ends inside a frame (which the
+    library's reader would take as a clean end) is said truncated. A thread decompresses
+    up to :data:`AHEAD` pieces ahead (the library lets go of the GIL meanwhile), so the
+    tar is applied while the next piece is decompressed, as the zstd program did in a
+    process of its own."""
+    import queue
 
-            def feed() -> None:
+    import zstandard
+
+    frames = _ZstdFrames()
+
+    class Source:  # (the blob, its sniffed head put back, seen by the frame walker)
+        def __init__(self) -> None:
+            self._blob = _Prefixed(head, raw)
+
+        def read(self, n: int = -1) -> bytes:
+            data = self._blob.read(n)
+            frames.feed(data)
+            return data
+
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+    reader = dctx.stream_reader(Source(), read_size=CHUNK, read_across_frames=True,
+                                closefd=False)
+    pieces: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=AHEAD)
+    stop = threading.Event()
+
+    def produce() -> None:
+        item: bytes | BaseException
+        while not stop.is_set():
+            try:
+                item = reader.read(CHUNK)
+                if not item and not frames.complete():
+                    raise InvalidInput(f"{what} is truncated (its zstd data ends early)")
+            except zstandard.ZstdError as exc:
+                item = InvalidInput(f"{what} is not valid zstd data ({exc})")
+            except BaseException as exc:
+                item = exc
+            while not stop.is_set():
                 try:
-                    data = head
-                    while data:
-                        stdin.write(data)
-                        data = raw.read(CHUNK)
-                except BrokenPipeError:
-                    pass
-                except BaseException as exc:
-                    errors.append(exc)
-                finally:
-                    try:
-                        stdin.close()
-                    except OSError:
-                        pass
+                    pieces.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
 
-            feeder = threading.Thread(target=feed, name="zstd-feeder", daemon=True)
-            feeder.start()
+    left = b""
+    done = False
 
-            def fill(n: int) -> bytes:
-                data = stdout.read(n)
-                if not data:  # zstd is done: say why if it failed
-                    assert feeder is not None
-                    feeder.join()
-                    child.wait()
-                    if errors:
-                        raise errors[0]
-                    if child.returncode != 0:
-                        why = stderr.read().decode(errors="replace").strip().splitlines()
-                        detail = why[-1] if why else f"exit code {child.returncode}"
-                        raise InvalidInput(f"{what} is not valid zstd data ({detail})")
-                return data
+    def fill(n: int) -> bytes:
+        nonlocal left, done
+        if not left and not done:
+            item = pieces.get()
+            if isinstance(item, BaseException):
+                done = True
+                raise item
+            done = not item
+            left = item
+        data, left = left[:n], left[n:]
+        return data
 
-            yield fill
-            while fill(CHUNK):
-                pass
+    thread = threading.Thread(target=produce, name="unzstd", daemon=True)
+    thread.start()
+    try:
+        yield fill
     finally:
-        if feeder is not None:
-            feeder.join()
+        stop.set()
+        while thread.is_alive():
+            try:
+                pieces.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+        reader.close()
+
+
+class _ZstdFrames:
+    """Follows the frame and block headers of a zstd stream (RFC 8878) as it is read,
+    to tell whether it ends between frames. Contents are skipped, not decoded."""
+
+    _MAGIC = b"\x28\xb5\x2f\xfd"
+
+    def __init__(self) -> None:
+        self._state = "magic"
+        self._want = 4  # header bytes the state needs
+        self._buf = b""
+        self._skip = 0  # content bytes to pass over before the next header
+        self._checksum = False
+        self._frames = 0
+        self.lost = False  # not a zstd stream as far as it can tell (the library says why)
+
+    def complete(self) -> bool:
+        return self.lost or (self._frames > 0 and self._state == "magic" and not self._buf
+                             and not self._skip)
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and not self.lost:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            step = min(self._want - len(self._buf), end - pos)
+            self._buf += data[pos:pos + step]
+            pos += step
+            if len(self._buf) == self._want:
+                header, self._buf = self._buf, b""
+                self._header(header)
+
+    def _header(self, h: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            self._frames += 1
+            if h == self._MAGIC:
+                self._next("descriptor", 1)
+            elif h[0] & 0xF0 == 0x50 and h[1:] == b"\x2a\x4d\x18":  # a skippable frame
+                self._next("skippable", 4)
+            else:
+                self.lost = True
+        elif state == "descriptor":
+            d = h[0]
+            single = d >> 5 & 1
+            self._checksum = bool(d >> 2 & 1)
+            rest = (0 if single else 1) + (0, 1, 2, 4)[d & 3] + (single, 2, 4, 8)[d >> 6]
+            if rest:
+                self._next("header", rest)
+            else:
+                self._next("block", 3)
+        elif state == "header":
+            self._next("block", 3)
+        elif state == "block":
+            value = int.from_bytes(h, "little")
+            kind = value >> 1 & 3
+            if kind == 3:  # reserved
+                self.lost = True
+                return
+            self._skip = 1 if kind == 1 else value >> 3  # (RLE: one byte repeated)
+            if not value & 1:
+                self._next("block", 3)
+            elif self._checksum:
+                self._next("checksum", 4)
+            else:
+                self._next("magic", 4)
+        elif state == "checksum":
+            self._next("magic", 4)
+        elif state == "skippable":
+            self._skip = int.from_bytes(h, "little")
+            self._next("magic", 4)
+
+    def _next(self, state: str, want: int) -> None:
+        self._state, self._want = state, want

@@ -118,14 +118,22 @@ class TokenServer:
     repositories in ``public``, a user named in ``allow`` to the repositories listed
     there (as a registry's per-user access rules), any other user to every repository.
     A user in ``deny`` is answered 403 Forbidden. Every request is recorded in
-    ``requests``.
+    ``requests`` (its method, path, query, the form's field names, the Authorization
+    scheme: never a secret).
+
+    ``POST /token`` is OAuth2's refresh-token grant, as clients holding a config.json
+    ``identitytoken`` use it: a form with grant_type=refresh_token, refresh_token,
+    service, scope (space-separated) and client_id; a refresh token in
+    ``refresh_tokens`` stands for its user, any other is answered 400 invalid_grant
+    (RFC 6749 5.2).
     """
 
     def __init__(self, ca: TestCA, users: dict[str, str], public: set[str] | None = None,
                  service: str = "ignitevm-test-registry", issuer: str = "ignitevm-test-issuer",
                  lifetime: int = 300, allow: dict[str, set[str]] | None = None,
-                 deny: set[str] | None = None):
+                 deny: set[str] | None = None, refresh_tokens: dict[str, str] | None = None):
         self.users = users
+        self.refresh_tokens = refresh_tokens or {}
         self.public = public or set()
         self.allow = allow or {}
         self.deny = deny or set()
@@ -187,26 +195,51 @@ class TokenServer:
                 url = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(url.query)
                 auth = self.headers.get("Authorization", "")
-                server.requests.append({"path": url.path, "query": url.query,
+                server.requests.append({"method": "GET", "path": url.path, "query": url.query,
                                         "auth": auth.split(" ", 1)[0]})
                 user = None
                 if auth.startswith("Basic "):
                     name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
                     if server.users.get(name) != password or name in server.deny:
-                        self.send_response(403 if name in server.deny else 401)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
+                        self._answer(403 if name in server.deny else 401, b"")
                         return
                     user = name
+                self._token(user, query.get("scope", []), "token")
+
+            def do_POST(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                one = {k: v[0] for k, v in form.items() if len(v) == 1}
+                server.requests.append({
+                    "method": "POST", "path": url.path, "query": url.query,
+                    "auth": self.headers.get("Authorization", "").split(" ", 1)[0],
+                    "type": self.headers.get("Content-Type", ""),
+                    "fields": ",".join(sorted(form)), "grant_type": one.get("grant_type", ""),
+                    "service": one.get("service", ""), "scope": one.get("scope", ""),
+                    "client_id": one.get("client_id", "")})
+                user = server.refresh_tokens.get(one.get("refresh_token", ""))
+                if (url.path != "/token" or one.get("grant_type") != "refresh_token"
+                        or not one.get("client_id") or one.get("service") != server.service):
+                    self._answer(400, json.dumps({"error": "invalid_request"}).encode())
+                elif user is None or user in server.deny:
+                    self._answer(400, json.dumps({"error": "invalid_grant"}).encode())
+                else:
+                    self._token(user, one.get("scope", "").split(), "access_token")
+
+            def _token(self, user: str | None, scopes: list[str], key: str) -> None:
                 now = int(time.time())
                 claims = {"iss": server.issuer, "sub": user or "", "aud": server.service,
                           "exp": now + server.lifetime, "nbf": now - 10, "iat": now,
-                          "jti": secrets.token_hex(8),
-                          "access": server.grant(user, query.get("scope", []))}
+                          "jti": secrets.token_hex(8), "access": server.grant(user, scopes)}
                 token = server.sign(claims)
-                body = json.dumps({"token": token, "expires_in": server.lifetime}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                self._answer(200, json.dumps({key: token, "expires_in": server.lifetime}
+                                             ).encode())
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                if body:
+                    self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -325,6 +358,8 @@ except ImportError:  # imported by the bench, outside pytest
     pytest = None  # type: ignore[assignment]
 
 USER, PASSWORD = "alice", "wonderland"
+# A refresh token (a config.json ``identitytoken``) the token server takes for USER
+IDENTITY_TOKEN = "idt-" + secrets.token_hex(16)
 # Token registry users besides USER: one who may pull public/* only, one the token server
 # answers 403 Forbidden.
 LIMITED, LIMITED_PASSWORD = "bob", "builder"
@@ -422,7 +457,8 @@ if pytest is not None:
                        test_layout: dict[str, str]) -> Iterator[tuple[Registry, TokenServer]]:
         tokens = TokenServer(test_ca, {USER: PASSWORD, LIMITED: LIMITED_PASSWORD,
                                        BARRED: BARRED_PASSWORD}, public={"public/busybox"},
-                             allow={LIMITED: {"public/busybox"}}, deny={BARRED}).start()
+                             allow={LIMITED: {"public/busybox"}}, deny={BARRED},
+                             refresh_tokens={IDENTITY_TOKEN: USER}).start()
         try:
             with running_registry(tmp_path_factory.mktemp("reg-token"), token=tokens) as reg:
                 reg.user, reg.password = USER, PASSWORD

@@ -13,6 +13,7 @@ from tests.helpers.faultproxy import FaultProxy, Faults
 from tests.helpers.registry import (
     BARRED,
     BARRED_PASSWORD,
+    IDENTITY_TOKEN,
     LIMITED,
     LIMITED_PASSWORD,
     PASSWORD,
@@ -220,3 +221,64 @@ def test_client_certificate(ig: Ignite, home: Path, tmp_path: Path, test_ca: Tes
         reg.cert_dir = certs
         reg.push(test_layout["busybox"], "test/busybox:1")
         ig("image", "pull", ref)
+
+
+def _command_lines() -> str:
+    """Every process's command line on this host, as ``ps`` would show them."""
+    lines = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    lines.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return "\n".join(lines)
+
+
+def test_identity_token(ig: Ignite, token_registry: tuple[Registry, TokenServer],
+                        tmp_path: Path) -> None:
+    """A config.json ``identitytoken`` is a refresh token: POSTed (OAuth2 form) to the
+    token server for an access token. It appears in no log line, error or command line."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    reg, tokens = token_registry
+    ref = f"{reg.host}/private/busybox:1"
+    cfg = tmp_path / "idt"
+    cfg.mkdir()
+    (cfg / "config.json").write_text(json.dumps(
+        {"auths": {reg.host: {"identitytoken": IDENTITY_TOKEN}}}))
+    before = len(tokens.requests)
+    env = {**cli_env(ig.root), **ig.env}
+    proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "image", "pull", "--log-level",
+                             "debug", "--registry-config-dir", str(cfg), ref], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen_in_ps = False
+    while proc.poll() is None:  # (the whole pull long: no process shows the secret)
+        seen_in_ps = seen_in_ps or IDENTITY_TOKEN in _command_lines()
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert not seen_in_ps and IDENTITY_TOKEN not in out + err
+    asked = tokens.requests[before:]
+    assert [r["method"] for r in asked] == ["POST"]  # one token for the whole pull
+    post = asked[0]
+    assert post["path"] == "/token" and post["auth"] == ""
+    assert post["type"].startswith("application/x-www-form-urlencoded")
+    assert post["fields"] == "client_id,grant_type,refresh_token,scope,service"
+    assert (post["grant_type"], post["service"], post["scope"]) == (
+        "refresh_token", tokens.service, "repository:private/busybox:pull")
+    assert post["client_id"]
+    # A refresh token the server does not know (400 invalid_grant): refused, not shown.
+    wrong = "idt-wrong-" + IDENTITY_TOKEN[4:]
+    (cfg / "config.json").write_text(json.dumps(
+        {"auths": {reg.host: {"identitytoken": wrong}}}))
+    ig("image", "rm", ref)
+    err = fails(ig, "image", "pull", "--log-level", "debug", "--registry-config-dir",
+                str(cfg), ref)
+    assert "refused the credentials for the identity token" in err
+    assert wrong not in err and IDENTITY_TOKEN not in err

@@ -128,3 +128,72 @@ def test_same_pull_twice_at_once(ig: Ignite, plain_registry: Registry) -> None:
     assert all(p.returncode == 0 for p in procs), outs
     ids = ig("image", "ls", "-q").stdout.split()
     assert len(ids) == 1 and all(out.strip() == ids[0] for out, _ in outs)
+
+
+def _digest_of(reg: Registry, repo: str, tag: str) -> str:
+    """The digest the registry itself gives the manifest of ``repo:tag``."""
+    import httpx
+
+    from ignitevm.images.registry.manifests import ACCEPT
+
+    resp = httpx.get(f"http://{reg.host}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT})
+    resp.raise_for_status()
+    return resp.headers["docker-content-digest"]
+
+
+def _nothing_kept(ig: Ignite) -> None:
+    content = ig.root / "content"
+    assert not list((content / "blobs" / "sha256").glob("*"))  # not even the manifest
+    assert not list((content / "ingest").glob("*[0-9a-f]"))
+    assert ig("image", "ls", "-q").stdout == ""
+
+
+def test_manifest_not_matching_its_header(ig: Ignite, plain_registry: Registry) -> None:
+    """A tag's manifest whose bytes do not hash to the registry's Docker-Content-Digest
+    (a proxy altered it): refused, nothing kept."""
+    with FaultProxy(plain_registry.host, Faults(alter_manifests="/manifests/")) as proxy:
+        err = fails(ig, "image", "pull", f"{proxy.host}/test/busybox:1")
+    real = _digest_of(plain_registry, "test/busybox", "1")
+    assert f"tag 1 of {proxy.host}/test/busybox does not match its digest {real}" in err
+    assert "nothing was kept" in err
+    _nothing_kept(ig)
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_manifest_not_matching_the_digest_asked(ig: Ignite, plain_registry: Registry,
+                                                header: bool) -> None:
+    """``repo@sha256:…`` whose answer hashes to something else: refused whether or not the
+    registry's header (which the proxy keeps, or drops) agrees with the digest asked."""
+    real = _digest_of(plain_registry, "test/busybox", "1")
+    faults = Faults(alter_manifests="/manifests/", drop_digest=not header)
+    with FaultProxy(plain_registry.host, faults) as proxy:
+        err = fails(ig, "image", "pull", f"{proxy.host}/test/busybox@{real}")
+    assert f"manifest {real} of {proxy.host}/test/busybox does not match its digest" in err
+    _nothing_kept(ig)
+
+
+def test_index_entry_not_matching_its_digest(ig: Ignite, plain_registry: Registry) -> None:
+    """A multi-platform tag whose index is intact but whose chosen manifest (asked by the
+    digest the index lists) comes altered: refused, the index not kept either."""
+    faults = Faults(alter_manifests="/manifests/sha256:", drop_digest=True)
+    with FaultProxy(plain_registry.host, faults) as proxy:
+        err = fails(ig, "image", "pull", "--platform", "linux/amd64",
+                    f"{proxy.host}/test/multi:1")
+        asked = [s["path"] for s in proxy.faults.seen]
+    assert asked[0] == "/v2/test/multi/manifests/1" and "/manifests/sha256:" in asked[1]
+    assert "does not match its digest" in err
+    _nothing_kept(ig)
+
+
+def test_retry_after_http_date(ig: Ignite, plain_registry: Registry) -> None:
+    """``Retry-After`` as an HTTP date (RFC 9110) is honoured: the debug log shows the
+    wait it asks for (about 3 s), not the 0.2 s back-off; a date far ahead is capped."""
+    import re
+    import time
+    from email.utils import formatdate
+
+    when = formatdate(time.time() + 3, usegmt=True)
+    with FaultProxy(plain_registry.host, Faults(busy=1, retry_after=when)) as proxy:
+        res = ig("image", "pull", "--log-level", "debug", f"{proxy.host}/test/busybox:1")
+    waits = [float(w) for w in re.findall(r": 503; retrying in ([0-9.]+)s", res.stderr)]
+    assert len(waits) == 1 and 1.0 < waits[0] <= 3.0, res.stderr

@@ -45,3 +45,27 @@ def test_plain_loopback_registry_pulls_over_http(plain_registry: Registry, tmp_p
         manifests.fetch(client, "1")
         assert client.base == f"http://{plain_registry.host}"
     assert schemes.read_text().split() == [plain_registry.host]
+
+
+def test_remembered_http_registry_now_on_https(tls_registry: Registry, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loopback registry remembered as plain HTTP that now speaks HTTPS: its 400 to
+    the first request (the manifest's, no ``GET /v2/`` first) sends the client to TLS,
+    verified as ever, and the scheme is forgotten."""
+    from ignitevm.api.refs import parse
+    from ignitevm.images.registry import manifests
+    from ignitevm.images.registry.client import Client
+
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    certs = tmp_path / "certs.d"
+    (certs / tls_registry.host).mkdir(parents=True)
+    (certs / tls_registry.host / "ca.crt").write_bytes(Path(str(tls_registry.ca)).read_bytes())
+    monkeypatch.setenv("IGNITE_CERTS_DIRS", str(certs))
+    schemes = tmp_path / "http-registries"
+    schemes.write_text(f"{tls_registry.host}\n")
+    with Client(parse(f"{tls_registry.host}/test/busybox:1"), schemes=schemes) as client:
+        manifests.fetch(client, "1")
+        assert client.base == f"https://{tls_registry.host}"
+    assert schemes.read_text().split() == []

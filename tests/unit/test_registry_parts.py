@@ -383,3 +383,29 @@ def test_a_manifest_nested_too_deeply_is_one_error() -> None:
     made json.loads raise RecursionError, a traceback)."""
     with pytest.raises(InvalidInput, match="not valid JSON"):
         manifests.parse(b"[" * 100_000, "sha256:" + "0" * 64, "the manifest")
+
+
+def test_retry_after_forms() -> None:
+    """Seconds or an HTTP date (the three forms RFC 9110 allows), bounded to MAX_WAIT;
+    nothing usable gives None (the client's own back-off)."""
+    from email.utils import formatdate
+
+    import httpx
+
+    from ignitevm.images.registry.client import MAX_WAIT, retry_after
+
+    now = 1_800_000_000.0
+
+    def wait(value: str) -> float | None:
+        return retry_after(httpx.Response(503, headers={"Retry-After": value}), now)
+
+    assert wait("7") == 7.0 and wait("0") == 0.0 and wait("-4") == 0.0
+    assert wait("99999") == MAX_WAIT and wait("1e999") == MAX_WAIT
+    assert wait(formatdate(now + 12, usegmt=True)) == 12.0
+    assert wait(formatdate(now + 12)) == 12.0  # "-0000"
+    assert wait(formatdate(now - 60, usegmt=True)) == 0.0  # already past
+    assert wait(formatdate(now + 86400, usegmt=True)) == MAX_WAIT  # a day: capped
+    assert wait("Sun Nov  6 08:49:37 1994") == 0.0  # asctime form
+    assert wait("Sunday, 06-Nov-94 08:49:37 GMT") == 0.0  # RFC 850 form
+    for junk in ("", "soon", "nan", "Mon, 99 Foo 2026 25:61:00 GMT"):
+        assert wait(junk) is None, junk

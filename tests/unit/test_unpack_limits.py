@@ -76,6 +76,17 @@ def test_zeros_after_the_end_of_the_archive_count_too(dest: Path) -> None:
         apply_layers(image(blob), dest, limits=UnpackLimits(max_bytes=8 * MiB))
 
 
+def test_a_zstd_bomb_stops_at_the_limit(dest: Path) -> None:
+    """The same bounds for zstd: a tiny tar, then 64 MiB of zeros in a few KB; the
+    stream stops being read once the limit is crossed (each read is bounded too)."""
+    zstandard = pytest.importorskip("zstandard")
+    cobj = zstandard.ZstdCompressor().compressobj()
+    blob = cobj.compress(tar_of(entry("a", data=b"x")) + bytes(64 * MiB)) + cobj.flush()
+    assert len(blob) < 64 * 1024
+    with pytest.raises(InvalidInput, match=r"unpacks to more than 8\.0 MB"):
+        apply_layers(image(blob), dest, limits=UnpackLimits(max_bytes=8 * MiB))
+
+
 def test_the_byte_limit_spans_all_layers(dest: Path) -> None:
     layer = tar_of(entry("a", data=bytes(3 * MiB)))
     apply_layers(image(layer, layer), dest, limits=UnpackLimits(max_bytes=7 * MiB))

@@ -96,8 +96,9 @@ class Auth:
             resp = self._fetch("GET", realm, params=query, headers=headers)
         if resp.status_code == 403:
             raise self.denied(_repository(scope), by="the token server of ")
-        if resp.status_code == 401:
-            raise self.refused()
+        if resp.status_code == 401 or (resp.status_code == 400 and self.creds.identity_token
+                                       and _oauth_error(resp.content) == "invalid_grant"):
+            raise self.refused()  # (400 invalid_grant: OAuth2's word for a bad refresh token)
         if resp.status_code != 200:
             raise IgniteError(f"the token server of {self.host} answered {resp.status_code} "
                               f"{resp.reason_phrase}")
@@ -151,6 +152,15 @@ class Auth:
             f"{by}registry {self.host} denies access to {repository} (403 Forbidden)",
             hint=f"credentials may be needed: {self.login_hint}, or give "
                  "--registry-config-dir DIR holding a config.json with its auths")
+
+
+def _oauth_error(body: bytes) -> str | None:
+    """The ``error`` of an OAuth2 error answer (RFC 6749 5.2), or None."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error if isinstance(error, str) else None
 
 
 def _repository(scope: str) -> str:

@@ -1,5 +1,11 @@
 """HTTP to one registry repository: scheme choice, auth, retries, timeouts and redirects.
 
+There is no ``GET /v2/`` first: the first request (a manifest) chooses the
+scheme, and a 401 to it brings the auth challenge (Basic or Bearer); the
+request is then sent once more with credentials, as Docker's and containerd's
+resolvers do. ``GET /v2/`` is asked only to tell a host that is no registry
+from a missing repository, on that error path.
+
 Requests are retried with a doubling pause on network errors, 429 and 5xx
 (``Retry-After`` honoured, capped); a redirect to another host (a blob store)
 never carries the registry's ``Authorization`` header, and a redirect from
@@ -75,12 +81,27 @@ def read_small(resp: httpx.Response, limit: int = MAX_SMALL) -> bytes:
     return bytes(data[:limit])
 
 
-def retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after", "")
+def retry_after(resp: httpx.Response, now: float | None = None) -> float | None:
+    """The wait a 429 or 503 asks for, in seconds (``Retry-After``: a number of seconds,
+    or an HTTP date), never more than MAX_WAIT; None when it says nothing usable."""
+    value = resp.headers.get("retry-after", "").strip()
     try:
-        return min(max(float(value), 0.0), MAX_WAIT)
+        wait = float(value)
     except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # ("-0000": UTC, as HTTP dates are)
+            import datetime
+
+            when = when.replace(tzinfo=datetime.UTC)
+        wait = when.timestamp() - (time.time() if now is None else now)
+    if wait != wait:  # NaN
         return None
+    return min(max(wait, 0.0), MAX_WAIT)
 
 
 class Client:
@@ -127,19 +148,24 @@ class Client:
         self.close()
 
     # --- the registry's API ---------------------------------------------------
-    def ping(self) -> None:
-        """``GET /v2/``: choose the scheme and learn the auth challenge."""
-        if self.base is not None:
-            return
-        resp = None
+    def _first_contact(self, path: str, headers: dict[str, str], *,
+                       stream: bool) -> httpx.Response:
+        """The first request to the registry, straight to ``path`` (no ``GET /v2/``
+        first, as Docker's and containerd's resolvers do): it chooses the scheme.
+        HTTPS unless the host may use plain HTTP (loopback or opted in) and does not
+        speak TLS; a host remembered as plain HTTP that now answers HTTPS is asked again
+        over TLS. Never a downgrade otherwise."""
         known_http = self.transport.http_allowed and self.host in self._read_schemes()
         schemes = ("http", "https", "http") if known_http else ("https", "http")
         if not known_http and self.transport.http_allowed and self._speaks_tls() is False:
             schemes = ("http",)  # (no verified TLS context to build: ~50 ms)
+        resp = None
         for scheme in schemes:
             try:
-                resp = self._send("GET", f"{scheme}://{self.host}/v2/", {}, stream=False)
+                resp = self._send("GET", f"{scheme}://{self.host}/v2/{self.repository}/{path}",
+                                  headers, stream=stream)
                 if known_http and resp.status_code == 400:  # an HTTPS server now
+                    resp.close()
                     known_http, resp = False, None
                     continue
                 break
@@ -158,15 +184,27 @@ class Client:
                              f"{tls.INSECURE_ENV})", retry=False) from None
                 raise
         assert resp is not None
-        scheme = _origin(str(resp.request.url))[0]
         self.base = f"{scheme}://{self.host}"
         if (scheme == "http") != (self.host in self._read_schemes()):
             self._write_schemes(scheme == "http")
-        if resp.status_code == 401:
-            self.auth.challenge(resp.headers.get("www-authenticate"))
-        elif resp.status_code not in (200, 403):
-            raise IgniteError(f"{self.host} is not an OCI registry (GET /v2/ answered "
-                              f"{resp.status_code} {resp.reason_phrase})")
+        return resp
+
+    def _not_a_registry(self, resp: httpx.Response) -> IgniteError | None:
+        """For a 404: the error saying the host is no registry at all (its ``GET /v2/``
+        answers neither 200, 401 nor 403), or None (a registry without that name). Asked
+        only on this error path, so a pull that works costs no ``GET /v2/``; a 5xx is
+        the registry's (or its proxy's) trouble, said as it is."""
+        if resp.headers.get("docker-distribution-api-version") or self.base is None:
+            return None
+        try:
+            ping = self._send("GET", f"{self.base}/v2/", {}, stream=True)
+        except IgniteError:
+            return None
+        ping.close()
+        if ping.status_code in (200, 401, 403):
+            return None
+        return IgniteError(f"{self.host} is not an OCI registry (GET /v2/ answered "
+                           f"{ping.status_code} {ping.reason_phrase})")
 
     def _speaks_tls(self) -> bool | None:
         """For a host that may use plain HTTP (loopback or opted in), met for the first
@@ -214,17 +252,20 @@ class Client:
 
     def get(self, path: str, headers: dict[str, str] | None = None, *,
             stream: bool = False) -> httpx.Response:
-        """An authenticated GET of ``/v2/<repository>/<path>`` (closed by the caller)."""
-        self.ping()
-        assert self.base is not None
-        url = f"{self.base}/v2/{self.repository}/{path}"
+        """An authenticated GET of ``/v2/<repository>/<path>`` (closed by the caller).
+        The registry's auth challenge comes from its 401 to the first request without
+        credentials: the request is then sent once more with them."""
         retried = False
+        authz = self.auth.header(self.scope)
         while True:
             sent = dict(headers or {})
-            authz = self.auth.header(self.scope)
             if authz:
                 sent["Authorization"] = authz
-            resp = self._send("GET", url, sent, stream=stream)
+            if self.base is None:
+                resp = self._first_contact(path, sent, stream=stream)
+            else:
+                resp = self._send("GET", f"{self.base}/v2/{self.repository}/{path}", sent,
+                                  stream=stream)
             if resp.status_code == 401:
                 resp.close()
                 challenge = resp.headers.get("www-authenticate")
@@ -232,6 +273,9 @@ class Client:
                     raise self.auth.refused(challenge, self.scope)
                 self.auth.challenge(challenge)
                 self.auth.forget(self.scope)
+                authz = self.auth.header(self.scope)
+                if authz is None:  # (Basic, and no credentials to give)
+                    raise self.auth.refused(challenge, self.scope)
                 retried = True
                 continue
             if resp.status_code == 403:
@@ -241,6 +285,10 @@ class Client:
 
     def error(self, resp: httpx.Response, what: str) -> IgniteError:
         """An error for an unexpected answer to a request for ``what``."""
+        not_registry = self._not_a_registry(resp) if resp.status_code == 404 else None
+        if not_registry is not None:
+            resp.close()
+            return not_registry
         codes: list[str] = []
         try:
             body: Any = json.loads(read_small(resp))
