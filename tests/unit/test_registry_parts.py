@@ -371,3 +371,52 @@ def test_a_manifest_nested_too_deeply_is_one_error() -> None:
     made json.loads raise RecursionError, a traceback)."""
     with pytest.raises(InvalidInput, match="not valid JSON"):
         manifests.parse(b"[" * 100_000, "sha256:" + "0" * 64, "the manifest")
+
+
+# --- blob bodies read past h11 (client.body): which answers may be --------------------------
+
+
+class _Stream:
+    def __init__(self, sock: object, ssl_object: object = None):
+        self.info = {"socket": sock, "ssl_object": ssl_object}
+
+    def get_extra_info(self, name: str) -> object:
+        return self.info.get(name)
+
+
+def _answer(headers: dict[str, str], stream: object | None) -> object:
+    import httpx
+
+    ext: dict[str, object] = {"http_version": b"HTTP/1.1"}
+    if stream is not None:
+        ext["network_stream"] = stream
+    return httpx.Response(200, headers=headers, extensions=ext)
+
+
+def test_direct_socket_only_for_plain_bodies_of_known_length() -> None:
+    import socket
+    import ssl
+
+    from ignitevm.images.registry.client import DIRECT_MIN, _own_socket
+
+    big = str(DIRECT_MIN * 2)
+    with socket.socket() as sock:
+        assert _own_socket(_answer({"content-length": big}, _Stream(sock))) is sock
+        for headers in ({"content-length": "100"},  # small: through h11 (reused connection)
+                        {"transfer-encoding": "chunked"},
+                        {"content-length": big, "transfer-encoding": "chunked"},
+                        {"content-length": big, "content-encoding": "gzip"},
+                        {"content-length": "+" + big}, {"content-length": big + ".0"}):
+            assert _own_socket(_answer(headers, _Stream(sock))) is None, headers
+        # no stream, or one without a socket, or a plain socket with TLS above it
+        assert _own_socket(_answer({"content-length": big}, None)) is None
+        assert _own_socket(_answer({"content-length": big}, object())) is None
+        assert _own_socket(_answer({"content-length": big}, _Stream(None))) is None
+        assert _own_socket(_answer({"content-length": big}, _Stream(sock, object()))) is None
+        # TLS: only on the socket itself, not TLS inside a proxy's TLS
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls = ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False)
+        with tls:
+            inner = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="x")
+            assert _own_socket(_answer({"content-length": big},
+                                       _Stream(tls, inner))) is None
