@@ -420,3 +420,38 @@ def test_direct_socket_only_for_plain_bodies_of_known_length() -> None:
             inner = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="x")
             assert _own_socket(_answer({"content-length": big},
                                        _Stream(tls, inner))) is None
+
+
+def test_download_imports_leave_out_tarfile_and_tomllib(tmp_path: Path) -> None:
+    """A download loads neither tarfile (the archive reader's) nor tomllib when
+    registries.conf holds comments only, as Debian ships it; one that says anything is
+    parsed as ever."""
+    import subprocess
+    import sys
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text("# comments only\n\n   # indented too\n")
+    code = (
+        "import sys\n"
+        "from ignitevm.images.registry import pull, mirrors\n"
+        "from ignitevm.api.refs import parse\n"
+        "assert [e.ref.domain for e in mirrors.endpoints(parse('example.com/a/b:1'))] == "
+        "['example.com']\n"
+        "print(sorted({'tarfile', 'tomllib'} & set(sys.modules)))\n"
+        "from ignitevm.images.blobs import BoundedTarInfo\n"
+        "from ignitevm.images import blobs\n"
+        "assert blobs.BoundedTarInfo is BoundedTarInfo is blobs.bounded_tarinfo()\n"
+        "import tarfile; assert issubclass(BoundedTarInfo, tarfile.TarInfo)\n"
+    )
+    env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(conf))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert out.strip() == "[]"
+    conf.write_text('# a mirror\n[[registry]]\nlocation = "example.com"\n'
+                    '[[registry.mirror]]\nlocation = "mirror.example"\n')
+    code = ("from ignitevm.images.registry import mirrors\n"
+            "from ignitevm.api.refs import parse\n"
+            "print([e.ref.domain for e in mirrors.endpoints(parse('example.com/a/b:1'))])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert out.strip() == "['mirror.example', 'example.com']"
