@@ -83,15 +83,16 @@ def main() -> None:
             skopeo = [shutil.which("skopeo") or "skopeo", "--insecure-policy", "copy", "-q",
                       "--src-tls-verify=false", f"docker://{ref}"]
             fetch, ske, full, imp, second, start = [], [], [], [], [], []
+            fetch_cpu, ske_cpu = [], []
             second_cpu, bare, bare_cpu = [], [], []
             for i in range(rounds + 1):  # round 0 warms caches, untimed
                 root = work / f"root{i}"
                 env = cli_env(root)
-                t_fetch = timed([sys.executable, "-c", FETCH, str(root / "content"), ref],
-                                env=dict(env, PYTHONPATH=str(REPO)))
+                t_fetch, c_fetch = timed_cpu([sys.executable, "-c", FETCH, str(root / "content"),
+                                              ref], env=dict(env, PYTHONPATH=str(REPO)))
                 t_start = timed([sys.executable, "-c", FETCH.split("pull_into(", 1)[0]],
                                 env=dict(env, PYTHONPATH=str(REPO)))
-                t_skopeo = timed([*skopeo, f"oci:{work / f'oci{i}'}:big"])
+                t_skopeo, c_skopeo = timed_cpu([*skopeo, f"oci:{work / f'oci{i}'}:big"])
                 shutil.rmtree(root, ignore_errors=True)
                 t_full = timed([str(REPO / ".venv/bin/ignite"), "image", "pull", "-q", ref],
                                env=env)
@@ -108,6 +109,8 @@ def main() -> None:
                     shutil.rmtree(d, ignore_errors=True)
                 if i:
                     fetch.append(t_fetch)
+                    fetch_cpu.append(c_fetch)
+                    ske_cpu.append(c_skopeo)
                     start.append(t_start)
                     ske.append(t_skopeo)
                     full.append(t_full)
@@ -118,7 +121,9 @@ def main() -> None:
                         bare.append(t_bare)
                         bare_cpu.append(c_bare)
         report("download+verify vs skopeo copy", fetch, ske)
-        print(f"  (of which Python start-up and imports: median {median(start):.3f}s)")
+        print(f"  (of which Python start-up and imports: median {median(start):.3f}s; CPU, user + "
+              f"sys: {median(fetch_cpu):.3f}s vs skopeo's {median(ske_cpu):.3f}s; load "
+              f"{os.getloadavg()[0]:.1f})")
         report("pull until bootable vs skopeo copy + image import", full, imp)
         print(f"second pull of an unchanged tag: median {median(second):.3f}s, "
               f"{100 * median(second) / median(full):.2f}% of the first pull, n={len(second)}; "

@@ -1,18 +1,17 @@
 """Entry point: parse, dispatch, and turn errors into one line and an exit code."""
 
-from __future__ import annotations
-
 import os
 import sys
 
 # (typing.TYPE_CHECKING without typing, and collections.abc only for the checker: ~1.5 ms
-# of every command's start-up, which the fast paths below keep near the interpreter's)
+# of every command's start-up, which the fast paths below keep near the interpreter's;
+# no ``from __future__ import annotations`` either, ~0.3 ms: the annotations are quoted)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     from ignitevm.util.umask import make_private
 
     make_private()  # nothing this program makes is for other users (the store sets modes)
@@ -49,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _fast_path(words: list[str]) -> Callable[[], int | None] | None:
+def _fast_path(words: list[str]) -> "Callable[[], int | None] | None":
     """The lean path of a measured command, without the command tree: each
     takes only its plain form and returns None for anything else."""
     if words[:1] == ["exec"]:  # `exec VM -- CMD` (cli/fastexec.py)
@@ -71,7 +70,7 @@ def _fast_path(words: list[str]) -> Callable[[], int | None] | None:
     return None
 
 
-def _guarded(call: Callable[[], int | None], debug: bool) -> int | None:
+def _guarded(call: "Callable[[], int | None]", debug: bool) -> int | None:
     """``call()``, with a user-facing error as one line (and its hint) and exit code;
     any other exception too (a bug), its traceback only with ``debug``."""
     try:

@@ -13,16 +13,18 @@ import io
 import json
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ignitevm.api.refs import DIGEST
 from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.source import Opener
 from ignitevm.log import log
+
+if TYPE_CHECKING:
+    import tarfile
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 _MAX_JSON = 64 << 20
@@ -37,22 +39,42 @@ def compression(head: bytes) -> str | None:
 
 
 MAX_HEADER = 1 << 20  # a pax or GNU long-name record: names, link targets, xattrs
-_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-                 tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 
 
-class BoundedTarInfo(tarfile.TarInfo):
-    """A tar header whose extended records are refused above :data:`MAX_HEADER`
-    before they are read (tarfile reads each one whole into memory: a few KB of
-    compressed layer could claim gigabytes)."""
+def __getattr__(name: str) -> Any:
+    """``BoundedTarInfo``, made on first use: tarfile (~3 ms with shutil) is not
+    imported by what only downloads blobs into the content store."""
+    if name != "BoundedTarInfo":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return bounded_tarinfo()
 
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
-        if self.type in _HEADER_TYPES and self.size > MAX_HEADER:
-            raise InvalidInput(
-                f"a tar header record of {self.size} bytes (more than {MAX_HEADER}) at byte "
-                f"{self.offset}",
-                hint="the archive is malformed or malicious; nothing was imported")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+def bounded_tarinfo() -> type[tarfile.TarInfo]:
+    """:class:`BoundedTarInfo` (made once)."""
+    made = globals().get("BoundedTarInfo")
+    if made is not None:
+        return made  # type: ignore[no-any-return]
+    import tarfile
+
+    header_types = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        """A tar header whose extended records are refused above :data:`MAX_HEADER`
+        before they are read (tarfile reads each one whole into memory: a few KB of
+        compressed layer could claim gigabytes)."""
+
+        def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+            if self.type in header_types and self.size > MAX_HEADER:
+                raise InvalidInput(
+                    f"a tar header record of {self.size} bytes (more than {MAX_HEADER}) at "
+                    f"byte {self.offset}",
+                    hint="the archive is malformed or malicious; nothing was imported")
+            return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    BoundedTarInfo.__module__ = __name__
+    globals()["BoundedTarInfo"] = BoundedTarInfo
+    return BoundedTarInfo
 
 
 def next_member(
@@ -65,6 +87,8 @@ def next_member(
     that stops cleanly between two members without the end marker is accepted
     (some tools omit it; layer digests and compressed trailers catch real cuts).
     """
+    import tarfile
+
     fileobj: Any = tf.fileobj
     offset: int = tf.offset  # type: ignore[attr-defined]
     if fileobj.tell() != offset:
@@ -180,11 +204,14 @@ class TarIndex(Store):
 
     @contextmanager
     def _open(self, info: tarfile.TarInfo, label: str) -> Iterator[BinaryIO]:
+        import tarfile
+
         with ExitStack() as stack:
             try:
                 if self.compressed:
                     f: Any = stack.enter_context(
-                        tarfile.open(self.path, "r:*", tarinfo=BoundedTarInfo)).fileobj
+                        tarfile.open(self.path, "r:*", tarinfo=bounded_tarinfo())
+                    ).fileobj
                 else:
                     f = stack.enter_context(open(self.path, "rb", buffering=0))
                 f.seek(info.offset_data)

@@ -5,9 +5,7 @@ files a user asks for outside the store (``ignite cp VM:... DEST``) get the
 modes the user's own umask would give, as ``cp`` does.
 """
 
-from __future__ import annotations
-
-import os
+import os  # (no __future__ import: the lean fast paths load this module)
 
 _user: list[int] = []  # the umask the program was started with (set once, at entry)
 

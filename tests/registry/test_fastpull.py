@@ -274,8 +274,9 @@ def test_a_record_not_as_written_takes_the_full_path(
     monkeypatch.undo()
 
 
-@pytest.mark.parametrize("lie", ["", "media", "digest header", "body", "garbage", "status"])
-def test_only_the_recorded_bytes_are_up_to_date(
+@pytest.mark.parametrize("lie", ["", "media", "digest header", "no digest", "body", "garbage",
+                                 "status"])
+def test_only_the_recorded_manifest_is_up_to_date(
     ig: Ignite,
     plain_registry: Registry,
     monkeypatch: pytest.MonkeyPatch,
@@ -283,7 +284,8 @@ def test_only_the_recorded_bytes_are_up_to_date(
     lie: str,
 ) -> None:
     """A registry (here one that stands in for it, on the recorded host) answers the
-    recorded manifest, or lies: a lie takes the full path, whatever else it says."""
+    HEAD request with the recorded manifest's digest and type, or lies: a lie takes the
+    full path, whatever else it says."""
     ref = f"{plain_registry.host}/test/multi:1"
     uid = ig("image", "pull", "-q", ref).stdout.strip()
     rec = _fields(_record_path(ig, ref))
@@ -293,13 +295,15 @@ def test_only_the_recorded_bytes_are_up_to_date(
         head["Content-Type"] = "application/vnd.oci.image.manifest.v1+json"
     elif lie == "digest header":
         head["Docker-Content-Digest"] = "sha256:" + "1" * 64
-    elif lie == "body":
-        body = body.replace(b"amd64", b"arm64")
+    elif lie == "no digest":
+        del head["Docker-Content-Digest"]
     status = b"HTTP/1.1 404 Not Found" if lie == "status" else b"HTTP/1.1 200 OK"
     answer = (status + b"\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in head.items())
-              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+              + f"Content-Length: {len(body)}\r\n\r\n".encode())
+    if lie == "body":  # (a body after the headers: not an answer to a HEAD)
+        answer += body
     if lie == "garbage":
-        answer = b"\x00garbage\r\n\r\n" + body
+        answer = b"\x00garbage\r\n\r\n"
     host, t = serve_once(answer)
     text = f"{host}/test/multi:1"
     _write_fields(_record_path(ig, text), {**rec, "text": text, "host": host,
@@ -308,6 +312,38 @@ def test_only_the_recorded_bytes_are_up_to_date(
     want = (0, f"{uid}\n", "") if not lie else (None, "", "")
     assert _fast(ig, monkeypatch, capsys, "-q", text) == want
     t.join(5)
+
+
+def test_the_registry_is_asked_with_head() -> None:
+    """What the stand-in above is told: one HEAD of the tag's manifest, no credentials."""
+    import socket as socket_mod
+
+    from ignitevm.cli import fastpull
+
+    seen: list[bytes] = []
+    srv = socket_mod.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def once() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                seen.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+
+    import threading
+
+    t = threading.Thread(target=once, daemon=True)
+    t.start()
+    port = srv.getsockname()[1]
+    got = fastpull._get("127.0.0.1", port, f"127.0.0.1:{port}", False, "/v2/a/manifests/1",
+                        {"Accept": fastpull.ACCEPT}, head=True)
+    t.join(5)
+    assert got == ({"content-length": "5"}, b"")
+    request = seen[0].decode()
+    assert request.startswith("HEAD /v2/a/manifests/1 HTTP/1.1\r\n")
+    assert "authorization" not in request.lower()
 
 
 def test_https_get_is_verified(

@@ -117,3 +117,28 @@ def test_a_dripping_answer_ends_at_one_deadline(monkeypatch: pytest.MonkeyPatch)
     assert time.monotonic() - started < 3
     stop.set()
     t.join(5)
+
+
+@pytest.mark.parametrize(
+    ("answer", "ok"),
+    [
+        (b"HTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:1\r\nContent-Length: 2\r\n\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", False),  # a body: not a HEAD's
+        (b"HTTP/1.1 200 OK\r\n\r\n", False),  # no length
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:1\r\n"
+         b"Docker-Content-Digest: sha256:2\r\nContent-Length: 2\r\n\r\n", False),  # which?
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", False),  # the headers never end
+    ],
+)
+def test_head_takes_only_a_plain_answer_with_no_body(answer: bytes, ok: bool) -> None:
+    from ignitevm.cli.fastpull import _get
+
+    host, t = serve_once(answer)
+    got = _get(*_at(host), host, False, "/v2/x/manifests/1", {}, head=True)
+    t.join(5)
+    assert (got is not None) == ok
+    if ok:
+        assert got == ({"docker-content-digest": "sha256:1", "content-length": "2"}, b"")

@@ -409,3 +409,87 @@ def test_retry_after_forms() -> None:
     assert wait("Sunday, 06-Nov-94 08:49:37 GMT") == 0.0  # RFC 850 form
     for junk in ("", "soon", "nan", "Mon, 99 Foo 2026 25:61:00 GMT"):
         assert wait(junk) is None, junk
+
+
+# --- blob bodies read past h11 (client.body): which answers may be --------------------------
+
+
+class _Stream:
+    def __init__(self, sock: object, ssl_object: object = None):
+        self.info = {"socket": sock, "ssl_object": ssl_object}
+
+    def get_extra_info(self, name: str) -> object:
+        return self.info.get(name)
+
+
+def _answer(headers: dict[str, str], stream: object | None) -> object:
+    import httpx
+
+    ext: dict[str, object] = {"http_version": b"HTTP/1.1"}
+    if stream is not None:
+        ext["network_stream"] = stream
+    return httpx.Response(200, headers=headers, extensions=ext)
+
+
+def test_direct_socket_only_for_plain_bodies_of_known_length() -> None:
+    import socket
+    import ssl
+
+    from ignitevm.images.registry.client import DIRECT_MIN, _own_socket
+
+    big = str(DIRECT_MIN * 2)
+    with socket.socket() as sock:
+        assert _own_socket(_answer({"content-length": big}, _Stream(sock))) is sock
+        for headers in ({"content-length": "100"},  # small: through h11 (reused connection)
+                        {"transfer-encoding": "chunked"},
+                        {"content-length": big, "transfer-encoding": "chunked"},
+                        {"content-length": big, "content-encoding": "gzip"},
+                        {"content-length": "+" + big}, {"content-length": big + ".0"}):
+            assert _own_socket(_answer(headers, _Stream(sock))) is None, headers
+        # no stream, or one without a socket, or a plain socket with TLS above it
+        assert _own_socket(_answer({"content-length": big}, None)) is None
+        assert _own_socket(_answer({"content-length": big}, object())) is None
+        assert _own_socket(_answer({"content-length": big}, _Stream(None))) is None
+        assert _own_socket(_answer({"content-length": big}, _Stream(sock, object()))) is None
+        # TLS: only on the socket itself, not TLS inside a proxy's TLS
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls = ctx.wrap_socket(socket.socket(), server_hostname="x", do_handshake_on_connect=False)
+        with tls:
+            inner = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="x")
+            assert _own_socket(_answer({"content-length": big},
+                                       _Stream(tls, inner))) is None
+
+
+def test_download_imports_leave_out_tarfile_and_tomllib(tmp_path: Path) -> None:
+    """A download loads neither tarfile (the archive reader's) nor tomllib when
+    registries.conf holds comments only, as Debian ships it; one that says anything is
+    parsed as ever."""
+    import subprocess
+    import sys
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text("# comments only\n\n   # indented too\n")
+    code = (
+        "import sys\n"
+        "from ignitevm.images.registry import pull, mirrors\n"
+        "from ignitevm.api.refs import parse\n"
+        "assert [e.ref.domain for e in mirrors.endpoints(parse('example.com/a/b:1'))] == "
+        "['example.com']\n"
+        "print(sorted({'tarfile', 'tomllib'} & set(sys.modules)))\n"
+        "from ignitevm.images.blobs import BoundedTarInfo\n"
+        "from ignitevm.images import blobs\n"
+        "assert blobs.BoundedTarInfo is BoundedTarInfo is blobs.bounded_tarinfo()\n"
+        "import tarfile; assert issubclass(BoundedTarInfo, tarfile.TarInfo)\n"
+    )
+    env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(conf))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert out.strip() == "[]"
+    conf.write_text('# a mirror\n[[registry]]\nlocation = "example.com"\n'
+                    '[[registry.mirror]]\nlocation = "mirror.example"\n')
+    code = ("from ignitevm.images.registry import mirrors\n"
+            "from ignitevm.api.refs import parse\n"
+            "print([e.ref.domain for e in mirrors.endpoints(parse('example.com/a/b:1'))])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert out.strip() == "['mirror.example', 'example.com']"

@@ -19,6 +19,7 @@ import re
 import ssl
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +42,7 @@ MAX_SMALL = 1 << 20  # token answers and error documents
 _NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD LAYER FAILURE", "PACKET LENGTH TOO LONG",
             "HTTP REQUEST", "UNEXPECTED EOF", "EOF OCCURRED IN VIOLATION")
 READ_SIZE = 1 << 20
+DIRECT_MIN = 8 << 20  # a body with more left than this is read straight from its socket
 _CODE = re.compile(r"[A-Z_]{1,64}")  # an error code (NAME_UNKNOWN, DENIED...)
 TIMEOUT = httpx.Timeout(connect=15.0, read=60.0, write=60.0, pool=120.0)
 
@@ -79,6 +81,82 @@ def read_small(resp: httpx.Response, limit: int = MAX_SMALL) -> bytes:
     finally:
         resp.close()
     return bytes(data[:limit])
+
+
+def body(resp: httpx.Response, client: Client) -> Iterator[bytes | memoryview]:
+    """The body of a streamed answer (a blob), piece by piece; each piece is valid until
+    the next is asked for (the caller writes and hashes it before).
+
+    A large body is read past h11: once its first piece (all h11 holds) has come
+    through httpx, the rest is read with ``recv_into`` into one reused buffer, from
+    the socket httpcore documents as the answer's ``network_stream`` extension. h11
+    copies each byte three times while the GIL is held (into its buffer, out of it,
+    into bytes); this way the four downloads spend their time in the socket read, the
+    file write and the hashes, which all release it. Only for a plain body of known
+    length (no content or transfer encoding) on a plain or directly TLS-wrapped
+    socket; anything else is read through httpx as ever. The connection is closed
+    afterwards, not reused (h11 never saw the body's end). A body cut short ends
+    early (the caller resumes it); a socket error is a :class:`NetworkError`.
+    """
+    chunks = resp.iter_bytes()
+    sock = _own_socket(resp)
+    for chunk in chunks:
+        yield chunk
+        if sock is not None:
+            break
+    else:
+        return
+    left = int(resp.headers["content-length"]) - resp.num_bytes_downloaded
+    if left < DIRECT_MIN:
+        yield from chunks  # (the connection stays reusable)
+        return
+    buf = bytearray(READ_SIZE)
+    view = memoryview(buf)
+    try:
+        sock.settimeout(TIMEOUT.read)
+        while left > 0:
+            want = min(left, READ_SIZE)
+            got = 0
+            while got < want:  # (a TLS socket gives one record, ~16 KiB, a call)
+                n = sock.recv_into(view[got:want])
+                if not n:
+                    break
+                got += n
+            if got:
+                left -= got
+                yield view[:got]
+            if got < want:
+                return  # the connection ended early: the caller resumes
+    except OSError as exc:  # (socket.timeout and ssl.SSLError too)
+        raise client.network_error(exc) from None
+
+
+def _own_socket(resp: httpx.Response) -> Any:
+    """The socket ``resp``'s body arrives on, when it may be read directly (see
+    :func:`body`); else None."""
+    import socket
+
+    headers = resp.headers
+    length = headers.get("content-length", "")
+    if (not length.isascii() or not length.isdigit() or int(length) < DIRECT_MIN
+            or headers.get("transfer-encoding")
+            or headers.get("content-encoding", "identity").lower() != "identity"
+            or resp.http_version != "HTTP/1.1"):
+        return None
+    stream = resp.extensions.get("network_stream")
+    get = getattr(stream, "get_extra_info", None)
+    if get is None:
+        return None
+    try:
+        sock, ssl_object = get("socket"), get("ssl_object")
+    except Exception:
+        return None
+    if type(sock) is socket.socket and ssl_object is None:
+        return sock  # plain TCP (or a Unix socket)
+    if isinstance(sock, ssl.SSLSocket) and ssl_object is not None and (
+            getattr(sock, "_sslobj", None) is ssl_object):
+        return sock  # TLS on the socket itself (not TLS inside a proxy's TLS)
+    return None
 
 
 def retry_after(resp: httpx.Response, now: float | None = None) -> float | None:

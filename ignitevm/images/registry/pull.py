@@ -25,7 +25,7 @@ from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.images.blobs import ContentStore, Ingest
 from ignitevm.images.oci import LAYER_TYPES
 from ignitevm.images.registry import manifests
-from ignitevm.images.registry.client import Client, NetworkError
+from ignitevm.images.registry.client import Client, NetworkError, body
 from ignitevm.images.registry.diffid import DiffHasher
 from ignitevm.images.registry.manifests import Manifest
 from ignitevm.images.registry.options import PullOptions
@@ -290,7 +290,7 @@ def _transfer(client: Client, ing: Ingest, digest: str, size: int, what: str,
             raise client.error(resp, f"blob {digest}")
         if progress is not None:
             progress(digest, ing.offset, size)
-        for chunk in resp.iter_bytes():
+        for chunk in body(resp, client):
             if stop is not None and stop.is_set():
                 raise _Stopped
             ing.write(chunk)
