@@ -13,6 +13,7 @@ import io
 import json
 import os
 import posixpath
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -41,6 +42,9 @@ def compression(head: bytes) -> str | None:
 MAX_HEADER = 1 << 20  # a pax or GNU long-name record: names, link targets, xattrs
 
 
+_MAKING = threading.Lock()
+
+
 def __getattr__(name: str) -> Any:
     """``BoundedTarInfo``, made on first use: tarfile (~3 ms with shutil) is not
     imported by what only downloads blobs into the content store."""
@@ -50,10 +54,16 @@ def __getattr__(name: str) -> Any:
 
 
 def bounded_tarinfo() -> type[tarfile.TarInfo]:
-    """:class:`BoundedTarInfo` (made once)."""
+    """:class:`BoundedTarInfo` (made once, whichever thread asks first)."""
     made = globals().get("BoundedTarInfo")
     if made is not None:
         return made  # type: ignore[no-any-return]
+    with _MAKING:
+        made = globals().get("BoundedTarInfo")
+        return made if made is not None else _make_bounded_tarinfo()  # type: ignore[no-any-return]
+
+
+def _make_bounded_tarinfo() -> type[tarfile.TarInfo]:
     import tarfile
 
     header_types = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,

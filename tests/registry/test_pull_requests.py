@@ -1,6 +1,6 @@
 """What a pull costs in requests, on the full path (any flag, auth, ``run --pull always``):
 the client asks for the manifest straight away (no ``GET /v2/`` first) and learns the auth
-challenge from a 401 to that request, as Docker's and containerd's resolvers do."""
+challenge from a 401 to that request, as containerd's resolver does."""
 
 from __future__ import annotations
 

@@ -175,3 +175,29 @@ def test_host_routes_are_read_from_the_kernels_table(tmp_path: Path) -> None:
     assert host_routes(str(table)) == [(IPv4Network("192.0.2.0/24"), "eth0"),
                                        (IPv4Network("192.168.0.0/16"), "wg0")]
     assert host_routes(str(tmp_path / "none")) == []
+
+
+def test_port_maps_are_read_from_the_rules_and_nothing_breaks_without_iptables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's port maps come from portmap's per-attachment chains (the jump's
+    comment names the owner); odd lines are passed over; without iptables-save (a
+    minimal host, passt's) or root there are none to read, and -p still works."""
+    from ignitevm.providers.network.cni import sweep
+
+    if os.geteuid() != 0:
+        pytest.skip("the port maps are read as root only")
+    lines = [
+        '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"n\\" id: \\"ign-1\\"" '
+        '-m multiport --dports 8080 -j CNI-DN-aaa',
+        "-A CNI-DN-aaa -s 10.61.0.2/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK",
+        "-A CNI-DN-aaa -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.61.0.2:80",
+        "-A CNI-DN-bbb -p udp -m udp --dport 53 -j DNAT --to-destination 10.61.0.3:53",
+        '-A CNI-DN-ccc -p tcp --dport "9090 -j DNAT',      # an unbalanced quote
+        "-A CNI-DN-ddd -p tcp -m tcp --dport -j DNAT",     # no port
+        "-A CNI-HOSTPORT-DNAT -j",                         # cut short
+    ]
+    monkeypatch.setattr(sweep, "_iptables_save", lambda table: lines)
+    assert sweep.mapped_ports() == {("tcp", 8080): "ign-1", ("udp", 53): "CNI-DN-bbb"}
+    monkeypatch.undo()
+    monkeypatch.setattr("shutil.which", lambda *a, **k: None)  # (no iptables-save here)
+    assert sweep.mapped_ports() == {}

@@ -493,3 +493,117 @@ def test_download_imports_leave_out_tarfile_and_tomllib(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout
     assert out.strip() == "['mirror.example', 'example.com']"
+
+
+def _serve(handler: type, host: str = "127.0.0.1") -> tuple[object, int]:
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def test_a_redirect_targets_challenge_gets_no_credentials(tmp_path: Path) -> None:
+    """A registry redirects its manifest to another host, which answers 401 naming a
+    token server of its own: that is no challenge of the registry's, and the user's
+    credentials for the registry go nowhere (neither to it nor to its token server)."""
+    import base64
+    import http.server
+
+    from ignitevm.api.refs import parse
+    from ignitevm.errors import IgniteError
+    from ignitevm.images.registry.client import Client
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            if self.path.startswith("/token"):
+                body = b'{"token": "t"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_response(401)
+            self.send_header("WWW-Authenticate",
+                             f'Bearer realm="http://127.0.0.2:{other_port}/token",service="x"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.2:{other_port}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other, other_port = _serve(Other, "127.0.0.2")
+    registry, port = _serve(Registry)
+    try:
+        (tmp_path / "config.json").write_text(json.dumps({"auths": {f"127.0.0.1:{port}": {
+            "auth": base64.b64encode(b"alice:s3cret").decode()}}}))
+        client = Client(parse(f"127.0.0.1:{port}/a/b:1"), config_dir=str(tmp_path))
+        with pytest.raises(IgniteError, match="which asks for credentials: refused"):
+            client.get("manifests/1")
+        assert seen and all(authz is None for _path, authz in seen), seen
+        assert not [p for p, _ in seen if p.startswith("/token")]
+    finally:
+        for server in (other, registry):
+            server.shutdown()  # type: ignore[attr-defined]
+            server.server_close()  # type: ignore[attr-defined]
+
+
+def test_a_token_request_is_not_redirected_to_another_host() -> None:
+    """A token server that redirects a request carrying a form (a refresh token) to
+    another host: refused, and that host is sent nothing."""
+    import http.server
+
+    from ignitevm.api.refs import parse
+    from ignitevm.errors import IgniteError
+    from ignitevm.images.registry.client import Client
+
+    got: list[str] = []
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Tokens(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.2:{other_port}/token")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other, other_port = _serve(Other, "127.0.0.2")
+    tokens, port = _serve(Tokens)
+    try:
+        client = Client(parse(f"127.0.0.1:{port}/a/b:1"))
+        with pytest.raises(IgniteError, match=r"to another host .*: refused"):
+            client._plain("POST", f"http://127.0.0.1:{port}/token",
+                          data={"grant_type": "refresh_token", "refresh_token": "s3cret"})
+        assert got == []
+    finally:
+        for server in (other, tokens):
+            server.shutdown()  # type: ignore[attr-defined]
+            server.server_close()  # type: ignore[attr-defined]

@@ -2,9 +2,9 @@
 
 There is no ``GET /v2/`` first: the first request (a manifest) chooses the
 scheme, and a 401 to it brings the auth challenge (Basic or Bearer); the
-request is then sent once more with credentials, as Docker's and containerd's
-resolvers do. ``GET /v2/`` is asked only to tell a host that is no registry
-from a missing repository, on that error path.
+request is then sent once more with credentials, as containerd's resolver
+does (Docker's client asks ``/v2/`` first). ``GET /v2/`` is asked only to tell
+a host that is no registry from a missing repository, on that error path.
 
 Requests are retried with a doubling pause on network errors, 429 and 5xx
 (``Retry-After`` honoured, capped); a redirect to another host (a blob store)
@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from ignitevm.api.refs import Reference
+from ignitevm.api.validation import printable
 from ignitevm.errors import IgniteError, NotFound
 from ignitevm.images.registry import credentials, proxy, tls
 from ignitevm.images.registry.auth import Auth
@@ -229,7 +230,7 @@ class Client:
     def _first_contact(self, path: str, headers: dict[str, str], *,
                        stream: bool) -> httpx.Response:
         """The first request to the registry, straight to ``path`` (no ``GET /v2/``
-        first, as Docker's and containerd's resolvers do): it chooses the scheme.
+        first, as containerd's resolver does): it chooses the scheme.
         HTTPS unless the host may use plain HTTP (loopback or opted in) and does not
         speak TLS; a host remembered as plain HTTP that now answers HTTPS is asked again
         over TLS. Never a downgrade otherwise."""
@@ -332,7 +333,10 @@ class Client:
             stream: bool = False) -> httpx.Response:
         """An authenticated GET of ``/v2/<repository>/<path>`` (closed by the caller).
         The registry's auth challenge comes from its 401 to the first request without
-        credentials: the request is then sent once more with them."""
+        credentials: the request is then sent once more with them. Only the registry's
+        own 401 is a challenge: one from a host it redirected to (a blob store, a CDN)
+        would name a token server of that host's choosing, which would be sent the
+        user's credentials for the registry."""
         retried = False
         authz = self.auth.header(self.scope)
         while True:
@@ -347,6 +351,10 @@ class Client:
             if resp.status_code == 401:
                 resp.close()
                 challenge = resp.headers.get("www-authenticate")
+                if _origin(str(resp.url)) != _origin(str(self.base)):
+                    raise IgniteError(f"registry {self.domain} redirected to "
+                                      f"{printable(_origin(str(resp.url))[1])}, which asks "
+                                      "for credentials: refused (they are the registry's)")
                 if retried or not challenge:
                     raise self.auth.refused(challenge, self.scope)
                 self.auth.challenge(challenge)
@@ -424,6 +432,10 @@ class Client:
                 raise IgniteError(f"registry {self.domain} redirected to {scheme}:// "
                                   "(refused: no downgrade from HTTPS)")
             if _origin(target) != origin:
+                if kwargs.get("data"):  # (a token request's form: a refresh token, say)
+                    raise IgniteError(f"the token server of registry {self.domain} "
+                                      "redirected a request with credentials to another host "
+                                      f"({printable(_origin(target)[1])}): refused")
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target
         raise IgniteError(f"registry {self.domain} redirected more than {MAX_REDIRECTS} times")

@@ -83,26 +83,42 @@ def _iptables_save(table: str) -> list[str]:
     return res.stdout.splitlines() if res.returncode == 0 else []
 
 
+def _after(words: list[str], flag: str) -> str:
+    """The word after ``flag`` in a rule's words, or ""."""
+    i = words.index(flag) if flag in words else len(words)
+    return words[i + 1] if i + 1 < len(words) else ""
+
+
 def mapped_ports() -> dict[tuple[str, int], str]:
     """The host ports portmap maps on this host, whoever asked for them (a VM of
     any root, containerd, Kubernetes), by ``(proto, port)``: the attachment's
     id, or the chain's name. Read from its per-attachment chains' DNAT rules;
     empty when iptables cannot be read (not root, not installed)."""
+    import os
+
+    from ignitevm.errors import MissingTool
+
+    if os.geteuid() != 0:
+        return {}
+    try:
+        lines = _iptables_save("nat")
+    except (MissingTool, IgniteError) as exc:
+        log.debug("port maps: %s", exc)
+        return {}
     owners, ports = {}, []
-    for line in _iptables_save("nat"):
+    for line in lines:
+        try:
+            words = shlex.split(line) if line.startswith("-A CNI-") else []
+        except ValueError:  # (an unbalanced quote: iptables-save escapes them)
+            continue
         if line.startswith("-A CNI-HOSTPORT-DNAT "):  # the jump to an attachment's chain
-            words = shlex.split(line)
-            target = words[words.index("-j") + 1] if "-j" in words else ""
-            if target.startswith("CNI-DN-") and "--comment" in words:
-                comment = words[words.index("--comment") + 1]
-                _, found, rest = comment.partition('id: "')
+            target = _after(words, "-j")
+            if target.startswith("CNI-DN-"):
+                _, found, rest = _after(words, "--comment").partition('id: "')
                 owners[target] = rest.partition('"')[0] if found else target
-        elif line.startswith("-A CNI-DN-") and " -j DNAT" in line:
-            words = shlex.split(line)
-            if "-p" in words and "--dport" in words:
-                proto, port = words[words.index("-p") + 1], words[words.index("--dport") + 1]
-                if port.isdigit():
-                    ports.append((proto, int(port), words[1]))
+        elif line.startswith("-A CNI-DN-") and _after(words, "-j") == "DNAT" and _after(
+                words, "--dport").isdigit():
+            ports.append((_after(words, "-p"), int(_after(words, "--dport")), words[1]))
     return {(proto, port): owners.get(chain, chain) for proto, port, chain in ports}
 
 

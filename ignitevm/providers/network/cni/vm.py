@@ -173,7 +173,8 @@ def held_ports(vm_dirs: Iterator[Path], skip: Path | None) -> dict[tuple[str, in
     return out
 
 
-def check_ports(root: Path, d: Path | None, forwards: tuple[Forward, ...]) -> None:
+def check_ports(root: Path, d: Path | None, forwards: tuple[Forward, ...],
+                cid: str = "") -> None:
     """Refuse a host port another VM of this root maps, or any port map on the
     host does (portmap would take a second rule and silently lose it; a VM's
     own listener on it would never see a connection), or any process on the
@@ -189,7 +190,7 @@ def check_ports(root: Path, d: Path | None, forwards: tuple[Forward, ...]) -> No
             raise Conflict(f"host port {f.host_port}/{f.proto} is already mapped to "
                            f"VM {other!r}", hint="choose another host port with -p")
         owner = mapped.get((f.proto, f.host_port))
-        if owner is not None:
+        if owner is not None and owner != cid:  # (its own, left by an earlier run: DEL'd)
             raise Conflict(f"host port {f.host_port}/{f.proto} is already mapped on this "
                            f"host by a CNI port map ({printable(owner)}: a VM of another "
                            "root, containerd or Kubernetes)",
@@ -281,7 +282,7 @@ def attached(root: Path, d: Path, prefix: str, uid: str, forwards: tuple[Forward
     with contextlib.ExitStack() as undo:
         (root / "cni").mkdir(parents=True, exist_ok=True)
         with flock(root / "cni" / ".ports.lock"):
-            check_ports(root, d, forwards)
+            check_ports(root, d, forwards, cid)
             _write(d, rec)  # before anything is made: the next command can finish the job
         undo.callback(release, d)
         netns.create(cid)
