@@ -38,9 +38,10 @@ def missing_tools() -> str | None:
     return None
 
 
-def serve_once(answer: bytes) -> tuple[str, threading.Thread]:
+def serve_once(answer: bytes, seen: list[bytes] | None = None
+               ) -> tuple[str, threading.Thread]:
     """A one-shot server on loopback (a stand-in registry that says one thing): it
-    reads a request and sends ``answer``."""
+    reads a request (kept in ``seen``, if given) and sends ``answer``."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -49,7 +50,9 @@ def serve_once(answer: bytes) -> tuple[str, threading.Thread]:
         with srv:
             conn, _ = srv.accept()
             with conn:
-                conn.recv(65536)
+                request = conn.recv(65536)
+                if seen is not None:
+                    seen.append(request)
                 conn.sendall(answer)
 
     t = threading.Thread(target=once, daemon=True)

@@ -316,27 +316,12 @@ def test_only_the_recorded_manifest_is_up_to_date(
 
 def test_the_registry_is_asked_with_head() -> None:
     """What the stand-in above is told: one HEAD of the tag's manifest, no credentials."""
-    import socket as socket_mod
-
     from ignitevm.cli import fastpull
+    from tests.helpers.registry import serve_once
 
     seen: list[bytes] = []
-    srv = socket_mod.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-
-    def once() -> None:
-        with srv:
-            conn, _ = srv.accept()
-            with conn:
-                seen.append(conn.recv(65536))
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-
-    import threading
-
-    t = threading.Thread(target=once, daemon=True)
-    t.start()
-    port = srv.getsockname()[1]
+    host, t = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", seen)
+    port = int(host.partition(":")[2])
     got = fastpull._get("127.0.0.1", port, f"127.0.0.1:{port}", False, "/v2/a/manifests/1",
                         {"Accept": fastpull.ACCEPT}, head=True)
     t.join(5)
