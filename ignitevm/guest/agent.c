@@ -624,6 +624,7 @@ int main(int argc, char **argv)
     sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sig_fd < 0)
         die("signalfd: %s", strerror(errno));
+    exec_warm_init();
     ports_async();
     if (nports == 0)            /* look for the first port soon (see recheck_ports) */
         recheck_at = now_ms();

@@ -133,6 +133,7 @@ void request_free(struct request *r);
 pid_t spawn(const struct request *r, int console, int *master, int *in_w, int out_r[2],
             uint32_t *code, char *err);
 int exec_start(struct session *s, const char *p, size_t n);
+void exec_warm_init(void);
 void exec_warm(void);
 void exec_stdin(struct session *s, const char *p, size_t n);
 void exec_stdin_eof(struct session *s);

@@ -6,6 +6,7 @@
  */
 #include "agent.h"
 
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -557,17 +559,69 @@ fail:;
 }
 
 /*
+ * The warm-up's program: the smallest static ELF that exits 0 (one page
+ * mapped, three instructions: no libc start-up, no page of it touched but
+ * one), in a sealed memfd made when the agent starts (not after a restore:
+ * its pages are in the snapshot). What a clone's first exec needs of the
+ * guest kernel (clone, execve, the ELF loader, exit, the reaping) is then
+ * translated without the user-mode start-up of a real program, which no
+ * later exec would reuse. -1: none (another architecture, no memfd): the
+ * warm-up runs this agent's own binary instead.
+ */
+static int warm_fd = -1;
+
+void exec_warm_init(void)
+{
+#if defined(__x86_64__)
+    static const unsigned char code[] = {
+        0xb8, 0x3c, 0x00, 0x00, 0x00,   /* mov eax, 60 (exit) */
+        0x31, 0xff,                     /* xor edi, edi */
+        0x0f, 0x05,                     /* syscall */
+    };
+    enum { BASE = 0x400000, HDRS = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr) };
+    unsigned char elf[HDRS + sizeof code];
+    Elf64_Ehdr eh = {
+        .e_ident = {ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS64, ELFDATA2LSB, EV_CURRENT},
+        .e_type = ET_EXEC, .e_machine = EM_X86_64, .e_version = EV_CURRENT,
+        .e_entry = BASE + HDRS, .e_phoff = sizeof(Elf64_Ehdr), .e_ehsize = sizeof(Elf64_Ehdr),
+        .e_phentsize = sizeof(Elf64_Phdr), .e_phnum = 1,
+    };
+    Elf64_Phdr ph = {
+        .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_offset = 0, .p_vaddr = BASE,
+        .p_paddr = BASE, .p_filesz = sizeof elf, .p_memsz = sizeof elf, .p_align = 0x1000,
+    };
+    memcpy(elf, &eh, sizeof eh);
+    memcpy(elf + sizeof eh, &ph, sizeof ph);
+    memcpy(elf + HDRS, code, sizeof code);
+    int fd = memfd_create("ignite-warm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return;
+    if (write(fd, elf, sizeof elf) != (ssize_t)sizeof elf ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
+        close(fd);
+        return;
+    }
+    warm_fd = fd;
+#endif
+}
+
+/*
  * After a clone's RESTORE has been answered: one throw-away command through
- * the exec path (this agent's own binary, which exits at once) while the host
- * is still busy saving the clone's record and starting its next command.
- * Under TCG a restored QEMU has none of the guest's code translated yet; the
- * fork, exec, exit and reaping paths of the first real exec are then ready.
- * Its failure (no /proc in the root, say) changes nothing: the child is reaped
- * as an unknown one (agent.c: reap).
+ * the exec path (the program above, else this agent's own binary, which
+ * exits at once) while the host is still busy saving the clone's record and
+ * starting its next command. Under TCG a restored QEMU has none of the
+ * guest's code translated yet; the clone, exec, exit and reaping paths of
+ * the first real exec are then ready. Its failure (no /proc in the root,
+ * say) changes nothing: the child is reaped as an unknown one (agent.c: reap).
  */
 void exec_warm(void)
 {
+    char path[32];
     char *argv[] = {"/proc/self/exe", "--warm", NULL};
+    if (warm_fd >= 0) {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", warm_fd);
+        argv[0] = path;
+    }
     struct request r;
     memset(&r, 0, sizeof r);
     r.argv = argv;
