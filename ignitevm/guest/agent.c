@@ -320,7 +320,7 @@ void on_signals(void)
     while (read(sig_fd, &si, sizeof si) == sizeof si) {
         int sig = si.ssi_signo;
         if (sig == SIGIO)
-            recheck_at = now_ms();
+            host_came = 1;      /* (agent_loop.c: prepare) */
         else if (agent_mode == MODE_INIT && sig != SIGCHLD && main_pid > 0)
             kill(main_pid, sig);        /* PID 1 passes signals on to the image's command */
         else if (agent_mode != MODE_INIT && (sig == SIGTERM || sig == SIGINT || sig == SIGHUP))

@@ -109,6 +109,7 @@ void on_uevent(void);
 /* agent_loop.c: frames, channels, the loop */
 extern int sig_fd, listen_fd;
 extern int64_t recheck_at;
+extern int host_came;
 void loop(void) __attribute__((noreturn));
 void add_channel(int fd, int port, const char *name);
 void ports_async(void);
