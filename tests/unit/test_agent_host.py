@@ -131,7 +131,8 @@ def test_exit_codes_and_exec_errors(client: AgentClient, tmp_path: Path) -> None
     assert client.run([str(tmp_path)]).error == (126, f"{tmp_path}: is a directory")
     (tmp_path / "junk").write_bytes(b"\x7fELF junk")
     (tmp_path / "junk").chmod(0o755)
-    assert client.run([str(tmp_path / "junk")]).error == (126, f"{tmp_path}/junk: exec format error")
+    assert client.run([str(tmp_path / "junk")]).error == (
+        126, f"{tmp_path}/junk: exec format error")
     assert client.run([""]).error == (127, "empty command name: command not found")
     # (the child shares the agent's memory until it runs the command: the agent
     # goes on serving, with what it had, after each of these failures)
