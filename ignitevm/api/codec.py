@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 from typing import Any, TypeVar
 
+# isort: off
+from ignitevm.api import msgspec_import  # noqa: F401  (first: see there)
 import msgspec
+# isort: on
 
 from ignitevm.api.types import GROUP, KINDS, Size
 from ignitevm.errors import IgniteError, InvalidInput

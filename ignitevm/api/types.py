@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# isort: off
+from ignitevm.api import msgspec_import  # noqa: F401  (first: see there)
 import msgspec
+# isort: on
 
 from ignitevm.api.platform import checked_platform
 from ignitevm.util.sizes import format_size, human_size, parse_size

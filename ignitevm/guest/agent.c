@@ -320,7 +320,7 @@ void on_signals(void)
     while (read(sig_fd, &si, sizeof si) == sizeof si) {
         int sig = si.ssi_signo;
         if (sig == SIGIO)
-            recheck_at = now_ms();
+            host_came = 1;      /* (agent_loop.c: prepare) */
         else if (agent_mode == MODE_INIT && sig != SIGCHLD && main_pid > 0)
             kill(main_pid, sig);        /* PID 1 passes signals on to the image's command */
         else if (agent_mode != MODE_INIT && (sig == SIGTERM || sig == SIGINT || sig == SIGHUP))
@@ -624,6 +624,7 @@ int main(int argc, char **argv)
     sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sig_fd < 0)
         die("signalfd: %s", strerror(errno));
+    exec_warm_init();
     ports_async();
     if (nports == 0)            /* look for the first port soon (see recheck_ports) */
         recheck_at = now_ms();

@@ -109,6 +109,7 @@ void on_uevent(void);
 /* agent_loop.c: frames, channels, the loop */
 extern int sig_fd, listen_fd;
 extern int64_t recheck_at;
+extern int host_came;
 void loop(void) __attribute__((noreturn));
 void add_channel(int fd, int port, const char *name);
 void ports_async(void);
@@ -133,6 +134,7 @@ void request_free(struct request *r);
 pid_t spawn(const struct request *r, int console, int *master, int *in_w, int out_r[2],
             uint32_t *code, char *err);
 int exec_start(struct session *s, const char *p, size_t n);
+void exec_warm_init(void);
 void exec_warm(void);
 void exec_stdin(struct session *s, const char *p, size_t n);
 void exec_stdin_eof(struct session *s);

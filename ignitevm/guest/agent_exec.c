@@ -6,16 +6,19 @@
  */
 #include "agent.h"
 
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -228,20 +231,42 @@ static int user_lookup(const char *spec, struct ident *id, char *err)
     return 0;
 }
 
-/* ---- the child side of spawn ---- */
+/* ---- the child side of spawn ----
+ *
+ * The child shares the agent's memory (clone with CLONE_VM | CLONE_VFORK, as
+ * posix_spawn does): no page tables are copied and the agent's pages are not
+ * made copy-on-write, which under TCG spares the guest kernel's fork paths
+ * (every one of them translated anew after a restore) and the agent the
+ * faults that follow a fork. The agent is suspended until the child has
+ * called execve or _exit. So the child runs on a stack of its own and does
+ * system calls only (no malloc, no stdio, no locks, nothing that writes the
+ * agent's memory but the child's own stack): the user lookup, the
+ * environment and every message are made by the agent, before and after.
+ * The credentials are set by raw system calls (they are the calling task's
+ * alone; glibc's wrappers would also address the agent's other threads). */
 
-static void __attribute__((noreturn, format(printf, 3, 4)))
-child_fail(int st, uint32_t code, const char *fmt, ...)
+/* What failed in the child (the agent writes the message). */
+enum { C_TTY = 1, C_STDIO, C_CRED, C_CWD, C_ROOTDIR, C_EMPTY, C_NOTFOUND, C_ISDIR, C_NOEXEC,
+       C_ACCES, C_EXEC };
+
+struct child_fail_msg {
+    uint32_t code;
+    int32_t what, err;
+};
+
+struct child_args {
+    const struct request *r;
+    int console, st, m, in, out, er;
+    const char *pts;
+    const struct ident *id;
+    char **env;
+    const char *path;
+};
+
+static void __attribute__((noreturn)) child_fail(int st, uint32_t code, int what, int e)
 {
-    char msg[4 + ERRLEN];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(msg + 4, ERRLEN, fmt, ap);
-    va_end(ap);
-    if (n >= ERRLEN)
-        n = ERRLEN - 1;
-    memcpy(msg, &code, 4);
-    if (write(st, msg, 4 + n) < 0)
+    struct child_fail_msg msg = {code, what, e};
+    if (write(st, &msg, sizeof msg) < 0)
         _exit(code);
     _exit(code);
 }
@@ -250,14 +275,14 @@ static void __attribute__((noreturn)) exec_failed(int st, const char *cmd, int e
 {
     struct stat sb;
     if (e == ENOENT || e == ENOTDIR)
-        child_fail(st, 127, "%s: command not found", cmd);
+        child_fail(st, 127, C_NOTFOUND, e);
     if (e == EACCES && strchr(cmd, '/') && stat(cmd, &sb) == 0 && S_ISDIR(sb.st_mode))
-        child_fail(st, 126, "%s: is a directory", cmd);
+        child_fail(st, 126, C_ISDIR, e);
     if (e == ENOEXEC)
-        child_fail(st, 126, "%s: exec format error", cmd);
+        child_fail(st, 126, C_NOEXEC, e);
     if (e == EACCES)
-        child_fail(st, 126, "%s: permission denied", cmd);
-    child_fail(st, 126, "%s: %s", cmd, strerror(e));
+        child_fail(st, 126, C_ACCES, e);
+    child_fail(st, 126, C_EXEC, e);
 }
 
 /* A command given as one string of shell words ("mkdir -p /x", as scripts
@@ -278,7 +303,7 @@ static void __attribute__((noreturn)) search_exec(char **argv, char **envp, cons
 {
     const char *cmd = argv[0];
     if (!*cmd)
-        child_fail(st, 127, "empty command name: command not found");
+        child_fail(st, 127, C_EMPTY, 0);
     if (strchr(cmd, '/')) {
         execve(cmd, argv, envp);
         not_found(st, argv, envp, errno);
@@ -326,26 +351,31 @@ static int open_null(int flags)
     return fd;
 }
 
-static void __attribute__((noreturn))
-child(const struct request *r, int console, int st, int m, const char *pts, int in, int out,
-      int er)
+static int child(void *arg)
 {
+    const struct child_args *a = arg;
+    const struct request *r = a->r;
+    int st = a->st, m = a->m, in = a->in, out = a->out, er = a->er;
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < 32; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &dfl, NULL);     /* (this task's own table: no CLONE_SIGHAND) */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int sig = 1; sig < 32; sig++)
-        signal(sig, SIG_DFL);
     setsid();
     if (m >= 0) {
-        int s = open(pts, O_RDWR);
+        int s = open(a->pts, O_RDWR);
         if (s < 0)
             s = ioctl(m, TIOCGPTPEER, O_RDWR);
         if (s < 0)
-            child_fail(st, 1, "cannot open the terminal %s: %s", pts, strerror(errno));
+            child_fail(st, 1, C_TTY, errno);
         ioctl(s, TIOCSCTTY, 0);
         in = out = er = s;
-    } else if (console >= 0) {
-        out = er = console;
+    } else if (a->console >= 0) {
+        out = er = a->console;
     }
     if (in < 0 && (in = open_null(O_RDONLY)) < 0) {
         int p[2];   /* no /dev/null in the guest: an empty pipe also reads as EOF */
@@ -355,47 +385,44 @@ child(const struct request *r, int console, int st, int m, const char *pts, int 
         }
     }
     if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(er, 2) < 0)
-        child_fail(st, 1, "cannot set up the command's stdio: %s", strerror(errno));
+        child_fail(st, 1, C_STDIO, errno);
     if (m >= 0 && in > 2)
         close(in);
-
-    struct ident id;
-    char err[ERRLEN];
-    if (r->user) {
-        if (user_lookup(r->user, &id, err) < 0)
-            child_fail(st, 1, "%s", err);
-        if (setgroups(id.ngroups, id.groups) < 0 || setgid(id.gid) < 0 || setuid(id.uid) < 0)
-            child_fail(st, 1, "cannot switch to user %s: %s", r->user, strerror(errno));
-    } else {
-        char self[32];
-        snprintf(self, sizeof self, "%u", (unsigned)getuid());
-        if (user_lookup(self, &id, err) < 0 || !id.known)
-            snprintf(id.home, sizeof id.home, getuid() == 0 ? "/root" : "/");
-    }
+    if (r->user && (syscall(SYS_setgroups, a->id->ngroups, a->id->groups) < 0 ||
+                    syscall(SYS_setgid, a->id->gid) < 0 || syscall(SYS_setuid, a->id->uid) < 0))
+        child_fail(st, 1, C_CRED, errno);
     if (r->cwd && *r->cwd) {
         if (chdir(r->cwd) < 0)
-            child_fail(st, 1, "cannot change to the directory %s: %s", r->cwd, strerror(errno));
-    } else if (chdir(id.home) < 0 && chdir("/") < 0) {
-        child_fail(st, 1, "cannot change to the directory /: %s", strerror(errno));
+            child_fail(st, 1, C_CWD, errno);
+    } else if (chdir(a->id->home) < 0 && chdir("/") < 0) {
+        child_fail(st, 1, C_ROOTDIR, errno);
     }
+    search_exec(r->argv, a->env, a->path, st);
+}
 
-    /* The request's environment, plus PATH/HOME (and TERM on a TTY) when it lacks them. */
-    char **env = calloc(r->envc + 4, sizeof(char *));
-    char home[1100];
-    if (!env)
-        child_fail(st, 1, "out of memory");
-    int n = 0;
-    for (int i = 0; i < r->envc; i++)
-        env[n++] = r->env[i];
-    if (!env_get(env, n, "PATH"))
-        env[n++] = "PATH=" DEFAULT_PATH;
-    if (!env_get(env, n, "HOME")) {
-        snprintf(home, sizeof home, "HOME=%s", id.home);
-        env[n++] = home;
+/* The message of what failed in the child (child_fail). */
+static void child_message(const struct request *r, const char *pts, const struct child_fail_msg *f,
+                          char *err)
+{
+    const char *cmd = r->argc ? r->argv[0] : "";
+    const char *why = strerror(f->err);
+    switch (f->what) {
+    case C_TTY: snprintf(err, ERRLEN, "cannot open the terminal %s: %s", pts, why); break;
+    case C_STDIO: snprintf(err, ERRLEN, "cannot set up the command's stdio: %s", why); break;
+    case C_CRED:
+        snprintf(err, ERRLEN, "cannot switch to user %s: %s", r->user ? r->user : "", why);
+        break;
+    case C_CWD:
+        snprintf(err, ERRLEN, "cannot change to the directory %s: %s", r->cwd ? r->cwd : "", why);
+        break;
+    case C_ROOTDIR: snprintf(err, ERRLEN, "cannot change to the directory /: %s", why); break;
+    case C_EMPTY: snprintf(err, ERRLEN, "empty command name: command not found"); break;
+    case C_NOTFOUND: snprintf(err, ERRLEN, "%s: command not found", cmd); break;
+    case C_ISDIR: snprintf(err, ERRLEN, "%s: is a directory", cmd); break;
+    case C_NOEXEC: snprintf(err, ERRLEN, "%s: exec format error", cmd); break;
+    case C_ACCES: snprintf(err, ERRLEN, "%s: permission denied", cmd); break;
+    default: snprintf(err, ERRLEN, "%s: %s", cmd, why);
     }
-    if (r->tty && !env_get(env, n, "TERM"))
-        env[n++] = "TERM=xterm";
-    search_exec(r->argv, env, env_get(env, n, "PATH"), st);
 }
 
 static void nonblock(int fd)
@@ -413,6 +440,10 @@ static void close_all(int *fds, int n)
         }
 }
 
+/* The child's stack (one child at a time: the agent waits while it runs). */
+#define CHILD_STACK (64 * 1024)
+static char child_stack[CHILD_STACK] __attribute__((aligned(64)));
+
 /*
  * Start r's command. console >= 0: stdin /dev/null, stdout/stderr on it (the
  * image's main command). Otherwise a pty (*master) when r->tty, else pipes
@@ -424,7 +455,38 @@ pid_t spawn(const struct request *r, int console, int *master, int *in_w, int ou
 {
     int st[2] = {-1, -1}, in[2] = {-1, -1}, out[2] = {-1, -1}, er[2] = {-1, -1}, m = -1;
     char pts[128] = "";
+    char **env = NULL;
     *code = 1;
+
+    /* The user, the home and the environment: looked up and made here (see child). */
+    static struct ident id;
+    if (r->user) {
+        if (user_lookup(r->user, &id, err) < 0)
+            return -1;
+    } else {
+        char self[32];
+        snprintf(self, sizeof self, "%u", (unsigned)getuid());
+        if (user_lookup(self, &id, err) < 0 || !id.known)
+            snprintf(id.home, sizeof id.home, getuid() == 0 ? "/root" : "/");
+    }
+    /* The request's environment, plus PATH/HOME (and TERM on a TTY) when it lacks them. */
+    static char home[1100];
+    if (!(env = calloc(r->envc + 4, sizeof(char *)))) {
+        snprintf(err, ERRLEN, "out of memory");
+        return -1;
+    }
+    int n = 0;
+    for (int i = 0; i < r->envc; i++)
+        env[n++] = r->env[i];
+    if (!env_get(env, n, "PATH"))
+        env[n++] = "PATH=" DEFAULT_PATH;
+    if (!env_get(env, n, "HOME")) {
+        snprintf(home, sizeof home, "HOME=%s", id.home);
+        env[n++] = home;
+    }
+    if (r->tty && !env_get(env, n, "TERM"))
+        env[n++] = "TERM=xterm";
+
     if (pipe2(st, O_CLOEXEC) < 0)
         goto syserr;
     if (console < 0 && r->tty) {
@@ -440,30 +502,34 @@ pid_t spawn(const struct request *r, int console, int *master, int *in_w, int ou
             pipe2(er, O_CLOEXEC) < 0)
             goto syserr;
     }
-    pid_t pid = fork();
+    struct child_args a = {r, console, st[1], m, in[0], out[1], er[1], pts, &id, env,
+                           env_get(env, n, "PATH")};
+    /* (returns once the child has called execve or _exit) */
+    pid_t pid = clone(child, child_stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
     if (pid < 0)
         goto syserr;
-    if (pid == 0)
-        child(r, console, st[1], m, pts, in[0], out[1], er[1]);
+    free(env);
+    env = NULL;
     close(st[1]);
     close(in[0]);
     close(out[1]);
     close(er[1]);
-    char msg[4 + ERRLEN];
+    struct child_fail_msg msg;
     size_t got = 0;
     for (;;) {
-        ssize_t k = read(st[0], msg + got, sizeof msg - 1 - got);
+        ssize_t k = read(st[0], (char *)&msg + got, sizeof msg - got);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
             break;
         got += k;
+        if (got == sizeof msg)
+            break;
     }
     close(st[0]);
-    if (got >= 4) {
-        memcpy(code, msg, 4);
-        msg[got] = '\0';
-        snprintf(err, ERRLEN, "%s", msg + 4);
+    if (got == sizeof msg) {
+        *code = msg.code;
+        child_message(r, pts, &msg, err);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
         int fds[] = {m, in[1], out[0], er[0]};
@@ -486,23 +552,76 @@ pid_t spawn(const struct request *r, int console, int *master, int *in_w, int ou
 syserr:
     snprintf(err, ERRLEN, "cannot start the command: %s", strerror(errno));
 fail:;
+    free(env);
     int fds[] = {st[0], st[1], m, in[0], in[1], out[0], out[1], er[0], er[1]};
     close_all(fds, 9);
     return -1;
 }
 
 /*
+ * The warm-up's program: the smallest static ELF that exits 0 (one page
+ * mapped, three instructions: no libc start-up, no page of it touched but
+ * one), in a sealed memfd made when the agent starts (not after a restore:
+ * its pages are in the snapshot). What a clone's first exec needs of the
+ * guest kernel (clone, execve, the ELF loader, exit, the reaping) is then
+ * translated without the user-mode start-up of a real program, which no
+ * later exec would reuse. -1: none (another architecture, no memfd): the
+ * warm-up runs this agent's own binary instead.
+ */
+static int warm_fd = -1;
+
+void exec_warm_init(void)
+{
+#if defined(__x86_64__)
+    static const unsigned char code[] = {
+        0xb8, 0x3c, 0x00, 0x00, 0x00,   /* mov eax, 60 (exit) */
+        0x31, 0xff,                     /* xor edi, edi */
+        0x0f, 0x05,                     /* syscall */
+    };
+    enum { BASE = 0x400000, HDRS = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr) };
+    unsigned char elf[HDRS + sizeof code];
+    Elf64_Ehdr eh = {
+        .e_ident = {ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS64, ELFDATA2LSB, EV_CURRENT},
+        .e_type = ET_EXEC, .e_machine = EM_X86_64, .e_version = EV_CURRENT,
+        .e_entry = BASE + HDRS, .e_phoff = sizeof(Elf64_Ehdr), .e_ehsize = sizeof(Elf64_Ehdr),
+        .e_phentsize = sizeof(Elf64_Phdr), .e_phnum = 1,
+    };
+    Elf64_Phdr ph = {
+        .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_offset = 0, .p_vaddr = BASE,
+        .p_paddr = BASE, .p_filesz = sizeof elf, .p_memsz = sizeof elf, .p_align = 0x1000,
+    };
+    memcpy(elf, &eh, sizeof eh);
+    memcpy(elf + sizeof eh, &ph, sizeof ph);
+    memcpy(elf + HDRS, code, sizeof code);
+    int fd = memfd_create("ignite-warm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return;
+    if (write(fd, elf, sizeof elf) != (ssize_t)sizeof elf ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
+        close(fd);
+        return;
+    }
+    warm_fd = fd;
+#endif
+}
+
+/*
  * After a clone's RESTORE has been answered: one throw-away command through
- * the exec path (this agent's own binary, which exits at once) while the host
- * is still busy saving the clone's record and starting its next command.
- * Under TCG a restored QEMU has none of the guest's code translated yet; the
- * fork, exec, exit and reaping paths of the first real exec are then ready.
- * Its failure (no /proc in the root, say) changes nothing: the child is reaped
- * as an unknown one (agent.c: reap).
+ * the exec path (the program above, else this agent's own binary, which
+ * exits at once) while the host is still busy saving the clone's record and
+ * starting its next command. Under TCG a restored QEMU has none of the
+ * guest's code translated yet; the clone, exec, exit and reaping paths of
+ * the first real exec are then ready. Its failure (no /proc in the root,
+ * say) changes nothing: the child is reaped as an unknown one (agent.c: reap).
  */
 void exec_warm(void)
 {
+    char path[32];
     char *argv[] = {"/proc/self/exe", "--warm", NULL};
+    if (warm_fd >= 0) {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", warm_fd);
+        argv[0] = path;
+    }
     struct request r;
     memset(&r, 0, sizeof r);
     r.argv = argv;

@@ -19,6 +19,7 @@
 
 int sig_fd = -1, listen_fd = -1;
 int64_t recheck_at = -1;                /* ports with the host side closed: look again then */
+int host_came;                          /* SIGIO: a host connected to one of the ports */
 static struct channel *channels;
 
 /* ---- buffers and frames ---- */
@@ -495,13 +496,9 @@ static void get_pump(struct session *s)
     }
 }
 
-static void recheck_ports(void)
+/* The ports whose host side was closed: is a host there again? */
+static void recheck_hup(void)
 {
-    recheck_at = -1;
-    if (open_ports(NULL) > 0)   /* (a port whose uevent was lost) */
-        ports_async();
-    if (nports == 0)            /* none named yet: the host's names can come late */
-        recheck_at = now_ms() + FIRST_PORT_MS;
     for (struct channel *ch = channels; ch; ch = ch->next) {
         if (!ch->hup)
             continue;
@@ -517,6 +514,16 @@ static void recheck_ports(void)
     }
 }
 
+static void recheck_ports(void)
+{
+    recheck_at = -1;
+    if (open_ports(NULL) > 0)   /* (a port whose uevent was lost) */
+        ports_async();
+    if (nports == 0)            /* none named yet: the host's names can come late */
+        recheck_at = now_ms() + FIRST_PORT_MS;
+    recheck_hup();
+}
+
 /* Timers, work that needs no event, and the poll set; returns the poll timeout. */
 static int prepare(void)
 {
@@ -524,6 +531,16 @@ static int prepare(void)
 #define AT(t) do { if ((t) >= 0 && (next < 0 || (t) < next)) next = (t); } while (0)
     if (recheck_at >= 0 && now >= recheck_at)
         recheck_ports();
+    else if (host_came) {
+        /* SIGIO: a host connected to a port the agent holds open. Only the
+           hung-up ports are looked at; new ports come with a uevent (and the
+           timer above scans for them). Under TCG the scan of sysfs would be
+           a clone's first HELLO's to translate. */
+        if (nports > 0)
+            recheck_at = -1;    /* (as after a scan: a port still hung up says so again) */
+        recheck_hup();
+    }
+    host_came = 0;
     AT(recheck_at);
     AT(system_timers(now));
 

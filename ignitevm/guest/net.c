@@ -400,8 +400,12 @@ static void send_once(const char *addr, net_warn_fn warn, void *ctx)
 void net_apply(const struct net_cfg *c, net_warn_fn warn, void *ctx)
 {
     int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-    if (sk < 0 || nl < 0) {
+    /* (rtnetlink for addresses and routes only: a clone's RESTORE that sets
+       its MAC alone spares the guest a netlink socket, whose paths it would
+       translate anew under TCG) */
+    int nl = c->n || *c->gw || c->nroutes ? socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC,
+                                                   NETLINK_ROUTE) : -2;
+    if (sk < 0 || nl == -1) {
         warn(ctx, "network: no socket: %s", strerror(errno));
         goto out;
     }

@@ -124,8 +124,19 @@ def test_exit_codes_and_exec_errors(client: AgentClient, tmp_path: Path) -> None
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
     assert client.run([str(script)]).error == (126, f"{script}: permission denied")
-    assert client.run(["true"], cwd="/no/such/dir").error[0] == 1
-    assert client.run(["true"], user="no-such-user").error[0] == 1
+    assert client.run(["true"], cwd="/no/such/dir").error == (
+        1, "cannot change to the directory /no/such/dir: No such file or directory")
+    assert client.run(["true"], user="no-such-user").error == (
+        1, "unable to find user no-such-user: no matching entries in /etc/passwd")
+    assert client.run([str(tmp_path)]).error == (126, f"{tmp_path}: is a directory")
+    (tmp_path / "junk").write_bytes(b"\x7fELF junk")
+    (tmp_path / "junk").chmod(0o755)
+    assert client.run([str(tmp_path / "junk")]).error == (
+        126, f"{tmp_path}/junk: exec format error")
+    assert client.run([""]).error == (127, "empty command name: command not found")
+    # (the child shares the agent's memory until it runs the command: the agent
+    # goes on serving, with what it had, after each of these failures)
+    assert client.run(["sh", "-c", "echo $HOME; pwd"]).stdout == b"/root\n/root\n"
 
 
 @pytest.mark.parametrize("passwd,group", [("fifo", "fifo"), ("huge", "huge"), (None, "fifo")])

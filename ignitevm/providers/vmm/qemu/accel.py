@@ -210,18 +210,20 @@ def probe_argv(kernel: Path, initrd: Path | None, jail_in: Path | None = None,
 
 # QEMU's own words (7.2) when KVM cannot run the guest: at KVM's or a vCPU's
 # set-up, writing the boot MSRs (an assertion follows), or entering the guest.
-_KVM_FAILURE = re.compile(
+# (Patterns compiled where a probe is judged, not at import: every start
+# imports this module, a clone's before its QEMU starts.)
+_KVM_FAILURE = (
     r"failed to initialize kvm|KVM_CREATE_VM|kvm version|kvm does not support|"
     r"Missing KVM capability|kvm_init_vcpu|failed to set MSR|kvm_buf_set_msrs|"
     r"KVM internal error|KVM: entry failed|kvm run failed|KVM: exception|"
-    r"KVM: unknown exit", re.IGNORECASE)
+    r"KVM: unknown exit")
 # errnos that say "not now" or "not in this jail" rather than "not on this
 # host": an answer that carries one is not definite.
-_PASSING = re.compile(
+_PASSING = (
     r"Cannot allocate memory|Resource temporarily unavailable|Interrupted system call|"
     r"Too many open files|Device or resource busy|No space left on device|"
     r"No such file or directory|Permission denied|Operation not permitted|"
-    r"Bad file descriptor", re.IGNORECASE)
+    r"Bad file descriptor")
 JAIL_PREFIX = "ignite-jail:"
 
 
@@ -234,11 +236,12 @@ def judge(guest: bytes, qemu: bytes, returncode: int | None, waited: float) -> O
     printed = [line.strip() for line in guest.decode(errors="replace").splitlines()
                if line.strip()]
     jail = next((line for line in said if line.startswith(JAIL_PREFIX)), None)
-    refusal = next((line for line in said if _KVM_FAILURE.search(line)
+    failure, passing = re.compile(_KVM_FAILURE, re.I), re.compile(_PASSING, re.I)
+    refusal = next((line for line in said if failure.search(line)
                     and "warning" not in line.lower()), None)
     if jail is not None:
         return Outcome(False, f"the probe's jail failed: {jail[:160]}", UNCLEAR)
-    if refusal is not None and not guest and not any(_PASSING.search(line) for line in said):
+    if refusal is not None and not guest and not any(passing.search(line) for line in said):
         return Outcome(False, f"QEMU said: {refusal[:160]}", DEFINITE)
     if returncode is None:
         return Outcome(False, f"a guest did not reach its init within {waited:.0f}s"

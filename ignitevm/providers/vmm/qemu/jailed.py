@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ignitevm.errors import IgniteError
 from ignitevm.log import log
-from ignitevm.providers.sandbox import build, cgroups, ids, jail, loopback
+from ignitevm.providers.sandbox import build, cgroups, ids, jail
 from ignitevm.providers.vmm import consolelog
 from ignitevm.providers.vmm.base import LaunchSpec
 from ignitevm.providers.vmm.qemu import args
@@ -111,6 +111,10 @@ def _close_loopback(name: str, found: list[cgroups.Hierarchy]) -> None:
         log.warning("no cgroup v2 hierarchy on this host: a guest with user-mode networking "
                     "can reach the host's loopback services (10.0.2.2)")
         return
+    # (here: ctypes, which it needs, is not for an unconfined VM's launch, which
+    # imports this module for the console writer)
+    from ignitevm.providers.sandbox import loopback
+
     loopback.close_loopback(group)
 
 
