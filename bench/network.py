@@ -9,7 +9,10 @@
   release) against the bare steps any CNI runtime takes (``ip netns add``,
   each plugin's ADD, each plugin's DEL, ``ip netns delete``): target <= 1.2x.
 
-Throughput: the four VMs run side by side (an idle one costs ~1 % of a
+Throughput: in every guest the iperf3 server and the NIC's interrupt are on
+vCPU 0 (left to the guest, where the server lands against the interrupt
+varies from boot to boot and moved guest -> host by up to 0.65x between two
+VMs of one path: docs/networking.md). The four VMs run side by side (an idle one costs ~1 % of a
 core) and each round measures every path both ways, in an order that turns
 from round to round; each ratio is taken within a round and the median of
 the rounds' ratios is printed with its quartiles and range. Under TCG the
@@ -39,10 +42,23 @@ from tests.helpers import images
 from tests.helpers.cninet import remove_network, write_default
 
 MARKER = b"IPERF-READY"
+# The NIC's interrupt and the iperf3 server on one vCPU, the same in every VM:
+# left to the guest, the server lands on the interrupt's vCPU in some boots
+# and on the other in others, and that alone moved guest -> host by up to
+# 0.65x between two VMs of the same path (docs/networking.md, "Throughput
+# under TCG"). (Busybox's sh only: the image links few applets.)
 INIT = """#!/bin/sh
 /bin/busybox mount -t proc proc /proc
-/usr/bin/iperf3 -s -D
-echo IPERF-READY
+/bin/busybox mount -t sysfs sysfs /sys 2>/dev/null
+irq=none
+for d in /sys/bus/virtio/devices/virtio*; do
+  [ "$(cat $d/device)" = 0x0001 ] || continue
+  while read -r n rest; do
+    case "$rest" in *" ${d##*/}") irq=${n%:}; echo 1 > /proc/irq/$irq/smp_affinity;; esac
+  done < /proc/interrupts
+done
+/usr/bin/iperf3 -s -D -A 0
+echo IPERF-READY nic-irq=$irq
 while true; do /bin/busybox sleep 3600; done
 """
 HAND_BRIDGE, HAND_TAP, HAND_NET = "igbench0", "igbtap0", "10.212.0"
@@ -92,7 +108,13 @@ def run_vm(root: Path, name: str, *flags: str) -> Path:
            "--size", "256MB", *flags)
     d = root / "vm" / vm_uid(root, name)
     wait_file(d / "console.log", MARKER, timeout=300)
+    check_pinned(d / "console.log")
     return d
+
+
+def check_pinned(console: Path) -> None:
+    if b"nic-irq=none" in console.read_bytes():
+        raise RuntimeError(f"the guest found no virtio-net interrupt to pin (see {console})")
 
 
 def hand_config(src: Path, dest: Path) -> None:
@@ -139,6 +161,7 @@ def hand_bridge_vm(d: Path) -> subprocess.Popen[bytes]:
     (d / "console.log").write_bytes(b"")
     proc = subprocess.Popen(out, stdin=subprocess.DEVNULL)
     wait_file(d / "console.log", MARKER, timeout=300)
+    check_pinned(d / "console.log")
     return proc
 
 
