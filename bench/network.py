@@ -243,6 +243,24 @@ RATIOS = (("CNI", "bridge", 0.9), ("CNI", "slirp", 3.0), ("passt", "slirp", 2.0)
 WAYS = ("guest -> host", "host -> guest")
 
 
+def qemu_pid(d: Path) -> int:
+    """The pid of the QEMU whose command line names the VM folder ``d``."""
+    for p in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if argv[0].endswith(b"qemu-system-x86_64") and any(str(d).encode() in a for a in argv):
+            return int(p)
+    raise RuntimeError(f"no QEMU runs for {d}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + sys of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(root: Path, rounds: int, seconds: int) -> None:
     """The four paths side by side, all four VMs up, measured in turns: each
     round runs every path both ways in an order that turns from round to
@@ -259,7 +277,8 @@ def throughput(root: Path, rounds: int, seconds: int) -> None:
         try:
             run_vm(root, "u", "--network-plugin", "user", "-p", "15201:5201")
             run_vm(root, "p", "--network-plugin", "passt", "-p", "15202:5201")
-            run_vm(root, "c", "--network-plugin", "cni")
+            dc = run_vm(root, "c", "--network-plugin", "cni")
+            pids = {"CNI": qemu_pid(dc), "bridge": qemu_pid(d)}
             ip = json.loads(ignite(root, "inspect", "vm", "c").stdout)["status"][
                 "network"]["ipAddresses"][0]
             where = {"CNI": (ip, 5201), "bridge": (f"{HAND_NET}.2", 5201),
@@ -268,15 +287,25 @@ def throughput(root: Path, rounds: int, seconds: int) -> None:
                 iperf(host, port, seconds=1)
                 iperf(host, port, reverse=True, seconds=1)
             got: dict[tuple[str, str], list[float]] = {(p, w): [] for p in PATHS for w in WAYS}
+            # CPU (user + sys) of the QEMU of each tap path per Mb carried: the host's
+            # side of the path runs in that process too (tap writes, tc, veth, bridge)
+            cost: dict[tuple[str, str], list[float]] = {(p, w): [] for p in pids for w in WAYS}
+            loads: list[float] = []
             for r in range(rounds):
                 order = PATHS[r % 4:] + PATHS[:r % 4]
                 for path in order[::-1] if r % 8 >= 4 else order:
                     for way in WAYS if r % 2 else WAYS[::-1]:
-                        got[(path, way)].append(iperf(*where[path], reverse=way == WAYS[0],
-                                                      seconds=seconds))
+                        c0 = cpu_seconds(pids[path]) if path in pids else 0.0
+                        t0 = time.monotonic()
+                        mbps = iperf(*where[path], reverse=way == WAYS[0], seconds=seconds)
+                        got[(path, way)].append(mbps)
+                        if path in pids:  # (iperf's run: the first second too, and its ends)
+                            mb = mbps * (time.monotonic() - t0)
+                            cost[(path, way)].append((cpu_seconds(pids[path]) - c0) / mb * 1000)
+                loads.append(os.getloadavg()[0])
                 print(f"round {r + 1}: " + "; ".join(
-                    f"{p} " + "/".join(f"{got[(p, w)][-1]:.0f}" for w in WAYS) for p in PATHS),
-                    file=sys.stderr)
+                    f"{p} " + "/".join(f"{got[(p, w)][-1]:.0f}" for w in WAYS) for p in PATHS)
+                    + f"; load {loads[-1]:.1f}", file=sys.stderr)
         finally:
             proc.kill()
             proc.wait()
@@ -293,6 +322,13 @@ def throughput(root: Path, rounds: int, seconds: int) -> None:
             print(f"  {way} {a}/{b}: median of the rounds' ratios {median(xs):.2f} "
                   f"(quartiles {q1:.2f}-{q3:.2f}, range {xs[0]:.2f}-{xs[-1]:.2f}; "
                   f"target >= {target:g})")
+        xs = sorted(x / y for x, y in zip(cost[("CNI", way)], cost[("bridge", way)], strict=True))
+        print(f"  {way} QEMU CPU per Gb, CNI {median(cost[('CNI', way)]):.2f} s, bridge "
+              f"{median(cost[('bridge', way)]):.2f} s; CNI/bridge median of the rounds' "
+              f"ratios {median(xs):.2f} (quartiles {xs[len(xs) // 4]:.2f}-"
+              f"{xs[(3 * len(xs)) // 4]:.2f})")
+    print(f"load average (1 min) over the rounds: median {median(loads):.1f} "
+          f"(range {min(loads):.1f}-{max(loads):.1f})")
 
 
 def main(root: Path) -> None:
