@@ -12,8 +12,10 @@
 Throughput: in every guest the iperf3 server and the NIC's interrupt are on
 vCPU 0 (left to the guest, where the server lands against the interrupt
 varies from boot to boot and moved guest -> host by up to 0.65x between two
-VMs of one path: docs/networking.md). The four VMs run side by side (an idle one costs ~1 % of a
-core) and each round measures every path both ways, in an order that turns
+VMs of one path: docs/networking.md), and the hand-made VM's QEMU runs in a
+session of its own, as `ignite run` leaves every QEMU. The four VMs run
+side by side (an idle one costs ~1 % of a core) and each round measures
+every path both ways, in an order that turns
 from round to round; each ratio is taken within a round and the median of
 the rounds' ratios is printed with its quartiles and range. Under TCG the
 guest's vCPUs bound every path, so on a shared host the figures follow the
@@ -159,7 +161,11 @@ def hand_bridge_vm(d: Path) -> subprocess.Popen[bytes]:
         a = a.replace(str(d / "config.tar"), str(d / "hand-config.tar"))
         out.append(a)
     (d / "console.log").write_bytes(b"")
-    proc = subprocess.Popen(out, stdin=subprocess.DEVNULL)
+    # In a session of its own, as `ignite run` leaves each QEMU (it daemonizes):
+    # with the kernel's autogroup on, the session is the unit the scheduler
+    # shares the CPU between, and a QEMU left in this bench's session would
+    # share its slice with the iperf3 clients of every path.
+    proc = subprocess.Popen(out, stdin=subprocess.DEVNULL, start_new_session=True)
     wait_file(d / "console.log", MARKER, timeout=300)
     check_pinned(d / "console.log")
     return proc
