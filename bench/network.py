@@ -9,8 +9,13 @@
   release) against the bare steps any CNI runtime takes (``ip netns add``,
   each plugin's ADD, each plugin's DEL, ``ip netns delete``): target <= 1.2x.
 
-Throughput: the four VMs run side by side (an idle one costs ~1 % of a
-core) and each round measures every path both ways, in an order that turns
+Throughput: in every guest the iperf3 server and the NIC's interrupt are on
+vCPU 0 (left to the guest, where the server lands against the interrupt
+varies from boot to boot and moved guest -> host by up to 0.65x between two
+VMs of one path: docs/networking.md), and the hand-made VM's QEMU runs in a
+session of its own, as `ignite run` leaves every QEMU. The four VMs run
+side by side (an idle one costs ~1 % of a core) and each round measures
+every path both ways, in an order that turns
 from round to round; each ratio is taken within a round and the median of
 the rounds' ratios is printed with its quartiles and range. Under TCG the
 guest's vCPUs bound every path, so on a shared host the figures follow the
@@ -39,10 +44,23 @@ from tests.helpers import images
 from tests.helpers.cninet import remove_network, write_default
 
 MARKER = b"IPERF-READY"
+# The NIC's interrupt and the iperf3 server on one vCPU, the same in every VM:
+# left to the guest, the server lands on the interrupt's vCPU in some boots
+# and on the other in others, and that alone moved guest -> host by up to
+# 0.65x between two VMs of the same path (docs/networking.md, "Throughput
+# under TCG"). (Busybox's sh only: the image links few applets.)
 INIT = """#!/bin/sh
 /bin/busybox mount -t proc proc /proc
-/usr/bin/iperf3 -s -D
-echo IPERF-READY
+/bin/busybox mount -t sysfs sysfs /sys 2>/dev/null
+irq=none
+for d in /sys/bus/virtio/devices/virtio*; do
+  [ "$(cat $d/device)" = 0x0001 ] || continue
+  while read -r n rest; do
+    case "$rest" in *" ${d##*/}") irq=${n%:}; echo 1 > /proc/irq/$irq/smp_affinity;; esac
+  done < /proc/interrupts
+done
+/usr/bin/iperf3 -s -D -A 0
+echo IPERF-READY nic-irq=$irq
 while true; do /bin/busybox sleep 3600; done
 """
 HAND_BRIDGE, HAND_TAP, HAND_NET = "igbench0", "igbtap0", "10.212.0"
@@ -92,7 +110,13 @@ def run_vm(root: Path, name: str, *flags: str) -> Path:
            "--size", "256MB", *flags)
     d = root / "vm" / vm_uid(root, name)
     wait_file(d / "console.log", MARKER, timeout=300)
+    check_pinned(d / "console.log")
     return d
+
+
+def check_pinned(console: Path) -> None:
+    if b"nic-irq=none" in console.read_bytes():
+        raise RuntimeError(f"the guest found no virtio-net interrupt to pin (see {console})")
 
 
 def hand_config(src: Path, dest: Path) -> None:
@@ -137,8 +161,13 @@ def hand_bridge_vm(d: Path) -> subprocess.Popen[bytes]:
         a = a.replace(str(d / "config.tar"), str(d / "hand-config.tar"))
         out.append(a)
     (d / "console.log").write_bytes(b"")
-    proc = subprocess.Popen(out, stdin=subprocess.DEVNULL)
+    # In a session of its own, as `ignite run` leaves each QEMU (it daemonizes):
+    # with the kernel's autogroup on, the session is the unit the scheduler
+    # shares the CPU between, and a QEMU left in this bench's session would
+    # share its slice with the iperf3 clients of every path.
+    proc = subprocess.Popen(out, stdin=subprocess.DEVNULL, start_new_session=True)
     wait_file(d / "console.log", MARKER, timeout=300)
+    check_pinned(d / "console.log")
     return proc
 
 
@@ -220,6 +249,24 @@ RATIOS = (("CNI", "bridge", 0.9), ("CNI", "slirp", 3.0), ("passt", "slirp", 2.0)
 WAYS = ("guest -> host", "host -> guest")
 
 
+def qemu_pid(d: Path) -> int:
+    """The pid of the QEMU whose command line names the VM folder ``d``."""
+    for p in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if argv[0].endswith(b"qemu-system-x86_64") and any(str(d).encode() in a for a in argv):
+            return int(p)
+    raise RuntimeError(f"no QEMU runs for {d}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + sys of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(root: Path, rounds: int, seconds: int) -> None:
     """The four paths side by side, all four VMs up, measured in turns: each
     round runs every path both ways in an order that turns from round to
@@ -236,7 +283,8 @@ def throughput(root: Path, rounds: int, seconds: int) -> None:
         try:
             run_vm(root, "u", "--network-plugin", "user", "-p", "15201:5201")
             run_vm(root, "p", "--network-plugin", "passt", "-p", "15202:5201")
-            run_vm(root, "c", "--network-plugin", "cni")
+            dc = run_vm(root, "c", "--network-plugin", "cni")
+            pids = {"CNI": qemu_pid(dc), "bridge": qemu_pid(d)}
             ip = json.loads(ignite(root, "inspect", "vm", "c").stdout)["status"][
                 "network"]["ipAddresses"][0]
             where = {"CNI": (ip, 5201), "bridge": (f"{HAND_NET}.2", 5201),
@@ -245,15 +293,25 @@ def throughput(root: Path, rounds: int, seconds: int) -> None:
                 iperf(host, port, seconds=1)
                 iperf(host, port, reverse=True, seconds=1)
             got: dict[tuple[str, str], list[float]] = {(p, w): [] for p in PATHS for w in WAYS}
+            # CPU (user + sys) of the QEMU of each tap path per Mb carried: the host's
+            # side of the path runs in that process too (tap writes, tc, veth, bridge)
+            cost: dict[tuple[str, str], list[float]] = {(p, w): [] for p in pids for w in WAYS}
+            loads: list[float] = []
             for r in range(rounds):
                 order = PATHS[r % 4:] + PATHS[:r % 4]
                 for path in order[::-1] if r % 8 >= 4 else order:
                     for way in WAYS if r % 2 else WAYS[::-1]:
-                        got[(path, way)].append(iperf(*where[path], reverse=way == WAYS[0],
-                                                      seconds=seconds))
+                        c0 = cpu_seconds(pids[path]) if path in pids else 0.0
+                        t0 = time.monotonic()
+                        mbps = iperf(*where[path], reverse=way == WAYS[0], seconds=seconds)
+                        got[(path, way)].append(mbps)
+                        if path in pids:  # (iperf's run: the first second too, and its ends)
+                            mb = mbps * (time.monotonic() - t0)
+                            cost[(path, way)].append((cpu_seconds(pids[path]) - c0) / mb * 1000)
+                loads.append(os.getloadavg()[0])
                 print(f"round {r + 1}: " + "; ".join(
-                    f"{p} " + "/".join(f"{got[(p, w)][-1]:.0f}" for w in WAYS) for p in PATHS),
-                    file=sys.stderr)
+                    f"{p} " + "/".join(f"{got[(p, w)][-1]:.0f}" for w in WAYS) for p in PATHS)
+                    + f"; load {loads[-1]:.1f}", file=sys.stderr)
         finally:
             proc.kill()
             proc.wait()
@@ -270,6 +328,13 @@ def throughput(root: Path, rounds: int, seconds: int) -> None:
             print(f"  {way} {a}/{b}: median of the rounds' ratios {median(xs):.2f} "
                   f"(quartiles {q1:.2f}-{q3:.2f}, range {xs[0]:.2f}-{xs[-1]:.2f}; "
                   f"target >= {target:g})")
+        xs = sorted(x / y for x, y in zip(cost[("CNI", way)], cost[("bridge", way)], strict=True))
+        print(f"  {way} QEMU CPU per Gb, CNI {median(cost[('CNI', way)]):.2f} s, bridge "
+              f"{median(cost[('bridge', way)]):.2f} s; CNI/bridge median of the rounds' "
+              f"ratios {median(xs):.2f} (quartiles {xs[len(xs) // 4]:.2f}-"
+              f"{xs[(3 * len(xs)) // 4]:.2f})")
+    print(f"load average (1 min) over the rounds: median {median(loads):.1f} "
+          f"(range {min(loads):.1f}-{max(loads):.1f})")
 
 
 def main(root: Path) -> None:
