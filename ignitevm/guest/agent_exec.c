@@ -26,7 +26,7 @@
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_GROUPS 256
 /* The most of /etc/passwd or /etc/group read (they are the guest's: one that
- * is huge, or a FIFO, must not hold up the agent, which waits on this child). */
+ * is huge, or a FIFO, must not hold up the agent, which reads them itself). */
 #define DB_MAX (4 << 20)
 #define TTY_GRACE_MS 200
 
@@ -178,8 +178,11 @@ static int user_lookup(const char *spec, struct ident *id, char *err)
     int found = db_find("/etc/passwd", numeric ? NULL : user, v, 2, &mem, f, 7);
     if (found == 1) {
         unsigned long uid = 0, gid = 0;
-        number(f[2], &uid);
-        number(f[3], &gid);
+        if (!number(f[2], &uid) || !number(f[3], &gid)) {   /* (never root by mistake) */
+            snprintf(err, ERRLEN, "invalid uid or gid for user %.200s in /etc/passwd", f[0]);
+            free(mem);
+            return -1;
+        }
         id->uid = uid;
         id->gid = gid;
         id->known = 1;
@@ -242,8 +245,12 @@ static int user_lookup(const char *spec, struct ident *id, char *err)
  * system calls only (no malloc, no stdio, no locks, nothing that writes the
  * agent's memory but the child's own stack): the user lookup, the
  * environment and every message are made by the agent, before and after.
- * The credentials are set by raw system calls (they are the calling task's
- * alone; glibc's wrappers would also address the agent's other threads). */
+ * The credentials are set by raw system calls: glibc's wrappers would take
+ * its locks and broadcast to every thread of the process, which the child is
+ * not. A command that runs as another user gets a forked child instead
+ * (spawn): a task that shares root's memory must never run as another user,
+ * who could trace it until it has called execve. (The child's own string
+ * lookups write nothing shared.) */
 
 /* What failed in the child (the agent writes the message). */
 enum { C_TTY = 1, C_STDIO, C_CRED, C_CWD, C_ROOTDIR, C_EMPTY, C_NOTFOUND, C_ISDIR, C_NOEXEC,
@@ -504,8 +511,26 @@ pid_t spawn(const struct request *r, int console, int *master, int *in_w, int ou
     }
     struct child_args a = {r, console, st[1], m, in[0], out[1], er[1], pts, &id, env,
                            env_get(env, n, "PATH")};
-    /* (returns once the child has called execve or _exit) */
-    pid_t pid = clone(child, child_stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    /* No handler may run on the child's stack, or in the child at all (it
+     * resets them, then unblocks): every signal is held while it is made. */
+    sigset_t all, was;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &was);
+    pid_t pid;
+    if (r->user && id.uid != 0) {
+        /* Another user: a copy of the agent's memory, not the memory itself
+         * (the kernel makes a task that changes uid traceable by that user as
+         * set by fs.suid_dumpable, which the guest's root may choose). */
+        pid = fork();
+        if (pid == 0)
+            child(&a);          /* (execve or _exit: never returns) */
+    } else {
+        /* (returns once the child has called execve or _exit) */
+        pid = clone(child, child_stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    }
+    int saved = errno;
+    sigprocmask(SIG_SETMASK, &was, NULL);
+    errno = saved;
     if (pid < 0)
         goto syserr;
     free(env);
@@ -593,11 +618,25 @@ void exec_warm_init(void)
     memcpy(elf, &eh, sizeof eh);
     memcpy(elf + sizeof eh, &ph, sizeof ph);
     memcpy(elf + HDRS, code, sizeof code);
-    int fd = memfd_create("ignite-warm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+#ifndef MFD_EXEC
+#define MFD_EXEC 0x0010U
+#endif
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+    /* (MFD_EXEC: executable even where vm.memfd_noexec says otherwise; a
+     * kernel before 6.3 refuses the flag, and its memfds are executable) */
+    int fd = memfd_create("ignite-warm", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
+    if (fd < 0 && errno == EINVAL)
+        fd = memfd_create("ignite-warm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return;
-    if (write(fd, elf, sizeof elf) != (ssize_t)sizeof elf ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
+    if (write(fd, elf, sizeof elf) != (ssize_t)sizeof elf) {
+        close(fd);
+        return;
+    }
+    fcntl(fd, F_ADD_SEALS, F_SEAL_EXEC);    /* (no chmod; a kernel before 6.3: EINVAL) */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0) {
         close(fd);
         return;
     }

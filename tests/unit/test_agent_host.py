@@ -206,6 +206,33 @@ def test_a_nul_byte_in_passwd_or_group_hides_only_its_own_line(binary: Path,
         proc.wait()
 
 
+def test_a_user_whose_ids_do_not_parse_is_refused_never_root(binary: Path,
+                                                             tmp_path: Path) -> None:
+    """A passwd entry whose uid or gid is not a number is an error, never uid or gid 0;
+    and a command run as another user reports who it runs as (its child is forked, not
+    one sharing the agent's memory)."""
+    passwd = tmp_path / "passwd"
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/sh\nweird:x:abc:def::/:/bin/sh\n"
+                       b"half:x:12abc:5::/:/bin/sh\nfine:x:4242:4243::/:/bin/sh\n")
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             'mount --bind "$2" /etc/passwd && exec "$0" --socket "$1"',
+                             binary, sock, passwd], stderr=subprocess.DEVNULL)
+    try:
+        with AgentClient(sock) as c:
+            c.hello()
+            for name in ("weird", "half"):
+                s = c.run(["id", "-u"], user=name)
+                assert s.error == (1, f"invalid uid or gid for user {name} in /etc/passwd")
+                assert bytes(s.stdout) == b""
+            s = c.run(["sh", "-c", "id -u; id -g"], user="fine")
+            assert (s.error, bytes(s.stdout)) == (None, b"4242\n4243\n")
+            assert c.run(["id", "-u"]).stdout == b"0\n"  # (and the agent is fine after)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_commands_null_stdin_is_not_non_blocking(client: AgentClient) -> None:
     """The agent opens /dev/null with O_NONBLOCK (a FIFO put there must not
     block it); the command gets it as it would open it itself."""
