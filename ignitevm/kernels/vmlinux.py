@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ignitevm.log import log
-from ignitevm.util.proc import which
+from ignitevm.util.proc import spawn
 
 # magic -> decompressor argv (reads stdin, writes stdout)
 _FORMATS: list[tuple[bytes, list[str]]] = [
@@ -62,32 +62,30 @@ def extract_vmlinux(bzimage: Path, out: Path) -> bool:
 def _unpack(argv: list[str], payload: bytes, out: BinaryIO) -> bool:
     """Run the decompressor on ``payload`` into ``out``; False (the tool stopped)
     when it writes more than :data:`MAX_VMLINUX`."""
-    proc = subprocess.Popen([which(argv[0]), *argv[1:]], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert proc.stdin is not None and proc.stdout is not None
-    stdin = proc.stdin
+    with spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin = proc.stdin
 
-    def feed() -> None:  # (a thread: the tool's output is read meanwhile)
-        with contextlib.suppress(OSError):  # (it may stop reading: trailing bytes)
-            stdin.write(payload)
-        with contextlib.suppress(OSError):
-            stdin.close()
+        def feed() -> None:  # (a thread: the tool's output is read meanwhile)
+            with contextlib.suppress(OSError):  # (it may stop reading: trailing bytes)
+                stdin.write(payload)
+            with contextlib.suppress(OSError):
+                stdin.close()
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    total = 0
-    try:
-        while chunk := proc.stdout.read(_CHUNK):
-            total += len(chunk)
-            if total > MAX_VMLINUX:
-                log.warning("the kernel's %s payload unpacks to more than %d MiB: kept "
-                            "compressed", argv[0], MAX_VMLINUX >> 20)
-                return False
-            out.write(chunk)
-        return True
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        feeder.join()
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        total = 0
+        try:
+            while chunk := proc.stdout.read(_CHUNK):
+                total += len(chunk)
+                if total > MAX_VMLINUX:
+                    log.warning("the kernel's %s payload unpacks to more than %d MiB: kept "
+                                "compressed", argv[0], MAX_VMLINUX >> 20)
+                    proc.kill()
+                    return False
+                out.write(chunk)
+            return True
+        finally:
+            proc.stdout.close()  # (the tool, if still writing, gets EPIPE; the feeder too)
+            feeder.join()
