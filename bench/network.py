@@ -251,14 +251,13 @@ WAYS = ("guest -> host", "host -> guest")
 
 def qemu_pid(d: Path) -> int:
     """The pid of the QEMU whose command line names the VM folder ``d``."""
-    for p in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if argv[0].endswith(b"qemu-system-x86_64") and any(str(d).encode() in a for a in argv):
-            return int(p)
-    raise RuntimeError(f"no QEMU runs for {d}")
+    from ignitevm.util.proc import pids_where
+
+    found = pids_where("cmdline", lambda cmd: cmd.split(b"\0")[0].endswith(
+        b"qemu-system-x86_64") and str(d).encode() in cmd)
+    if not found:
+        raise RuntimeError(f"no QEMU runs for {d}")
+    return found[0]
 
 
 def cpu_seconds(pid: int) -> float:
