@@ -25,7 +25,9 @@ from ignitevm.operations import snapshots
 from ignitevm.operations.context import Context
 
 if TYPE_CHECKING:
+    from ignitevm.operations.sharedram import Filling
     from ignitevm.providers.network.base import NetPlan
+    from ignitevm.util.background import Background
 
 LOAD_TIMEOUT = 120.0
 AGENT_TIMEOUT = 60.0
@@ -35,28 +37,54 @@ class Restore:
     """What `vms.start` needs to bring a VM up from a snapshot."""
 
     def __init__(self, ctx: Context, snap: Snapshot, memory_file: Path | None,
-                 memory_fd: int = -1):
+                 filling: Filling | None = None):
         self.snap = snap
         self.dir = snapshots.folder(ctx, snap)
-        self.memory_fd = memory_fd
-        if memory_fd >= 0:  # (a sealed memfd QEMU inherits: sharedram.memfd)
-            memory_file = Path(f"/proc/self/fd/{memory_fd}")
+        # (a sealed memfd QEMU inherits, perhaps still being filled: sharedram.Filling)
+        self.filling = filling
+        self.memory_fd = filling.fd if filling is not None else -1
+        if self.memory_fd >= 0:
+            memory_file = Path(f"/proc/self/fd/{self.memory_fd}")
         self.memory_file = memory_file
         self.cmdline = snap.spec.cmd_line
         self.warnings: list[str] = []
+        # The clone's SSH host key, made while QEMU starts when nothing needs it
+        # before the guest runs (no --ssh: it goes to the guest in RESTORE alone).
+        self.host_key_later = False
+        self.host_key: Background | None = None
 
-    def launch(self) -> dict[str, Any]:
+    def launch(self, workdir: Path) -> dict[str, Any]:
         """What the launch of QEMU takes from the snapshot (called right before it)."""
         _preload()
+        if self.host_key_later:
+            from ignitevm.operations.sshkeys import make_host_key
+            from ignitevm.util.background import Background
+
+            self.host_key_later = False
+            self.host_key = Background(lambda: make_host_key(workdir, workdir.name))
         out = {"incoming": True, "memory_file": self.memory_file, "memory_shared": False,
                "agent_channels": self.snap.spec.agent_channels}
         if self.memory_fd >= 0:
             out["pass_fds"] = (self.memory_fd,)
         return out
 
+    def settle(self) -> None:
+        """Wait for the work begun in threads to end (its errors are not
+        said: the caller's is), before the clone is removed."""
+        if self.host_key is not None:
+            try:
+                self.host_key.wait()
+            except BaseException:
+                pass
+            self.host_key = None
+        if self.filling is not None:
+            self.filling.settle()
+
     def close(self) -> None:
-        if self.memory_fd >= 0:
-            os.close(self.memory_fd)
+        self.settle()
+        if self.filling is not None:
+            self.filling.close()
+            self.filling = None
             self.memory_fd = -1
 
     def finish(self, ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> None:
@@ -64,6 +92,8 @@ class Restore:
         from ignitevm.providers.vmm.qemu import migration
 
         vmm = snapshots._qemu(ctx)
+        if self.filling is not None:  # (whole and sealed before QEMU reads any of it)
+            self.filling.wait()
         if self.memory_fd >= 0:  # (where the next clone's host finds the memfd)
             from ignitevm.operations.sharedram import CLONE_FD
 
@@ -83,6 +113,8 @@ class Restore:
         finally:
             os.close(fd)
         t1 = time.monotonic()
+        if self.host_key is not None:
+            self.host_key.wait()
         self.warnings = renew_identity(ctx, vm, d, net)
         log.debug("state loaded in %.3fs, identity renewed in %.3fs", t1 - t0,
                   time.monotonic() - t1)
@@ -320,7 +352,7 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
 
         if snaptemplate.wait(ctx, snap.metadata.uid):  # (one is being made: it comes soon)
             snap = ctx.store.get(Snapshot, snap.metadata.uid)
-    memory_fd = -1
+    filling = None
     if snap.spec.shared_memory:
         # (a jailed clone must not be able to write the shared RAM: see sharedram)
         from ignitevm.operations import sharedram
@@ -328,28 +360,34 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
         if ctx.sandbox == "none":
             memory_file = sharedram.template(ctx, snap)
         else:
-            memory_fd = sharedram.memfd(ctx, snap)
-    restore = Restore(ctx, snap, memory_file, memory_fd)
-    with ctx.store.using(image), ctx.store.using(kernel):
-        vm.metadata.uid = new_uid()
-        generated = not vm.metadata.name
-        if generated:
-            vm.metadata.name = random_name({v.metadata.name for v in ctx.store.list(VM)})
-        vm.status.image, vm.status.kernel = snap.spec.image, snap.spec.kernel
-        vm.status.runtime.name = ctx.vmm.name
-        from ignitevm.operations import sshkeys
-        from ignitevm.providers.network import preflight
+            filling = sharedram.start(ctx, snap)  # (filled while the clone is made)
+    restore = Restore(ctx, snap, memory_file, filling)
+    try:  # (the memfd closed, and its filling thread ended, whatever happens)
+        with ctx.store.using(image), ctx.store.using(kernel):
+            vm.metadata.uid = new_uid()
+            generated = not vm.metadata.name
+            if generated:
+                vm.metadata.name = random_name({v.metadata.name for v in ctx.store.list(VM)})
+            vm.status.image, vm.status.kernel = snap.spec.image, snap.spec.kernel
+            vm.status.runtime.name = ctx.vmm.name
+            from ignitevm.operations import sshkeys
+            from ignitevm.providers.network import preflight
 
-        preflight(vm, ctx.root)
-        with ctx.store.creating(vm, rename=generated) as stage, \
-                sshkeys.making_keys(vm, stage):
-            _layer(restore.dir / snapshots.DISK, stage / snapshots.DISK,
-                   spec.disk_size.bytes)
-    try:
-        vms.start(ctx, vm, restore)
-    except BaseException:
-        vms.remove(ctx, vm, force=True)
-        raise
+            preflight(vm, ctx.root)
+            with ctx.store.creating(vm, rename=generated) as stage:
+                if vm.spec.ssh:  # (its port's known_hosts is written before QEMU starts)
+                    with sshkeys.making_keys(vm, stage):
+                        pass
+                else:
+                    restore.host_key_later = True
+                _layer(restore.dir / snapshots.DISK, stage / snapshots.DISK,
+                       spec.disk_size.bytes)
+        try:
+            vms.start(ctx, vm, restore)
+        except BaseException:
+            restore.settle()  # (no thread writes in the clone's folder as it goes)
+            vms.remove(ctx, vm, force=True)
+            raise
     finally:
         restore.close()
     log.info("Started VM %r (%s) from snapshot %r", vm.metadata.name, vm.metadata.uid,

@@ -36,6 +36,7 @@ from ignitevm.errors import InvalidInput
 if TYPE_CHECKING:
     from ignitevm.api.types import Snapshot
     from ignitevm.operations.context import Context
+    from ignitevm.util.background import Background
 
 MEMORY = "memory"
 MEMFD_RECORD = ".memfd"  # in the snapshot's folder: "<dev> <ino>" of the live memfd
@@ -111,16 +112,82 @@ def fill(fd: int, path: Path) -> None:
 def memfd(ctx: Context, snap: Snapshot) -> int:
     """A descriptor of the sealed memfd holding ``snap``'s RAM (the caller
     closes it): the one running clones map, else a new one."""
+    filling = start(ctx, snap)
+    try:
+        filling.wait()
+    except BaseException:
+        filling.close()
+        raise
+    return filling.fd
+
+
+class Filling:
+    """A clone's memfd of a snapshot's RAM (``fd``), perhaps still being
+    filled and sealed by a thread of its own: ``wait()`` returns once the
+    memfd is whole and sealed, or raises what stopped it.
+
+    ``fd`` may be given to the clone's QEMU before then: QEMU maps the RAM as
+    it starts and touches none of it before the saved state is loaded (for
+    an incoming VM it loads no ROM into RAM), and the host waits for the
+    memfd before it loads the state. QEMU is not the guest's before the
+    guest runs: the seals are on before the state is loaded and the CPUs run,
+    and they hold against every descriptor, QEMU's too."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.work: Background | None = None
+
+    def wait(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+
+    def settle(self) -> None:
+        """Return once the thread (if any) has ended; its error is not said
+        (the caller's is)."""
+        if self.work is not None:
+            try:
+                self.work.wait()
+            except BaseException:
+                pass
+            self.work = None
+
+    def close(self) -> None:
+        """Close ``fd``, once the thread (if any) has ended."""
+        self.settle()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _fill_and_seal(fd: int, path: Path, record: Path) -> None:
     import fcntl
 
+    from ignitevm.util.fs import atomic_write
+
+    fill(fd, path)
+    os.fchmod(fd, 0o666)  # (sealed below: open read-write, never written)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+    st = os.fstat(fd)
+    atomic_write(record, f"{st.st_dev} {st.st_ino}\n".encode())
+
+
+def start(ctx: Context, snap: Snapshot) -> Filling:
+    """The memfd holding ``snap``'s RAM for a new clone: the one running
+    clones map (whole already), else a new one, made here and filled from
+    the snapshot's ``memory`` file by a thread (see Filling). Until that
+    memfd is whole and recorded, the snapshot's memfd lock stays taken:
+    another clone's host waits for it, then shares it."""
     from ignitevm.operations.snapshots import clones_of, folder
-    from ignitevm.util.fs import atomic_write, flock
+    from ignitevm.util.background import Background
+    from ignitevm.util.files import lock
 
     d = folder(ctx, snap)
     rec = next((f for f in snap.status.files if f.name == MEMORY), None)
     if rec is None:
         raise InvalidInput(f"snapshot {snap.metadata.name!r} has no RAM file")
-    with flock(d / ".memfd.lock"):
+    lock_fd = lock(d / ".memfd.lock")
+    held = True  # (until a filling thread takes the lock over)
+    try:
         try:
             record = (d / MEMFD_RECORD).read_text().strip()
         except OSError:
@@ -140,18 +207,26 @@ def memfd(ctx: Context, snap: Snapshot) -> int:
             except (OSError, ValueError, TypeError):
                 continue
             if _is_ours(fd, record, rec.size):
-                return fd
+                return Filling(fd)
             os.close(fd)
         path = template(ctx, snap)  # (its digest checked)
         fd = os.memfd_create(f"ignite-{snap.metadata.uid}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, rec.size)
-            fill(fd, path)
-            os.fchmod(fd, 0o666)  # (sealed below: open read-write, never written)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
-            st = os.fstat(fd)
-            atomic_write(d / MEMFD_RECORD, f"{st.st_dev} {st.st_ino}\n".encode())
+            filling = Filling(fd)
+
+            def fill_and_seal() -> None:
+                try:
+                    _fill_and_seal(fd, path, d / MEMFD_RECORD)
+                finally:
+                    os.close(lock_fd)  # (held until the memfd is whole and recorded)
+
+            filling.work = Background(fill_and_seal)
+            held = False
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return filling
+    finally:
+        if held:
+            os.close(lock_fd)

@@ -48,10 +48,17 @@ def making_keys(vm: VM, vm_dir: Path) -> Iterator[None]:
     one (``util.sshkey``: ssh-keygen refuses a uid with no passwd entry)."""
     from ignitevm.util import sshkey
 
-    sshkey.generate(vm_dir / HOST_KEY, f"ignite-{vm.metadata.uid}")
+    make_host_key(vm_dir, vm.metadata.uid)
     if vm.spec.ssh is True or vm.spec.ssh == "true":
         sshkey.generate(client_key(vm_dir, vm.metadata.uid), f"ignite-{vm.metadata.uid}")
     yield
+
+
+def make_host_key(vm_dir: Path, uid: str) -> None:
+    """The VM's own ed25519 host key pair (neither file may exist yet)."""
+    from ignitevm.util import sshkey
+
+    sshkey.generate(vm_dir / HOST_KEY, f"ignite-{uid}")
 
 
 def authorized_keys(vm: VM, vm_dir: Path) -> str | None:

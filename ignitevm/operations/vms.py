@@ -159,7 +159,7 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
             cache=ctx.cache,
         )
         if restore is not None:
-            spec = spec._replace(cmdline=restore.cmdline or cmdline, **restore.launch())
+            spec = spec._replace(cmdline=restore.cmdline or cmdline, **restore.launch(d))
         log.debug("kernel command line: %s", shlex.quote(cmdline))
         ctx.vmm.launch(spec)
         if restore is not None:

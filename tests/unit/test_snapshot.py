@@ -655,3 +655,83 @@ def test_a_vm_qemu_stopped_on_an_error_is_not_saved(ctx: Context, monkeypatch,
     assert ctx.store.list(Snapshot) == []
     assert not (ctx.root / "tmp").is_dir() or not [
         p for p in (ctx.root / "tmp").iterdir() if p.is_dir()]
+
+
+def test_background_work_says_its_error_where_it_is_waited_for() -> None:
+    from ignitevm.util.background import Background
+
+    done: list[int] = []
+    Background(lambda: done.append(1)).wait()
+    assert done == [1]
+
+    def fail() -> None:
+        raise OSError(28, "No space left on device")
+
+    work = Background(fail)
+    with pytest.raises(OSError, match="No space left"):
+        work.wait()
+    with pytest.raises(OSError):  # (said again to a second waiter)
+        work.wait()
+
+
+def test_a_new_memfd_is_given_at_once_and_sealed_before_it_is_waited_for(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A jailed clone's memfd is filled by a thread while the clone is made and
+    its QEMU starts: the descriptor comes at once (its size set), the
+    snapshot's memfd lock stays taken until the memfd is whole, sealed and
+    recorded, and wait() returns only then."""
+    import fcntl
+    import threading
+
+    from ignitevm.operations import sharedram
+    from ignitevm.util.files import lock
+
+    ram = b"R" * 4096 + bytes(8192) + b"M" * 4096
+    snap = _snapshot(ctx, files={"state": b"S" * 100, "disk.qcow2": b"D" * 10,
+                                 sharedram.MEMORY: ram})
+    d = snapshots.folder(ctx, snap)
+    release = threading.Event()
+    real_fill = sharedram.fill
+
+    def slow_fill(fd: int, path: Path) -> None:
+        assert release.wait(60)  # (a hang detector, not a timing limit)
+        real_fill(fd, path)
+
+    monkeypatch.setattr(sharedram, "fill", slow_fill)
+    filling = sharedram.start(ctx, snap)
+    try:
+        assert os.fstat(filling.fd).st_size == len(ram)
+        assert fcntl.fcntl(filling.fd, fcntl.F_GET_SEALS) & sharedram.SEALS == 0
+        with pytest.raises(BlockingIOError):  # (another clone's host waits)
+            os.close(lock(d / ".memfd.lock", blocking=False))
+        assert not (d / sharedram.MEMFD_RECORD).exists()
+        release.set()
+        filling.wait()
+        assert fcntl.fcntl(filling.fd, fcntl.F_GET_SEALS) & sharedram.SEALS == sharedram.SEALS
+        assert os.pread(filling.fd, len(ram), 0) == ram
+        st = os.fstat(filling.fd)
+        assert (d / sharedram.MEMFD_RECORD).read_text() == f"{st.st_dev} {st.st_ino}\n"
+        os.close(lock(d / ".memfd.lock", blocking=False))  # (free again)
+    finally:
+        release.set()
+        filling.close()
+    assert filling.fd == -1
+
+
+def test_a_memfd_that_cannot_be_filled_is_said_and_frees_the_lock(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ignitevm.operations import sharedram
+    from ignitevm.util.files import lock
+
+    snap = _snapshot(ctx, files={"state": b"S" * 100, "disk.qcow2": b"D" * 10,
+                                 sharedram.MEMORY: b"M" * 8192})
+
+    def full(fd: int, path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sharedram, "fill", full)
+    with pytest.raises(OSError, match="No space left"):
+        sharedram.memfd(ctx, snap)
+    d = snapshots.folder(ctx, snap)
+    os.close(lock(d / ".memfd.lock", blocking=False))
+    assert not (d / sharedram.MEMFD_RECORD).exists()
