@@ -60,8 +60,9 @@ def baseline_args() -> list[str]:
 
 
 def boot(kernel: str, initrd: Path, image: Path, work: Path, kernel_args: list[str],
-         marker: bytes) -> float:
-    """QEMU's launch -> ``marker`` on the console, on a fresh copy of ``image``."""
+         marker: bytes, cpu: str = "max") -> float:
+    """QEMU's launch -> ``marker`` on the console, on a fresh copy of ``image``;
+    ``cpu``: the guest's CPU model (by hand: ``max``, for RDRAND)."""
     work.mkdir(parents=True, exist_ok=True)
     disk = work / "disk.ext4"
     subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
@@ -69,7 +70,7 @@ def boot(kernel: str, initrd: Path, image: Path, work: Path, kernel_args: list[s
     log.unlink(missing_ok=True)
     cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-           "-accel", "tcg,tb-size=64", "-cpu", "max", "-smp", "1", "-m", "256M",
+           "-accel", "tcg,tb-size=64", "-cpu", cpu, "-smp", "1", "-m", "256M",
            "-kernel", kernel, "-initrd", str(initrd),
            "-append", " ".join(["console=ttyS0", "reboot=k", "panic=1", *kernel_args]),
            "-drive", f"id=d0,file={disk},format=raw,if=none",

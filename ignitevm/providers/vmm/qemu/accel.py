@@ -188,9 +188,11 @@ def probe_argv(kernel: Path, initrd: Path | None, jail_in: Path | None = None,
     """The probe's command line; with ``jail_in`` (the cache folder holding the
     jail helper), confined as VMs are (its own uid, namespaces, no capabilities,
     no-new-privs, seccomp), dying with its caller."""
+    from ignitevm.providers.vmm.qemu.args import TCG_CPU
+
     cmd = ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on", "-nodefaults",
            "-no-user-config", "-display", "none", "-no-reboot", "-accel", accel, "-cpu",
-           "host" if accel == "kvm" else "max",
+           "host" if accel == "kvm" else TCG_CPU,
            "-m", "128M", "-kernel", str(kernel), "-serial", "stdio",
            "-append", " ".join(["console=ttyS0 panic=-1 reboot=k ignite.probe=1 quiet",
                                 *kernel_args(accel)])]
