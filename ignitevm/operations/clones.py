@@ -72,10 +72,7 @@ class Restore:
         """Wait for the work begun in threads to end (its errors are not
         said: the caller's is), before the clone is removed."""
         if self.host_key is not None:
-            try:
-                self.host_key.wait()
-            except BaseException:
-                pass
+            self.host_key.settle()
             self.host_key = None
         if self.filling is not None:
             self.filling.settle()
@@ -282,7 +279,7 @@ def verify(ctx: Context, snap: Snapshot) -> tuple[Image, Kernel]:
     vs = spec.vm_spec
     machine = snapshots.machine_config(spec.accel, vs.cpus, vs.memory.mib, spec.nics,
                                        spec.agent_channels)
-    if spec.machine and machine != spec.machine:
+    if spec.machine and not snapshots.same_machine(spec.machine, machine):
         raise InvalidInput(f"cannot restore snapshot {name!r}: it was saved from another "
                            f"machine configuration ({spec.machine!r}, now {machine!r})",
                            hint="boot the VM with this version of ignite and save it again")

@@ -126,12 +126,15 @@ class Filling:
     filled and sealed by a thread of its own: ``wait()`` returns once the
     memfd is whole and sealed, or raises what stopped it.
 
-    ``fd`` may be given to the clone's QEMU before then: QEMU maps the RAM as
-    it starts and touches none of it before the saved state is loaded (for
-    an incoming VM it loads no ROM into RAM), and the host waits for the
-    memfd before it loads the state. QEMU is not the guest's before the
-    guest runs: the seals are on before the state is loaded and the CPUs run,
-    and they hold against every descriptor, QEMU's too."""
+    ``fd`` may be given to the clone's QEMU before then: QEMU maps the RAM
+    privately as it starts (no prealloc, no mem-lock: args.memory) and
+    touches none of it before the saved state is loaded (for an incoming VM
+    it loads no ROM into RAM), and the host waits for the memfd before it
+    loads the state. Until then QEMU has read only the host's command line
+    and the snapshot's disk layer, which the source VM's QEMU wrote as it
+    wrote the RAM file itself; the seals are on before the state is loaded
+    and the guest runs, and they hold against every descriptor, QEMU's too.
+    ``fd`` is closed only once the thread has ended (close, settle)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -145,10 +148,7 @@ class Filling:
         """Return once the thread (if any) has ended; its error is not said
         (the caller's is)."""
         if self.work is not None:
-            try:
-                self.work.wait()
-            except BaseException:
-                pass
+            self.work.settle()
             self.work = None
 
     def close(self) -> None:
@@ -176,9 +176,11 @@ def start(ctx: Context, snap: Snapshot) -> Filling:
     clones map (whole already), else a new one, made here and filled from
     the snapshot's ``memory`` file by a thread (see Filling). Until that
     memfd is whole and recorded, the snapshot's memfd lock stays taken:
-    another clone's host waits for it, then shares it."""
+    another clone's host waits for it, then shares the memfd of a running
+    clone if it finds one (a clone is found once its state is loaded), else
+    makes its own."""
     from ignitevm.operations.snapshots import clones_of, folder
-    from ignitevm.util.background import Background
+    from ignitevm.util.background import Background, signals_held
     from ignitevm.util.files import lock
 
     d = folder(ctx, snap)
@@ -221,8 +223,9 @@ def start(ctx: Context, snap: Snapshot) -> Filling:
                 finally:
                     os.close(lock_fd)  # (held until the memfd is whole and recorded)
 
-            filling.work = Background(fill_and_seal)
-            held = False
+            with signals_held():  # (the lock is the thread's once it runs: no interrupt between)
+                filling.work = Background(fill_and_seal)
+                held = False
         except BaseException:
             os.close(fd)
             raise

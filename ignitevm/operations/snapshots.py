@@ -74,6 +74,24 @@ def machine_config(accel: str, cpus: int, memory_mib: int, nics: int, channels: 
     return " ".join(words)
 
 
+def source_snapshot(vm: VM) -> str | None:
+    """The uid of the snapshot ``vm`` is a clone of (None: not a clone)."""
+    return (vm.metadata.annotations or {}).get(ANNOTATION)
+
+
+def same_machine(saved: str, now: str) -> bool:
+    """Whether a snapshot saved with machine configuration ``saved`` restores
+    on ``now``. A TCG snapshot saved when the guest's CPU was ``max`` (before
+    args.TCG_CPU) restores as it was: its guest chose its string moves at
+    boot, and TCG runs them whatever CPUID says (QEMU keeps no CPUID in
+    the saved state)."""
+    if saved == now:
+        return True
+    from ignitevm.providers.vmm.qemu.args import TCG_CPU
+
+    return saved.replace(" -cpu max ", f" -cpu {TCG_CPU} ", 1) == now
+
+
 def nic_count(plugin: str, vm: VM) -> int:
     if plugin in ("", "none"):
         return 0
@@ -204,10 +222,10 @@ def _describe(ctx: Context, snap: Snapshot, vm: VM, d: Path) -> None:
     s.initramfs = _launch_word(d, "-initrd")
     s.machine = machine_config(s.accel, vm.spec.cpus, vm.spec.memory.mib, s.nics,
                                s.agent_channels)
-    if vm.metadata.annotations and ANNOTATION in vm.metadata.annotations:
+    source = source_snapshot(vm)
+    if source:
         # (for people: the saved disk layer stands on the image alone)
-        snap.metadata.annotations = {"ignitevm.io/from-snapshot":
-                                     vm.metadata.annotations[ANNOTATION]}
+        snap.metadata.annotations = {"ignitevm.io/from-snapshot": source}
 
 
 def _agent_grow_lock(held: contextlib.ExitStack, d: Path) -> None:
@@ -442,7 +460,7 @@ def mark_verified(d: Path, name: str, st: os.stat_result, want: str) -> None:
 
 def clones_of(ctx: Context, snap: Snapshot) -> list[VM]:
     return [vm for vm in ctx.store.list(VM)
-            if (vm.metadata.annotations or {}).get(ANNOTATION) == snap.metadata.uid]
+            if source_snapshot(vm) == snap.metadata.uid]
 
 
 def remove(ctx: Context, snap: Snapshot, *, force: bool = False) -> None:
@@ -484,7 +502,7 @@ def users_of(ctx: Context, obj: Image | Kernel) -> list[Snapshot]:
 def disk_layers(ctx: Context, vm: VM, image_file: Path) -> tuple[Path, tuple[Path, ...]]:
     """What a VM's disk overlay reads through: the image, or for a clone its
     snapshot's disk layer and then the image."""
-    uid = (vm.metadata.annotations or {}).get(ANNOTATION)
+    uid = source_snapshot(vm)
     if not uid:
         return image_file, ()
     try:

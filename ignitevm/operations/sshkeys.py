@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ignitevm.api.types import VM
-from ignitevm.errors import InvalidInput
+from ignitevm.errors import IgniteError, InvalidInput
 
 HOST_KEY = "ssh_host_ed25519_key"
 KNOWN_HOSTS = "known_hosts"
@@ -86,8 +86,11 @@ def restore_fields(vm: VM, vm_dir: Path) -> list[tuple[str, str]]:
     key goes to the guest over the agent channel only (never an argument, the
     environment or a log)."""
     key = vm_dir / HOST_KEY
-    if not key.exists():
-        return []
+    if not key.exists():  # (never so: a clone's key is made before its RESTORE)
+        raise IgniteError(f"VM {vm.metadata.name!r} has no SSH host key ({key} is missing): "
+                          "the clone would keep its snapshot's",
+                          hint=f"remove the VM (ignite rm -f {vm.metadata.name}) and run the "
+                          "clone again")
     fields = [("ssh_host_key", key.read_bytes().hex()),
               ("ssh_host_key_pub", key.with_suffix(".pub").read_bytes().hex())]
     keys = authorized_keys(vm, vm_dir)

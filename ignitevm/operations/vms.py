@@ -133,13 +133,20 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
         if net is not None and net.ssh_port:
             sshkeys.pin_host_key(d, net.ssh_port, net.ssh_host)
             (d / SSH_PORT_FILE).write_text(f"{net.ssh_port}\n")
+        from ignitevm.operations.snapshots import disk_layers, source_snapshot
+
+        pair = (d / sshkeys.HOST_KEY, d / f"{sshkeys.HOST_KEY}.pub")
+        if restore is None and not all(p.exists() for p in pair) and source_snapshot(vm):
+            # (a clone's key is made while its first QEMU starts: a clone whose
+            # start was killed before that boots with a key of its own all the same)
+            for p in pair:
+                p.unlink(missing_ok=True)
+            sshkeys.make_host_key(d, vm.metadata.uid)
         cfg = write_config_disk(vm, images.image_config(ctx, image), d / CONFIG_DISK, net)
         words = [vm.spec.kernel.cmd_line, *ctx.vmm.kernel_args(accel)]
         if net is not None:
             words.append("net.ifnames=0")
         cmdline = " ".join(words)
-        from ignitevm.operations.snapshots import disk_layers
-
         backing, chain = disk_layers(ctx, vm, images.image_file(ctx, image))
         spec = LaunchSpec(
             uid=vm.metadata.uid,

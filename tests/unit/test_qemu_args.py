@@ -25,7 +25,7 @@ def test_tcg_argv() -> None:
     joined = " ".join(argv)
     assert argv[0] == "qemu-system-x86_64"
     assert "-M microvm," in joined
-    assert "-accel tcg,tb-size=64 -cpu max,-erms" in joined
+    assert "-accel tcg,tb-size=64 -cpu max,-erms,-fsrm" in joined
     assert "-smp 2 -m 512M" in joined
     assert "-kernel /k/vmlinuz -append console=ttyS0 -initrd /k/initramfs.img" in joined
     assert "virtio-blk-device,drive=disk0,serial=ignite-root" in joined

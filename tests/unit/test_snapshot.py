@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -288,8 +289,12 @@ def test_ssh_restore_fields(tmp_path: Path) -> None:
     vm.spec.ssh = None
     assert [k for k, _ in sshkeys.restore_fields(vm, tmp_path)] == ["ssh_host_key",
                                                                     "ssh_host_key_pub"]
+    # A clone whose key is missing is not sent the snapshot's, silently: it fails.
     (tmp_path / sshkeys.HOST_KEY).unlink()
-    assert sshkeys.restore_fields(vm, tmp_path) == []
+    from ignitevm.errors import IgniteError
+
+    with pytest.raises(IgniteError, match="no SSH host key"):
+        sshkeys.restore_fields(vm, tmp_path)
 
 
 class _Channel:
@@ -672,6 +677,7 @@ def test_background_work_says_its_error_where_it_is_waited_for() -> None:
         work.wait()
     with pytest.raises(OSError):  # (said again to a second waiter)
         work.wait()
+    work.settle()  # (a caller with its own error to say: nothing raised)
 
 
 def test_a_new_memfd_is_given_at_once_and_sealed_before_it_is_waited_for(
@@ -735,3 +741,78 @@ def test_a_memfd_that_cannot_be_filled_is_said_and_frees_the_lock(
     d = snapshots.folder(ctx, snap)
     os.close(lock(d / ".memfd.lock", blocking=False))
     assert not (d / sharedram.MEMFD_RECORD).exists()
+
+
+def test_background_work_outlives_an_interrupted_wait_and_settle_waits_for_it() -> None:
+    """Ctrl-C while a command waits for its background work: wait() says the
+    interrupt at once (the thread runs on); settle() returns only once the
+    thread has ended, whatever interrupts come meanwhile, so that nothing the
+    work holds (a descriptor, a folder) is undone under it."""
+    import signal
+
+    from ignitevm.util.background import Background
+
+    release = threading.Event()
+    ended: list[bool] = []
+
+    def work() -> None:
+        assert release.wait(60)  # (a hang detector, not a timing limit)
+        ended.append(True)
+
+    def interrupt_soon(then_release: bool) -> None:
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+        if then_release:
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)  # (a second one, during settle)
+            time.sleep(0.2)
+            release.set()
+
+    job = Background(work)
+    threading.Thread(target=interrupt_soon, args=(False,), daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        job.wait()
+    assert not ended
+    threading.Thread(target=interrupt_soon, args=(True,), daemon=True).start()
+    job.settle()
+    assert ended == [True]
+    job.wait()
+
+
+def test_a_snapshot_saved_with_the_earlier_tcg_cpu_still_restores() -> None:
+    """A TCG snapshot's machine configuration from before args.TCG_CPU (``-cpu
+    max``) matches today's; anything else that differs does not."""
+    from ignitevm.providers.vmm.qemu import args as qemu_args
+
+    now = snapshots.machine_config("tcg", 1, 256, 1, 1)
+    assert f" -cpu {qemu_args.TCG_CPU} " in now
+    earlier = now.replace(f" -cpu {qemu_args.TCG_CPU} ", " -cpu max ")
+    assert snapshots.same_machine(earlier, now)
+    assert snapshots.same_machine(now, now)
+    assert not snapshots.same_machine(earlier.replace("-m 256M", "-m 512M"), now)
+    assert not snapshots.same_machine(now, snapshots.machine_config("kvm", 1, 256, 1, 1))
+
+
+def test_a_restore_maps_the_shared_ram_privately_without_touching_it(tmp_path: Path) -> None:
+    """A jailed clone's QEMU gets its RAM memfd before it is filled and sealed
+    (sharedram.Filling): it may map it privately, never prealloc, lock or
+    share it (any of those would touch pages before the host has filled them)."""
+    spec = LaunchSpec(uid="u", workdir=tmp_path, kernel=Path("/k"), initrd=None, cmdline="c",
+                      cpus=1, memory_mib=256, disks=(), accel="tcg",
+                      memory_file=Path("/proc/self/fd/7"), incoming=True, memory_shared=False)
+    words = " ".join(args.memory(spec))
+    assert "share=off" in words and "-incoming defer" in words
+    for word in ("prealloc", "share=on", "mem-lock", "populate"):
+        assert word not in words
+    argv = " ".join(args.argv(spec, console_fd=9))
+    assert "mem-lock" not in argv and "-overcommit" not in argv
+
+
+def test_the_tcg_probe_runs_the_vms_cpu_model() -> None:
+    from ignitevm.providers.vmm.qemu import accel
+    from ignitevm.providers.vmm.qemu import args as qemu_args
+
+    argv = accel.probe_argv(Path("/k"), None, accel="tcg")
+    assert argv[argv.index("-cpu") + 1] == qemu_args.TCG_CPU
+    argv = accel.probe_argv(Path("/k"), None, accel="kvm")
+    assert argv[argv.index("-cpu") + 1] == "host"

@@ -45,7 +45,7 @@ RETRY_MAX = 7 * 86400.0
 PROBE_MARKER = b"ignitevm-init: probe ok"
 # Part of the cache key: bump it when what the probe runs or how its outcome
 # is read changes, so that answers of the old probe are not taken for new ones.
-PROBE_FORMAT = 2
+PROBE_FORMAT = 3  # (3: the TCG probe's CPU is args.TCG_CPU)
 ACCELS = ("kvm", "tcg")
 
 

@@ -51,13 +51,16 @@ def machine(accel: str) -> list[str]:
 
 
 # The guest's CPU under TCG: -cpu max gives it RDRAND (no stall on the first
-# /dev/urandom read). Without ERMS the guest's kernel (and C library) copy
-# and clear memory with 8-byte string moves or vector loops instead of
-# ``rep movsb``/``rep stosb``: TCG runs a string move one element per pass,
-# so a byte-wise one is ~8 times the passes. Measured on this machine: a
-# 64 MiB pipe copy in the guest 0.74 s -> 0.24 s, a cold boot to exec -15 %.
-# (Under KVM the host's CPU is given as it is: there ERMS is the fast way.)
-TCG_CPU = "max,-erms"
+# /dev/urandom read). Without ERMS (nor FSRM, which a later QEMU's max has
+# and a later kernel takes as the same hint) the guest's kernel and C
+# library copy and clear memory with 8-byte string moves or vector loops
+# instead of ``rep movsb``/``rep stosb``: TCG runs a string move one element
+# per pass, so a byte-wise one is ~8 times the passes. Measured on this
+# machine: a 64 MiB pipe copy in the guest 0.74 s -> 0.24 s, a cold boot to
+# exec -15 %, iperf3 through any network path ~2x. (Under KVM the host's CPU
+# is given as it is: there ERMS is the fast way.) A snapshot saved with the
+# earlier "max" still restores (snapshots.same_machine).
+TCG_CPU = "max,-erms,-fsrm"
 
 
 def resources(cpus: int, memory_mib: int) -> list[str]:
