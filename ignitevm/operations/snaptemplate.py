@@ -278,15 +278,27 @@ def publish(ctx: Context, uid: str, work: Path, digest: str) -> None:
 
 def wait(ctx: Context, uid: str, timeout: float = 120.0) -> bool:
     """Wait for a template being made for snapshot ``uid``; True if one was."""
-    import time
+    import fcntl
 
-    from ignitevm.util.fs import flock, is_locked
+    from ignitevm.util.files import wait_lock
 
     path = ctx.root / "tmp" / f"{uid}-tpl.lock"
-    if not path.exists() or not is_locked(path):
+    # (the builder's own lock file, opened, never made here: the builder removes
+    # it as it ends, and a waiter that made it again left it behind for good)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
         return False
     try:
-        with flock(path, deadline=time.monotonic() + timeout):
-            return True
-    except BlockingIOError:
-        return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False  # (nobody holds it: no template is being made)
+        except BlockingIOError:
+            pass
+        try:
+            wait_lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, time.monotonic() + timeout)
+        except BlockingIOError:
+            return False
+        return True
+    finally:
+        os.close(fd)

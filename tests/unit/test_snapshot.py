@@ -816,3 +816,36 @@ def test_the_tcg_probe_runs_the_vms_cpu_model() -> None:
     assert argv[argv.index("-cpu") + 1] == qemu_args.TCG_CPU
     argv = accel.probe_argv(Path("/k"), None, accel="kvm")
     assert argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_waiting_for_a_ram_template_leaves_no_lock_file(ctx: Context, tmp_path: Path) -> None:
+    """A clone started while its snapshot's RAM template is being made waits
+    for the builder (which removes its lock file as it ends); the wait never
+    makes that file again (it was left in the root's tmp/ for good)."""
+    import subprocess
+    import sys
+
+    from ignitevm.operations import snaptemplate
+
+    uid = "0123456789abcdef"
+    tmp = ctx.root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{uid}-tpl.lock"
+    assert not snaptemplate.wait(ctx, uid)  # (no builder)
+    assert not path.exists()
+    path.touch()
+    assert not snaptemplate.wait(ctx, uid)  # (a file nobody holds)
+    path.unlink()
+    builder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\n"
+         f"time.sleep(0.3)\nos.unlink({str(path)!r})\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert builder.stdout is not None and builder.stdout.readline().strip() == "held"
+        assert snaptemplate.wait(ctx, uid, timeout=60)
+    finally:
+        builder.wait()
+    assert not path.exists()
+    assert list(tmp.iterdir()) == []
