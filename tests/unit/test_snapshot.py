@@ -768,15 +768,22 @@ def test_background_work_outlives_an_interrupted_wait_and_settle_waits_for_it() 
             time.sleep(0.2)
             release.set()
 
-    job = Background(work)
-    threading.Thread(target=interrupt_soon, args=(False,), daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
+    # (Ctrl-C as a terminal sends it: a shell's background job, CI's runner,
+    # may have started this process with SIGINT ignored)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        job = Background(work)
+        threading.Thread(target=interrupt_soon, args=(False,), daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            job.wait()
+        assert not ended
+        threading.Thread(target=interrupt_soon, args=(True,), daemon=True).start()
+        job.settle()
+        assert ended == [True]
         job.wait()
-    assert not ended
-    threading.Thread(target=interrupt_soon, args=(True,), daemon=True).start()
-    job.settle()
-    assert ended == [True]
-    job.wait()
+    finally:
+        release.set()
+        signal.signal(signal.SIGINT, old)
 
 
 def test_a_snapshot_saved_with_the_earlier_tcg_cpu_still_restores() -> None:
