@@ -4,11 +4,13 @@ platform choice, diff_ids and the content store's ingest (all fast, no network).
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from ignitevm.images.blobs import ContentStore
 from ignitevm.images.registry import credentials, manifests, tls
 from ignitevm.images.registry.auth import parse_challenge
 from ignitevm.images.registry.diffid import DiffHasher
+from tests.helpers.served import QuietHandler
 
 
 @pytest.fixture
@@ -464,8 +467,7 @@ def test_download_imports_leave_out_tarfile_and_tomllib(tmp_path: Path) -> None:
     """A download loads neither tarfile (the archive reader's) nor tomllib when
     registries.conf holds comments only, as Debian ships it; one that says anything is
     parsed as ever."""
-    import subprocess
-    import sys
+    from tests.helpers.python import python_out
 
     conf = tmp_path / "registries.conf"
     conf.write_text("# comments only\n\n   # indented too\n")
@@ -482,42 +484,48 @@ def test_download_imports_leave_out_tarfile_and_tomllib(tmp_path: Path) -> None:
         "import tarfile; assert issubclass(BoundedTarInfo, tarfile.TarInfo)\n"
     )
     env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(conf))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env).stdout
-    assert out.strip() == "[]"
+    assert python_out(code, env=env).strip() == "[]"
     conf.write_text('# a mirror\n[[registry]]\nlocation = "example.com"\n'
                     '[[registry.mirror]]\nlocation = "mirror.example"\n')
     code = ("from ignitevm.images.registry import mirrors\n"
             "from ignitevm.api.refs import parse\n"
             "print([e.ref.domain for e in mirrors.endpoints(parse('example.com/a/b:1'))])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env).stdout
-    assert out.strip() == "['mirror.example', 'example.com']"
+    assert python_out(code, env=env).strip() == "['mirror.example', 'example.com']"
 
 
-def _serve(handler: type, host: str = "127.0.0.1") -> tuple[object, int]:
+@contextlib.contextmanager
+def _serving(handler: type, host: str = "127.0.0.1") -> Iterator[int]:
+    """``handler`` served on ``host`` in a thread for the block; its port."""
     import http.server
     import threading
 
     server = http.server.ThreadingHTTPServer((host, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.server_address[1]
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _redirect(handler: QuietHandler, location: str) -> None:
+    handler.send_response(307)
+    handler.send_header("Location", location)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
 
 
 def test_a_redirect_targets_challenge_gets_no_credentials(tmp_path: Path) -> None:
     """A registry redirects its manifest to another host, which answers 401 naming a
     token server of its own: that is no challenge of the registry's, and the user's
     credentials for the registry go nowhere (neither to it nor to its token server)."""
-    import base64
-    import http.server
-
     from ignitevm.api.refs import parse
     from ignitevm.errors import IgniteError
     from ignitevm.images.registry.client import Client
 
     seen: list[tuple[str, str | None]] = []
 
-    class Other(http.server.BaseHTTPRequestHandler):
+    class Other(QuietHandler):
         def do_GET(self) -> None:
             seen.append((self.path, self.headers.get("Authorization")))
             if self.path.startswith("/token"):
@@ -533,22 +541,11 @@ def test_a_redirect_targets_challenge_gets_no_credentials(tmp_path: Path) -> Non
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    class Registry(http.server.BaseHTTPRequestHandler):
+    class Registry(QuietHandler):
         def do_GET(self) -> None:
-            self.send_response(307)
-            self.send_header("Location", f"http://127.0.0.2:{other_port}{self.path}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            _redirect(self, f"http://127.0.0.2:{other_port}{self.path}")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    other, other_port = _serve(Other, "127.0.0.2")
-    registry, port = _serve(Registry)
-    try:
+    with _serving(Other, "127.0.0.2") as other_port, _serving(Registry) as port:
         (tmp_path / "config.json").write_text(json.dumps({"auths": {f"127.0.0.1:{port}": {
             "auth": base64.b64encode(b"alice:s3cret").decode()}}}))
         client = Client(parse(f"127.0.0.1:{port}/a/b:1"), config_dir=str(tmp_path))
@@ -556,16 +553,11 @@ def test_a_redirect_targets_challenge_gets_no_credentials(tmp_path: Path) -> Non
             client.get("manifests/1")
         assert seen and all(authz is None for _path, authz in seen), seen
         assert not [p for p, _ in seen if p.startswith("/token")]
-    finally:
-        for server in (other, registry):
-            server.shutdown()  # type: ignore[attr-defined]
-            server.server_close()  # type: ignore[attr-defined]
 
 
 def test_a_token_request_is_not_redirected_to_another_host() -> None:
     """A token server that redirects a request carrying a form (a refresh token) to
     another host: refused, and that host is sent nothing."""
-    import http.server
 
     from ignitevm.api.refs import parse
     from ignitevm.errors import IgniteError
@@ -573,7 +565,7 @@ def test_a_token_request_is_not_redirected_to_another_host() -> None:
 
     got: list[str] = []
 
-    class Other(http.server.BaseHTTPRequestHandler):
+    class Other(QuietHandler):
         def do_POST(self) -> None:
             got.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
             self.send_response(200)
@@ -581,29 +573,14 @@ def test_a_token_request_is_not_redirected_to_another_host() -> None:
             self.end_headers()
             self.wfile.write(b"{}")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    class Tokens(http.server.BaseHTTPRequestHandler):
+    class Tokens(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(307)
-            self.send_header("Location", f"http://127.0.0.2:{other_port}/token")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            _redirect(self, f"http://127.0.0.2:{other_port}/token")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    other, other_port = _serve(Other, "127.0.0.2")
-    tokens, port = _serve(Tokens)
-    try:
+    with _serving(Other, "127.0.0.2") as other_port, _serving(Tokens) as port:
         client = Client(parse(f"127.0.0.1:{port}/a/b:1"))
         with pytest.raises(IgniteError, match=r"to another host .*: refused"):
             client._plain("POST", f"http://127.0.0.1:{port}/token",
                           data={"grant_type": "refresh_token", "refresh_token": "s3cret"})
         assert got == []
-    finally:
-        for server in (other, tokens):
-            server.shutdown()  # type: ignore[attr-defined]
-            server.server_close()  # type: ignore[attr-defined]

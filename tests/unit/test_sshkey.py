@@ -15,6 +15,7 @@ import pytest
 
 from ignitevm.util import sshkey
 from tests.conftest import REPO
+from tests.helpers.python import python_out
 
 
 def test_openssh_reads_the_key_files(tmp_path: Path) -> None:
@@ -105,9 +106,7 @@ def test_key_making_leaves_out_the_serialization_package() -> None:
     code = ("import sys\nfrom ignitevm.util import sshkey\nsshkey.key_pair('c')\n"
             "print(sorted(m for m in sys.modules if m.startswith(\n"
             "      ('cryptography.hazmat.primitives.serialization', 'bcrypt'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout
-    assert out.strip() == "[]"
+    assert python_out(code, cwd=REPO).strip() == "[]"
 
 
 def test_the_cryptography_requirement_has_the_raw_key_methods() -> None:
