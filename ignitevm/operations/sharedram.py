@@ -109,18 +109,6 @@ def fill(fd: int, path: Path) -> None:
             pos = max(pos, end)
 
 
-def memfd(ctx: Context, snap: Snapshot) -> int:
-    """A descriptor of the sealed memfd holding ``snap``'s RAM (the caller
-    closes it): the one running clones map, else a new one."""
-    filling = start(ctx, snap)
-    try:
-        filling.wait()
-    except BaseException:
-        filling.close()
-        raise
-    return filling.fd
-
-
 class Filling:
     """A clone's memfd of a snapshot's RAM (``fd``), perhaps still being
     filled and sealed by a thread of its own: ``wait()`` returns once the

@@ -558,6 +558,20 @@ def test_jail_plan_for_a_memfd_gives_its_own_proc(tmp_path: Path) -> None:
     assert "-p" not in plan._replace(own_proc=False).argv(Path("/helper"))
 
 
+def _whole_memfd(ctx: Context, snap: Snapshot) -> int:
+    """The memfd of ``snap``'s RAM as a clone's QEMU gets it, once whole and
+    sealed (sharedram.start, then wait); closed again if that fails."""
+    from ignitevm.operations import sharedram
+
+    filling = sharedram.start(ctx, snap)
+    try:
+        filling.wait()
+    except BaseException:
+        filling.close()
+        raise
+    return filling.fd
+
+
 def test_a_clone_cannot_block_the_next_ones_memfd_lookup(ctx: Context, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A compromised clone QEMU puts a FIFO with no writer at the number the
@@ -591,7 +605,7 @@ def test_a_clone_cannot_block_the_next_ones_memfd_lookup(ctx: Context, tmp_path:
         (ctx.store.dir(vm) / sharedram.CLONE_FD).write_text("9")
         monkeypatch.setattr(type(ctx.vmm), "pid", lambda self, d: holder.pid)
         got: list[int] = []
-        worker = threading.Thread(target=lambda: got.append(sharedram.memfd(ctx, snap)),
+        worker = threading.Thread(target=lambda: got.append(_whole_memfd(ctx, snap)),
                                   daemon=True)
         worker.start()
         worker.join(120)  # (a hang detector, not a timing limit)
@@ -737,7 +751,7 @@ def test_a_memfd_that_cannot_be_filled_is_said_and_frees_the_lock(
 
     monkeypatch.setattr(sharedram, "fill", full)
     with pytest.raises(OSError, match="No space left"):
-        sharedram.memfd(ctx, snap)
+        _whole_memfd(ctx, snap)
     d = snapshots.folder(ctx, snap)
     os.close(lock(d / ".memfd.lock", blocking=False))
     assert not (d / sharedram.MEMFD_RECORD).exists()
