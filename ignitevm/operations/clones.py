@@ -42,7 +42,6 @@ class Restore:
         self.dir = snapshots.folder(ctx, snap)
         # (a sealed memfd QEMU inherits, perhaps still being filled: sharedram.Filling)
         self.filling = filling
-        self.memory_fd = filling.fd if filling is not None else -1
         if self.memory_fd >= 0:
             memory_file = Path(f"/proc/self/fd/{self.memory_fd}")
         self.memory_file = memory_file
@@ -52,6 +51,11 @@ class Restore:
         # before the guest runs (no --ssh: it goes to the guest in RESTORE alone).
         self.host_key_later = False
         self.host_key: Background | None = None
+
+    @property
+    def memory_fd(self) -> int:
+        """The memfd's descriptor (-1: none, or closed)."""
+        return self.filling.fd if self.filling is not None else -1
 
     def launch(self, workdir: Path) -> dict[str, Any]:
         """What the launch of QEMU takes from the snapshot (called right before it)."""
@@ -82,7 +86,6 @@ class Restore:
         if self.filling is not None:
             self.filling.close()
             self.filling = None
-            self.memory_fd = -1
 
     def finish(self, ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> None:
         """Load the state into the waiting QEMU, run it, give the guest its identity."""
