@@ -278,6 +278,34 @@ def test_ingest_checks_and_resumes(tmp_path: Path) -> None:
         ContentStore.blob_name("sha512:" + "0" * 128)
 
 
+def test_a_blob_is_on_disk_before_it_has_its_name(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power cut cannot be made here: the order of the calls stands for it
+    (a blob renamed unsynced can come back with its full size and no bytes)."""
+    store = ContentStore(tmp_path / "content")
+    data = os.urandom(5000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        calls.append(f"replace {src}")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with store.ingest(digest, len(data)) as ing:
+        assert ing is not None
+        ing.write(data)
+    partial = store.path / "ingest" / digest[7:]
+    assert calls == [f"fsync {partial}", f"replace {partial}"]
+    assert store.read(store.blob_name(digest)) == data
+
+
 def test_mirror_endpoints(tmp_path: Path) -> None:
     from ignitevm.api.refs import parse
     from ignitevm.images.registry.mirrors import endpoints
