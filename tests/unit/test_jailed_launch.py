@@ -27,7 +27,7 @@ def fake_jail(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
         pytest.skip("a jailed launch needs root")
     d = Path(tempfile.mkdtemp(prefix="ign-jl-", dir="/tmp")) / "0123456789abcdef"
     (d / args.RUN_DIR).mkdir(parents=True)
-    state = SimpleNamespace(dir=d, greeted=True, pid_seen_at_greeting=None)
+    state = SimpleNamespace(dir=d, greeted=True, pid_seen_at_greeting=None, events=[])
 
     class Plan:
         pid_fd = -1
@@ -42,7 +42,8 @@ def fake_jail(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
     @contextlib.contextmanager
     def spawn(cmd: list[str], **kw: object) -> Iterator[SimpleNamespace]:
         os.write(plan.pid_fd, f"{os.getpid()}".encode())  # (the helper reports QEMU's pid)
-        yield SimpleNamespace(wait=lambda: 0)
+        state.events.append("spawned")
+        yield SimpleNamespace(wait=lambda: state.events.append("exited") or 0)
 
     def greeted(qmp: Path) -> bool:
         state.pid_seen_at_greeting = (d / args.PIDFILE).exists()
@@ -87,3 +88,9 @@ def test_a_failed_jailed_launch_keeps_no_fd_and_no_pid_file(fake_jail: SimpleNam
         jailed.launch(_spec(fake_jail.dir))
     assert _fds() <= before
     assert not (fake_jail.dir / args.PIDFILE).exists()
+
+
+def test_on_spawn_runs_once_between_the_spawn_and_the_wait(fake_jail: SimpleNamespace) -> None:
+    spec = _spec(fake_jail.dir)._replace(on_spawn=lambda: fake_jail.events.append("on_spawn"))
+    jailed.launch(spec)
+    assert fake_jail.events == ["spawned", "on_spawn", "exited"]

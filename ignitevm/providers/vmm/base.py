@@ -15,6 +15,7 @@ from ignitevm.providers.network.base import NetPlan
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
 
 class Disk(NamedTuple):
@@ -51,6 +52,9 @@ class LaunchSpec(NamedTuple):
     memory_file: Path | None = None
     memory_shared: bool = False  # map it shared (the snapshot's template) or private
     agent_channels: int = 1
+    # Called once QEMU's process is started, while it sets itself up: work
+    # that needs nothing of it (a clone's host key) runs beside its start.
+    on_spawn: Callable[[], None] | None = None
 
     def inherited_fds(self) -> tuple[int, ...]:
         """Every fd the VMM takes over: ``pass_fds`` and the network's (a CNI

@@ -177,6 +177,8 @@ def launch(spec: LaunchSpec) -> None:
                              | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             always.callback(os.close, log_fd)
             with spawn(cmd, stdout=log_fd, stderr=log_fd, pass_fds=given) as proc:
+                if spec.on_spawn is not None:
+                    spec.on_spawn()
                 rc = proc.wait()
         pid = _read_pid(pid_r)
         if pid is not None:

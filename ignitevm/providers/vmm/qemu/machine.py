@@ -90,9 +90,11 @@ class QemuVMM:
         prints goes through the same console writer as a jailed VM's
         (``ignite-jail -n``: no jail, no privilege needed), which keeps the
         log bounded at every write, whether or not anyone looks."""
+        import subprocess
+
         from ignitevm.providers.sandbox import build, jail
         from ignitevm.providers.vmm.qemu import jailed
-        from ignitevm.util.proc import run, which
+        from ignitevm.util.proc import spawn, which
 
         d = spec.workdir
         (d / args.RUN_DIR).mkdir(exist_ok=True)
@@ -104,12 +106,21 @@ class QemuVMM:
         cmd = [*jail.unconfined_argv(helper, console),
                *args.argv(spec, qemu, console_fd=console[0])]
         (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
-        result = run(cmd, check=False, timeout=60, pass_fds=given)
-        if result.returncode != 0:
-            msg = (result.stderr or result.stdout).strip().splitlines()
-            why = msg[-1] if msg else f"exit code {result.returncode}"
+        # (QEMU's first process returns once the one it leaves running is set up)
+        with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=given) as proc:
+            if spec.on_spawn is not None:
+                spec.on_spawn()
+            try:
+                out, err = (b.decode(errors="replace") for b in proc.communicate(timeout=60))
+            except subprocess.TimeoutExpired:
+                raise IgniteError("QEMU did not start within 60 s",
+                                  hint="--log-level debug shows QEMU's full command line"
+                                  ) from None
+        if proc.returncode != 0:
+            msg = (err or out).strip().splitlines()
+            why = msg[-1] if msg else f"exit code {proc.returncode}"
             why = why.removeprefix(f"{qemu}: ").removeprefix(f"{args.QEMU}: ")
-            raise IgniteError(f"QEMU failed to start: {why}", details=result.stderr,
+            raise IgniteError(f"QEMU failed to start: {why}", details=err,
                               hint="--log-level debug shows QEMU's full command line")
 
     def pid(self, workdir: Path) -> int | None:
