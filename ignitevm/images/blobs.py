@@ -397,7 +397,7 @@ class Ingest:
             # (on disk before it has its name: after a power cut, a file renamed
             # unsynced can have its full size and none of its bytes, and has()
             # goes by the size)
-            os.fsync(self._f.fileno())
+            os.fdatasync(self._f.fileno())
             os.replace(self.partial, final)
         except OSError as exc:
             raise self._io_error(exc) from None

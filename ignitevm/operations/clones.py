@@ -12,6 +12,7 @@ fails on the way, the clone is removed (nothing half-made stays).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -71,13 +72,29 @@ class Restore:
         that needs nothing of it begins now, in threads, on the other core.
         Not before the spawn: a thread's imports (cryptography's, ~12-20 ms)
         would take the interpreter from the launch's own last steps."""
-        _preload()
+        with contextlib.suppress(RuntimeError):  # (no thread to be had: imported where used)
+            _preload()
         if self.host_key_later:
             from ignitevm.operations.sshkeys import make_host_key
-            from ignitevm.util.background import Background
+            from ignitevm.util.background import Background, signals_held
 
+            # (started and recorded with no interrupt between: settle() must
+            # know of every thread that writes in the clone's folder)
+            with signals_held(), contextlib.suppress(RuntimeError):  # (finish makes it then)
+                self.host_key = Background(lambda: make_host_key(workdir, workdir.name))
+                self.host_key_later = False
+
+    def host_key_ready(self, workdir: Path) -> None:
+        """Return once the clone's host key is in ``workdir``: made by its
+        thread, or here when none made it (no thread to be had, a launcher
+        that does not call on_spawn)."""
+        if self.host_key is not None:
+            self.host_key.wait()
+        elif self.host_key_later:
+            from ignitevm.operations.sshkeys import make_host_key
+
+            make_host_key(workdir, workdir.name)
             self.host_key_later = False
-            self.host_key = Background(lambda: make_host_key(workdir, workdir.name))
 
     def settle(self) -> None:
         """Wait for the work begun in threads to end (its errors are not
@@ -120,8 +137,7 @@ class Restore:
         finally:
             os.close(fd)
         t1 = time.monotonic()
-        if self.host_key is not None:
-            self.host_key.wait()
+        self.host_key_ready(d)
         self.warnings = renew_identity(ctx, vm, d, net)
         log.debug("state loaded in %.3fs, identity renewed in %.3fs", t1 - t0,
                   time.monotonic() - t1)

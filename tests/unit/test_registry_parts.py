@@ -286,23 +286,23 @@ def test_a_blob_is_on_disk_before_it_has_its_name(tmp_path: Path,
     data = os.urandom(5000)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     calls: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_sync, real_replace = os.fdatasync, os.replace
 
-    def fsync(fd: int) -> None:
-        calls.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
-        real_fsync(fd)
+    def fdatasync(fd: int) -> None:
+        calls.append(f"sync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_sync(fd)
 
     def replace(src: object, dst: object) -> None:
         calls.append(f"replace {src}")
         real_replace(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "replace", replace)
     with store.ingest(digest, len(data)) as ing:
         assert ing is not None
         ing.write(data)
     partial = store.path / "ingest" / digest[7:]
-    assert calls == [f"fsync {partial}", f"replace {partial}"]
+    assert calls == [f"sync {partial}", f"replace {partial}"]
     assert store.read(store.blob_name(digest)) == data
 
 

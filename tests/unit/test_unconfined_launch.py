@@ -16,8 +16,9 @@ import pytest
 from ignitevm.errors import IgniteError
 from ignitevm.providers.sandbox import build, jail
 from ignitevm.providers.vmm.base import LaunchSpec
-from ignitevm.providers.vmm.qemu import args, jailed
+from ignitevm.providers.vmm.qemu import args, jailed, machine
 from ignitevm.providers.vmm.qemu.machine import QemuVMM
+from ignitevm.util import proc
 
 
 @pytest.fixture()
@@ -27,6 +28,7 @@ def workdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setattr(build, "helper", lambda cache: Path("/bin/true"))
     monkeypatch.setattr(jail, "unconfined_argv", lambda helper, console: [])
     monkeypatch.setattr(jailed, "console_writer", lambda d, given: (9, 0, ""))
+    monkeypatch.setattr(proc, "which", lambda name: f"/usr/bin/{name}")
     yield d
     shutil.rmtree(d.parent)
 
@@ -42,16 +44,16 @@ def _launch(mp: pytest.MonkeyPatch, d: Path, script: str, on_spawn: object = Non
 def test_on_spawn_runs_while_the_started_process_runs(workdir: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     flag = workdir / "made-by-on-spawn"
-    calls: list[int] = []
+    calls: list[str] = []
 
     def on_spawn() -> None:
-        calls.append(os.getpid())
+        calls.append("on_spawn")
         flag.touch()
 
     # (the stand-in waits for the flag, then exits 0 as QEMU's first process does)
     _launch(monkeypatch, workdir, f"for i in $(seq 500); do [ -e {flag} ] && exit 0; "
                                   "sleep 0.01; done; exit 7", on_spawn)
-    assert calls == [os.getpid()]
+    assert calls == ["on_spawn"]  # (and the stand-in saw its flag: it exited 0)
     assert (workdir / "qemu.cmdline").exists()
 
 
@@ -65,3 +67,64 @@ def test_a_start_that_fails_says_qemus_last_line(workdir: Path,
 def test_without_on_spawn_a_launch_just_waits(workdir: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     _launch(monkeypatch, workdir, "exit 0")
+
+
+def _children() -> set[int]:
+    """This process's children (the stand-in is one while it runs)."""
+    me = os.getpid()
+    found = set()
+    for task in os.listdir(f"/proc/{me}/task"):
+        with open(f"/proc/{me}/task/{task}/children") as f:
+            found |= {int(p) for p in f.read().split()}
+    return found
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_an_on_spawn_that_raises_stops_the_start_and_keeps_nothing(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def on_spawn() -> None:
+        raise RuntimeError("cannot start a thread")
+
+    children, fds = _children(), _fds()
+    with pytest.raises(RuntimeError, match="cannot start a thread"):
+        _launch(monkeypatch, workdir, "exec sleep 30", on_spawn)
+    assert _children() <= children and _fds() <= fds
+
+
+def test_a_start_that_hangs_is_stopped_and_keeps_nothing(workdir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine, "LAUNCH_TIMEOUT", 0.3)
+    children, fds = _children(), _fds()
+    with pytest.raises(IgniteError, match=r"QEMU did not start within 0\.3 s"):
+        _launch(monkeypatch, workdir, "exec sleep 30")
+    assert _children() <= children and _fds() <= fds
+
+
+def test_a_clones_host_key_is_made_in_line_when_no_thread_can_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What on_spawn does for a clone (clones.Restore._spawned) never stops
+    its launch: without threads the key is made before RESTORE needs it."""
+    from types import SimpleNamespace
+
+    from ignitevm.operations import clones, sshkeys
+    from ignitevm.util import background
+
+    def no_thread(*a: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(background, "Background", no_thread)
+    monkeypatch.setattr(clones, "_preload", no_thread)
+    ctx = SimpleNamespace(store=SimpleNamespace(dir=lambda snap: tmp_path))
+    snap = SimpleNamespace(spec=SimpleNamespace(cmd_line="", agent_channels=1))
+    restore = clones.Restore(ctx, snap, None)  # type: ignore[arg-type]
+    restore.host_key_later = True
+    d = tmp_path / "0123456789abcdef"
+    d.mkdir()
+    restore.launch(d)["on_spawn"]()
+    assert restore.host_key is None and restore.host_key_later
+    restore.host_key_ready(d)
+    assert (d / sshkeys.HOST_KEY).exists() and (d / f"{sshkeys.HOST_KEY}.pub").exists()
+    assert not restore.host_key_later

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # (exec's fast path reads this module: not the VMM's types)
     from ignitevm.providers.vmm.base import Disk, LaunchSpec
     from ignitevm.providers.vmm.qemu.qmp import Monitor
 
+LAUNCH_TIMEOUT = 60.0  # s: an unconfined QEMU's first process returns once it is set up
+
 RUNTIME_FILES = (args.PIDFILE, args.PIDSTART, args.QMP, args.CONSOLE_SOCK,
                  *(str(args.agent_socket(Path(), k)) + new
                    for k in range(1, args.AGENT_MAX_CHANNELS + 1) for new in ("", ".new")))
@@ -108,14 +110,19 @@ class QemuVMM:
         (d / "qemu.cmdline").write_text("\n".join(cmd) + "\n")
         # (QEMU's first process returns once the one it leaves running is set up)
         with spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=given) as proc:
-            if spec.on_spawn is not None:
-                spec.on_spawn()
             try:
-                out, err = (b.decode(errors="replace") for b in proc.communicate(timeout=60))
+                if spec.on_spawn is not None:
+                    spec.on_spawn()
+                out, err = (b.decode(errors="replace")
+                            for b in proc.communicate(timeout=LAUNCH_TIMEOUT))
             except subprocess.TimeoutExpired:
-                raise IgniteError("QEMU did not start within 60 s",
+                raise IgniteError(f"QEMU did not start within {LAUNCH_TIMEOUT:g} s",
                                   hint="--log-level debug shows QEMU's full command line"
                                   ) from None
+            finally:  # (ignited launches in its own process: no pipe kept on a failure)
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
         if proc.returncode != 0:
             msg = (err or out).strip().splitlines()
             why = msg[-1] if msg else f"exit code {proc.returncode}"
