@@ -19,6 +19,7 @@ import pytest
 from ignitevm.errors import IgniteError
 from ignitevm.providers.vmm.base import LaunchSpec
 from ignitevm.providers.vmm.qemu import args, jailed
+from tests.helpers.procstate import open_fds
 
 
 @pytest.fixture()
@@ -66,16 +67,12 @@ def _spec(d: Path) -> LaunchSpec:
                       cpus=1, memory_mib=64, disks=(), accel="tcg", cache=d.parent)
 
 
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 def test_a_jailed_launch_keeps_no_fd_and_writes_the_pid_first(fake_jail: SimpleNamespace
                                                                ) -> None:
-    before = _fds()
+    before = open_fds()
     for _ in range(3):
         jailed.launch(_spec(fake_jail.dir))
-    assert _fds() <= before
+    assert open_fds() <= before
     assert fake_jail.pid_seen_at_greeting is True
     assert (fake_jail.dir / args.PIDFILE).read_text().strip() == str(os.getpid())
 
@@ -83,10 +80,10 @@ def test_a_jailed_launch_keeps_no_fd_and_writes_the_pid_first(fake_jail: SimpleN
 def test_a_failed_jailed_launch_keeps_no_fd_and_no_pid_file(fake_jail: SimpleNamespace
                                                              ) -> None:
     fake_jail.greeted = False
-    before = _fds()
+    before = open_fds()
     with pytest.raises(IgniteError, match="QEMU failed to start"):
         jailed.launch(_spec(fake_jail.dir))
-    assert _fds() <= before
+    assert open_fds() <= before
     assert not (fake_jail.dir / args.PIDFILE).exists()
 
 

@@ -5,7 +5,6 @@ QEMU's start), and a start that fails says QEMU's last line."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from ignitevm.providers.vmm.base import LaunchSpec
 from ignitevm.providers.vmm.qemu import args, jailed, machine
 from ignitevm.providers.vmm.qemu.machine import QemuVMM
 from ignitevm.util import proc
+from tests.helpers.procstate import children, open_fds
 
 
 @pytest.fixture()
@@ -69,38 +69,24 @@ def test_without_on_spawn_a_launch_just_waits(workdir: Path,
     _launch(monkeypatch, workdir, "exit 0")
 
 
-def _children() -> set[int]:
-    """This process's children (the stand-in is one while it runs)."""
-    me = os.getpid()
-    found = set()
-    for task in os.listdir(f"/proc/{me}/task"):
-        with open(f"/proc/{me}/task/{task}/children") as f:
-            found |= {int(p) for p in f.read().split()}
-    return found
-
-
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 def test_an_on_spawn_that_raises_stops_the_start_and_keeps_nothing(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def on_spawn() -> None:
         raise RuntimeError("cannot start a thread")
 
-    children, fds = _children(), _fds()
+    kids, fds = children(), open_fds()
     with pytest.raises(RuntimeError, match="cannot start a thread"):
         _launch(monkeypatch, workdir, "exec sleep 30", on_spawn)
-    assert _children() <= children and _fds() <= fds
+    assert children() <= kids and open_fds() <= fds
 
 
 def test_a_start_that_hangs_is_stopped_and_keeps_nothing(workdir: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(machine, "LAUNCH_TIMEOUT", 0.3)
-    children, fds = _children(), _fds()
+    kids, fds = children(), open_fds()
     with pytest.raises(IgniteError, match=r"QEMU did not start within 0\.3 s"):
         _launch(monkeypatch, workdir, "exec sleep 30")
-    assert _children() <= children and _fds() <= fds
+    assert children() <= kids and open_fds() <= fds
 
 
 def test_a_clones_host_key_is_made_in_line_when_no_thread_can_start(
