@@ -255,6 +255,9 @@ class SnapshotSpec(_Base):
     # current one).
     initramfs: str = ""
     shared_memory: bool = False  # RAM in a file the clones map (state holds no RAM)
+    # Clones kept started and paused, for `run --from-snapshot` to take
+    # (operations/spares.py; a setting, not part of what a restore needs).
+    spares: int = 0
 
 
 class SnapshotStatus(msgspec.Struct, rename="camel", kw_only=True):

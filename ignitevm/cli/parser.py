@@ -357,6 +357,13 @@ def _snapshot_commands(t: _Tree) -> None:
     p.add_argument("--stop", action="store_true", help="stop the VM once it is saved")
     p.add_argument("--no-shared-memory", action="store_true",
                    help="keep the RAM in the state file (clones then do not share RAM pages)")
+    p.add_argument("--spares", type=int, default=0, metavar="N",
+                   help="keep N clones started and paused for run --from-snapshot to take "
+                   "(made in the background; default 0)")
+    p = t.command(gs, "spares", "snapshot:cmd_spares",
+                  "Keep N clones of a snapshot started and paused, for run to take")
+    p.add_argument("snapshot")
+    p.add_argument("count", type=int, help="how many (0 removes them)")
     p = t.command(gs, "ls", "snapshot:cmd_ls", "List snapshots", aliases=("list",))
     p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     p = t.command(gs, "inspect", "snapshot:cmd_inspect", "Show a snapshot")
@@ -395,7 +402,7 @@ GROUPS = {
     "vm": {"run", "create", "start", "stop", "pause", "resume", "kill", "rm", "ps", "ls",
            "list", "logs", "exec", "ssh", "cp", "attach"},
     "network": {"create", "ls", "list", "inspect", "rm", "prune"},
-    "snapshot": {"create", "ls", "list", "inspect", "rm"},
+    "snapshot": {"create", "spares", "ls", "list", "inspect", "rm"},
 }
 GROUPS |= {"images": GROUPS["image"], "kernels": GROUPS["kernel"], "vms": GROUPS["vm"],
            "networks": GROUPS["network"], "snapshots": GROUPS["snapshot"]}

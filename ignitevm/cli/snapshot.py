@@ -19,17 +19,50 @@ def cmd_create(args: argparse.Namespace) -> int:
     ctx = context(args)
     ctx.sandbox = sandbox_mode(args)  # (the template QEMU is confined as VMs are)
     vm = ctx.store.resolve(VM, args.vm)
+    if args.spares:
+        from ignitevm.operations import spares
+
+        spares.check_count(args.spares)
     snap = snapshots.create(ctx, vm, args.name, stop=args.stop, shared=not args.no_shared_memory)
+    if args.spares:
+        snap = spares.set_count(ctx, snap, args.spares)
+        spares.fill_later(ctx, snap, delay=0.0)
     emit(snap.metadata.uid if args.quiet else snap.metadata.name)
     return 0
 
 
+def cmd_spares(args: argparse.Namespace) -> int:
+    """Set how many spares a snapshot keeps, and make or remove them now."""
+    from ignitevm.cli.common import sandbox_mode
+    from ignitevm.log import log
+    from ignitevm.operations import snapshots, spares
+
+    ctx = context(args)
+    ctx.sandbox = sandbox_mode(args)  # (the spares' QEMU is confined as VMs are)
+    spares.check_count(args.count)
+    snap = ctx.store.resolve(Snapshot, args.snapshot)
+    ctx.accel = snap.spec.accel
+    with snapshots.held(ctx, snap):
+        snap = spares.set_count(ctx, snap, args.count)
+    if args.count:
+        log.info("Starting %d spare%s of snapshot %r", args.count, "s"[:args.count - 1],
+                 snap.metadata.name)
+    n = spares.fill(ctx, snap.metadata.uid, wait=True)
+    log.info("Snapshot %r keeps %d spare%s ready", snap.metadata.name, n, "s"[:n - 1 if n else 0])
+    return 0
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    from ignitevm.operations.spares import ready
+
+    ctx = context(args)
     return list_objects(args, Snapshot, ["SNAPSHOT ID", "NAME", "VM", "CREATED", "SIZE",
-                                         "MEMORY"],
+                                         "MEMORY", "SPARES"],
                         lambda o: [o.metadata.uid, o.metadata.name, o.spec.vm,
                                    age(o.metadata.created), str(o.status.size),
-                                   str(o.spec.vm_spec.memory)])
+                                   str(o.spec.vm_spec.memory),
+                                   f"{len(ready(ctx, o))}/{o.spec.spares}" if o.spec.spares
+                                   else "-"])
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

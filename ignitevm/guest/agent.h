@@ -148,6 +148,8 @@ void exec_exited(struct session *s, int status);
 
 /* agent_restore.c */
 int restore_start(struct session *s, const char *p, size_t n);
+/* Set by restore_start: the request said warm=0 (no warm-up exec after it). */
+extern int restore_no_warm;
 
 /* agent_untar.c */
 struct tar_in *tar_in_open(const char *path, char *err);

@@ -344,7 +344,7 @@ static void on_frame(struct channel *ch, int type, int flags, uint32_t sid, cons
             explicit_bzero((char *)p, n);   /* (the request may hold a private key) */
             if (hooks < 0) {
                 session_end(s);
-                warm_pending = 1;   /* (once the reply is out: see loop) */
+                warm_pending = !restore_no_warm;   /* (once the reply is out: see loop) */
             }
         }
         break;

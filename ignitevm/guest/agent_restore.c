@@ -281,9 +281,12 @@ static void __attribute__((noreturn)) run_hooks(void)
     _exit(failed);
 }
 
+int restore_no_warm;
+
 /* A RESTORE request: key=value lines. 0: the session goes on (hooks run). */
 int restore_start(struct session *s, const char *p, size_t n)
 {
+    restore_no_warm = 0;
     char *text = malloc(n + 1);
     if (!text)
         die("out of memory");
@@ -301,6 +304,8 @@ int restore_start(struct session *s, const char *p, size_t n)
             reseed(s, v);
         else if (strcmp(line, "time") == 0)
             set_clock(s, v);
+        else if (strcmp(line, "warm") == 0)
+            restore_no_warm = strcmp(v, "0") == 0;
         else if (strcmp(line, "hostname") == 0)
             set_hostname(s, v);
         else if (strcmp(line, "machine_id") == 0)

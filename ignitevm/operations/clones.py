@@ -24,8 +24,10 @@ from ignitevm.errors import IgniteError, InvalidInput
 from ignitevm.log import log
 from ignitevm.operations import snapshots
 from ignitevm.operations.context import Context
+from ignitevm.store.layout import METADATA, SPARE
 
 if TYPE_CHECKING:
+    from ignitevm.agent.client import Channel
     from ignitevm.operations.sharedram import Filling
     from ignitevm.providers.network.base import NetPlan
     from ignitevm.util.background import Background
@@ -52,6 +54,7 @@ class Restore:
         # before the guest runs (no --ssh: it goes to the guest in RESTORE alone).
         self.host_key_later = False
         self.host_key: Background | None = None
+        self.record = METADATA  # (SPARE: the clone is a spare, operations/spares.py)
 
     @property
     def memory_fd(self) -> int:
@@ -207,15 +210,18 @@ def _damaged(snap: Snapshot, why: str) -> InvalidInput:
                         "the VM again")
 
 
-def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> list[str]:
-    """Send the agent RESTORE; the warnings it reported."""
+def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None, *,
+                   clock_only: bool = False) -> list[str]:
+    """Send the agent RESTORE; the warnings it reported. ``clock_only``:
+    fresh RNG bytes and the clock alone (a spare taken: the rest is its own)."""
     from ignitevm.agent.client import Channel
-    from ignitevm.agent.session import GuestError, restore
     from ignitevm.operations import sshkeys
     from ignitevm.operations.vms import AgentPorts
 
     with Channel.connect(AgentPorts(ctx, d), AGENT_TIMEOUT, f"VM {vm.metadata.name!r}") as ch:
         level = restore_level(ch.info)
+        if clock_only:  # (and no warm-up exec: the spare ran its own)
+            return _restore(ch, vm, [*fresh_fields(), ("warm", "0")])
         # (an older agent ignores the ssh_* lines: without --ssh the clone keeps its
         # snapshot's host key, as before; with --ssh it could not be reached)
         ssh = sshkeys.restore_fields(vm, d) if level >= 3 else []
@@ -224,16 +230,21 @@ def renew_identity(ctx: Context, vm: VM, d: Path, net: NetPlan | None) -> list[s
                               "host key and authorized key (it predates them in RESTORE)",
                               hint="restart the source VM with this version of ignite and "
                               "save it again")
-        fields = identity_fields(vm, net, mac_only=level >= 2) + ssh
-        try:
-            status, warnings = restore(ch, fields, AGENT_TIMEOUT)
-        except GuestError as exc:
-            if "unknown frame type" not in exc.brief:
-                raise
-            raise IgniteError("the guest agent in the snapshot cannot renew a clone's "
-                              "identity (it predates RESTORE)",
-                              hint="restart the source VM with this version of ignite and "
-                              "save it again") from None
+        return _restore(ch, vm, identity_fields(vm, net, mac_only=level >= 2) + ssh)
+
+
+def _restore(ch: Channel, vm: VM, fields: list[tuple[str, str]]) -> list[str]:
+    from ignitevm.agent.session import GuestError, restore
+
+    try:
+        status, warnings = restore(ch, fields, AGENT_TIMEOUT)
+    except GuestError as exc:
+        if "unknown frame type" not in exc.brief:
+            raise
+        raise IgniteError("the guest agent in the snapshot cannot renew a clone's "
+                          "identity (it predates RESTORE)",
+                          hint="restart the source VM with this version of ignite and "
+                          "save it again") from None
     for w in warnings:
         log.warning("VM %r after restore: %s", vm.metadata.name, w)
     if status != 0:
@@ -264,10 +275,7 @@ def identity_fields(vm: VM, net: NetPlan | None, mac_only: bool = False
     MAC (and for passt the datagram that tells it the MAC). Under TCG, the
     address, default route and resolv.conf set again to what they were, and
     that datagram, cost a clone ~40-60 ms of QEMU's CPU before it runs."""
-    now = time.time_ns()
-    fields = [("rand", os.urandom(64).hex()),
-              ("time", f"{now // 1_000_000_000}.{now % 1_000_000_000:09d}"),
-              ("hostname", vm.metadata.uid),
+    fields = [*fresh_fields(), ("hostname", vm.metadata.uid),
               ("machine_id", os.urandom(16).hex())]
     if net is None:
         return fields
@@ -282,6 +290,13 @@ def identity_fields(vm: VM, net: NetPlan | None, mac_only: bool = False
     from ignitevm.providers.network.base import guest_lines
 
     return fields + guest_lines(net)
+
+
+def fresh_fields() -> list[tuple[str, str]]:
+    """RESTORE's fresh RNG bytes and the host's clock."""
+    now = time.time_ns()
+    return [("rand", os.urandom(64).hex()),
+            ("time", f"{now // 1_000_000_000}.{now % 1_000_000_000:09d}")]
 
 
 def verify(ctx: Context, snap: Snapshot) -> tuple[Image, Kernel]:
@@ -319,15 +334,25 @@ def verify(ctx: Context, snap: Snapshot) -> tuple[Image, Kernel]:
 
 def clone(ctx: Context, query: str, **kw: Any) -> VM:
     """Start a new VM from snapshot ``query`` (see _clone for ``kw``); the
-    snapshot is held against its removal until the clone runs."""
+    snapshot is held against its removal until the clone runs. A ready spare
+    that fits is taken (operations/spares.py); after that, or when none was
+    ready, the snapshot's pool is filled again in the background."""
     snap = ctx.store.resolve(Snapshot, query)
     with snapshots.held(ctx, snap):
-        return _clone(ctx, snap, **kw)
+        vm = _clone(ctx, snap, **kw)
+    if not kw.get("spare"):
+        from ignitevm.operations import spares
+
+        spares.fill_later(ctx, snap)
+    return vm
 
 
 def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
            labels: dict[str, str] | None = None, ports: list[Any] | None = None,
-           plugin: str = "", memory: str = "", cpus: int | None = None) -> VM:
+           plugin: str = "", memory: str = "", cpus: int | None = None,
+           spare: bool = False) -> VM:
+    """The clone (``spare``: a spare, see operations/spares.py: not named,
+    not listed, its record SPARE)."""
     import copy
 
     from ignitevm.api.defaults import now, validate_vm
@@ -368,6 +393,13 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
                            "with as many interfaces)")
     validate_vm(vm)
     image, kernel = verify(ctx, snap)
+    if not spare and not spec.network.ports and snap.spec.spares:
+        from ignitevm.operations import spares
+
+        taken = spares.claim(ctx, snap, name=name, labels=labels,
+                             plugin=vm.status.network.plugin)
+        if taken is not None:
+            return taken
     snapshots.check_files(ctx, snap, (snapshots.DISK,))
     memory_file = None
     if not snap.spec.shared_memory:
@@ -385,10 +417,12 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
         else:
             filling = sharedram.start(ctx, snap)  # (filled while the clone is made)
     restore = Restore(ctx, snap, memory_file, filling)
+    if spare:
+        restore.record = SPARE
     try:  # (the memfd closed, and its filling thread ended, whatever happens)
         with ctx.store.using(image), ctx.store.using(kernel):
             vm.metadata.uid = new_uid()
-            generated = not vm.metadata.name
+            generated = not vm.metadata.name and not spare
             if generated:
                 vm.metadata.name = random_name({v.metadata.name for v in ctx.store.list(VM)})
             vm.status.image, vm.status.kernel = snap.spec.image, snap.spec.kernel
@@ -397,7 +431,7 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
             from ignitevm.providers.network import preflight
 
             preflight(vm, ctx.root)
-            with ctx.store.creating(vm, rename=generated) as stage:
+            with ctx.store.creating(vm, rename=generated, record=restore.record) as stage:
                 if vm.spec.ssh:  # (its port's known_hosts is written before QEMU starts)
                     with sshkeys.making_keys(vm, stage):
                         pass
@@ -409,10 +443,12 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
             vms.start(ctx, vm, restore)
         except BaseException:
             restore.settle()  # (no thread writes in the clone's folder as it goes)
-            vms.remove(ctx, vm, force=True)
+            vms.remove(ctx, vm, force=True, say=not spare)
             raise
     finally:
         restore.close()
+    if spare:
+        return vm
     log.info("Started VM %r (%s) from snapshot %r", vm.metadata.name, vm.metadata.uid,
              snap.metadata.name)
     return vm

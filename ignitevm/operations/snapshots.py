@@ -480,6 +480,9 @@ def remove(ctx: Context, snap: Snapshot, *, force: bool = False) -> None:
                                "remove them too")
             for vm in users:
                 vms.remove(ctx, vm, force=True)
+            from ignitevm.operations import spares
+
+            spares.remove_all(ctx, snap)
             sharedram.release(folder(ctx, snap))
             with flock(folder(ctx, snap) / ".lock"):  # (not while a template joins it)
                 ctx.store.delete(snap)

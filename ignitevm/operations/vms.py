@@ -12,6 +12,7 @@ from ignitevm.api.types import VM, Image, Kernel, Size
 from ignitevm.errors import Conflict, InvalidInput
 from ignitevm.log import log
 from ignitevm.operations.context import Context
+from ignitevm.store.layout import METADATA
 from ignitevm.util.fs import flock, no_space_errors
 from ignitevm.util.ids import new_uid, random_name
 
@@ -113,8 +114,9 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
     from ignitevm.providers.vmm.base import Disk, LaunchSpec
 
     consolelog.limit()  # a bad IGNITE_CONSOLE_LOG_MAX: said before anything is made
+    record = restore.record if restore is not None else METADATA  # (SPARE: a spare's)
     with vm_lock(ctx, vm), no_space_errors(ctx.root), contextlib.ExitStack() as stack:
-        vm = ctx.store.get(VM, vm.metadata.uid)
+        vm = ctx.store.get(VM, vm.metadata.uid, record=record)
         d = workdir(ctx, vm)
         if ctx.vmm.pid(d) is not None:
             raise Conflict(f"VM {vm.metadata.uid!r} is already running")
@@ -178,8 +180,10 @@ def start(ctx: Context, vm: VM, restore: Restore | None = None, plugin: str = ""
         vm.status.runtime.name = ctx.vmm.name
         vm.status.runtime.accel = accel
         vm.status.network.ip_addresses = [net.address] if net is not None else None
-        ctx.store.save(vm)
-    log.info("Started VM %r (%s) with QEMU/%s", vm.metadata.name, vm.metadata.uid, accel.upper())
+        ctx.store.save(vm, record=record)
+    if record == METADATA:
+        log.info("Started VM %r (%s) with QEMU/%s", vm.metadata.name, vm.metadata.uid,
+                 accel.upper())
     return vm
 
 
@@ -376,7 +380,9 @@ def _resumed_for_stop(ctx: Context, vm: VM) -> bool:
     return False
 
 
-def remove(ctx: Context, vm: VM, *, force: bool = False) -> None:
+def remove(ctx: Context, vm: VM, *, force: bool = False, say: bool = True) -> None:
+    """Remove a VM (``force``: a running one too, killed first); ``say``:
+    log it (not for a spare, which nobody named)."""
     with vm_lock(ctx, vm):
         d = workdir(ctx, vm)
         if ctx.vmm.pid(d) is not None:
@@ -389,7 +395,8 @@ def remove(ctx: Context, vm: VM, *, force: bool = False) -> None:
         network.release(d)
         ctx.vmm.cleanup(d)  # (also its cgroups)
         ctx.store.delete(vm)
-    log.info("Removed VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
+    if say:
+        log.info("Removed VM with name %r and ID %r", vm.metadata.name, vm.metadata.uid)
 
 
 def remove_base(ctx: Context, obj: Image | Kernel, force: bool = False) -> None:

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 DEFAULT_ROOT = "/var/lib/ignite"
 METADATA = "metadata.json"
+# A spare's VM record (a clone of a snapshot kept ready, operations/spares.py):
+# in its folder instead of METADATA until a `run --from-snapshot` takes it.
+SPARE = "spare.json"
 SUBDIRS = ("vm", "image", "kernel", "snapshot", "tmp", "cache", "locks")
 ROOT_MODE = 0o711  # others may pass through (to reach a shared file later), never list
 DIR_MODE = 0o700   # every folder below the root: objects, tmp, cache, locks

@@ -33,7 +33,7 @@ from ignitevm.api import codec
 from ignitevm.api.types import VM, Image, Kernel, Snapshot
 from ignitevm.errors import Conflict, IgniteError, NotFound
 from ignitevm.store import layout
-from ignitevm.store.layout import METADATA
+from ignitevm.store.layout import METADATA, SPARE
 from ignitevm.store.lookup import pick
 from ignitevm.util.fs import (
     atomic_write,
@@ -189,6 +189,8 @@ class Store:
             if uid in known:
                 continue
             folder = base / uid
+            if not (folder / METADATA).exists() and (folder / SPARE).exists():
+                continue  # (a spare: a clone kept ready, listed by its snapshot)
             try:
                 raw = (folder / METADATA).read_bytes()
             except FileNotFoundError:
@@ -205,8 +207,10 @@ class Store:
                 out.append(Damaged(uid, folder, why))
         return out
 
-    def get(self, typ: type[T], uid: str) -> T:
-        obj = self._read(typ, self.kind_dir(typ) / uid / METADATA)
+    def get(self, typ: type[T], uid: str, *, record: str = METADATA) -> T:
+        """The object of this UID (``record``: the file read, SPARE for a
+        spare's)."""
+        obj = self._read(typ, self.kind_dir(typ) / uid / record)
         if obj is None:
             raise NotFound(f"can't find {_WHAT[typ]}: no ID matches {uid!r}")
         return obj
@@ -225,23 +229,26 @@ class Store:
         return objs[pick(entries, query, _WHAT[typ])]
 
     # --- writing ----------------------------------------------------------
-    def save(self, obj: VM | Image | Kernel | Snapshot) -> None:
+    def save(self, obj: VM | Image | Kernel | Snapshot, *, record: str = METADATA) -> None:
         with no_space_errors(self.root):
-            atomic_write(self.dir(obj) / METADATA, codec.to_json(obj) + "\n")
+            atomic_write(self.dir(obj) / record, codec.to_json(obj) + "\n")
 
     @contextlib.contextmanager
     def creating(self, obj: T, *, unique_name: bool = True,
-                 rename: bool = False) -> Iterator[Path]:
+                 rename: bool = False, record: str = METADATA) -> Iterator[Path]:
         """Build a new object's folder; it appears in the store only if the block succeeds.
 
         With ``rename``, a name taken meanwhile is replaced by a fresh generated one
-        (for generated names); otherwise a taken name is an error.
+        (for generated names); otherwise a taken name is an error. With ``record``
+        SPARE the object is written there instead (a spare VM: not listed, named
+        when it is taken).
         """
+        unique_name = unique_name and record == METADATA
         self.ensure()
         self.sweep()
         typ = type(obj)
         if unique_name and not rename:
-            self._check_name(obj)  # fail early; checked again under the lock
+            self.check_name(obj)  # fail early; checked again under the lock
         tmp = self.root / "tmp"
         stage = tmp / obj.metadata.uid
         lock = tmp / f"{obj.metadata.uid}.lock"
@@ -254,7 +261,7 @@ class Store:
                 with self.locked():
                     if unique_name:
                         try:
-                            self._check_name(obj)
+                            self.check_name(obj)
                         except Conflict:
                             if not rename:
                                 raise
@@ -262,7 +269,7 @@ class Store:
 
                             taken = {o.metadata.name for o in self.list(typ)}
                             obj.metadata.name = random_name(taken)
-                    atomic_write(stage / METADATA, codec.to_json(obj) + "\n")
+                    atomic_write(stage / record, codec.to_json(obj) + "\n")
                     os.rename(stage, self.kind_dir(typ) / obj.metadata.uid)
             except BaseException:
                 shutil.rmtree(stage, ignore_errors=True)
@@ -271,7 +278,7 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lock)
 
-    def _check_name(self, obj: VM | Image | Kernel | Snapshot) -> None:
+    def check_name(self, obj: VM | Image | Kernel | Snapshot) -> None:
         name = obj.metadata.name
         if not name:
             return

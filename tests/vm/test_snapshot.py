@@ -413,3 +413,135 @@ def test_jailed_clones_share_one_sealed_ram(cli: Ignite, source: str) -> None:
         assert sh(cli, names[0], "cat /proc/sys/kernel/hostname").strip() == uid_of(cli, names[0])
     finally:
         cli("rm", "-f", *names, check=False)
+
+
+def _spares_ready(cli: Ignite, snap: str) -> str:
+    """The SPARES column of ``snapshot ls`` for ``snap`` ("ready/wanted")."""
+    rows = [line.split() for line in cli("snapshot", "ls").stdout.splitlines()]
+    return next(cols[-1] for cols in rows if cols[1:2] == [snap])
+
+
+def _spare_dirs(cli: Ignite) -> set[str]:
+    return {d.name for d in (cli.root / "vm").iterdir() if (d / "spare.json").exists()}
+
+
+def _qemus_of(cli: Ignite, uids: set[str]) -> list[int]:
+    """The QEMU processes of these VMs (by their folders in the command line)."""
+    from ignitevm.util.proc import pids_where
+
+    marks = [str(cli.root / "vm" / uid).encode() for uid in uids]
+    return pids_where("cmdline", lambda cmd: b"qemu-system" in cmd and
+                      any(m in cmd for m in marks))
+
+
+def _wait_spares(cli: Ignite, snap: str, want: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := _spares_ready(cli, snap)) != want:
+        assert time.monotonic() < deadline, f"spares of {snap}: {got}, not {want}"
+        time.sleep(0.2)
+
+
+def test_spares_are_hidden_taken_as_new_vms_and_made_again(cli: Ignite, source: str,
+                                                          plugin: str) -> None:
+    """`snapshot spares`: clones started and paused ahead; `run --from-snapshot`
+    takes one (its own identity, the host's clock, fresh RNG); the pool is made
+    full again in the background; a dead spare is passed over and removed; the
+    snapshot's removal takes every spare with it."""
+    import os
+    import signal
+
+    cli("snapshot", "create", source, "spared")
+    before = set(cli("ps", "-a", "-q").stdout.split())
+    made: set[str] = set()
+    try:
+        res = cli("snapshot", "spares", "spared", "2")
+        assert "keeps 2 spares ready" in res.stderr, res.stderr
+        assert _spares_ready(cli, "spared") == "2/2"
+        spares = _spare_dirs(cli)
+        made |= spares
+        assert len(spares) == 2 and len(_qemus_of(cli, spares)) == 2
+        assert set(cli("ps", "-a", "-q").stdout.split()) == before  # (not listed)
+        seen = {}
+        for vm in ("sp-a", "sp-b"):
+            res = cli("run", "--from-snapshot", "spared", "--name", vm)
+            assert "from a spare of snapshot 'spared'" in res.stderr, res.stderr
+            assert uid_of(cli, vm) in spares
+            t0 = time.time()
+            out = sh(cli, vm, "cat /proc/sys/kernel/hostname /sys/class/net/eth0/address; "
+                     "busybox date +%s; head -c 64 /dev/urandom | sha256sum")
+            hostname, mac, clock, rnd = out.splitlines()
+            assert hostname == uid_of(cli, vm)
+            assert t0 - 1 <= int(clock) <= time.time() + 1, (clock, t0)
+            assert "Up" in cli("ps").stdout.split(vm)[0].splitlines()[-1]  # (not Paused)
+            seen[vm] = (hostname, mac, rnd, ip_of(cli, vm))
+        a, b = seen["sp-a"], seen["sp-b"]
+        assert a[0] != b[0] and a[1] != b[1] and a[2] != b[2]
+        if plugin == "cni":
+            assert a[3] and b[3] and a[3] != b[3]
+        sh(cli, "sp-a", "echo a > /only-in-a")
+        assert sh(cli, "sp-b", "test -e /only-in-a && echo yes; true").strip() == ""
+        # Made again in the background, as new ones.
+        _wait_spares(cli, "spared", "2/2")
+        assert not _spare_dirs(cli) & spares
+        made |= _spare_dirs(cli)
+        # A clone with a port map is not taken from the pool (its QEMU or
+        # network was set up without it): it starts the usual way.
+        res = cli("run", "--from-snapshot", "spared", "--name", "sp-p", "-p", "18099:80")
+        assert "from a spare" not in res.stderr and _spares_ready(cli, "spared") == "2/2"
+        # A spare whose QEMU died (as after the host's restart) is passed over
+        # and removed; the next one is taken.
+        dead = sorted(_spare_dirs(cli))[0]
+        os.kill(int((cli.root / "vm" / dead / "run" / "qemu.pid").read_text()), signal.SIGKILL)
+        cli("run", "--from-snapshot", "spared", "--name", "sp-c")
+        assert uid_of(cli, "sp-c") != dead and not (cli.root / "vm" / dead).exists()
+        # Bad counts: one clear line, nothing changed.
+        for bad in ("65", "-1"):
+            res = cli("snapshot", "spares", "spared", bad, check=False)
+            assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+        res = cli("snapshot", "spares", "no-such", "1", check=False)
+        assert res.returncode == 1 and "can't find snapshot" in res.stderr
+        _wait_spares(cli, "spared", "2/2")
+        made |= _spare_dirs(cli)
+        res = cli("snapshot", "spares", "spared", "1")
+        assert "keeps 1 spare ready" in res.stderr and len(_spare_dirs(cli)) == 1
+    finally:
+        cli("rm", "-f", "sp-a", "sp-b", "sp-c", "sp-p", check=False)
+        cli("snapshot", "rm", "-f", "spared", check=False)
+    assert not _spare_dirs(cli) and not _qemus_of(cli, made)
+    assert set(cli("ps", "-a", "-q").stdout.split()) == before
+
+
+def test_a_fill_killed_midway_leaves_nothing_for_good(cli: Ignite, source: str) -> None:
+    """SIGKILL to `snapshot spares` while it makes a spare: the half-made one
+    is not in the pool, and the next fill removes it (and its QEMU)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    cli("snapshot", "create", source, "killfill")
+    made: set[str] = set()
+    env = {**os.environ, "IGNITE_ROOT": str(cli.root), "PYTHONPATH": str(REPO)}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ignitevm", "snapshot", "spares",
+                                 "killfill", "1"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not _spare_dirs(cli) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no spare was begun"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        half = _spare_dirs(cli)
+        made |= half
+        assert len(half) == 1 and _spares_ready(cli, "killfill") == "0/1"
+        assert set(cli("ps", "-a", "-q").stdout.split()).isdisjoint(half)
+        cli("snapshot", "spares", "killfill", "1")
+        assert _spares_ready(cli, "killfill") == "1/1" and not _spare_dirs(cli) & half
+        assert not _qemus_of(cli, half)
+        made |= _spare_dirs(cli)
+    finally:
+        cli("snapshot", "rm", "killfill", check=False)
+    assert not _spare_dirs(cli) and not _qemus_of(cli, made)
