@@ -83,10 +83,14 @@ def report(name: str, ours: list[float], base: list[float], unit: str = "s") -> 
 
 
 def cleanup(root: Path) -> None:
-    """Remove every VM of a bench root (also when the bench failed half-way)."""
+    """Remove every VM of a bench root (also when the bench failed half-way),
+    and every snapshot (with the spares they keep, which no listing shows)."""
     ids = ignite(root, "ps", "-a", "-q", check=False).stdout.split()
     if ids:
         ignite(root, "rm", "-f", *ids, check=False)
+    snaps = ignite(root, "snapshot", "ls", "-q", check=False).stdout.split()
+    if snaps:
+        ignite(root, "snapshot", "rm", "-f", *snaps, check=False)
     subprocess.run(["rm", "-rf", str(root.parent)], check=False)
 
 

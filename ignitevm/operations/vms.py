@@ -424,6 +424,10 @@ def remove_base(ctx: Context, obj: Image | Kernel, force: bool = False) -> None:
             )
         for vm in users:
             remove(ctx, vm, force=True)
+        from ignitevm.operations import spares
+
+        for snap in snaps:  # (their spares are VMs on it too, and cannot be taken now)
+            spares.remove_all(ctx, snap)
         ctx.store.delete(obj)
     if what == "image":  # (its pull records: harmless once it is gone, but no use)
         from ignitevm.cli.fastpull import forget
