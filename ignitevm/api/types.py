@@ -258,6 +258,7 @@ class SnapshotSpec(_Base):
     # Clones kept started and paused, for `run --from-snapshot` to take
     # (operations/spares.py; a setting, not part of what a restore needs).
     spares: int = 0
+    spares_sandbox: str = ""  # how they are confined ("jail" | "none"): a run must match
 
 
 class SnapshotStatus(msgspec.Struct, rename="camel", kw_only=True):

@@ -12,10 +12,12 @@ from ignitevm.operations.context import Context
 
 def _users(ctx: Context) -> dict[str, list[str]]:
     """Network name -> the VMs that ask for it or hold an attachment on it."""
+    from ignitevm.operations.spares import spares_of
     from ignitevm.providers.network.cni import vm as cnivm
 
     out: dict[str, list[str]] = {}
-    for vm in ctx.store.list(VM):
+    for vm in [*ctx.store.list(VM), *spares_of(ctx, None)]:
+        vm.metadata.name = vm.metadata.name or f"{vm.metadata.uid} (a snapshot's spare)"
         names = {a.network or "default" for a in vm.spec.network.networks}
         if vm.status.network.plugin == "cni" and not names:
             names = {"default"}

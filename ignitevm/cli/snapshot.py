@@ -33,22 +33,20 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_spares(args: argparse.Namespace) -> int:
     """Set how many spares a snapshot keeps, and make or remove them now."""
-    from ignitevm.cli.common import sandbox_mode
+    from ignitevm.cli.common import starting_context
     from ignitevm.log import log
     from ignitevm.operations import snapshots, spares
 
-    ctx = context(args)
-    ctx.sandbox = sandbox_mode(args)  # (the spares' QEMU is confined as VMs are)
+    ctx = starting_context(args)  # (the spares' QEMU is confined as VMs are)
     spares.check_count(args.count)
     snap = ctx.store.resolve(Snapshot, args.snapshot)
-    ctx.accel = snap.spec.accel
     with snapshots.held(ctx, snap):
         snap = spares.set_count(ctx, snap, args.count)
     if args.count:
-        log.info("Starting %d spare%s of snapshot %r", args.count, "s"[:args.count - 1],
+        log.info("Starting %s of snapshot %r", spares.count_text(args.count),
                  snap.metadata.name)
     n = spares.fill(ctx, snap.metadata.uid, wait=True)
-    log.info("Snapshot %r keeps %d spare%s ready", snap.metadata.name, n, "s"[:n - 1 if n else 0])
+    log.info("Snapshot %r keeps %s ready", snap.metadata.name, spares.count_text(n))
     return 0
 
 

@@ -340,10 +340,9 @@ def clone(ctx: Context, query: str, **kw: Any) -> VM:
     snap = ctx.store.resolve(Snapshot, query)
     with snapshots.held(ctx, snap):
         vm = _clone(ctx, snap, **kw)
-    if not kw.get("spare"):
-        from ignitevm.operations import spares
+    from ignitevm.operations import spares
 
-        spares.fill_later(ctx, snap)
+    spares.fill_later(ctx, snap)
     return vm
 
 
@@ -396,8 +395,9 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
     if not spare and not spec.network.ports and snap.spec.spares:
         from ignitevm.operations import spares
 
-        taken = spares.claim(ctx, snap, name=name, labels=labels,
-                             plugin=vm.status.network.plugin)
+        # (held as a clone's making holds them: their removal takes the spares)
+        with ctx.store.using(image), ctx.store.using(kernel):
+            taken = spares.claim(ctx, snap, name=name, labels=labels)
         if taken is not None:
             return taken
     snapshots.check_files(ctx, snap, (snapshots.DISK,))

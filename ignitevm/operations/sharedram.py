@@ -182,7 +182,9 @@ def start(ctx: Context, snap: Snapshot) -> Filling:
             record = (d / MEMFD_RECORD).read_text().strip()
         except OSError:
             record = ""
-        for vm in clones_of(ctx, snap) if record else ():
+        from ignitevm.operations.spares import spares_of
+
+        for vm in [*clones_of(ctx, snap), *spares_of(ctx, snap)] if record else ():
             vd = ctx.store.dir(vm)
             pid = ctx.vmm.pid(vd)
             try:

@@ -3,33 +3,35 @@ the next ``run --from-snapshot`` that fits them.
 
 A clone's start is mostly work no request has to wait for: Python's and
 QEMU's start, the clone's folder, disk layer and jail, the state's load, the
-guest's first RESTORE and the code its first minutes run (under TCG, QEMU
+guest's first RESTORE and the code its first commands run (under TCG, QEMU
 translates it anew in every process). A snapshot asked to keep N spares
-(``snapshot create --spares N``, ``snapshot spares SNAP N``) has that done
-for N clones beforehand: each is a whole clone with its own uid, hostname,
-MAC, address (and lease), host key, jail id and cgroups, made by the same
-path as any clone (operations/clones.py), then left to settle for SETTLE
-seconds and paused. Taking one is: resume its CPUs, send RESTORE again with
-fresh RNG bytes and the host's clock (the rest of its identity is its own
-already; the restore hooks run again), and give it its name.
+(``snapshot spares SNAP N``, ``snapshot create --spares N``: ``spec.spares``
+and the sandbox mode they are made with, ``spec.sparesSandbox``) has that
+done for N clones beforehand: each is a whole clone with its own uid,
+hostname, MAC, address (and lease), host key, jail id and cgroups, made by
+the usual path (operations/clones.py), left to settle SETTLE seconds, made to
+run the image's ``true`` once, and paused. Taking one is: resume its CPUs,
+send RESTORE again with fresh RNG bytes and the host's clock (the rest of its
+identity is its own already; the restore hooks run again), and name it.
 
 On disk a spare is a VM folder (``vm/<uid>``) whose record is SPARE instead
 of ``metadata.json``: no listing sees it (ps, ls, names, the daemon), while
-the sandbox ids of its siblings do. A ready spare is also an entry named by
-its uid in its snapshot's POOL folder, holding the sandbox mode and network
-plugin it was made with. Taking one removes that entry first (one ``unlink``:
-of two `run`s, one gets it); the VM appears when its ``metadata.json`` is
-written, under the store's lock, with the name checked. A process killed at
-any point leaves either a pool entry (still ready), a folder with SPARE and
-no entry (an orphan: removed by the next fill or prune, once its lock is
-free), or a VM that is whole.
+the sandbox ids of its siblings do. A ready spare also has an entry named by
+its uid in its snapshot's POOL folder, holding the sandbox mode it was made
+with. Whoever acts on a spare holds its VM lock (``vm/<uid>/.lock``): the
+maker from its clone's start until its pool entry is written, a taker from
+before it removes the entry (one ``unlink``: of two runs, one gets it) until
+``metadata.json`` is written under the store's lock with the name checked,
+a remover while it removes it. A process killed at any point leaves a pool
+entry (still ready), a spare folder with no entry whose lock nobody holds
+(an orphan, removed by the next fill), or a VM that is whole.
 
 One process fills a snapshot's pool at a time (FILL_LOCK): ``snapshot
-spares`` in its own process, and after a `run` took a spare (or found none) a
-process of its own, started in the background, which waits DELAY seconds
-first so as not to slow the new clone's first commands. Spares die with their
-snapshot (``snapshot rm``), and after a host's restart are found dead and
-removed.
+spares`` itself, and after a `run` took a spare (or found the pool short) a
+process of its own, which waits DELAY seconds first so as not to slow the
+new clone's first commands. A fill removes dead spares (the host restarted,
+a QEMU killed), orphans and those past the count. Spares go with their
+snapshot (``snapshot rm``, ``image rm -f``, ``kernel rm -f``).
 """
 
 from __future__ import annotations
@@ -41,21 +43,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ignitevm.api.types import VM, Snapshot
-from ignitevm.errors import IgniteError
+from ignitevm.errors import IgniteError, NotFound
 from ignitevm.log import log
 from ignitevm.store.layout import METADATA, SPARE
+from ignitevm.util.fs import lock
 
 if TYPE_CHECKING:
     from ignitevm.operations.context import Context
 
-POOL = "spares"       # in the snapshot's folder: one entry per ready spare
-FILL_LOCK = ".fill"   # in the snapshot's folder: held by the process filling the pool
+POOL = "spares"         # in the snapshot's folder: one entry per ready spare
+FILL_LOCK = ".fill"     # in the snapshot's folder: held by the process filling the pool
 FILL_LOG = "spares.log"  # in the snapshot's folder: what a background fill said
-LOG_MAX = 1 << 20     # bytes: the log starts again past this
-SETTLE = 1.5          # seconds a new spare runs (its first RESTORE's aftermath) before its pause
-DELAY = 1.0           # seconds a fill started by a `run` waits before it begins
-MAX = 64              # spares a snapshot may ask for
-WARM_TIMEOUT = 30.0   # seconds for a new spare's warm-up command
+FAILED = ".fill-failed"  # in the snapshot's folder: a background fill's last failure
+RETRY_AFTER = 60.0      # seconds after a failed background fill before a run starts another
+LOG_MAX = 1 << 20       # bytes: the log starts again past this
+SETTLE = 1.5            # seconds a new spare runs (its first RESTORE's aftermath) before its pause
+DELAY = 1.0             # seconds a fill started by a `run` waits before it begins
+MAX = 64                # spares a snapshot may ask for
+WARM_TIMEOUT = 30.0     # seconds a new spare's warm-up command may take, in all
+LOCK_WAIT = 180.0       # seconds a removal waits for a spare being made (settle + warm-up)
+
+
+class _Gone(Exception):
+    """The spare's QEMU is gone, or no longer paused or running."""
 
 
 def pool(ctx: Context, snap: Snapshot) -> Path:
@@ -64,48 +74,43 @@ def pool(ctx: Context, snap: Snapshot) -> Path:
     return folder(ctx, snap) / POOL
 
 
-def ready(ctx: Context, snap: Snapshot) -> list[str]:
-    """The uids of the spares ready to be taken."""
+def _vmdir(ctx: Context, uid: str) -> Path:
+    return ctx.store.kind_dir(VM) / uid
+
+
+def _entries(ctx: Context, snap: Snapshot) -> list[str]:
     try:
         return sorted(n for n in os.listdir(pool(ctx, snap)) if not n.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
 
-def _mode(ctx: Context, snap: Snapshot, plugin: str) -> str:
-    """What a pool entry holds: the clone's sandbox mode and network plugin."""
-    return f"{ctx.sandbox} {plugin or snap.spec.network_plugin}\n"
+def ready(ctx: Context, snap: Snapshot) -> list[str]:
+    """The uids of the spares ready to be taken (in the pool, their QEMU running)."""
+    return [u for u in _entries(ctx, snap) if ctx.vmm.pid(_vmdir(ctx, u)) is not None]
+
+
+def count_text(n: int) -> str:
+    return {0: "no spares", 1: "1 spare"}.get(n, f"{n} spares")
 
 
 # --- taking a spare -------------------------------------------------------
 
 
-def claim(ctx: Context, snap: Snapshot, *, name: str, labels: dict[str, str] | None,
-          plugin: str) -> VM | None:
-    """A ready spare made with this sandbox mode and plugin, now the VM
-    ``name`` (a generated name if empty); None when there is none, or each
-    found was dead (then removed). The caller holds the snapshot (shared)."""
-    base = pool(ctx, snap)
-    try:
-        entries = sorted(os.listdir(base))
-    except (FileNotFoundError, NotADirectoryError):
+def claim(ctx: Context, snap: Snapshot, *, name: str, labels: dict[str, str] | None
+          ) -> VM | None:
+    """A ready spare, now the VM ``name`` (a generated name if empty); None
+    when none fits (another sandbox mode) or is ready. Dead spares are passed
+    over (a fill removes them); a guest that fails its RESTORE fails the run,
+    as a clone's would (the spare is removed). The caller holds the snapshot."""
+    if ctx.sandbox != snap.spec.spares_sandbox:
         return None
-    want = _mode(ctx, snap, plugin)
     if name:  # (before a spare is woken; checked again as it is named)
         from ignitevm.api.types import ObjectMeta
 
         ctx.store.check_name(VM(metadata=ObjectMeta(name=name)))
-    for uid in entries:
-        if uid.startswith("."):
-            continue
-        entry = base / uid
-        try:
-            if entry.read_text() != want:
-                continue
-            os.unlink(entry)  # (it is this process's now: another's unlink fails)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        vm = _take(ctx, uid, name, labels)
+    for uid in _entries(ctx, snap):
+        vm = _take(ctx, snap, uid, name, labels)
         if vm is not None:
             log.info("Started VM %r (%s) from a spare of snapshot %r", vm.metadata.name,
                      vm.metadata.uid, snap.metadata.name)
@@ -113,59 +118,58 @@ def claim(ctx: Context, snap: Snapshot, *, name: str, labels: dict[str, str] | N
     return None
 
 
-def _take(ctx: Context, uid: str, name: str, labels: dict[str, str] | None) -> VM | None:
-    """Wake the spare ``uid`` (its pool entry removed) as the VM ``name``."""
-    from ignitevm.errors import NotFound
-    from ignitevm.util.fs import flock
-
-    d = ctx.store.kind_dir(VM) / uid
+def _take(ctx: Context, snap: Snapshot, uid: str, name: str,
+          labels: dict[str, str] | None) -> VM | None:
+    d, entry = _vmdir(ctx, uid), pool(ctx, snap) / uid
     try:
-        spare = ctx.store.get(VM, uid, record=SPARE)
-    except NotFound:
-        return None
-    failed: Exception | None = None
-    with flock(d / ".lock"):  # (vms.vm_lock: no prune removes it meanwhile)
+        if entry.read_text() != ctx.sandbox:
+            return None
+        fd = lock(d / ".lock", blocking=False)
+    except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+        return None  # (being made, taken or removed by another process)
+    try:
+        if ctx.vmm.pid(d) is None or (d / METADATA).exists():
+            return None
+        try:
+            os.unlink(entry)  # (this run's now)
+            spare = ctx.store.get(VM, uid, record=SPARE)
+        except (FileNotFoundError, NotFound):
+            return None
+        named = False
         try:
             vm = _wake(ctx, spare, d, name, labels)
-        except IgniteError as exc:
-            failed = exc
-    if failed is not None:
-        log.debug("spare %s could not be taken (%s): removed", uid, failed.brief)
-        discard(ctx, spare)
-        from ignitevm.errors import Conflict
-
-        if isinstance(failed, Conflict):  # (the name, taken meanwhile)
-            raise failed
-        return None
-    return vm
+            named = True
+            return vm
+        except _Gone as exc:
+            log.debug("spare %s passed over: %s", uid, exc)
+            return None
+        finally:
+            if not named:
+                _remove_locked(ctx, spare)
+    finally:
+        os.close(fd)
 
 
 def _wake(ctx: Context, vm: VM, d: Path, name: str, labels: dict[str, str] | None) -> VM:
     from ignitevm.api.defaults import now
     from ignitevm.operations import clones
-    from ignitevm.util.fs import atomic_write
 
-    if ctx.vmm.pid(d) is None:
-        raise IgniteError("its QEMU is gone")
-    state = ctx.vmm.resume(d)
+    try:
+        state = ctx.vmm.resume(d)
+    except (IgniteError, OSError) as exc:
+        raise _Gone(f"QMP: {exc}") from None
     if state not in ("paused", "running"):
-        raise IgniteError(f"QEMU reports it {state!r}")
+        raise _Gone(f"QEMU reports it {state!r}")
+    vm.metadata.name = name or vm.metadata.uid  # (for the agent's messages)
     clones.renew_identity(ctx, vm, d, None, clock_only=True)
-    from ignitevm.api import codec
-    from ignitevm.util.ids import random_name
-
+    vm.metadata.name = name
     vm.metadata.labels = labels or None
     vm.metadata.created = vm.status.start_time = now()
     vm.status.paused = False
-    store = ctx.store
-    with store.locked():
-        if name:
-            vm.metadata.name = name
-            store.check_name(vm)
-        else:
-            vm.metadata.name = random_name({v.metadata.name for v in store.list(VM)})
-        atomic_write(d / METADATA, codec.to_json(vm) + "\n")
-    os.unlink(d / SPARE)
+    with ctx.store.locked():
+        ctx.store.take_name(vm, rename=not name)
+        ctx.store.save(vm)
+    (d / SPARE).unlink(missing_ok=True)
     return vm
 
 
@@ -176,18 +180,23 @@ def make(ctx: Context, snap: Snapshot) -> str:
     """Make one spare of ``snap`` and put it in the pool; its uid."""
     from ignitevm.operations import clones, snapshots
 
-    with snapshots.held(ctx, snap):  # (to the end: its removal takes every spare)
+    with snapshots.held(ctx, snap):  # (its removal waits for the clone, then its lock)
         vm = clones._clone(ctx, snap, spare=True)
-        _settle(ctx, snap, vm)
+        d = _vmdir(ctx, vm.metadata.uid)
+        fd = lock(d / ".lock")
+    try:
+        _settle(ctx, snap, vm, d)
+    finally:
+        os.close(fd)
     log.debug("spare %s of snapshot %r ready", vm.metadata.uid, snap.metadata.name)
     return vm.metadata.uid
 
 
-def _settle(ctx: Context, snap: Snapshot, vm: VM) -> None:
-    """Let a new spare run SETTLE seconds, pause it, put it in the pool."""
+def _settle(ctx: Context, snap: Snapshot, vm: VM, d: Path) -> None:
+    """Let a new spare run SETTLE seconds, warm it, pause it, put it in the
+    pool (its lock held); removed if any of that fails."""
     from ignitevm.util.fs import atomic_write
 
-    d = ctx.store.kind_dir(VM) / vm.metadata.uid
     try:
         time.sleep(SETTLE)
         _warm(ctx, vm, d)
@@ -198,21 +207,23 @@ def _settle(ctx: Context, snap: Snapshot, vm: VM) -> None:
         vm = ctx.store.get(VM, vm.metadata.uid, record=SPARE)  # (as its start left it)
         vm.status.paused = True
         ctx.store.save(vm, record=SPARE)
-        base = pool(ctx, snap)
         with contextlib.suppress(FileExistsError):
-            base.mkdir(0o700)
-        atomic_write(base / vm.metadata.uid, _mode(ctx, snap, vm.status.network.plugin))
+            pool(ctx, snap).mkdir(0o700)
+        atomic_write(pool(ctx, snap) / vm.metadata.uid, ctx.sandbox)
     except BaseException:
-        discard(ctx, vm)
+        _remove_locked(ctx, vm)
         raise
 
 
 def _warm(ctx: Context, vm: VM, d: Path) -> None:
     """Run the image's ``true`` once, if it has one (its status is not
-    looked at): what every command runs first (the dynamic loader, the C
-    library's start, a multi-call binary's own) is then translated in this
-    spare's QEMU under TCG, as a booted VM's init has it. ~30-100 ms of a
-    clone's first command otherwise."""
+    looked at), within WARM_TIMEOUT in all: what every command runs first
+    (the dynamic loader, the C library's start, a multi-call binary's own)
+    is then translated in this spare's QEMU under TCG, as a booted VM's init
+    has it (~30-100 ms of a clone's first command otherwise)."""
+    import socket
+    import threading
+
     from ignitevm.agent.client import Channel
     from ignitevm.agent.session import ExecRequest, run_exec
     from ignitevm.operations.vms import AgentPorts
@@ -220,20 +231,55 @@ def _warm(ctx: Context, vm: VM, d: Path) -> None:
     null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:
         with Channel.connect(AgentPorts(ctx, d), WARM_TIMEOUT, f"spare {vm.metadata.uid}") as ch:
-            run_exec(ch, ExecRequest(["true"]), None, null, null, WARM_TIMEOUT)
+            def cut() -> None:  # (the guest's answer is over: its agent sees the end)
+                with contextlib.suppress(OSError):
+                    ch.sock.shutdown(socket.SHUT_RDWR)
+
+            timer = threading.Timer(WARM_TIMEOUT, cut)
+            timer.start()
+            try:
+                run_exec(ch, ExecRequest(["true"]), None, null, null, WARM_TIMEOUT)
+            finally:
+                timer.cancel()
     except IgniteError as exc:  # (a spare that cannot run it is a spare all the same)
         log.debug("spare %s: warming up: %s", vm.metadata.uid, exc.brief)
     finally:
         os.close(null)
 
 
-def discard(ctx: Context, vm: VM) -> None:
-    """Remove a spare: its QEMU, network, cgroups and folder."""
+# --- finding and removing spares ------------------------------------------
+
+
+def spares_of(ctx: Context, snap: Snapshot | None) -> list[VM]:
+    """The spares of ``snap`` (of any snapshot: None) on disk: ready, being
+    made or taken, or left by a killed process."""
+    from ignitevm.operations.snapshots import ANNOTATION
+
+    base = ctx.store.kind_dir(VM)
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    out = []
+    for uid in names:
+        if not os.path.exists(base / uid / SPARE) or os.path.exists(base / uid / METADATA):
+            continue
+        with contextlib.suppress(IgniteError):
+            vm = ctx.store.get(VM, uid, record=SPARE)
+            if snap is None or (vm.metadata.annotations or {}).get(ANNOTATION) == \
+                    snap.metadata.uid:
+                out.append(vm)
+    return out
+
+
+def _remove_locked(ctx: Context, vm: VM) -> None:
+    """Remove a spare whose lock this process holds: its pool entry, QEMU,
+    network, cgroups and folder."""
     from ignitevm.operations import vms
 
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_entry_of(ctx, vm))
-    vms.remove(ctx, vm, force=True, say=False)
+    vms.remove(ctx, vm, force=True, say=False, locked=True)
 
 
 def _entry_of(ctx: Context, vm: VM) -> Path:
@@ -243,114 +289,114 @@ def _entry_of(ctx: Context, vm: VM) -> Path:
     return ctx.store.kind_dir(Snapshot) / snap_uid / POOL / vm.metadata.uid
 
 
-def spares_of(ctx: Context, snap: Snapshot) -> list[VM]:
-    """Every spare of ``snap`` on disk (ready, being made or taken, or left
-    by a killed process)."""
-    from ignitevm.operations.snapshots import ANNOTATION
-
-    base = ctx.store.kind_dir(VM)
-    out = []
-    try:
-        names = os.listdir(base)
-    except FileNotFoundError:
-        return []
-    for uid in names:
-        if not os.path.exists(base / uid / SPARE):
-            continue
-        if os.path.exists(base / uid / METADATA):  # (taken: its taker died before the end)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(base / uid / SPARE)
-            continue
-        with contextlib.suppress(IgniteError):
-            vm = ctx.store.get(VM, uid, record=SPARE)
-            if (vm.metadata.annotations or {}).get(ANNOTATION) == snap.metadata.uid:
-                out.append(vm)
-    return out
+def _still_spare(d: Path) -> bool:
+    """Under the spare's lock: whether it is one still (not taken, not gone).
+    A taker killed after naming it may have left SPARE beside the record."""
+    if (d / METADATA).exists():
+        (d / SPARE).unlink(missing_ok=True)
+        return False
+    return (d / SPARE).exists()
 
 
-def prune(ctx: Context, snap: Snapshot, *, keep: int | None = None) -> None:
-    """Remove the snapshot's dead spares, the orphans of killed processes
-    (a spare with no pool entry whose lock nobody holds), and with ``keep``
-    the ready ones past that many."""
-    from ignitevm.util.fs import flock
-
-    entries = set(ready(ctx, snap))
-    alive = 0
+def prune(ctx: Context, snap: Snapshot, *, keep: int) -> None:
+    """Remove the snapshot's dead spares, orphans (no pool entry, lock free),
+    those made with another sandbox mode than it asks for, and the ready ones
+    past ``keep``; spares being made or taken (their lock held) stay."""
+    kept = 0
     for vm in spares_of(ctx, snap):
-        uid = vm.metadata.uid
-        d = ctx.store.kind_dir(VM) / uid
-        if uid in entries:
-            if ctx.vmm.pid(d) is not None and (keep is None or alive < keep):
-                alive += 1
+        d = _vmdir(ctx, vm.metadata.uid)
+        try:
+            fd = lock(d / ".lock", blocking=False)
+        except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            if not _still_spare(d):
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(pool(ctx, snap) / uid)
-        else:
             try:
-                with flock(d / ".lock", blocking=False):
-                    pass
-            except BlockingIOError:
-                continue  # (being taken, or made by this very fill)
-            except (FileNotFoundError, NotADirectoryError):
+                mode = _entry_of(ctx, vm).read_text()
+            except FileNotFoundError:
+                mode = ""
+            if mode == snap.spec.spares_sandbox and ctx.vmm.pid(d) is not None and kept < keep:
+                kept += 1
                 continue
-        log.debug("removing spare %s of snapshot %r", uid, snap.metadata.name)
-        with contextlib.suppress(IgniteError):
-            discard(ctx, vm)
-    for uid in entries - {vm.metadata.uid for vm in spares_of(ctx, snap)}:
-        with contextlib.suppress(FileNotFoundError):  # (an entry whose spare is gone)
-            os.unlink(pool(ctx, snap) / uid)
+            log.debug("removing spare %s of snapshot %r", vm.metadata.uid, snap.metadata.name)
+            _remove_locked(ctx, vm)
+        finally:
+            os.close(fd)
+    base = pool(ctx, snap)
+    for name in _entries(ctx, snap):  # (entries whose spare is gone)
+        if not (_vmdir(ctx, name) / SPARE).exists():
+            (base / name).unlink(missing_ok=True)
 
 
 def remove_all(ctx: Context, snap: Snapshot) -> None:
-    """Remove every spare of ``snap`` (its removal holds it exclusively)."""
+    """Remove every spare of ``snap`` (for its removal, which holds it
+    exclusively: none is being taken; one being made is waited for)."""
     for vm in spares_of(ctx, snap):
-        discard(ctx, vm)
+        d = _vmdir(ctx, vm.metadata.uid)
+        try:
+            fd = lock(d / ".lock", deadline=time.monotonic() + LOCK_WAIT)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except BlockingIOError:
+            raise IgniteError(f"spare {vm.metadata.uid} of snapshot {snap.metadata.name!r} is "
+                              f"still being made after {LOCK_WAIT:.0f} s",
+                              hint="try again later") from None
+        try:
+            if _still_spare(d):
+                _remove_locked(ctx, vm)
+        finally:
+            os.close(fd)
+
+
+# --- filling the pool -----------------------------------------------------
 
 
 def fill(ctx: Context, snap_uid: str, *, delay: float = 0.0, wait: bool = False) -> int:
-    """Make spares until the snapshot's pool holds what it asks for (or
-    remove those past it); the number ready. When another process fills it,
+    """Make spares until the snapshot's pool holds what it asks for (and
+    remove the others); the number ready. When another process fills it,
     returns at once (that one looks again before it ends), or with ``wait``
     waits for it and then looks again itself."""
-    from ignitevm.errors import NotFound
-    from ignitevm.util.fs import flock
-
-    lock = ctx.store.kind_dir(Snapshot) / snap_uid / FILL_LOCK
+    path = ctx.store.kind_dir(Snapshot) / snap_uid / FILL_LOCK
     while True:
         try:
-            with flock(lock, blocking=wait):
-                if delay:
-                    time.sleep(delay)
-                    delay = 0.0
-                _fill_locked(ctx, snap_uid)
+            fd = lock(path, blocking=wait)
         except BlockingIOError:
             break
-        except (NotFound, FileNotFoundError, NotADirectoryError):
-            return 0
-        if not _short(ctx, snap_uid):
+        except (FileNotFoundError, NotADirectoryError):
+            return 0  # (the snapshot is gone)
+        try:
+            if delay:
+                time.sleep(delay)
+                delay = 0.0
+            snap = _snapshot(ctx, snap_uid)
+            if snap is None:
+                return 0
+            prune(ctx, snap, keep=snap.spec.spares)
+            while len(ready(ctx, snap)) < snap.spec.spares:
+                try:
+                    make(ctx, snap)
+                except NotFound:
+                    if _snapshot(ctx, snap_uid) is None:
+                        return 0  # (removed meanwhile)
+                    raise
+                snap = _snapshot(ctx, snap_uid)  # (the count may have changed)
+                if snap is None:
+                    return 0
+        finally:
+            os.close(fd)
+        snap = _snapshot(ctx, snap_uid)
+        if snap is None or len(ready(ctx, snap)) >= snap.spec.spares:
             break
+    snap = _snapshot(ctx, snap_uid)
+    return len(ready(ctx, snap)) if snap is not None else 0
+
+
+def _snapshot(ctx: Context, uid: str) -> Snapshot | None:
     try:
-        return len(ready(ctx, ctx.store.get(Snapshot, snap_uid)))
+        return ctx.store.get(Snapshot, uid)
     except NotFound:
-        return 0
-
-
-def _short(ctx: Context, snap_uid: str) -> bool:
-    from ignitevm.errors import NotFound
-
-    try:
-        snap = ctx.store.get(Snapshot, snap_uid)
-    except NotFound:
-        return False
-    return len(ready(ctx, snap)) < snap.spec.spares
-
-
-def _fill_locked(ctx: Context, snap_uid: str) -> None:
-    snap = ctx.store.get(Snapshot, snap_uid)
-    prune(ctx, snap, keep=snap.spec.spares)
-    while len(ready(ctx, snap)) < snap.spec.spares:
-        make(ctx, snap)
-        snap = ctx.store.get(Snapshot, snap_uid)  # (the count may have changed)
+        return None
 
 
 def check_count(count: int) -> None:
@@ -362,73 +408,86 @@ def check_count(count: int) -> None:
 
 
 def set_count(ctx: Context, snap: Snapshot, count: int) -> Snapshot:
-    """Ask the snapshot to keep ``count`` spares (its record; the caller fills)."""
+    """Ask the snapshot to keep ``count`` spares, confined as ``ctx.sandbox``
+    says (its record; the caller fills)."""
     from ignitevm.operations.snapshots import folder
     from ignitevm.util.fs import flock
 
     check_count(count)
     with flock(folder(ctx, snap) / ".lock"):
         snap = ctx.store.get(Snapshot, snap.metadata.uid)
-        if snap.spec.spares != count:
-            snap.spec.spares = count
+        if (snap.spec.spares, snap.spec.spares_sandbox) != (count, ctx.sandbox):
+            snap.spec.spares, snap.spec.spares_sandbox = count, ctx.sandbox
             ctx.store.save(snap)
+    (folder(ctx, snap) / FAILED).unlink(missing_ok=True)
     return snap
-
-
-# --- the fill in the background -------------------------------------------
 
 
 def fill_later(ctx: Context, snap: Snapshot, *, delay: float = DELAY) -> None:
     """Start a process that fills the snapshot's pool after ``delay`` seconds
-    (nothing if the pool is full). Its messages go to FILL_LOG."""
-    if len(ready(ctx, snap)) >= snap.spec.spares:
+    (nothing if the pool is full, or a fill failed within RETRY_AFTER). Its
+    messages go to FILL_LOG."""
+    from ignitevm.operations.snapshots import folder
+
+    if snap.spec.spares <= 0 or len(ready(ctx, snap)) >= snap.spec.spares:
         return
+    d = folder(ctx, snap)
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - (d / FAILED).stat().st_mtime < RETRY_AFTER:
+            return
     import subprocess
     import sys
 
-    from ignitevm.operations.snapshots import folder
-
-    logfile = folder(ctx, snap) / FILL_LOG
-    try:
+    logfile = d / FILL_LOG
+    with contextlib.suppress(FileNotFoundError):
         if logfile.stat().st_size > LOG_MAX:
             logfile.unlink()
-    except FileNotFoundError:
-        pass
     try:
         out = os.open(logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
                       | os.O_NOFOLLOW, 0o600)
+    except FileNotFoundError:
+        return  # (the snapshot was removed meanwhile)
     except OSError as exc:
-        log.warning("cannot start filling snapshot %r's spares: %s", snap.metadata.name,
+        log.warning("cannot start making snapshot %r's spares: %s", snap.metadata.name,
                     exc.strerror)
         return
-    try:
-        subprocess.Popen(
-            [sys.executable, "-m", "ignitevm.operations.spares", str(ctx.root),
-             snap.metadata.uid, ctx.sandbox, str(delay)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    try:  # (-P and / as its folder: no module is looked for where the user stands)
+        subprocess.Popen([sys.executable, "-P", "-m", "ignitevm.operations.spares",
+                          str(ctx.root), snap.metadata.uid, str(delay)],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
+                         start_new_session=True)
     except OSError as exc:
-        log.warning("cannot start filling snapshot %r's spares: %s", snap.metadata.name,
+        log.warning("cannot start making snapshot %r's spares: %s", snap.metadata.name,
                     exc.strerror)
     finally:
         os.close(out)
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m ignitevm.operations.spares ROOT SNAPSHOT_UID SANDBOX DELAY``."""
+    """``python -m ignitevm.operations.spares ROOT SNAPSHOT_UID DELAY``: a
+    fill in the background (fill_later)."""
     from ignitevm import log as logmod
     from ignitevm.operations.context import Context
 
     logmod.setup(os.environ.get("IGNITE_LOG_LEVEL") or "info")
-    root, snap_uid, sandbox, delay = argv
-    ctx = Context(Path(root), sandbox=sandbox)
+    root, snap_uid, delay = argv
+    ctx = Context(Path(root))
+    snap = _snapshot(ctx, snap_uid)
+    if snap is None:
+        return 0
+    ctx.sandbox = snap.spec.spares_sandbox or "jail"
+    ctx.accel = snap.spec.accel
+    failed = ctx.store.kind_dir(Snapshot) / snap_uid / FAILED
     try:
-        ctx.accel = ctx.store.get(Snapshot, snap_uid).spec.accel
         n = fill(ctx, snap_uid, delay=float(delay))
     except IgniteError as exc:
-        log.error("%s: filling the spares of snapshot %s: %s", time.strftime("%F %T"),
+        log.error("%s: making the spares of snapshot %s: %s", time.strftime("%F %T"),
                   snap_uid, exc.brief)
+        with contextlib.suppress(OSError):
+            failed.touch()
         return 1
-    log.debug("%d spares of snapshot %s ready", n, snap_uid)
+    failed.unlink(missing_ok=True)
+    log.debug("%s of snapshot %s ready", count_text(n), snap_uid)
     return 0
 
 

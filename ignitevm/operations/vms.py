@@ -380,10 +380,12 @@ def _resumed_for_stop(ctx: Context, vm: VM) -> bool:
     return False
 
 
-def remove(ctx: Context, vm: VM, *, force: bool = False, say: bool = True) -> None:
+def remove(ctx: Context, vm: VM, *, force: bool = False, say: bool = True,
+           locked: bool = False) -> None:
     """Remove a VM (``force``: a running one too, killed first); ``say``:
-    log it (not for a spare, which nobody named)."""
-    with vm_lock(ctx, vm):
+    log it (not for a spare, which nobody named); ``locked``: the caller
+    holds the VM's lock."""
+    with contextlib.nullcontext() if locked else vm_lock(ctx, vm):
         d = workdir(ctx, vm)
         if ctx.vmm.pid(d) is not None:
             if not force:

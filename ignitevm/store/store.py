@@ -260,15 +260,7 @@ class Store:
                 yield stage
                 with self.locked():
                     if unique_name:
-                        try:
-                            self.check_name(obj)
-                        except Conflict:
-                            if not rename:
-                                raise
-                            from ignitevm.util.ids import random_name
-
-                            taken = {o.metadata.name for o in self.list(typ)}
-                            obj.metadata.name = random_name(taken)
+                        self.take_name(obj, rename=rename)
                     atomic_write(stage / record, codec.to_json(obj) + "\n")
                     os.rename(stage, self.kind_dir(typ) / obj.metadata.uid)
             except BaseException:
@@ -277,6 +269,21 @@ class Store:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lock)
+
+    def take_name(self, obj: VM | Image | Kernel | Snapshot, *, rename: bool) -> None:
+        """Under the store's lock: check the object's name is free, or with
+        ``rename`` give it a fresh generated one when it is empty or taken."""
+        try:
+            if not obj.metadata.name and rename:
+                raise Conflict("no name")
+            self.check_name(obj)
+        except Conflict:
+            if not rename:
+                raise
+            from ignitevm.util.ids import random_name
+
+            taken = {o.metadata.name for o in self.list(type(obj))}
+            obj.metadata.name = random_name(taken)
 
     def check_name(self, obj: VM | Image | Kernel | Snapshot) -> None:
         name = obj.metadata.name

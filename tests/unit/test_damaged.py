@@ -9,16 +9,13 @@ run/qemu.pid, which is all the liveness check looks at.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,27 +24,10 @@ from ignitevm.api.types import VM, ObjectMeta
 from ignitevm.operations.context import Context
 from tests.conftest import REPO, Ignite, cli_env
 from tests.helpers.daemon import GIVE_UP, read_until
+from tests.helpers.fakeqemu import fake_qemu
 
 DAMAGED = "00000000000000da"
 GOOD = "0000000000000001"
-
-
-@contextlib.contextmanager
-def fake_qemu(folder: Path) -> Iterator[subprocess.Popen[bytes]]:
-    # A real QEMU with no machine (no guest, no cost): the store only trusts a
-    # pid whose executable is QEMU's and whose command line names the folder.
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        pytest.skip("qemu-system-x86_64 is not installed (run scripts/setup.sh)")
-    proc = subprocess.Popen([qemu, "-M", "none", "-display", "none", "-nodefaults", "-S",
-                             "-name", str(folder)], stdin=subprocess.DEVNULL)
-    try:
-        (folder / "run").mkdir(exist_ok=True)
-        (folder / "run" / "qemu.pid").write_text(f"{proc.pid}\n")
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _damage(root: Path, uid: str = DAMAGED, how: str = "json") -> Path:

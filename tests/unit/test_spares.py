@@ -18,6 +18,7 @@ from ignitevm.operations.snapshots import ANNOTATION
 from ignitevm.store.layout import SPARE
 from ignitevm.util.fs import flock
 from tests.conftest import Ignite
+from tests.helpers.fakeqemu import fake_qemu
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def ctx(tmp_path: Path) -> Context:
 def _snapshot(ctx: Context, spare_count: int = 2) -> Snapshot:
     snap = Snapshot(metadata=ObjectMeta(name="snap", uid="5a5a5a5a5a5a5a5a",
                                         created="2000-01-01T00:00:00Z"))
-    snap.spec.spares = spare_count
+    snap.spec.spares, snap.spec.spares_sandbox = spare_count, "none"
     snap.spec.network_plugin = "user"
     with ctx.store.creating(snap):
         pass
@@ -36,7 +37,7 @@ def _snapshot(ctx: Context, spare_count: int = 2) -> Snapshot:
 
 
 def _spare(ctx: Context, snap: Snapshot, uid: str, *, pooled: bool,
-           mode: str = "none user\n") -> Path:
+           mode: str = "none") -> Path:
     vm = VM(metadata=ObjectMeta(uid=uid, created="2000-01-01T00:00:00Z",
                                 annotations={ANNOTATION: snap.metadata.uid}))
     with ctx.store.creating(vm, record=SPARE):
@@ -49,12 +50,14 @@ def _spare(ctx: Context, snap: Snapshot, uid: str, *, pooled: bool,
 
 def test_a_spare_is_neither_listed_nor_damaged(ctx: Context, tmp_path: Path) -> None:
     snap = _snapshot(ctx)
-    _spare(ctx, snap, "00000000000000a1", pooled=True)
+    folder = _spare(ctx, snap, "00000000000000a1", pooled=True)
+    _spare(ctx, snap, "00000000000000a2", pooled=True)  # (dead: not counted)
     assert ctx.store.list(VM) == [] and ctx.store.damaged(VM) == []
-    assert spares.ready(ctx, snap) == ["00000000000000a1"]
-    ig = Ignite(ctx.root)
-    assert ig("ps", "-a", "-q").stdout == ""
-    assert ig("snapshot", "ls").stdout.split()[-1] == "1/2"
+    with fake_qemu(folder):
+        assert spares.ready(ctx, snap) == ["00000000000000a1"]
+        ig = Ignite(ctx.root)
+        assert ig("ps", "-a", "-q").stdout == ""
+        assert ig("snapshot", "ls").stdout.split()[-1] == "1/2"
 
 
 def test_dead_spares_orphans_and_surplus_are_removed_busy_ones_kept(ctx: Context) -> None:
@@ -64,23 +67,34 @@ def test_dead_spares_orphans_and_surplus_are_removed_busy_ones_kept(ctx: Context
     busy = _spare(ctx, snap, "00000000000000a3", pooled=False)    # (being made or taken)
     other = Snapshot(metadata=ObjectMeta(name="other", uid="6b6b6b6b6b6b6b6b"))
     theirs = _spare(ctx, other, "00000000000000b1", pooled=False)  # (another snapshot's)
-    (spares.pool(ctx, snap) / "00000000000000ff").write_text("none user\n")  # (no folder)
-    with flock(busy / ".lock"):
-        spares.prune(ctx, snap, keep=snap.spec.spares)
-    assert not dead.exists() and not orphan.exists()
-    assert busy.exists() and theirs.exists()
-    assert spares.ready(ctx, snap) == []
+    (spares.pool(ctx, snap) / "00000000000000ff").write_text("none")  # (no folder)
+    live = _spare(ctx, snap, "00000000000000a4", pooled=True)
+    with fake_qemu(live) as qemu:
+        with flock(busy / ".lock"):
+            spares.prune(ctx, snap, keep=1)
+        assert not dead.exists() and not orphan.exists()
+        assert busy.exists() and theirs.exists() and live.exists()
+        assert spares.ready(ctx, snap) == ["00000000000000a4"]
+        spares.prune(ctx, snap, keep=0)  # (past the count: removed, its QEMU ended)
+        assert not live.exists() and spares.ready(ctx, snap) == []
+        qemu.wait(timeout=30)
     spares.remove_all(ctx, snap)
     assert not busy.exists() and theirs.exists()
+    assert not list(spares.pool(ctx, snap).iterdir())
 
 
 def test_a_run_passes_over_dead_spares_and_others_sandbox_modes(ctx: Context) -> None:
+    """Dead ones stay for a fill to remove (a run does not wait for that);
+    a fill removes those made with another sandbox mode than the snapshot's."""
     snap = _snapshot(ctx)
-    jailed = _spare(ctx, snap, "00000000000000a1", pooled=True, mode="jail user\n")
+    jailed = _spare(ctx, snap, "00000000000000a1", pooled=True, mode="jail")
     dead = _spare(ctx, snap, "00000000000000a2", pooled=True)
-    assert spares.claim(ctx, snap, name="x", labels=None, plugin="") is None
-    assert not dead.exists() and jailed.exists()
-    assert spares.ready(ctx, snap) == ["00000000000000a1"]
+    assert spares.claim(ctx, snap, name="x", labels=None) is None
+    assert dead.exists() and jailed.exists() and spares.ready(ctx, snap) == []
+    ctx.sandbox = "jail"  # (a run confined otherwise than the pool's spares takes none)
+    assert spares.claim(ctx, snap, name="x", labels=None) is None
+    spares.prune(ctx, snap, keep=2)
+    assert not dead.exists() and not jailed.exists()
 
 
 def test_bad_counts_are_refused(ctx: Context) -> None:
@@ -90,5 +104,7 @@ def test_bad_counts_are_refused(ctx: Context) -> None:
         with pytest.raises(InvalidInput, match="invalid number of spares"):
             spares.check_count(bad)
     snap = _snapshot(ctx, 0)
+    ctx.sandbox = "jail"
     assert spares.set_count(ctx, snap, 3).spec.spares == 3
-    assert ctx.store.get(Snapshot, snap.metadata.uid).spec.spares == 3
+    got = ctx.store.get(Snapshot, snap.metadata.uid).spec
+    assert (got.spares, got.spares_sandbox) == (3, "jail")
