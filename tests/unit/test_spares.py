@@ -108,3 +108,23 @@ def test_bad_counts_are_refused(ctx: Context) -> None:
     assert spares.set_count(ctx, snap, 3).spec.spares == 3
     got = ctx.store.get(Snapshot, snap.metadata.uid).spec
     assert (got.spares, got.spares_sandbox) == (3, "jail")
+
+
+def test_a_warm_up_that_never_ends_is_cut_off(ctx: Context, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest whose ``true`` never exits and whose agent answers every PING
+    (a hostile image, or a replaced agent) holds a new spare WARM_TIMEOUT
+    seconds in all, not for good: the spare is made all the same."""
+    import time
+
+    from ignitevm.operations import vms
+    from tests.helpers.fakeguest import FakeGuest, Stall
+
+    monkeypatch.setattr(spares, "WARM_TIMEOUT", 1.0)
+    vm = VM(metadata=ObjectMeta(uid="00000000000000a1"))
+    with FakeGuest(tmp_path / "agent.sock", lambda *_: [Stall()]) as guest:
+        monkeypatch.setattr(vms, "AgentPorts", lambda *_: guest)
+        start = time.monotonic()
+        spares._warm(ctx, vm, tmp_path)
+        took = time.monotonic() - start
+    assert 1.0 <= took < 10, took
