@@ -164,8 +164,9 @@ def main(root: Path) -> None:
     print("CPU until exec answered (medians; CLIs: run + exec with the processes they "
           "waited for): " + "; ".join(cpu_line(n, c) for n, c in (
               ("unconfined clone", cpu_none), ("jailed clone", cpu_jail), ("cold", cpu_cold),
-              ("spare taken, unconfined", [c for _, c in spare_none]),
-              ("spare taken, jailed", [c for _, c in spare_jail]))))
+              ("spare taken, unconfined (QEMU: with its making ahead)",
+               [c for _, c in spare_none]),
+              ("spare taken, jailed (the same)", [c for _, c in spare_jail]))))
     print(f"snapshot create (256 MiB guest): median {median(creates):.3f}s with the RAM "
           f"template, {median(plain):.3f}s without; goal <= 1 s")
 
