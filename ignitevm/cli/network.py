@@ -17,7 +17,6 @@ def _users(ctx: Context) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for vm in [*ctx.store.list(VM), *spares_of(ctx, None)]:
-        vm.metadata.name = vm.metadata.name or f"{vm.metadata.uid} (a snapshot's spare)"
         names = {a.network or "default" for a in vm.spec.network.networks}
         if vm.status.network.plugin == "cni" and not names:
             names = {"default"}
@@ -82,6 +81,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from ignitevm.providers.network.cni import networks
 
     ctx = context(args)
+    from ignitevm.operations.spares import prune_all
+
+    prune_all(ctx)  # (a dead spare's lease is no use)
     users = _users(ctx)
     for name in args.networks:  # all checked first: one refusal changes nothing
         networks.remove_check(ctx.root, name, users.get(name, []))
@@ -98,6 +100,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ignitevm.providers.network.cni import conflist, networks
 
     ctx = context(args)
+    from ignitevm.operations.spares import prune_all
+
+    prune_all(ctx)  # (a dead spare's lease is no use)
     users = _users(ctx)
     for net in networks.listing(ctx.root):
         if net.own and net.name != conflist.DEFAULT and not users.get(net.name):

@@ -40,12 +40,21 @@ def cmd_spares(args: argparse.Namespace) -> int:
     ctx = starting_context(args)  # (the spares' QEMU is confined as VMs are)
     spares.check_count(args.count)
     snap = ctx.store.resolve(Snapshot, args.snapshot)
+    before = (snap.spec.spares, snap.spec.spares_sandbox)
     with snapshots.held(ctx, snap):
         snap = spares.set_count(ctx, snap, args.count)
     if args.count:
         log.info("Starting %s of snapshot %r", spares.count_text(args.count),
                  snap.metadata.name)
-    n = spares.fill(ctx, snap.metadata.uid, wait=True)
+    try:
+        n = spares.fill(ctx, snap.metadata.uid, wait=True)
+    except BaseException:  # (the count asked before stays, and what it keeps)
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            snap = spares.set_count(ctx, snap, *before)
+            spares.fill(ctx, snap.metadata.uid, wait=True)
+        raise
     log.info("Snapshot %r keeps %s ready", snap.metadata.name, spares.count_text(n))
     return 0
 

@@ -338,12 +338,13 @@ def clone(ctx: Context, query: str, **kw: Any) -> VM:
     that fits is taken (operations/spares.py); after that, or when none was
     ready, the snapshot's pool is filled again in the background."""
     snap = ctx.store.resolve(Snapshot, query)
-    with snapshots.held(ctx, snap):
-        vm = _clone(ctx, snap, **kw)
-    from ignitevm.operations import spares
+    try:
+        with snapshots.held(ctx, snap):
+            return _clone(ctx, snap, **kw)
+    finally:
+        from ignitevm.operations import spares
 
-    spares.fill_later(ctx, snap)
-    return vm
+        spares.fill_later(ctx, snap)
 
 
 def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
@@ -422,7 +423,9 @@ def _clone(ctx: Context, snap: Snapshot, *, name: str = "",
     try:  # (the memfd closed, and its filling thread ended, whatever happens)
         with ctx.store.using(image), ctx.store.using(kernel):
             vm.metadata.uid = new_uid()
-            generated = not vm.metadata.name and not spare
+            if spare:  # (its name until it is taken: in messages, never looked up)
+                vm.metadata.name = f"spare-{vm.metadata.uid}"
+            generated = not vm.metadata.name
             if generated:
                 vm.metadata.name = random_name({v.metadata.name for v in ctx.store.list(VM)})
             vm.status.image, vm.status.kernel = snap.spec.image, snap.spec.kernel

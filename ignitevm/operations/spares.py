@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,9 +70,11 @@ class _Gone(Exception):
 
 
 def pool(ctx: Context, snap: Snapshot) -> Path:
-    from ignitevm.operations.snapshots import folder
+    return _pool_of(ctx, snap.metadata.uid)
 
-    return folder(ctx, snap) / POOL
+
+def _pool_of(ctx: Context, snap_uid: str) -> Path:
+    return ctx.store.kind_dir(Snapshot) / snap_uid / POOL
 
 
 def _vmdir(ctx: Context, uid: str) -> Path:
@@ -135,17 +138,14 @@ def _take(ctx: Context, snap: Snapshot, uid: str, name: str,
             spare = ctx.store.get(VM, uid, record=SPARE)
         except (FileNotFoundError, NotFound):
             return None
-        named = False
         try:
-            vm = _wake(ctx, spare, d, name, labels)
-            named = True
-            return vm
-        except _Gone as exc:
+            return _wake(ctx, spare, d, name, labels)
+        except _Gone as exc:  # (not woken: an orphan now, which the fill removes)
             log.debug("spare %s passed over: %s", uid, exc)
             return None
-        finally:
-            if not named:
-                _remove_locked(ctx, spare)
+        except BaseException:
+            _remove_locked(ctx, spare)
+            raise
     finally:
         os.close(fd)
 
@@ -156,11 +156,10 @@ def _wake(ctx: Context, vm: VM, d: Path, name: str, labels: dict[str, str] | Non
 
     try:
         state = ctx.vmm.resume(d)
-    except (IgniteError, OSError) as exc:
+    except Exception as exc:  # (QMP unreachable or refusing: QEMU is not well)
         raise _Gone(f"QMP: {exc}") from None
     if state not in ("paused", "running"):
         raise _Gone(f"QEMU reports it {state!r}")
-    vm.metadata.name = name or vm.metadata.uid  # (for the agent's messages)
     clones.renew_identity(ctx, vm, d, None, clock_only=True)
     vm.metadata.name = name
     vm.metadata.labels = labels or None
@@ -183,7 +182,11 @@ def make(ctx: Context, snap: Snapshot) -> str:
     with snapshots.held(ctx, snap):  # (its removal waits for the clone, then its lock)
         vm = clones._clone(ctx, snap, spare=True)
         d = _vmdir(ctx, vm.metadata.uid)
-        fd = lock(d / ".lock")
+        try:
+            fd = lock(d / ".lock")
+        except (FileNotFoundError, NotADirectoryError):  # (image rm -f took it meanwhile)
+            raise IgniteError(f"a new spare of snapshot {snap.metadata.name!r} was removed "
+                              "while it was made") from None
     try:
         _settle(ctx, snap, vm, d)
     finally:
@@ -195,21 +198,25 @@ def make(ctx: Context, snap: Snapshot) -> str:
 def _settle(ctx: Context, snap: Snapshot, vm: VM, d: Path) -> None:
     """Let a new spare run SETTLE seconds, warm it, pause it, put it in the
     pool (its lock held); removed if any of that fails."""
-    from ignitevm.util.fs import atomic_write
+    from ignitevm.util.fs import atomic_write, no_space_errors
 
     try:
         time.sleep(SETTLE)
         _warm(ctx, vm, d)
-        state = ctx.vmm.pause(d)
+        try:
+            state = ctx.vmm.pause(d)
+        except Exception as exc:  # (QEMU gone: the guest powered off, or was killed)
+            state = f"unreachable: {exc}"
         if state not in ("running", "paused"):
             raise IgniteError(f"a new spare of snapshot {snap.metadata.name!r} stopped: QEMU "
                               f"reports it {state!r}", hint=f"see {d / 'console.log'}")
         vm = ctx.store.get(VM, vm.metadata.uid, record=SPARE)  # (as its start left it)
         vm.status.paused = True
-        ctx.store.save(vm, record=SPARE)
-        with contextlib.suppress(FileExistsError):
-            pool(ctx, snap).mkdir(0o700)
-        atomic_write(pool(ctx, snap) / vm.metadata.uid, ctx.sandbox)
+        with no_space_errors(ctx.root):
+            ctx.store.save(vm, record=SPARE)
+            with contextlib.suppress(FileExistsError):
+                pool(ctx, snap).mkdir(0o700)
+            atomic_write(pool(ctx, snap) / vm.metadata.uid, ctx.sandbox)
     except BaseException:
         _remove_locked(ctx, vm)
         raise
@@ -220,31 +227,24 @@ def _warm(ctx: Context, vm: VM, d: Path) -> None:
     looked at), within WARM_TIMEOUT in all: what every command runs first
     (the dynamic loader, the C library's start, a multi-call binary's own)
     is then translated in this spare's QEMU under TCG, as a booted VM's init
-    has it (~30-100 ms of a clone's first command otherwise)."""
-    import socket
-    import threading
-
+    has it (~30-100 ms of a clone's first command otherwise). Its output is
+    not read (no window is granted) and no signal is forwarded."""
+    from ignitevm.agent import protocol as p
     from ignitevm.agent.client import Channel
-    from ignitevm.agent.session import ExecRequest, run_exec
     from ignitevm.operations.vms import AgentPorts
 
-    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    deadline = time.monotonic() + WARM_TIMEOUT
     try:
         with Channel.connect(AgentPorts(ctx, d), WARM_TIMEOUT, f"spare {vm.metadata.uid}") as ch:
-            def cut() -> None:  # (the guest's answer is over: its agent sees the end)
-                with contextlib.suppress(OSError):
-                    ch.sock.shutdown(socket.SHUT_RDWR)
-
-            timer = threading.Timer(WARM_TIMEOUT, cut)
-            timer.start()
-            try:
-                run_exec(ch, ExecRequest(["true"]), None, null, null, WARM_TIMEOUT)
-            finally:
-                timer.cancel()
+            sid = ch.new_session()
+            ch.send(p.Frame(p.EXEC, sid, p.request(["true"], [], "", "", None, False)))
+            while (frame := ch.recv(deadline)) is not None:
+                if frame.session == sid and frame.type in (p.EXIT, p.ERROR):
+                    return
+            log.debug("spare %s: the warm-up did not end within %.0f s", vm.metadata.uid,
+                      WARM_TIMEOUT)
     except IgniteError as exc:  # (a spare that cannot run it is a spare all the same)
         log.debug("spare %s: warming up: %s", vm.metadata.uid, exc.brief)
-    finally:
-        os.close(null)
 
 
 # --- finding and removing spares ------------------------------------------
@@ -264,11 +264,15 @@ def spares_of(ctx: Context, snap: Snapshot | None) -> list[VM]:
     for uid in names:
         if not os.path.exists(base / uid / SPARE) or os.path.exists(base / uid / METADATA):
             continue
-        with contextlib.suppress(IgniteError):
+        try:
             vm = ctx.store.get(VM, uid, record=SPARE)
-            if snap is None or (vm.metadata.annotations or {}).get(ANNOTATION) == \
-                    snap.metadata.uid:
-                out.append(vm)
+        except NotFound:  # (a record that cannot be read: nobody's, removed by any prune)
+            from ignitevm.api.types import ObjectMeta
+
+            out.append(VM(metadata=ObjectMeta(uid=uid)))
+            continue
+        if snap is None or (vm.metadata.annotations or {}).get(ANNOTATION) == snap.metadata.uid:
+            out.append(vm)
     return out
 
 
@@ -285,68 +289,81 @@ def _remove_locked(ctx: Context, vm: VM) -> None:
 def _entry_of(ctx: Context, vm: VM) -> Path:
     from ignitevm.operations.snapshots import ANNOTATION
 
-    snap_uid = (vm.metadata.annotations or {}).get(ANNOTATION, "")
-    return ctx.store.kind_dir(Snapshot) / snap_uid / POOL / vm.metadata.uid
+    return _pool_of(ctx, (vm.metadata.annotations or {}).get(ANNOTATION, "")) / vm.metadata.uid
 
 
-def _still_spare(d: Path) -> bool:
-    """Under the spare's lock: whether it is one still (not taken, not gone).
-    A taker killed after naming it may have left SPARE beside the record."""
-    if (d / METADATA).exists():
-        (d / SPARE).unlink(missing_ok=True)
-        return False
-    return (d / SPARE).exists()
+@contextlib.contextmanager
+def _holding(ctx: Context, vm: VM, deadline: float | None) -> Iterator[bool]:
+    """Hold the spare's lock (None: only if free) and say whether it is one
+    still (not taken, not gone); a taker killed after naming it may have
+    left SPARE beside the VM's record, which goes now."""
+    d = _vmdir(ctx, vm.metadata.uid)
+    try:
+        fd = lock(d / ".lock", blocking=deadline is not None, deadline=deadline)
+    except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+        if deadline is not None and d.is_dir():
+            raise IgniteError(f"spare {vm.metadata.uid} is still being made after "
+                              f"{LOCK_WAIT:.0f} s", hint="try again later") from None
+        yield False
+        return
+    try:
+        if (d / METADATA).exists():
+            (d / SPARE).unlink(missing_ok=True)
+            yield False
+        else:
+            yield (d / SPARE).exists()
+    finally:
+        os.close(fd)
 
 
 def prune(ctx: Context, snap: Snapshot, *, keep: int) -> None:
     """Remove the snapshot's dead spares, orphans (no pool entry, lock free),
-    those made with another sandbox mode than it asks for, and the ready ones
-    past ``keep``; spares being made or taken (their lock held) stay."""
+    those made with another sandbox mode than it asks for, those whose
+    record cannot be read, and the ready ones past ``keep``; spares being
+    made or taken (their lock held) stay."""
     kept = 0
     for vm in spares_of(ctx, snap):
-        d = _vmdir(ctx, vm.metadata.uid)
-        try:
-            fd = lock(d / ".lock", blocking=False)
-        except (BlockingIOError, FileNotFoundError, NotADirectoryError):
-            continue
-        try:
-            if not _still_spare(d):
+        with _holding(ctx, vm, None) as spare:
+            if not spare:
                 continue
             try:
                 mode = _entry_of(ctx, vm).read_text()
             except FileNotFoundError:
                 mode = ""
-            if mode == snap.spec.spares_sandbox and ctx.vmm.pid(d) is not None and kept < keep:
+            if mode and mode == snap.spec.spares_sandbox and kept < keep and \
+                    ctx.vmm.pid(_vmdir(ctx, vm.metadata.uid)) is not None:
                 kept += 1
                 continue
             log.debug("removing spare %s of snapshot %r", vm.metadata.uid, snap.metadata.name)
             _remove_locked(ctx, vm)
-        finally:
-            os.close(fd)
     base = pool(ctx, snap)
-    for name in _entries(ctx, snap):  # (entries whose spare is gone)
-        if not (_vmdir(ctx, name) / SPARE).exists():
-            (base / name).unlink(missing_ok=True)
+    try:
+        names = os.listdir(base)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:  # (entries whose spare is gone, files of killed writes)
+        path = base / name
+        with contextlib.suppress(FileNotFoundError):
+            if name.startswith(".") and time.time() - path.stat().st_mtime < 60:
+                continue
+            if name.startswith(".") or not (_vmdir(ctx, name) / SPARE).exists():
+                path.unlink()
+
+
+def prune_all(ctx: Context) -> None:
+    """prune every snapshot's spares (dead ones hold leases a network's
+    removal would otherwise see)."""
+    for snap in ctx.store.list(Snapshot):
+        prune(ctx, snap, keep=snap.spec.spares)
 
 
 def remove_all(ctx: Context, snap: Snapshot) -> None:
     """Remove every spare of ``snap`` (for its removal, which holds it
     exclusively: none is being taken; one being made is waited for)."""
     for vm in spares_of(ctx, snap):
-        d = _vmdir(ctx, vm.metadata.uid)
-        try:
-            fd = lock(d / ".lock", deadline=time.monotonic() + LOCK_WAIT)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except BlockingIOError:
-            raise IgniteError(f"spare {vm.metadata.uid} of snapshot {snap.metadata.name!r} is "
-                              f"still being made after {LOCK_WAIT:.0f} s",
-                              hint="try again later") from None
-        try:
-            if _still_spare(d):
+        with _holding(ctx, vm, time.monotonic() + LOCK_WAIT) as spare:
+            if spare:
                 _remove_locked(ctx, vm)
-        finally:
-            os.close(fd)
 
 
 # --- filling the pool -----------------------------------------------------
@@ -407,17 +424,18 @@ def check_count(count: int) -> None:
                            hint="each spare is a paused VM holding its memory")
 
 
-def set_count(ctx: Context, snap: Snapshot, count: int) -> Snapshot:
-    """Ask the snapshot to keep ``count`` spares, confined as ``ctx.sandbox``
-    says (its record; the caller fills)."""
+def set_count(ctx: Context, snap: Snapshot, count: int, mode: str = "") -> Snapshot:
+    """Ask the snapshot to keep ``count`` spares, confined as ``mode`` (else
+    ``ctx.sandbox``) says (its record; the caller fills)."""
     from ignitevm.operations.snapshots import folder
     from ignitevm.util.fs import flock
 
     check_count(count)
     with flock(folder(ctx, snap) / ".lock"):
         snap = ctx.store.get(Snapshot, snap.metadata.uid)
-        if (snap.spec.spares, snap.spec.spares_sandbox) != (count, ctx.sandbox):
-            snap.spec.spares, snap.spec.spares_sandbox = count, ctx.sandbox
+        mode = mode or ctx.sandbox
+        if (snap.spec.spares, snap.spec.spares_sandbox) != (count, mode):
+            snap.spec.spares, snap.spec.spares_sandbox = count, mode
             ctx.store.save(snap)
     (folder(ctx, snap) / FAILED).unlink(missing_ok=True)
     return snap
@@ -453,7 +471,7 @@ def fill_later(ctx: Context, snap: Snapshot, *, delay: float = DELAY) -> None:
         return
     try:  # (-P and / as its folder: no module is looked for where the user stands)
         subprocess.Popen([sys.executable, "-P", "-m", "ignitevm.operations.spares",
-                          str(ctx.root), snap.metadata.uid, str(delay)],
+                          os.path.abspath(ctx.root), snap.metadata.uid, str(delay)],
                          stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
                          start_new_session=True)
     except OSError as exc:
@@ -469,7 +487,7 @@ def _main(argv: list[str]) -> int:
     from ignitevm import log as logmod
     from ignitevm.operations.context import Context
 
-    logmod.setup(os.environ.get("IGNITE_LOG_LEVEL") or "info")
+    logmod.setup("info")
     root, snap_uid, delay = argv
     ctx = Context(Path(root))
     snap = _snapshot(ctx, snap_uid)
@@ -480,9 +498,10 @@ def _main(argv: list[str]) -> int:
     failed = ctx.store.kind_dir(Snapshot) / snap_uid / FAILED
     try:
         n = fill(ctx, snap_uid, delay=float(delay))
-    except IgniteError as exc:
+    except Exception as exc:  # (one line, and no other fill for a while)
         log.error("%s: making the spares of snapshot %s: %s", time.strftime("%F %T"),
-                  snap_uid, exc.brief)
+                  snap_uid, exc.brief if isinstance(exc, IgniteError) else repr(exc))
+        log.debug("", exc_info=True)
         with contextlib.suppress(OSError):
             failed.touch()
         return 1

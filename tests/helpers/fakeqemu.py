@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,13 @@ def fake_qemu(folder: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         (folder / "run").mkdir(exist_ok=True)
         (folder / "run" / "qemu.pid").write_text(f"{proc.pid}\n")
+        from ignitevm.providers.vmm.qemu.running import is_our_qemu
+
+        deadline = time.monotonic() + 30  # (until /proc shows QEMU as the store checks it)
+        while not is_our_qemu(proc.pid, folder):
+            assert proc.poll() is None, f"the stand-in QEMU exited ({proc.returncode})"
+            assert time.monotonic() < deadline, "the stand-in QEMU is not seen as one"
+            time.sleep(0.01)
         yield proc
     finally:
         proc.kill()
