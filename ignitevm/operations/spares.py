@@ -256,12 +256,8 @@ def spares_of(ctx: Context, snap: Snapshot | None) -> list[VM]:
     from ignitevm.operations.snapshots import ANNOTATION
 
     base = ctx.store.kind_dir(VM)
-    try:
-        names = sorted(os.listdir(base))
-    except FileNotFoundError:
-        return []
     out = []
-    for uid in names:
+    for uid in ctx.store.uids(VM):
         if not os.path.exists(base / uid / SPARE) or os.path.exists(base / uid / METADATA):
             continue
         try:

@@ -148,14 +148,17 @@ class Store:
                     os.unlink(lock)
 
     # --- reading ----------------------------------------------------------
-    def list(self, typ: type[T]) -> list[T]:
-        base = self.kind_dir(typ)
+    def uids(self, typ: type[T]) -> list[str]:
+        """The names of the object folders of ``typ``, sorted."""
         try:
-            names = sorted(os.listdir(base))
+            return sorted(os.listdir(self.kind_dir(typ)))
         except FileNotFoundError:
             return []
+
+    def list(self, typ: type[T]) -> list[T]:
+        base = self.kind_dir(typ)
         out = []
-        for uid in names:
+        for uid in self.uids(typ):
             obj = self._read(typ, base / uid / METADATA)
             if obj is not None:
                 out.append(obj)
@@ -180,12 +183,8 @@ class Store:
         :meth:`list` leaves them out so that one damaged object breaks no
         listing; ``ps``, ``rm`` and ``ignited`` ask here so that none is lost."""
         base = self.kind_dir(typ)
-        try:
-            names = sorted(os.listdir(base))
-        except FileNotFoundError:
-            return []
         out = []
-        for uid in names:
+        for uid in self.uids(typ):
             if uid in known:
                 continue
             folder = base / uid
