@@ -20,13 +20,13 @@ def cmd_create(args: argparse.Namespace) -> int:
     ctx.sandbox = sandbox_mode(args)  # (the template QEMU is confined as VMs are)
     vm = ctx.store.resolve(VM, args.vm)
     if args.spares:
-        from ignitevm.operations import spares
+        from ignitevm.operations import sparefill
 
-        spares.check_count(args.spares)
+        sparefill.check_count(args.spares)
     snap = snapshots.create(ctx, vm, args.name, stop=args.stop, shared=not args.no_shared_memory)
     if args.spares:
-        snap = spares.set_count(ctx, snap, args.spares)
-        spares.fill_later(ctx, snap, delay=0.0)
+        snap = sparefill.set_count(ctx, snap, args.spares)
+        sparefill.fill_later(ctx, snap, delay=0.0)
     emit(snap.metadata.uid if args.quiet else snap.metadata.name)
     return 0
 
@@ -35,25 +35,25 @@ def cmd_spares(args: argparse.Namespace) -> int:
     """Set how many spares a snapshot keeps, and make or remove them now."""
     from ignitevm.cli.common import starting_context
     from ignitevm.log import log
-    from ignitevm.operations import snapshots, spares
+    from ignitevm.operations import snapshots, sparefill, spares
 
     ctx = starting_context(args)  # (the spares' QEMU is confined as VMs are)
-    spares.check_count(args.count)
+    sparefill.check_count(args.count)
     snap = ctx.store.resolve(Snapshot, args.snapshot)
     before = (snap.spec.spares, snap.spec.spares_sandbox)
     with snapshots.held(ctx, snap):
-        snap = spares.set_count(ctx, snap, args.count)
+        snap = sparefill.set_count(ctx, snap, args.count)
     if args.count:
         log.info("Starting %s of snapshot %r", spares.count_text(args.count),
                  snap.metadata.name)
     try:
-        n = spares.fill(ctx, snap.metadata.uid, wait=True)
+        n = sparefill.fill(ctx, snap.metadata.uid, wait=True)
     except BaseException:  # (the count asked before stays, and what it keeps)
         import contextlib
 
         with contextlib.suppress(Exception):
-            snap = spares.set_count(ctx, snap, *before)
-            spares.fill(ctx, snap.metadata.uid, wait=True)
+            snap = sparefill.set_count(ctx, snap, *before)
+            sparefill.fill(ctx, snap.metadata.uid, wait=True)
         raise
     log.info("Snapshot %r keeps %s ready", snap.metadata.name, spares.count_text(n))
     return 0

@@ -342,9 +342,9 @@ def clone(ctx: Context, query: str, **kw: Any) -> VM:
         with snapshots.held(ctx, snap):
             return _clone(ctx, snap, **kw)
     finally:
-        from ignitevm.operations import spares
+        from ignitevm.operations import sparefill
 
-        spares.fill_later(ctx, snap)
+        sparefill.fill_later(ctx, snap)
 
 
 def _clone(ctx: Context, snap: Snapshot, *, name: str = "",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ignitevm.api.types import VM, ObjectMeta, Snapshot
-from ignitevm.operations import spares
+from ignitevm.operations import sparefill, spares
 from ignitevm.operations.context import Context
 from ignitevm.operations.snapshots import ANNOTATION
 from ignitevm.store.layout import SPARE
@@ -100,12 +100,12 @@ def test_a_run_passes_over_dead_spares_and_others_sandbox_modes(ctx: Context) ->
 def test_bad_counts_are_refused(ctx: Context) -> None:
     from ignitevm.errors import InvalidInput
 
-    for bad in (-1, spares.MAX + 1):
+    for bad in (-1, sparefill.MAX + 1):
         with pytest.raises(InvalidInput, match="invalid number of spares"):
-            spares.check_count(bad)
+            sparefill.check_count(bad)
     snap = _snapshot(ctx, 0)
     ctx.sandbox = "jail"
-    assert spares.set_count(ctx, snap, 3).spec.spares == 3
+    assert sparefill.set_count(ctx, snap, 3).spec.spares == 3
     got = ctx.store.get(Snapshot, snap.metadata.uid).spec
     assert (got.spares, got.spares_sandbox) == (3, "jail")
 
