@@ -391,19 +391,31 @@ def test_kvm_is_reachable_from_the_jail(cli: Ignite, testbox: str) -> None:
     """QEMU initialises its accelerator before QMP greets, so a started VM
     with --accel kvm means the jailed QEMU opened /dev/kvm (a node made for
     it, owned by the VM's uid). Only the start is checked: whether a guest
-    then runs well under this host's KVM is the accelerator probe's question."""
-    cli("run", testbox, "--name", "kvmjail", "--memory", "128MB", "--size", "256MB",
-        "--accel", "kvm")
-    try:
-        uid = _uid(cli, "kvmjail")
-        pid = _pid(cli, uid)
-        ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
-        kvm = Path(f"/proc/{pid}/root/dev/kvm")
-        assert kvm.stat().st_uid == ident and _status(pid)["Uid"].split()[0] == str(ident)
-        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        assert "/dev/kvm" in links or "anon_inode:kvm-vm" in links, links
-    finally:
-        cli("rm", "-f", "kvmjail")
+    then runs well under this host's KVM is the accelerator probe's question
+    (where a guest dies under it, QEMU may exit before it is looked at: then
+    the start is tried again, and after three such the test says so)."""
+    for _ in range(3):
+        cli("run", testbox, "--name", "kvmjail", "--memory", "128MB", "--size", "256MB",
+            "--accel", "kvm")
+        try:
+            uid = _uid(cli, "kvmjail")
+            pid = _pid(cli, uid)
+            ident = int((cli.root / "vm" / uid / ids.ID_FILE).read_text())
+            try:
+                owner = Path(f"/proc/{pid}/root/dev/kvm").stat().st_uid
+                runs_as = _status(pid)["Uid"].split()[0]
+                links = {os.readlink(f"/proc/{pid}/fd/{fd}")
+                         for fd in os.listdir(f"/proc/{pid}/fd")}
+            except FileNotFoundError:
+                assert not _alive(pid)  # (only QEMU's exit may take what is looked at)
+                continue
+            assert owner == ident and runs_as == str(ident)
+            assert "/dev/kvm" in links or "anon_inode:kvm-vm" in links, links
+            return
+        finally:
+            cli("rm", "-f", "kvmjail")
+    pytest.skip("three guests in a row died under this host's KVM before their QEMU "
+                "could be looked at")
 
 
 def _free_low_port() -> int:
