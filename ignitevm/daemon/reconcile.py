@@ -65,6 +65,20 @@ class Reconciler:
                     log.info("VM %r (%s) left %s: removing it", vm.metadata.name, uid,
                              self.source)
                     vms.remove(self.ctx, vm, force=True)
+        self._spares()
+
+    def _spares(self) -> None:
+        """Start filling the pools of snapshots short of spares (after the
+        host's restart their spares are dead: the fill removes them, freeing
+        their leases, and makes new ones). A fill that fails is not started
+        again for a minute (operations/sparefill.py)."""
+        from ignitevm.api.types import Snapshot
+        from ignitevm.operations import sparefill
+
+        with self._attempt("spares", ""):
+            for snap in self.ctx.store.list(Snapshot):
+                if snap.spec.spares:
+                    sparefill.fill_later(self.ctx, snap, delay=0.0)
 
     def _report_damaged(self, damaged: dict[str, Damaged]) -> None:
         """Say once (until the reason changes) which VM folders cannot be read;

@@ -117,6 +117,12 @@ def fill_later(ctx: Context, snap: Snapshot, *, delay: float = DELAY) -> None:
     if snap.spec.spares <= 0 or len(ready(ctx, snap)) >= snap.spec.spares:
         return
     d = folder(ctx, snap)
+    try:  # (one fills it now: it looks again before it ends)
+        os.close(lock(d / FILL_LOCK, blocking=False))
+    except BlockingIOError:
+        return
+    except OSError:
+        return  # (the snapshot was removed meanwhile)
     with contextlib.suppress(FileNotFoundError):
         if time.time() - (d / FAILED).stat().st_mtime < RETRY_AFTER:
             return

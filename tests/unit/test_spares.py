@@ -128,3 +128,29 @@ def test_a_warm_up_that_never_ends_is_cut_off(ctx: Context, tmp_path: Path,
         spares._warm(ctx, vm, tmp_path)
         took = time.monotonic() - start
     assert 1.0 <= took < 10, took
+
+
+def test_the_daemon_starts_fills_and_a_running_fill_is_not_doubled(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass of ignited starts a fill for a snapshot short of spares (as
+    after the host's restart, when every spare is dead); no second process
+    is started while one fills (it looks again before it ends)."""
+    import subprocess
+
+    from ignitevm.daemon.reconcile import Reconciler
+    from ignitevm.operations.snapshots import folder
+    from ignitevm.util.fs import flock
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda argv, **_: started.append(argv))
+    snap = _snapshot(ctx, 1)
+    _spare(ctx, snap, "00000000000000a1", pooled=True)  # (dead)
+    Reconciler(ctx, "test").sync({})
+    assert len(started) == 1 and started[0][1:4] == ["-P", "-m", "ignitevm.operations.sparefill"]
+    assert started[0][4:6] == [str(ctx.root), snap.metadata.uid]
+    with flock(folder(ctx, snap) / sparefill.FILL_LOCK):
+        Reconciler(ctx, "test").sync({})
+    assert len(started) == 1
+    (folder(ctx, snap) / sparefill.FAILED).touch()  # (a fill failed just now: a minute's rest)
+    sparefill.fill_later(ctx, snap)
+    assert len(started) == 1
