@@ -80,8 +80,16 @@ def _entries(ctx: Context, snap: Snapshot) -> list[str]:
 
 
 def ready(ctx: Context, snap: Snapshot) -> list[str]:
-    """The uids of the spares ready to be taken (in the pool, their QEMU running)."""
-    return [u for u in _entries(ctx, snap) if ctx.vmm.pid(_vmdir(ctx, u)) is not None]
+    """The uids of the spares ready to be taken: in the pool, made with the
+    sandbox mode the snapshot asks for, their QEMU running."""
+    base = pool(ctx, snap)
+    out = []
+    for uid in _entries(ctx, snap):
+        with contextlib.suppress(OSError):
+            if (base / uid).read_text() == snap.spec.spares_sandbox and \
+                    ctx.vmm.pid(_vmdir(ctx, uid)) is not None:
+                out.append(uid)
+    return out
 
 
 def count_text(n: int) -> str:

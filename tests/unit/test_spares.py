@@ -52,8 +52,9 @@ def test_a_spare_is_neither_listed_nor_damaged(ctx: Context, tmp_path: Path) -> 
     snap = _snapshot(ctx)
     folder = _spare(ctx, snap, "00000000000000a1", pooled=True)
     _spare(ctx, snap, "00000000000000a2", pooled=True)  # (dead: not counted)
+    other = _spare(ctx, snap, "00000000000000a3", pooled=True, mode="jail")
     assert ctx.store.list(VM) == [] and ctx.store.damaged(VM) == []
-    with fake_qemu(folder):
+    with fake_qemu(folder), fake_qemu(other):  # (another sandbox mode: not counted)
         assert spares.ready(ctx, snap) == ["00000000000000a1"]
         ig = Ignite(ctx.root)
         assert ig("ps", "-a", "-q").stdout == ""
