@@ -46,34 +46,40 @@ def fill(ctx: Context, snap_uid: str, *, delay: float = 0.0, wait: bool = False)
         try:
             fd = lock(path, blocking=wait)
         except BlockingIOError:
-            break
+            fd = -1
         except (FileNotFoundError, NotADirectoryError):
             return 0  # (the snapshot is gone)
-        try:
-            if delay:
-                time.sleep(delay)
-                delay = 0.0
-            snap = _snapshot(ctx, snap_uid)
-            if snap is None:
-                return 0
-            prune(ctx, snap, keep=snap.spec.spares)
-            while len(ready(ctx, snap)) < snap.spec.spares:
-                try:
-                    make(ctx, snap)
-                except NotFound:
-                    if _snapshot(ctx, snap_uid) is None:
-                        return 0  # (removed meanwhile)
-                    raise
-                snap = _snapshot(ctx, snap_uid)  # (the count may have changed)
-                if snap is None:
-                    return 0
-        finally:
-            os.close(fd)
+        if fd >= 0:
+            _fill_locked(ctx, snap_uid, fd, delay)
+            delay = 0.0
         snap = _snapshot(ctx, snap_uid)
-        if snap is None or len(ready(ctx, snap)) >= snap.spec.spares:
-            break
-    snap = _snapshot(ctx, snap_uid)
-    return len(ready(ctx, snap)) if snap is not None else 0
+        if snap is None:
+            return 0
+        n = len(ready(ctx, snap))
+        if fd < 0 or n >= snap.spec.spares:
+            return n
+
+
+def _fill_locked(ctx: Context, snap_uid: str, fd: int, delay: float) -> None:
+    """fill's work while it holds the lock ``fd`` (closed here)."""
+    try:
+        time.sleep(delay)
+        snap = _snapshot(ctx, snap_uid)
+        if snap is None:
+            return
+        prune(ctx, snap, keep=snap.spec.spares)
+        while len(ready(ctx, snap)) < snap.spec.spares:
+            try:
+                make(ctx, snap)
+            except NotFound:
+                if _snapshot(ctx, snap_uid) is None:
+                    return  # (removed meanwhile)
+                raise
+            snap = _snapshot(ctx, snap_uid)  # (the count may have changed)
+            if snap is None:
+                return
+    finally:
+        os.close(fd)
 
 
 def _snapshot(ctx: Context, uid: str) -> Snapshot | None:

@@ -272,17 +272,17 @@ class Store:
     def take_name(self, obj: VM | Image | Kernel | Snapshot, *, rename: bool) -> None:
         """Under the store's lock: check the object's name is free, or with
         ``rename`` give it a fresh generated one when it is empty or taken."""
-        try:
-            if not obj.metadata.name and rename:
-                raise Conflict("no name")
-            self.check_name(obj)
-        except Conflict:
-            if not rename:
-                raise
-            from ignitevm.util.ids import random_name
+        if obj.metadata.name or not rename:
+            try:
+                self.check_name(obj)
+                return
+            except Conflict:
+                if not rename:
+                    raise
+        from ignitevm.util.ids import random_name
 
-            taken = {o.metadata.name for o in self.list(type(obj))}
-            obj.metadata.name = random_name(taken)
+        taken = {o.metadata.name for o in self.list(type(obj))}
+        obj.metadata.name = random_name(taken)
 
     def check_name(self, obj: VM | Image | Kernel | Snapshot) -> None:
         name = obj.metadata.name
